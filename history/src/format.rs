@@ -1,0 +1,457 @@
+//! The on-disk format: layout, superblock, journal blocks and records, checkpoints.
+//!
+//! `FORMAT.md` at the top of the repository describes it byte by byte. Invariants:
+//! - every structure read from disk carries a magic and a CRC32C, and is checked before use;
+//! - the superblock is kept in two copies (offsets 0 and 4096) with a generation: the valid
+//!   copy with the highest generation wins, so a torn superblock write falls back to the other;
+//! - a checkpoint slot is only overwritten when the superblock points at the other one;
+//! - a journal block is written once per lap and never rewritten in place, so a torn write
+//!   can only damage the blocks of the commit being written, never committed ones;
+//! - all integers are little-endian.
+
+use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use crate::Error;
+
+/// The size of a logical and a physical page.
+pub const PAGE_SIZE: u64 = 4096;
+/// The format version this build writes and the newest it reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// The superblock magic.
+pub const SUPER_MAGIC: [u8; 8] = *b"REWIND\0\x01";
+/// Offsets of the two superblock copies.
+pub const SUPER_OFFSETS: [u64; 2] = [0, PAGE_SIZE];
+/// Where the journal starts.
+pub const JOURNAL_OFFSET: u64 = 2 * PAGE_SIZE;
+/// The journal's unit: small enough that one sector's atomicity covers it.
+pub const JOURNAL_BLOCK: u64 = 512;
+/// The journal block magic.
+pub const JOURNAL_MAGIC: u32 = u32::from_le_bytes(*b"RWJ1");
+/// The checkpoint magic.
+pub const CKPT_MAGIC: u32 = u32::from_le_bytes(*b"RWC1");
+/// A journal record's size.
+pub const RECORD: usize = 16;
+/// Records in one journal block.
+pub const RECORDS_PER_BLOCK: usize = (JOURNAL_BLOCK as usize - JOURNAL_HEADER) / RECORD;
+/// The journal block header's size.
+pub const JOURNAL_HEADER: usize = std::mem::size_of::<JournalHeader>();
+/// The most safe points the window keeps; older ones are retired beyond it.
+pub const MAX_SAFE_POINTS: u64 = 65_536;
+/// The longest label of a safe point, in bytes.
+pub const MAX_LABEL: usize = 64;
+/// The history area when none is asked for: a quarter of the device, but at least this.
+pub const DEFAULT_MIN_HISTORY: u64 = 64 << 20;
+/// The smallest history area `create` accepts when asked for explicitly.
+pub const MIN_HISTORY: u64 = 1 << 20;
+/// Data starts on a 1 MiB boundary so the device's pages align with the store's.
+const DATA_ALIGN: u64 = 1 << 20;
+
+/// What `rewind create` was asked for.
+#[derive(Clone, Debug)]
+pub struct CreateOptions {
+    /// The logical size of the device in bytes: a multiple of the page size.
+    pub size: u64,
+    /// The size of the history area in bytes; default 25% of `size`, at least 64 MiB.
+    pub history: Option<u64>,
+    /// The size of the journal in bytes; default `size / 256` within 4 MiB..256 MiB.
+    pub journal: Option<u64>,
+}
+
+/// Where everything is in the backing store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// Pages the device shows.
+    pub logical_pages: u64,
+    /// Pages of the data area: logical pages plus the history area.
+    pub physical_pages: u64,
+    /// Journal blocks in the ring.
+    pub journal_blocks: u64,
+    /// Offsets of the two checkpoint slots.
+    pub ckpt_offsets: [u64; 2],
+    /// Bytes of each checkpoint slot.
+    pub ckpt_bytes: u64,
+    /// Offset of physical page 0.
+    pub data_offset: u64,
+}
+
+impl Layout {
+    /// Works out the layout for `opts`, checking the sizes.
+    pub fn for_create(opts: &CreateOptions) -> Result<Layout, Error> {
+        if opts.size == 0 || opts.size % PAGE_SIZE != 0 {
+            return Err(Error::BadOption(format!(
+                "size {} is not a positive multiple of the page size ({PAGE_SIZE})",
+                opts.size
+            )));
+        }
+        let history = opts.history.unwrap_or((opts.size / 4).max(DEFAULT_MIN_HISTORY));
+        if history % PAGE_SIZE != 0 || history < MIN_HISTORY {
+            return Err(Error::BadOption(format!(
+                "history size {history} must be a multiple of {PAGE_SIZE} and at least {MIN_HISTORY} (1 MiB)"
+            )));
+        }
+        let logical_pages = opts.size / PAGE_SIZE;
+        let physical_pages = logical_pages + history / PAGE_SIZE;
+        if physical_pages > u64::from(rewind_remap::PhysPage::MAX) {
+            return Err(Error::BadOption(format!(
+                "size plus history is {} pages, more than the {} a rewind image can hold",
+                physical_pages,
+                rewind_remap::PhysPage::MAX
+            )));
+        }
+        // The journal holds the records between two checkpoints: 16 bytes per page written.
+        let journal_bytes = opts
+            .journal
+            .unwrap_or((opts.size / 256).clamp(4 << 20, 256 << 20));
+        if journal_bytes % JOURNAL_BLOCK != 0 || journal_bytes < 16 * JOURNAL_BLOCK {
+            return Err(Error::BadOption(format!(
+                "journal size {journal_bytes} must be a multiple of {JOURNAL_BLOCK} and at least 16 blocks"
+            )));
+        }
+        Ok(Layout::compute(
+            logical_pages,
+            physical_pages,
+            journal_bytes / JOURNAL_BLOCK,
+        ))
+    }
+
+    /// The layout implied by the sizes a superblock records.
+    pub fn compute(logical_pages: u64, physical_pages: u64, journal_blocks: u64) -> Layout {
+        let ckpt_bytes = round_up(
+            PAGE_SIZE
+                + logical_pages * 8
+                + MAX_SAFE_POINTS * SAFE_POINT_BYTES as u64
+                + (MAX_SAFE_POINTS + 1) * GROUP_BYTES as u64
+                + physical_pages * HISTORY_ENTRY_BYTES as u64,
+            PAGE_SIZE,
+        );
+        let ckpt0 = round_up(JOURNAL_OFFSET + journal_blocks * JOURNAL_BLOCK, PAGE_SIZE);
+        let ckpt1 = ckpt0 + ckpt_bytes;
+        Layout {
+            logical_pages,
+            physical_pages,
+            journal_blocks,
+            ckpt_offsets: [ckpt0, ckpt1],
+            ckpt_bytes,
+            data_offset: round_up(ckpt1 + ckpt_bytes, DATA_ALIGN),
+        }
+    }
+
+    /// The bytes a backing store needs for this layout.
+    pub fn required_bytes(&self) -> u64 {
+        self.data_offset + self.physical_pages * PAGE_SIZE
+    }
+
+    /// The logical size of the device in bytes.
+    pub fn device_bytes(&self) -> u64 {
+        self.logical_pages * PAGE_SIZE
+    }
+
+    /// Byte offset of a physical page.
+    pub fn page_offset(&self, p: rewind_remap::PhysPage) -> u64 {
+        self.data_offset + u64::from(p.0) * PAGE_SIZE
+    }
+
+    /// Byte offset of journal block `seq`.
+    pub fn journal_block_offset(&self, seq: u64) -> u64 {
+        JOURNAL_OFFSET + (seq % self.journal_blocks) * JOURNAL_BLOCK
+    }
+}
+
+fn round_up(x: u64, to: u64) -> u64 {
+    x.div_ceil(to) * to
+}
+
+/// The superblock, as stored in both copies. Each field says what it protects.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct Superblock {
+    /// Tells a rewind image from anything else.
+    pub magic: [u8; 8],
+    /// Refuses images of a newer format instead of misreading them.
+    pub version: U32,
+    /// The page size the layout was computed with.
+    pub page_size: U32,
+    /// The device size in pages.
+    pub logical_pages: U64,
+    /// The data area size in pages.
+    pub physical_pages: U64,
+    /// The journal ring's size in blocks.
+    pub journal_blocks: U64,
+    /// Identifies this image: journal blocks of an earlier format of the same store are
+    /// rejected because they carry another id.
+    pub uuid: U64,
+    /// When the image was created, nanoseconds since the Unix epoch.
+    pub created_ns: U64,
+    /// Bumped on every superblock write: the higher valid copy is the current one.
+    pub generation: U64,
+    /// Bumped on every open; journal blocks carry it so a stale block left after a torn
+    /// tail (from the run before the crash) is never replayed after newer ones.
+    pub session: U32,
+    /// Which checkpoint slot is current (0 or 1).
+    pub ckpt_slot: U32,
+    /// Bytes of the current checkpoint.
+    pub ckpt_len: U64,
+    /// CRC32C of the current checkpoint, so a torn checkpoint is never trusted.
+    pub ckpt_crc: U32,
+    /// 1 when the last daemon closed the image cleanly.
+    pub clean: U32,
+    /// The first journal block sequence to replay on top of the checkpoint.
+    pub ckpt_journal_seq: U64,
+    /// The pid of the daemon serving the image (0 when none).
+    pub owner_pid: U32,
+    /// The session that wrote the current checkpoint: replay rejects older journal blocks,
+    /// which are stale leftovers of the run before a crash.
+    pub ckpt_session: U32,
+    /// The host name of the daemon serving the image, zero-padded.
+    pub owner_host: [u8; 64],
+    /// Reserved; zero.
+    pub reserved: [u8; 32],
+    /// CRC32C of every byte above.
+    pub crc: U32,
+    /// Keeps the size a multiple of 8.
+    pub pad: U32,
+}
+
+impl Superblock {
+    /// The CRC the superblock should carry.
+    pub fn compute_crc(&self) -> u32 {
+        let bytes = self.as_bytes();
+        crc32c::crc32c(&bytes[..bytes.len() - 8])
+    }
+
+    /// The layout this superblock describes.
+    pub fn layout(&self) -> Layout {
+        Layout::compute(
+            self.logical_pages.get(),
+            self.physical_pages.get(),
+            self.journal_blocks.get(),
+        )
+    }
+
+    /// Validates a copy read from disk: magic, CRC, version, and sane sizes.
+    pub fn validate(bytes: &[u8]) -> Result<Superblock, Error> {
+        let (sb, _) = Superblock::read_from_prefix(bytes)
+            .map_err(|_| Error::Corrupt("superblock shorter than its structure".into()))?;
+        if sb.magic != SUPER_MAGIC {
+            return Err(Error::NotRewind);
+        }
+        if sb.crc.get() != sb.compute_crc() {
+            return Err(Error::Corrupt(format!(
+                "superblock checksum mismatch: stored {:#010x}, computed {:#010x}",
+                sb.crc.get(),
+                sb.compute_crc()
+            )));
+        }
+        if sb.version.get() > FORMAT_VERSION {
+            return Err(Error::UnsupportedVersion {
+                found: sb.version.get(),
+                supported: FORMAT_VERSION,
+            });
+        }
+        if u64::from(sb.page_size.get()) != PAGE_SIZE {
+            return Err(Error::Corrupt(format!(
+                "page size {} (this build uses {PAGE_SIZE})",
+                sb.page_size.get()
+            )));
+        }
+        let (l, p, j) = (
+            sb.logical_pages.get(),
+            sb.physical_pages.get(),
+            sb.journal_blocks.get(),
+        );
+        if l == 0 || p < l || p > u64::from(rewind_remap::PhysPage::MAX) || j < 16 || j > 1 << 32
+        {
+            return Err(Error::Corrupt(format!(
+                "superblock sizes out of range: {l} logical pages, {p} physical pages, {j} journal blocks"
+            )));
+        }
+        if sb.ckpt_slot.get() > 1 || sb.ckpt_len.get() > sb.layout().ckpt_bytes {
+            return Err(Error::Corrupt(format!(
+                "checkpoint slot {} of {} bytes does not fit the layout",
+                sb.ckpt_slot.get(),
+                sb.ckpt_len.get()
+            )));
+        }
+        Ok(sb)
+    }
+}
+
+/// The header of a 512-byte journal block; records follow it.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct JournalHeader {
+    /// Tells a journal block from stale data.
+    pub magic: U32,
+    /// CRC32C of the block from byte 8 on: a torn or stale block is rejected.
+    pub crc: U32,
+    /// The block's sequence number: its position is `seq % journal_blocks`, and replay
+    /// stops at the first block whose sequence is not the one expected.
+    pub seq: U64,
+    /// The image's uuid, so blocks of an earlier format of the same store are rejected.
+    pub uuid: U64,
+    /// The session that wrote the block: replay stops if it ever goes down.
+    pub session: U32,
+    /// Records in this block.
+    pub count: U16,
+    /// Reserved; zero.
+    pub pad: U16,
+}
+
+/// The kind of a journal record, in its first byte.
+pub mod tag {
+    /// `map[l] = p`: a page write.
+    pub const WRITE: u8 = 1;
+    /// `map[l..l+count] = unmapped`: a discard or write-zeroes.
+    pub const DISCARD: u8 = 2;
+    /// A safe point: closes the current epoch. Two records, then the label.
+    pub const SAFE_POINT: u8 = 3;
+    /// Every safe point older than `id` leaves the window.
+    pub const RETIRE: u8 = 4;
+    /// Raw label bytes following a safe point.
+    pub const LABEL: u8 = 5;
+}
+
+/// One checkpoint's header, in the first page of its slot.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct CheckpointHeader {
+    /// Tells a checkpoint from stale data.
+    pub magic: U32,
+    /// The format version that wrote it.
+    pub version: U32,
+    /// The image's uuid.
+    pub uuid: U64,
+    /// The first journal block to replay on top of this checkpoint.
+    pub journal_seq: U64,
+    /// The id the next safe point gets, which is also the open epoch.
+    pub next_safe_point: U64,
+    /// Logical pages in the map that follows.
+    pub logical_pages: U64,
+    /// Safe points in the window.
+    pub safe_points: U64,
+    /// History groups (one per epoch that superseded pages).
+    pub groups: U64,
+    /// History entries over all groups.
+    pub entries: U64,
+    /// Bytes after this header.
+    pub body_len: U64,
+    /// CRC32C of the body.
+    pub body_crc: U32,
+    /// CRC32C of the header fields above.
+    pub crc: U32,
+}
+
+impl CheckpointHeader {
+    /// The CRC the header should carry.
+    pub fn compute_crc(&self) -> u32 {
+        let bytes = self.as_bytes();
+        crc32c::crc32c(&bytes[..bytes.len() - 4])
+    }
+}
+
+/// A safe point as stored in a checkpoint.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct SafePointEntry {
+    /// Its id.
+    pub id: U64,
+    /// Wall-clock time, nanoseconds since the Unix epoch.
+    pub time_ns: U64,
+    /// What made it (see `Trigger`).
+    pub trigger: u8,
+    /// Bytes of `label` in use.
+    pub label_len: u8,
+    /// Reserved; zero.
+    pub pad: [u8; 6],
+    /// The label, zero-padded.
+    pub label: [u8; MAX_LABEL],
+}
+
+/// The bytes of a stored safe point.
+pub const SAFE_POINT_BYTES: usize = std::mem::size_of::<SafePointEntry>();
+
+/// The header of a history group in a checkpoint.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct GroupHeader {
+    /// The epoch whose writes superseded these pages.
+    pub epoch: U64,
+    /// Entries that follow.
+    pub count: U64,
+}
+
+/// The bytes of a group header.
+pub const GROUP_BYTES: usize = std::mem::size_of::<GroupHeader>();
+
+/// A history entry: the page `logical` had when `epoch` began.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct HistoryEntry {
+    /// The logical page.
+    pub logical: U64,
+    /// Its physical page then, or `u32::MAX` when it read as zeros.
+    pub phys: U32,
+    /// Reserved; zero.
+    pub pad: U32,
+}
+
+/// The bytes of a history entry.
+pub const HISTORY_ENTRY_BYTES: usize = std::mem::size_of::<HistoryEntry>();
+
+const _: () = assert!(std::mem::size_of::<Superblock>() <= PAGE_SIZE as usize);
+const _: () = assert!(std::mem::size_of::<CheckpointHeader>() <= PAGE_SIZE as usize);
+const _: () = assert!(JOURNAL_HEADER == 32);
+const _: () = assert!(RECORDS_PER_BLOCK == 30);
+const _: () = assert!(SAFE_POINT_BYTES == 88);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_history_is_a_quarter_with_a_floor() {
+        let l = Layout::for_create(&CreateOptions {
+            size: 8 << 30,
+            history: None,
+            journal: None,
+        })
+        .unwrap();
+        assert_eq!(l.physical_pages - l.logical_pages, (2 << 30) / PAGE_SIZE);
+        let small = Layout::for_create(&CreateOptions {
+            size: 16 << 20,
+            history: None,
+            journal: None,
+        })
+        .unwrap();
+        assert_eq!(
+            small.physical_pages - small.logical_pages,
+            DEFAULT_MIN_HISTORY / PAGE_SIZE
+        );
+    }
+
+    #[test]
+    fn regions_do_not_overlap() {
+        let l = Layout::for_create(&CreateOptions {
+            size: 1 << 30,
+            history: None,
+            journal: None,
+        })
+        .unwrap();
+        assert!(JOURNAL_OFFSET + l.journal_blocks * JOURNAL_BLOCK <= l.ckpt_offsets[0]);
+        assert!(l.ckpt_offsets[0] + l.ckpt_bytes <= l.ckpt_offsets[1]);
+        assert!(l.ckpt_offsets[1] + l.ckpt_bytes <= l.data_offset);
+        assert_eq!(l.data_offset % DATA_ALIGN, 0);
+    }
+
+    #[test]
+    fn sizes_not_a_page_multiple_are_refused() {
+        let e = Layout::for_create(&CreateOptions {
+            size: 4097,
+            history: None,
+            journal: None,
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("multiple of the page size"), "{e}");
+    }
+}

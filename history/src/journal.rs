@@ -1,0 +1,369 @@
+//! The journal: a ring of 512-byte blocks holding the remap changes since the checkpoint.
+//!
+//! Invariants:
+//! - a commit always starts a fresh block and never rewrites a block that holds committed
+//!   records, so a torn commit can only lose records of that commit;
+//! - a record never spans two blocks;
+//! - replay takes the longest run of valid blocks with consecutive sequence numbers, the
+//!   image's uuid and non-decreasing sessions: a prefix of what was recorded, in order.
+
+use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, IntoBytes};
+
+use crate::format::{
+    tag, JournalHeader, Layout, JOURNAL_BLOCK, JOURNAL_HEADER, JOURNAL_MAGIC, MAX_LABEL, RECORD,
+    RECORDS_PER_BLOCK,
+};
+use crate::window::{SafePoint, Trigger};
+use crate::{Error, LogicalPage, PhysPage, Store};
+
+/// One change to the volume's metadata, in the order it happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// `l` now lives at `p`.
+    Write { l: LogicalPage, p: PhysPage },
+    /// `count` pages from `l` read as zeros.
+    Discard { l: LogicalPage, count: u32 },
+    /// The open epoch closes with this safe point.
+    SafePoint(SafePoint),
+    /// Every safe point older than `up_to` leaves the window.
+    Retire { up_to: u64 },
+}
+
+type Slot = [u8; RECORD];
+
+fn slot(tag: u8, b1: u8, b2: u8, word: u32, long: u64) -> Slot {
+    let mut s = [0u8; RECORD];
+    s[0] = tag;
+    s[1] = b1;
+    s[2] = b2;
+    s[4..8].copy_from_slice(&word.to_le_bytes());
+    s[8..16].copy_from_slice(&long.to_le_bytes());
+    s
+}
+
+impl Record {
+    /// The slots this record takes; they must stay in one block.
+    fn encode(&self, out: &mut Vec<Slot>) {
+        match self {
+            Record::Write { l, p } => out.push(slot(tag::WRITE, 0, 0, p.0, l.0)),
+            Record::Discard { l, count } => out.push(slot(tag::DISCARD, 0, 0, *count, l.0)),
+            Record::Retire { up_to } => out.push(slot(tag::RETIRE, 0, 0, 0, *up_to)),
+            Record::SafePoint(sp) => {
+                let label = sp.label.as_deref().unwrap_or("").as_bytes();
+                assert!(label.len() <= MAX_LABEL, "label checked by the caller");
+                out.push(slot(
+                    tag::SAFE_POINT,
+                    sp.trigger.code(),
+                    label.len() as u8,
+                    0,
+                    sp.id,
+                ));
+                let mut time = [0u8; RECORD];
+                time[..8].copy_from_slice(&sp.time_ns.to_le_bytes());
+                out.push(time);
+                for chunk in label.chunks(RECORD - 1) {
+                    let mut s = [0u8; RECORD];
+                    s[0] = tag::LABEL;
+                    s[1..1 + chunk.len()].copy_from_slice(chunk);
+                    out.push(s);
+                }
+            }
+        }
+    }
+
+    /// Decodes the record starting at `slots[0]`; returns it and the slots it took.
+    fn decode(slots: &[Slot]) -> Result<(Record, usize), String> {
+        let s = &slots[0];
+        let word = u32::from_le_bytes(s[4..8].try_into().expect("4 bytes"));
+        let long = u64::from_le_bytes(s[8..16].try_into().expect("8 bytes"));
+        match s[0] {
+            tag::WRITE => Ok((
+                Record::Write {
+                    l: LogicalPage(long),
+                    p: PhysPage(word),
+                },
+                1,
+            )),
+            tag::DISCARD => Ok((
+                Record::Discard {
+                    l: LogicalPage(long),
+                    count: word,
+                },
+                1,
+            )),
+            tag::RETIRE => Ok((Record::Retire { up_to: long }, 1)),
+            tag::SAFE_POINT => {
+                let trigger = Trigger::from_code(s[1])
+                    .ok_or_else(|| format!("unknown safe point trigger {}", s[1]))?;
+                let label_len = usize::from(s[2]);
+                if label_len > MAX_LABEL {
+                    return Err(format!("label of {label_len} bytes"));
+                }
+                let label_slots = label_len.div_ceil(RECORD - 1);
+                if slots.len() < 2 + label_slots {
+                    return Err("safe point record cut short".into());
+                }
+                let time_ns = u64::from_le_bytes(slots[1][..8].try_into().expect("8 bytes"));
+                let mut label = Vec::with_capacity(label_len);
+                for ls in &slots[2..2 + label_slots] {
+                    if ls[0] != tag::LABEL {
+                        return Err("safe point label slot missing".into());
+                    }
+                    let take = (label_len - label.len()).min(RECORD - 1);
+                    label.extend_from_slice(&ls[1..1 + take]);
+                }
+                let label = if label_len == 0 {
+                    None
+                } else {
+                    Some(String::from_utf8(label).map_err(|_| "label is not UTF-8")?)
+                };
+                Ok((
+                    Record::SafePoint(SafePoint {
+                        id: long,
+                        time_ns,
+                        trigger,
+                        label,
+                    }),
+                    2 + label_slots,
+                ))
+            }
+            t => Err(format!("unknown record tag {t}")),
+        }
+    }
+}
+
+/// Packs records into journal blocks numbered from `first_seq`.
+pub fn encode_blocks(
+    records: &[Record],
+    first_seq: u64,
+    uuid: u64,
+    session: u32,
+) -> Vec<[u8; JOURNAL_BLOCK as usize]> {
+    let mut blocks = Vec::new();
+    let mut current: Vec<Slot> = Vec::with_capacity(RECORDS_PER_BLOCK);
+    let mut slots = Vec::with_capacity(8);
+    let seal = |current: &mut Vec<Slot>, blocks: &mut Vec<[u8; 512]>| {
+        let mut block = [0u8; JOURNAL_BLOCK as usize];
+        let header = JournalHeader {
+            magic: U32::new(JOURNAL_MAGIC),
+            crc: U32::new(0),
+            seq: U64::new(first_seq + blocks.len() as u64),
+            uuid: U64::new(uuid),
+            session: U32::new(session),
+            count: U16::new(current.len() as u16),
+            pad: U16::new(0),
+        };
+        block[..JOURNAL_HEADER].copy_from_slice(header.as_bytes());
+        for (i, s) in current.iter().enumerate() {
+            let at = JOURNAL_HEADER + i * RECORD;
+            block[at..at + RECORD].copy_from_slice(s);
+        }
+        let crc = crc32c::crc32c(&block[8..]);
+        block[4..8].copy_from_slice(&crc.to_le_bytes());
+        blocks.push(block);
+        current.clear();
+    };
+    for r in records {
+        slots.clear();
+        r.encode(&mut slots);
+        if current.len() + slots.len() > RECORDS_PER_BLOCK {
+            seal(&mut current, &mut blocks);
+        }
+        current.extend_from_slice(&slots);
+    }
+    if !current.is_empty() {
+        seal(&mut current, &mut blocks);
+    }
+    blocks
+}
+
+/// Writes `blocks` at their ring positions, starting with sequence `first_seq`.
+pub fn write_blocks<S: Store>(
+    store: &S,
+    layout: &Layout,
+    first_seq: u64,
+    blocks: &[[u8; JOURNAL_BLOCK as usize]],
+) -> Result<(), Error> {
+    let mut i = 0;
+    while i < blocks.len() {
+        let seq = first_seq + i as u64;
+        // Contiguous up to the end of the ring.
+        let room = (layout.journal_blocks - seq % layout.journal_blocks) as usize;
+        let n = room.min(blocks.len() - i);
+        store
+            .write_at(layout.journal_block_offset(seq), blocks[i..i + n].as_flattened())
+            .map_err(Error::io("writing the journal"))?;
+        i += n;
+    }
+    Ok(())
+}
+
+/// Where replay stopped.
+#[derive(Debug)]
+pub struct ReplayEnd {
+    /// The sequence of the first block that was not valid: the next to write.
+    pub next_seq: u64,
+}
+
+/// Replays the valid prefix of the journal from `first_seq`, handing each record to `apply`.
+pub fn replay<S: Store>(
+    store: &S,
+    layout: &Layout,
+    uuid: u64,
+    first_seq: u64,
+    min_session: u32,
+    mut apply: impl FnMut(Record) -> Result<(), Error>,
+) -> Result<ReplayEnd, Error> {
+    const BATCH: u64 = 256;
+    let mut buf = vec![0u8; (BATCH * JOURNAL_BLOCK) as usize];
+    let mut seq = first_seq;
+    let mut last_session = min_session;
+    let mut slots: Vec<Slot> = Vec::with_capacity(RECORDS_PER_BLOCK);
+    // Bounded: the ring cannot hold more than its size of valid blocks.
+    while seq - first_seq < layout.journal_blocks {
+        let room = layout.journal_blocks - seq % layout.journal_blocks;
+        let n = BATCH
+            .min(room)
+            .min(layout.journal_blocks - (seq - first_seq));
+        let bytes = &mut buf[..(n * JOURNAL_BLOCK) as usize];
+        store
+            .read_at(layout.journal_block_offset(seq), bytes)
+            .map_err(Error::io("reading the journal"))?;
+        for block in bytes.chunks_exact(JOURNAL_BLOCK as usize) {
+            let Ok((h, _)) = JournalHeader::read_from_prefix(block) else {
+                unreachable!("a block is larger than its header")
+            };
+            let crc_ok = crc32c::crc32c(&block[8..]) == h.crc.get();
+            let count = usize::from(h.count.get());
+            if h.magic.get() != JOURNAL_MAGIC
+                || !crc_ok
+                || h.seq.get() != seq
+                || h.uuid.get() != uuid
+                || h.session.get() < last_session
+                || count > RECORDS_PER_BLOCK
+            {
+                return Ok(ReplayEnd { next_seq: seq });
+            }
+            last_session = h.session.get();
+            slots.clear();
+            for i in 0..count {
+                let at = JOURNAL_HEADER + i * RECORD;
+                slots.push(block[at..at + RECORD].try_into().expect("16 bytes"));
+            }
+            let mut i = 0;
+            while i < slots.len() {
+                let (record, used) = Record::decode(&slots[i..]).map_err(|e| {
+                    Error::Corrupt(format!("journal block {seq} (valid checksum): {e}"))
+                })?;
+                apply(record)?;
+                i += used;
+            }
+            seq += 1;
+        }
+    }
+    Ok(ReplayEnd { next_seq: seq })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::CreateOptions;
+    use crate::MemStore;
+
+    fn layout() -> Layout {
+        Layout::compute(1024, 2048, 16)
+    }
+
+    fn sample() -> Vec<Record> {
+        let mut v = Vec::new();
+        for i in 0..70 {
+            v.push(Record::Write {
+                l: LogicalPage(i),
+                p: PhysPage(i as u32 + 5),
+            });
+        }
+        v.push(Record::Discard {
+            l: LogicalPage(3),
+            count: 9,
+        });
+        v.push(Record::SafePoint(SafePoint {
+            id: 7,
+            time_ns: 123,
+            trigger: Trigger::User,
+            label: Some("before-upgrade with a rather long label".into()),
+        }));
+        v.push(Record::Retire { up_to: 6 });
+        v
+    }
+
+    fn collect(store: &MemStore, l: &Layout, first: u64) -> (Vec<Record>, ReplayEnd) {
+        let mut got = Vec::new();
+        let end = replay(store, l, 42, first, 0, |r| {
+            got.push(r);
+            Ok(())
+        })
+        .unwrap();
+        (got, end)
+    }
+
+    #[test]
+    fn records_roundtrip_across_blocks_and_the_ring_end() {
+        let l = layout();
+        let store = MemStore::new(l.data_offset);
+        let records = sample();
+        let first = 14; // wraps: the ring has 16 blocks
+        let blocks = encode_blocks(&records, first, 42, 1);
+        assert!(blocks.len() > 2);
+        write_blocks(&store, &l, first, &blocks).unwrap();
+        let (got, end) = collect(&store, &l, first);
+        assert_eq!(got, records);
+        assert_eq!(end.next_seq, first + blocks.len() as u64);
+    }
+
+    #[test]
+    fn a_torn_block_ends_replay_at_a_prefix() {
+        let l = layout();
+        let store = MemStore::new(l.data_offset);
+        let records = sample();
+        let blocks = encode_blocks(&records, 0, 42, 1);
+        write_blocks(&store, &l, 0, &blocks).unwrap();
+        // Tear the second block: its second sector is lost.
+        store
+            .write_at(l.journal_block_offset(1) + 256, &[0u8; 256])
+            .unwrap();
+        let (got, end) = collect(&store, &l, 0);
+        assert_eq!(end.next_seq, 1);
+        assert_eq!(got[..], records[..RECORDS_PER_BLOCK]);
+    }
+
+    #[test]
+    fn a_stale_block_of_an_older_session_is_not_replayed() {
+        let l = layout();
+        let store = MemStore::new(l.data_offset);
+        let old = encode_blocks(&sample(), 0, 42, 1);
+        write_blocks(&store, &l, 0, &old).unwrap();
+        // The new session rewrites block 0 only (a crash cut the rest).
+        let new = encode_blocks(&[Record::Retire { up_to: 1 }], 0, 42, 2);
+        write_blocks(&store, &l, 0, &new).unwrap();
+        let (got, end) = collect(&store, &l, 0);
+        assert_eq!(got, vec![Record::Retire { up_to: 1 }]);
+        assert_eq!(end.next_seq, 1);
+    }
+
+    #[test]
+    fn blocks_of_another_image_are_ignored() {
+        let l = Layout::for_create(&CreateOptions {
+            size: 1 << 20,
+            history: None,
+            journal: None,
+        })
+        .unwrap();
+        let store = MemStore::new(l.data_offset);
+        let blocks = encode_blocks(&sample(), 0, 7, 1);
+        write_blocks(&store, &l, 0, &blocks).unwrap();
+        let (got, end) = collect(&store, &l, 0);
+        assert!(got.is_empty());
+        assert_eq!(end.next_seq, 0);
+    }
+}

@@ -1,0 +1,19 @@
+//! Safe points, epochs, the history window and the on-disk format of rewind.
+//!
+//! Nothing here does I/O of its own: the backing store sits behind the [`Store`] trait, a
+//! file or block device in the daemon and a power-cut simulator in tests.
+
+mod error;
+pub mod format;
+mod checkpoint;
+mod journal;
+mod store;
+mod volume;
+mod window;
+
+pub use error::Error;
+pub use format::{CreateOptions, Layout, PAGE_SIZE};
+pub use rewind_remap::{LogicalPage, PhysPage, Stream};
+pub use store::{MemStore, Store};
+pub use volume::{create, read_superblock, Stats, Volume};
+pub use window::{SafePoint, Trigger};

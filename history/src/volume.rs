@@ -1,0 +1,776 @@
+//! The volume: a formatted backing store served as a device with history.
+//!
+//! Write path: `allocate` claims a free physical page (the logical page's home if free, else
+//! from the caller's stream), the caller writes the data there, then `commit_writes` switches
+//! the remap table and appends a journal record. `flush` closes the epoch with a safe point and
+//! commits: data sync, journal write, journal sync. Nothing on disk is ever overwritten in
+//! place except free pages, so a crash leaves every page old or new.
+//!
+//! Invariants:
+//! - every physical page is exactly one of: free, live (mapped), history, claimed by an
+//!   in-flight write, or pending (freed by a record not yet durable);
+//! - a pending page is only reused after the record that freed it is durable, so the journal
+//!   prefix that survives a crash never points at a page that was written again;
+//! - the data of a record is durable before the record is (`commit` syncs the store before
+//!   writing the journal), and a checkpoint is durable before the superblock points at it.
+//!
+//! Locks: `commit` serializes commits (journal position, superblock); `state` guards the
+//! window and the records not yet written, and is held only for memory work. `commit` is
+//! always taken before `state`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use rewind_remap::{EpochTag, Mapping, PageAllocator, RemapTable};
+use zerocopy::little_endian::{U32, U64};
+use zerocopy::IntoBytes;
+
+use crate::checkpoint::{self, Snapshot};
+use crate::format::{
+    CreateOptions, Layout, Superblock, FORMAT_VERSION, MAX_LABEL, MAX_SAFE_POINTS, PAGE_SIZE,
+    RECORDS_PER_BLOCK, SUPER_MAGIC, SUPER_OFFSETS,
+};
+use crate::journal::{self, Record};
+use crate::window::{SafePoint, Trigger, Window};
+use crate::{Error, LogicalPage, PhysPage, Store, Stream};
+
+/// Figures for `rewind list` and `rewind stats`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stats {
+    /// Pages the device shows.
+    pub logical_pages: u64,
+    /// Pages of the data area.
+    pub physical_pages: u64,
+    /// Pages free for new writes, counting those a commit will free.
+    pub free_pages: u64,
+    /// Pages holding history.
+    pub history_pages: u64,
+    /// Pages of the history area (physical minus logical).
+    pub history_capacity_pages: u64,
+    /// Reachable safe points.
+    pub safe_points: u64,
+    /// The oldest reachable safe point.
+    pub oldest_safe_point: Option<u64>,
+    /// The newest safe point.
+    pub newest_safe_point: Option<u64>,
+}
+
+struct State {
+    window: Window,
+    /// Records applied in memory and not yet handed to a commit.
+    records: Vec<Record>,
+    /// Pages freed by those records.
+    pending_free: Vec<PhysPage>,
+}
+
+struct CommitState {
+    sb: Superblock,
+    /// The sequence of the next journal block to write.
+    next_seq: u64,
+}
+
+/// A served image. `Send + Sync`: queue threads share it.
+pub struct Volume<S: Store> {
+    store: S,
+    layout: Layout,
+    uuid: u64,
+    session: u32,
+    map: RemapTable,
+    alloc: PageAllocator,
+    state: Mutex<State>,
+    commit: Mutex<CommitState>,
+    /// Below this many free pages, allocation reclaims first.
+    low_water: u64,
+    /// Records buffered beyond this are committed without waiting for a flush, so one commit
+    /// always fits the journal.
+    commit_threshold: usize,
+    /// Set when a metadata write failed: the in-memory state is then ahead of the disk, so
+    /// every later request fails rather than pretend.
+    failed: AtomicBool,
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_ns());
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// Formats `store` as an empty device of `opts.size` bytes whose history holds one safe
+/// point, the empty device itself.
+pub fn create<S: Store>(store: &S, opts: &CreateOptions) -> Result<Layout, Error> {
+    let layout = Layout::for_create(opts)?;
+    if store.len() < layout.required_bytes() {
+        return Err(Error::TooSmall {
+            need: layout.required_bytes(),
+            have: store.len(),
+        });
+    }
+    let uuid = random_u64();
+    let mut window = Window {
+        next_id: 0,
+        ..Window::default()
+    };
+    window.push_safe_point(SafePoint {
+        id: 0,
+        time_ns: now_ns(),
+        trigger: Trigger::Format,
+        label: None,
+    });
+    let snapshot = Snapshot {
+        map: vec![Mapping::UNWRITTEN.pack(); layout.logical_pages as usize],
+        window,
+        journal_seq: 0,
+    };
+    let bytes = checkpoint::encode(&snapshot, uuid);
+    store
+        .write_at(layout.ckpt_offsets[0], &bytes)
+        .map_err(Error::io("writing the first checkpoint"))?;
+    store
+        .sync()
+        .map_err(Error::io("syncing the first checkpoint"))?;
+    let mut sb = Superblock {
+        magic: SUPER_MAGIC,
+        version: U32::new(FORMAT_VERSION),
+        page_size: U32::new(PAGE_SIZE as u32),
+        logical_pages: U64::new(layout.logical_pages),
+        physical_pages: U64::new(layout.physical_pages),
+        journal_blocks: U64::new(layout.journal_blocks),
+        uuid: U64::new(uuid),
+        created_ns: U64::new(now_ns()),
+        generation: U64::new(0),
+        session: U32::new(0),
+        ckpt_slot: U32::new(0),
+        ckpt_len: U64::new(bytes.len() as u64),
+        ckpt_crc: U32::new(crc32c::crc32c(&bytes)),
+        clean: U32::new(1),
+        ckpt_journal_seq: U64::new(0),
+        owner_pid: U32::new(0),
+        ckpt_session: U32::new(0),
+        owner_host: [0; 64],
+        reserved: [0; 32],
+        crc: U32::new(0),
+        pad: U32::new(0),
+    };
+    write_superblock(store, &mut sb)?;
+    Ok(layout)
+}
+
+/// Writes both superblock copies, one at a time, so at most one is ever torn.
+fn write_superblock<S: Store>(store: &S, sb: &mut Superblock) -> Result<(), Error> {
+    sb.generation = U64::new(sb.generation.get() + 1);
+    sb.crc = U32::new(sb.compute_crc());
+    let mut page = vec![0u8; PAGE_SIZE as usize];
+    page[..std::mem::size_of::<Superblock>()].copy_from_slice(sb.as_bytes());
+    for off in SUPER_OFFSETS {
+        store
+            .write_at(off, &page)
+            .map_err(Error::io("writing the superblock"))?;
+        store
+            .sync()
+            .map_err(Error::io("syncing the superblock"))?;
+    }
+    Ok(())
+}
+
+/// Reads the current superblock: the valid copy with the highest generation.
+pub fn read_superblock<S: Store>(store: &S) -> Result<Superblock, Error> {
+    if store.len() < 2 * PAGE_SIZE {
+        return Err(Error::TooSmall {
+            need: 2 * PAGE_SIZE,
+            have: store.len(),
+        });
+    }
+    let mut best: Option<Superblock> = None;
+    let mut first_err = None;
+    for off in SUPER_OFFSETS {
+        let mut page = vec![0u8; PAGE_SIZE as usize];
+        store
+            .read_at(off, &mut page)
+            .map_err(Error::io("reading the superblock"))?;
+        match Superblock::validate(&page) {
+            Ok(sb) => {
+                if best.is_none_or(|b| sb.generation.get() > b.generation.get()) {
+                    best = Some(sb);
+                }
+            }
+            Err(e) => {
+                // A newer version or a clear corruption says more than "not rewind".
+                let better = match (&first_err, &e) {
+                    (None, _) => true,
+                    (Some(Error::NotRewind), _) => true,
+                    _ => false,
+                };
+                if better {
+                    first_err = Some(e);
+                }
+            }
+        }
+    }
+    best.ok_or_else(|| first_err.unwrap_or(Error::NotRewind))
+}
+
+/// Hands every record's effect on the map and window to the same code, live and in replay.
+struct Apply<'a, F: FnMut(PhysPage)> {
+    map: &'a RemapTable,
+    window: &'a mut Window,
+    free: F,
+}
+
+impl<F: FnMut(PhysPage)> Apply<'_, F> {
+    fn set_page(&mut self, l: LogicalPage, new: Option<PhysPage>) {
+        let open = EpochTag::of(self.window.next_id);
+        let prev = self.map.get(l);
+        if prev.phys.is_none() && new.is_none() {
+            // Zeros stay zeros: no change to record.
+            return;
+        }
+        if prev.epoch != open {
+            self.window.supersede(l, prev.phys);
+        } else if let Some(q) = prev.phys {
+            (self.free)(q);
+        }
+        self.map.set(
+            l,
+            Mapping {
+                phys: new,
+                epoch: open,
+            },
+        );
+    }
+
+    fn apply(&mut self, r: &Record, layout: &Layout) -> Result<(), Error> {
+        match r {
+            Record::Write { l, p } => {
+                if l.0 >= layout.logical_pages || u64::from(p.0) >= layout.physical_pages {
+                    return Err(Error::Corrupt(format!(
+                        "journal writes logical page {} to physical page {}: out of range",
+                        l.0, p.0
+                    )));
+                }
+                self.set_page(*l, Some(*p));
+            }
+            Record::Discard { l, count } => {
+                if l.0.saturating_add(u64::from(*count)) > layout.logical_pages {
+                    return Err(Error::Corrupt(format!(
+                        "journal discards {count} pages at {}: out of range",
+                        l.0
+                    )));
+                }
+                for i in 0..u64::from(*count) {
+                    self.set_page(LogicalPage(l.0 + i), None);
+                }
+            }
+            Record::SafePoint(sp) => {
+                if sp.id != self.window.next_id {
+                    return Err(Error::Corrupt(format!(
+                        "journal has safe point {} where {} was expected",
+                        sp.id, self.window.next_id
+                    )));
+                }
+                self.window.push_safe_point(sp.clone());
+            }
+            Record::Retire { up_to } => {
+                if self.window.newest().is_none_or(|n| n.id < *up_to) {
+                    return Err(Error::Corrupt(format!(
+                        "journal retires up to safe point {up_to}, past the newest"
+                    )));
+                }
+                self.window.retire(*up_to, &mut self.free);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<S: Store> Volume<S> {
+    /// Opens a formatted store: the checkpoint plus the journal's valid prefix rebuild the
+    /// remap table and the window, then a new session starts.
+    pub fn open(store: S) -> Result<Volume<S>, Error> {
+        let mut sb = read_superblock(&store)?;
+        let layout = sb.layout();
+        if store.len() < layout.required_bytes() {
+            return Err(Error::TooSmall {
+                need: layout.required_bytes(),
+                have: store.len(),
+            });
+        }
+        let uuid = sb.uuid.get();
+        let slot = sb.ckpt_slot.get() as usize;
+        let mut bytes = vec![0u8; sb.ckpt_len.get() as usize];
+        store
+            .read_at(layout.ckpt_offsets[slot], &mut bytes)
+            .map_err(Error::io("reading the checkpoint"))?;
+        if crc32c::crc32c(&bytes) != sb.ckpt_crc.get() {
+            return Err(Error::Corrupt(format!(
+                "checkpoint in slot {slot} does not match the superblock's checksum"
+            )));
+        }
+        let snap = checkpoint::decode(&bytes, &layout, uuid)?;
+        drop(bytes);
+        if snap.journal_seq != sb.ckpt_journal_seq.get() {
+            return Err(Error::Corrupt(format!(
+                "checkpoint starts the journal at {}, the superblock at {}",
+                snap.journal_seq,
+                sb.ckpt_journal_seq.get()
+            )));
+        }
+        let map = RemapTable::new(layout.logical_pages);
+        for (l, word) in snap.map.iter().enumerate() {
+            map.set(LogicalPage(l as u64), Mapping::unpack(*word));
+        }
+        let mut window = snap.window;
+        let end = journal::replay(
+            &store,
+            &layout,
+            uuid,
+            snap.journal_seq,
+            sb.ckpt_session.get(),
+            |r| {
+                Apply {
+                    map: &map,
+                    window: &mut window,
+                    free: |_| {},
+                }
+                .apply(&r, &layout)
+            },
+        )?;
+        if window.newest().is_none() {
+            return Err(Error::Corrupt("the history window holds no safe point".into()));
+        }
+        let alloc = PageAllocator::new(layout.physical_pages as u32);
+        for l in 0..layout.logical_pages {
+            if let Some(p) = map.get(LogicalPage(l)).phys {
+                if !alloc.claim(p) {
+                    return Err(Error::Corrupt(format!(
+                        "physical page {} is mapped twice (second: logical page {l})",
+                        p.0
+                    )));
+                }
+            }
+        }
+        for (epoch, entries) in &window.groups {
+            for (l, p) in entries {
+                if let Some(p) = p {
+                    if !alloc.claim(*p) {
+                        return Err(Error::Corrupt(format!(
+                            "physical page {} of history group {epoch} (logical page {}) is also used elsewhere",
+                            p.0, l.0
+                        )));
+                    }
+                }
+            }
+        }
+        let session = sb.session.get().wrapping_add(1);
+        sb.session = U32::new(session);
+        sb.clean = U32::new(0);
+        sb.owner_pid = U32::new(std::process::id());
+        write_superblock(&store, &mut sb)?;
+        let history_area = layout.physical_pages - layout.logical_pages;
+        Ok(Volume {
+            low_water: (history_area / 8).clamp(64, 65_536),
+            commit_threshold: (layout.journal_blocks as usize * RECORDS_PER_BLOCK) / 8,
+            store,
+            layout,
+            uuid,
+            session,
+            map,
+            alloc,
+            state: Mutex::new(State {
+                window,
+                records: Vec::new(),
+                pending_free: Vec::new(),
+            }),
+            commit: Mutex::new(CommitState {
+                sb,
+                next_seq: end.next_seq,
+            }),
+            failed: AtomicBool::new(false),
+        })
+    }
+
+    /// Where everything is in the store.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The backing store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The stream for queue `index` of `count`: each starts at its own share of the history
+    /// area, so queues allocate from different places.
+    pub fn stream(&self, index: u32, count: u32) -> Stream {
+        let area = self.layout.physical_pages - self.layout.logical_pages;
+        let start = self.layout.logical_pages + area * u64::from(index) / u64::from(count.max(1));
+        self.alloc.stream(start as u32)
+    }
+
+    fn check(&self, l: LogicalPage) -> Result<(), Error> {
+        if self.failed.load(Ordering::Relaxed) {
+            return Err(Error::Corrupt(
+                "an earlier metadata write failed; the volume refuses further I/O".into(),
+            ));
+        }
+        if l.0 >= self.layout.logical_pages {
+            return Err(Error::OutOfRange {
+                page: l.0,
+                pages: self.layout.logical_pages,
+            });
+        }
+        Ok(())
+    }
+
+    /// The physical page `l` reads from now; `None` reads as zeros.
+    pub fn resolve(&self, l: LogicalPage) -> Result<Option<PhysPage>, Error> {
+        self.check(l)?;
+        Ok(self.map.get(l).phys)
+    }
+
+    /// Claims the page `l`'s next data is to be written into. May reclaim history first.
+    pub fn allocate(&self, stream: &mut Stream, l: LogicalPage) -> Result<PhysPage, Error> {
+        self.check(l)?;
+        let home = PhysPage(l.0 as u32);
+        for attempt in 0..1000 {
+            if self.alloc.free_pages() < self.low_water {
+                self.reclaim()?;
+            }
+            if let Some(p) = self.alloc.allocate(stream, Some(home)) {
+                return Ok(p);
+            }
+            if attempt > 0 {
+                // Every page is live or claimed by writes still in flight: they finish soon.
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        Err(Error::NoSpace)
+    }
+
+    /// Gives back a page whose data write failed.
+    pub fn abandon(&self, p: PhysPage) {
+        self.alloc.release(p);
+    }
+
+    /// Makes the pages written by `allocate` + data write live.
+    pub fn commit_writes(&self, pages: &[(LogicalPage, PhysPage)]) -> Result<(), Error> {
+        let mut st = self.state.lock();
+        for &(l, p) in pages {
+            self.check(l)?;
+            assert!(self.alloc.is_used(p), "commit of unclaimed page {}", p.0);
+        }
+        let State {
+            window,
+            records,
+            pending_free,
+        } = &mut *st;
+        let mut apply = Apply {
+            map: &self.map,
+            window,
+            free: |q| pending_free.push(q),
+        };
+        for &(l, p) in pages {
+            apply.set_page(l, Some(p));
+            records.push(Record::Write { l, p });
+        }
+        let full = records.len() > self.commit_threshold;
+        drop(st);
+        if full {
+            self.commit(false)?;
+        }
+        Ok(())
+    }
+
+    /// Makes `count` pages from `first` read as zeros and frees their pages once no safe
+    /// point needs them.
+    pub fn discard(&self, first: LogicalPage, count: u64) -> Result<(), Error> {
+        if count == 0 {
+            return Ok(());
+        }
+        self.check(first)?;
+        self.check(LogicalPage(first.0 + count - 1))?;
+        let mut st = self.state.lock();
+        let State {
+            window,
+            records,
+            pending_free,
+        } = &mut *st;
+        let mut apply = Apply {
+            map: &self.map,
+            window,
+            free: |q| pending_free.push(q),
+        };
+        let mut l = first.0;
+        let end = first.0 + count;
+        while l < end {
+            let n = (end - l).min(u64::from(u32::MAX)) as u32;
+            let r = Record::Discard {
+                l: LogicalPage(l),
+                count: n,
+            };
+            apply.apply(&r, &self.layout)?;
+            records.push(r);
+            l += u64::from(n);
+        }
+        let full = records.len() > self.commit_threshold;
+        drop(st);
+        if full {
+            self.commit(false)?;
+        }
+        Ok(())
+    }
+
+    /// FLUSH: closes the epoch with a safe point (if anything was written since the last)
+    /// and makes it and every write completed before durable.
+    pub fn flush(&self) -> Result<(), Error> {
+        self.safe_point(Trigger::Flush, None).map(|_| ())
+    }
+
+    /// Makes a safe point now and commits it; returns its id. A flush with nothing written
+    /// since the newest safe point makes none and returns that one.
+    pub fn safe_point(&self, trigger: Trigger, label: Option<String>) -> Result<u64, Error> {
+        if let Some(l) = &label {
+            if l.len() > MAX_LABEL {
+                return Err(Error::BadOption(format!(
+                    "label of {} bytes; at most {MAX_LABEL}",
+                    l.len()
+                )));
+            }
+        }
+        let id = {
+            let mut st = self.state.lock();
+            let open = st.window.next_id;
+            let dirty = st.window.groups.contains_key(&open);
+            if dirty || trigger != Trigger::Flush {
+                let sp = SafePoint {
+                    id: open,
+                    time_ns: now_ns(),
+                    trigger,
+                    label,
+                };
+                st.records.push(Record::SafePoint(sp.clone()));
+                st.window.push_safe_point(sp);
+                if st.window.safe_points.len() as u64 >= MAX_SAFE_POINTS {
+                    let keep = st.window.safe_points[1].id;
+                    self.retire_locked(&mut st, keep);
+                }
+                open
+            } else {
+                st.window.newest().map_or(0, |s| s.id)
+            }
+        };
+        self.commit(false)?;
+        Ok(id)
+    }
+
+    fn retire_locked(&self, st: &mut State, up_to: u64) {
+        let State {
+            window,
+            records,
+            pending_free,
+        } = st;
+        records.push(Record::Retire { up_to });
+        window.retire(up_to, |p| pending_free.push(p));
+    }
+
+    /// Frees pages by retiring the oldest safe points, closing the open epoch if even that
+    /// is not enough, then commits so the freed pages can be reused.
+    fn reclaim(&self) -> Result<(), Error> {
+        let mut c = self.commit.lock();
+        if self.alloc.free_pages() >= self.low_water {
+            return Ok(()); // another thread reclaimed while we waited
+        }
+        {
+            let mut st = self.state.lock();
+            let target = self.low_water * 2;
+            let have = self.alloc.free_pages() + st.pending_free.len() as u64;
+            if have < target {
+                let need = target - have;
+                let ids: Vec<u64> = st.window.safe_points.iter().map(|s| s.id).collect();
+                let mut up_to = None;
+                let mut freed = 0;
+                let mut groups = st.window.groups.iter().peekable();
+                // Retiring everything before ids[k] frees the groups up to ids[k].
+                for &id in ids.iter().skip(1) {
+                    while let Some((_, g)) = groups.next_if(|(e, _)| **e <= id) {
+                        freed += g.iter().filter(|(_, p)| p.is_some()).count() as u64;
+                    }
+                    up_to = Some(id);
+                    if freed >= need {
+                        break;
+                    }
+                }
+                let open = st.window.next_id;
+                if freed < need && st.window.groups.contains_key(&open) {
+                    // The open epoch itself holds the history: close it so it can go too.
+                    let sp = SafePoint {
+                        id: open,
+                        time_ns: now_ns(),
+                        trigger: Trigger::Reclaim,
+                        label: None,
+                    };
+                    st.records.push(Record::SafePoint(sp.clone()));
+                    st.window.push_safe_point(sp);
+                    up_to = Some(open);
+                }
+                if let Some(u) = up_to {
+                    self.retire_locked(&mut st, u);
+                }
+            }
+        }
+        self.commit_locked(&mut c, false)
+    }
+
+    /// Makes every record so far durable.
+    pub fn commit(&self, force_checkpoint: bool) -> Result<(), Error> {
+        let mut c = self.commit.lock();
+        self.commit_locked(&mut c, force_checkpoint)
+    }
+
+    fn commit_locked(&self, c: &mut CommitState, force_checkpoint: bool) -> Result<(), Error> {
+        if self.failed.load(Ordering::Relaxed) {
+            return Err(Error::Corrupt(
+                "an earlier metadata write failed; the volume refuses further I/O".into(),
+            ));
+        }
+        let (blocks, frees, snapshot) = {
+            let mut st = self.state.lock();
+            let records = std::mem::take(&mut st.records);
+            let frees = std::mem::take(&mut st.pending_free);
+            let blocks = journal::encode_blocks(&records, c.next_seq, self.uuid, self.session);
+            let after = c.next_seq + blocks.len() as u64;
+            let used = after - c.sb.ckpt_journal_seq.get();
+            let snapshot = (force_checkpoint || used > self.layout.journal_blocks / 2).then(|| {
+                Snapshot {
+                    map: self.map.snapshot(),
+                    window: st.window.clone(),
+                    journal_seq: after,
+                }
+            });
+            (blocks, frees, snapshot)
+        };
+        if blocks.is_empty() && snapshot.is_none() {
+            debug_assert!(frees.is_empty());
+            return Ok(());
+        }
+        let result = self.write_commit(c, &blocks, snapshot.as_ref());
+        if result.is_err() {
+            self.failed.store(true, Ordering::Relaxed);
+            return result;
+        }
+        for p in frees {
+            self.alloc.release(p);
+        }
+        Ok(())
+    }
+
+    fn write_commit(
+        &self,
+        c: &mut CommitState,
+        blocks: &[[u8; 512]],
+        snapshot: Option<&Snapshot>,
+    ) -> Result<(), Error> {
+        if !blocks.is_empty() {
+            // The data the records point at must be durable before the records are.
+            self.store.sync().map_err(Error::io("syncing data"))?;
+            journal::write_blocks(&self.store, &self.layout, c.next_seq, blocks)?;
+            self.store
+                .sync()
+                .map_err(Error::io("syncing the journal"))?;
+            c.next_seq += blocks.len() as u64;
+        }
+        if let Some(s) = snapshot {
+            self.write_checkpoint(c, s)?;
+        }
+        Ok(())
+    }
+
+    fn write_checkpoint(&self, c: &mut CommitState, s: &Snapshot) -> Result<(), Error> {
+        let bytes = checkpoint::encode(s, self.uuid);
+        if bytes.len() as u64 > self.layout.ckpt_bytes {
+            return Err(Error::Corrupt(format!(
+                "checkpoint of {} bytes does not fit its slot of {}",
+                bytes.len(),
+                self.layout.ckpt_bytes
+            )));
+        }
+        let slot = 1 - c.sb.ckpt_slot.get() as usize;
+        self.store
+            .write_at(self.layout.ckpt_offsets[slot], &bytes)
+            .map_err(Error::io("writing a checkpoint"))?;
+        self.store
+            .sync()
+            .map_err(Error::io("syncing a checkpoint"))?;
+        c.sb.ckpt_slot = U32::new(slot as u32);
+        c.sb.ckpt_len = U64::new(bytes.len() as u64);
+        c.sb.ckpt_crc = U32::new(crc32c::crc32c(&bytes));
+        c.sb.ckpt_journal_seq = U64::new(s.journal_seq);
+        c.sb.ckpt_session = U32::new(self.session);
+        write_superblock(&self.store, &mut c.sb)
+    }
+
+    /// Figures for `list` and `stats`.
+    pub fn stats(&self) -> Stats {
+        let st = self.state.lock();
+        let w = &st.window;
+        Stats {
+            logical_pages: self.layout.logical_pages,
+            physical_pages: self.layout.physical_pages,
+            free_pages: self.alloc.free_pages() + st.pending_free.len() as u64,
+            history_pages: w.history_pages,
+            history_capacity_pages: self.layout.physical_pages - self.layout.logical_pages,
+            safe_points: w.safe_points.len() as u64,
+            oldest_safe_point: w.oldest().map(|s| s.id),
+            newest_safe_point: w.newest().map(|s| s.id),
+        }
+    }
+
+    /// The reachable safe points, oldest first.
+    pub fn safe_points(&self) -> Vec<SafePoint> {
+        self.state.lock().window.safe_points.iter().cloned().collect()
+    }
+
+    /// Reads page `l` through the store (tests and tools; the daemon reads via io_uring).
+    pub fn read_page(&self, l: LogicalPage, buf: &mut [u8]) -> Result<(), Error> {
+        assert_eq!(buf.len() as u64, PAGE_SIZE);
+        match self.resolve(l)? {
+            None => buf.fill(0),
+            Some(p) => self
+                .store
+                .read_at(self.layout.page_offset(p), buf)
+                .map_err(Error::io("reading a data page"))?,
+        }
+        Ok(())
+    }
+
+    /// Writes page `l` through the store (tests and tools; the daemon writes via io_uring).
+    pub fn write_page(&self, stream: &mut Stream, l: LogicalPage, data: &[u8]) -> Result<(), Error> {
+        assert_eq!(data.len() as u64, PAGE_SIZE);
+        let p = self.allocate(stream, l)?;
+        if let Err(e) = self.store.write_at(self.layout.page_offset(p), data) {
+            self.abandon(p);
+            return Err(Error::Io {
+                what: "writing a data page",
+                source: e,
+            });
+        }
+        self.commit_writes(&[(l, p)])
+    }
+
+    /// Shuts down cleanly: commits everything with a checkpoint and marks the image clean.
+    pub fn close(self) -> Result<(), Error> {
+        let mut c = self.commit.lock();
+        self.commit_locked(&mut c, true)?;
+        c.sb.clean = U32::new(1);
+        c.sb.owner_pid = U32::new(0);
+        write_superblock(&self.store, &mut c.sb)
+    }
+}

@@ -1,0 +1,42 @@
+//! The remap table, the page allocator and streams: everything the I/O path needs to decide
+//! where a page lives, with no I/O of its own.
+//!
+//! Invariants kept here:
+//! - a logical page maps to at most one physical page, or to nothing (it reads as zeros);
+//! - a physical page is claimed by at most one owner: `PageAllocator::claim` is the only way
+//!   from free to used, and it is a compare-and-swap on the page's bit;
+//! - readers of the remap table take no lock.
+
+mod allocator;
+mod table;
+
+pub use allocator::{PageAllocator, Stream};
+pub use table::{Mapping, RemapTable};
+
+/// A page of the device as the kernel addresses it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LogicalPage(pub u64);
+
+/// A page of the data area of the backing store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PhysPage(pub u32);
+
+impl PhysPage {
+    /// The largest page index a backing store may have: `u32::MAX` is kept as "unmapped".
+    pub const MAX: u32 = u32::MAX - 1;
+}
+
+/// The epoch a mapping was written in, truncated to 32 bits.
+///
+/// Only equality with the current epoch matters (was this page written since the last safe
+/// point?), so wrapping is harmless unless one mapping survives exactly 2^32 epochs untouched
+/// while the window still reaches back that far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EpochTag(pub u32);
+
+impl EpochTag {
+    /// The tag of safe point or epoch id `id`.
+    pub fn of(id: u64) -> EpochTag {
+        EpochTag(id as u32)
+    }
+}
