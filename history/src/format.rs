@@ -37,7 +37,7 @@ pub const RECORDS_PER_BLOCK: usize = (JOURNAL_BLOCK as usize - JOURNAL_HEADER) /
 /// The journal block header's size.
 pub const JOURNAL_HEADER: usize = std::mem::size_of::<JournalHeader>();
 /// The most safe points the window keeps; older ones are retired beyond it.
-pub const MAX_SAFE_POINTS: u64 = 65_536;
+pub const MAX_SAFE_POINTS: u64 = 16_384;
 /// The longest label of a safe point, in bytes.
 pub const MAX_LABEL: usize = 64;
 /// The history area when none is asked for: a quarter of the device, but at least this.

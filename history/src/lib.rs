@@ -7,6 +7,7 @@ mod error;
 pub mod format;
 mod checkpoint;
 mod journal;
+pub mod sim;
 mod store;
 mod volume;
 mod window;
