@@ -162,13 +162,13 @@ pub fn decode(bytes: &[u8], layout: &Layout, uuid: u64) -> Result<Snapshot, Erro
                     .map_err(|_| corrupt("label is not UTF-8"))?,
             )
         };
-        if window.safe_points.back().is_some_and(|b| b.id >= e.id.get())
+        if window
+            .safe_points
+            .back()
+            .is_some_and(|b| b.id >= e.id.get())
             || e.id.get() >= window.next_id
         {
-            return Err(corrupt(format!(
-                "safe point {} out of order",
-                e.id.get()
-            )));
+            return Err(corrupt(format!("safe point {} out of order", e.id.get())));
         }
         window.safe_points.push_back(SafePoint {
             id: e.id.get(),
@@ -195,8 +195,7 @@ pub fn decode(bytes: &[u8], layout: &Layout, uuid: u64) -> Result<Snapshot, Erro
             let (e, _) = HistoryEntry::read_from_prefix(chunk).map_err(|_| corrupt("entry"))?;
             let l = e.logical.get();
             let p = e.phys.get();
-            if l >= layout.logical_pages
-                || (p != u32::MAX && u64::from(p) >= layout.physical_pages)
+            if l >= layout.logical_pages || (p != u32::MAX && u64::from(p) >= layout.physical_pages)
             {
                 return Err(corrupt(format!(
                     "history entry ({l}, {p}) out of range in group {epoch}"

@@ -78,14 +78,16 @@ pub struct Layout {
 impl Layout {
     /// Works out the layout for `opts`, checking the sizes.
     pub fn for_create(opts: &CreateOptions) -> Result<Layout, Error> {
-        if opts.size == 0 || opts.size % PAGE_SIZE != 0 {
+        if opts.size == 0 || !opts.size.is_multiple_of(PAGE_SIZE) {
             return Err(Error::BadOption(format!(
                 "size {} is not a positive multiple of the page size ({PAGE_SIZE})",
                 opts.size
             )));
         }
-        let history = opts.history.unwrap_or((opts.size / 4).max(DEFAULT_MIN_HISTORY));
-        if history % PAGE_SIZE != 0 || history < MIN_HISTORY {
+        let history = opts
+            .history
+            .unwrap_or((opts.size / 4).max(DEFAULT_MIN_HISTORY));
+        if !history.is_multiple_of(PAGE_SIZE) || history < MIN_HISTORY {
             return Err(Error::BadOption(format!(
                 "history size {history} must be a multiple of {PAGE_SIZE} and at least {MIN_HISTORY} (1 MiB)"
             )));
@@ -103,7 +105,7 @@ impl Layout {
         let journal_bytes = opts
             .journal
             .unwrap_or((opts.size / 256).clamp(4 << 20, 256 << 20));
-        if journal_bytes % JOURNAL_BLOCK != 0 || journal_bytes < 16 * JOURNAL_BLOCK {
+        if !journal_bytes.is_multiple_of(JOURNAL_BLOCK) || journal_bytes < 16 * JOURNAL_BLOCK {
             return Err(Error::BadOption(format!(
                 "journal size {journal_bytes} must be a multiple of {JOURNAL_BLOCK} and at least 16 blocks"
             )));
@@ -260,7 +262,10 @@ impl Superblock {
             sb.physical_pages.get(),
             sb.journal_blocks.get(),
         );
-        if l == 0 || p < l || p > u64::from(rewind_remap::PhysPage::MAX) || j < 16 || j > 1 << 32
+        if l == 0
+            || p < l
+            || p > u64::from(rewind_remap::PhysPage::MAX)
+            || !(16..=1 << 32).contains(&j)
         {
             return Err(Error::Corrupt(format!(
                 "superblock sizes out of range: {l} logical pages, {p} physical pages, {j} journal blocks"

@@ -192,7 +192,10 @@ pub fn write_blocks<S: Store>(
         let room = (layout.journal_blocks - seq % layout.journal_blocks) as usize;
         let n = room.min(blocks.len() - i);
         store
-            .write_at(layout.journal_block_offset(seq), blocks[i..i + n].as_flattened())
+            .write_at(
+                layout.journal_block_offset(seq),
+                blocks[i..i + n].as_flattened(),
+            )
             .map_err(Error::io("writing the journal"))?;
         i += n;
     }

@@ -3,9 +3,9 @@
 //! Nothing here does I/O of its own: the backing store sits behind the [`Store`] trait, a
 //! file or block device in the daemon and a power-cut simulator in tests.
 
+mod checkpoint;
 mod error;
 pub mod format;
-mod checkpoint;
 mod journal;
 pub mod sim;
 mod store;
@@ -16,5 +16,5 @@ pub use error::Error;
 pub use format::{CreateOptions, Layout, PAGE_SIZE};
 pub use rewind_remap::{LogicalPage, PhysPage, Stream};
 pub use store::{MemStore, Store};
-pub use volume::{create, read_superblock, Stats, Volume};
+pub use volume::{create, read_superblock, ReadTracker, Stats, Volume};
 pub use window::{SafePoint, Trigger};

@@ -145,7 +145,10 @@ impl Store for SimStore {
         buf.copy_from_slice(&inner.durable[offset as usize..end]);
         // Reads see the cache: newest pending write wins.
         for (off, data) in &inner.pending {
-            let (lo, hi) = ((*off).max(offset), (off + data.len() as u64).min(end as u64));
+            let (lo, hi) = (
+                (*off).max(offset),
+                (off + data.len() as u64).min(end as u64),
+            );
             if lo < hi {
                 buf[(lo - offset) as usize..(hi - offset) as usize]
                     .copy_from_slice(&data[(lo - off) as usize..(hi - off) as usize]);

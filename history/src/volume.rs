@@ -18,7 +18,8 @@
 //! window and the records not yet written, and is held only for memory work. `commit` is
 //! always taken before `state`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
@@ -88,6 +89,53 @@ pub struct Volume<S: Store> {
     /// Set when a metadata write failed: the in-memory state is then ahead of the disk, so
     /// every later request fails rather than pretend.
     failed: AtomicBool,
+    /// Pages freed by durable records, waiting for the reads that may still target them.
+    quarantine: Mutex<Vec<(u64, Vec<PhysPage>)>>,
+    /// Bumped after each commit's frees are quarantined: a read that began at generation
+    /// `g` may have resolved to a page quarantined at any generation `>= g`.
+    read_gen: AtomicU64,
+    /// Per reader (I/O queue): the oldest generation of its reads in flight, `u64::MAX`
+    /// when none.
+    readers: Mutex<Vec<Arc<AtomicU64>>>,
+}
+
+/// Tracks one queue's reads in flight, so a page they resolved to is not handed to a new
+/// write (and overwritten) before they finish. Not shared between threads.
+pub struct ReadTracker {
+    oldest: Arc<AtomicU64>,
+    inflight: std::cell::RefCell<std::collections::BTreeMap<u64, u32>>,
+}
+
+impl ReadTracker {
+    fn publish(&self) {
+        let min = self.inflight.borrow().keys().next().copied();
+        self.oldest.store(min.unwrap_or(u64::MAX), Ordering::SeqCst);
+    }
+
+    /// Call before resolving the pages of a read; pass the result to `end` when the read's
+    /// data has arrived.
+    pub fn begin<S: Store>(&self, vol: &Volume<S>) -> u64 {
+        let g = vol.read_gen.load(Ordering::SeqCst);
+        *self.inflight.borrow_mut().entry(g).or_default() += 1;
+        self.publish();
+        // Our generation is visible before we load the map: a commit that misses it has
+        // switched the map before we look (see `release_quarantine`).
+        std::sync::atomic::fence(Ordering::SeqCst);
+        g
+    }
+
+    /// The read begun at `g` is done.
+    pub fn end(&self, g: u64) {
+        let mut m = self.inflight.borrow_mut();
+        if let Some(n) = m.get_mut(&g) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&g);
+            }
+        }
+        drop(m);
+        self.publish();
+    }
 }
 
 fn now_ns() -> u64 {
@@ -174,9 +222,7 @@ fn write_superblock<S: Store>(store: &S, sb: &mut Superblock) -> Result<(), Erro
         store
             .write_at(off, &page)
             .map_err(Error::io("writing the superblock"))?;
-        store
-            .sync()
-            .map_err(Error::io("syncing the superblock"))?;
+        store.sync().map_err(Error::io("syncing the superblock"))?;
     }
     Ok(())
 }
@@ -204,11 +250,7 @@ pub fn read_superblock<S: Store>(store: &S) -> Result<Superblock, Error> {
             }
             Err(e) => {
                 // A newer version or a clear corruption says more than "not rewind".
-                let better = match (&first_err, &e) {
-                    (None, _) => true,
-                    (Some(Error::NotRewind), _) => true,
-                    _ => false,
-                };
+                let better = matches!(first_err, None | Some(Error::NotRewind));
                 if better {
                     first_err = Some(e);
                 }
@@ -344,7 +386,9 @@ impl<S: Store> Volume<S> {
             },
         )?;
         if window.newest().is_none() {
-            return Err(Error::Corrupt("the history window holds no safe point".into()));
+            return Err(Error::Corrupt(
+                "the history window holds no safe point".into(),
+            ));
         }
         let alloc = PageAllocator::new(layout.physical_pages as u32);
         for l in 0..layout.logical_pages {
@@ -394,6 +438,9 @@ impl<S: Store> Volume<S> {
                 next_seq: end.next_seq,
             }),
             failed: AtomicBool::new(false),
+            quarantine: Mutex::new(Vec::new()),
+            read_gen: AtomicU64::new(0),
+            readers: Mutex::new(Vec::new()),
         })
     }
 
@@ -442,7 +489,10 @@ impl<S: Store> Volume<S> {
         let home = PhysPage(l.0 as u32);
         for attempt in 0..1000 {
             if self.alloc.free_pages() < self.low_water {
-                self.reclaim()?;
+                self.release_quarantine();
+                if self.alloc.free_pages() < self.low_water {
+                    self.reclaim()?;
+                }
             }
             if let Some(p) = self.alloc.allocate(stream, Some(home)) {
                 return Ok(p);
@@ -453,6 +503,40 @@ impl<S: Store> Volume<S> {
             }
         }
         Err(Error::NoSpace)
+    }
+
+    /// A tracker for one reader thread's reads in flight.
+    pub fn read_tracker(&self) -> ReadTracker {
+        let oldest = Arc::new(AtomicU64::new(u64::MAX));
+        self.readers.lock().push(oldest.clone());
+        ReadTracker {
+            oldest,
+            inflight: Default::default(),
+        }
+    }
+
+    /// Frees the quarantined pages no read in flight can target.
+    fn release_quarantine(&self) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let oldest = self
+            .readers
+            .lock()
+            .iter()
+            .map(|r| r.load(Ordering::SeqCst))
+            .min()
+            .unwrap_or(u64::MAX);
+        let mut q = self.quarantine.lock();
+        // Pages quarantined at generation g were resolved only by reads begun at <= g.
+        q.retain(|(g, pages)| {
+            if *g < oldest {
+                for p in pages {
+                    self.alloc.release(*p);
+                }
+                false
+            } else {
+                true
+            }
+        });
     }
 
     /// Gives back a page whose data write failed.
@@ -648,13 +732,12 @@ impl<S: Store> Volume<S> {
             let blocks = journal::encode_blocks(&records, c.next_seq, self.uuid, self.session);
             let after = c.next_seq + blocks.len() as u64;
             let used = after - c.sb.ckpt_journal_seq.get();
-            let snapshot = (force_checkpoint || used > self.layout.journal_blocks / 2).then(|| {
-                Snapshot {
+            let snapshot =
+                (force_checkpoint || used > self.layout.journal_blocks / 2).then(|| Snapshot {
                     map: self.map.snapshot(),
                     window: st.window.clone(),
                     journal_seq: after,
-                }
-            });
+                });
             (blocks, frees, snapshot)
         };
         if blocks.is_empty() && snapshot.is_none() {
@@ -666,9 +749,11 @@ impl<S: Store> Volume<S> {
             self.failed.store(true, Ordering::Relaxed);
             return result;
         }
-        for p in frees {
-            self.alloc.release(p);
+        if !frees.is_empty() {
+            let g = self.read_gen.fetch_add(1, Ordering::SeqCst);
+            self.quarantine.lock().push((g, frees));
         }
+        self.release_quarantine();
         Ok(())
     }
 
@@ -724,7 +809,14 @@ impl<S: Store> Volume<S> {
         Stats {
             logical_pages: self.layout.logical_pages,
             physical_pages: self.layout.physical_pages,
-            free_pages: self.alloc.free_pages() + st.pending_free.len() as u64,
+            free_pages: self.alloc.free_pages()
+                + st.pending_free.len() as u64
+                + self
+                    .quarantine
+                    .lock()
+                    .iter()
+                    .map(|(_, p)| p.len() as u64)
+                    .sum::<u64>(),
             history_pages: w.history_pages,
             history_capacity_pages: self.layout.physical_pages - self.layout.logical_pages,
             safe_points: w.safe_points.len() as u64,
@@ -735,7 +827,13 @@ impl<S: Store> Volume<S> {
 
     /// The reachable safe points, oldest first.
     pub fn safe_points(&self) -> Vec<SafePoint> {
-        self.state.lock().window.safe_points.iter().cloned().collect()
+        self.state
+            .lock()
+            .window
+            .safe_points
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// Reads page `l` through the store (tests and tools; the daemon reads via io_uring).
@@ -752,7 +850,12 @@ impl<S: Store> Volume<S> {
     }
 
     /// Writes page `l` through the store (tests and tools; the daemon writes via io_uring).
-    pub fn write_page(&self, stream: &mut Stream, l: LogicalPage, data: &[u8]) -> Result<(), Error> {
+    pub fn write_page(
+        &self,
+        stream: &mut Stream,
+        l: LogicalPage,
+        data: &[u8],
+    ) -> Result<(), Error> {
         assert_eq!(data.len() as u64, PAGE_SIZE);
         let p = self.allocate(stream, l)?;
         if let Err(e) = self.store.write_at(self.layout.page_offset(p), data) {

@@ -37,7 +37,8 @@ fn read_device(vol: &Volume<Arc<MemStore>>) -> Result<Device, String> {
     let mut buf = vec![0u8; PAGE];
     let mut out = Vec::new();
     for l in 0..PAGES {
-        vol.read_page(LogicalPage(l), &mut buf).map_err(|e| e.to_string())?;
+        vol.read_page(LogicalPage(l), &mut buf)
+            .map_err(|e| e.to_string())?;
         if buf.iter().all(|b| *b == 0) {
             out.push(None);
             continue;
@@ -118,7 +119,11 @@ fn run_workload(seed: u64) -> u64 {
         match rng.below(16) {
             0..=8 => {
                 let l = rng.below(PAGES);
-                let n = if rng.below(4) == 0 { 1 + rng.below(8) } else { 1 };
+                let n = if rng.below(4) == 0 {
+                    1 + rng.below(8)
+                } else {
+                    1
+                };
                 for l in l..(l + n).min(PAGES) {
                     serial += 1;
                     let val = (rng.below(255) as u8 + 1, serial);
@@ -179,7 +184,6 @@ fn run_workload(seed: u64) -> u64 {
     let checked = model.lock().checked;
     checked
 }
-
 
 #[test]
 fn power_cuts_at_every_sync_and_random_writes_keep_the_contract() {

@@ -30,7 +30,7 @@ impl PageAllocator {
         let nwords = (pages as usize).div_ceil(64);
         let words: Box<[AtomicU64]> = (0..nwords).map(|_| AtomicU64::new(0)).collect();
         // Bits past the last page are marked used so a scan never hands them out.
-        if pages % 64 != 0 {
+        if !pages.is_multiple_of(64) {
             words[nwords - 1].store(!0u64 << (pages % 64), Ordering::Relaxed);
         }
         PageAllocator {
@@ -82,7 +82,12 @@ impl PageAllocator {
 
     /// Returns `p` to the free pool. Releasing a free page is a bug of the caller's accounting.
     pub fn release(&self, p: PhysPage) {
-        assert!(p.0 < self.pages, "release of page {} of {}", p.0, self.pages);
+        assert!(
+            p.0 < self.pages,
+            "release of page {} of {}",
+            p.0,
+            self.pages
+        );
         let (w, b) = Self::locate(p);
         let old = self.words[w].fetch_and(!b, Ordering::AcqRel);
         assert!(old & b != 0, "double free of physical page {}", p.0);
