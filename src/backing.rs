@@ -1,0 +1,358 @@
+//! The backing store of a device: an image file or a block device, as a [`Store`].
+//!
+//! A `FileStore` owns two descriptors of the same file:
+//! - a buffered one, used by the [`Store`] methods (superblock, journal, checkpoints) with
+//!   `pread`/`pwrite` loops and `fdatasync`;
+//! - a data one, opened with `O_DIRECT` when the file system allows it, which the queue
+//!   threads register with their io_uring for the device's data pages. When `O_DIRECT` is
+//!   refused (tmpfs on older kernels, some FUSE file systems) the data path uses the
+//!   buffered descriptor and [`FileStore::direct_io`] says so.
+//!
+//! Durability does not depend on which: `fdatasync` on the buffered descriptor flushes the
+//! file's dirty pages and the device cache whichever descriptor wrote them.
+//!
+//! Exclusion: the buffered descriptor holds an exclusive `flock` for the store's lifetime,
+//! so a second daemon (or `rewind create`) on the same image fails at once with a clear
+//! error instead of corrupting it. A block device is also opened `O_EXCL`, which the kernel
+//! refuses while the device is mounted or claimed by another exclusive opener.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use rewind_history::{Store, PAGE_SIZE};
+
+/// Why a backing store could not be opened or resized.
+#[derive(Debug, thiserror::Error)]
+pub enum BackingError {
+    /// Another process holds the image's lock.
+    #[error("{} is in use by another rewind daemon (or a `rewind create` running now); stop it first (`rewind list` shows the devices)", .0.display())]
+    InUse(PathBuf),
+    /// The kernel refused the exclusive open of a block device.
+    #[error("{} is busy: it is mounted, or another program holds it open exclusively; unmount or release it first", .0.display())]
+    Busy(PathBuf),
+    /// Neither a regular file nor a block device.
+    #[error("{} is neither a regular file nor a block device", .0.display())]
+    Unsupported(PathBuf),
+    /// A block device too small for the layout.
+    #[error("{} is a block device of {have} bytes; the image needs {need} bytes", .path.display())]
+    DeviceTooSmall {
+        /// The device.
+        path: PathBuf,
+        /// Bytes there.
+        have: u64,
+        /// Bytes needed.
+        need: u64,
+    },
+    /// A system call failed.
+    #[error("{what} {}: {source}", .path.display())]
+    Io {
+        /// What was being done, e.g. "opening".
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl BackingError {
+    fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> BackingError + 'a {
+        move |source| BackingError::Io {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// What kind of file backs the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackingKind {
+    /// A regular file, which `rewind create` may grow.
+    File,
+    /// A block device, whose size is fixed.
+    BlockDevice,
+}
+
+/// An image file or block device opened for serving or formatting; see the module docs.
+#[derive(Debug)]
+pub struct FileStore {
+    path: PathBuf,
+    kind: BackingKind,
+    /// Buffered, locked: the `Store` methods use it.
+    file: File,
+    /// The `O_DIRECT` descriptor for the data path, or `None` when the data path uses `file`.
+    direct: Option<File>,
+    /// Size in bytes, read once at open: nothing else resizes a locked image.
+    len: u64,
+}
+
+// BLKGETSIZE64 = _IOR(0x12, 114, size_t): the size of a block device in bytes. The `libc`
+// crate does not define it. This is the asm-generic encoding (x86, arm, riscv); powerpc, mips
+// and sparc encode the direction differently.
+#[cfg(any(
+    target_arch = "powerpc64",
+    target_arch = "mips64",
+    target_arch = "sparc64"
+))]
+compile_error!("BLKGETSIZE64 uses the asm-generic ioctl encoding; add this architecture's");
+const BLKGETSIZE64: libc::c_ulong = (2 << 30) | (8 << 16) | (0x12 << 8) | 114;
+
+fn block_device_len(file: &File) -> io::Result<u64> {
+    let mut bytes: u64 = 0;
+    // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points at `bytes`, a
+    // live, aligned u64 on this stack frame; the descriptor is open for the call's duration.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64 as _, &mut bytes as *mut u64) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(bytes)
+}
+
+fn lock_exclusive(file: &File) -> io::Result<()> {
+    // SAFETY: flock only reads the descriptor number, which `file` keeps open.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl FileStore {
+    /// Opens an existing image file or block device read-write and locks it.
+    pub fn open(path: &Path) -> Result<FileStore, BackingError> {
+        let meta = std::fs::metadata(path).map_err(BackingError::io("opening", path))?;
+        let kind = if meta.file_type().is_block_device() {
+            BackingKind::BlockDevice
+        } else if meta.file_type().is_file() {
+            BackingKind::File
+        } else {
+            return Err(BackingError::Unsupported(path.to_path_buf()));
+        };
+        let mut options = OpenOptions::new();
+        options.read(true).write(true);
+        if kind == BackingKind::BlockDevice {
+            options.custom_flags(libc::O_EXCL);
+        }
+        let file = options.open(path).map_err(|e| {
+            if kind == BackingKind::BlockDevice && e.raw_os_error() == Some(libc::EBUSY) {
+                BackingError::Busy(path.to_path_buf())
+            } else {
+                BackingError::io("opening", path)(e)
+            }
+        })?;
+        lock_exclusive(&file).map_err(|e| {
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                BackingError::InUse(path.to_path_buf())
+            } else {
+                BackingError::io("locking", path)(e)
+            }
+        })?;
+        let len = match kind {
+            BackingKind::File => file
+                .metadata()
+                .map_err(BackingError::io("reading the size of", path))?
+                .len(),
+            BackingKind::BlockDevice => {
+                block_device_len(&file).map_err(BackingError::io("reading the size of", path))?
+            }
+        };
+        let direct = Self::open_direct(path);
+        Ok(FileStore {
+            path: path.to_path_buf(),
+            kind,
+            file,
+            direct,
+            len,
+        })
+    }
+
+    /// The `O_DIRECT` descriptor, if the file system takes it and aligned I/O through it
+    /// works (a probe read of the first page). Not `O_EXCL`: the kernel ties a block
+    /// device's exclusive claim to the buffered descriptor, which keeps it.
+    fn open_direct(path: &Path) -> Option<File> {
+        let file = match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+        {
+            Ok(f) => f,
+            Err(e) => {
+                log::info!(
+                    "{}: O_DIRECT refused ({e}); the data path uses buffered I/O",
+                    path.display()
+                );
+                return None;
+            }
+        };
+        // Some file systems accept the flag at open and refuse the I/O: probe one aligned
+        // page. A short read (an empty new file) is fine; EINVAL means unusable.
+        let mut probe = libublk::helpers::IoBuf::<u8>::new(PAGE_SIZE as usize);
+        match file.read_at(probe.as_mut_slice(), 0) {
+            Ok(_) => Some(file),
+            Err(e) => {
+                log::info!(
+                    "{}: O_DIRECT read failed ({e}); the data path uses buffered I/O",
+                    path.display()
+                );
+                None
+            }
+        }
+    }
+
+    /// The path the store was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A file or a block device.
+    pub fn kind(&self) -> BackingKind {
+        self.kind
+    }
+
+    /// True when the data path bypasses the page cache (`O_DIRECT`).
+    pub fn direct_io(&self) -> bool {
+        self.direct.is_some()
+    }
+
+    /// The descriptor for the device's data pages, to register with a queue's io_uring.
+    /// It stays open as long as the store.
+    pub fn data_fd(&self) -> RawFd {
+        match &self.direct {
+            Some(f) => f.as_raw_fd(),
+            None => self.file.as_raw_fd(),
+        }
+    }
+
+    /// Makes the store at least `bytes` long: grows a regular file (sparse), checks a block
+    /// device. Never shrinks.
+    pub fn ensure_len(&mut self, bytes: u64) -> Result<(), BackingError> {
+        if self.len >= bytes {
+            return Ok(());
+        }
+        match self.kind {
+            BackingKind::File => {
+                self.file
+                    .set_len(bytes)
+                    .map_err(BackingError::io("resizing", &self.path))?;
+                self.len = bytes;
+                Ok(())
+            }
+            BackingKind::BlockDevice => Err(BackingError::DeviceTooSmall {
+                path: self.path.clone(),
+                have: self.len,
+                need: bytes,
+            }),
+        }
+    }
+}
+
+impl Store for FileStore {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        // read_exact_at loops over short reads and EINTR.
+        self.file.read_exact_at(buf, offset)
+    }
+
+    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(buf, offset)
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_image(len: u64) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("image");
+        let f = File::create(&path).expect("create image");
+        f.set_len(len).expect("size image");
+        (dir, path)
+    }
+
+    #[test]
+    fn read_write_sync_round_trip() {
+        let (_dir, path) = temp_image(1 << 20);
+        let store = FileStore::open(&path).expect("open");
+        assert_eq!(store.len(), 1 << 20);
+        assert_eq!(store.kind(), BackingKind::File);
+        let data: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
+        store.write_at(4096 * 3, &data).expect("write");
+        store.sync().expect("sync");
+        let mut back = vec![0u8; data.len()];
+        store.read_at(4096 * 3, &mut back).expect("read");
+        assert_eq!(back, data);
+        // The data descriptor sees the same bytes whichever way it was opened.
+        let data_file = store.direct.as_ref().unwrap_or(&store.file);
+        let mut page = libublk::helpers::IoBuf::<u8>::new(4096);
+        data_file
+            .read_exact_at(page.as_mut_slice(), 4096 * 3)
+            .expect("read through the data descriptor");
+        assert_eq!(page.as_slice(), &data[..4096]);
+    }
+
+    #[test]
+    fn blkgetsize64_matches_the_kernel_header() {
+        assert_eq!(BLKGETSIZE64, 0x8008_1272);
+    }
+
+    #[test]
+    fn reading_past_the_end_fails() {
+        let (_dir, path) = temp_image(8192);
+        let store = FileStore::open(&path).expect("open");
+        let mut buf = [0u8; 4096];
+        let e = store.read_at(8192, &mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn second_open_is_refused_while_the_first_lives() {
+        let (_dir, path) = temp_image(1 << 20);
+        let first = FileStore::open(&path).expect("first open");
+        match FileStore::open(&path) {
+            Err(e @ BackingError::InUse(_)) => {
+                assert!(
+                    e.to_string().contains("in use by another rewind daemon"),
+                    "{e}"
+                );
+            }
+            other => panic!("expected InUse, got {other:?}"),
+        }
+        drop(first);
+        FileStore::open(&path).expect("open after the first closed");
+    }
+
+    #[test]
+    fn ensure_len_grows_a_file_only() {
+        let (_dir, path) = temp_image(4096);
+        let mut store = FileStore::open(&path).expect("open");
+        store.ensure_len(1 << 20).expect("grow");
+        assert_eq!(store.len(), 1 << 20);
+        assert_eq!(std::fs::metadata(&path).expect("stat").len(), 1 << 20);
+        store.ensure_len(4096).expect("no shrink");
+        assert_eq!(store.len(), 1 << 20);
+    }
+
+    #[test]
+    fn missing_and_odd_files_are_clear_errors() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let missing = dir.path().join("nope");
+        let e = FileStore::open(&missing).unwrap_err();
+        assert!(matches!(e, BackingError::Io { .. }), "{e:?}");
+        let e = FileStore::open(dir.path()).unwrap_err();
+        assert!(matches!(e, BackingError::Unsupported(_)), "{e:?}");
+    }
+}

@@ -1,0 +1,325 @@
+//! The command line, parsed with clap into typed arguments; `main` turns them into calls.
+
+use std::path::PathBuf;
+
+use clap::{ArgGroup, Args, Parser, Subcommand};
+
+use crate::size::parse_page_multiple;
+
+const ABOUT: &str = "A block device that keeps its own history";
+
+const LONG_ABOUT: &str = "\
+rewind serves an image file or a block device as /dev/ublkbN (through ublk). Whenever a
+block is overwritten, its previous contents stay in a history area of the same image, so
+the device can be read or rolled back as it stood at any safe point of the recent past
+(every flush of the filesystem above is one).";
+
+const EXAMPLES: &str = "\
+Examples:
+  Serve a new 10 GiB image (created sparse) with 2.5 GiB of history:
+    rewind add /var/lib/rewind/vm.img --size 10G --history 2560M
+  Format a block device, then serve it:
+    rewind create /dev/sdb --size 900G --history 100G
+    rewind add /dev/sdb
+  See the devices and their history, then stop one (its image is closed cleanly
+  before `del` returns):
+    rewind list
+    rewind stats -n 0
+    rewind del -n 0
+
+Sizes are bytes or numbers with K, M, G or T (powers of 1024), in whole 4K pages.
+Daemon logs go to $REWIND_LOG_DIR, else /var/log/rewind, else /tmp, as rewind-IMAGE.log.";
+
+const CREATE_EXAMPLES: &str = "\
+Examples:
+  rewind create vm.img --size 20G                  # history: 25% of the size (5G)
+  rewind create vm.img --size 20G --history 8G
+  rewind create /dev/sdb --size 900G --history 100G
+  rewind create vm.img --size 20G --force          # reformat: its data and history are lost
+
+The image holds the device, the history area and some metadata, so it is a little larger
+than --size plus --history. A regular file is created (sparse) or grown as needed; a
+block device must be large enough.";
+
+const ADD_EXAMPLES: &str = "\
+Examples:
+  rewind add vm.img --size 20G          # creates vm.img if missing, prints /dev/ublkbN
+  rewind add vm.img                     # serves an existing image
+  rewind add /dev/sdb -n 7              # as /dev/ublkb7
+  rewind add vm.img --foreground        # serve here; Ctrl-C stops the device cleanly
+
+`add` needs root and the ublk driver (modprobe ublk_drv; Linux 6.0+). It starts a daemon
+in the background, waits until the device is live and prints its path as the last line.
+If the daemon fails, `add` prints why and exits non-zero.";
+
+const DEL_EXAMPLES: &str = "\
+Examples:
+  rewind del -n 0        # stop /dev/ublkb0 and close its image
+  rewind del -a          # every rewind device
+
+A device that is mounted or held by another device is refused: unmount it first.";
+
+/// Largest number of queues ublk accepts.
+const QUEUES_MAX: i64 = libublk::sys::UBLK_MAX_NR_QUEUES as i64;
+/// Largest queue depth ublk accepts.
+const DEPTH_MAX: i64 = libublk::sys::UBLK_MAX_QUEUE_DEPTH as i64;
+
+/// The `rewind` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "rewind",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = EXAMPLES,
+    subcommand_required = true,
+    arg_required_else_help = true
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Format an image file or block device, without serving it
+    #[command(after_help = CREATE_EXAMPLES)]
+    Create(CreateArgs),
+    /// Serve an image as /dev/ublkbN, creating the image if it is missing
+    #[command(after_help = ADD_EXAMPLES)]
+    Add(AddArgs),
+    /// Stop and delete devices, closing their images cleanly
+    #[command(after_help = DEL_EXAMPLES)]
+    Del(DelArgs),
+    /// List the rewind devices
+    List(ListArgs),
+    /// Show the figures of one device
+    Stats(StatsArgs),
+    /// The daemon behind `rewind add` (internal)
+    #[command(name = "__serve", hide = true)]
+    Serve(ServeArgs),
+}
+
+/// `rewind create`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Image file (created if missing) or block device
+    pub image: PathBuf,
+    /// Size of the device, e.g. 10G
+    #[arg(long, short = 's', value_name = "SIZE", value_parser = parse_page_multiple)]
+    pub size: u64,
+    /// Size of the history area [default: 25% of --size, at least 64M]
+    #[arg(long, value_name = "SIZE", value_parser = parse_page_multiple)]
+    pub history: Option<u64>,
+    /// Format even if IMAGE already holds a rewind image (its data and history are lost)
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `rewind add`.
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// Image file or block device; a missing file is created (needs --size)
+    pub image: PathBuf,
+    /// Size of the device for a new image (checked against an existing one), e.g. 10G
+    #[arg(long, short = 's', value_name = "SIZE", value_parser = parse_page_multiple)]
+    pub size: Option<u64>,
+    /// Size of the history area for a new image [default: 25% of --size, at least 64M]
+    #[arg(long, value_name = "SIZE", value_parser = parse_page_multiple)]
+    pub history: Option<u64>,
+    /// I/O queues, one thread each [default: number of CPUs, at most 4]
+    #[arg(long, short = 'q', value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=QUEUES_MAX))]
+    pub queues: Option<u16>,
+    /// Requests in flight per queue
+    #[arg(long, short = 'd', value_name = "N", default_value_t = 128,
+          value_parser = clap::value_parser!(u16).range(1..=DEPTH_MAX))]
+    pub depth: u16,
+    /// Device id: serve as /dev/ublkbID [default: the first free id]
+    #[arg(short = 'n', long = "number", value_name = "ID")]
+    pub id: Option<u32>,
+    /// Serve in this process instead of a background daemon (Ctrl-C stops it cleanly)
+    #[arg(long)]
+    pub foreground: bool,
+}
+
+/// `rewind del`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("which").required(true).args(["id", "all"])))]
+pub struct DelArgs {
+    /// The device to delete: /dev/ublkbID
+    #[arg(short = 'n', long = "number", value_name = "ID")]
+    pub id: Option<u32>,
+    /// Delete every rewind device
+    #[arg(short = 'a', long)]
+    pub all: bool,
+}
+
+/// `rewind list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `rewind stats`.
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// The device: /dev/ublkbID
+    #[arg(short = 'n', long = "number", value_name = "ID")]
+    pub id: u32,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `rewind __serve`: what `rewind add` passes to the daemon it starts.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The image, absolute
+    pub image: PathBuf,
+    /// Queues
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=QUEUES_MAX))]
+    pub queues: u16,
+    /// Depth of each queue
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=DEPTH_MAX))]
+    pub depth: u16,
+    /// Device id
+    #[arg(short = 'n', long = "number")]
+    pub id: Option<u32>,
+    /// Descriptor of the status pipe to `rewind add`
+    #[arg(long)]
+    pub status_fd: Option<i32>,
+    /// The daemon's log file, to report
+    #[arg(long)]
+    pub log: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("rewind").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn create_parses_sizes() {
+        let cli = parse(&["create", "a.img", "--size", "10G", "--history", "2560M"]).unwrap();
+        match cli.command {
+            Command::Create(a) => {
+                assert_eq!(a.size, 10 << 30);
+                assert_eq!(a.history, Some(2560 << 20));
+                assert!(!a.force);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_sizes_are_refused_with_the_reason() {
+        let e = parse(&["create", "a.img", "--size", "1000"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ValueValidation);
+        assert!(e.to_string().contains("not a multiple of 4096"), "{e}");
+        let e = parse(&["add", "a.img", "--size", "1.5G"]).unwrap_err();
+        assert!(e.to_string().contains("fractions"), "{e}");
+        let e = parse(&["create", "a.img"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn add_defaults_and_limits() {
+        let cli = parse(&["add", "a.img"]).unwrap();
+        match cli.command {
+            Command::Add(a) => {
+                assert_eq!(a.depth, 128);
+                assert_eq!(a.queues, None);
+                assert_eq!(a.id, None);
+                assert!(!a.foreground);
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = parse(&[
+            "add",
+            "a.img",
+            "-n",
+            "7",
+            "-q",
+            "2",
+            "-d",
+            "64",
+            "--foreground",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Add(a) => {
+                assert_eq!(
+                    (a.id, a.queues, a.depth, a.foreground),
+                    (Some(7), Some(2), 64, true)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            parse(&["add", "a.img", "--depth", "0"]).unwrap_err().kind(),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(
+            parse(&["add", "a.img", "--queues", "0"])
+                .unwrap_err()
+                .kind(),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(
+            parse(&["add", "a.img", "-n", "-1"]).unwrap_err().kind(),
+            ErrorKind::UnknownArgument
+        );
+    }
+
+    #[test]
+    fn del_needs_exactly_one_target() {
+        assert_eq!(
+            parse(&["del"]).unwrap_err().kind(),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            parse(&["del", "-n", "1", "-a"]).unwrap_err().kind(),
+            ErrorKind::ArgumentConflict
+        );
+        assert!(matches!(
+            parse(&["del", "-a"]).unwrap().command,
+            Command::Del(DelArgs {
+                id: None,
+                all: true
+            })
+        ));
+        assert!(matches!(
+            parse(&["del", "-n", "3"]).unwrap().command,
+            Command::Del(DelArgs {
+                id: Some(3),
+                all: false
+            })
+        ));
+    }
+
+    #[test]
+    fn stats_needs_an_id_and_serve_is_hidden() {
+        assert_eq!(
+            parse(&["stats"]).unwrap_err().kind(),
+            ErrorKind::MissingRequiredArgument
+        );
+        let help = Cli::command().render_long_help().to_string();
+        assert!(!help.contains("__serve"), "{help}");
+        assert!(help.contains("Examples:"), "{help}");
+    }
+}

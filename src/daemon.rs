@@ -1,0 +1,469 @@
+//! The daemon: serves one image as one ublk device until the device is deleted.
+//!
+//! Start: open and lock the image, recover it (`Volume::open`), add the ublk device, bind
+//! the control socket, start the queues; once the kernel reports the device live, tell the
+//! `rewind add` that started us (a line on a pipe) or print the device path (foreground).
+//!
+//! Stop: `rewind del` (or SIGTERM/SIGINT/SIGHUP here) stops the device; the queues drain and
+//! exit, `run_target` returns, the device is deleted, the socket and pid file are removed,
+//! and the volume is closed with a final checkpoint, all before the process exits, so
+//! `rewind del` can wait for the exit to know the image is clean.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::io::{FromRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use libublk::ctrl::UblkCtrl;
+use libublk::io::UblkDev;
+use parking_lot::Mutex;
+use rewind_history::{Volume, PAGE_SIZE};
+
+use crate::backing::FileStore;
+use crate::control::{self, DeviceStats, Request, Response};
+use crate::image;
+use crate::paths;
+use crate::target::{self, Target, TargetData, TARGET_DATA_KEY};
+
+/// How long the daemon waits for the last references to the volume (a control request in
+/// progress) before it gives up closing it cleanly.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// What `rewind __serve` (or `rewind add --foreground`) was asked to serve.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// The image, absolute.
+    pub image: PathBuf,
+    /// The ublk device id, or the first free one.
+    pub id: Option<u32>,
+    /// Queues.
+    pub queues: u16,
+    /// Depth of each queue.
+    pub depth: u16,
+    /// The daemon's log file, for `list` and `stats` to show.
+    pub log: Option<PathBuf>,
+}
+
+/// One line the daemon sends `rewind add` on the status pipe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// The device is live at this path.
+    Live(String),
+    /// Serving failed, for this reason.
+    Failed(String),
+}
+
+impl Status {
+    /// The line for the pipe, newline included.
+    pub fn line(&self) -> String {
+        match self {
+            Status::Live(dev) => format!("live {dev}\n"),
+            // One line: the reader stops at the first newline.
+            Status::Failed(why) => format!("error {}\n", why.replace('\n', " ")),
+        }
+    }
+
+    /// Reads a line written by [`Status::line`].
+    pub fn parse(line: &str) -> Option<Status> {
+        let line = line.strip_suffix('\n').unwrap_or(line);
+        if let Some(dev) = line.strip_prefix("live ") {
+            Some(Status::Live(dev.to_string()))
+        } else {
+            line.strip_prefix("error ")
+                .map(|why| Status::Failed(why.to_string()))
+        }
+    }
+}
+
+/// Where the daemon says it is live, or why it failed.
+pub enum Reporter {
+    /// The status pipe of the `rewind add` that started this daemon; used once.
+    Pipe(Mutex<Option<File>>),
+    /// Foreground: the device path goes to stdout; errors are printed by `main`.
+    Stdout,
+}
+
+impl Reporter {
+    /// The status pipe passed as descriptor `fd`.
+    pub fn from_fd(fd: RawFd) -> Result<Reporter> {
+        // SAFETY: F_GETFD only reads the descriptor table entry; it fails for a descriptor
+        // that is not open, which is checked before taking ownership below.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("status descriptor {fd}"));
+        }
+        // SAFETY: the descriptor is open (checked above) and was made for this process by
+        // `rewind add`, which passed its number; nothing else in this process uses it, so
+        // the File may own and close it.
+        let file = unsafe { File::from_raw_fd(fd) };
+        Ok(Reporter::Pipe(Mutex::new(Some(file))))
+    }
+
+    fn send(&self, status: &Status) {
+        match self {
+            Reporter::Pipe(pipe) => {
+                if let Some(mut f) = pipe.lock().take() {
+                    if let Err(e) = f.write_all(status.line().as_bytes()) {
+                        // `rewind add` gave up waiting; the log still says what happened.
+                        log::warn!("could not report to `rewind add`: {e}");
+                    }
+                }
+            }
+            Reporter::Stdout => {
+                if let Status::Live(dev) = status {
+                    println!("{dev}");
+                    let _ = std::io::stdout().flush();
+                }
+            }
+        }
+    }
+
+    /// The device is live at `device`.
+    pub fn live(&self, device: &str) {
+        self.send(&Status::Live(device.to_string()));
+    }
+
+    /// Serving failed before the device went live (a no-op once it was reported live).
+    pub fn failed(&self, why: &str) {
+        self.send(&Status::Failed(why.to_string()));
+    }
+}
+
+/// Serves `opts.image` until the device is deleted or a signal stops it.
+pub fn serve(opts: &ServeOptions, reporter: Reporter) -> Result<()> {
+    let reporter = Arc::new(reporter);
+    let result = serve_until_stopped(opts, &reporter);
+    if let Err(e) = &result {
+        reporter.failed(&format!("{e:#}"));
+    }
+    result
+}
+
+/// The signals that stop the device cleanly.
+const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+/// Blocks the stop signals in the calling thread, and so in every thread it starts later;
+/// the signal thread takes them with `sigwait`.
+fn block_stop_signals() -> Result<libc::sigset_t> {
+    // SAFETY: sigset_t is plain data that sigemptyset initializes before any other use;
+    // sigaddset and pthread_sigmask read and write only the set passed to them.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in STOP_SIGNALS {
+            libc::sigaddset(&mut set, sig);
+        }
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc)).context("blocking signals");
+        }
+        Ok(set)
+    }
+}
+
+/// On a stop signal, stops device `id` the way `rewind del` does, so the queues drain and
+/// the volume closes cleanly.
+fn spawn_signal_thread(set: libc::sigset_t, id: u32, stop: Arc<AtomicBool>) -> Result<()> {
+    std::thread::Builder::new()
+        .name("rewind-signals".into())
+        .spawn(move || loop {
+            let mut sig: libc::c_int = 0;
+            // SAFETY: sigwait reads the set and writes the signal number into `sig`, both
+            // live locals of this thread.
+            let rc = unsafe { libc::sigwait(&set, &mut sig) };
+            if rc != 0 {
+                log::error!(
+                    "sigwait failed: {}; signals no longer stop the device",
+                    std::io::Error::from_raw_os_error(rc)
+                );
+                return;
+            }
+            if stop.swap(true, Ordering::SeqCst) {
+                log::warn!(
+                    "signal {sig} again: already stopping (SIGKILL skips the clean close; \
+                     the next `rewind add` then recovers the image)"
+                );
+                continue;
+            }
+            log::info!("signal {sig}: stopping device {id}");
+            stop_device(id);
+        })
+        .context("starting the signal thread")?;
+    Ok(())
+}
+
+/// Sends STOP_DEV for device `id` through a control handle of this thread.
+fn stop_device(id: u32) {
+    let Ok(id_arg) = i32::try_from(id) else {
+        log::error!("device id {id} out of range");
+        return;
+    };
+    match UblkCtrl::new_simple(id_arg) {
+        Ok(ctrl) => {
+            if let Err(e) = ctrl.kill_dev() {
+                log::error!("stopping device {id}: {}", target::describe_ublk_error(&e));
+            }
+        }
+        Err(e) => log::error!(
+            "opening device {id} to stop it: {}",
+            target::describe_ublk_error(&e)
+        ),
+    }
+}
+
+/// The pid file's content.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct PidFile {
+    /// The daemon.
+    pub pid: u32,
+    /// The image it serves.
+    pub image: String,
+    /// Its log.
+    pub log: Option<String>,
+}
+
+fn write_pid_file(path: &Path, content: &PidFile) -> Result<()> {
+    let text = serde_json::to_string(content)?;
+    std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+}
+
+/// Removes a runtime file when dropped, so every way out of the daemon cleans up.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        match std::fs::remove_file(&self.0) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => log::warn!("removing {}: {e}", self.0.display()),
+        }
+    }
+}
+
+fn serve_until_stopped(opts: &ServeOptions, reporter: &Arc<Reporter>) -> Result<()> {
+    // Before any thread starts, so that all of them inherit the mask.
+    let signals = block_stop_signals()?;
+    let image_text = opts.image.display().to_string();
+    log::info!(
+        "rewind {} (pid {}) serving {image_text}",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id()
+    );
+
+    let store = FileStore::open(&opts.image)?;
+    let direct_io = store.direct_io();
+    let started = Instant::now();
+    let volume =
+        Volume::open(store).with_context(|| format!("opening the rewind image {image_text}"))?;
+    log::info!(
+        "opened {image_text} in {:.1?}: {}; data path {}",
+        started.elapsed(),
+        image::describe(volume.layout()),
+        if direct_io { "O_DIRECT" } else { "buffered" }
+    );
+    let volume = Arc::new(volume);
+    // Whatever happened while serving, the volume is closed cleanly if it can be: the
+    // device is gone by the time serve_volume returns.
+    let served = serve_volume(opts, reporter, signals, &volume, direct_io);
+    let closed = close_volume(volume, &image_text);
+    match (served, closed) {
+        (Err(e), Err(c)) => {
+            // Only the first error reaches `main`; the log keeps the second.
+            log::error!("{c:#}");
+            Err(e)
+        }
+        (served, closed) => served.and(closed),
+    }
+}
+
+/// Adds the device, serves it until it is stopped, and deletes it.
+fn serve_volume(
+    opts: &ServeOptions,
+    reporter: &Arc<Reporter>,
+    signals: libc::sigset_t,
+    volume: &Arc<Volume<FileStore>>,
+    direct_io: bool,
+) -> Result<()> {
+    let image_text = opts.image.display().to_string();
+    // Deletes the device when dropped (libublk's handle for an added device does), after
+    // the runtime files below are gone: the id is free for a new device after that.
+    let ctrl = target::add_device(opts.id, opts.queues, opts.depth)?;
+    let id = ctrl.dev_info().dev_id;
+    let device = paths::device_path(id).display().to_string();
+    log::info!(
+        "added ublk device {id}: {} queues of depth {}",
+        opts.queues,
+        opts.depth
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    spawn_signal_thread(signals, id, stop.clone())?;
+
+    paths::ensure_run_dir().with_context(|| format!("creating {}", paths::RUN_DIR))?;
+    let socket = paths::socket_path(id);
+    let pid_file = paths::pid_path(id);
+    let log_text = opts.log.as_ref().map(|p| p.display().to_string());
+    let listener = control::bind(&socket)
+        .with_context(|| format!("binding the control socket {}", socket.display()))?;
+    let socket_guard = RemoveOnDrop(socket.clone());
+    let weak = Arc::downgrade(volume);
+    let about = DeviceStats {
+        id,
+        device: device.clone(),
+        image: image_text.clone(),
+        pid: std::process::id(),
+        direct_io,
+        log: log_text.clone(),
+        page_size: PAGE_SIZE,
+        device_bytes: volume.layout().device_bytes(),
+        logical_pages: 0,
+        physical_pages: 0,
+        free_pages: 0,
+        history_pages: 0,
+        history_capacity_pages: 0,
+        safe_points: 0,
+        oldest_safe_point: None,
+        newest_safe_point: None,
+    };
+    control::serve(listener, move |request: &Request| match request {
+        Request::Stats => match weak.upgrade() {
+            Some(volume) => {
+                let s = volume.stats();
+                Response::stats(DeviceStats {
+                    logical_pages: s.logical_pages,
+                    physical_pages: s.physical_pages,
+                    free_pages: s.free_pages,
+                    history_pages: s.history_pages,
+                    history_capacity_pages: s.physical_pages - s.logical_pages,
+                    safe_points: s.safe_points,
+                    oldest_safe_point: s.oldest_safe_point,
+                    newest_safe_point: s.newest_safe_point,
+                    ..about.clone()
+                })
+            }
+            None => Response::error("the device is shutting down"),
+        },
+    })
+    .context("starting the control socket thread")?;
+    write_pid_file(
+        &pid_file,
+        &PidFile {
+            pid: std::process::id(),
+            image: image_text.clone(),
+            log: log_text.clone(),
+        },
+    )?;
+    let pid_guard = RemoveOnDrop(pid_file);
+
+    let target_data = TargetData {
+        image: image_text,
+        direct_io,
+        socket: socket.display().to_string(),
+        log: log_text,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let target_json = serde_json::json!({ TARGET_DATA_KEY: target_data });
+    let target = Arc::new(Target::new(volume.clone(), opts.queues));
+    let queue_target = target.clone();
+    let live_reporter = reporter.clone();
+    let live_stop = stop.clone();
+    let live_device = device.clone();
+    let run = ctrl.run_target(
+        |dev: &mut UblkDev| target.init(dev, target_json),
+        move |qid: u16, dev: &UblkDev| queue_target.serve_queue(qid, dev),
+        move |ctrl: &UblkCtrl| {
+            log::info!("{live_device} is live");
+            live_reporter.live(&live_device);
+            if live_stop.load(Ordering::SeqCst) {
+                // A stop signal came while the device was starting, when STOP_DEV had no
+                // effect yet: stop it now.
+                log::info!("stopping {live_device}: a stop signal came during start");
+                if let Err(e) = ctrl.kill_dev() {
+                    log::error!(
+                        "stopping {live_device}: {}",
+                        target::describe_ublk_error(&e)
+                    );
+                }
+            }
+        },
+    );
+    let run = run.map(|_| ()).map_err(|e| match target.setup_failure() {
+        Some(why) => anyhow::anyhow!("starting {device}: {why}"),
+        None => anyhow::anyhow!("starting {device}: {}", target::describe_ublk_error(&e)),
+    });
+    drop(target);
+    // Before the device goes: a new device may get this id, and with it these paths.
+    drop(pid_guard);
+    drop(socket_guard);
+    match &run {
+        Ok(()) => log::info!("{device} stopped"),
+        Err(e) => {
+            // Tell `rewind add` now: what follows may take a while.
+            reporter.failed(&format!("{e:#}"));
+            // Queues that did start may still wait for requests of a device that never
+            // went live; the synchronous delete below would wait for them to let go of
+            // the device, and they wait for it. Delete without waiting; the kernel
+            // aborts their commands.
+            if let Err(e) = ctrl.del_dev_async() {
+                log::warn!(
+                    "deleting {device} after the failed start: {}",
+                    target::describe_ublk_error(&e)
+                );
+            }
+        }
+    }
+    drop(ctrl);
+    log::info!("deleted ublk device {id}");
+    run
+}
+
+/// Closes the volume cleanly once nothing else holds it.
+fn close_volume(volume: Arc<Volume<FileStore>>, image: &str) -> Result<()> {
+    let deadline = Instant::now() + CLOSE_WAIT;
+    let mut volume = volume;
+    loop {
+        match Arc::try_unwrap(volume) {
+            Ok(v) => {
+                let started = Instant::now();
+                v.close().with_context(|| {
+                    format!("closing {image} (the next `rewind add` recovers it)")
+                })?;
+                log::info!("closed {image} cleanly in {:.1?}", started.elapsed());
+                return Ok(());
+            }
+            Err(shared) => {
+                if Instant::now() >= deadline {
+                    anyhow::bail!(
+                        "closing {image}: still in use after {CLOSE_WAIT:?}; left as after a \
+                         crash (the next `rewind add` recovers it)"
+                    );
+                }
+                volume = shared;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lines_round_trip() {
+        for s in [
+            Status::Live("/dev/ublkb3".into()),
+            Status::Failed("opening x: no such file".into()),
+        ] {
+            assert_eq!(Status::parse(&s.line()), Some(s));
+        }
+        // A multi-line error stays one line.
+        let s = Status::Failed("a\nb".into());
+        assert_eq!(s.line(), "error a b\n");
+        assert_eq!(Status::parse(""), None);
+        assert_eq!(Status::parse("garbage\n"), None);
+    }
+}

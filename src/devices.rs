@@ -1,0 +1,472 @@
+//! Finding and managing the running rewind devices: `rewind list`, `rewind stats` and
+//! `rewind del`.
+//!
+//! A ublk device is rewind's when the json libublk exports for it
+//! (`/run/ublksrvd/NNNN.json`) carries rewind's [`TargetData`]; other ublk targets are
+//! skipped. Figures come from each daemon's control socket; the kernel's view (state and
+//! daemon pid) from the ublk control device.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use libublk::ctrl::UblkCtrl;
+use libublk::sys;
+use serde::Serialize;
+
+use crate::control::{self, DeviceStats, Request};
+use crate::daemon::PidFile;
+use crate::launch::check_ublk_access;
+use crate::paths;
+use crate::size::human;
+use crate::target::{self, TargetData, TARGET_DATA_KEY};
+
+/// How long `list` and `stats` wait for a daemon to answer.
+const STATS_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long `del` waits for a daemon to close its image and exit.
+const EXIT_WAIT: Duration = Duration::from_secs(30);
+/// When `del` says it is still waiting.
+const EXIT_WAIT_NOTICE: Duration = Duration::from_secs(3);
+
+/// The ids of all ublk devices, rewind's or not, ascending.
+fn ublk_ids() -> Vec<u32> {
+    let mut ids: Vec<u32> = std::fs::read_dir("/sys/class/ublk-char")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()
+                        .and_then(|n| n.strip_prefix("ublkc"))
+                        .and_then(|n| n.parse().ok())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort_unstable();
+    ids
+}
+
+fn device_exists(id: u32) -> bool {
+    Path::new(&format!("/sys/class/ublk-char/ublkc{id}")).exists()
+}
+
+/// Rewind's data for device `id`, or `None` if it is not a rewind device (or has no json
+/// yet: the daemon writes it just before the device starts).
+fn target_data(id: u32) -> Option<TargetData> {
+    let text = std::fs::read_to_string(paths::ublk_json_path(id)).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    serde_json::from_value(json.get("target_data")?.get(TARGET_DATA_KEY)?.clone()).ok()
+}
+
+/// The kernel's view of device `id`: its state and its daemon's pid.
+fn kernel_view(id: u32) -> Result<(u16, i32)> {
+    let id_arg = i32::try_from(id).context("device id out of range")?;
+    let ctrl = UblkCtrl::new_simple(id_arg)
+        .map_err(|e| anyhow::anyhow!("{}", target::describe_ublk_error(&e)))
+        .with_context(|| format!("reading ublk device {id}"))?;
+    let info = ctrl.dev_info();
+    Ok((info.state, info.ublksrv_pid))
+}
+
+fn state_name(state: u16) -> &'static str {
+    match u32::from(state) {
+        sys::UBLK_S_DEV_DEAD => "dead",
+        sys::UBLK_S_DEV_LIVE => "live",
+        sys::UBLK_S_DEV_QUIESCED => "quiesced",
+        sys::UBLK_S_DEV_FAIL_IO => "failing I/O",
+        _ => "unknown",
+    }
+}
+
+/// True while process `pid` runs (a zombie counts as gone: it has exited).
+fn process_alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "pid (comm) S ...": the state follows the last ')', since comm may hold anything.
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].trim_start().chars().next());
+    !matches!(state, Some('Z') | Some('X') | None)
+}
+
+/// One row of `rewind list`.
+#[derive(Debug, Serialize)]
+pub struct Entry {
+    /// ublk device id.
+    pub id: u32,
+    /// `/dev/ublkbN`.
+    pub device: String,
+    /// The image.
+    pub image: String,
+    /// `live`, `dead`, ..., or what went wrong asking.
+    pub state: String,
+    /// The daemon's pid, as the kernel knows it.
+    pub pid: Option<i32>,
+    /// The daemon's log.
+    pub log: Option<String>,
+    /// The daemon's figures, if it answered.
+    pub stats: Option<DeviceStats>,
+}
+
+fn entry(id: u32, data: TargetData) -> Entry {
+    let device = paths::device_path(id).display().to_string();
+    let (mut state, pid) = match kernel_view(id) {
+        Ok((s, pid)) => (state_name(s).to_string(), Some(pid)),
+        Err(e) => (format!("unknown ({e:#})"), None),
+    };
+    let stats = if pid.is_some_and(process_alive) {
+        match control::request(&paths::socket_path(id), &Request::Stats, STATS_TIMEOUT) {
+            Ok(r) if r.ok => r.stats,
+            Ok(r) => {
+                state = format!("{state}, daemon says: {}", r.error.unwrap_or_default());
+                None
+            }
+            Err(e) => {
+                state = format!("{state}, daemon not answering ({e})");
+                None
+            }
+        }
+    } else {
+        if pid.is_some() {
+            state = format!("{state}, no daemon");
+        }
+        None
+    };
+    Entry {
+        id,
+        device,
+        image: data.image,
+        state,
+        pid,
+        log: data.log,
+        stats,
+    }
+}
+
+/// The rewind devices now, by id.
+pub fn rewind_devices() -> Vec<Entry> {
+    ublk_ids()
+        .into_iter()
+        .filter_map(|id| target_data(id).map(|d| entry(id, d)))
+        .collect()
+}
+
+fn history_column(stats: &Option<DeviceStats>) -> String {
+    match stats {
+        Some(s) => format!(
+            "{} / {}",
+            human(s.history_pages * s.page_size),
+            human(s.history_capacity_pages * s.page_size)
+        ),
+        None => "?".into(),
+    }
+}
+
+fn size_column(stats: &Option<DeviceStats>) -> String {
+    stats
+        .as_ref()
+        .map_or_else(|| "?".into(), |s| human(s.device_bytes))
+}
+
+/// `rewind list`.
+pub fn list_command(json: bool) -> Result<()> {
+    require_root("rewind list")?;
+    let entries = if Path::new(crate::launch::UBLK_CONTROL).exists() {
+        rewind_devices()
+    } else {
+        Vec::new()
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+        return Ok(());
+    }
+    if entries.is_empty() {
+        eprintln!("rewind: no rewind devices");
+        return Ok(());
+    }
+    let mut rows = vec![[
+        "ID".to_string(),
+        "DEVICE".into(),
+        "SIZE".into(),
+        "HISTORY USED/TOTAL".into(),
+        "STATE".into(),
+        "IMAGE".into(),
+    ]];
+    for e in &entries {
+        rows.push([
+            e.id.to_string(),
+            e.device.clone(),
+            size_column(&e.stats),
+            history_column(&e.stats),
+            e.state.clone(),
+            e.image.clone(),
+        ]);
+    }
+    let mut widths = [0usize; 6];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for row in &rows {
+        let mut line = String::new();
+        for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        println!("{}", line.trim_end());
+    }
+    Ok(())
+}
+
+/// `rewind stats`.
+pub fn stats_command(id: u32, json: bool) -> Result<()> {
+    require_root("rewind stats")?;
+    if target_data(id).is_none() {
+        bail!(not_rewind(id));
+    }
+    let reply = control::request(&paths::socket_path(id), &Request::Stats, STATS_TIMEOUT)?;
+    let Some(s) = reply.stats.filter(|_| reply.ok) else {
+        bail!(
+            "the daemon of ublk device {id} refused: {}",
+            reply.error.unwrap_or_else(|| "no reason given".into())
+        );
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    let pct = |n: u64, d: u64| {
+        if d == 0 {
+            0.0
+        } else {
+            100.0 * n as f64 / d as f64
+        }
+    };
+    println!("device       {}", s.device);
+    println!(
+        "image        {} ({})",
+        s.image,
+        if s.direct_io { "O_DIRECT" } else { "buffered" }
+    );
+    println!(
+        "size         {} ({} pages of {} bytes)",
+        human(s.device_bytes),
+        s.logical_pages,
+        s.page_size
+    );
+    println!(
+        "history      {} used of {} ({:.1}%)",
+        human(s.history_pages * s.page_size),
+        human(s.history_capacity_pages * s.page_size),
+        pct(s.history_pages, s.history_capacity_pages)
+    );
+    println!(
+        "free         {} ({} pages)",
+        human(s.free_pages * s.page_size),
+        s.free_pages
+    );
+    let id_or_dash = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+    println!(
+        "safe points  {} (oldest {}, newest {})",
+        s.safe_points,
+        id_or_dash(s.oldest_safe_point),
+        id_or_dash(s.newest_safe_point)
+    );
+    println!("daemon       pid {}", s.pid);
+    if let Some(log) = &s.log {
+        println!("log          {log}");
+    }
+    Ok(())
+}
+
+fn require_root(command: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "{command} needs root (it reads {} and the daemons' sockets in {})",
+            libublk::ctrl::UblkCtrl::run_dir(),
+            paths::RUN_DIR
+        );
+    }
+    Ok(())
+}
+
+fn not_rewind(id: u32) -> String {
+    if device_exists(id) {
+        format!(
+            "ublk device {id} is not a rewind device (or is still starting); \
+             `rewind list` shows the rewind devices"
+        )
+    } else {
+        format!("there is no ublk device {id}; `rewind list` shows the rewind devices")
+    }
+}
+
+/// Where device `id` is in use: its mount points and the devices stacked on it.
+fn users_of(id: u32) -> Vec<String> {
+    let mut users = Vec::new();
+    let block = format!("/sys/block/ublkb{id}");
+    if let Ok(holders) = std::fs::read_dir(format!("{block}/holders")) {
+        for h in holders.flatten() {
+            users.push(format!("held by {}", h.file_name().to_string_lossy()));
+        }
+    }
+    let Ok(devt) = std::fs::read_to_string(format!("{block}/dev")) else {
+        return users;
+    };
+    let devt = devt.trim();
+    if let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") {
+        // "36 35 98:0 / /mnt ...": field 3 is the device, field 5 the mount point.
+        for line in mountinfo.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            if fields.len() > 4 && fields[2] == devt {
+                users.push(format!("mounted on {}", fields[4]));
+            }
+        }
+    }
+    users
+}
+
+/// `rewind del`.
+pub fn del_command(id: Option<u32>, all: bool) -> Result<()> {
+    check_ublk_access("rewind del")?;
+    if !all {
+        let Some(id) = id else {
+            bail!("give -n ID or -a");
+        };
+        return delete(id);
+    }
+    let ids: Vec<u32> = ublk_ids()
+        .into_iter()
+        .filter(|&id| target_data(id).is_some())
+        .collect();
+    if ids.is_empty() {
+        eprintln!("rewind: no rewind devices");
+        return Ok(());
+    }
+    let mut failed = Vec::new();
+    for id in ids {
+        if let Err(e) = delete(id) {
+            eprintln!("rewind: {e:#}");
+            failed.push(id.to_string());
+        }
+    }
+    if !failed.is_empty() {
+        bail!("could not delete device(s) {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// Stops device `id`, waits for its daemon to close the image and exit, and deletes the
+/// device if the daemon could not.
+fn delete(id: u32) -> Result<()> {
+    let Some(data) = target_data(id) else {
+        bail!(not_rewind(id));
+    };
+    let device = paths::device_path(id).display().to_string();
+    let users = users_of(id);
+    if !users.is_empty() {
+        bail!(
+            "{device} is in use ({}); unmount or release it first",
+            users.join(", ")
+        );
+    }
+    let id_arg = i32::try_from(id).context("device id out of range")?;
+    let ctrl = UblkCtrl::new_simple(id_arg)
+        .map_err(|e| anyhow::anyhow!("{}", target::describe_ublk_error(&e)))
+        .with_context(|| format!("opening ublk device {id}"))?;
+    let mut pid = ctrl.dev_info().ublksrv_pid;
+    if pid <= 0 {
+        pid = read_pid_file(id).unwrap_or(0);
+    }
+    // STOP_DEV: the queues of the daemon see their commands aborted and exit; it then
+    // closes the image and deletes the device itself.
+    if let Err(e) = ctrl.kill_dev() {
+        log::warn!("stopping {device}: {}", target::describe_ublk_error(&e));
+    }
+    if process_alive(pid) {
+        wait_for_exit(pid, &device, &data)?;
+    }
+    // The daemon deletes the device as it exits; if it died before, do it here. Only if
+    // the device is still the one that daemon served, not a new one with the same id.
+    if device_exists(id) {
+        if let Ok((_, now_pid)) = kernel_view(id) {
+            if now_pid == pid || !process_alive(now_pid) {
+                ctrl.del_dev().map_err(|e| {
+                    anyhow::anyhow!("deleting {device}: {}", target::describe_ublk_error(&e))
+                })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_pid_file(id: u32) -> Option<i32> {
+    let text = std::fs::read_to_string(paths::pid_path(id)).ok()?;
+    let p: PidFile = serde_json::from_str(&text).ok()?;
+    i32::try_from(p.pid).ok()
+}
+
+fn wait_for_exit(pid: i32, device: &str, data: &TargetData) -> Result<()> {
+    let start = Instant::now();
+    let mut told = false;
+    while process_alive(pid) {
+        let waited = start.elapsed();
+        if waited >= EXIT_WAIT {
+            bail!(
+                "the daemon of {device} (pid {pid}) did not exit within {}s; it may still be \
+                 writing the final checkpoint of {}: see {}. `kill -9 {pid}` loses nothing \
+                 that was flushed, and the next `rewind add` recovers the image",
+                EXIT_WAIT.as_secs(),
+                data.image,
+                data.log.as_deref().unwrap_or("its log")
+            );
+        }
+        if !told && waited >= EXIT_WAIT_NOTICE {
+            eprintln!(
+                "rewind: waiting for the daemon of {device} (pid {pid}) to close {}...",
+                data.image
+            );
+            told = true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_alive_and_nonsense_is_not() {
+        assert!(process_alive(std::process::id() as i32));
+        assert!(!process_alive(0));
+        assert!(!process_alive(-1));
+        assert!(!process_alive(i32::MAX));
+    }
+
+    #[test]
+    fn exited_child_counts_as_gone_before_it_is_reaped() {
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        let pid = child.id() as i32;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // Unreaped, it is a zombie: gone for our purposes.
+        while process_alive(pid) {
+            assert!(Instant::now() < deadline, "child still alive");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        child.wait().expect("reap");
+    }
+}

@@ -1,0 +1,277 @@
+//! Formatting and inspecting images: `rewind create`, and the checks `rewind add` makes
+//! before it starts a daemon.
+//!
+//! Bad input changes nothing: a size that does not fit, an image that already holds rewind
+//! data (without `--force`), or an image in use is refused before a byte is written, and a
+//! file `create` made for a format that then failed is removed again.
+
+use std::fs::OpenOptions;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use rewind_history::format::Superblock;
+use rewind_history::{CreateOptions, Error as EngineError, Layout, PAGE_SIZE};
+
+use crate::backing::{BackingKind, FileStore};
+use crate::size::{human, human_exact};
+
+/// What a backing store holds.
+pub enum Contents {
+    /// A rewind image described by this superblock.
+    Rewind(Box<Superblock>),
+    /// No rewind superblock.
+    Foreign,
+}
+
+/// Reads the superblock of an opened store. A foreign file is `Foreign`; a rewind
+/// superblock that fails its checks is an error that says why.
+pub fn inspect(store: &FileStore) -> Result<Contents> {
+    match rewind_history::read_superblock(store) {
+        Ok(sb) => Ok(Contents::Rewind(Box::new(sb))),
+        Err(EngineError::NotRewind) | Err(EngineError::TooSmall { .. }) => Ok(Contents::Foreign),
+        Err(e) => Err(e).with_context(|| {
+            format!(
+                "reading the rewind superblock of {}",
+                store.path().display()
+            )
+        }),
+    }
+}
+
+/// The history area of a layout, in bytes.
+pub fn history_bytes(layout: &Layout) -> u64 {
+    (layout.physical_pages - layout.logical_pages) * PAGE_SIZE
+}
+
+/// A one-line description of a layout for messages.
+pub fn describe(layout: &Layout) -> String {
+    format!(
+        "{} device, {} of history, {} image",
+        human(layout.device_bytes()),
+        human(history_bytes(layout)),
+        human(layout.required_bytes())
+    )
+}
+
+/// Formats `path` as an empty rewind image: creates a regular file if it is missing and
+/// grows a file that is too small. Refuses an image that already holds a rewind superblock
+/// unless `force`.
+pub fn format(path: &Path, opts: &CreateOptions, force: bool) -> Result<Layout> {
+    let layout = Layout::for_create(opts).context("checking the sizes")?;
+    let created = match OpenOptions::new().write(true).create_new(true).open(path) {
+        Ok(_) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+        Err(e) => {
+            return Err(e).with_context(|| format!("creating {}", path.display()));
+        }
+    };
+    let result = format_existing(path, opts, &layout, force);
+    if result.is_err() && created {
+        // Leave nothing behind for a create that failed.
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+fn format_existing(
+    path: &Path,
+    opts: &CreateOptions,
+    layout: &Layout,
+    force: bool,
+) -> Result<Layout> {
+    let mut store = FileStore::open(path)?;
+    if !force {
+        match inspect(&store) {
+            Ok(Contents::Foreign) => {}
+            Ok(Contents::Rewind(sb)) => bail!(
+                "{} already holds a rewind image ({}); formatting it would destroy its data \
+                 and history: give --force to format it anyway",
+                path.display(),
+                describe(&sb.layout())
+            ),
+            Err(e) => {
+                return Err(e.context(format!(
+                    "{} holds a damaged rewind superblock; give --force to format it anyway",
+                    path.display()
+                )))
+            }
+        }
+    }
+    let need = layout.required_bytes();
+    if store.kind() == BackingKind::BlockDevice && rewind_history::Store::len(&store) < need {
+        bail!(
+            "{} is a block device of {}; a {} device with {} of history needs {} ({need} bytes): \
+             give a smaller --size or --history",
+            path.display(),
+            human(rewind_history::Store::len(&store)),
+            human(layout.device_bytes()),
+            human(history_bytes(layout)),
+            human(need)
+        );
+    }
+    store.ensure_len(need)?;
+    let made = rewind_history::create(&store, opts)
+        .with_context(|| format!("formatting {}", path.display()))?;
+    debug_assert_eq!(&made, layout);
+    Ok(made)
+}
+
+/// `rewind create`.
+pub fn create_command(image: &Path, size: u64, history: Option<u64>, force: bool) -> Result<()> {
+    let opts = CreateOptions {
+        size,
+        history,
+        journal: None,
+    };
+    let layout = format(image, &opts, force)?;
+    println!("formatted {}: {}", image.display(), describe(&layout));
+    Ok(())
+}
+
+/// What `rewind add` does with its image before starting a daemon: formats a missing image
+/// (which needs `size`), or checks an existing one against `size` and `history` if given.
+/// Returns the image's layout.
+pub fn prepare_for_add(image: &Path, size: Option<u64>, history: Option<u64>) -> Result<Layout> {
+    if !image.exists() {
+        let Some(size) = size else {
+            bail!(
+                "{} does not exist; give --size to create it (e.g. `rewind add {} --size 10G`)",
+                image.display(),
+                image.display()
+            );
+        };
+        let opts = CreateOptions {
+            size,
+            history,
+            journal: None,
+        };
+        let layout = format(image, &opts, false)?;
+        log::info!("created {}: {}", image.display(), describe(&layout));
+        return Ok(layout);
+    }
+    let store = FileStore::open(image)?;
+    let sb = match inspect(&store)? {
+        Contents::Rewind(sb) => sb,
+        Contents::Foreign => bail!(
+            "{} is not a rewind image (no rewind superblock); format it first with \
+             `rewind create {} --size SIZE`, which destroys what it holds",
+            image.display(),
+            image.display()
+        ),
+    };
+    let layout = sb.layout();
+    if let Some(size) = size {
+        if size != layout.device_bytes() {
+            bail!(
+                "{} is a {} ({}) rewind image, not {} as --size asks; omit --size to serve it \
+                 as it is",
+                image.display(),
+                human_exact(layout.device_bytes()),
+                human(layout.device_bytes()),
+                human_exact(size)
+            );
+        }
+    }
+    if let Some(history) = history {
+        if history != history_bytes(&layout) {
+            bail!(
+                "{} has {} of history, not {} as --history asks; the history size is fixed \
+                 when the image is created: omit --history",
+                image.display(),
+                human_exact(history_bytes(&layout)),
+                human_exact(history)
+            );
+        }
+    }
+    Ok(layout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn opts(size: u64) -> CreateOptions {
+        CreateOptions {
+            size,
+            history: Some(MIB),
+            journal: Some(64 << 10),
+        }
+    }
+
+    #[test]
+    fn create_refuses_to_overwrite_an_image_without_force() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("a.img");
+        let layout = format(&path, &opts(4 * MIB), false).expect("first format");
+        assert_eq!(layout.device_bytes(), 4 * MIB);
+        assert!(std::fs::metadata(&path).expect("stat").len() >= layout.required_bytes());
+
+        let e = format(&path, &opts(8 * MIB), false).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.contains("already holds a rewind image"), "{msg}");
+        assert!(msg.contains("--force"), "{msg}");
+        // Nothing changed: it still opens as the 4 MiB image.
+        let l = prepare_for_add(&path, None, None).expect("still the old image");
+        assert_eq!(l.device_bytes(), 4 * MIB);
+
+        format(&path, &opts(8 * MIB), true).expect("forced format");
+        let l = prepare_for_add(&path, Some(8 * MIB), None).expect("the new image");
+        assert_eq!(l.device_bytes(), 8 * MIB);
+    }
+
+    #[test]
+    fn failed_create_leaves_no_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("b.img");
+        let bad = CreateOptions {
+            size: 4 * MIB,
+            history: Some(4096), // below the engine's minimum
+            journal: None,
+        };
+        assert!(format(&path, &bad, false).is_err());
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn add_checks_what_it_is_given() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("c.img");
+        let e = prepare_for_add(&path, None, None).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("does not exist; give --size"),
+            "{e:#}"
+        );
+
+        format(&path, &opts(4 * MIB), false).expect("format");
+        let e = prepare_for_add(&path, Some(8 * MIB), None).unwrap_err();
+        assert!(format!("{e:#}").contains("not 8M as --size asks"), "{e:#}");
+        let e = prepare_for_add(&path, None, Some(2 * MIB)).unwrap_err();
+        assert!(format!("{e:#}").contains("--history"), "{e:#}");
+        prepare_for_add(&path, Some(4 * MIB), Some(MIB)).expect("matching sizes");
+
+        let foreign = dir.path().join("d.img");
+        std::fs::write(&foreign, vec![7u8; 64 << 10]).expect("write");
+        let e = prepare_for_add(&foreign, None, None).unwrap_err();
+        assert!(format!("{e:#}").contains("not a rewind image"), "{e:#}");
+    }
+
+    #[test]
+    fn image_in_use_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("e.img");
+        format(&path, &opts(4 * MIB), false).expect("format");
+        let _held = FileStore::open(&path).expect("hold the lock");
+        let e = prepare_for_add(&path, None, None).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("in use by another rewind daemon"),
+            "{e:#}"
+        );
+        let e = format(&path, &opts(4 * MIB), true).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("in use by another rewind daemon"),
+            "{e:#}"
+        );
+    }
+}

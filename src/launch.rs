@@ -1,0 +1,247 @@
+//! `rewind add`: checks, prepares the image, then starts a daemon in the background (or
+//! serves in the foreground) and waits until the device is live.
+//!
+//! The daemon is this program re-executed as the hidden `rewind __serve`, in its own session
+//! (`setsid`), stdin from /dev/null, stdout and stderr appended to its log file. It reports
+//! on a pipe whose write end it inherits: one line, `live /dev/ublkbN` or `error WHY`.
+//! `rewind add` prints the device path as the last line of its stdout, or the daemon's error.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader};
+use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::daemon::{self, Reporter, ServeOptions, Status};
+use crate::image;
+use crate::paths;
+
+/// How long `rewind add` waits for the daemon to report. Recovery of a large image after a
+/// crash reads its checkpoint and journal, which takes a while on a slow disk.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(90);
+/// Lines of the daemon's log shown when it dies without reporting.
+const LOG_TAIL_LINES: usize = 10;
+/// The control device of the ublk driver.
+pub const UBLK_CONTROL: &str = "/dev/ublk-control";
+
+/// What `rewind add` was asked for.
+#[derive(Clone, Debug)]
+pub struct AddOptions {
+    /// The image file or block device.
+    pub image: PathBuf,
+    /// Size for a new image; checked against an existing one.
+    pub size: Option<u64>,
+    /// History size for a new image; checked against an existing one.
+    pub history: Option<u64>,
+    /// ublk device id, or the first free one.
+    pub id: Option<u32>,
+    /// Queues; default [`default_queues`].
+    pub queues: Option<u16>,
+    /// Depth of each queue.
+    pub depth: u16,
+    /// Serve in this process.
+    pub foreground: bool,
+}
+
+/// One queue per CPU, at most 4: more queues than that cost memory (a 512 KiB buffer per
+/// tag) and spread one writer's stream for little gain.
+pub fn default_queues() -> u16 {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4) as u16)
+}
+
+/// Fails unless this process may create ublk devices: root, and the driver loaded.
+pub fn check_ublk_access(command: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("{command} needs root (ublk devices are created through {UBLK_CONTROL})");
+    }
+    if !Path::new(UBLK_CONTROL).exists() {
+        bail!(
+            "{UBLK_CONTROL} is missing: load the ublk driver with `modprobe ublk_drv` \
+             (it needs Linux 6.0 or later built with CONFIG_BLK_DEV_UBLK)"
+        );
+    }
+    Ok(())
+}
+
+/// `rewind add`.
+pub fn add_command(opts: &AddOptions) -> Result<()> {
+    check_ublk_access("rewind add")?;
+    let image = std::path::absolute(&opts.image)
+        .with_context(|| format!("resolving {}", opts.image.display()))?;
+    let existed = image.exists();
+    let layout = image::prepare_for_add(&image, opts.size, opts.history)?;
+    if !existed {
+        eprintln!(
+            "rewind: created {}: {}",
+            image.display(),
+            image::describe(&layout)
+        );
+    }
+    let mut serve = ServeOptions {
+        image,
+        id: opts.id,
+        queues: opts.queues.unwrap_or_else(default_queues),
+        depth: opts.depth,
+        log: None,
+    };
+    if opts.foreground {
+        return daemon::serve(&serve, Reporter::Stdout);
+    }
+    let log = paths::log_path(&serve.image);
+    serve.log = Some(log.clone());
+    start_daemon(&serve, &log)
+}
+
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds: [libc::c_int; 2] = [-1; 2];
+    // SAFETY: pipe2 writes two descriptors into the two-element array it is given.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded, so both are new open descriptors that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn start_daemon(opts: &ServeOptions, log: &Path) -> Result<()> {
+    let log_file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| {
+            format!(
+                "opening the daemon's log {} (set {} to another directory)",
+                log.display(),
+                paths::LOG_DIR_ENV
+            )
+        })?;
+    let (read_end, write_end) = pipe().context("creating the status pipe")?;
+    // If this process was started with stdin, stdout or stderr closed, the pipe may have
+    // taken one of their numbers, which the child's own redirections then overwrite.
+    // try_clone duplicates to the lowest free number from 3 up.
+    let write_end = if write_end.as_raw_fd() < 3 {
+        write_end.try_clone().context("moving the status pipe")?
+    } else {
+        write_end
+    };
+    let status_fd = write_end.as_raw_fd();
+    let exe = std::env::current_exe().context("finding this program to start the daemon")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("__serve")
+        .arg(&opts.image)
+        .arg("--queues")
+        .arg(opts.queues.to_string())
+        .arg("--depth")
+        .arg(opts.depth.to_string())
+        .arg("--status-fd")
+        .arg(status_fd.to_string())
+        .arg("--log")
+        .arg(log);
+    if let Some(id) = opts.id {
+        cmd.arg("--number").arg(id.to_string());
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(
+            log_file
+                .try_clone()
+                .context("duplicating the log descriptor")?,
+        )
+        .stderr(log_file);
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe functions may be called: setsid and fcntl are, and it allocates
+    // nothing. It touches only `status_fd`, a descriptor the child inherited.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The status pipe must survive exec; every other descriptor is close-on-exec.
+            let flags = libc::fcntl(status_fd, libc::F_GETFD);
+            if flags == -1 || libc::fcntl(status_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) == -1
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("starting the daemon")?;
+    // Only the daemon may hold the write end now, so its exit shows as end of file.
+    drop(write_end);
+    let pid = child.id();
+
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let got = BufReader::new(File::from(read_end))
+            .read_line(&mut line)
+            .map(|_| line);
+        let _ = tx.send(got);
+    });
+    let image = opts.image.display();
+    match rx.recv_timeout(STARTUP_TIMEOUT) {
+        Ok(Ok(line)) => match Status::parse(&line) {
+            Some(Status::Live(device)) => {
+                println!("{device}");
+                Ok(())
+            }
+            Some(Status::Failed(why)) => {
+                let _ = wait_briefly(&mut child);
+                bail!(
+                    "the daemon could not serve {image}: {why} (log: {})",
+                    log.display()
+                )
+            }
+            None => {
+                let exit = wait_briefly(&mut child);
+                show_log_tail(log);
+                bail!(
+                    "the daemon (pid {pid}) {} before the device came up; its log is {}",
+                    exit,
+                    log.display()
+                )
+            }
+        },
+        Ok(Err(e)) => bail!(
+            "reading the daemon's status: {e}; see its log {}",
+            log.display()
+        ),
+        Err(_) => bail!(
+            "the daemon (pid {pid}) has not reported within {}s; it may still be recovering \
+             {image}: see its log {} and `rewind list`",
+            STARTUP_TIMEOUT.as_secs(),
+            log.display()
+        ),
+    }
+}
+
+/// How the daemon ended, waiting up to 2 s for it.
+fn wait_briefly(child: &mut std::process::Child) -> String {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return format!("exited ({status})"),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => return "closed its status pipe".into(),
+            Err(e) => return format!("could not be waited for ({e})"),
+        }
+    }
+}
+
+fn show_log_tail(log: &Path) {
+    let Ok(text) = std::fs::read_to_string(log) else {
+        return;
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
+    if !tail.is_empty() {
+        eprintln!("rewind: last lines of {}:", log.display());
+        for line in tail {
+            eprintln!("    {line}");
+        }
+    }
+}

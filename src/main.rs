@@ -1,0 +1,80 @@
+//! The `rewind` command. `run` does the work; `main` turns its error into one line,
+//! `rewind: <what went wrong>: <why>`, and an exit status: 0 success, 1 failure, 2 a
+//! command line clap refused.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Parser;
+use rewind::cli::{Cli, Command};
+use rewind::daemon::{self, Reporter, ServeOptions};
+use rewind::{devices, image, launch};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.command);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // {:#} prints the whole chain on one line: "what: why: deeper why".
+            eprintln!("rewind: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The daemon logs at info by default with timestamps (its log is a file); the other
+/// commands only warn. RUST_LOG overrides both.
+fn init_logging(command: &Command) {
+    let daemon = matches!(
+        command,
+        Command::Serve(_)
+            | Command::Add(rewind::cli::AddArgs {
+                foreground: true,
+                ..
+            })
+    );
+    let default = if daemon { "info" } else { "warn" };
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default));
+    if daemon {
+        builder.format_timestamp_millis();
+    } else {
+        builder.format_timestamp(None).format_target(false);
+    }
+    builder.init();
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Create(a) => image::create_command(&a.image, a.size, a.history, a.force),
+        Command::Add(a) => launch::add_command(&launch::AddOptions {
+            image: a.image,
+            size: a.size,
+            history: a.history,
+            id: a.id,
+            queues: a.queues,
+            depth: a.depth,
+            foreground: a.foreground,
+        }),
+        Command::Del(a) => devices::del_command(a.id, a.all),
+        Command::List(a) => devices::list_command(a.json),
+        Command::Stats(a) => devices::stats_command(a.id, a.json),
+        Command::Serve(a) => {
+            let reporter = match a.status_fd {
+                Some(fd) => Reporter::from_fd(fd)?,
+                None => Reporter::Stdout,
+            };
+            daemon::serve(
+                &ServeOptions {
+                    image: a.image,
+                    id: a.id,
+                    queues: a.queues,
+                    depth: a.depth,
+                    log: a.log,
+                },
+                reporter,
+            )
+        }
+    }
+}

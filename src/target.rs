@@ -1,0 +1,857 @@
+//! The ublk target: device parameters and the I/O path of each queue.
+//!
+//! One thread per queue (libublk spawns them), each with its own io_uring that carries both
+//! the ublk commands and the data I/O on the image; one async task per tag on a
+//! `smol::LocalExecutor`. A request goes:
+//! - READ: resolve each logical page, zero-fill the pages that resolve to nothing, read runs
+//!   of consecutive physical pages with one uring Read each;
+//! - WRITE: allocate a physical page per logical page, write runs of consecutive physical
+//!   pages with one uring Write each, then `commit_writes` once for the request (and `flush`
+//!   for FUA). On any failure every allocated page is abandoned and the request fails;
+//! - FLUSH: `flush` (synchronous on the queue thread for now);
+//! - DISCARD and WRITE_ZEROES: `discard`, after which the pages read as zeros.
+//!
+//! Invariants:
+//! - the device's logical block is a page, so every request is page aligned; anything else
+//!   is refused with `-EINVAL` rather than rounded;
+//! - a task never completes its ublk command while a uring op on its buffer is in flight:
+//!   every submitted op is awaited before the task looks at the result, error or not, since
+//!   the kernel writes into (or reads from) the buffer until the op's completion;
+//! - engine errors become `-EIO` and a log line; nothing on the I/O path panics.
+
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use io_uring::{opcode, squeue, types};
+use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
+use libublk::helpers::IoBuf;
+use libublk::io::{UblkDev, UblkQueue};
+use libublk::uring_async::UblkUringOpFuture;
+use libublk::{sys, BufDesc, UblkError, UblkFlags};
+use parking_lot::Mutex;
+use rewind_history::{LogicalPage, PhysPage, ReadTracker, Stream, Volume, PAGE_SIZE};
+
+use crate::backing::FileStore;
+
+/// The target name ublk records; `rewind list` recognizes its devices by it.
+pub const TARGET_NAME: &str = "rewind";
+/// Largest request the kernel sends, and the size of each tag's buffer.
+pub const IO_BUF_BYTES: u32 = 512 << 10;
+/// Largest DISCARD or WRITE_ZEROES request the kernel sends.
+const MAX_DISCARD_BYTES: u64 = 1 << 30;
+/// The index of the image's data descriptor among a queue ring's fixed files; index 0 is
+/// `/dev/ublkcN`, which libublk registers first.
+const DATA_FILE_INDEX: u32 = 1;
+const DATA_FILE: types::Fixed = types::Fixed(DATA_FILE_INDEX);
+/// Times a data op that returned `EAGAIN` or `EINTR` is resubmitted before the request fails.
+const IO_RETRIES_MAX: u32 = 4;
+/// Errors of one queue logged one by one; after that only every 1000th, so a failed image
+/// cannot flood the log.
+const ERRORS_LOGGED_MAX: u64 = 20;
+/// Seconds without I/O after which a queue counts as idle (libublk's notion).
+const QUEUE_IDLE_SECS: u64 = 20;
+
+const PAGE: usize = PAGE_SIZE as usize;
+const SECTOR_SHIFT: u32 = 9;
+const SECTORS_PER_PAGE: u64 = PAGE_SIZE >> SECTOR_SHIFT;
+const _: () = assert!(
+    PAGE_SIZE == 4096,
+    "the device advertises 4 KiB logical blocks"
+);
+const _: () = assert!(IO_BUF_BYTES as u64 % PAGE_SIZE == 0);
+
+/// The block device's parameters: 4 KiB logical and physical blocks, a volatile write cache
+/// with FUA (so the kernel sends FLUSH and FUA, which make safe points), and single-segment
+/// DISCARD and WRITE_ZEROES of up to 1 GiB.
+pub fn device_params(device_bytes: u64, io_buf_bytes: u32) -> sys::ublk_params {
+    let page_shift = PAGE_SIZE.trailing_zeros() as u8;
+    let discard_sectors = u32::try_from(MAX_DISCARD_BYTES >> SECTOR_SHIFT).unwrap_or(u32::MAX);
+    sys::ublk_params {
+        types: sys::UBLK_PARAM_TYPE_BASIC | sys::UBLK_PARAM_TYPE_DISCARD,
+        basic: sys::ublk_param_basic {
+            attrs: sys::UBLK_ATTR_VOLATILE_CACHE | sys::UBLK_ATTR_FUA,
+            logical_bs_shift: page_shift,
+            physical_bs_shift: page_shift,
+            io_opt_shift: page_shift,
+            io_min_shift: page_shift,
+            max_sectors: io_buf_bytes >> SECTOR_SHIFT,
+            dev_sectors: device_bytes >> SECTOR_SHIFT,
+            ..Default::default()
+        },
+        discard: sys::ublk_param_discard {
+            discard_granularity: PAGE_SIZE as u32,
+            max_discard_sectors: discard_sectors,
+            max_write_zeroes_sectors: discard_sectors,
+            max_discard_segments: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// Words for a libublk error: the errno's text where there is one (libublk's own messages
+/// are generic, e.g. "other failure").
+pub fn describe_ublk_error(e: &UblkError) -> String {
+    match e {
+        UblkError::OtherError(n) | UblkError::UringIOError(n) if *n < 0 => {
+            std::io::Error::from_raw_os_error(-n).to_string()
+        }
+        UblkError::IOError(e) => e.to_string(),
+        UblkError::QueueIsDown => "the device is stopping".into(),
+        UblkError::InvalidVal => "invalid argument".into(),
+        other => other.to_string(),
+    }
+}
+
+/// The errno of a libublk error, if it carries one.
+pub fn ublk_errno(e: &UblkError) -> Option<i32> {
+    match e {
+        UblkError::OtherError(n) | UblkError::UringIOError(n) if *n < 0 => Some(-n),
+        UblkError::IOError(e) => e.raw_os_error(),
+        _ => None,
+    }
+}
+
+/// What the target stores in the device's exported json, under the key `rewind`, so that
+/// `rewind list` and `rewind del` can tell rewind's devices from other ublk targets and
+/// find the image, socket and log.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TargetData {
+    /// The backing image or block device, absolute.
+    pub image: String,
+    /// True when the data path uses `O_DIRECT`.
+    pub direct_io: bool,
+    /// The daemon's control socket.
+    pub socket: String,
+    /// The daemon's log file, if it has one.
+    pub log: Option<String>,
+    /// The version of the daemon.
+    pub version: String,
+}
+
+/// The json key of [`TargetData`] in libublk's `target_data`.
+pub const TARGET_DATA_KEY: &str = "rewind";
+
+/// Adds a ublk device for rewind: `id` or the first free one, `queues` queues of `depth`.
+pub fn add_device(id: Option<u32>, queues: u16, depth: u16) -> anyhow::Result<UblkCtrl> {
+    let id_arg = match id {
+        Some(n) => i32::try_from(n).map_err(|_| anyhow::anyhow!("device id {n} is too large"))?,
+        None => -1,
+    };
+    UblkCtrlBuilder::default()
+        .name(TARGET_NAME)
+        .id(id_arg)
+        .nr_queues(queues)
+        .depth(depth)
+        .io_buf_bytes(IO_BUF_BYTES)
+        .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
+        .build()
+        .map_err(|e| {
+            let why = describe_ublk_error(&e);
+            match (id, ublk_errno(&e)) {
+                (Some(n), Some(libc::EEXIST)) => anyhow::anyhow!(
+                    "adding ublk device {n}: it already exists; pick another -n or omit -n"
+                ),
+                (_, Some(libc::ENOENT)) => anyhow::anyhow!(
+                    "adding a ublk device: {why}: is the ublk driver loaded? \
+                     (`modprobe ublk_drv`; Linux 6.0+ with CONFIG_BLK_DEV_UBLK)"
+                ),
+                _ => anyhow::anyhow!("adding a ublk device: {why}"),
+            }
+        })
+}
+
+/// A request of the kernel, decoded and checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Read `pages` pages from `first`.
+    Read {
+        /// First page.
+        first: LogicalPage,
+        /// Page count, at least 1.
+        pages: usize,
+    },
+    /// Write `pages` pages from `first`; with `fua` it must be durable on completion.
+    Write {
+        /// First page.
+        first: LogicalPage,
+        /// Page count, at least 1.
+        pages: usize,
+        /// Forced unit access.
+        fua: bool,
+    },
+    /// Make every completed write durable.
+    Flush,
+    /// DISCARD or WRITE_ZEROES: the pages read as zeros afterwards.
+    Discard {
+        /// First page.
+        first: LogicalPage,
+        /// Page count.
+        pages: u64,
+    },
+}
+
+/// Decodes a request's descriptor; `buf_bytes` is the size of the tag's buffer. Errors are
+/// negative errnos for the kernel: `-EINVAL` for a request that is not page aligned or does
+/// not fit the buffer, `-EOPNOTSUPP` for an operation this target does not do.
+pub fn decode(
+    op_flags: u32,
+    start_sector: u64,
+    nr_sectors: u32,
+    buf_bytes: usize,
+) -> Result<Request, i32> {
+    let op = op_flags & 0xff;
+    match op {
+        sys::UBLK_IO_OP_FLUSH => return Ok(Request::Flush),
+        sys::UBLK_IO_OP_READ
+        | sys::UBLK_IO_OP_WRITE
+        | sys::UBLK_IO_OP_DISCARD
+        | sys::UBLK_IO_OP_WRITE_ZEROES => {}
+        _ => return Err(-libc::EOPNOTSUPP),
+    }
+    let sectors = u64::from(nr_sectors);
+    if start_sector % SECTORS_PER_PAGE != 0 || sectors % SECTORS_PER_PAGE != 0 {
+        return Err(-libc::EINVAL);
+    }
+    let first = LogicalPage(start_sector / SECTORS_PER_PAGE);
+    let pages = sectors / SECTORS_PER_PAGE;
+    match op {
+        sys::UBLK_IO_OP_READ | sys::UBLK_IO_OP_WRITE => {
+            if pages * PAGE_SIZE > buf_bytes as u64 {
+                return Err(-libc::EINVAL);
+            }
+            // Fits the buffer, so it fits a usize.
+            let pages = pages as usize;
+            if op == sys::UBLK_IO_OP_READ {
+                Ok(Request::Read { first, pages })
+            } else {
+                Ok(Request::Write {
+                    first,
+                    pages,
+                    fua: op_flags & sys::UBLK_IO_F_FUA != 0,
+                })
+            }
+        }
+        _ => Ok(Request::Discard { first, pages }),
+    }
+}
+
+/// Consecutive pages of a request that map to consecutive physical pages, or that are all
+/// unmapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run {
+    /// Index of the run's first page within the request.
+    pub index: usize,
+    /// Pages in the run.
+    pub count: usize,
+    /// The first page's physical page; `None` for unmapped pages.
+    pub phys: Option<PhysPage>,
+}
+
+/// Splits a request's pages into runs (appended to `out`).
+pub fn coalesce(pages: &[Option<PhysPage>], out: &mut Vec<Run>) {
+    for (i, p) in pages.iter().enumerate() {
+        if let Some(last) = out.last_mut() {
+            let extends = match (last.phys, p) {
+                (None, None) => true,
+                (Some(a), Some(b)) => u64::from(b.0) == u64::from(a.0) + last.count as u64,
+                _ => false,
+            };
+            if extends {
+                last.count += 1;
+                continue;
+            }
+        }
+        out.push(Run {
+            index: i,
+            count: 1,
+            phys: *p,
+        });
+    }
+}
+
+/// What the queue threads share: the volume, and the first queue setup failure, which the
+/// daemon reports instead of libublk's generic error.
+pub struct Target {
+    volume: Arc<Volume<FileStore>>,
+    nr_queues: u16,
+    setup_failure: Mutex<Option<String>>,
+}
+
+impl Target {
+    /// A target serving `volume` with `nr_queues` queues.
+    pub fn new(volume: Arc<Volume<FileStore>>, nr_queues: u16) -> Target {
+        Target {
+            volume,
+            nr_queues,
+            setup_failure: Mutex::new(None),
+        }
+    }
+
+    /// Why a queue could not be set up, if one could not.
+    pub fn setup_failure(&self) -> Option<String> {
+        self.setup_failure.lock().clone()
+    }
+
+    /// libublk's target init: registers the image's data descriptor as a fixed file, sets the
+    /// size and parameters, and stores `target_json` in the device's exported json.
+    pub fn init(&self, dev: &mut UblkDev, target_json: serde_json::Value) -> Result<(), UblkError> {
+        let tgt = &mut dev.tgt;
+        if tgt.nr_fds != DATA_FILE_INDEX as i32 {
+            log::error!(
+                "libublk registered {} fixed files before the target's; expected {DATA_FILE_INDEX}",
+                tgt.nr_fds
+            );
+            return Err(UblkError::InvalidVal);
+        }
+        tgt.fds[DATA_FILE_INDEX as usize] = self.volume.store().data_fd();
+        tgt.nr_fds += 1;
+        let device_bytes = self.volume.layout().device_bytes();
+        tgt.dev_size = device_bytes;
+        tgt.params = device_params(device_bytes, dev.dev_info.max_io_buf_bytes);
+        // A request may need several data ops (one per run) in flight at once: give the
+        // ring room for them beyond the one ublk command per tag.
+        let depth = u32::from(dev.dev_info.queue_depth);
+        tgt.sq_depth = u16::try_from(depth * 2).unwrap_or(u16::MAX / 2);
+        tgt.cq_depth = u16::try_from(u32::from(tgt.sq_depth) * 2).unwrap_or(u16::MAX);
+        dev.set_target_json(target_json);
+        Ok(())
+    }
+
+    /// Runs queue `qid` until the device stops: the body of each queue thread.
+    pub fn serve_queue(&self, qid: u16, dev: &UblkDev) {
+        let queue = match UblkQueue::new(qid, dev) {
+            Ok(q) => Rc::new(q),
+            Err(e) => {
+                let why = format!("setting up queue {qid}: {}", describe_ublk_error(&e));
+                log::error!("{why}");
+                self.setup_failure.lock().get_or_insert(why);
+                // start_dev waits until every queue registered its buffers; this one never
+                // will. Reporting a failed registration makes it give up instead of hang.
+                dev.notify_buffer_registration_complete(true);
+                return;
+            }
+        };
+        let ctx = Rc::new(QueueCtx {
+            qid,
+            volume: &self.volume,
+            stream: RefCell::new(
+                self.volume
+                    .stream(u32::from(qid), u32::from(self.nr_queues)),
+            ),
+            reads: self.volume.read_tracker(),
+            errors: ErrorLog::default(),
+        });
+        let exe = Rc::new(smol::LocalExecutor::new());
+        let mut tasks = Vec::new();
+        for tag in queue.tags() {
+            let q = queue.clone();
+            let ctx = ctx.clone();
+            tasks.push(exe.spawn(async move {
+                match io_task(&q, tag, &ctx).await {
+                    Ok(()) | Err(UblkError::QueueIsDown) => {}
+                    Err(e) => log::error!(
+                        "queue {qid} tag {tag}: stopped serving: {}",
+                        describe_ublk_error(&e)
+                    ),
+                }
+            }));
+        }
+        let exe2 = exe.clone();
+        smol::block_on(exe.run(async move {
+            let run_ops = || while exe2.try_tick() {};
+            let done = || tasks.iter().all(|t| t.is_finished());
+            if let Err(e) =
+                libublk::wait_and_handle_io_events(&queue, Some(QUEUE_IDLE_SECS), run_ops, done)
+                    .await
+            {
+                log::error!(
+                    "queue {qid}: event loop failed: {}",
+                    describe_ublk_error(&e)
+                );
+            }
+        }));
+        log::info!("queue {qid} stopped");
+    }
+}
+
+/// Counts a queue's I/O errors and logs the first few, then one in a thousand.
+#[derive(Default)]
+struct ErrorLog {
+    count: Cell<u64>,
+}
+
+impl ErrorLog {
+    fn report(&self, qid: u16, what: fmt::Arguments<'_>) {
+        let n = self.count.get() + 1;
+        self.count.set(n);
+        if n <= ERRORS_LOGGED_MAX || n % 1000 == 0 {
+            log::error!("queue {qid}: {what} (error {n} of this queue)");
+        }
+        if n == ERRORS_LOGGED_MAX {
+            log::error!("queue {qid}: logging only every 1000th error from now on");
+        }
+    }
+}
+
+/// What a queue's tasks share. Single-threaded: the stream is borrowed only across
+/// synchronous engine calls, never across an await.
+struct QueueCtx<'a> {
+    qid: u16,
+    volume: &'a Volume<FileStore>,
+    stream: RefCell<Stream>,
+    /// Keeps the pages this queue's reads resolved to from being reused until they land.
+    reads: ReadTracker,
+    errors: ErrorLog,
+}
+
+/// Per-task vectors, reused from request to request.
+#[derive(Default)]
+struct Scratch {
+    phys: Vec<Option<PhysPage>>,
+    runs: Vec<Run>,
+    claimed: Vec<(LogicalPage, PhysPage)>,
+    inflight: Vec<(Transfer, UblkUringOpFuture)>,
+}
+
+/// The life of one tag: fetch a request, handle it, commit the result and fetch the next,
+/// until the queue goes down.
+async fn io_task(q: &UblkQueue<'_>, tag: u16, ctx: &QueueCtx<'_>) -> Result<(), UblkError> {
+    let buf_bytes = q.dev.dev_info.max_io_buf_bytes as usize;
+    let mut buf = IoBuf::<u8>::new(buf_bytes);
+    let pages_max = buf_bytes / PAGE;
+    let mut scratch = Scratch {
+        phys: Vec::with_capacity(pages_max),
+        runs: Vec::with_capacity(pages_max),
+        claimed: Vec::with_capacity(pages_max),
+        inflight: Vec::with_capacity(pages_max),
+    };
+    q.submit_io_prep_cmd(tag, BufDesc::Slice(buf.as_slice()), -1, Some(&buf))
+        .await?;
+    loop {
+        // A copy: the descriptor lives in memory the driver rewrites for the next request.
+        let iod = *q.get_iod(tag);
+        let res = handle(q, tag, ctx, &iod, &mut buf, &mut scratch).await;
+        q.submit_io_commit_cmd(tag, BufDesc::Slice(buf.as_slice()), res)
+            .await?;
+    }
+}
+
+/// Handles one request; returns the result for the kernel: bytes done or a negative errno.
+async fn handle(
+    q: &UblkQueue<'_>,
+    tag: u16,
+    ctx: &QueueCtx<'_>,
+    iod: &sys::ublksrv_io_desc,
+    buf: &mut IoBuf<u8>,
+    scratch: &mut Scratch,
+) -> i32 {
+    let request = match decode(iod.op_flags, iod.start_sector, iod.nr_sectors, buf.len()) {
+        Ok(r) => r,
+        Err(errno) => {
+            ctx.errors.report(
+                ctx.qid,
+                format_args!(
+                    "tag {tag}: refused op {} at sector {} of {} sectors: {}",
+                    iod.op_flags & 0xff,
+                    iod.start_sector,
+                    iod.nr_sectors,
+                    std::io::Error::from_raw_os_error(-errno)
+                ),
+            );
+            return errno;
+        }
+    };
+    let result = match request {
+        Request::Read { first, pages } => read(q, ctx, first, pages, buf, scratch).await,
+        Request::Write { first, pages, fua } => {
+            write(q, ctx, first, pages, fua, buf, scratch).await
+        }
+        Request::Flush => ctx
+            .volume
+            .flush()
+            .map(|()| 0)
+            .map_err(|e| Failure::Engine("flush", e)),
+        Request::Discard { first, pages } => ctx
+            .volume
+            .discard(first, pages)
+            .map(|()| 0)
+            .map_err(|e| Failure::Engine("discard", e)),
+    };
+    match result {
+        Ok(bytes) => bytes,
+        Err(failure) => {
+            ctx.errors.report(
+                ctx.qid,
+                format_args!("tag {tag}: {request:?} failed: {failure}"),
+            );
+            -libc::EIO
+        }
+    }
+}
+
+/// Why a request failed; the kernel sees `-EIO` for all of them.
+enum Failure {
+    Engine(&'static str, rewind_history::Error),
+    Data {
+        write: bool,
+        offset: u64,
+        errno: i32,
+    },
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Engine(what, e) => write!(f, "{what}: {e}"),
+            Failure::Data {
+                write,
+                offset,
+                errno,
+            } => write!(
+                f,
+                "{} the image at byte {offset}: {}",
+                if *write { "writing" } else { "reading" },
+                if *errno == 0 {
+                    "unexpected end of file".to_string()
+                } else {
+                    std::io::Error::from_raw_os_error(*errno).to_string()
+                }
+            ),
+        }
+    }
+}
+
+/// One data op on the image: `len` bytes between the tag's buffer at `ptr` and the image at
+/// `offset`.
+#[derive(Clone, Copy)]
+struct Transfer {
+    write: bool,
+    ptr: *mut u8,
+    len: usize,
+    offset: u64,
+}
+
+impl Transfer {
+    /// The SQE for the part of the transfer after its first `done` bytes.
+    fn sqe(&self, done: usize) -> squeue::Entry {
+        let ptr = self.ptr.wrapping_add(done);
+        // At most one buffer (512 KiB), so it fits.
+        let len = (self.len - done) as u32;
+        let offset = self.offset + done as u64;
+        if self.write {
+            opcode::Write::new(DATA_FILE, ptr, len)
+                .offset(offset)
+                .build()
+        } else {
+            opcode::Read::new(DATA_FILE, ptr, len)
+                .offset(offset)
+                .build()
+        }
+    }
+}
+
+/// Submits every transfer in `scratch.inflight` order, awaits them all, and returns the first
+/// failure. Short transfers are continued, `EAGAIN`/`EINTR` retried a few times.
+///
+/// The buffer behind the transfers must stay untouched until this returns: the kernel
+/// accesses it until each op completes, and this awaits every op even after a failure.
+async fn run_transfers(q: &UblkQueue<'_>, scratch: &mut Scratch) -> Result<(), Failure> {
+    let mut first_failure = None;
+    for (transfer, op) in scratch.inflight.drain(..) {
+        if let Err(f) = finish_transfer(q, transfer, op).await {
+            first_failure.get_or_insert(f);
+        }
+    }
+    first_failure.map_or(Ok(()), Err)
+}
+
+async fn finish_transfer(
+    q: &UblkQueue<'_>,
+    t: Transfer,
+    mut op: UblkUringOpFuture,
+) -> Result<(), Failure> {
+    let mut done = 0usize;
+    let mut retries = 0;
+    loop {
+        let res = op.await;
+        if res > 0 {
+            done += res as usize;
+            if done >= t.len {
+                return Ok(());
+            }
+        } else if (res == -libc::EAGAIN || res == -libc::EINTR) && retries < IO_RETRIES_MAX {
+            retries += 1;
+        } else {
+            // 0: the image ends before the layout says it does.
+            return Err(Failure::Data {
+                write: t.write,
+                offset: t.offset + done as u64,
+                errno: -res,
+            });
+        }
+        op = q.ublk_submit_sqe(t.sqe(done));
+    }
+}
+
+async fn read(
+    q: &UblkQueue<'_>,
+    ctx: &QueueCtx<'_>,
+    first: LogicalPage,
+    pages: usize,
+    buf: &mut IoBuf<u8>,
+    scratch: &mut Scratch,
+) -> Result<i32, Failure> {
+    let generation = ctx.reads.begin(ctx.volume);
+    let result = read_pages(q, ctx, first, pages, buf, scratch).await;
+    ctx.reads.end(generation);
+    result
+}
+
+async fn read_pages(
+    q: &UblkQueue<'_>,
+    ctx: &QueueCtx<'_>,
+    first: LogicalPage,
+    pages: usize,
+    buf: &mut IoBuf<u8>,
+    scratch: &mut Scratch,
+) -> Result<i32, Failure> {
+    scratch.phys.clear();
+    for i in 0..pages {
+        let p = ctx
+            .volume
+            .resolve(LogicalPage(first.0 + i as u64))
+            .map_err(|e| Failure::Engine("resolve", e))?;
+        scratch.phys.push(p);
+    }
+    scratch.runs.clear();
+    coalesce(&scratch.phys, &mut scratch.runs);
+    // Zero the holes first: once the reads are submitted the buffer is the kernel's.
+    for run in scratch.runs.iter().filter(|r| r.phys.is_none()) {
+        buf.as_mut_slice()[run.index * PAGE..(run.index + run.count) * PAGE].fill(0);
+    }
+    let base = buf.as_mut_ptr();
+    let layout = ctx.volume.layout();
+    for run in scratch.runs.iter() {
+        if let Some(p) = run.phys {
+            let t = Transfer {
+                write: false,
+                ptr: base.wrapping_add(run.index * PAGE),
+                len: run.count * PAGE,
+                offset: layout.page_offset(p),
+            };
+            scratch.inflight.push((t, q.ublk_submit_sqe(t.sqe(0))));
+        }
+    }
+    run_transfers(q, scratch).await?;
+    Ok((pages * PAGE) as i32)
+}
+
+async fn write(
+    q: &UblkQueue<'_>,
+    ctx: &QueueCtx<'_>,
+    first: LogicalPage,
+    pages: usize,
+    fua: bool,
+    buf: &mut IoBuf<u8>,
+    scratch: &mut Scratch,
+) -> Result<i32, Failure> {
+    let volume = ctx.volume;
+    scratch.claimed.clear();
+    {
+        let mut stream = ctx.stream.borrow_mut();
+        for i in 0..pages {
+            let l = LogicalPage(first.0 + i as u64);
+            match volume.allocate(&mut stream, l) {
+                Ok(p) => scratch.claimed.push((l, p)),
+                Err(e) => {
+                    drop(stream);
+                    abandon_all(volume, &scratch.claimed);
+                    return Err(Failure::Engine("allocate", e));
+                }
+            }
+        }
+    }
+    scratch.phys.clear();
+    scratch
+        .phys
+        .extend(scratch.claimed.iter().map(|&(_, p)| Some(p)));
+    scratch.runs.clear();
+    coalesce(&scratch.phys, &mut scratch.runs);
+    let base = buf.as_mut_ptr();
+    let layout = volume.layout();
+    for run in scratch.runs.iter() {
+        if let Some(p) = run.phys {
+            let t = Transfer {
+                write: true,
+                ptr: base.wrapping_add(run.index * PAGE),
+                len: run.count * PAGE,
+                offset: layout.page_offset(p),
+            };
+            scratch.inflight.push((t, q.ublk_submit_sqe(t.sqe(0))));
+        }
+    }
+    if let Err(f) = run_transfers(q, scratch).await {
+        abandon_all(volume, &scratch.claimed);
+        return Err(f);
+    }
+    // The pages are not given back if this fails: the engine may already map some of them
+    // (it fails after applying when its journal write fails), and a leaked page is safer
+    // than one handed out twice. The volume refuses further I/O after such a failure.
+    volume
+        .commit_writes(&scratch.claimed)
+        .map_err(|e| Failure::Engine("commit_writes", e))?;
+    if fua {
+        volume
+            .flush()
+            .map_err(|e| Failure::Engine("flush after a FUA write", e))?;
+    }
+    Ok((pages * PAGE) as i32)
+}
+
+fn abandon_all(volume: &Volume<FileStore>, claimed: &[(LogicalPage, PhysPage)]) {
+    for &(_, p) in claimed {
+        volume.abandon(p);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FUA: u32 = sys::UBLK_IO_F_FUA;
+
+    #[test]
+    fn decode_requests() {
+        let buf = IO_BUF_BYTES as usize;
+        assert_eq!(
+            decode(sys::UBLK_IO_OP_READ, 16, 8, buf),
+            Ok(Request::Read {
+                first: LogicalPage(2),
+                pages: 1
+            })
+        );
+        assert_eq!(
+            decode(sys::UBLK_IO_OP_WRITE | FUA, 0, 1024, buf),
+            Ok(Request::Write {
+                first: LogicalPage(0),
+                pages: 128,
+                fua: true
+            })
+        );
+        assert_eq!(
+            decode(sys::UBLK_IO_OP_WRITE, 8, 8, buf),
+            Ok(Request::Write {
+                first: LogicalPage(1),
+                pages: 1,
+                fua: false
+            })
+        );
+        assert_eq!(decode(sys::UBLK_IO_OP_FLUSH, 0, 0, buf), Ok(Request::Flush));
+        for op in [sys::UBLK_IO_OP_DISCARD, sys::UBLK_IO_OP_WRITE_ZEROES] {
+            assert_eq!(
+                decode(op, 8 * 10, 2_097_152, buf),
+                Ok(Request::Discard {
+                    first: LogicalPage(10),
+                    pages: 262_144
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn decode_refuses_what_it_cannot_do() {
+        let buf = IO_BUF_BYTES as usize;
+        // Not page aligned: start, then length.
+        assert_eq!(decode(sys::UBLK_IO_OP_READ, 1, 8, buf), Err(-libc::EINVAL));
+        assert_eq!(decode(sys::UBLK_IO_OP_WRITE, 0, 1, buf), Err(-libc::EINVAL));
+        assert_eq!(
+            decode(sys::UBLK_IO_OP_DISCARD, 4, 8, buf),
+            Err(-libc::EINVAL)
+        );
+        // Larger than the buffer.
+        assert_eq!(
+            decode(sys::UBLK_IO_OP_READ, 0, 1032, buf),
+            Err(-libc::EINVAL)
+        );
+        // Operations this target does not implement.
+        assert_eq!(
+            decode(sys::UBLK_IO_OP_WRITE_SAME, 0, 8, buf),
+            Err(-libc::EOPNOTSUPP)
+        );
+        assert_eq!(
+            decode(sys::UBLK_IO_OP_ZONE_APPEND, 0, 8, buf),
+            Err(-libc::EOPNOTSUPP)
+        );
+    }
+
+    #[test]
+    fn coalesce_runs() {
+        let p = |n| Some(PhysPage(n));
+        let mut out = Vec::new();
+        coalesce(
+            &[p(5), p(6), p(7), None, None, p(9), p(3), p(4), None],
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            vec![
+                Run {
+                    index: 0,
+                    count: 3,
+                    phys: p(5)
+                },
+                Run {
+                    index: 3,
+                    count: 2,
+                    phys: None
+                },
+                Run {
+                    index: 5,
+                    count: 1,
+                    phys: p(9)
+                },
+                Run {
+                    index: 6,
+                    count: 2,
+                    phys: p(3)
+                },
+                Run {
+                    index: 8,
+                    count: 1,
+                    phys: None
+                },
+            ]
+        );
+        out.clear();
+        coalesce(&[], &mut out);
+        assert!(out.is_empty());
+        coalesce(&[p(u32::MAX - 1), p(0)], &mut out);
+        assert_eq!(out.len(), 2, "no wrap-around merge");
+    }
+
+    #[test]
+    fn params_match_the_contract() {
+        let p = device_params(10 << 30, IO_BUF_BYTES);
+        assert_eq!(p.basic.logical_bs_shift, 12);
+        assert_eq!(p.basic.physical_bs_shift, 12);
+        assert_eq!(p.basic.io_min_shift, 12);
+        assert_eq!(p.basic.io_opt_shift, 12);
+        assert_eq!(p.basic.max_sectors, 1024);
+        assert_eq!(p.basic.dev_sectors, (10u64 << 30) / 512);
+        assert_eq!(
+            p.basic.attrs,
+            sys::UBLK_ATTR_VOLATILE_CACHE | sys::UBLK_ATTR_FUA
+        );
+        assert_eq!(
+            p.types,
+            sys::UBLK_PARAM_TYPE_BASIC | sys::UBLK_PARAM_TYPE_DISCARD
+        );
+        assert_eq!(p.discard.discard_granularity, 4096);
+        assert_eq!(p.discard.max_discard_segments, 1);
+        assert_eq!(p.discard.max_discard_sectors, 2_097_152);
+        assert_eq!(p.discard.max_write_zeroes_sectors, 2_097_152);
+    }
+}
