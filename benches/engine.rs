@@ -40,7 +40,13 @@ fn write_plain(store: &MemStore, data_offset: u64, n: u64, seed: &mut u64, page:
     }
 }
 
-fn write_volume(vol: &Volume<Arc<MemStore>>, n: u64, seed: &mut u64, page: &[u8], flush_every: u64) {
+fn write_volume(
+    vol: &Volume<Arc<MemStore>>,
+    n: u64,
+    seed: &mut u64,
+    page: &[u8],
+    flush_every: u64,
+) {
     let mut s = vol.stream(0, 1);
     for i in 0..n {
         let l = next(seed);
@@ -70,7 +76,9 @@ fn bench(c: &mut Criterion) {
     g.bench_function("plain_store", |b| {
         b.iter(|| {
             let l = next(&mut seed);
-            plain.read_at(data_offset + l * 4096, &mut buf).expect("read")
+            plain
+                .read_at(data_offset + l * 4096, &mut buf)
+                .expect("read")
         })
     });
     g.bench_function("rewind_volume", |b| {
@@ -96,13 +104,19 @@ fn summary() {
     let plain = MemStore::new(vol.layout().required_bytes());
     let off = vol.layout().data_offset;
     println!("\nengine summary ({N} random 4 KiB writes, 64 MiB device, in memory)");
-    println!("{:<34} {:>12} {:>12} {:>8}", "case", "plain ns/op", "rewind ns/op", "ratio");
+    println!(
+        "{:<34} {:>12} {:>12} {:>8}",
+        "case", "plain ns/op", "rewind ns/op", "ratio"
+    );
     for (name, flush_every) in [("no flush", 0u64), ("flush every 64 writes", 64)] {
         let mut seed = 12345;
         let p = time(|| write_plain(&plain, off, N, &mut seed, &page));
         let mut seed = 12345;
         let r = time(|| write_volume(&vol, N, &mut seed, &page, flush_every));
-        let (p, r) = (p.as_nanos() as f64 / N as f64, r.as_nanos() as f64 / N as f64);
+        let (p, r) = (
+            p.as_nanos() as f64 / N as f64,
+            r.as_nanos() as f64 / N as f64,
+        );
         println!("{name:<34} {p:>12.0} {r:>12.0} {:>8.2}", r / p);
     }
     let stats = vol.stats();
