@@ -283,3 +283,44 @@ fn a_page_being_read_is_not_reused_until_the_read_ends() {
     }
     assert!(seen, "the page was never released after the read ended");
 }
+
+#[test]
+fn an_image_of_a_newer_version_is_refused_and_left_alone() {
+    use rewind_history::Store;
+    let mut h = Harness::new(256, 64);
+    h.run(&Op::Write(5, 3));
+    h.vol.take().unwrap().close().unwrap();
+    // Both copies claim version 2, with valid checksums.
+    for base in [0u64, 4096] {
+        let mut sb = vec![0u8; 208];
+        h.store.read_at(base, &mut sb).unwrap();
+        sb[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let crc = crc32c::crc32c(&sb[..200]);
+        sb[200..204].copy_from_slice(&crc.to_le_bytes());
+        h.store.write_at(base, &sb).unwrap();
+    }
+    let before = h.store.contents();
+    let err = Volume::open(h.store.clone()).err().expect("must refuse");
+    assert!(
+        matches!(
+            err,
+            rewind_history::Error::UnsupportedVersion {
+                found: 2,
+                supported: 1
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("upgrade rewind"), "{err}");
+    assert!(
+        h.store.contents() == before,
+        "a refused open changed the image"
+    );
+}
+
+#[test]
+fn a_foreign_image_is_not_rewind() {
+    let store = Arc::new(MemStore::from_bytes(vec![0x5a; 1 << 20]));
+    let err = Volume::open(store).err().expect("must refuse");
+    assert!(matches!(err, rewind_history::Error::NotRewind), "{err}");
+}
