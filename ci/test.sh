@@ -1,0 +1,92 @@
+#!/bin/bash
+# The project's test command (`sudo ci/test.sh`; CI runs it through .ci/run):
+#   setup (apt packages, guest kernel) -> cargo fmt --check -> cargo clippy -D warnings
+#   -> cargo test (debug) -> cargo build --release -> end-to-end scenarios in the guest.
+# Every step runs even if an earlier one failed, except the end-to-end scenarios, which
+# need the release build; the exit status is non-zero if any step failed. Needs no
+# terminal: every step reads /dev/null.
+#
+# Started through sudo, cargo runs as the invoking user (with their toolchain, and
+# target/ stays theirs); only setup needs root.
+set -euo pipefail
+
+# All of it is one { ... } block: bash reads the block whole before running it, so editing
+# this file while a run is under way (CI, a colleague) cannot derail that run.
+{
+CI_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$CI_DIR/.." && pwd)
+cd "$REPO"
+
+SCENARIOS=(fio-verify ext4-files mixed-bs bad-input)
+
+CARGO=(cargo)
+if [[ $(id -u) -eq 0 && -n ${SUDO_USER:-} && $SUDO_USER != root ]]; then
+    user_home=$(getent passwd "$SUDO_USER" | cut -d: -f6)
+    CARGO=(sudo -u "$SUDO_USER" -H env "PATH=$user_home/.cargo/bin:$PATH" cargo)
+else
+    # sudo's secure_path, or a CI shell without a login profile, may hide rustup's cargo.
+    for d in "${CARGO_HOME:-$HOME/.cargo}/bin" /root/.cargo/bin; do
+        if ! command -v cargo >/dev/null && [[ -x $d/cargo ]]; then PATH=$d:$PATH; fi
+    done
+fi
+RELEASE_BIN="${CARGO_TARGET_DIR:-$REPO/target}/release/rewind"
+
+names=()
+verdicts=()
+times=()
+failed=0
+total_start=$SECONDS
+
+# step NAME COMMAND...: run one step, time it, record its verdict.
+step() {
+    local name=$1 rc=0 start=$SECONDS
+    shift
+    echo
+    echo "==> [$name] $*"
+    "$@" </dev/null || rc=$?
+    names+=("$name")
+    times+=("$((SECONDS - start))s")
+    if [[ $rc -eq 0 ]]; then
+        verdicts+=(ok)
+        echo "<== [$name] ok in $((SECONDS - start))s"
+    else
+        verdicts+=("FAILED (rc=$rc)")
+        failed=$((failed + 1))
+        echo "<== [$name] FAILED (rc=$rc) after $((SECONDS - start))s"
+    fi
+    return "$rc"
+}
+
+skip() {
+    names+=("$1")
+    times+=(-)
+    verdicts+=("skipped: $2")
+    failed=$((failed + 1))
+    echo
+    echo "==> [$1] skipped: $2"
+}
+
+# Without root, setup succeeds if nothing needs installing, and otherwise says what is missing.
+step setup "$CI_DIR/setup.sh" || true
+step fmt "${CARGO[@]}" fmt --all -- --check || true
+step clippy "${CARGO[@]}" clippy --all-targets -- -D warnings || true
+step test "${CARGO[@]}" test --workspace || true
+if step build-release "${CARGO[@]}" build --release; then
+    step guest "$CI_DIR/guest.sh" --bin "$RELEASE_BIN" "${SCENARIOS[@]}" || true
+else
+    skip guest "needs the release build"
+fi
+
+echo
+echo "==================== ci/test.sh summary ===================="
+for i in "${!names[@]}"; do
+    printf '  %-14s %7s  %s\n' "${names[$i]}" "${times[$i]}" "${verdicts[$i]}"
+done
+printf '  %-14s %7s\n' total "$((SECONDS - total_start))s"
+if [[ $failed -ne 0 ]]; then
+    echo "ci/test.sh: $failed step(s) failed"
+    exit 1
+fi
+echo "ci/test.sh: all steps passed"
+}
+exit
