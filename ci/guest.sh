@@ -192,9 +192,9 @@ build_initramfs() {
     done
 
     # Real tools: bash for the scenarios (same shell as on a ublk host), fio, e2fsprogs,
-    # util-linux losetup (busybox's has no --direct-io).
+    # util-linux losetup (busybox's has no --direct-io) and blkdiscard (busybox's has no -z).
     local tool path
-    for tool in bash fio mke2fs e2fsck losetup blockdev; do
+    for tool in bash fio mke2fs e2fsck losetup blockdev blkdiscard; do
         path=$(PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH command -v "$tool") || die "$tool not found: run ci/setup.sh"
         copy_with_libs "$path" "/usr/bin/$tool"
     done
