@@ -101,7 +101,10 @@ done
 for e in "${ENVS[@]}"; do
     [[ $e =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "--env wants NAME=VALUE, got '$e'"
 done
-[[ $BIN == /* ]] || BIN="$REPO/$BIN"
+# A relative --bin is taken from the current directory if it is there, else from the repo root.
+if [[ $BIN != /* ]]; then
+    if [[ -e $BIN ]]; then BIN="$(pwd)/$BIN"; else BIN="$REPO/$BIN"; fi
+fi
 if [[ ! -x $BIN ]]; then
     # Not fatal: scenarios that only use the kernel loop device (bench with
     # BENCH_TARGETS=loop) run without it; the ones that need it fail and say so.

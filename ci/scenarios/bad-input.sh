@@ -9,7 +9,7 @@ need_rewind
 expect_refusal() {
     local what=$1 pattern=$2 rc=0 err devs
     shift 2
-    devs=$(ls /sys/block | grep -c ublkb || true)
+    devs=$(count_ublk)
     err=$("$@" 2>&1 >/dev/null) || rc=$?
     [[ $rc -ne 0 ]] || die "$what: '$*' succeeded, expected a refusal"
     say "$what: rc=$rc: $err"
@@ -17,9 +17,14 @@ expect_refusal() {
     # One line, apart from clap's pointer to --help after a usage error.
     [[ $(grep -Evc '^$|^For more information|^Usage:' <<<"$err") -eq 1 ]] ||
         die "$what: error is not one line: $err"
-    [[ $(ls /sys/block | grep -c ublkb || true) -eq $devs ]] || die "$what: a ublk device was left behind"
+    [[ $(count_ublk) -eq $devs ]] || die "$what: a ublk device was left behind"
 }
 sum() { sha256sum "$1" | cut -d' ' -f1; }
+count_ublk() {
+    local d n=0
+    for d in /sys/block/ublkb*; do [[ -e $d ]] && n=$((n + 1)); done
+    echo "$n"
+}
 
 img=$WORKDIR/missing.img
 expect_refusal "missing image, no --size" "does not exist.*--size" "$REWIND" add "$img"
