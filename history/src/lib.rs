@@ -16,5 +16,7 @@ pub use error::Error;
 pub use format::{CreateOptions, Layout, PAGE_SIZE};
 pub use rewind_remap::{LogicalPage, PhysPage, Stream};
 pub use store::{MemStore, Store};
-pub use volume::{create, read_superblock, ReadTracker, Stats, Volume};
+pub use volume::{
+    create, inspect, read_superblock, Inspection, ReadTracker, SafePointInfo, Stats, Volume,
+};
 pub use window::{SafePoint, Trigger};

@@ -71,6 +71,86 @@ struct CommitState {
     next_seq: u64,
 }
 
+/// What `load` rebuilds from disk.
+struct Loaded {
+    sb: Superblock,
+    layout: Layout,
+    map: RemapTable,
+    window: Window,
+    alloc: PageAllocator,
+    next_seq: u64,
+}
+
+/// A safe point with the space figures `rewind log` shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SafePointInfo {
+    /// The safe point.
+    pub safe_point: SafePoint,
+    /// Pages first written in the epoch it closed (unknown for the oldest: `None`).
+    pub changed_pages: Option<u64>,
+    /// History pages that go when it retires (the older ones being gone already).
+    pub held_pages: u64,
+}
+
+/// An image as it stands on disk, read without opening it for service.
+#[derive(Clone, Debug)]
+pub struct Inspection {
+    /// Where everything is.
+    pub layout: Layout,
+    /// The window, oldest first.
+    pub safe_points: Vec<SafePointInfo>,
+    /// The figures `stats` shows.
+    pub stats: Stats,
+    /// Whether the last daemon closed it cleanly.
+    pub clean: bool,
+}
+
+/// Reads an image's history without serving it or writing a byte: `rewind log IMAGE`.
+pub fn inspect<S: Store>(store: &S) -> Result<Inspection, Error> {
+    let l = Volume::load(store)?;
+    let stats = Stats {
+        logical_pages: l.layout.logical_pages,
+        physical_pages: l.layout.physical_pages,
+        free_pages: l.alloc.free_pages(),
+        history_pages: l.window.history_pages,
+        history_capacity_pages: l.layout.physical_pages - l.layout.logical_pages,
+        safe_points: l.window.safe_points.len() as u64,
+        oldest_safe_point: l.window.oldest().map(|s| s.id),
+        newest_safe_point: l.window.newest().map(|s| s.id),
+    };
+    Ok(Inspection {
+        layout: l.layout,
+        safe_points: safe_point_infos(&l.window),
+        stats,
+        clean: l.sb.clean.get() == 1,
+    })
+}
+
+fn safe_point_infos(w: &Window) -> Vec<SafePointInfo> {
+    let pages = |g: &Vec<(LogicalPage, Option<PhysPage>)>| -> u64 {
+        g.iter().filter(|(_, p)| p.is_some()).count() as u64
+    };
+    let sps: Vec<&SafePoint> = w.safe_points.iter().collect();
+    sps.iter()
+        .enumerate()
+        .map(|(i, sp)| {
+            let next = sps.get(i + 1).map_or(w.next_id, |n| n.id);
+            SafePointInfo {
+                safe_point: (*sp).clone(),
+                changed_pages: w.groups.get(&sp.id).map(|g| g.len() as u64).or(
+                    // Group `id` is dropped once `id` is the oldest; an empty epoch has none.
+                    (i > 0).then_some(0),
+                ),
+                held_pages: w
+                    .groups
+                    .range(sp.id + 1..=next)
+                    .map(|(_, g)| pages(g))
+                    .sum(),
+            }
+        })
+        .collect()
+}
+
 /// A served image. `Send + Sync`: queue threads share it.
 pub struct Volume<S: Store> {
     store: S,
@@ -334,10 +414,10 @@ impl<F: FnMut(PhysPage)> Apply<'_, F> {
 }
 
 impl<S: Store> Volume<S> {
-    /// Opens a formatted store: the checkpoint plus the journal's valid prefix rebuild the
-    /// remap table and the window, then a new session starts.
-    pub fn open(store: S) -> Result<Volume<S>, Error> {
-        let mut sb = read_superblock(&store)?;
+    /// Rebuilds the state of a formatted store from its checkpoint and the journal's valid
+    /// prefix, writing nothing.
+    fn load(store: &S) -> Result<Loaded, Error> {
+        let sb = read_superblock(store)?;
         let layout = sb.layout();
         if store.len() < layout.required_bytes() {
             return Err(Error::TooSmall {
@@ -371,7 +451,7 @@ impl<S: Store> Volume<S> {
         }
         let mut window = snap.window;
         let end = journal::replay(
-            &store,
+            store,
             &layout,
             uuid,
             snap.journal_seq,
@@ -413,6 +493,28 @@ impl<S: Store> Volume<S> {
                 }
             }
         }
+        Ok(Loaded {
+            sb,
+            layout,
+            map,
+            window,
+            alloc,
+            next_seq: end.next_seq,
+        })
+    }
+
+    /// Opens a formatted store: the checkpoint plus the journal's valid prefix rebuild the
+    /// remap table and the window, then a new session starts.
+    pub fn open(store: S) -> Result<Volume<S>, Error> {
+        let Loaded {
+            mut sb,
+            layout,
+            map,
+            window,
+            alloc,
+            next_seq,
+        } = Self::load(&store)?;
+        let uuid = sb.uuid.get();
         let session = sb.session.get().wrapping_add(1);
         sb.session = U32::new(session);
         sb.clean = U32::new(0);
@@ -433,10 +535,7 @@ impl<S: Store> Volume<S> {
                 records: Vec::new(),
                 pending_free: Vec::new(),
             }),
-            commit: Mutex::new(CommitState {
-                sb,
-                next_seq: end.next_seq,
-            }),
+            commit: Mutex::new(CommitState { sb, next_seq }),
             failed: AtomicBool::new(false),
             quarantine: Mutex::new(Vec::new()),
             read_gen: AtomicU64::new(0),
@@ -823,6 +922,11 @@ impl<S: Store> Volume<S> {
             oldest_safe_point: w.oldest().map(|s| s.id),
             newest_safe_point: w.newest().map(|s| s.id),
         }
+    }
+
+    /// The reachable safe points with their space figures, oldest first.
+    pub fn safe_point_infos(&self) -> Vec<SafePointInfo> {
+        safe_point_infos(&self.state.lock().window)
     }
 
     /// The reachable safe points, oldest first.

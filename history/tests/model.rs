@@ -324,3 +324,33 @@ fn a_foreign_image_is_not_rewind() {
     let err = Volume::open(store).err().expect("must refuse");
     assert!(matches!(err, rewind_history::Error::NotRewind), "{err}");
 }
+
+#[test]
+fn inspect_reads_the_window_of_a_closed_or_crashed_image_without_writing() {
+    let mut h = Harness::new(256, 64);
+    h.run(&Op::Write(1, 1));
+    h.run(&Op::Flush);
+    h.run(&Op::WriteRun(10, 2, 5));
+    let id = h
+        .vol()
+        .safe_point(rewind_history::Trigger::User, Some("before-upgrade".into()))
+        .unwrap();
+    h.run(&Op::Write(1, 3));
+    h.run(&Op::Flush);
+    let live = h.vol().safe_point_infos();
+    drop(h.vol.take()); // a crash: everything above was flushed
+    let before = h.store.contents();
+    let ins = rewind_history::inspect(&h.store).unwrap();
+    assert!(h.store.contents() == before, "inspect wrote to the image");
+    assert!(!ins.clean);
+    assert_eq!(ins.safe_points, live);
+    let labelled = ins
+        .safe_points
+        .iter()
+        .find(|i| i.safe_point.id == id)
+        .expect("the labelled safe point");
+    assert_eq!(labelled.safe_point.label.as_deref(), Some("before-upgrade"));
+    assert_eq!(labelled.changed_pages, Some(5));
+    // Page 1 was rewritten after it: its old page is what this safe point holds.
+    assert_eq!(labelled.held_pages, 1);
+}
