@@ -141,10 +141,7 @@ pub fn decode(bytes: &[u8], layout: &Layout, uuid: u64) -> Result<Snapshot, Erro
             }
         }
     }
-    let mut window = Window {
-        next_id: h.next_safe_point.get(),
-        ..Window::default()
-    };
+    let mut window = Window::new(h.next_safe_point.get());
     for _ in 0..h.safe_points.get() {
         let (e, _) = SafePointEntry::read_from_prefix(take(SAFE_POINT_BYTES)?)
             .map_err(|_| corrupt("safe point"))?;
@@ -181,7 +178,7 @@ pub fn decode(bytes: &[u8], layout: &Layout, uuid: u64) -> Result<Snapshot, Erro
         let (g, _) =
             GroupHeader::read_from_prefix(take(GROUP_BYTES)?).map_err(|_| corrupt("group"))?;
         let epoch = g.epoch.get();
-        if epoch > window.next_id || window.groups.contains_key(&epoch) {
+        if epoch > window.next_id || window.groups.contains_key(&epoch) || g.count.get() == 0 {
             return Err(corrupt(format!("history group {epoch} out of place")));
         }
         let count = usize::try_from(g.count.get()).map_err(|_| corrupt("group too large"))?;
@@ -190,7 +187,6 @@ pub fn decode(bytes: &[u8], layout: &Layout, uuid: u64) -> Result<Snapshot, Erro
                 .checked_mul(HISTORY_ENTRY_BYTES)
                 .ok_or_else(|| corrupt("group too large"))?,
         )?;
-        let mut entries = Vec::with_capacity(count);
         for chunk in raw.chunks_exact(HISTORY_ENTRY_BYTES) {
             let (e, _) = HistoryEntry::read_from_prefix(chunk).map_err(|_| corrupt("entry"))?;
             let l = e.logical.get();
@@ -202,11 +198,12 @@ pub fn decode(bytes: &[u8], layout: &Layout, uuid: u64) -> Result<Snapshot, Erro
                 )));
             }
             let p = (p != u32::MAX).then_some(PhysPage(p));
-            window.history_entries += 1;
-            window.history_pages += u64::from(p.is_some());
-            entries.push((LogicalPage(l), p));
+            if !window.load_entry(epoch, LogicalPage(l), p) {
+                return Err(corrupt(format!(
+                    "logical page {l} has two entries in history group {epoch}"
+                )));
+            }
         }
-        window.groups.insert(epoch, entries);
     }
     if window.history_entries != h.entries.get() {
         return Err(corrupt("entry count does not match the header"));

@@ -315,6 +315,8 @@ pub mod tag {
     pub const RETIRE: u8 = 4;
     /// Raw label bytes following a safe point.
     pub const LABEL: u8 = 5;
+    /// Every logical page goes back to what it held at safe point `id`.
+    pub const ROLLBACK: u8 = 6;
 }
 
 /// One checkpoint's header, in the first page of its slot.

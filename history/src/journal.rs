@@ -28,6 +28,8 @@ pub enum Record {
     SafePoint(SafePoint),
     /// Every safe point older than `up_to` leaves the window.
     Retire { up_to: u64 },
+    /// Every logical page goes back to what it held at safe point `to`.
+    Rollback { to: u64 },
 }
 
 type Slot = [u8; RECORD];
@@ -49,6 +51,7 @@ impl Record {
             Record::Write { l, p } => out.push(slot(tag::WRITE, 0, 0, p.0, l.0)),
             Record::Discard { l, count } => out.push(slot(tag::DISCARD, 0, 0, *count, l.0)),
             Record::Retire { up_to } => out.push(slot(tag::RETIRE, 0, 0, 0, *up_to)),
+            Record::Rollback { to } => out.push(slot(tag::ROLLBACK, 0, 0, 0, *to)),
             Record::SafePoint(sp) => {
                 let label = sp.label.as_deref().unwrap_or("").as_bytes();
                 assert!(label.len() <= MAX_LABEL, "label checked by the caller");
@@ -93,6 +96,7 @@ impl Record {
                 1,
             )),
             tag::RETIRE => Ok((Record::Retire { up_to: long }, 1)),
+            tag::ROLLBACK => Ok((Record::Rollback { to: long }, 1)),
             tag::SAFE_POINT => {
                 let trigger = Trigger::from_code(s[1])
                     .ok_or_else(|| format!("unknown safe point trigger {}", s[1]))?;

@@ -59,6 +59,8 @@ pub struct Stats {
 
 struct State {
     window: Window,
+    /// References to each physical page (see `Apply::refs`).
+    refs: Vec<u32>,
     /// Records applied in memory and not yet handed to a commit.
     records: Vec<Record>,
     /// Pages freed by those records.
@@ -71,6 +73,14 @@ struct CommitState {
     next_seq: u64,
 }
 
+fn describe_window(w: &Window) -> String {
+    match (w.oldest(), w.newest()) {
+        (Some(o), Some(n)) if o.id == n.id => format!("safe point {}", o.id),
+        (Some(o), Some(n)) => format!("safe points {} to {}", o.id, n.id),
+        _ => "no safe point".into(),
+    }
+}
+
 /// What `load` rebuilds from disk.
 struct Loaded {
     sb: Superblock,
@@ -78,7 +88,44 @@ struct Loaded {
     map: RemapTable,
     window: Window,
     alloc: PageAllocator,
+    refs: Vec<u32>,
     next_seq: u64,
+}
+
+/// Counts the references to each physical page and checks that every page belongs to one
+/// logical page only: the live map and history entries of one page may share a physical
+/// page (after a rollback), two logical pages never.
+fn count_refs(layout: &Layout, map: &RemapTable, window: &Window) -> Result<Vec<u32>, Error> {
+    let mut refs = vec![0u32; layout.physical_pages as usize];
+    let mut owner = vec![u64::MAX; layout.physical_pages as usize];
+    let mut take = |p: PhysPage, l: LogicalPage, what: &dyn Fn() -> String| {
+        let i = p.0 as usize;
+        if owner[i] != u64::MAX && owner[i] != l.0 {
+            return Err(Error::Corrupt(format!(
+                "physical page {} belongs to logical pages {} and {} ({})",
+                p.0,
+                owner[i],
+                l.0,
+                what()
+            )));
+        }
+        owner[i] = l.0;
+        refs[i] += 1;
+        Ok(())
+    };
+    for l in 0..layout.logical_pages {
+        if let Some(p) = map.get(LogicalPage(l)).phys {
+            take(p, LogicalPage(l), &|| "live".into())?;
+        }
+    }
+    for (epoch, entries) in &window.groups {
+        for (l, p) in entries {
+            if let Some(p) = p {
+                take(*p, *l, &|| format!("history group {epoch}"))?;
+            }
+        }
+    }
+    Ok(refs)
 }
 
 /// A safe point with the space figures `rewind log` shows.
@@ -243,10 +290,7 @@ pub fn create<S: Store>(store: &S, opts: &CreateOptions) -> Result<Layout, Error
         });
     }
     let uuid = random_u64();
-    let mut window = Window {
-        next_id: 0,
-        ..Window::default()
-    };
+    let mut window = Window::new(0);
     window.push_safe_point(SafePoint {
         id: 0,
         time_ns: now_ns(),
@@ -344,7 +388,20 @@ pub fn read_superblock<S: Store>(store: &S) -> Result<Superblock, Error> {
 struct Apply<'a, F: FnMut(PhysPage)> {
     map: &'a RemapTable,
     window: &'a mut Window,
+    /// References to each physical page: the live map and history entries. A rollback
+    /// makes a history page live again, so a page can have several.
+    refs: &'a mut [u32],
     free: F,
+}
+
+/// Drops one reference to `p`, handing it to `free` when none is left.
+fn unref(refs: &mut [u32], free: &mut impl FnMut(PhysPage), p: PhysPage) {
+    let r = &mut refs[p.0 as usize];
+    assert!(*r > 0, "physical page {} dereferenced below zero", p.0);
+    *r -= 1;
+    if *r == 0 {
+        free(p);
+    }
 }
 
 impl<F: FnMut(PhysPage)> Apply<'_, F> {
@@ -355,10 +412,14 @@ impl<F: FnMut(PhysPage)> Apply<'_, F> {
             // Zeros stay zeros: no change to record.
             return;
         }
+        if let Some(n) = new {
+            self.refs[n.0 as usize] += 1;
+        }
         if prev.epoch != open {
+            // The old page's reference moves from the map to the history entry.
             self.window.supersede(l, prev.phys);
         } else if let Some(q) = prev.phys {
-            (self.free)(q);
+            unref(self.refs, &mut self.free, q);
         }
         self.map.set(
             l,
@@ -406,7 +467,20 @@ impl<F: FnMut(PhysPage)> Apply<'_, F> {
                         "journal retires up to safe point {up_to}, past the newest"
                     )));
                 }
-                self.window.retire(*up_to, &mut self.free);
+                let (refs, free) = (&mut *self.refs, &mut self.free);
+                self.window.retire(*up_to, |p| unref(refs, free, p));
+            }
+            Record::Rollback { to } => {
+                if !self.window.contains(*to) {
+                    return Err(Error::Corrupt(format!(
+                        "journal rolls back to safe point {to}, which is not in the window"
+                    )));
+                }
+                for (l, then) in self.window.changed_since(*to) {
+                    if self.map.get(l).phys != then {
+                        self.set_page(l, then);
+                    }
+                }
             }
         }
         Ok(())
@@ -450,6 +524,7 @@ impl<S: Store> Volume<S> {
             map.set(LogicalPage(l as u64), Mapping::unpack(*word));
         }
         let mut window = snap.window;
+        let mut refs = count_refs(&layout, &map, &window)?;
         let end = journal::replay(
             store,
             &layout,
@@ -460,6 +535,7 @@ impl<S: Store> Volume<S> {
                 Apply {
                     map: &map,
                     window: &mut window,
+                    refs: &mut refs,
                     free: |_| {},
                 }
                 .apply(&r, &layout)
@@ -470,27 +546,12 @@ impl<S: Store> Volume<S> {
                 "the history window holds no safe point".into(),
             ));
         }
+        // Recount from scratch: this also checks what replay built.
+        let refs = count_refs(&layout, &map, &window)?;
         let alloc = PageAllocator::new(layout.physical_pages as u32);
-        for l in 0..layout.logical_pages {
-            if let Some(p) = map.get(LogicalPage(l)).phys {
-                if !alloc.claim(p) {
-                    return Err(Error::Corrupt(format!(
-                        "physical page {} is mapped twice (second: logical page {l})",
-                        p.0
-                    )));
-                }
-            }
-        }
-        for (epoch, entries) in &window.groups {
-            for (l, p) in entries {
-                if let Some(p) = p {
-                    if !alloc.claim(*p) {
-                        return Err(Error::Corrupt(format!(
-                            "physical page {} of history group {epoch} (logical page {}) is also used elsewhere",
-                            p.0, l.0
-                        )));
-                    }
-                }
+        for (p, r) in refs.iter().enumerate() {
+            if *r > 0 {
+                alloc.claim(PhysPage(p as u32));
             }
         }
         Ok(Loaded {
@@ -499,6 +560,7 @@ impl<S: Store> Volume<S> {
             map,
             window,
             alloc,
+            refs,
             next_seq: end.next_seq,
         })
     }
@@ -512,6 +574,7 @@ impl<S: Store> Volume<S> {
             map,
             window,
             alloc,
+            refs,
             next_seq,
         } = Self::load(&store)?;
         let uuid = sb.uuid.get();
@@ -532,6 +595,7 @@ impl<S: Store> Volume<S> {
             alloc,
             state: Mutex::new(State {
                 window,
+                refs,
                 records: Vec::new(),
                 pending_free: Vec::new(),
             }),
@@ -652,12 +716,14 @@ impl<S: Store> Volume<S> {
         }
         let State {
             window,
+            refs,
             records,
             pending_free,
         } = &mut *st;
         let mut apply = Apply {
             map: &self.map,
             window,
+            refs,
             free: |q| pending_free.push(q),
         };
         for &(l, p) in pages {
@@ -683,12 +749,14 @@ impl<S: Store> Volume<S> {
         let mut st = self.state.lock();
         let State {
             window,
+            refs,
             records,
             pending_free,
         } = &mut *st;
         let mut apply = Apply {
             map: &self.map,
             window,
+            refs,
             free: |q| pending_free.push(q),
         };
         let mut l = first.0;
@@ -755,13 +823,86 @@ impl<S: Store> Volume<S> {
     }
 
     fn retire_locked(&self, st: &mut State, up_to: u64) {
+        self.apply_locked(st, Record::Retire { up_to })
+            .expect("retiring up to a safe point of the window");
+    }
+
+    /// Applies `r` to the live state and queues it for the next commit.
+    fn apply_locked(&self, st: &mut State, r: Record) -> Result<(), Error> {
         let State {
             window,
+            refs,
             records,
             pending_free,
         } = st;
-        records.push(Record::Retire { up_to });
-        window.retire(up_to, |p| pending_free.push(p));
+        Apply {
+            map: &self.map,
+            window,
+            refs,
+            free: |q| pending_free.push(q),
+        }
+        .apply(&r, &self.layout)?;
+        records.push(r);
+        Ok(())
+    }
+
+    /// Makes safe point `to` the live state again. Metadata only: no data is copied. The
+    /// state being left becomes a safe point of its own (returned), so the rollback can be
+    /// undone by rolling back to it while the window holds it. Durable when it returns.
+    pub fn rollback(&self, to: u64) -> Result<u64, Error> {
+        let mut c = self.commit.lock();
+        let before = {
+            let mut st = self.state.lock();
+            if !st.window.contains(to) {
+                return Err(Error::BadOption(format!(
+                    "safe point {to} is not in the history window (it holds {})",
+                    describe_window(&st.window)
+                )));
+            }
+            let id = st.window.next_id;
+            self.apply_locked(
+                &mut st,
+                Record::SafePoint(SafePoint {
+                    id,
+                    time_ns: now_ns(),
+                    trigger: Trigger::Rollback,
+                    label: None,
+                }),
+            )?;
+            self.apply_locked(&mut st, Record::Rollback { to })?;
+            id
+        };
+        self.commit_locked(&mut c, false)?;
+        Ok(before)
+    }
+
+    /// The physical page `l` read from at safe point `at` (`None`: zeros), for views.
+    pub fn resolve_at(&self, l: LogicalPage, at: u64) -> Result<Option<PhysPage>, Error> {
+        self.check(l)?;
+        let st = self.state.lock();
+        if !st.window.contains(at) {
+            return Err(Error::BadOption(format!(
+                "safe point {at} is not in the history window (it holds {})",
+                describe_window(&st.window)
+            )));
+        }
+        Ok(match st.window.page_at(l, at) {
+            Some(then) => then,
+            None => self.map.get(l).phys,
+        })
+    }
+
+    /// Reads page `l` as it was at safe point `at`, through the store (tests and tools).
+    pub fn read_page_at(&self, l: LogicalPage, at: u64, buf: &mut [u8]) -> Result<(), Error> {
+        assert_eq!(buf.len() as u64, PAGE_SIZE);
+        match self.resolve_at(l, at)? {
+            None => buf.fill(0),
+            Some(p) => self
+                .store
+                .read_at(self.layout.page_offset(p), buf)
+                .map_err(Error::io("reading a data page"))?,
+        }
+        Ok(())
     }
 
     /// Frees pages by retiring the oldest safe points, closing the open epoch if even that

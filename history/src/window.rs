@@ -28,6 +28,8 @@ pub enum Trigger {
     User,
     /// Made by reclaim to close a long epoch whose history filled the area.
     Reclaim,
+    /// The state just before a rollback, kept so the rollback can be undone.
+    Rollback,
 }
 
 impl Trigger {
@@ -39,6 +41,7 @@ impl Trigger {
             Trigger::Idle => 2,
             Trigger::User => 3,
             Trigger::Reclaim => 4,
+            Trigger::Rollback => 5,
         }
     }
 
@@ -50,6 +53,7 @@ impl Trigger {
             2 => Trigger::Idle,
             3 => Trigger::User,
             4 => Trigger::Reclaim,
+            5 => Trigger::Rollback,
             _ => return None,
         })
     }
@@ -62,6 +66,7 @@ impl Trigger {
             Trigger::Idle => "idle",
             Trigger::User => "user",
             Trigger::Reclaim => "reclaim",
+            Trigger::Rollback => "rollback",
         }
     }
 }
@@ -92,14 +97,63 @@ pub struct Window {
     pub history_pages: u64,
     /// Entries over all groups.
     pub history_entries: u64,
+    /// The same entries by (logical page, superseding epoch), to read a page at a safe point.
+    index: BTreeMap<(u64, u64), Option<PhysPage>>,
 }
 
 impl Window {
+    /// An empty window whose open epoch is `next_id`.
+    pub fn new(next_id: u64) -> Window {
+        Window {
+            next_id,
+            ..Window::default()
+        }
+    }
+
     /// Records that `l`, which held `old` when the open epoch began, was overwritten.
     pub fn supersede(&mut self, l: LogicalPage, old: Option<PhysPage>) {
-        self.groups.entry(self.next_id).or_default().push((l, old));
+        self.load_entry(self.next_id, l, old);
+    }
+
+    /// Adds an entry of group `epoch` (a checkpoint being read, or `supersede`). A logical
+    /// page has at most one entry per epoch.
+    pub fn load_entry(&mut self, epoch: u64, l: LogicalPage, old: Option<PhysPage>) -> bool {
+        if self.index.insert((l.0, epoch), old).is_some() {
+            return false;
+        }
+        self.groups.entry(epoch).or_default().push((l, old));
         self.history_entries += 1;
         self.history_pages += u64::from(old.is_some());
+        true
+    }
+
+    /// What `l` held at safe point `at`: `Some(page)` from its history, or `None` when it
+    /// has not changed since and reads as it does live.
+    pub fn page_at(&self, l: LogicalPage, at: u64) -> Option<Option<PhysPage>> {
+        self.index
+            .range((l.0, at + 1)..=(l.0, u64::MAX))
+            .next()
+            .map(|(_, p)| *p)
+    }
+
+    /// Every logical page that changed after safe point `at`, with what it held then.
+    pub fn changed_since(&self, at: u64) -> Vec<(LogicalPage, Option<PhysPage>)> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        // Ascending epochs: the first entry of a page after `at` is its state at `at`.
+        for (_, g) in self.groups.range(at + 1..) {
+            for &(l, p) in g {
+                if seen.insert(l) {
+                    out.push((l, p));
+                }
+            }
+        }
+        out
+    }
+
+    /// Is safe point `id` in the window?
+    pub fn contains(&self, id: u64) -> bool {
+        self.safe_points.binary_search_by_key(&id, |s| s.id).is_ok()
     }
 
     /// Closes the open epoch with `sp`, whose id must be `next_id`.
@@ -130,7 +184,9 @@ impl Window {
             if *entry.key() > up_to {
                 break;
             }
-            for (_, old) in entry.remove() {
+            let epoch = *entry.key();
+            for (l, old) in entry.remove() {
+                self.index.remove(&(l.0, epoch));
                 self.history_entries -= 1;
                 if let Some(p) = old {
                     self.history_pages -= 1;
@@ -184,6 +240,7 @@ mod tests {
             Trigger::Idle,
             Trigger::User,
             Trigger::Reclaim,
+            Trigger::Rollback,
         ] {
             assert_eq!(Trigger::from_code(t.code()), Some(t));
         }

@@ -24,6 +24,8 @@ struct Model {
     durable: Device,
     since: Vec<(u64, Option<(u8, u32)>)>,
     checked: u64,
+    /// The device at each safe point the workload made.
+    snapshots: std::collections::HashMap<u64, Device>,
 }
 
 fn page_data(l: u64, v: (u8, u32)) -> Vec<u8> {
@@ -33,27 +35,31 @@ fn page_data(l: u64, v: (u8, u32)) -> Vec<u8> {
     d
 }
 
+/// What a page read back holds, checking it is whole and belongs to `l`.
+fn decode(l: u64, buf: &[u8]) -> Result<Option<(u8, u32)>, String> {
+    if buf.iter().all(|b| *b == 0) {
+        return Ok(None);
+    }
+    if buf[..8] != (l + 1).to_le_bytes() {
+        return Err(format!("page {l} holds another page's data"));
+    }
+    let serial = u32::from_le_bytes(buf[8..12].try_into().unwrap());
+    let v = buf[12];
+    if buf[12..].iter().any(|b| *b != v) {
+        return Err(format!("page {l} is torn"));
+    }
+    Ok(Some((v, serial)))
+}
+
 fn read_device(vol: &Volume<Arc<MemStore>>) -> Result<Device, String> {
     let mut buf = vec![0u8; PAGE];
-    let mut out = Vec::new();
-    for l in 0..PAGES {
-        vol.read_page(LogicalPage(l), &mut buf)
-            .map_err(|e| e.to_string())?;
-        if buf.iter().all(|b| *b == 0) {
-            out.push(None);
-            continue;
-        }
-        if buf[..8] != (l + 1).to_le_bytes() {
-            return Err(format!("page {l} holds another page's data"));
-        }
-        let serial = u32::from_le_bytes(buf[8..12].try_into().unwrap());
-        let v = buf[12];
-        if buf[12..].iter().any(|b| *b != v) {
-            return Err(format!("page {l} is torn"));
-        }
-        out.push(Some((v, serial)));
-    }
-    Ok(out)
+    (0..PAGES)
+        .map(|l| {
+            vol.read_page(LogicalPage(l), &mut buf)
+                .map_err(|e| e.to_string())?;
+            decode(l, &buf)
+        })
+        .collect()
 }
 
 /// Opens a crash image and checks it against the model.
@@ -61,6 +67,27 @@ fn check_image(image: Vec<u8>, m: &Model) -> Result<(), String> {
     let store = Arc::new(MemStore::from_bytes(image));
     let vol = Volume::open(store).map_err(|e| format!("open after crash: {e}"))?;
     let got = read_device(&vol)?;
+    // Durable safe points of the window still read back exactly (the three newest the
+    // model knows, to keep thousands of crash points quick).
+    let mut buf = vec![0u8; PAGE];
+    let sps = vol.safe_points();
+    let known: Vec<_> = sps
+        .iter()
+        .filter(|sp| m.snapshots.contains_key(&sp.id))
+        .collect();
+    for sp in known.iter().rev().take(3) {
+        let Some(want) = m.snapshots.get(&sp.id) else {
+            continue; // made by reclaim, or not durable when the power went
+        };
+        for l in 0..PAGES {
+            vol.read_page_at(LogicalPage(l), sp.id, &mut buf)
+                .map_err(|e| e.to_string())?;
+            let got = decode(l, &buf)?;
+            if got != want[l as usize] {
+                return Err(format!("safe point {} reads wrong at page {l}", sp.id));
+            }
+        }
+    }
     let mut candidate = m.durable.clone();
     if candidate == got {
         return Ok(());
@@ -116,7 +143,7 @@ fn run_workload(seed: u64) -> u64 {
     let mut serial = 0u32;
     for _ in 0..160 {
         let v = vol.as_ref().unwrap();
-        match rng.below(16) {
+        match rng.below(18) {
             0..=8 => {
                 let l = rng.below(PAGES);
                 let n = if rng.below(4) == 0 {
@@ -153,15 +180,49 @@ fn run_workload(seed: u64) -> u64 {
                 }
             }
             10..=13 => {
-                v.flush().unwrap();
+                let id = v.safe_point(Trigger::Flush, None).unwrap();
                 let mut m = model.lock();
                 m.durable = m.live.clone();
                 m.since.clear();
+                let live = m.live.clone();
+                m.snapshots.insert(id, live);
             }
             14 => {
-                v.safe_point(Trigger::User, Some(format!("label-{serial}")))
+                let id = v
+                    .safe_point(Trigger::User, Some(format!("label-{serial}")))
                     .unwrap();
                 let mut m = model.lock();
+                m.durable = m.live.clone();
+                m.since.clear();
+                let live = m.live.clone();
+                m.snapshots.insert(id, live);
+            }
+            16 | 17 => {
+                let known: Vec<u64> = v
+                    .safe_points()
+                    .iter()
+                    .map(|s| s.id)
+                    .filter(|id| model.lock().snapshots.contains_key(id))
+                    .collect();
+                if known.is_empty() {
+                    continue;
+                }
+                let to = known[rng.below(known.len() as u64) as usize];
+                {
+                    // In flight: the rollback's changes, after the writes not yet durable.
+                    let mut m = model.lock();
+                    let target = m.snapshots[&to].clone();
+                    for l in 0..PAGES as usize {
+                        if m.live[l] != target[l] {
+                            m.since.push((l as u64, target[l]));
+                        }
+                    }
+                }
+                let before = v.rollback(to).unwrap();
+                let mut m = model.lock();
+                let live = m.live.clone();
+                m.snapshots.insert(before, live);
+                m.live = m.snapshots[&to].clone();
                 m.durable = m.live.clone();
                 m.since.clear();
             }
