@@ -212,9 +212,9 @@ fn run_workload(seed: u64) -> u64 {
                     // In flight: the rollback's changes, after the writes not yet durable.
                     let mut m = model.lock();
                     let target = m.snapshots[&to].clone();
-                    for l in 0..PAGES as usize {
-                        if m.live[l] != target[l] {
-                            m.since.push((l as u64, target[l]));
+                    for (l, want) in target.iter().enumerate() {
+                        if m.live[l] != *want {
+                            m.since.push((l as u64, *want));
                         }
                     }
                 }
