@@ -894,8 +894,13 @@ impl<S: Store> Volume<S> {
 
     /// Reads page `l` as it was at safe point `at`, through the store (tests and tools).
     pub fn read_page_at(&self, l: LogicalPage, at: u64, buf: &mut [u8]) -> Result<(), Error> {
+        self.read_phys(self.resolve_at(l, at)?, buf)
+    }
+
+    /// Fills `buf` with physical page `p`, or zeros.
+    fn read_phys(&self, p: Option<PhysPage>, buf: &mut [u8]) -> Result<(), Error> {
         assert_eq!(buf.len() as u64, PAGE_SIZE);
-        match self.resolve_at(l, at)? {
+        match p {
             None => buf.fill(0),
             Some(p) => self
                 .store
@@ -1083,15 +1088,7 @@ impl<S: Store> Volume<S> {
 
     /// Reads page `l` through the store (tests and tools; the daemon reads via io_uring).
     pub fn read_page(&self, l: LogicalPage, buf: &mut [u8]) -> Result<(), Error> {
-        assert_eq!(buf.len() as u64, PAGE_SIZE);
-        match self.resolve(l)? {
-            None => buf.fill(0),
-            Some(p) => self
-                .store
-                .read_at(self.layout.page_offset(p), buf)
-                .map_err(Error::io("reading a data page"))?,
-        }
-        Ok(())
+        self.read_phys(self.resolve(l)?, buf)
     }
 
     /// Writes page `l` through the store (tests and tools; the daemon writes via io_uring).

@@ -230,18 +230,7 @@ impl Harness {
         (0..PAGES)
             .map(|l| {
                 self.vol().read_page(LogicalPage(l), &mut buf).unwrap();
-                if buf.iter().all(|b| *b == 0) {
-                    None
-                } else {
-                    assert_eq!(
-                        buf[..8],
-                        (l + 1).to_le_bytes(),
-                        "page {l} holds another page's data"
-                    );
-                    let v = buf[8];
-                    assert!(buf[8..].iter().all(|b| *b == v), "page {l} is torn");
-                    Some(v)
-                }
+                decode(l, &buf)
             })
             .collect()
     }
