@@ -28,7 +28,7 @@ use rewind_history::{Store, PAGE_SIZE};
 #[derive(Debug, thiserror::Error)]
 pub enum BackingError {
     /// Another process holds the image's lock.
-    #[error("{} is in use by another rewind daemon (or a `rewind create` running now); stop it first (`rewind list` shows the devices)", .0.display())]
+    #[error("{} is in use by another rewind daemon (or a `rewind create` or `rewind log` running now); stop it first (`rewind list` shows the devices)", .0.display())]
     InUse(PathBuf),
     /// The kernel refused the exclusive open of a block device.
     #[error("{} is busy: it is mounted, or another program holds it open exclusively; unmount or release it first", .0.display())]
@@ -47,7 +47,7 @@ pub enum BackingError {
         need: u64,
     },
     /// A system call failed.
-    #[error("{what} {}: {source}", .path.display())]
+    #[error("{what} {}", .path.display())]
     Io {
         /// What was being done, e.g. "opening".
         what: &'static str,
@@ -114,25 +114,68 @@ fn block_device_len(file: &File) -> io::Result<u64> {
 }
 
 fn lock_exclusive(file: &File) -> io::Result<()> {
+    lock(file, libc::LOCK_EX)
+}
+
+fn lock(file: &File, how: libc::c_int) -> io::Result<()> {
     // SAFETY: flock only reads the descriptor number, which `file` keeps open.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    let rc = unsafe { libc::flock(file.as_raw_fd(), how | libc::LOCK_NB) };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
 }
 
+fn kind_of(path: &Path) -> Result<BackingKind, BackingError> {
+    let meta = std::fs::metadata(path).map_err(BackingError::io("opening", path))?;
+    if meta.file_type().is_block_device() {
+        Ok(BackingKind::BlockDevice)
+    } else if meta.file_type().is_file() {
+        Ok(BackingKind::File)
+    } else {
+        Err(BackingError::Unsupported(path.to_path_buf()))
+    }
+}
+
+fn len_of(file: &File, kind: BackingKind, path: &Path) -> Result<u64, BackingError> {
+    match kind {
+        BackingKind::File => Ok(file
+            .metadata()
+            .map_err(BackingError::io("reading the size of", path))?
+            .len()),
+        BackingKind::BlockDevice => {
+            block_device_len(file).map_err(BackingError::io("reading the size of", path))
+        }
+    }
+}
+
 impl FileStore {
+    /// Opens an image read-only to look at it (`rewind log IMAGE`), under a shared lock: a
+    /// daemon serving it (which holds the exclusive lock) makes this fail with `InUse`, and
+    /// no daemon can start on it while the store lives. Its writes and syncs fail.
+    pub fn open_read_only(path: &Path) -> Result<FileStore, BackingError> {
+        let kind = kind_of(path)?;
+        let file = File::open(path).map_err(BackingError::io("opening", path))?;
+        lock(&file, libc::LOCK_SH).map_err(|e| {
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                BackingError::InUse(path.to_path_buf())
+            } else {
+                BackingError::io("locking", path)(e)
+            }
+        })?;
+        let len = len_of(&file, kind, path)?;
+        Ok(FileStore {
+            path: path.to_path_buf(),
+            kind,
+            file,
+            direct: None,
+            len,
+        })
+    }
+
     /// Opens an existing image file or block device read-write and locks it.
     pub fn open(path: &Path) -> Result<FileStore, BackingError> {
-        let meta = std::fs::metadata(path).map_err(BackingError::io("opening", path))?;
-        let kind = if meta.file_type().is_block_device() {
-            BackingKind::BlockDevice
-        } else if meta.file_type().is_file() {
-            BackingKind::File
-        } else {
-            return Err(BackingError::Unsupported(path.to_path_buf()));
-        };
+        let kind = kind_of(path)?;
         let mut options = OpenOptions::new();
         options.read(true).write(true);
         if kind == BackingKind::BlockDevice {
@@ -152,15 +195,7 @@ impl FileStore {
                 BackingError::io("locking", path)(e)
             }
         })?;
-        let len = match kind {
-            BackingKind::File => file
-                .metadata()
-                .map_err(BackingError::io("reading the size of", path))?
-                .len(),
-            BackingKind::BlockDevice => {
-                block_device_len(&file).map_err(BackingError::io("reading the size of", path))?
-            }
-        };
+        let len = len_of(&file, kind, path)?;
         let direct = Self::open_direct(path);
         Ok(FileStore {
             path: path.to_path_buf(),
@@ -333,6 +368,26 @@ mod tests {
         }
         drop(first);
         FileStore::open(&path).expect("open after the first closed");
+    }
+
+    #[test]
+    fn read_only_open_shares_with_readers_and_not_with_a_daemon() {
+        let (_dir, path) = temp_image(1 << 20);
+        let a = FileStore::open_read_only(&path).expect("first reader");
+        let b = FileStore::open_read_only(&path).expect("second reader");
+        assert_eq!(b.len(), 1 << 20);
+        assert!(b.write_at(0, &[1]).is_err(), "a read-only store wrote");
+        assert!(matches!(
+            FileStore::open(&path),
+            Err(BackingError::InUse(_))
+        ));
+        drop((a, b));
+        let served = FileStore::open(&path).expect("open after the readers");
+        assert!(matches!(
+            FileStore::open_read_only(&path),
+            Err(BackingError::InUse(_))
+        ));
+        drop(served);
     }
 
     #[test]

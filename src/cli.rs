@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
 use crate::size::parse_page_multiple;
+use crate::timeline::parse_label;
 
 const ABOUT: &str = "A block device that keeps its own history";
 
@@ -21,6 +22,9 @@ Examples:
   Format a block device, then serve it:
     rewind create /dev/sdb --size 900G --history 100G
     rewind add /dev/sdb
+  Mark the state before an upgrade, then see the history window:
+    rewind safepoint -n 0 --label before-upgrade
+    rewind log -n 0
   See the devices and their history, then stop one (its image is closed cleanly
   before `del` returns):
     rewind list
@@ -47,10 +51,33 @@ Examples:
   rewind add vm.img                     # serves an existing image
   rewind add /dev/sdb -n 7              # as /dev/ublkb7
   rewind add vm.img --foreground        # serve here; Ctrl-C stops the device cleanly
+  rewind add vm.img --idle 10 --coalesce 1000   # fewer, coarser safe points
 
 `add` needs root and the ublk driver (modprobe ublk_drv; Linux 6.0+). It starts a daemon
 in the background, waits until the device is live and prints its path as the last line.
 If the daemon fails, `add` prints why and exits non-zero.";
+
+const SAFEPOINT_EXAMPLES: &str = "\
+Examples:
+  rewind safepoint -n 0                          # prints: safe point 12 at 2025-06-01 10:42:07
+  rewind safepoint -n 0 --label before-upgrade
+  rewind safepoint -n 0 --label nightly-0601 --json
+
+The daemon makes the safe point at once and makes it durable before answering: every
+write completed before the command is in it (writes still in flight may or may not be).
+Data still in the page cache has not reached the device: run `sync` first (for a mounted
+file system, `fsfreeze -f` then `-u` around it gives a clean state). A label names one
+safe point: a label already used in the window is refused.";
+
+const LOG_EXAMPLES: &str = "\
+Examples:
+  rewind log -n 0            # the window of /dev/ublkb0, from its daemon
+  rewind log vm.img          # the window of an image no daemon serves (read only)
+  rewind log -n 0 --json
+
+Columns: ID, TIME (local), TRIGGER (format, flush, idle, user, reclaim, rollback), LABEL,
+CHANGED (data first written in the epoch the safe point closed; '-' for the oldest, whose
+epoch is gone) and HELD (history that goes when the safe point leaves the window).";
 
 const DEL_EXAMPLES: &str = "\
 Examples:
@@ -97,6 +124,12 @@ pub enum Command {
     List(ListArgs),
     /// Show the figures of one device
     Stats(StatsArgs),
+    /// Make a safe point now, optionally labelled
+    #[command(name = "safepoint", after_help = SAFEPOINT_EXAMPLES)]
+    Safepoint(SafepointArgs),
+    /// Show the history window: the safe points that can still be reached
+    #[command(after_help = LOG_EXAMPLES)]
+    Log(LogArgs),
     /// The daemon behind `rewind add` (internal)
     #[command(name = "__serve", hide = true)]
     Serve(ServeArgs),
@@ -143,6 +176,49 @@ pub struct AddArgs {
     /// Serve in this process instead of a background daemon (Ctrl-C stops it cleanly)
     #[arg(long)]
     pub foreground: bool,
+    /// Make a safe point after this many seconds without writes (0: never)
+    #[arg(long, value_name = "SECONDS", default_value_t = 2,
+          value_parser = clap::value_parser!(u64).range(0..=IDLE_SECS_MAX))]
+    pub idle: u64,
+    /// A flush less than this many milliseconds after the previous safe point makes no new
+    /// one (it is durable all the same; 0: every flush makes one)
+    #[arg(long, value_name = "MS", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(0..=COALESCE_MS_MAX))]
+    pub coalesce: u64,
+}
+
+/// Longest idle interval: a day. Longer is as good as never (use 0).
+pub const IDLE_SECS_MAX: u64 = 86_400;
+/// Longest coalescing interval: a minute.
+pub const COALESCE_MS_MAX: u64 = 60_000;
+
+/// `rewind safepoint`.
+#[derive(Debug, Args)]
+pub struct SafepointArgs {
+    /// The device: /dev/ublkbID
+    #[arg(short = 'n', long = "number", value_name = "ID")]
+    pub id: u32,
+    /// A name for it (at most 64 bytes, unique in the window, not only digits)
+    #[arg(long, short = 'l', value_name = "LABEL", value_parser = parse_label)]
+    pub label: Option<String>,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `rewind log`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("source").required(true).args(["id", "image"])))]
+pub struct LogArgs {
+    /// The device: /dev/ublkbID (asks its daemon)
+    #[arg(short = 'n', long = "number", value_name = "ID")]
+    pub id: Option<u32>,
+    /// An image no daemon serves, read without writing
+    #[arg(value_name = "IMAGE")]
+    pub image: Option<PathBuf>,
+    /// Print JSON: an array of {id, time, time_ns, trigger, label, changed_bytes, held_bytes}
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `rewind del`.
@@ -196,6 +272,14 @@ pub struct ServeArgs {
     /// The daemon's log file, to report
     #[arg(long)]
     pub log: Option<PathBuf>,
+    /// Seconds without writes before an idle safe point (0: never)
+    #[arg(long, default_value_t = 2,
+          value_parser = clap::value_parser!(u64).range(0..=IDLE_SECS_MAX))]
+    pub idle: u64,
+    /// Milliseconds of flush coalescing (0: none)
+    #[arg(long, default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(0..=COALESCE_MS_MAX))]
+    pub coalesce: u64,
 }
 
 #[cfg(test)]
@@ -246,6 +330,7 @@ mod tests {
                 assert_eq!(a.queues, None);
                 assert_eq!(a.id, None);
                 assert!(!a.foreground);
+                assert_eq!((a.idle, a.coalesce), (2, 100));
             }
             other => panic!("{other:?}"),
         }
@@ -283,6 +368,104 @@ mod tests {
         assert_eq!(
             parse(&["add", "a.img", "-n", "-1"]).unwrap_err().kind(),
             ErrorKind::UnknownArgument
+        );
+    }
+
+    #[test]
+    fn add_idle_and_coalesce() {
+        match parse(&["add", "a.img", "--idle", "0", "--coalesce", "0"])
+            .unwrap()
+            .command
+        {
+            Command::Add(a) => assert_eq!((a.idle, a.coalesce), (0, 0)),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["add", "a.img", "--idle", "30", "--coalesce", "1000"])
+            .unwrap()
+            .command
+        {
+            Command::Add(a) => assert_eq!((a.idle, a.coalesce), (30, 1000)),
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            ["--idle", "-1"],
+            ["--idle", "1.5"],
+            ["--idle", "86401"],
+            ["--coalesce", "60001"],
+            ["--coalesce", "fast"],
+        ] {
+            let e = parse(&["add", "a.img", bad[0], bad[1]]).unwrap_err();
+            assert!(
+                matches!(
+                    e.kind(),
+                    ErrorKind::ValueValidation | ErrorKind::UnknownArgument
+                ),
+                "{bad:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn safepoint_parses_a_label_and_refuses_bad_ones() {
+        match parse(&[
+            "safepoint",
+            "-n",
+            "0",
+            "--label",
+            "before-upgrade",
+            "--json",
+        ])
+        .unwrap()
+        .command
+        {
+            Command::Safepoint(a) => {
+                assert_eq!(a.id, 0);
+                assert_eq!(a.label.as_deref(), Some("before-upgrade"));
+                assert!(a.json);
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["safepoint", "-n", "3"]).unwrap().command {
+            Command::Safepoint(a) => assert_eq!((a.id, a.label, a.json), (3, None, false)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            parse(&["safepoint", "--label", "x"]).unwrap_err().kind(),
+            ErrorKind::MissingRequiredArgument
+        );
+        let long = "x".repeat(65);
+        for (label, why) in [
+            (long.as_str(), "65 bytes"),
+            ("", "empty"),
+            ("123", "safe point id"),
+        ] {
+            let e = parse(&["safepoint", "-n", "0", "--label", label]).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::ValueValidation, "{label}: {e}");
+            assert!(e.to_string().contains(why), "{label}: {e}");
+        }
+    }
+
+    #[test]
+    fn log_takes_a_device_or_an_image() {
+        match parse(&["log", "-n", "2"]).unwrap().command {
+            Command::Log(a) => assert_eq!((a.id, a.image, a.json), (Some(2), None, false)),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["log", "vm.img", "--json"]).unwrap().command {
+            Command::Log(a) => {
+                assert_eq!(a.id, None);
+                assert_eq!(a.image.as_deref(), Some(std::path::Path::new("vm.img")));
+                assert!(a.json);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            parse(&["log"]).unwrap_err().kind(),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            parse(&["log", "-n", "1", "vm.img"]).unwrap_err().kind(),
+            ErrorKind::ArgumentConflict
         );
     }
 

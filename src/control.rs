@@ -1,6 +1,11 @@
 //! The control socket of a running daemon: `/run/rewind/ublkb<ID>.sock`, one JSON object per
 //! line each way. A client sends `{"cmd":"stats"}` and reads one reply line such as
-//! `{"ok":true,"stats":{...}}` or `{"ok":false,"error":"..."}`.
+//! `{"ok":true,"stats":{...}}` or `{"ok":false,"error":"..."}`. The commands:
+//! - `{"cmd":"stats"}`: the device's figures (`stats`);
+//! - `{"cmd":"safepoint","label":"x"}` (label optional): makes a safe point now and
+//!   answers with it (`safe_point`);
+//! - `{"cmd":"log"}`: the history window, oldest first (`safe_points`), and the figures
+//!   (`stats`).
 //!
 //! One thread serves the socket, one connection at a time, with a time limit on each read so
 //! a stuck client cannot hold it. More commands are added as [`Request`] variants.
@@ -15,6 +20,9 @@ use serde::{Deserialize, Serialize};
 
 /// Longest request line accepted, so a client cannot make the daemon buffer without end.
 const MAX_LINE_BYTES: u64 = 64 << 10;
+/// Longest reply line a client reads: the `log` of a full window (16384 safe points with
+/// 64-byte labels, each escaped at worst) fits.
+const MAX_REPLY_BYTES: u64 = 32 << 20;
 /// How long the server waits for a client's next line before dropping it.
 const SERVER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -24,6 +32,47 @@ const SERVER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum Request {
     /// The device's figures.
     Stats,
+    /// Make an explicit safe point now, with an optional label.
+    #[serde(rename = "safepoint")]
+    SafePoint {
+        /// At most 64 bytes, unique in the window.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        label: Option<String>,
+    },
+    /// The history window.
+    Log,
+}
+
+/// A safe point as the daemon reports it: the engine's `SafePointInfo`, with the trigger
+/// by name so that a client older than the daemon still shows triggers it does not know.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SafePointRecord {
+    /// Its id.
+    pub id: u64,
+    /// Wall-clock time, nanoseconds since the Unix epoch.
+    pub time_ns: u64,
+    /// What made it: `format`, `flush`, `idle`, `user`, `reclaim`, ...
+    pub trigger: String,
+    /// Its label, if it has one.
+    pub label: Option<String>,
+    /// Pages first written in the epoch it closed; unknown (`None`) for the oldest.
+    pub changed_pages: Option<u64>,
+    /// History pages that go when it retires.
+    pub held_pages: u64,
+}
+
+impl From<&rewind_history::SafePointInfo> for SafePointRecord {
+    fn from(info: &rewind_history::SafePointInfo) -> SafePointRecord {
+        let sp = &info.safe_point;
+        SafePointRecord {
+            id: sp.id,
+            time_ns: sp.time_ns,
+            trigger: sp.trigger.name().to_string(),
+            label: sp.label.clone(),
+            changed_pages: info.changed_pages,
+            held_pages: info.held_pages,
+        }
+    }
 }
 
 /// A device's figures as the daemon reports them.
@@ -61,6 +110,19 @@ pub struct DeviceStats {
     pub oldest_safe_point: Option<u64>,
     /// The newest safe point.
     pub newest_safe_point: Option<u64>,
+    /// When the oldest reachable safe point was made, ns since the Unix epoch (absent from
+    /// the replies of daemons older than this field).
+    #[serde(default)]
+    pub oldest_safe_point_time_ns: Option<u64>,
+    /// When the newest safe point was made, ns since the Unix epoch.
+    #[serde(default)]
+    pub newest_safe_point_time_ns: Option<u64>,
+    /// Seconds without a write after which the daemon makes an idle safe point; 0: never.
+    #[serde(default)]
+    pub idle_secs: u64,
+    /// Flushes closer than this to the previous safe point make none; 0: every flush does.
+    #[serde(default)]
+    pub coalesce_ms: u64,
 }
 
 /// The reply to one request.
@@ -71,27 +133,60 @@ pub struct Response {
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// The answer to `stats`.
+    /// The answer to `stats`, and the figures that go with `log`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<DeviceStats>,
+    /// The answer to `safepoint`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safe_point: Option<SafePointRecord>,
+    /// The answer to `log`: the window, oldest first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safe_points: Option<Vec<SafePointRecord>>,
 }
 
 impl Response {
+    fn ok() -> Response {
+        Response {
+            ok: true,
+            error: None,
+            stats: None,
+            safe_point: None,
+            safe_points: None,
+        }
+    }
+
     /// A failure saying why.
     pub fn error(why: impl Into<String>) -> Response {
         Response {
             ok: false,
             error: Some(why.into()),
-            stats: None,
+            ..Response::ok()
         }
     }
 
     /// The answer to `stats`.
     pub fn stats(stats: DeviceStats) -> Response {
         Response {
-            ok: true,
-            error: None,
             stats: Some(stats),
+            ..Response::ok()
+        }
+    }
+
+    /// The answer to `safepoint`: the new safe point, and the figures after it.
+    pub fn safe_point(safe_point: SafePointRecord, stats: DeviceStats) -> Response {
+        Response {
+            safe_point: Some(safe_point),
+            stats: Some(stats),
+            ..Response::ok()
+        }
+    }
+
+    /// The answer to `log`.
+    pub fn log(safe_points: Vec<SafePointRecord>, stats: DeviceStats) -> Response {
+        Response {
+            safe_points: Some(safe_points),
+            stats: Some(stats),
+            ..Response::ok()
         }
     }
 }
@@ -226,7 +321,7 @@ pub fn request(path: &Path, request: &Request, timeout: Duration) -> Result<Resp
     (&stream).write_all(line.as_bytes()).map_err(exchange)?;
     let mut reply = String::new();
     BufReader::new(&stream)
-        .take(MAX_LINE_BYTES)
+        .take(MAX_REPLY_BYTES)
         .read_line(&mut reply)
         .map_err(exchange)?;
     if reply.is_empty() {
@@ -263,6 +358,10 @@ mod tests {
             safe_points: 2,
             oldest_safe_point: Some(0),
             newest_safe_point: Some(1),
+            oldest_safe_point_time_ns: Some(1_700_000_000_000_000_000),
+            newest_safe_point_time_ns: Some(1_700_000_001_000_000_000),
+            idle_secs: 2,
+            coalesce_ms: 100,
         }
     }
 
@@ -278,6 +377,21 @@ mod tests {
         );
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"format_everything"}"#).is_err());
         assert_eq!(
+            serde_json::to_string(&Request::SafePoint {
+                label: Some("before".into())
+            })
+            .unwrap(),
+            r#"{"cmd":"safepoint","label":"before"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"safepoint"}"#).unwrap(),
+            Request::SafePoint { label: None }
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"log"}"#).unwrap(),
+            Request::Log
+        );
+        assert_eq!(
             serde_json::to_string(&Response::error("nope")).unwrap(),
             r#"{"ok":false,"error":"nope"}"#
         );
@@ -290,6 +404,7 @@ mod tests {
         let listener = bind(&path).expect("bind");
         serve(listener, |r: &Request| match r {
             Request::Stats => Response::stats(sample()),
+            _ => Response::error("not in this test"),
         })
         .expect("serve");
         let reply = request(&path, &Request::Stats, Duration::from_secs(5)).expect("request");
@@ -309,6 +424,23 @@ mod tests {
         r.read_line(&mut line).expect("read");
         let second: Response = serde_json::from_str(&line).expect("json");
         assert!(second.ok);
+    }
+
+    #[test]
+    fn stats_of_an_older_daemon_still_parse() {
+        // A reply without the fields added with `rewind log`.
+        let mut v = serde_json::to_value(sample()).unwrap();
+        for k in [
+            "oldest_safe_point_time_ns",
+            "newest_safe_point_time_ns",
+            "idle_secs",
+            "coalesce_ms",
+        ] {
+            v.as_object_mut().unwrap().remove(k);
+        }
+        let s: DeviceStats = serde_json::from_value(v).unwrap();
+        assert_eq!(s.oldest_safe_point_time_ns, None);
+        assert_eq!(s.idle_secs, 0);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The daemon: serves one image as one ublk device until the device is deleted.
 //!
 //! Start: open and lock the image, recover it (`Volume::open`), add the ublk device, bind
-//! the control socket, start the queues; once the kernel reports the device live, tell the
-//! `rewind add` that started us (a line on a pipe) or print the device path (foreground).
+//! the control socket, start the safe point ticker and the queues; once the kernel reports
+//! the device live, tell the `rewind add` that started us (a line on a pipe) or print the
+//! device path (foreground).
 //!
 //! Stop: `rewind del` (or SIGTERM/SIGINT/SIGHUP here) stops the device; the queues drain and
 //! exit, `run_target` returns, the device is deleted, the socket and pid file are removed,
@@ -26,8 +27,10 @@ use rewind_history::{Volume, PAGE_SIZE};
 use crate::backing::FileStore;
 use crate::control::{self, DeviceStats, Request, Response};
 use crate::image;
+use crate::pacing::{Pacer, Policy};
 use crate::paths;
 use crate::target::{self, Target, TargetData, TARGET_DATA_KEY};
+use crate::timeline;
 
 /// How long the daemon waits for the last references to the volume (a control request in
 /// progress) before it gives up closing it cleanly.
@@ -46,6 +49,10 @@ pub struct ServeOptions {
     pub depth: u16,
     /// The daemon's log file, for `list` and `stats` to show.
     pub log: Option<PathBuf>,
+    /// Seconds without writes before an idle safe point; 0: never.
+    pub idle_secs: u64,
+    /// Flush coalescing interval in ms; 0: none.
+    pub coalesce_ms: u64,
 }
 
 /// One line the daemon sends `rewind add` on the status pipe.
@@ -327,25 +334,40 @@ fn serve_volume(
         safe_points: 0,
         oldest_safe_point: None,
         newest_safe_point: None,
+        oldest_safe_point_time_ns: None,
+        newest_safe_point_time_ns: None,
+        idle_secs: opts.idle_secs,
+        coalesce_ms: opts.coalesce_ms,
     };
-    control::serve(listener, move |request: &Request| match request {
-        Request::Stats => match weak.upgrade() {
-            Some(volume) => {
-                let s = volume.stats();
-                Response::stats(DeviceStats {
-                    logical_pages: s.logical_pages,
-                    physical_pages: s.physical_pages,
-                    free_pages: s.free_pages,
-                    history_pages: s.history_pages,
-                    history_capacity_pages: s.physical_pages - s.logical_pages,
-                    safe_points: s.safe_points,
-                    oldest_safe_point: s.oldest_safe_point,
-                    newest_safe_point: s.newest_safe_point,
-                    ..about.clone()
-                })
-            }
-            None => Response::error("the device is shutting down"),
+    let pacer = Arc::new(Pacer::new(Policy::new(opts.idle_secs, opts.coalesce_ms)));
+    log::info!(
+        "safe points: every flush{}, and after {}",
+        if opts.coalesce_ms > 0 {
+            format!(" at least {} ms after the previous one", opts.coalesce_ms)
+        } else {
+            String::new()
         },
+        if opts.idle_secs > 0 {
+            format!("{} s without writes", opts.idle_secs)
+        } else {
+            "no idle interval (idle safe points off)".into()
+        }
+    );
+    let control_pacer = pacer.clone();
+    control::serve(listener, move |request: &Request| {
+        let Some(volume) = weak.upgrade() else {
+            return Response::error("the device is shutting down");
+        };
+        match request {
+            Request::Stats => Response::stats(device_stats(&volume, &about)),
+            Request::SafePoint { label } => {
+                user_safe_point(&volume, &control_pacer, label.clone(), &about)
+            }
+            Request::Log => Response::log(
+                volume.safe_point_infos().iter().map(Into::into).collect(),
+                device_stats(&volume, &about),
+            ),
+        }
     })
     .context("starting the control socket thread")?;
     write_pid_file(
@@ -366,7 +388,11 @@ fn serve_volume(
         version: env!("CARGO_PKG_VERSION").to_string(),
     };
     let target_json = serde_json::json!({ TARGET_DATA_KEY: target_data });
-    let target = Arc::new(Target::new(volume.clone(), opts.queues));
+    let target = Arc::new(Target::new(volume.clone(), pacer.clone(), opts.queues));
+    // Stopped (and joined) when dropped, on every way out below.
+    let ticker = pacer
+        .start_ticker(Arc::downgrade(volume))
+        .context("starting the safe point ticker")?;
     let queue_target = target.clone();
     let live_reporter = reporter.clone();
     let live_stop = stop.clone();
@@ -394,6 +420,7 @@ fn serve_volume(
         Some(why) => anyhow::anyhow!("starting {device}: {why}"),
         None => anyhow::anyhow!("starting {device}: {}", target::describe_ublk_error(&e)),
     });
+    drop(ticker);
     drop(target);
     // Before the device goes: a new device may get this id, and with it these paths.
     drop(pid_guard);
@@ -418,6 +445,76 @@ fn serve_volume(
     drop(ctrl);
     log::info!("deleted ublk device {id}");
     run
+}
+
+/// The device's figures now; `about` holds the ones that do not change.
+fn device_stats(volume: &Volume<FileStore>, about: &DeviceStats) -> DeviceStats {
+    let s = volume.stats();
+    let safe_points = volume.safe_points();
+    DeviceStats {
+        logical_pages: s.logical_pages,
+        physical_pages: s.physical_pages,
+        free_pages: s.free_pages,
+        history_pages: s.history_pages,
+        history_capacity_pages: s.history_capacity_pages,
+        safe_points: s.safe_points,
+        oldest_safe_point: s.oldest_safe_point,
+        newest_safe_point: s.newest_safe_point,
+        oldest_safe_point_time_ns: safe_points.first().map(|sp| sp.time_ns),
+        newest_safe_point_time_ns: safe_points.last().map(|sp| sp.time_ns),
+        ..about.clone()
+    }
+}
+
+/// `rewind safepoint`: checks the label (valid, and unique in the window: the control
+/// thread is the only maker of labelled safe points, so the check cannot race with
+/// another), makes the safe point and answers with it.
+fn user_safe_point(
+    volume: &Volume<FileStore>,
+    pacer: &Pacer,
+    label: Option<String>,
+    about: &DeviceStats,
+) -> Response {
+    if let Some(l) = &label {
+        if let Err(why) = timeline::check_label(l) {
+            return Response::error(why);
+        }
+        let safe_points = volume.safe_points();
+        if let Some(sp) = safe_points
+            .iter()
+            .find(|sp| sp.label.as_deref() == Some(l.as_str()))
+        {
+            return Response::error(format!(
+                "the label {l:?} is already used by safe point {} (`rewind log -n {}` shows \
+                 it); a label names one safe point: choose another",
+                sp.id, about.id
+            ));
+        }
+    }
+    let shown = label
+        .as_ref()
+        .map(|l| format!(" {l:?}"))
+        .unwrap_or_default();
+    match pacer.user_safe_point(volume, label) {
+        Ok(id) => {
+            log::info!("made safe point {id}{shown} on request");
+            match volume
+                .safe_point_infos()
+                .iter()
+                .find(|i| i.safe_point.id == id)
+            {
+                Some(info) => Response::safe_point(info.into(), device_stats(volume, about)),
+                None => Response::error(format!(
+                    "safe point {id} was made but has already left the window: the history \
+                     area is full"
+                )),
+            }
+        }
+        Err(e) => {
+            log::error!("making safe point{shown} on request: {e}");
+            Response::error(format!("making the safe point: {e}"))
+        }
+    }
 }
 
 /// Closes the volume cleanly once nothing else holds it.

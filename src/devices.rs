@@ -1,5 +1,5 @@
 //! Finding and managing the running rewind devices: `rewind list`, `rewind stats` and
-//! `rewind del`.
+//! `rewind del`, and asking a device's daemon ([`ask`]).
 //!
 //! A ublk device is rewind's when the json libublk exports for it
 //! (`/run/ublksrvd/NNNN.json`) carries rewind's [`TargetData`]; other ublk targets are
@@ -227,65 +227,141 @@ pub fn list_command(json: bool) -> Result<()> {
     Ok(())
 }
 
-/// `rewind stats`.
-pub fn stats_command(id: u32, json: bool) -> Result<()> {
-    require_root("rewind stats")?;
+/// Sends `request` to the daemon of device `id` (for `command`, which needs root to reach
+/// the socket). The outer error says why the daemon could not be asked; the inner one is
+/// the daemon's refusal, for the caller to put in words.
+pub fn ask(
+    command: &str,
+    id: u32,
+    request: &Request,
+    timeout: Duration,
+) -> Result<Result<control::Response, String>> {
+    require_root(command)?;
     if target_data(id).is_none() {
         bail!(not_rewind(id));
     }
-    let reply = control::request(&paths::socket_path(id), &Request::Stats, STATS_TIMEOUT)?;
-    let Some(s) = reply.stats.filter(|_| reply.ok) else {
-        bail!(
-            "the daemon of ublk device {id} refused: {}",
-            reply.error.unwrap_or_else(|| "no reason given".into())
-        );
+    let reply = control::request(&paths::socket_path(id), request, timeout)?;
+    if !reply.ok {
+        return Ok(Err(reply.error.unwrap_or_else(|| "no reason given".into())));
+    }
+    Ok(Ok(reply))
+}
+
+/// The rewind device whose daemon serves `image`, if one does (best effort: the ublk json
+/// of other users' devices may not be readable).
+pub fn device_serving(image: &Path) -> Option<u32> {
+    let want = std::fs::canonicalize(image).ok()?;
+    ublk_ids().into_iter().find(|&id| {
+        target_data(id)
+            .and_then(|d| std::fs::canonicalize(d.image).ok())
+            .is_some_and(|p| p == want)
+    })
+}
+
+/// `rewind stats`.
+pub fn stats_command(id: u32, json: bool) -> Result<()> {
+    let reply = match ask("rewind stats", id, &Request::Stats, STATS_TIMEOUT)? {
+        Ok(reply) => reply,
+        Err(why) => bail!("the daemon of ublk device {id} refused: {why}"),
+    };
+    let Some(s) = reply.stats else {
+        bail!("the daemon of ublk device {id} sent no figures");
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(());
     }
-    let pct = |n: u64, d: u64| {
-        if d == 0 {
-            0.0
-        } else {
-            100.0 * n as f64 / d as f64
-        }
+    print!("{}", stats_text(&s, &jiff::tz::TimeZone::system()));
+    Ok(())
+}
+
+/// What `rewind stats` prints, one figure a line.
+pub fn stats_text(s: &DeviceStats, tz: &jiff::tz::TimeZone) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let pct = crate::timeline::percent;
+    let mut line = |name: &str, value: String| {
+        let _ = writeln!(out, "{name:<12} {value}");
     };
-    println!("device       {}", s.device);
-    println!(
-        "image        {} ({})",
-        s.image,
-        if s.direct_io { "O_DIRECT" } else { "buffered" }
+    line("device", s.device.clone());
+    line(
+        "image",
+        format!(
+            "{} ({})",
+            s.image,
+            if s.direct_io { "O_DIRECT" } else { "buffered" }
+        ),
     );
-    println!(
-        "size         {} ({} pages of {} bytes)",
-        human(s.device_bytes),
-        s.logical_pages,
-        s.page_size
+    line(
+        "size",
+        format!(
+            "{} ({} pages of {} bytes)",
+            human(s.device_bytes),
+            s.logical_pages,
+            s.page_size
+        ),
     );
-    println!(
-        "history      {} used of {} ({:.1}%)",
-        human(s.history_pages * s.page_size),
-        human(s.history_capacity_pages * s.page_size),
-        pct(s.history_pages, s.history_capacity_pages)
+    line(
+        "history",
+        format!(
+            "{} used of {} ({:.1}%)",
+            human(s.history_pages * s.page_size),
+            human(s.history_capacity_pages * s.page_size),
+            pct(s.history_pages, s.history_capacity_pages)
+        ),
     );
-    println!(
-        "free         {} ({} pages)",
-        human(s.free_pages * s.page_size),
-        s.free_pages
+    line(
+        "free",
+        format!(
+            "{} ({} pages)",
+            human(s.free_pages * s.page_size),
+            s.free_pages
+        ),
     );
     let id_or_dash = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
-    println!(
-        "safe points  {} (oldest {}, newest {})",
-        s.safe_points,
-        id_or_dash(s.oldest_safe_point),
-        id_or_dash(s.newest_safe_point)
+    line(
+        "safe points",
+        format!(
+            "{} (oldest {}, newest {})",
+            s.safe_points,
+            id_or_dash(s.oldest_safe_point),
+            id_or_dash(s.newest_safe_point)
+        ),
     );
-    println!("daemon       pid {}", s.pid);
+    let time =
+        |t: Option<u64>| t.map_or_else(|| "-".to_string(), |t| crate::timeline::local_time(t, tz));
+    line(
+        "window",
+        format!(
+            "{} to {}",
+            time(s.oldest_safe_point_time_ns),
+            time(s.newest_safe_point_time_ns)
+        ),
+    );
+    line(
+        "idle",
+        if s.idle_secs == 0 {
+            "off: no idle safe points".to_string()
+        } else {
+            format!("a safe point after {} s without writes", s.idle_secs)
+        },
+    );
+    line(
+        "coalesce",
+        if s.coalesce_ms == 0 {
+            "off: every flush makes a safe point".to_string()
+        } else {
+            format!(
+                "flushes within {} ms of a safe point make none",
+                s.coalesce_ms
+            )
+        },
+    );
+    line("daemon", format!("pid {}", s.pid));
     if let Some(log) = &s.log {
-        println!("log          {log}");
+        line("log", log.clone());
     }
-    Ok(())
+    out
 }
 
 fn require_root(command: &str) -> Result<()> {
@@ -446,6 +522,46 @@ fn wait_for_exit(pid: i32, device: &str, data: &TargetData) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stats_show_the_window() {
+        let s = DeviceStats {
+            id: 0,
+            device: "/dev/ublkb0".into(),
+            image: "/tmp/a.img".into(),
+            pid: 42,
+            direct_io: true,
+            log: None,
+            page_size: 4096,
+            device_bytes: 1 << 30,
+            logical_pages: 262_144,
+            physical_pages: 327_680,
+            free_pages: 60_000,
+            history_pages: 5_536,
+            history_capacity_pages: 65_536,
+            safe_points: 14,
+            oldest_safe_point: Some(3),
+            newest_safe_point: Some(16),
+            oldest_safe_point_time_ns: Some(1_700_000_000_000_000_000),
+            newest_safe_point_time_ns: Some(1_700_000_060_000_000_000),
+            idle_secs: 2,
+            coalesce_ms: 0,
+        };
+        let text = stats_text(&s, &jiff::tz::TimeZone::UTC);
+        let expected = "\
+device       /dev/ublkb0
+image        /tmp/a.img (O_DIRECT)
+size         1 GiB (262144 pages of 4096 bytes)
+history      21.6 MiB used of 256 MiB (8.4%)
+free         234.4 MiB (60000 pages)
+safe points  14 (oldest 3, newest 16)
+window       2023-11-14 22:13:20 to 2023-11-14 22:14:20
+idle         a safe point after 2 s without writes
+coalesce     off: every flush makes a safe point
+daemon       pid 42
+";
+        assert_eq!(text, expected, "\n{text}");
+    }
 
     #[test]
     fn this_process_is_alive_and_nonsense_is_not() {

@@ -46,6 +46,10 @@ pub struct AddOptions {
     pub depth: u16,
     /// Serve in this process.
     pub foreground: bool,
+    /// Seconds without writes before an idle safe point; 0: never.
+    pub idle_secs: u64,
+    /// Flush coalescing interval in ms; 0: none.
+    pub coalesce_ms: u64,
 }
 
 /// One queue per CPU, at most 4: more queues than that cost memory (a 512 KiB buffer per
@@ -89,6 +93,8 @@ pub fn add_command(opts: &AddOptions) -> Result<()> {
         queues: opts.queues.unwrap_or_else(default_queues),
         depth: opts.depth,
         log: None,
+        idle_secs: opts.idle_secs,
+        coalesce_ms: opts.coalesce_ms,
     };
     if opts.foreground {
         return daemon::serve(&serve, Reporter::Stdout);
@@ -141,7 +147,11 @@ fn start_daemon(opts: &ServeOptions, log: &Path) -> Result<()> {
         .arg("--status-fd")
         .arg(status_fd.to_string())
         .arg("--log")
-        .arg(log);
+        .arg(log)
+        .arg("--idle")
+        .arg(opts.idle_secs.to_string())
+        .arg("--coalesce")
+        .arg(opts.coalesce_ms.to_string());
     if let Some(id) = opts.id {
         cmd.arg("--number").arg(id.to_string());
     }

@@ -13,6 +13,8 @@ pub mod daemon;
 pub mod devices;
 pub mod image;
 pub mod launch;
+pub mod pacing;
 pub mod paths;
 pub mod size;
 pub mod target;
+pub mod timeline;

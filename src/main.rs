@@ -8,7 +8,7 @@ use anyhow::Result;
 use clap::Parser;
 use rewind::cli::{Cli, Command};
 use rewind::daemon::{self, Reporter, ServeOptions};
-use rewind::{devices, image, launch};
+use rewind::{devices, image, launch, timeline};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -56,10 +56,19 @@ fn run(cli: Cli) -> Result<()> {
             queues: a.queues,
             depth: a.depth,
             foreground: a.foreground,
+            idle_secs: a.idle,
+            coalesce_ms: a.coalesce,
         }),
         Command::Del(a) => devices::del_command(a.id, a.all),
         Command::List(a) => devices::list_command(a.json),
         Command::Stats(a) => devices::stats_command(a.id, a.json),
+        Command::Safepoint(a) => timeline::safepoint_command(a.id, a.label, a.json),
+        Command::Log(a) => match (a.id, a.image) {
+            (Some(id), _) => timeline::log_device_command(id, a.json),
+            (None, Some(image)) => timeline::log_image_command(&image, a.json),
+            // clap requires one of them.
+            (None, None) => anyhow::bail!("give -n ID or an IMAGE"),
+        },
         Command::Serve(a) => {
             let reporter = match a.status_fd {
                 Some(fd) => Reporter::from_fd(fd)?,
@@ -72,6 +81,8 @@ fn run(cli: Cli) -> Result<()> {
                     queues: a.queues,
                     depth: a.depth,
                     log: a.log,
+                    idle_secs: a.idle,
+                    coalesce_ms: a.coalesce,
                 },
                 reporter,
             )

@@ -8,8 +8,11 @@
 //! - WRITE: allocate a physical page per logical page, write runs of consecutive physical
 //!   pages with one uring Write each, then `commit_writes` once for the request (and `flush`
 //!   for FUA). On any failure every allocated page is abandoned and the request fails;
-//! - FLUSH: `flush` (synchronous on the queue thread for now);
+//! - FLUSH: through the [`Pacer`], which commits and makes a safe point, or only commits
+//!   when the previous safe point is recent (synchronous on the queue thread for now);
 //! - DISCARD and WRITE_ZEROES: `discard`, after which the pages read as zeros.
+//!
+//! Every write and discard the engine takes is counted by the pacer, for idle safe points.
 //!
 //! Invariants:
 //! - the device's logical block is a page, so every request is page aligned; anything else
@@ -34,6 +37,7 @@ use parking_lot::Mutex;
 use rewind_history::{LogicalPage, PhysPage, ReadTracker, Stream, Volume, PAGE_SIZE};
 
 use crate::backing::FileStore;
+use crate::pacing::Pacer;
 
 /// The target name ublk records; `rewind list` recognizes its devices by it.
 pub const TARGET_NAME: &str = "rewind";
@@ -272,19 +276,22 @@ pub fn coalesce(pages: &[Option<PhysPage>], out: &mut Vec<Run>) {
     }
 }
 
-/// What the queue threads share: the volume, and the first queue setup failure, which the
-/// daemon reports instead of libublk's generic error.
+/// What the queue threads share: the volume, the pacer that decides which flushes make
+/// safe points, and the first queue setup failure, which the daemon reports instead of
+/// libublk's generic error.
 pub struct Target {
     volume: Arc<Volume<FileStore>>,
+    pacer: Arc<Pacer>,
     nr_queues: u16,
     setup_failure: Mutex<Option<String>>,
 }
 
 impl Target {
     /// A target serving `volume` with `nr_queues` queues.
-    pub fn new(volume: Arc<Volume<FileStore>>, nr_queues: u16) -> Target {
+    pub fn new(volume: Arc<Volume<FileStore>>, pacer: Arc<Pacer>, nr_queues: u16) -> Target {
         Target {
             volume,
+            pacer,
             nr_queues,
             setup_failure: Mutex::new(None),
         }
@@ -337,6 +344,7 @@ impl Target {
         let ctx = Rc::new(QueueCtx {
             qid,
             volume: &self.volume,
+            pacer: &self.pacer,
             stream: RefCell::new(
                 self.volume
                     .stream(u32::from(qid), u32::from(self.nr_queues)),
@@ -401,6 +409,7 @@ impl ErrorLog {
 struct QueueCtx<'a> {
     qid: u16,
     volume: &'a Volume<FileStore>,
+    pacer: &'a Pacer,
     stream: RefCell<Stream>,
     /// Keeps the pages this queue's reads resolved to from being reused until they land.
     reads: ReadTracker,
@@ -470,14 +479,17 @@ async fn handle(
             write(q, ctx, first, pages, fua, buf, scratch).await
         }
         Request::Flush => ctx
-            .volume
-            .flush()
+            .pacer
+            .flush(ctx.volume)
             .map(|()| 0)
             .map_err(|e| Failure::Engine("flush", e)),
         Request::Discard { first, pages } => ctx
             .volume
             .discard(first, pages)
-            .map(|()| 0)
+            .map(|()| {
+                ctx.pacer.wrote();
+                0
+            })
             .map_err(|e| Failure::Engine("discard", e)),
     };
     match result {
@@ -703,9 +715,10 @@ async fn write(
     volume
         .commit_writes(&scratch.claimed)
         .map_err(|e| Failure::Engine("commit_writes", e))?;
+    ctx.pacer.wrote();
     if fua {
-        volume
-            .flush()
+        ctx.pacer
+            .flush(volume)
             .map_err(|e| Failure::Engine("flush after a FUA write", e))?;
     }
     Ok((pages * PAGE) as i32)

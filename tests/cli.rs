@@ -80,3 +80,108 @@ fn create_refuses_a_size_that_is_not_whole_pages() {
     assert!(stderr(&o).contains("4096"), "{}", stderr(&o));
     assert!(!img.exists());
 }
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn log_of_an_image_shows_its_window_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("disk.img");
+    let p = img.to_str().unwrap();
+    assert!(rewind(&["create", p, "--size", "16M"]).status.success());
+    let before = std::fs::read(&img).unwrap();
+
+    let o = rewind(&["log", p]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(
+        lines[0].starts_with("ID  TIME") && lines[0].ends_with("CHANGED  HELD"),
+        "{out}"
+    );
+    let row: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(row[0], "0", "{out}");
+    assert_eq!(row[3], "format", "{out}");
+    assert_eq!(row[4], "-", "no label: {out}");
+    assert_eq!(row[5], "-", "the oldest has no CHANGED: {out}");
+    assert!(
+        lines[2].starts_with("1 safe point since ") && lines[2].contains("history 0 B used of"),
+        "{out}"
+    );
+
+    let o = rewind(&["log", p, "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("--json is JSON");
+    let entries = v.as_array().expect("an array");
+    assert_eq!(entries.len(), 1);
+    let e = &entries[0];
+    assert_eq!(e["id"], 0);
+    assert_eq!(e["trigger"], "format");
+    assert!(e["label"].is_null() && e["changed_bytes"].is_null(), "{e}");
+    assert_eq!(e["held_bytes"], 0);
+    assert!(
+        e["time_ns"].as_u64().unwrap() > 1_600_000_000_000_000_000,
+        "{e}"
+    );
+    assert!(e["time"].as_str().unwrap().contains('T'), "{e}");
+
+    assert_eq!(
+        std::fs::read(&img).unwrap(),
+        before,
+        "`rewind log IMAGE` changed the image"
+    );
+}
+
+#[test]
+fn log_of_an_image_in_use_points_to_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("disk.img");
+    let p = img.to_str().unwrap();
+    assert!(rewind(&["create", p, "--size", "16M"]).status.success());
+    // Held the way a serving daemon holds it.
+    let held = rewind::backing::FileStore::open(&img).unwrap();
+    let o = rewind(&["log", p]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("rewind log -n"), "{e}");
+    assert_eq!(e.trim_end().lines().count(), 1, "{e}");
+    drop(held);
+    assert!(rewind(&["log", p]).status.success());
+}
+
+#[test]
+fn log_of_a_foreign_file_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("foreign.img");
+    std::fs::write(&f, vec![7u8; 1 << 20]).unwrap();
+    let o = rewind(&["log", f.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("not a rewind image"), "{}", stderr(&o));
+    let o = rewind(&["log", dir.path().join("missing.img").to_str().unwrap()]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("No such file"), "{e}");
+    assert_eq!(e.matches("No such file").count(), 1, "said twice: {e}");
+}
+
+#[test]
+fn safepoint_and_log_of_a_device_as_a_user_say_they_need_root() {
+    if !is_root() || !Path::new("/usr/bin/setpriv").exists() {
+        println!("not run: needs root and setpriv to drop to an unprivileged user");
+        return;
+    }
+    for args in [&["safepoint", "-n", "0"][..], &["log", "-n", "0"][..]] {
+        let o = Command::new("/usr/bin/setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_rewind"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        let e = stderr(&o);
+        assert!(e.contains("needs root"), "{args:?}: {e}");
+    }
+}

@@ -785,8 +785,8 @@ impl<S: Store> Volume<S> {
         self.safe_point(Trigger::Flush, None).map(|_| ())
     }
 
-    /// Makes a safe point now and commits it; returns its id. A flush with nothing written
-    /// since the newest safe point makes none and returns that one.
+    /// Makes a safe point now and commits it; returns its id. A flush or idle point with
+    /// nothing written since the newest safe point makes none and returns that one.
     pub fn safe_point(&self, trigger: Trigger, label: Option<String>) -> Result<u64, Error> {
         if let Some(l) = &label {
             if l.len() > MAX_LABEL {
@@ -800,7 +800,9 @@ impl<S: Store> Volume<S> {
             let mut st = self.state.lock();
             let open = st.window.next_id;
             let dirty = st.window.groups.contains_key(&open);
-            if dirty || trigger != Trigger::Flush {
+            // Flush and idle points mark a state; with nothing written since the newest
+            // safe point, that one already is it.
+            if dirty || !matches!(trigger, Trigger::Flush | Trigger::Idle) {
                 let sp = SafePoint {
                     id: open,
                     time_ns: now_ns(),

@@ -1,0 +1,456 @@
+//! The history window as users see it: `rewind safepoint` and `rewind log`, the rules for
+//! labels, and how times and safe points are printed.
+//!
+//! Times are shown in local time (the `TZ` variable, else `/etc/localtime`, else UTC) as
+//! `YYYY-MM-DD HH:MM:SS`; JSON carries RFC 3339 with the local offset and the exact
+//! nanoseconds since the Unix epoch.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use jiff::tz::TimeZone;
+use jiff::Timestamp;
+use rewind_history::format::MAX_LABEL;
+use serde::Serialize;
+
+use crate::backing::{BackingError, FileStore};
+use crate::control::{DeviceStats, Request, SafePointRecord};
+use crate::devices;
+use crate::size::human;
+
+/// How long `rewind safepoint` waits: the daemon syncs the image before it answers, which
+/// can take a while behind a lot of buffered writes.
+const SAFE_POINT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `rewind log -n` waits.
+const LOG_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Checks a label for `rewind safepoint --label`: 1 to 64 bytes, no control characters,
+/// not only digits (it would read as a safe point id). The daemon checks it again, and that
+/// no safe point of the window has it already.
+pub fn check_label(label: &str) -> Result<(), String> {
+    if label.is_empty() {
+        return Err("the label is empty; omit --label for a safe point without one".into());
+    }
+    if label.len() > MAX_LABEL {
+        return Err(format!(
+            "the label is {} bytes long; at most {MAX_LABEL} are kept",
+            label.len()
+        ));
+    }
+    if let Some(c) = label.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "the label holds the control character {c:?}; use printable characters"
+        ));
+    }
+    if label.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "the label '{label}' is only digits, which would read as a safe point id; \
+             add a letter"
+        ));
+    }
+    Ok(())
+}
+
+/// clap's parser for `--label`.
+pub fn parse_label(text: &str) -> Result<String, String> {
+    check_label(text).map(|()| text.to_string())
+}
+
+fn timestamp(ns: u64) -> Timestamp {
+    // u64 nanoseconds end in 2554, well inside jiff's range; the fallback is unreachable.
+    Timestamp::from_nanosecond(i128::from(ns)).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// `ns` (since the Unix epoch) as `YYYY-MM-DD HH:MM:SS` in `tz`.
+pub fn local_time(ns: u64, tz: &TimeZone) -> String {
+    timestamp(ns)
+        .to_zoned_datetime(tz.clone())
+        .strftime("%Y-%m-%d %H:%M:%S")
+        .to_string()
+}
+
+/// `ns` as RFC 3339 with `tz`'s offset at that instant and the fraction it needs, e.g.
+/// `2025-06-01T10:42:07.5+02:00`.
+pub fn rfc3339(ns: u64, tz: &TimeZone) -> String {
+    let ts = timestamp(ns);
+    ts.display_with_offset(tz.to_offset(ts)).to_string()
+}
+
+/// One safe point in `--json` output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct JsonSafePoint {
+    /// Its id.
+    pub id: u64,
+    /// RFC 3339, local offset.
+    pub time: String,
+    /// Nanoseconds since the Unix epoch.
+    pub time_ns: u64,
+    /// What made it.
+    pub trigger: String,
+    /// Its label, or null.
+    pub label: Option<String>,
+    /// Bytes first written in the epoch it closed; null when unknown (the oldest).
+    pub changed_bytes: Option<u64>,
+    /// Bytes of history that go when it retires.
+    pub held_bytes: u64,
+}
+
+impl JsonSafePoint {
+    /// `r` with its times for `tz`, pages of `page_size` bytes.
+    pub fn new(r: &SafePointRecord, page_size: u64, tz: &TimeZone) -> JsonSafePoint {
+        JsonSafePoint {
+            id: r.id,
+            time: rfc3339(r.time_ns, tz),
+            time_ns: r.time_ns,
+            trigger: r.trigger.clone(),
+            label: r.label.clone(),
+            changed_bytes: r.changed_pages.map(|p| p * page_size),
+            held_bytes: r.held_pages * page_size,
+        }
+    }
+}
+
+/// The figures under the table of `rewind log`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WindowSummary {
+    /// Safe points in the window.
+    pub safe_points: u64,
+    /// When the oldest was made.
+    pub oldest_time_ns: Option<u64>,
+    /// History in use, bytes.
+    pub history_bytes: u64,
+    /// The history area, bytes.
+    pub history_capacity_bytes: u64,
+}
+
+impl WindowSummary {
+    /// From a daemon's figures.
+    pub fn from_stats(s: &DeviceStats) -> WindowSummary {
+        WindowSummary {
+            safe_points: s.safe_points,
+            oldest_time_ns: s.oldest_safe_point_time_ns,
+            history_bytes: s.history_pages * s.page_size,
+            history_capacity_bytes: s.history_capacity_pages * s.page_size,
+        }
+    }
+}
+
+/// `part` of `whole` in percent, 0 for an empty whole.
+pub fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        100.0 * part as f64 / whole as f64
+    }
+}
+
+/// The table of `rewind log`, one string per line, header first:
+/// `ID  TIME  TRIGGER  LABEL  CHANGED  HELD`, ids and sizes right-aligned, "-" for no
+/// label and for an unknown size.
+pub fn log_table(records: &[SafePointRecord], page_size: u64, tz: &TimeZone) -> Vec<String> {
+    const RIGHT: [bool; 6] = [true, false, false, false, true, true];
+    let mut rows: Vec<[String; 6]> = vec![[
+        "ID".into(),
+        "TIME".into(),
+        "TRIGGER".into(),
+        "LABEL".into(),
+        "CHANGED".into(),
+        "HELD".into(),
+    ]];
+    for r in records {
+        rows.push([
+            r.id.to_string(),
+            local_time(r.time_ns, tz),
+            r.trigger.clone(),
+            r.label.clone().unwrap_or_else(|| "-".into()),
+            r.changed_pages
+                .map_or_else(|| "-".into(), |p| human(p * page_size)),
+            human(r.held_pages * page_size),
+        ]);
+    }
+    let mut widths = [0usize; 6];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    rows.iter()
+        .map(|row| {
+            let cells: Vec<String> = row
+                .iter()
+                .zip(widths)
+                .zip(RIGHT)
+                .map(|((cell, w), right)| {
+                    if right {
+                        format!("{cell:>w$}")
+                    } else {
+                        format!("{cell:<w$}")
+                    }
+                })
+                .collect();
+            cells.join("  ").trim_end().to_string()
+        })
+        .collect()
+}
+
+/// The line under the table: how far back the window reaches and how full the history is.
+pub fn log_footer(w: &WindowSummary, tz: &TimeZone) -> String {
+    let since = w
+        .oldest_time_ns
+        .map_or_else(String::new, |t| format!(" since {}", local_time(t, tz)));
+    format!(
+        "{} safe point{}{since}; history {} used of {} ({:.1}%)",
+        w.safe_points,
+        if w.safe_points == 1 { "" } else { "s" },
+        human(w.history_bytes),
+        human(w.history_capacity_bytes),
+        percent(w.history_bytes, w.history_capacity_bytes)
+    )
+}
+
+fn print_log(
+    records: &[SafePointRecord],
+    summary: &WindowSummary,
+    page_size: u64,
+    json: bool,
+) -> Result<()> {
+    let tz = TimeZone::system();
+    if json {
+        let entries: Vec<JsonSafePoint> = records
+            .iter()
+            .map(|r| JsonSafePoint::new(r, page_size, &tz))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+        return Ok(());
+    }
+    for line in log_table(records, page_size, &tz) {
+        println!("{line}");
+    }
+    println!("{}", log_footer(summary, &tz));
+    Ok(())
+}
+
+/// `rewind safepoint -n ID [--label LABEL]`.
+pub fn safepoint_command(id: u32, label: Option<String>, json: bool) -> Result<()> {
+    let device = crate::paths::device_path(id).display().to_string();
+    let reply = match devices::ask(
+        "rewind safepoint",
+        id,
+        &Request::SafePoint { label },
+        SAFE_POINT_TIMEOUT,
+    )? {
+        Ok(reply) => reply,
+        Err(why) => bail!("no safe point made on {device}: {why}"),
+    };
+    let (Some(sp), Some(stats)) = (reply.safe_point, reply.stats) else {
+        bail!("the daemon of {device} made a safe point but did not say which");
+    };
+    let tz = TimeZone::system();
+    if json {
+        let entry = JsonSafePoint::new(&sp, stats.page_size, &tz);
+        println!("{}", serde_json::to_string_pretty(&entry)?);
+        return Ok(());
+    }
+    println!("{}", safe_point_line(&sp, &tz));
+    Ok(())
+}
+
+/// What `rewind safepoint` prints: `safe point 12 at 2025-06-01 10:42:07, label "x"`.
+pub fn safe_point_line(sp: &SafePointRecord, tz: &TimeZone) -> String {
+    let mut line = format!("safe point {} at {}", sp.id, local_time(sp.time_ns, tz));
+    if let Some(label) = &sp.label {
+        line.push_str(&format!(", label {label:?}"));
+    }
+    line
+}
+
+/// `rewind log -n ID`: asks the daemon.
+pub fn log_device_command(id: u32, json: bool) -> Result<()> {
+    let reply = match devices::ask("rewind log", id, &Request::Log, LOG_TIMEOUT)? {
+        Ok(reply) => reply,
+        Err(why) => bail!(
+            "the daemon of {} refused: {why}",
+            crate::paths::device_path(id).display()
+        ),
+    };
+    let (Some(records), Some(stats)) = (reply.safe_points, reply.stats) else {
+        bail!("the daemon of ublk device {id} sent no history");
+    };
+    print_log(
+        &records,
+        &WindowSummary::from_stats(&stats),
+        stats.page_size,
+        json,
+    )
+}
+
+/// `rewind log IMAGE`: reads an image no daemon serves, writing nothing.
+pub fn log_image_command(image: &Path, json: bool) -> Result<()> {
+    let store = match FileStore::open_read_only(image) {
+        Ok(s) => s,
+        Err(BackingError::InUse(_)) => bail!(served_elsewhere(image)),
+        Err(e) => return Err(e.into()),
+    };
+    let found = rewind_history::inspect(&store)
+        .with_context(|| format!("reading the history of {}", image.display()))?;
+    let records: Vec<SafePointRecord> = found.safe_points.iter().map(Into::into).collect();
+    let s = &found.stats;
+    let summary = WindowSummary {
+        safe_points: s.safe_points,
+        oldest_time_ns: found.safe_points.first().map(|i| i.safe_point.time_ns),
+        history_bytes: s.history_pages * rewind_history::PAGE_SIZE,
+        history_capacity_bytes: s.history_capacity_pages * rewind_history::PAGE_SIZE,
+    };
+    print_log(&records, &summary, rewind_history::PAGE_SIZE, json)?;
+    if !found.clean && !json {
+        println!("(not closed cleanly: shown as the next `rewind add` will recover it)");
+    }
+    Ok(())
+}
+
+fn served_elsewhere(image: &Path) -> String {
+    match devices::device_serving(image) {
+        Some(id) => format!(
+            "{} is served by a running rewind daemon as {}: ask it with `rewind log -n {id}`",
+            image.display(),
+            crate::paths::device_path(id).display()
+        ),
+        None => format!(
+            "{} is in use by a running rewind daemon (or a `rewind create`): ask the daemon \
+             with `rewind log -n ID` (`rewind list` shows the ids)",
+            image.display()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // 2023-11-14 22:13:20 UTC.
+    const T: u64 = 1_700_000_000_000_000_000;
+
+    fn rec(id: u64, trigger: &str, label: Option<&str>, changed: Option<u64>) -> SafePointRecord {
+        SafePointRecord {
+            id,
+            time_ns: T + id * 1_500_000_000,
+            trigger: trigger.into(),
+            label: label.map(Into::into),
+            changed_pages: changed,
+            held_pages: id * 256,
+        }
+    }
+
+    #[test]
+    fn labels() {
+        assert_eq!(parse_label("before-upgrade"), Ok("before-upgrade".into()));
+        assert!(parse_label("with spaces, and ünïcode").is_ok());
+        assert!(parse_label("").unwrap_err().contains("empty"));
+        assert!(parse_label(&"x".repeat(64)).is_ok());
+        let e = parse_label(&"x".repeat(65)).unwrap_err();
+        assert!(e.contains("65 bytes") && e.contains("64"), "{e}");
+        // 22 three-byte characters: 66 bytes though only 22 characters.
+        assert!(parse_label(&"€".repeat(22))
+            .unwrap_err()
+            .contains("66 bytes"));
+        assert!(parse_label("a\nb").unwrap_err().contains("control"));
+        assert!(parse_label("42").unwrap_err().contains("safe point id"));
+        assert!(parse_label("v42").is_ok());
+    }
+
+    #[test]
+    fn times_in_a_given_zone() {
+        let utc = TimeZone::UTC;
+        assert_eq!(local_time(T, &utc), "2023-11-14 22:13:20");
+        assert_eq!(rfc3339(T, &utc), "2023-11-14T22:13:20+00:00");
+        assert_eq!(
+            rfc3339(T + 5_000_000, &utc),
+            "2023-11-14T22:13:20.005+00:00"
+        );
+        let paris = TimeZone::posix("CET-1CEST,M3.5.0,M10.5.0/3").unwrap();
+        assert_eq!(local_time(T, &paris), "2023-11-14 23:13:20");
+        assert_eq!(rfc3339(T, &paris), "2023-11-14T23:13:20+01:00");
+        // Summer time.
+        let june = T + 200 * 86_400 * 1_000_000_000;
+        assert_eq!(rfc3339(june, &paris), "2024-06-02T00:13:20+02:00");
+    }
+
+    #[test]
+    fn table_layout() {
+        let records = [
+            rec(0, "format", None, None),
+            rec(7, "user", Some("before-upgrade"), Some(3)),
+            rec(12, "flush", None, Some(300_000)),
+        ];
+        let lines = log_table(&records, 4096, &TimeZone::UTC);
+        let expected = [
+            "ID  TIME                 TRIGGER  LABEL           CHANGED    HELD",
+            " 0  2023-11-14 22:13:20  format   -                     -     0 B",
+            " 7  2023-11-14 22:13:30  user     before-upgrade   12 KiB   7 MiB",
+            "12  2023-11-14 22:13:38  flush    -               1.1 GiB  12 MiB",
+        ];
+        assert_eq!(lines, expected, "\n{}", lines.join("\n"));
+    }
+
+    #[test]
+    fn footer_says_how_far_back_and_how_full() {
+        let w = WindowSummary {
+            safe_points: 14,
+            oldest_time_ns: Some(T),
+            history_bytes: 120 << 20,
+            history_capacity_bytes: 1 << 30,
+        };
+        assert_eq!(
+            log_footer(&w, &TimeZone::UTC),
+            "14 safe points since 2023-11-14 22:13:20; history 120 MiB used of 1 GiB (11.7%)"
+        );
+        let one = WindowSummary {
+            safe_points: 1,
+            oldest_time_ns: Some(T),
+            history_bytes: 0,
+            history_capacity_bytes: 0,
+        };
+        assert_eq!(
+            log_footer(&one, &TimeZone::UTC),
+            "1 safe point since 2023-11-14 22:13:20; history 0 B used of 0 B (0.0%)"
+        );
+    }
+
+    #[test]
+    fn json_entries() {
+        let j = JsonSafePoint::new(
+            &rec(7, "user", Some("before"), Some(3)),
+            4096,
+            &TimeZone::UTC,
+        );
+        assert_eq!(
+            serde_json::to_value(&j).unwrap(),
+            serde_json::json!({
+                "id": 7,
+                "time": "2023-11-14T22:13:30.5+00:00",
+                "time_ns": 1_700_000_010_500_000_000u64,
+                "trigger": "user",
+                "label": "before",
+                "changed_bytes": 12288,
+                "held_bytes": 7 * 256 * 4096,
+            })
+        );
+        let oldest = JsonSafePoint::new(&rec(0, "format", None, None), 4096, &TimeZone::UTC);
+        let v = serde_json::to_value(&oldest).unwrap();
+        assert!(v["label"].is_null() && v["changed_bytes"].is_null(), "{v}");
+    }
+
+    #[test]
+    fn safe_point_line_shows_the_label_quoted() {
+        let tz = TimeZone::UTC;
+        assert_eq!(
+            safe_point_line(&rec(7, "user", Some("before"), Some(0)), &tz),
+            "safe point 7 at 2023-11-14 22:13:30, label \"before\""
+        );
+        assert_eq!(
+            safe_point_line(&rec(8, "user", None, Some(0)), &tz),
+            "safe point 8 at 2023-11-14 22:13:32"
+        );
+    }
+}
