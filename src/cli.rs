@@ -130,6 +130,9 @@ pub enum Command {
     /// Show the history window: the safe points that can still be reached
     #[command(after_help = LOG_EXAMPLES)]
     Log(LogArgs),
+    /// Make a past safe point the live state of an image again (metadata only, undoable)
+    #[command(after_help = ROLLBACK_EXAMPLES)]
+    Rollback(RollbackArgs),
     /// The daemon behind `rewind add` (internal)
     #[command(name = "__serve", hide = true)]
     Serve(ServeArgs),
@@ -220,6 +223,31 @@ pub struct LogArgs {
     #[arg(long)]
     pub json: bool,
 }
+
+/// `rewind rollback`.
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// An image no daemon serves (stop it first with `rewind del`)
+    #[arg(value_name = "IMAGE")]
+    pub image: PathBuf,
+    /// The safe point: its id or its label (`rewind log IMAGE` lists them)
+    #[arg(long, value_name = "ID|LABEL")]
+    pub to: String,
+    /// Print JSON: {to, undo, time, label}
+    #[arg(long)]
+    pub json: bool,
+}
+
+const ROLLBACK_EXAMPLES: &str = "Examples:
+  rewind del -n 0                            # stop serving the image first
+  rewind log disk.img                        # find the safe point
+  rewind rollback disk.img --to before-upgrade
+  rewind rollback disk.img --to 1041         # by id
+The state being left becomes a safe point of its own (trigger `rollback`), printed as
+the way back: `rewind rollback disk.img --to ID` with that id undoes the rollback while
+the history window holds it. No data is copied; a crash in the middle leaves the image
+at the old or the new state.
+Rolling back a device that is being served is not supported yet: `rewind del` it first.";
 
 /// `rewind del`.
 #[derive(Debug, Args)]

@@ -69,6 +69,7 @@ fn run(cli: Cli) -> Result<()> {
             // clap requires one of them.
             (None, None) => anyhow::bail!("give -n ID or an IMAGE"),
         },
+        Command::Rollback(a) => timeline::rollback_image_command(&a.image, &a.to, a.json),
         Command::Serve(a) => {
             let reporter = match a.status_fd {
                 Some(fd) => Reporter::from_fd(fd)?,

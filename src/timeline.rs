@@ -309,6 +309,90 @@ pub fn log_image_command(image: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// Finds the safe point `to` names: an id, else a label.
+pub fn find_safe_point<'a>(
+    window: &'a [rewind_history::SafePoint],
+    to: &str,
+) -> Result<&'a rewind_history::SafePoint> {
+    let range = match (window.first(), window.last()) {
+        (Some(a), Some(b)) => format!("{} to {}", a.id, b.id),
+        _ => "none".into(),
+    };
+    if let Ok(id) = to.parse::<u64>() {
+        return window.iter().find(|s| s.id == id).with_context(|| {
+            format!("safe point {id} is not in the history window (ids {range}); `rewind log` lists them")
+        });
+    }
+    window
+        .iter()
+        .find(|s| s.label.as_deref() == Some(to))
+        .with_context(|| {
+            format!(
+                "no safe point in the history window is labelled '{to}'; `rewind log` lists them"
+            )
+        })
+}
+
+#[derive(Serialize)]
+struct RollbackJson {
+    to: u64,
+    undo: u64,
+    time: String,
+    label: Option<String>,
+}
+
+/// `rewind rollback IMAGE --to X`: on an image no daemon serves.
+pub fn rollback_image_command(image: &Path, to: &str, json: bool) -> Result<()> {
+    let store = match FileStore::open(image) {
+        Ok(s) => s,
+        Err(BackingError::InUse(_)) => bail!(
+            "{} is in use by a running rewind daemon: stop it with `rewind del -n ID` first              (rolling back a served device is not supported yet)",
+            image.display()
+        ),
+        Err(e) => return Err(e.into()),
+    };
+    // Find the target before opening for service, which writes: a refusal changes nothing.
+    let found = rewind_history::inspect(&store)
+        .with_context(|| format!("reading the history of {}", image.display()))?;
+    let window: Vec<_> = found
+        .safe_points
+        .into_iter()
+        .map(|i| i.safe_point)
+        .collect();
+    let target = find_safe_point(&window, to)?.clone();
+    let vol = rewind_history::Volume::open(store)
+        .with_context(|| format!("opening {}", image.display()))?;
+    let undo = vol
+        .rollback(target.id)
+        .with_context(|| format!("rolling {} back", image.display()))?;
+    vol.close()
+        .with_context(|| format!("closing {}", image.display()))?;
+    let tz = TimeZone::system();
+    if json {
+        let j = RollbackJson {
+            to: target.id,
+            undo,
+            time: rfc3339(target.time_ns, &tz),
+            label: target.label.clone(),
+        };
+        println!("{}", serde_json::to_string_pretty(&j)?);
+    } else {
+        let label = target
+            .label
+            .as_deref()
+            .map(|l| format!(", label \"{l}\""))
+            .unwrap_or_default();
+        println!(
+            "rolled {} back to safe point {} ({}{label}); undo with `rewind rollback {} --to {undo}`",
+            image.display(),
+            target.id,
+            local_time(target.time_ns, &tz),
+            image.display()
+        );
+    }
+    Ok(())
+}
+
 fn served_elsewhere(image: &Path) -> String {
     match devices::device_serving(image) {
         Some(id) => format!(

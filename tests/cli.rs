@@ -185,3 +185,43 @@ fn safepoint_and_log_of_a_device_as_a_user_say_they_need_root() {
         assert!(e.contains("needs root"), "{args:?}: {e}");
     }
 }
+
+#[test]
+fn rollback_of_an_unserved_image_is_undoable_and_refuses_unknown_targets() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("disk.img");
+    let p = img.to_str().unwrap();
+    assert!(rewind(&["create", p, "--size", "16M"]).status.success());
+    // Safe point 0 is the empty device made by create.
+    let o = rewind(&["rollback", p, "--to", "0", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(out["to"], 0);
+    let undo = out["undo"].as_u64().unwrap();
+    let log = rewind(&["log", p, "--json"]);
+    let log: serde_json::Value = serde_json::from_slice(&log.stdout).unwrap();
+    let made = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == undo)
+        .expect("the state left by the rollback is a safe point");
+    assert_eq!(made["trigger"], "rollback");
+    let o = rewind(&["rollback", p, "--to", &undo.to_string()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("undo with"));
+    for (to, says) in [
+        ("99", "not in the history window"),
+        ("nope", "labelled 'nope'"),
+    ] {
+        let before = std::fs::read(&img).unwrap();
+        let o = rewind(&["rollback", p, "--to", to]);
+        assert!(!o.status.success());
+        assert!(stderr(&o).contains(says), "{}", stderr(&o));
+        assert_eq!(stderr(&o).trim_end().lines().count(), 1, "{}", stderr(&o));
+        assert!(
+            std::fs::read(&img).unwrap() == before,
+            "a refused rollback changed the image"
+        );
+    }
+}
