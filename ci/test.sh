@@ -17,7 +17,7 @@ CI_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$CI_DIR/.." && pwd)
 cd "$REPO"
 
-SCENARIOS=(fio-verify ext4-files mixed-bs discard bad-input safepoints rollback-offline)
+SCENARIOS=(fio-verify ext4-files mixed-bs discard bad-input safepoints rollback-offline rollback-live)
 
 CARGO=(cargo)
 if [[ $(id -u) -eq 0 && -n ${SUDO_USER:-} && $SUDO_USER != root ]]; then

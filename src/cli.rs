@@ -226,10 +226,14 @@ pub struct LogArgs {
 
 /// `rewind rollback`.
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("source").required(true).args(["id", "image"])))]
 pub struct RollbackArgs {
-    /// An image no daemon serves (stop it first with `rewind del`)
+    /// The device: /dev/ublkbID, which must not be mounted or open exclusively
+    #[arg(short = 'n', long = "number", value_name = "ID")]
+    pub id: Option<u32>,
+    /// An image no daemon serves
     #[arg(value_name = "IMAGE")]
-    pub image: PathBuf,
+    pub image: Option<PathBuf>,
     /// The safe point: its id or its label (`rewind log IMAGE` lists them)
     #[arg(long, value_name = "ID|LABEL")]
     pub to: String,
@@ -239,15 +243,15 @@ pub struct RollbackArgs {
 }
 
 const ROLLBACK_EXAMPLES: &str = "Examples:
-  rewind del -n 0                            # stop serving the image first
-  rewind log disk.img                        # find the safe point
-  rewind rollback disk.img --to before-upgrade
-  rewind rollback disk.img --to 1041         # by id
+  umount /mnt                                # the device must not be in use
+  rewind log -n 0                            # find the safe point
+  rewind rollback -n 0 --to before-upgrade   # the live device is that safe point again
+  rewind rollback disk.img --to 1041         # a stopped image, by id
 The state being left becomes a safe point of its own (trigger `rollback`), printed as
 the way back: `rewind rollback disk.img --to ID` with that id undoes the rollback while
 the history window holds it. No data is copied; a crash in the middle leaves the image
-at the old or the new state.
-Rolling back a device that is being served is not supported yet: `rewind del` it first.";
+at the old or the new state. After a rollback of a served device the kernel's cached
+pages of it are dropped, so readers see the rolled-back contents.";
 
 /// `rewind del`.
 #[derive(Debug, Args)]

@@ -41,6 +41,12 @@ pub enum Request {
     },
     /// The history window.
     Log,
+    /// Make safe point `to` the live state again (the client has made sure nobody has the
+    /// device open exclusively, and drops the kernel's cache afterwards).
+    Rollback {
+        /// The safe point id.
+        to: u64,
+    },
 }
 
 /// A safe point as the daemon reports it: the engine's `SafePointInfo`, with the trigger
@@ -142,6 +148,9 @@ pub struct Response {
     /// The answer to `log`: the window, oldest first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub safe_points: Option<Vec<SafePointRecord>>,
+    /// The answer to `rollback`: the safe point of the state it left (the way back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undo: Option<u64>,
 }
 
 impl Response {
@@ -152,6 +161,7 @@ impl Response {
             stats: None,
             safe_point: None,
             safe_points: None,
+            undo: None,
         }
     }
 
@@ -177,6 +187,14 @@ impl Response {
         Response {
             safe_point: Some(safe_point),
             stats: Some(stats),
+            ..Response::ok()
+        }
+    }
+
+    /// The answer to `rollback`.
+    pub fn rollback(undo: u64) -> Response {
+        Response {
+            undo: Some(undo),
             ..Response::ok()
         }
     }
@@ -376,6 +394,11 @@ mod tests {
             Request::Stats
         );
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"format_everything"}"#).is_err());
+        assert_eq!(
+            serde_json::to_string(&Request::Rollback { to: 12 }).unwrap(),
+            r#"{"cmd":"rollback","to":12}"#
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"rollback"}"#).is_err());
         assert_eq!(
             serde_json::to_string(&Request::SafePoint {
                 label: Some("before".into())

@@ -367,6 +367,13 @@ fn serve_volume(
                 volume.safe_point_infos().iter().map(Into::into).collect(),
                 device_stats(&volume, &about),
             ),
+            Request::Rollback { to } => match volume.rollback(*to) {
+                Ok(undo) => {
+                    log::info!("rolled back to safe point {to}; safe point {undo} undoes it");
+                    Response::rollback(undo)
+                }
+                Err(e) => Response::error(e.to_string()),
+            },
         }
     })
     .context("starting the control socket thread")?;

@@ -69,7 +69,11 @@ fn run(cli: Cli) -> Result<()> {
             // clap requires one of them.
             (None, None) => anyhow::bail!("give -n ID or an IMAGE"),
         },
-        Command::Rollback(a) => timeline::rollback_image_command(&a.image, &a.to, a.json),
+        Command::Rollback(a) => match (a.id, a.image) {
+            (Some(id), _) => timeline::rollback_device_command(id, &a.to, a.json),
+            (None, Some(image)) => timeline::rollback_image_command(&image, &a.to, a.json),
+            (None, None) => unreachable!("clap requires -n or IMAGE"),
+        },
         Command::Serve(a) => {
             let reporter = match a.status_fd {
                 Some(fd) => Reporter::from_fd(fd)?,

@@ -393,6 +393,92 @@ pub fn rollback_image_command(image: &Path, to: &str, json: bool) -> Result<()> 
     Ok(())
 }
 
+/// `rewind rollback -n ID --to X`: on a served device nobody has open exclusively.
+pub fn rollback_device_command(id: u32, to: &str, json: bool) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    let device = crate::paths::device_path(id);
+    let shown = device.display().to_string();
+    let reply = match devices::ask("rewind rollback", id, &Request::Log, LOG_TIMEOUT)? {
+        Ok(reply) => reply,
+        Err(why) => bail!("reading the history of {shown}: {why}"),
+    };
+    let window: Vec<rewind_history::SafePoint> = reply
+        .safe_points
+        .unwrap_or_default()
+        .iter()
+        .map(|r| rewind_history::SafePoint {
+            id: r.id,
+            time_ns: r.time_ns,
+            trigger: rewind_history::Trigger::User,
+            label: r.label.clone(),
+        })
+        .collect();
+    let target = find_safe_point(&window, to)?.clone();
+    // O_EXCL on a block device fails with EBUSY while it is mounted or open exclusively,
+    // and keeps anyone from mounting it while we hold it.
+    let holder = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_EXCL)
+        .open(&device)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::EBUSY) {
+                anyhow::anyhow!(
+                    "{shown} is in use (mounted, or open exclusively): unmount it or stop \
+                     what holds it, then roll back"
+                )
+            } else {
+                anyhow::anyhow!("opening {shown}: {e}")
+            }
+        })?;
+    let reply = match devices::ask(
+        "rewind rollback",
+        id,
+        &Request::Rollback { to: target.id },
+        SAFE_POINT_TIMEOUT,
+    )? {
+        Ok(reply) => reply,
+        Err(why) => bail!("{shown} was not rolled back: {why}"),
+    };
+    let undo = reply
+        .undo
+        .context("the daemon rolled back but did not say how to undo it")?;
+    // The kernel still caches pages of the old state: drop them so readers see the new one.
+    const BLKFLSBUF: libc::c_ulong = 0x1261; // _IO(0x12, 97)
+                                             // SAFETY: BLKFLSBUF takes no argument; the fd is an open block device we own.
+    if unsafe { libc::ioctl(holder.as_raw_fd(), BLKFLSBUF, 0) } != 0 {
+        bail!(
+            "{shown} was rolled back to safe point {}, but dropping the kernel's cached pages \
+             failed ({}): run `blockdev --flushbufs {shown}` before reading it",
+            target.id,
+            std::io::Error::last_os_error()
+        );
+    }
+    drop(holder);
+    let tz = TimeZone::system();
+    if json {
+        let j = RollbackJson {
+            to: target.id,
+            undo,
+            time: rfc3339(target.time_ns, &tz),
+            label: target.label.clone(),
+        };
+        println!("{}", serde_json::to_string_pretty(&j)?);
+    } else {
+        let label = target
+            .label
+            .as_deref()
+            .map(|l| format!(", label \"{l}\""))
+            .unwrap_or_default();
+        println!(
+            "rolled {shown} back to safe point {} ({}{label}); undo with `rewind rollback -n {id} --to {undo}`",
+            target.id,
+            local_time(target.time_ns, &tz),
+        );
+    }
+    Ok(())
+}
+
 fn served_elsewhere(image: &Path) -> String {
     match devices::device_serving(image) {
         Some(id) => format!(
