@@ -367,6 +367,19 @@ pub fn rollback_image_command(image: &Path, to: &str, json: bool) -> Result<()> 
         .with_context(|| format!("rolling {} back", image.display()))?;
     vol.close()
         .with_context(|| format!("closing {}", image.display()))?;
+    let shown = image.display().to_string();
+    print_rollback(&shown, &shown, &target, undo, json)
+}
+
+/// What a rollback prints: where `what` went, and the command (`rewind rollback WHICH`)
+/// that undoes it.
+fn print_rollback(
+    what: &str,
+    which: &str,
+    target: &rewind_history::SafePoint,
+    undo: u64,
+    json: bool,
+) -> Result<()> {
     let tz = TimeZone::system();
     if json {
         let j = RollbackJson {
@@ -383,11 +396,9 @@ pub fn rollback_image_command(image: &Path, to: &str, json: bool) -> Result<()> 
             .map(|l| format!(", label \"{l}\""))
             .unwrap_or_default();
         println!(
-            "rolled {} back to safe point {} ({}{label}); undo with `rewind rollback {} --to {undo}`",
-            image.display(),
+            "rolled {what} back to safe point {} ({}{label}); undo with `rewind rollback {which} --to {undo}`",
             target.id,
             local_time(target.time_ns, &tz),
-            image.display()
         );
     }
     Ok(())
@@ -455,28 +466,7 @@ pub fn rollback_device_command(id: u32, to: &str, json: bool) -> Result<()> {
         );
     }
     drop(holder);
-    let tz = TimeZone::system();
-    if json {
-        let j = RollbackJson {
-            to: target.id,
-            undo,
-            time: rfc3339(target.time_ns, &tz),
-            label: target.label.clone(),
-        };
-        println!("{}", serde_json::to_string_pretty(&j)?);
-    } else {
-        let label = target
-            .label
-            .as_deref()
-            .map(|l| format!(", label \"{l}\""))
-            .unwrap_or_default();
-        println!(
-            "rolled {shown} back to safe point {} ({}{label}); undo with `rewind rollback -n {id} --to {undo}`",
-            target.id,
-            local_time(target.time_ns, &tz),
-        );
-    }
-    Ok(())
+    print_rollback(&shown, &format!("-n {id}"), &target, undo, json)
 }
 
 fn served_elsewhere(image: &Path) -> String {
