@@ -130,6 +130,8 @@ pub enum Command {
     /// Show the history window: the safe points that can still be reached
     #[command(after_help = LOG_EXAMPLES)]
     Log(LogArgs),
+    /// Check all metadata of an image that is not being served, writing nothing
+    Check(CheckArgs),
     /// Make a past safe point the live state of an image again (metadata only, undoable)
     #[command(after_help = ROLLBACK_EXAMPLES)]
     Rollback(RollbackArgs),
@@ -220,6 +222,17 @@ pub struct LogArgs {
     #[arg(value_name = "IMAGE")]
     pub image: Option<PathBuf>,
     /// Print JSON: an array of {id, time, time_ns, trigger, label, changed_bytes, held_bytes}
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `rewind check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The image (not being served)
+    #[arg(value_name = "IMAGE")]
+    pub image: PathBuf,
+    /// Print JSON
     #[arg(long)]
     pub json: bool,
 }

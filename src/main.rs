@@ -69,6 +69,7 @@ fn run(cli: Cli) -> Result<()> {
             // clap requires one of them.
             (None, None) => anyhow::bail!("give -n ID or an IMAGE"),
         },
+        Command::Check(a) => image::check_command(&a.image, a.json),
         Command::Rollback(a) => match (a.id, a.image) {
             (Some(id), _) => timeline::rollback_device_command(id, &a.to, a.json),
             (None, Some(image)) => timeline::rollback_image_command(&image, &a.to, a.json),

@@ -17,6 +17,7 @@ pub use format::{CreateOptions, Layout, PAGE_SIZE};
 pub use rewind_remap::{LogicalPage, PhysPage, Stream};
 pub use store::{MemStore, Store};
 pub use volume::{
-    create, inspect, read_superblock, Inspection, ReadTracker, SafePointInfo, Stats, Volume,
+    check, create, inspect, read_superblock, CheckReport, Inspection, ReadTracker, SafePointInfo,
+    Stats, Volume,
 };
 pub use window::{SafePoint, Trigger};

@@ -152,6 +152,68 @@ pub struct Inspection {
     pub clean: bool,
 }
 
+/// What `rewind check` found: every figure it checked.
+#[derive(Clone, Debug)]
+pub struct CheckReport {
+    /// Per superblock copy: its generation, or why it is not valid.
+    pub superblocks: [Result<u64, String>; 2],
+    /// The checkpoint slot in use.
+    pub checkpoint_slot: u32,
+    /// Journal blocks replayed on top of the checkpoint.
+    pub journal_blocks: u64,
+    /// Physical pages the live map points at.
+    pub live_pages: u64,
+    /// Physical pages only history points at.
+    pub history_only_pages: u64,
+    /// Physical pages nobody points at.
+    pub free_pages: u64,
+    /// Physical pages in all.
+    pub physical_pages: u64,
+    /// Safe points in the window.
+    pub safe_points: u64,
+    /// Whether the last daemon closed the image cleanly.
+    pub clean: bool,
+}
+
+/// Checks every piece of metadata of an image without writing: both superblock copies,
+/// the checkpoint, the journal, the remap table and history (each physical page belongs to
+/// one logical page, and is live, history or free). An error is a corruption.
+pub fn check<S: Store>(store: &S) -> Result<CheckReport, Error> {
+    let mut superblocks: [Result<u64, String>; 2] = [Err(String::new()), Err(String::new())];
+    for (i, off) in SUPER_OFFSETS.iter().enumerate() {
+        let mut page = vec![0u8; PAGE_SIZE as usize];
+        superblocks[i] = match store.read_at(*off, &mut page) {
+            Err(e) => Err(format!("unreadable: {e}")),
+            Ok(()) => Superblock::validate(&page)
+                .map(|sb| sb.generation.get())
+                .map_err(|e| e.to_string()),
+        };
+    }
+    let l = Volume::load(store)?;
+    let mut live = 0u64;
+    for p in 0..l.layout.logical_pages {
+        live += u64::from(l.map.get(LogicalPage(p)).phys.is_some());
+    }
+    let used = l.refs.iter().filter(|r| **r > 0).count() as u64;
+    if used != l.layout.physical_pages - l.alloc.free_pages() {
+        return Err(Error::Corrupt(format!(
+            "{used} pages referenced but {} claimed",
+            l.layout.physical_pages - l.alloc.free_pages()
+        )));
+    }
+    Ok(CheckReport {
+        superblocks,
+        checkpoint_slot: l.sb.ckpt_slot.get(),
+        journal_blocks: l.next_seq - l.sb.ckpt_journal_seq.get(),
+        live_pages: live,
+        history_only_pages: used - live,
+        free_pages: l.alloc.free_pages(),
+        physical_pages: l.layout.physical_pages,
+        safe_points: l.window.safe_points.len() as u64,
+        clean: l.sb.clean.get() == 1,
+    })
+}
+
 /// Reads an image's history without serving it or writing a byte: `rewind log IMAGE`.
 pub fn inspect<S: Store>(store: &S) -> Result<Inspection, Error> {
     let l = Volume::load(store)?;
