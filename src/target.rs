@@ -644,12 +644,25 @@ async fn read_pages(
     for run in scratch.runs.iter().filter(|r| r.phys.is_none()) {
         buf.as_mut_slice()[run.index * PAGE..(run.index + run.count) * PAGE].fill(0);
     }
+    submit_runs(q, ctx.volume.layout(), buf, scratch, false);
+    run_transfers(q, scratch).await?;
+    Ok((pages * PAGE) as i32)
+}
+
+/// Submits one uring read or write per run of consecutive physical pages in
+/// `scratch.runs` (holes are skipped), between `buf` and the backing store.
+fn submit_runs(
+    q: &UblkQueue<'_>,
+    layout: &rewind_history::Layout,
+    buf: &mut IoBuf<u8>,
+    scratch: &mut Scratch,
+    write: bool,
+) {
     let base = buf.as_mut_ptr();
-    let layout = ctx.volume.layout();
     for run in scratch.runs.iter() {
         if let Some(p) = run.phys {
             let t = Transfer {
-                write: false,
+                write,
                 ptr: base.wrapping_add(run.index * PAGE),
                 len: run.count * PAGE,
                 offset: layout.page_offset(p),
@@ -657,8 +670,6 @@ async fn read_pages(
             scratch.inflight.push((t, q.ublk_submit_sqe(t.sqe(0))));
         }
     }
-    run_transfers(q, scratch).await?;
-    Ok((pages * PAGE) as i32)
 }
 
 async fn write(
@@ -692,19 +703,7 @@ async fn write(
         .extend(scratch.claimed.iter().map(|&(_, p)| Some(p)));
     scratch.runs.clear();
     coalesce(&scratch.phys, &mut scratch.runs);
-    let base = buf.as_mut_ptr();
-    let layout = volume.layout();
-    for run in scratch.runs.iter() {
-        if let Some(p) = run.phys {
-            let t = Transfer {
-                write: true,
-                ptr: base.wrapping_add(run.index * PAGE),
-                len: run.count * PAGE,
-                offset: layout.page_offset(p),
-            };
-            scratch.inflight.push((t, q.ublk_submit_sqe(t.sqe(0))));
-        }
-    }
+    submit_runs(q, volume.layout(), buf, scratch, true);
     if let Err(f) = run_transfers(q, scratch).await {
         abandon_all(volume, &scratch.claimed);
         return Err(f);
