@@ -11,6 +11,7 @@ use zerocopy::{FromBytes, IntoBytes};
 use crate::format::{
     CheckpointHeader, GroupHeader, HistoryEntry, Layout, SafePointEntry, CKPT_MAGIC,
     FORMAT_VERSION, GROUP_BYTES, HISTORY_ENTRY_BYTES, MAX_LABEL, PAGE_SIZE, SAFE_POINT_BYTES,
+    SAFE_POINT_PINNED,
 };
 use crate::window::{SafePoint, Trigger, Window};
 use crate::{Error, LogicalPage, PhysPage};
@@ -47,7 +48,12 @@ pub fn encode(s: &Snapshot, uuid: u64) -> Vec<u8> {
             time_ns: U64::new(sp.time_ns),
             trigger: sp.trigger.code(),
             label_len: text.len() as u8,
-            pad: [0; 6],
+            flags: if w.pins.contains(&sp.id) {
+                SAFE_POINT_PINNED
+            } else {
+                0
+            },
+            pad: [0; 5],
             label,
         };
         out.extend_from_slice(e.as_bytes());
@@ -166,6 +172,12 @@ pub fn decode(bytes: &[u8], layout: &Layout, uuid: u64) -> Result<Snapshot, Erro
             || e.id.get() >= window.next_id
         {
             return Err(corrupt(format!("safe point {} out of order", e.id.get())));
+        }
+        if e.flags & !SAFE_POINT_PINNED != 0 {
+            return Err(corrupt(format!("unknown safe point flags {:#x}", e.flags)));
+        }
+        if e.flags & SAFE_POINT_PINNED != 0 {
+            window.pins.insert(e.id.get());
         }
         window.safe_points.push_back(SafePoint {
             id: e.id.get(),

@@ -47,6 +47,14 @@ pub enum Error {
         /// The device size in pages.
         pages: u64,
     },
+    /// A view whose safe point gave way to the live device's writes.
+    #[error("view of safe point {at} was dropped: {why}")]
+    ViewDropped {
+        /// The safe point it showed.
+        at: u64,
+        /// Why (for the daemon's log and the reader).
+        why: String,
+    },
     /// No physical page is free and nothing can be retired (all in flight).
     #[error("no free page: every physical page is live or in flight")]
     NoSpace,

@@ -216,6 +216,15 @@ pub struct Superblock {
 }
 
 impl Superblock {
+    /// The daemon that last opened the image for service, as (pid, host), or `None` when it
+    /// was closed cleanly. A flock held by nobody with an owner here means that daemon died.
+    pub fn owner(&self) -> Option<(u32, String)> {
+        let pid = self.owner_pid.get();
+        let end = self.owner_host.iter().position(|b| *b == 0).unwrap_or(64);
+        let host = String::from_utf8_lossy(&self.owner_host[..end]).into_owned();
+        (pid != 0).then_some((pid, host))
+    }
+
     /// The CRC the superblock should carry.
     pub fn compute_crc(&self) -> u32 {
         let bytes = self.as_bytes();
@@ -311,12 +320,14 @@ pub mod tag {
     pub const DISCARD: u8 = 2;
     /// A safe point: closes the current epoch. Two records, then the label.
     pub const SAFE_POINT: u8 = 3;
-    /// Every safe point older than `id` leaves the window.
+    /// Safe point `id` leaves the window; history only it needed is freed.
     pub const RETIRE: u8 = 4;
     /// Raw label bytes following a safe point.
     pub const LABEL: u8 = 5;
     /// Every logical page goes back to what it held at safe point `id`.
     pub const ROLLBACK: u8 = 6;
+    /// Safe point `id` is pinned (byte 1 = 1) or unpinned (byte 1 = 0).
+    pub const PIN: u8 = 7;
 }
 
 /// One checkpoint's header, in the first page of its slot.
@@ -369,13 +380,18 @@ pub struct SafePointEntry {
     pub trigger: u8,
     /// Bytes of `label` in use.
     pub label_len: u8,
+    /// Bit 0: pinned (`SAFE_POINT_PINNED`); the other bits are zero.
+    pub flags: u8,
     /// Reserved; zero.
-    pub pad: [u8; 6],
+    pub pad: [u8; 5],
     /// The label, zero-padded.
     pub label: [u8; MAX_LABEL],
 }
 
-/// The bytes of a stored safe point.
+/// `SafePointEntry::flags`: kept from retirement by `rewind pin`.
+pub const SAFE_POINT_PINNED: u8 = 1;
+
+/// The bytes of a safe point entry.
 pub const SAFE_POINT_BYTES: usize = std::mem::size_of::<SafePointEntry>();
 
 /// The header of a history group in a checkpoint.

@@ -26,10 +26,12 @@ pub enum Record {
     Discard { l: LogicalPage, count: u32 },
     /// The open epoch closes with this safe point.
     SafePoint(SafePoint),
-    /// Every safe point older than `up_to` leaves the window.
-    Retire { up_to: u64 },
+    /// Safe point `id` leaves the window (see `Window::retire`).
+    Retire { id: u64 },
     /// Every logical page goes back to what it held at safe point `to`.
     Rollback { to: u64 },
+    /// Safe point `id` is kept from retirement (`pinned`) or no longer.
+    Pin { id: u64, pinned: bool },
 }
 
 type Slot = [u8; RECORD];
@@ -50,8 +52,9 @@ impl Record {
         match self {
             Record::Write { l, p } => out.push(slot(tag::WRITE, 0, 0, p.0, l.0)),
             Record::Discard { l, count } => out.push(slot(tag::DISCARD, 0, 0, *count, l.0)),
-            Record::Retire { up_to } => out.push(slot(tag::RETIRE, 0, 0, 0, *up_to)),
+            Record::Retire { id } => out.push(slot(tag::RETIRE, 0, 0, 0, *id)),
             Record::Rollback { to } => out.push(slot(tag::ROLLBACK, 0, 0, 0, *to)),
+            Record::Pin { id, pinned } => out.push(slot(tag::PIN, u8::from(*pinned), 0, 0, *id)),
             Record::SafePoint(sp) => {
                 let label = sp.label.as_deref().unwrap_or("").as_bytes();
                 assert!(label.len() <= MAX_LABEL, "label checked by the caller");
@@ -95,8 +98,18 @@ impl Record {
                 },
                 1,
             )),
-            tag::RETIRE => Ok((Record::Retire { up_to: long }, 1)),
+            tag::RETIRE => Ok((Record::Retire { id: long }, 1)),
             tag::ROLLBACK => Ok((Record::Rollback { to: long }, 1)),
+            tag::PIN => match s[1] {
+                0 | 1 => Ok((
+                    Record::Pin {
+                        id: long,
+                        pinned: s[1] == 1,
+                    },
+                    1,
+                )),
+                b => Err(format!("pin record with flag {b}")),
+            },
             tag::SAFE_POINT => {
                 let trigger = Trigger::from_code(s[1])
                     .ok_or_else(|| format!("unknown safe point trigger {}", s[1]))?;
@@ -300,7 +313,15 @@ mod tests {
             trigger: Trigger::User,
             label: Some("before-upgrade with a rather long label".into()),
         }));
-        v.push(Record::Retire { up_to: 6 });
+        v.push(Record::Retire { id: 6 });
+        v.push(Record::Pin {
+            id: 7,
+            pinned: true,
+        });
+        v.push(Record::Pin {
+            id: 7,
+            pinned: false,
+        });
         v
     }
 
@@ -351,10 +372,10 @@ mod tests {
         let old = encode_blocks(&sample(), 0, 42, 1);
         write_blocks(&store, &l, 0, &old).unwrap();
         // The new session rewrites block 0 only (a crash cut the rest).
-        let new = encode_blocks(&[Record::Retire { up_to: 1 }], 0, 42, 2);
+        let new = encode_blocks(&[Record::Retire { id: 1 }], 0, 42, 2);
         write_blocks(&store, &l, 0, &new).unwrap();
         let (got, end) = collect(&store, &l, 0);
-        assert_eq!(got, vec![Record::Retire { up_to: 1 }]);
+        assert_eq!(got, vec![Record::Retire { id: 1 }]);
         assert_eq!(end.next_seq, 1);
     }
 

@@ -17,7 +17,7 @@ pub use format::{CreateOptions, Layout, PAGE_SIZE};
 pub use rewind_remap::{LogicalPage, PhysPage, Stream};
 pub use store::{MemStore, Store};
 pub use volume::{
-    check, create, inspect, read_superblock, CheckReport, Inspection, ReadTracker, SafePointInfo,
-    Stats, Volume,
+    check, create, inspect, read_superblock, CheckReport, Inspection, Notice, ReadTracker,
+    SafePointInfo, Stats, ViewId, Volume,
 };
 pub use window::{SafePoint, Trigger};

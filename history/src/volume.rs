@@ -18,6 +18,7 @@
 //! window and the records not yet written, and is held only for memory work. `commit` is
 //! always taken before `state`.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -65,7 +66,55 @@ struct State {
     records: Vec<Record>,
     /// Pages freed by those records.
     pending_free: Vec<PhysPage>,
+    /// Open views by number: each holds its safe point until closed or dropped.
+    views: BTreeMap<u64, View>,
+    next_view: u64,
+    /// What reclaim had to give up, for the daemon's log.
+    notices: Vec<Notice>,
 }
+
+/// A view's state: the safe point it shows, and why it was dropped, if it was.
+struct View {
+    at: u64,
+    dropped: Option<String>,
+}
+
+/// Something reclaim gave up so the live device's writes would not fail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// A view was dropped: its reads fail from now on.
+    ViewDropped {
+        /// The view.
+        view: ViewId,
+        /// The safe point it showed.
+        at: u64,
+    },
+    /// A pin was released and its safe point may retire.
+    PinReleased {
+        /// The safe point.
+        id: u64,
+    },
+}
+
+impl std::fmt::Display for Notice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Notice::ViewDropped { at, .. } => {
+                write!(f, "view of safe point {at} dropped: {HISTORY_FULL}")
+            }
+            Notice::PinReleased { id } => {
+                write!(f, "pin on safe point {id} released: {HISTORY_FULL}")
+            }
+        }
+    }
+}
+
+const HISTORY_FULL: &str =
+    "the history area is full and views and pins held all of it (writes to the live device come first)";
+
+/// An open view of a past safe point (see `Volume::open_view`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ViewId(u64);
 
 struct CommitState {
     sb: Superblock,
@@ -135,8 +184,10 @@ pub struct SafePointInfo {
     pub safe_point: SafePoint,
     /// Pages first written in the epoch it closed (unknown for the oldest: `None`).
     pub changed_pages: Option<u64>,
-    /// History pages that go when it retires (the older ones being gone already).
+    /// History pages that would be freed if it alone retired now.
     pub held_pages: u64,
+    /// Kept from retirement by `rewind pin`.
+    pub pinned: bool,
 }
 
 /// An image as it stands on disk, read without opening it for service.
@@ -236,26 +287,17 @@ pub fn inspect<S: Store>(store: &S) -> Result<Inspection, Error> {
 }
 
 fn safe_point_infos(w: &Window) -> Vec<SafePointInfo> {
-    let pages = |g: &Vec<(LogicalPage, Option<PhysPage>)>| -> u64 {
-        g.iter().filter(|(_, p)| p.is_some()).count() as u64
-    };
-    let sps: Vec<&SafePoint> = w.safe_points.iter().collect();
-    sps.iter()
+    w.safe_points
+        .iter()
         .enumerate()
-        .map(|(i, sp)| {
-            let next = sps.get(i + 1).map_or(w.next_id, |n| n.id);
-            SafePointInfo {
-                safe_point: (*sp).clone(),
-                changed_pages: w.groups.get(&sp.id).map(|g| g.len() as u64).or(
-                    // Group `id` is dropped once `id` is the oldest; an empty epoch has none.
-                    (i > 0).then_some(0),
-                ),
-                held_pages: w
-                    .groups
-                    .range(sp.id + 1..=next)
-                    .map(|(_, g)| pages(g))
-                    .sum(),
-            }
+        .map(|(i, sp)| SafePointInfo {
+            safe_point: sp.clone(),
+            changed_pages: w.groups.get(&sp.id).map(|g| g.len() as u64).or(
+                // Group `id` is dropped once `id` is the oldest; an empty epoch has none.
+                (i > 0).then_some(0),
+            ),
+            held_pages: w.held_pages(i),
+            pinned: w.pins.contains(&sp.id),
         })
         .collect()
 }
@@ -325,6 +367,17 @@ impl ReadTracker {
         drop(m);
         self.publish();
     }
+}
+
+/// This host's name, zero padded, for the superblock's owner: with the pid it tells a
+/// live owner from one that crashed (see `format::Superblock::owner`).
+fn host_name() -> [u8; 64] {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name = name.trim().as_bytes();
+    let mut out = [0u8; 64];
+    let n = name.len().min(64);
+    out[..n].copy_from_slice(&name[..n]);
+    out
 }
 
 fn now_ns() -> u64 {
@@ -523,14 +576,26 @@ impl<F: FnMut(PhysPage)> Apply<'_, F> {
                 }
                 self.window.push_safe_point(sp.clone());
             }
-            Record::Retire { up_to } => {
-                if self.window.newest().is_none_or(|n| n.id < *up_to) {
+            Record::Retire { id } => {
+                if !self.window.contains(*id) || self.window.newest().is_some_and(|n| n.id == *id) {
                     return Err(Error::Corrupt(format!(
-                        "journal retires up to safe point {up_to}, past the newest"
+                        "journal retires safe point {id}, which is not an older one of the window"
                     )));
                 }
                 let (refs, free) = (&mut *self.refs, &mut self.free);
-                self.window.retire(*up_to, |p| unref(refs, free, p));
+                self.window.retire(*id, |p| unref(refs, free, p));
+            }
+            Record::Pin { id, pinned } => {
+                if !self.window.contains(*id) {
+                    return Err(Error::Corrupt(format!(
+                        "journal pins safe point {id}, which is not in the window"
+                    )));
+                }
+                if *pinned {
+                    self.window.pins.insert(*id);
+                } else {
+                    self.window.pins.remove(id);
+                }
             }
             Record::Rollback { to } => {
                 if !self.window.contains(*to) {
@@ -644,6 +709,7 @@ impl<S: Store> Volume<S> {
         sb.session = U32::new(session);
         sb.clean = U32::new(0);
         sb.owner_pid = U32::new(std::process::id());
+        sb.owner_host = host_name();
         write_superblock(&store, &mut sb)?;
         let history_area = layout.physical_pages - layout.logical_pages;
         Ok(Volume {
@@ -660,6 +726,9 @@ impl<S: Store> Volume<S> {
                 refs,
                 records: Vec::new(),
                 pending_free: Vec::new(),
+                views: BTreeMap::new(),
+                next_view: 0,
+                notices: Vec::new(),
             }),
             commit: Mutex::new(CommitState { sb, next_seq }),
             failed: AtomicBool::new(false),
@@ -781,6 +850,7 @@ impl<S: Store> Volume<S> {
             refs,
             records,
             pending_free,
+            ..
         } = &mut *st;
         let mut apply = Apply {
             map: &self.map,
@@ -814,6 +884,7 @@ impl<S: Store> Volume<S> {
             refs,
             records,
             pending_free,
+            ..
         } = &mut *st;
         let mut apply = Apply {
             map: &self.map,
@@ -873,10 +944,9 @@ impl<S: Store> Volume<S> {
                 };
                 st.records.push(Record::SafePoint(sp.clone()));
                 st.window.push_safe_point(sp);
-                if st.window.safe_points.len() as u64 >= MAX_SAFE_POINTS {
-                    let keep = st.window.safe_points[1].id;
-                    self.retire_locked(&mut st, keep);
-                }
+                self.retire_until(&mut st, false, |st, _| {
+                    (st.window.safe_points.len() as u64) < MAX_SAFE_POINTS
+                });
                 open
             } else {
                 st.window.newest().map_or(0, |s| s.id)
@@ -886,9 +956,80 @@ impl<S: Store> Volume<S> {
         Ok(id)
     }
 
-    fn retire_locked(&self, st: &mut State, up_to: u64) {
-        self.apply_locked(st, Record::Retire { up_to })
-            .expect("retiring up to a safe point of the window");
+    /// Retires safe points until `enough`: first the oldest held by no pin or view (never the
+    /// newest), then, if `close_open_epoch`, the open epoch is closed with a reclaim safe point
+    /// so the history it made can go too. Only when that is not enough do views give way
+    /// (their reads fail from then on), then pins, each with a notice for the log: the live
+    /// device never fails a write to keep history.
+    fn retire_until(
+        &self,
+        st: &mut State,
+        close_open_epoch: bool,
+        enough: impl Fn(&State, &PageAllocator) -> bool,
+    ) {
+        let mut closed = false;
+        while !enough(st, &self.alloc) {
+            let newest = st.window.newest().map_or(0, |s| s.id);
+            let held: BTreeSet<u64> = st
+                .views
+                .values()
+                .filter(|v| v.dropped.is_none())
+                .map(|v| v.at)
+                .chain(st.window.pins.iter().copied())
+                .collect();
+            let unheld: Vec<u64> = st
+                .window
+                .safe_points
+                .iter()
+                .map(|s| s.id)
+                .filter(|id| *id != newest && !held.contains(id))
+                .collect();
+            if !unheld.is_empty() {
+                for id in unheld {
+                    if enough(st, &self.alloc) {
+                        return;
+                    }
+                    self.apply_locked(st, Record::Retire { id })
+                        .expect("retiring an older safe point of the window");
+                }
+                continue;
+            }
+            let open = st.window.next_id;
+            if close_open_epoch && !closed && st.window.groups.contains_key(&open) {
+                let sp = SafePoint {
+                    id: open,
+                    time_ns: now_ns(),
+                    trigger: Trigger::Reclaim,
+                    label: None,
+                };
+                self.apply_locked(st, Record::SafePoint(sp))
+                    .expect("closing the open epoch");
+                closed = true;
+                continue;
+            }
+            let view = st
+                .views
+                .iter_mut()
+                .filter(|(_, v)| v.dropped.is_none() && v.at != newest)
+                .min_by_key(|(n, v)| (v.at, **n));
+            if let Some((n, v)) = view {
+                v.dropped = Some(HISTORY_FULL.to_string());
+                let notice = Notice::ViewDropped {
+                    view: ViewId(*n),
+                    at: v.at,
+                };
+                st.notices.push(notice);
+                continue;
+            }
+            let pin = st.window.pins.iter().copied().find(|id| *id != newest);
+            if let Some(id) = pin {
+                self.apply_locked(st, Record::Pin { id, pinned: false })
+                    .expect("unpinning a safe point of the window");
+                st.notices.push(Notice::PinReleased { id });
+                continue;
+            }
+            return;
+        }
     }
 
     /// Applies `r` to the live state and queues it for the next commit.
@@ -898,6 +1039,7 @@ impl<S: Store> Volume<S> {
             refs,
             records,
             pending_free,
+            ..
         } = st;
         Apply {
             map: &self.map,
@@ -961,6 +1103,78 @@ impl<S: Store> Volume<S> {
         self.read_phys(self.resolve_at(l, at)?, buf)
     }
 
+    /// Pins safe point `id` (or unpins it): a pinned safe point is kept from retirement
+    /// until views and other pins have given way. Durable when it returns.
+    pub fn pin(&self, id: u64, pinned: bool) -> Result<(), Error> {
+        let mut c = self.commit.lock();
+        {
+            let mut st = self.state.lock();
+            if !st.window.contains(id) {
+                return Err(Error::BadOption(format!(
+                    "safe point {id} is not in the history window (it holds {})",
+                    describe_window(&st.window)
+                )));
+            }
+            if st.window.pins.contains(&id) == pinned {
+                return Ok(());
+            }
+            self.apply_locked(&mut st, Record::Pin { id, pinned })?;
+        }
+        self.commit_locked(&mut c, false)
+    }
+
+    /// Opens a view of safe point `at`: it holds `at` in the window until `close_view`, or
+    /// until reclaim drops it because views and pins hold the whole history area.
+    pub fn open_view(&self, at: u64) -> Result<ViewId, Error> {
+        let mut st = self.state.lock();
+        if !st.window.contains(at) {
+            return Err(Error::BadOption(format!(
+                "safe point {at} is not in the history window (it holds {})",
+                describe_window(&st.window)
+            )));
+        }
+        let n = st.next_view;
+        st.next_view += 1;
+        st.views.insert(n, View { at, dropped: None });
+        Ok(ViewId(n))
+    }
+
+    /// Closes a view: its safe point can retire again.
+    pub fn close_view(&self, v: ViewId) {
+        self.state.lock().views.remove(&v.0);
+    }
+
+    /// The physical page `l` read from at the view's safe point (`None`: zeros), or
+    /// `Error::ViewDropped` once the view gave way to the live device.
+    pub fn resolve_view(&self, v: ViewId, l: LogicalPage) -> Result<Option<PhysPage>, Error> {
+        self.check(l)?;
+        let st = self.state.lock();
+        let view = st.views.get(&v.0).ok_or_else(|| Error::ViewDropped {
+            at: 0,
+            why: "the view was closed".into(),
+        })?;
+        if let Some(why) = &view.dropped {
+            return Err(Error::ViewDropped {
+                at: view.at,
+                why: why.clone(),
+            });
+        }
+        Ok(match st.window.page_at(l, view.at) {
+            Some(then) => then,
+            None => self.map.get(l).phys,
+        })
+    }
+
+    /// Reads page `l` of view `v` through the store (tests and tools).
+    pub fn read_view_page(&self, v: ViewId, l: LogicalPage, buf: &mut [u8]) -> Result<(), Error> {
+        self.read_phys(self.resolve_view(v, l)?, buf)
+    }
+
+    /// What reclaim gave up since the last call (views dropped, pins released), for the log.
+    pub fn take_notices(&self) -> Vec<Notice> {
+        std::mem::take(&mut self.state.lock().notices)
+    }
+
     /// Fills `buf` with physical page `p`, or zeros.
     fn read_phys(&self, p: Option<PhysPage>, buf: &mut [u8]) -> Result<(), Error> {
         assert_eq!(buf.len() as u64, PAGE_SIZE);
@@ -984,40 +1198,9 @@ impl<S: Store> Volume<S> {
         {
             let mut st = self.state.lock();
             let target = self.low_water * 2;
-            let have = self.alloc.free_pages() + st.pending_free.len() as u64;
-            if have < target {
-                let need = target - have;
-                let ids: Vec<u64> = st.window.safe_points.iter().map(|s| s.id).collect();
-                let mut up_to = None;
-                let mut freed = 0;
-                let mut groups = st.window.groups.iter().peekable();
-                // Retiring everything before ids[k] frees the groups up to ids[k].
-                for &id in ids.iter().skip(1) {
-                    while let Some((_, g)) = groups.next_if(|(e, _)| **e <= id) {
-                        freed += g.iter().filter(|(_, p)| p.is_some()).count() as u64;
-                    }
-                    up_to = Some(id);
-                    if freed >= need {
-                        break;
-                    }
-                }
-                let open = st.window.next_id;
-                if freed < need && st.window.groups.contains_key(&open) {
-                    // The open epoch itself holds the history: close it so it can go too.
-                    let sp = SafePoint {
-                        id: open,
-                        time_ns: now_ns(),
-                        trigger: Trigger::Reclaim,
-                        label: None,
-                    };
-                    st.records.push(Record::SafePoint(sp.clone()));
-                    st.window.push_safe_point(sp);
-                    up_to = Some(open);
-                }
-                if let Some(u) = up_to {
-                    self.retire_locked(&mut st, u);
-                }
-            }
+            self.retire_until(&mut st, true, |st, alloc| {
+                alloc.free_pages() + st.pending_free.len() as u64 >= target
+            });
         }
         self.commit_locked(&mut c, false)
     }

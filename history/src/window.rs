@@ -8,10 +8,12 @@
 //!
 //! Invariants:
 //! - safe point ids in the window ascend and are all below `next_id`;
-//! - group `c` is needed by the reachable safe points older than `c`; once the oldest
-//!   reachable safe point is `c` or newer, the group is dropped and its pages freed.
+//! - the entry of page `l` in group `c` is what `l` read at safe points `c'..c` (`c'` the
+//!   group of `l`'s previous entry, or the start of time): it is kept while a reachable
+//!   safe point lies in that range, and dropped (its page freed) once none does;
+//! - the newest safe point is never retired, so every new entry is needed when it is made.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use rewind_remap::{LogicalPage, PhysPage};
 
@@ -97,6 +99,8 @@ pub struct Window {
     pub history_pages: u64,
     /// Entries over all groups.
     pub history_entries: u64,
+    /// Safe points kept from retirement by `rewind pin`.
+    pub pins: BTreeSet<u64>,
     /// The same entries by (logical page, superseding epoch), to read a page at a safe point.
     index: BTreeMap<(u64, u64), Option<PhysPage>>,
 }
@@ -173,19 +177,39 @@ impl Window {
         self.safe_points.front()
     }
 
-    /// Retires every safe point older than `up_to`, and hands each physical page no
-    /// reachable safe point needs any more to `free`.
-    pub fn retire(&mut self, up_to: u64, mut free: impl FnMut(PhysPage)) {
-        while self.safe_points.front().is_some_and(|sp| sp.id < up_to) {
-            self.safe_points.pop_front();
-        }
-        // Group c serves the safe points older than c; none of them is reachable now.
-        while let Some(entry) = self.groups.first_entry() {
-            if *entry.key() > up_to {
-                break;
+    /// Retires safe point `id`, which must be in the window and not the newest, and hands
+    /// each physical page no reachable safe point needs any more to `free`.
+    pub fn retire(&mut self, id: u64, mut free: impl FnMut(PhysPage)) {
+        let i = self
+            .safe_points
+            .binary_search_by_key(&id, |s| s.id)
+            .expect("retiring a safe point of the window");
+        assert!(
+            i + 1 < self.safe_points.len(),
+            "the newest safe point stays"
+        );
+        let mut going = self.only_needed_by(i).into_iter().peekable();
+        while let Some(&(epoch, _)) = going.peek() {
+            let mut pages = std::collections::HashSet::new();
+            while let Some((_, l)) = going.next_if(|(e, _)| *e == epoch) {
+                pages.insert(l);
             }
-            let epoch = *entry.key();
-            for (l, old) in entry.remove() {
+            let g = self.groups.get_mut(&epoch).expect("group of an entry");
+            let mut dropped = Vec::new();
+            if pages.len() == g.len() {
+                dropped = std::mem::take(g);
+            } else {
+                g.retain(|e| {
+                    !pages.contains(&e.0) || {
+                        dropped.push(*e);
+                        false
+                    }
+                });
+            }
+            if g.is_empty() {
+                self.groups.remove(&epoch);
+            }
+            for (l, old) in dropped {
                 self.index.remove(&(l.0, epoch));
                 self.history_entries -= 1;
                 if let Some(p) = old {
@@ -194,6 +218,45 @@ impl Window {
                 }
             }
         }
+        self.safe_points.remove(i);
+        self.pins.remove(&id);
+    }
+
+    /// The entries (group, page) that safe point `safe_points[i]` alone needs: those of the
+    /// groups after it up to the next safe point whose range starts after the previous one.
+    /// (Two entries of one page cannot both be there: the later one would be needed by no
+    /// safe point, and such entries are always dropped.)
+    fn only_needed_by(&self, i: usize) -> Vec<(u64, LogicalPage)> {
+        let id = self.safe_points[i].id;
+        let prev = i.checked_sub(1).map(|j| self.safe_points[j].id);
+        let next = self.safe_points.get(i + 1).map_or(self.next_id, |s| s.id);
+        let mut out = Vec::new();
+        for (&epoch, g) in self.groups.range(id + 1..=next) {
+            for &(l, _) in g {
+                let alone = match prev {
+                    None => true,
+                    // The previous entry of `l` is after `prev`: `prev` reads a later one.
+                    Some(p) => self
+                        .index
+                        .range((l.0, p + 1)..(l.0, epoch))
+                        .next()
+                        .is_some(),
+                };
+                if alone {
+                    out.push((epoch, l));
+                }
+            }
+        }
+        out
+    }
+
+    /// History pages that retiring `safe_points[i]` would free, ignoring pages that are also
+    /// live or held by another entry after a rollback.
+    pub fn held_pages(&self, i: usize) -> u64 {
+        self.only_needed_by(i)
+            .into_iter()
+            .filter(|(epoch, l)| self.index.get(&(l.0, *epoch)).is_some_and(|p| p.is_some()))
+            .count() as u64
     }
 }
 
@@ -211,25 +274,59 @@ mod tests {
     }
 
     #[test]
-    fn retire_frees_groups_only_once_unreachable() {
-        let mut w = Window {
-            next_id: 1,
-            ..Window::default()
-        };
+    fn retiring_the_oldest_frees_what_only_it_needed() {
+        let mut w = Window::new(1);
         w.push_safe_point(sp(1));
         w.supersede(LogicalPage(0), Some(PhysPage(10))); // group 2, needed by sp 1
         w.push_safe_point(sp(2));
-        w.supersede(LogicalPage(0), Some(PhysPage(11))); // group 3, needed by sp 1 and 2
-        w.supersede(LogicalPage(1), None);
+        w.supersede(LogicalPage(0), Some(PhysPage(11))); // group 3, needed by sp 2
+        w.supersede(LogicalPage(1), None); // group 3, needed by sp 1 and 2
+        w.push_safe_point(sp(3));
         let mut freed = Vec::new();
-        w.retire(2, |p| freed.push(p));
+        w.retire(1, |p| freed.push(p));
         assert_eq!(freed, vec![PhysPage(10)]);
         assert_eq!(w.oldest().map(|s| s.id), Some(2));
-        assert_eq!(w.history_pages, 1);
-        assert_eq!(w.history_entries, 2);
-        w.retire(3, |p| freed.push(p));
+        assert_eq!((w.history_pages, w.history_entries), (1, 2));
+        w.retire(2, |p| freed.push(p));
         assert_eq!(freed, vec![PhysPage(10), PhysPage(11)]);
         assert_eq!(w.history_entries, 0);
+    }
+
+    #[test]
+    fn retiring_between_two_kept_safe_points_frees_only_its_own_history() {
+        let mut w = Window::new(1);
+        w.push_safe_point(sp(1));
+        w.supersede(LogicalPage(0), Some(PhysPage(10))); // 0 at sp 1
+        w.push_safe_point(sp(2));
+        w.supersede(LogicalPage(0), Some(PhysPage(11))); // 0 at sp 2 (written in epoch 2)
+        w.supersede(LogicalPage(1), Some(PhysPage(20))); // 1 at sp 1 and 2
+        w.push_safe_point(sp(3));
+        w.supersede(LogicalPage(2), Some(PhysPage(30))); // 2 at sp 1, 2 and 3
+        w.push_safe_point(sp(4));
+        assert_eq!(w.held_pages(1), 1);
+        let mut freed = Vec::new();
+        w.retire(2, |p| freed.push(p));
+        assert_eq!(
+            freed,
+            vec![PhysPage(11)],
+            "only page 0 as of sp 2 was its alone"
+        );
+        let ids: Vec<u64> = w.safe_points.iter().map(|s| s.id).collect();
+        assert_eq!(ids, vec![1, 3, 4]);
+        // Safe point 1 still reads its pages; 3 reads page 0 live and the rest from history.
+        assert_eq!(w.page_at(LogicalPage(0), 1), Some(Some(PhysPage(10))));
+        assert_eq!(w.page_at(LogicalPage(1), 1), Some(Some(PhysPage(20))));
+        assert_eq!(w.page_at(LogicalPage(0), 3), None);
+        assert_eq!(w.page_at(LogicalPage(2), 3), Some(Some(PhysPage(30))));
+        w.retire(3, |p| freed.push(p));
+        assert_eq!(freed.len(), 1, "sp 1 still needs all that is left");
+        w.retire(1, |p| freed.push(p));
+        freed.sort();
+        assert_eq!(
+            freed,
+            vec![PhysPage(10), PhysPage(11), PhysPage(20), PhysPage(30)]
+        );
+        assert_eq!((w.history_pages, w.history_entries), (0, 0));
     }
 
     #[test]

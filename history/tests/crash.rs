@@ -26,6 +26,8 @@ struct Model {
     checked: u64,
     /// The device at each safe point the workload made.
     snapshots: std::collections::HashMap<u64, Device>,
+    /// The safe point durably pinned: reclaim must retire around it.
+    pin: Option<u64>,
 }
 
 fn page_data(l: u64, v: (u8, u32)) -> Vec<u8> {
@@ -71,20 +73,35 @@ fn check_image(image: Vec<u8>, m: &Model) -> Result<(), String> {
     // model knows, to keep thousands of crash points quick).
     let mut buf = vec![0u8; PAGE];
     let sps = vol.safe_points();
-    let known: Vec<_> = sps
+    let mut check: Vec<u64> = sps
         .iter()
-        .filter(|sp| m.snapshots.contains_key(&sp.id))
+        .map(|sp| sp.id)
+        .filter(|id| m.snapshots.contains_key(id))
+        .rev()
+        .take(3)
         .collect();
-    for sp in known.iter().rev().take(3) {
-        let Some(want) = m.snapshots.get(&sp.id) else {
-            continue; // made by reclaim, or not durable when the power went
+    if let Some(pin) = m.pin {
+        let pinned = vol
+            .safe_point_infos()
+            .iter()
+            .any(|i| i.pinned && i.safe_point.id == pin);
+        if !pinned {
+            return Err(format!(
+                "pinned safe point {pin} lost its pin or left the window"
+            ));
+        }
+        check.push(pin);
+    }
+    for id in check {
+        let Some(want) = m.snapshots.get(&id) else {
+            continue; // made by reclaim
         };
         for l in 0..PAGES {
-            vol.read_page_at(LogicalPage(l), sp.id, &mut buf)
+            vol.read_page_at(LogicalPage(l), id, &mut buf)
                 .map_err(|e| e.to_string())?;
             let got = decode(l, &buf)?;
             if got != want[l as usize] {
-                return Err(format!("safe point {} reads wrong at page {l}", sp.id));
+                return Err(format!("safe point {id} reads wrong at page {l}"));
             }
         }
     }
@@ -143,7 +160,7 @@ fn run_workload(seed: u64) -> u64 {
     let mut serial = 0u32;
     for _ in 0..160 {
         let v = vol.as_ref().unwrap();
-        match rng.below(18) {
+        match rng.below(20) {
             0..=8 => {
                 let l = rng.below(PAGES);
                 let n = if rng.below(4) == 0 {
@@ -226,6 +243,21 @@ fn run_workload(seed: u64) -> u64 {
                 m.durable = m.live.clone();
                 m.since.clear();
             }
+            18 if model.lock().pin.is_none() => {
+                // One pin at a time: with the device's worth of history it holds, reclaim
+                // always finds other safe points to retire, so the pin is never released.
+                let ids: Vec<u64> = v.safe_points().iter().map(|s| s.id).collect();
+                let id = ids[rng.below(ids.len() as u64) as usize];
+                v.pin(id, true).unwrap();
+                model.lock().pin = Some(id);
+            }
+            19 => {
+                // In flight until it returns: the pin may or may not survive a cut.
+                let pinned = model.lock().pin.take();
+                if let Some(id) = pinned {
+                    v.pin(id, false).unwrap();
+                }
+            }
             _ => {
                 vol.take().unwrap().close().unwrap();
                 {
@@ -241,6 +273,11 @@ fn run_workload(seed: u64) -> u64 {
         if let Some(f) = failure.lock().clone() {
             panic!("{f}");
         }
+        let notices = vol.as_ref().unwrap().take_notices();
+        assert!(
+            notices.is_empty(),
+            "seed {seed}: reclaim gave up a pin: {notices:?}"
+        );
     }
     let checked = model.lock().checked;
     checked

@@ -1,5 +1,6 @@
-//! Model-based test of the engine: random writes, discards, flushes, clean reopens and
-//! crashes against a plain in-memory copy of the device.
+//! Model-based test of the engine: random writes, discards, flushes, labelled safe points,
+//! rollbacks, pins, open views, clean reopens and crashes against a plain in-memory copy of
+//! the device at every safe point.
 //!
 //! The store is in memory and every store write is durable at once, so a "crash" (dropping
 //! the volume without `close`) loses exactly the records no commit wrote. The contract then
@@ -9,7 +10,9 @@
 use std::sync::Arc;
 
 use proptest::prelude::*;
-use rewind_history::{create, CreateOptions, LogicalPage, MemStore, Volume, PAGE_SIZE};
+use rewind_history::{
+    create, CreateOptions, Error, LogicalPage, MemStore, Notice, ViewId, Volume, PAGE_SIZE,
+};
 
 const PAGES: u64 = 96;
 
@@ -22,6 +25,10 @@ enum Op {
     Label,
     Rollback(usize),
     View(usize),
+    Pin(usize),
+    Unpin(usize),
+    OpenView(usize),
+    CloseView(usize),
     Reopen,
     Crash,
 }
@@ -35,6 +42,10 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Label),
         1 => any::<usize>().prop_map(Op::Rollback),
         1 => any::<usize>().prop_map(Op::View),
+        1 => any::<usize>().prop_map(Op::Pin),
+        1 => any::<usize>().prop_map(Op::Unpin),
+        1 => any::<usize>().prop_map(Op::OpenView),
+        1 => any::<usize>().prop_map(Op::CloseView),
         1 => Just(Op::Reopen),
         1 => Just(Op::Crash),
     ]
@@ -77,6 +88,10 @@ struct Harness {
     /// The whole device at every safe point the test made.
     snapshots: std::collections::HashMap<u64, Device>,
     labels: u32,
+    /// Safe points the test pinned and reclaim has not released.
+    pins: std::collections::BTreeSet<u64>,
+    /// Open views and their safe points; a dropped one is removed.
+    views: Vec<(ViewId, u64)>,
 }
 
 impl Harness {
@@ -100,6 +115,61 @@ impl Harness {
             since: Vec::new(),
             snapshots: [(0, vec![None; PAGES as usize])].into_iter().collect(),
             labels: 0,
+            pins: Default::default(),
+            views: Vec::new(),
+        }
+    }
+
+    /// Takes reclaim's notices into the model: a dropped view reads no more, a released pin
+    /// no longer holds.
+    fn take_notices(&mut self) {
+        for n in self.vol().take_notices() {
+            match n {
+                Notice::ViewDropped { view, at } => {
+                    let i = self
+                        .views
+                        .iter()
+                        .position(|v| v.0 == view)
+                        .expect("open view");
+                    assert_eq!(self.views[i].1, at);
+                    self.views.remove(i);
+                    let mut buf = vec![0u8; PAGE_SIZE as usize];
+                    let err = self.vol().read_view_page(view, LogicalPage(0), &mut buf);
+                    assert!(matches!(err, Err(Error::ViewDropped { .. })), "{err:?}");
+                }
+                Notice::PinReleased { id } => assert!(self.pins.remove(&id), "pin {id}"),
+            }
+        }
+    }
+
+    /// Every pin and open view still holds its safe point, reading back exactly.
+    fn check_holds(&mut self) {
+        self.take_notices();
+        let infos = self.vol().safe_point_infos();
+        let pinned: std::collections::BTreeSet<u64> = infos
+            .iter()
+            .filter(|i| i.pinned)
+            .map(|i| i.safe_point.id)
+            .collect();
+        assert_eq!(pinned, self.pins, "pins");
+        for at in self.pins.clone() {
+            if self.snapshots.contains_key(&at) {
+                self.check_view(at);
+            }
+        }
+        let mut buf = vec![0u8; PAGE_SIZE as usize];
+        for &(v, at) in &self.views {
+            let want = &self.snapshots[&at];
+            for l in 0..PAGES {
+                self.vol()
+                    .read_view_page(v, LogicalPage(l), &mut buf)
+                    .unwrap();
+                assert_eq!(
+                    decode(l, &buf),
+                    want[l as usize],
+                    "page {l} of the view of {at}"
+                );
+            }
         }
     }
 
@@ -200,7 +270,34 @@ impl Harness {
                 }
                 self.check_view(known[k % known.len()]);
             }
+            Op::Pin(k) | Op::Unpin(k) => {
+                let ids: Vec<u64> = self.vol().safe_points().iter().map(|s| s.id).collect();
+                let id = ids[k % ids.len()];
+                let pinned = matches!(op, Op::Pin(_));
+                self.vol().pin(id, pinned).unwrap();
+                if pinned {
+                    self.pins.insert(id);
+                } else {
+                    self.pins.remove(&id);
+                }
+            }
+            Op::OpenView(k) => {
+                let known = self.known();
+                if known.is_empty() {
+                    return;
+                }
+                let at = known[k % known.len()];
+                let v = self.vol().open_view(at).unwrap();
+                self.views.push((v, at));
+            }
+            Op::CloseView(k) => {
+                if !self.views.is_empty() {
+                    let (v, _) = self.views.remove(k % self.views.len());
+                    self.vol().close_view(v);
+                }
+            }
             Op::Reopen => {
+                self.views.clear(); // views live as long as their daemon
                 self.vol.take().unwrap().close().unwrap();
                 self.reopen();
                 // A clean close makes everything durable.
@@ -208,6 +305,8 @@ impl Harness {
                 self.since.clear();
             }
             Op::Crash => {
+                self.take_notices();
+                self.views.clear();
                 drop(self.vol.take());
                 self.reopen();
                 self.check_after_crash();
@@ -272,6 +371,7 @@ proptest! {
         for op in &ops {
             h.run(op);
             h.check_live();
+            h.check_holds();
         }
         h.vol.take().unwrap().close().unwrap();
         h.reopen();
@@ -285,6 +385,7 @@ proptest! {
         let mut h = Harness::new(256, 16);
         for op in &ops {
             h.run(op);
+            h.check_holds();
         }
         h.check_live();
         let stats = h.vol().stats();
@@ -419,6 +520,7 @@ fn inspect_reads_the_window_of_a_closed_or_crashed_image_without_writing() {
     h.run(&Op::Write(1, 1));
     h.run(&Op::Flush);
     h.run(&Op::WriteRun(10, 2, 5));
+    h.run(&Op::Write(1, 2));
     let id = h
         .vol()
         .safe_point(rewind_history::Trigger::User, Some("before-upgrade".into()))
@@ -438,7 +540,7 @@ fn inspect_reads_the_window_of_a_closed_or_crashed_image_without_writing() {
         .find(|i| i.safe_point.id == id)
         .expect("the labelled safe point");
     assert_eq!(labelled.safe_point.label.as_deref(), Some("before-upgrade"));
-    assert_eq!(labelled.changed_pages, Some(5));
-    // Page 1 was rewritten after it: its old page is what this safe point holds.
+    assert_eq!(labelled.changed_pages, Some(6));
+    // Page 1 was rewritten after it: its old page is what this safe point alone holds.
     assert_eq!(labelled.held_pages, 1);
 }
