@@ -433,6 +433,31 @@ mod tests {
     }
 
     #[test]
+    fn a_second_daemon_is_told_the_owners_pid() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("image");
+        let opts = rewind_history::CreateOptions {
+            size: 8 << 20,
+            history: Some(64 << 20),
+            journal: None,
+        };
+        crate::image::format(&path, &opts, false).expect("format");
+        let served =
+            rewind_history::Volume::open(FileStore::open(&path).expect("open")).expect("volume");
+        let e = FileStore::open(&path).unwrap_err();
+        let pid = std::process::id();
+        assert!(
+            e.to_string()
+                .contains(&format!("in use by another rewind daemon (pid {pid}")),
+            "{e}"
+        );
+        // A reader is told the same.
+        let e = FileStore::open_read_only(&path).unwrap_err();
+        assert!(e.to_string().contains(&format!("(pid {pid}")), "{e}");
+        drop(served);
+    }
+
+    #[test]
     fn read_only_open_shares_with_readers_and_not_with_a_daemon() {
         let (_dir, path) = temp_image(1 << 20);
         let a = FileStore::open_read_only(&path).expect("first reader");
