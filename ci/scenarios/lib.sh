@@ -198,6 +198,13 @@ daemon_pid() {
     sed -n 's/.*"pid": *\([0-9]*\).*/\1/p' "/run/rewind/ublkb$1.pid" 2>/dev/null || true
 }
 
+# alive PID: true while PID runs (a zombie has exited: false, unlike kill -0).
+alive() {
+    local st
+    st=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1) || return 1
+    [[ -n $st && $st != Z && $st != X ]]
+}
+
 # kernel_io_errors: the kernel's I/O error lines since the scenario started.
 kernel_io_errors() {
     dmesg 2>/dev/null | awk -v s="$KSTART" '{t = $0; sub(/^\[ */, "", t); sub(/\].*/, "", t)
