@@ -17,7 +17,8 @@ CI_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$CI_DIR/.." && pwd)
 cd "$REPO"
 
-SCENARIOS=(fio-verify ext4-files mixed-bs discard bad-input safepoints rollback-offline rollback-live)
+SCENARIOS=(fio-verify ext4-files mixed-bs discard bad-input safepoints rollback-offline rollback-live
+    recover-fio recover-ext4 recover-del recover-rollback recover-supervise)
 
 CARGO=(cargo)
 if [[ $(id -u) -eq 0 && -n ${SUDO_USER:-} && $SUDO_USER != root ]]; then

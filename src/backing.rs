@@ -22,14 +22,20 @@ use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 
+use rewind_history::format::Superblock;
 use rewind_history::{Store, PAGE_SIZE};
 
 /// Why a backing store could not be opened or resized.
 #[derive(Debug, thiserror::Error)]
 pub enum BackingError {
     /// Another process holds the image's lock.
-    #[error("{} is in use by another rewind daemon (or a `rewind create` or `rewind log` running now); stop it first (`rewind list` shows the devices)", .0.display())]
-    InUse(PathBuf),
+    #[error("{} is in use by another rewind daemon{owner} (or a `rewind create`, `rewind log` or `rewind check` running now); stop it first (`rewind list` shows the devices)", .path.display())]
+    InUse {
+        /// The image.
+        path: PathBuf,
+        /// Who the superblock says owns it, e.g. " (pid 1234 on host1)", or empty.
+        owner: String,
+    },
     /// The kernel refused the exclusive open of a block device.
     #[error("{} is busy: it is mounted, or another program holds it open exclusively; unmount or release it first", .0.display())]
     Busy(PathBuf),
@@ -113,6 +119,62 @@ fn block_device_len(file: &File) -> io::Result<u64> {
     Ok(bytes)
 }
 
+/// The host name a superblock records for its owner, if it records one.
+pub fn owner_host(sb: &Superblock) -> Option<String> {
+    let end = sb
+        .owner_host
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(sb.owner_host.len());
+    let host = String::from_utf8_lossy(&sb.owner_host[..end])
+        .trim()
+        .to_string();
+    (!host.is_empty()).then_some(host)
+}
+
+/// A file read without any lock, only to name the owner of a locked image.
+struct Unlocked<'a>(&'a File, u64);
+
+impl Store for Unlocked<'_> {
+    fn len(&self) -> u64 {
+        self.1
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.0.read_exact_at(buf, offset)
+    }
+
+    fn write_at(&self, _offset: u64, _buf: &[u8]) -> io::Result<()> {
+        Err(io::Error::from_raw_os_error(libc::EROFS))
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The error for an image whose lock another process holds, naming the owner the
+/// superblock records (best effort: the owner may be writing it right now).
+fn in_use(file: &File, kind: BackingKind, path: &Path) -> BackingError {
+    let sb = len_of(file, kind, path)
+        .ok()
+        .and_then(|len| rewind_history::read_superblock(&Unlocked(file, len)).ok());
+    let owner = match sb {
+        Some(sb) if sb.owner_pid.get() != 0 => format!(
+            " (pid {}{})",
+            sb.owner_pid.get(),
+            owner_host(&sb)
+                .map(|h| format!(" on {h}"))
+                .unwrap_or_default()
+        ),
+        _ => String::new(),
+    };
+    BackingError::InUse {
+        path: path.to_path_buf(),
+        owner,
+    }
+}
+
 fn lock_exclusive(file: &File) -> io::Result<()> {
     lock(file, libc::LOCK_EX)
 }
@@ -158,7 +220,7 @@ impl FileStore {
         let file = File::open(path).map_err(BackingError::io("opening", path))?;
         lock(&file, libc::LOCK_SH).map_err(|e| {
             if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                BackingError::InUse(path.to_path_buf())
+                in_use(&file, kind, path)
             } else {
                 BackingError::io("locking", path)(e)
             }
@@ -190,7 +252,7 @@ impl FileStore {
         })?;
         lock_exclusive(&file).map_err(|e| {
             if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                BackingError::InUse(path.to_path_buf())
+                in_use(&file, kind, path)
             } else {
                 BackingError::io("locking", path)(e)
             }
@@ -358,7 +420,7 @@ mod tests {
         let (_dir, path) = temp_image(1 << 20);
         let first = FileStore::open(&path).expect("first open");
         match FileStore::open(&path) {
-            Err(e @ BackingError::InUse(_)) => {
+            Err(e @ BackingError::InUse { .. }) => {
                 assert!(
                     e.to_string().contains("in use by another rewind daemon"),
                     "{e}"
@@ -371,6 +433,31 @@ mod tests {
     }
 
     #[test]
+    fn a_second_daemon_is_told_the_owners_pid() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("image");
+        let opts = rewind_history::CreateOptions {
+            size: 8 << 20,
+            history: Some(64 << 20),
+            journal: None,
+        };
+        crate::image::format(&path, &opts, false).expect("format");
+        let served =
+            rewind_history::Volume::open(FileStore::open(&path).expect("open")).expect("volume");
+        let e = FileStore::open(&path).unwrap_err();
+        let pid = std::process::id();
+        assert!(
+            e.to_string()
+                .contains(&format!("in use by another rewind daemon (pid {pid}")),
+            "{e}"
+        );
+        // A reader is told the same.
+        let e = FileStore::open_read_only(&path).unwrap_err();
+        assert!(e.to_string().contains(&format!("(pid {pid}")), "{e}");
+        drop(served);
+    }
+
+    #[test]
     fn read_only_open_shares_with_readers_and_not_with_a_daemon() {
         let (_dir, path) = temp_image(1 << 20);
         let a = FileStore::open_read_only(&path).expect("first reader");
@@ -379,13 +466,13 @@ mod tests {
         assert!(b.write_at(0, &[1]).is_err(), "a read-only store wrote");
         assert!(matches!(
             FileStore::open(&path),
-            Err(BackingError::InUse(_))
+            Err(BackingError::InUse { .. })
         ));
         drop((a, b));
         let served = FileStore::open(&path).expect("open after the readers");
         assert!(matches!(
             FileStore::open_read_only(&path),
-            Err(BackingError::InUse(_))
+            Err(BackingError::InUse { .. })
         ));
         drop(served);
     }

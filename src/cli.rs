@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{ArgGroup, Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 use crate::size::parse_page_multiple;
 use crate::timeline::parse_label;
@@ -55,7 +55,23 @@ Examples:
 
 `add` needs root and the ublk driver (modprobe ublk_drv; Linux 6.0+). It starts a daemon
 in the background, waits until the device is live and prints its path as the last line.
-If the daemon fails, `add` prints why and exits non-zero.";
+If the daemon fails, `add` prints why and exits non-zero.
+
+If the daemon dies (kill -9, a crash), by default (--on-crash queue) the device stays
+and its I/O waits: `rewind recover -n ID` starts a new daemon that takes it over and
+reissues the waiting I/O, so programs using the device see a pause, not an error. For
+that, every write is journaled before it completes. With --supervise a supervisor does
+the recovery by itself, and also kills and recovers a daemon that stops answering its
+heartbeat. --on-crash stop: the device fails its I/O and goes when the daemon dies (no
+recovery; writes complete without waiting for the journal, as on a disk with a cache).";
+
+const RECOVER_EXAMPLES: &str = "\
+Examples:
+  rewind list                 # a device whose daemon died shows as \"quiesced, needs recover\"
+  rewind recover -n 0         # a new daemon takes /dev/ublkb0 over; waiting I/O resumes
+
+The image, options and log are those the dead daemon served the device with. The new
+daemon replays the image's journal, so every write that had completed is there.";
 
 const SAFEPOINT_EXAMPLES: &str = "\
 Examples:
@@ -84,7 +100,10 @@ Examples:
   rewind del -n 0        # stop /dev/ublkb0 and close its image
   rewind del -a          # every rewind device
 
-A device that is mounted or held by another device is refused: unmount it first.";
+A device that is mounted or held by another device is refused: unmount it first. A
+device whose daemon died (quiesced) is deleted too: its waiting I/O fails, and the next
+`rewind add` of its image recovers the image from its journal. A supervisor started by
+`rewind add --supervise` is stopped first.";
 
 /// Largest number of queues ublk accepts.
 const QUEUES_MAX: i64 = libublk::sys::UBLK_MAX_NR_QUEUES as i64;
@@ -132,12 +151,38 @@ pub enum Command {
     Log(LogArgs),
     /// Check all metadata of an image that is not being served, writing nothing
     Check(CheckArgs),
+    /// Start a new daemon for a device whose daemon died; its waiting I/O resumes
+    #[command(after_help = RECOVER_EXAMPLES)]
+    Recover(RecoverArgs),
     /// Make a past safe point the live state of an image again (metadata only, undoable)
     #[command(after_help = ROLLBACK_EXAMPLES)]
     Rollback(RollbackArgs),
     /// The daemon behind `rewind add` (internal)
     #[command(name = "__serve", hide = true)]
     Serve(ServeArgs),
+    /// The supervisor behind `rewind add --supervise` (internal)
+    #[command(name = "__supervise", hide = true)]
+    Supervise(SuperviseArgs),
+}
+
+/// What the kernel does with a device's I/O when its daemon dies.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum OnCrashArg {
+    /// The device stays; its I/O waits until `rewind recover` (or the supervisor) starts a
+    /// new daemon, which reissues it: no error reaches the programs using the device
+    #[default]
+    Queue,
+    /// The device fails its I/O and stops; no recovery (`rewind del`, then `rewind add`)
+    Stop,
+}
+
+impl From<OnCrashArg> for crate::target::OnCrash {
+    fn from(a: OnCrashArg) -> Self {
+        match a {
+            OnCrashArg::Queue => crate::target::OnCrash::Queue,
+            OnCrashArg::Stop => crate::target::OnCrash::Stop,
+        }
+    }
 }
 
 /// `rewind create`.
@@ -190,6 +235,38 @@ pub struct AddArgs {
     #[arg(long, value_name = "MS", default_value_t = 100,
           value_parser = clap::value_parser!(u64).range(0..=COALESCE_MS_MAX))]
     pub coalesce: u64,
+    /// What happens to the device's I/O if its daemon dies
+    #[arg(long, value_name = "WHAT", value_enum, default_value_t = OnCrashArg::Queue)]
+    pub on_crash: OnCrashArg,
+    /// Start a supervisor that recovers the device when its daemon dies or stops answering
+    /// its heartbeat (needs --on-crash queue)
+    #[arg(long, conflicts_with = "foreground")]
+    pub supervise: bool,
+}
+
+/// `rewind recover`.
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    /// The device whose daemon died: /dev/ublkbID
+    #[arg(short = 'n', long = "number", value_name = "ID")]
+    pub id: u32,
+}
+
+/// `rewind __supervise`: what `rewind add --supervise` passes to the supervisor.
+#[derive(Debug, Args)]
+pub struct SuperviseArgs {
+    /// The device
+    #[arg(short = 'n', long = "number")]
+    pub id: u32,
+    /// Seconds between heartbeats
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub interval: u64,
+    /// Seconds a heartbeat may take
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub timeout: u64,
+    /// Heartbeats missed in a row before the daemon is killed and recovered
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub misses: u32,
 }
 
 /// Longest idle interval: a day. Longer is as good as never (use 0).
@@ -325,6 +402,12 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 100,
           value_parser = clap::value_parser!(u64).range(0..=COALESCE_MS_MAX))]
     pub coalesce: u64,
+    /// What happens to the device's I/O if this daemon dies
+    #[arg(long, value_enum, default_value_t = OnCrashArg::Queue)]
+    pub on_crash: OnCrashArg,
+    /// Take over device --number, left quiesced by a daemon that died
+    #[arg(long, requires = "id")]
+    pub recover: bool,
 }
 
 #[cfg(test)]
@@ -376,7 +459,24 @@ mod tests {
                 assert_eq!(a.id, None);
                 assert!(!a.foreground);
                 assert_eq!((a.idle, a.coalesce), (2, 100));
+                assert_eq!(a.on_crash, OnCrashArg::Queue);
+                assert!(!a.supervise);
             }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["add", "a.img", "--on-crash", "stop", "--supervise"])
+            .unwrap()
+            .command
+        {
+            Command::Add(a) => assert_eq!((a.on_crash, a.supervise), (OnCrashArg::Stop, true)),
+            other => panic!("{other:?}"),
+        }
+        let e = parse(&["add", "a.img", "--on-crash", "later"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidValue);
+        let e = parse(&["add", "a.img", "--supervise", "--foreground"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ArgumentConflict);
+        match parse(&["recover", "-n", "3"]).unwrap().command {
+            Command::Recover(a) => assert_eq!(a.id, 3),
             other => panic!("{other:?}"),
         }
         let cli = parse(&[

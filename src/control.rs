@@ -5,7 +5,9 @@
 //! - `{"cmd":"safepoint","label":"x"}` (label optional): makes a safe point now and
 //!   answers with it (`safe_point`);
 //! - `{"cmd":"log"}`: the history window, oldest first (`safe_points`), and the figures
-//!   (`stats`).
+//!   (`stats`);
+//! - `{"cmd":"ping"}`: the heartbeat of `rewind add --supervise`; answers `pid` once the
+//!   engine's state lock could be taken, so a daemon stuck in its engine does not answer.
 //!
 //! One thread serves the socket, one connection at a time, with a time limit on each read so
 //! a stuck client cannot hold it. More commands are added as [`Request`] variants.
@@ -41,6 +43,8 @@ pub enum Request {
     },
     /// The history window.
     Log,
+    /// Is the daemon alive and its engine not stuck? Answers with its pid.
+    Ping,
     /// Make safe point `to` the live state again (the client has made sure nobody has the
     /// device open exclusively, and drops the kernel's cache afterwards).
     Rollback {
@@ -151,6 +155,9 @@ pub struct Response {
     /// The answer to `rollback`: the safe point of the state it left (the way back).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub undo: Option<u64>,
+    /// The answer to `ping`: the daemon's pid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
 }
 
 impl Response {
@@ -162,6 +169,7 @@ impl Response {
             safe_point: None,
             safe_points: None,
             undo: None,
+            pid: None,
         }
     }
 
@@ -187,6 +195,14 @@ impl Response {
         Response {
             safe_point: Some(safe_point),
             stats: Some(stats),
+            ..Response::ok()
+        }
+    }
+
+    /// The answer to `ping`.
+    pub fn pong(pid: u32) -> Response {
+        Response {
+            pid: Some(pid),
             ..Response::ok()
         }
     }
@@ -413,6 +429,14 @@ mod tests {
         assert_eq!(
             serde_json::from_str::<Request>(r#"{"cmd":"log"}"#).unwrap(),
             Request::Log
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::Ping).unwrap(),
+            r#"{"cmd":"ping"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Response::pong(7)).unwrap(),
+            r#"{"ok":true,"pid":7}"#
         );
         assert_eq!(
             serde_json::to_string(&Response::error("nope")).unwrap(),

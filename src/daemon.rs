@@ -29,7 +29,7 @@ use crate::control::{self, DeviceStats, Request, Response};
 use crate::image;
 use crate::pacing::{Pacer, Policy};
 use crate::paths;
-use crate::target::{self, Target, TargetData, TARGET_DATA_KEY};
+use crate::target::{self, OnCrash, Target, TargetData, TARGET_DATA_KEY};
 use crate::timeline;
 
 /// How long the daemon waits for the last references to the volume (a control request in
@@ -53,6 +53,10 @@ pub struct ServeOptions {
     pub idle_secs: u64,
     /// Flush coalescing interval in ms; 0: none.
     pub coalesce_ms: u64,
+    /// What the kernel does with the device's I/O if this daemon dies.
+    pub on_crash: OnCrash,
+    /// Take over device `id`, left quiesced by a daemon that died, instead of adding one.
+    pub recover: bool,
 }
 
 /// One line the daemon sends `rewind add` on the status pipe.
@@ -252,6 +256,7 @@ impl Drop for RemoveOnDrop {
 }
 
 fn serve_until_stopped(opts: &ServeOptions, reporter: &Arc<Reporter>) -> Result<()> {
+    started_at();
     // Before any thread starts, so that all of them inherit the mask.
     let signals = block_stop_signals()?;
     let image_text = opts.image.display().to_string();
@@ -262,6 +267,7 @@ fn serve_until_stopped(opts: &ServeOptions, reporter: &Arc<Reporter>) -> Result<
     );
 
     let store = FileStore::open(&opts.image)?;
+    log_stale_owner(&store, &image_text);
     let direct_io = store.direct_io();
     let started = Instant::now();
     let volume =
@@ -287,7 +293,32 @@ fn serve_until_stopped(opts: &ServeOptions, reporter: &Arc<Reporter>) -> Result<
     }
 }
 
-/// Adds the device, serves it until it is stopped, and deletes it.
+/// Says so when the image was left open by a daemon that is gone: this one holds the lock
+/// now, so that owner no longer runs, and `Volume::open` replays its journal.
+fn log_stale_owner(store: &FileStore, image: &str) {
+    let Ok(sb) = rewind_history::read_superblock(store) else {
+        // Volume::open reports a bad superblock properly.
+        return;
+    };
+    if sb.clean.get() != 0 {
+        return;
+    }
+    let pid = sb.owner_pid.get();
+    let host = crate::backing::owner_host(&sb);
+    log::warn!(
+        "{image} was not closed cleanly: its owner ({}{}) died or was killed and holds its \
+         lock no more (a stale owner); recovering from the journal",
+        if pid == 0 {
+            "pid unknown".to_string()
+        } else {
+            format!("pid {pid}")
+        },
+        host.map(|h| format!(" on {h}")).unwrap_or_default()
+    );
+}
+
+/// Adds the device (or takes over a quiesced one), serves it until it is stopped, and
+/// deletes it.
 fn serve_volume(
     opts: &ServeOptions,
     reporter: &Arc<Reporter>,
@@ -298,13 +329,34 @@ fn serve_volume(
     let image_text = opts.image.display().to_string();
     // Deletes the device when dropped (libublk's handle for an added device does), after
     // the runtime files below are gone: the id is free for a new device after that.
-    let ctrl = target::add_device(opts.id, opts.queues, opts.depth)?;
-    let id = ctrl.dev_info().dev_id;
+    let ctrl = if opts.recover {
+        let Some(id) = opts.id else {
+            anyhow::bail!("recovering a device needs its id");
+        };
+        target::recover_device(id)?
+    } else {
+        target::add_device(opts.id, opts.queues, opts.depth, opts.on_crash)?
+    };
+    let info = ctrl.dev_info();
+    let id = info.dev_id;
+    let nr_queues = info.nr_hw_queues;
+    // The kernel's flags decide, for a device taken over as for a new one.
+    let on_crash = if info.flags & u64::from(libublk::sys::UBLK_F_USER_RECOVERY) != 0 {
+        OnCrash::Queue
+    } else {
+        OnCrash::Stop
+    };
     let device = paths::device_path(id).display().to_string();
     log::info!(
-        "added ublk device {id}: {} queues of depth {}",
-        opts.queues,
-        opts.depth
+        "{} ublk device {id}: {nr_queues} queues of depth {}; if this daemon dies: {}",
+        if opts.recover { "recovering" } else { "added" },
+        info.queue_depth,
+        match on_crash {
+            OnCrash::Queue =>
+                "I/O waits for `rewind recover` (writes are journaled before \
+                               they complete)",
+            OnCrash::Stop => "the device fails its I/O and stops",
+        }
     );
     let stop = Arc::new(AtomicBool::new(false));
     spawn_signal_thread(signals, id, stop.clone())?;
@@ -367,6 +419,12 @@ fn serve_volume(
                 volume.safe_point_infos().iter().map(Into::into).collect(),
                 device_stats(&volume, &about),
             ),
+            Request::Ping => {
+                // Takes the engine's state lock: a daemon whose engine is stuck does not
+                // answer, which is what the supervisor's heartbeat wants to know.
+                let _ = volume.stats();
+                Response::pong(about.pid)
+            }
             Request::Rollback { to } => match volume.rollback(*to) {
                 Ok(undo) => {
                     log::info!("rolled back to safe point {to}; safe point {undo} undoes it");
@@ -393,9 +451,17 @@ fn serve_volume(
         socket: socket.display().to_string(),
         log: log_text,
         version: env!("CARGO_PKG_VERSION").to_string(),
+        on_crash: Some(on_crash),
+        idle_secs: Some(opts.idle_secs),
+        coalesce_ms: Some(opts.coalesce_ms),
     };
     let target_json = serde_json::json!({ TARGET_DATA_KEY: target_data });
-    let target = Arc::new(Target::new(volume.clone(), pacer.clone(), opts.queues));
+    let target = Arc::new(Target::new(
+        volume.clone(),
+        pacer.clone(),
+        nr_queues,
+        on_crash.survives_daemon(),
+    ));
     // Stopped (and joined) when dropped, on every way out below.
     let ticker = pacer
         .start_ticker(Arc::downgrade(volume))
@@ -404,11 +470,23 @@ fn serve_volume(
     let live_reporter = reporter.clone();
     let live_stop = stop.clone();
     let live_device = device.clone();
+    let recovering = opts.recover;
+    let process_start = started_at();
     let run = ctrl.run_target(
         |dev: &mut UblkDev| target.init(dev, target_json),
         move |qid: u16, dev: &UblkDev| queue_target.serve_queue(qid, dev),
         move |ctrl: &UblkCtrl| {
-            log::info!("{live_device} is live");
+            log::info!(
+                "{live_device} is live{}",
+                if recovering {
+                    format!(
+                        " again: recovered {:.1?} after this daemon started; queued I/O reissued",
+                        process_start.elapsed()
+                    )
+                } else {
+                    String::new()
+                }
+            );
             live_reporter.live(&live_device);
             if live_stop.load(Ordering::SeqCst) {
                 // A stop signal came while the device was starting, when STOP_DEV had no
@@ -433,7 +511,22 @@ fn serve_volume(
     drop(pid_guard);
     drop(socket_guard);
     match &run {
-        Ok(()) => log::info!("{device} stopped"),
+        Ok(()) => {
+            log::info!("{device} stopped");
+            // A handle that took over a device does not delete it when dropped.
+            if opts.recover {
+                if let Err(e) = ctrl.del_dev() {
+                    log::warn!("deleting {device}: {}", target::describe_ublk_error(&e));
+                }
+            }
+        }
+        Err(e) if opts.recover => {
+            reporter.failed(&format!("{e:#}"));
+            // Not deleted: its queued I/O would fail. It stays quiesced once this process
+            // is gone, for another `rewind recover` (or `rewind del`).
+            log::error!("recovering {device} failed; the device stays quiesced");
+            return run;
+        }
         Err(e) => {
             // Tell `rewind add` now: what follows may take a while.
             reporter.failed(&format!("{e:#}"));
@@ -452,6 +545,13 @@ fn serve_volume(
     drop(ctrl);
     log::info!("deleted ublk device {id}");
     run
+}
+
+/// When this process started, as an `Instant`: `rewind recover` measures the recovery from
+/// the start of the daemon it launches.
+fn started_at() -> Instant {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(Instant::now)
 }
 
 /// The device's figures now; `about` holds the ones that do not change.

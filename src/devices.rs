@@ -60,13 +60,95 @@ fn target_data(id: u32) -> Option<TargetData> {
 }
 
 /// The kernel's view of device `id`: its state and its daemon's pid.
-fn kernel_view(id: u32) -> Result<(u16, i32)> {
+pub fn kernel_view(id: u32) -> Result<(u16, i32)> {
+    let info = kernel_info(id)?;
+    Ok((info.state, info.ublksrv_pid))
+}
+
+/// The kernel's information on device `id`.
+fn kernel_info(id: u32) -> Result<sys::ublksrv_ctrl_dev_info> {
     let id_arg = i32::try_from(id).context("device id out of range")?;
     let ctrl = UblkCtrl::new_simple(id_arg)
         .map_err(|e| anyhow::anyhow!("{}", target::describe_ublk_error(&e)))
         .with_context(|| format!("reading ublk device {id}"))?;
-    let info = ctrl.dev_info();
-    Ok((info.state, info.ublksrv_pid))
+    Ok(ctrl.dev_info())
+}
+
+/// True when device `id` waits for a new daemon: quiesced, or live with its daemon gone (the
+/// kernel quiesces it in a moment).
+pub fn needs_recovery(state: u16, pid: i32) -> bool {
+    let state = u32::from(state);
+    state == sys::UBLK_S_DEV_QUIESCED
+        || state == sys::UBLK_S_DEV_FAIL_IO
+        || (state == sys::UBLK_S_DEV_LIVE && !process_alive(pid))
+}
+
+/// A device `rewind recover` can take over.
+pub struct Recoverable {
+    /// What its dead daemon recorded.
+    pub data: TargetData,
+    /// Its queues.
+    pub queues: u16,
+    /// Their depth.
+    pub depth: u16,
+}
+
+/// Checks that device `id` is a rewind device whose daemon died, leaving it to recover.
+pub fn recoverable(id: u32) -> Result<Recoverable> {
+    let Some(data) = target_data(id) else {
+        bail!(not_rewind(id));
+    };
+    let info = kernel_info(id)?;
+    if info.flags & u64::from(sys::UBLK_F_USER_RECOVERY) == 0 {
+        bail!(
+            "ublk device {id} was added with --on-crash stop: it cannot be recovered; \
+             `rewind del -n {id}`, then `rewind add {}` again",
+            data.image
+        );
+    }
+    let pid = info.ublksrv_pid;
+    if !needs_recovery(info.state, pid) {
+        if u32::from(info.state) == sys::UBLK_S_DEV_LIVE {
+            bail!(
+                "ublk device {id} is live, served by its daemon (pid {pid}): nothing to recover \
+                 (if that daemon hangs, `kill -9 {pid}` first)"
+            );
+        }
+        bail!(
+            "ublk device {id} is {}: it is being stopped, not waiting for recovery",
+            state_name(info.state)
+        );
+    }
+    Ok(Recoverable {
+        data,
+        queues: info.nr_hw_queues,
+        depth: info.queue_depth,
+    })
+}
+
+/// The pid of device `id`'s supervisor, if one runs.
+pub fn supervisor_pid(id: u32) -> Option<i32> {
+    let text = std::fs::read_to_string(paths::supervisor_pid_path(id)).ok()?;
+    let pid: i32 = text.trim().parse().ok()?;
+    process_alive(pid).then_some(pid)
+}
+
+/// Stops device `id`'s supervisor, if one runs, so it does not recover a device being
+/// deleted.
+fn stop_supervisor(id: u32) {
+    let Some(pid) = supervisor_pid(id) else {
+        return;
+    };
+    // SAFETY: kill only sends a signal; the pid was read from the supervisor's pid file
+    // and checked to be a live process.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while process_alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_file(paths::supervisor_pid_path(id));
 }
 
 fn state_name(state: u16) -> &'static str {
@@ -80,7 +162,7 @@ fn state_name(state: u16) -> &'static str {
 }
 
 /// True while process `pid` runs (a zombie counts as gone: it has exited).
-fn process_alive(pid: i32) -> bool {
+pub fn process_alive(pid: i32) -> bool {
     if pid <= 0 {
         return false;
     }
@@ -111,15 +193,30 @@ pub struct Entry {
     pub log: Option<String>,
     /// The daemon's figures, if it answered.
     pub stats: Option<DeviceStats>,
+    /// True when the device waits for a new daemon (`rewind recover`).
+    pub needs_recover: bool,
+    /// The pid of its supervisor (`rewind add --supervise`), if one runs.
+    pub supervisor: Option<i32>,
 }
 
 fn entry(id: u32, data: TargetData) -> Entry {
     let device = paths::device_path(id).display().to_string();
-    let (mut state, pid) = match kernel_view(id) {
-        Ok((s, pid)) => (state_name(s).to_string(), Some(pid)),
-        Err(e) => (format!("unknown ({e:#})"), None),
+    let supervisor = supervisor_pid(id);
+    let (mut state, pid, needs_recover) = match kernel_view(id) {
+        Ok((s, pid)) => (state_name(s).to_string(), Some(pid), needs_recovery(s, pid)),
+        Err(e) => (format!("unknown ({e:#})"), None, false),
     };
-    let stats = if pid.is_some_and(process_alive) {
+    let stats = if needs_recover {
+        state = format!(
+            "{state}, daemon dead: {}",
+            if supervisor.is_some() {
+                "its supervisor recovers it".to_string()
+            } else {
+                format!("needs `rewind recover -n {id}`")
+            }
+        );
+        None
+    } else if pid.is_some_and(process_alive) {
         match control::request(&paths::socket_path(id), &Request::Stats, STATS_TIMEOUT) {
             Ok(r) if r.ok => r.stats,
             Ok(r) => {
@@ -145,6 +242,8 @@ fn entry(id: u32, data: TargetData) -> Entry {
         pid,
         log: data.log,
         stats,
+        needs_recover,
+        supervisor,
     }
 }
 
@@ -240,7 +339,20 @@ pub fn ask(
     if target_data(id).is_none() {
         bail!(not_rewind(id));
     }
-    let reply = control::request(&paths::socket_path(id), request, timeout)?;
+    let reply = match control::request(&paths::socket_path(id), request, timeout) {
+        Ok(r) => r,
+        Err(e) => {
+            if let Ok((state, pid)) = kernel_view(id) {
+                if needs_recovery(state, pid) {
+                    bail!(
+                        "the daemon of ublk device {id} is dead and the device waits for a new \
+                         one: `rewind recover -n {id}`"
+                    );
+                }
+            }
+            return Err(e.into());
+        }
+    };
     if !reply.ok {
         return Ok(Err(reply.error.unwrap_or_else(|| "no reason given".into())));
     }
@@ -456,6 +568,7 @@ fn delete(id: u32) -> Result<()> {
             users.join(", ")
         );
     }
+    stop_supervisor(id);
     let id_arg = i32::try_from(id).context("device id out of range")?;
     let ctrl = UblkCtrl::new_simple(id_arg)
         .map_err(|e| anyhow::anyhow!("{}", target::describe_ublk_error(&e)))
@@ -471,6 +584,11 @@ fn delete(id: u32) -> Result<()> {
     }
     if process_alive(pid) {
         wait_for_exit(pid, &device, &data)?;
+    } else {
+        // A daemon that died (kill -9) left its socket and pid file behind.
+        for stale in [paths::socket_path(id), paths::pid_path(id)] {
+            let _ = std::fs::remove_file(stale);
+        }
     }
     // The daemon deletes the device as it exits; if it died before, do it here. Only if
     // the device is still the one that daemon served, not a new one with the same id.

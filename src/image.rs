@@ -191,7 +191,7 @@ pub fn prepare_for_add(image: &Path, size: Option<u64>, history: Option<u64>) ->
 pub fn check_command(image: &Path, json: bool) -> Result<()> {
     let store = match FileStore::open_read_only(image) {
         Ok(s) => s,
-        Err(crate::backing::BackingError::InUse(_)) => bail!(
+        Err(crate::backing::BackingError::InUse { .. }) => bail!(
             "{} is served by a running rewind daemon: stop it with `rewind del -n ID` to check it",
             image.display()
         ),

@@ -5,6 +5,10 @@
 //! (`setsid`), stdin from /dev/null, stdout and stderr appended to its log file. It reports
 //! on a pipe whose write end it inherits: one line, `live /dev/ublkbN` or `error WHY`.
 //! `rewind add` prints the device path as the last line of its stdout, or the daemon's error.
+//!
+//! `rewind recover -n ID` starts the same daemon with `--recover`, on the image and options
+//! the dead daemon recorded in the device's ublk json; `rewind add --supervise` then starts
+//! the supervisor (`rewind __supervise`, see `supervise.rs`) the same way.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader};
@@ -20,6 +24,7 @@ use anyhow::{bail, Context, Result};
 use crate::daemon::{self, Reporter, ServeOptions, Status};
 use crate::image;
 use crate::paths;
+use crate::target::OnCrash;
 
 /// How long `rewind add` waits for the daemon to report. Recovery of a large image after a
 /// crash reads its checkpoint and journal, which takes a while on a slow disk.
@@ -50,6 +55,10 @@ pub struct AddOptions {
     pub idle_secs: u64,
     /// Flush coalescing interval in ms; 0: none.
     pub coalesce_ms: u64,
+    /// What happens to the device's I/O if its daemon dies.
+    pub on_crash: OnCrash,
+    /// Start a supervisor once the device is live.
+    pub supervise: bool,
 }
 
 /// One queue per CPU, at most 4: more queues than that cost memory (a 512 KiB buffer per
@@ -76,6 +85,13 @@ pub fn check_ublk_access(command: &str) -> Result<()> {
 /// `rewind add`.
 pub fn add_command(opts: &AddOptions) -> Result<()> {
     check_ublk_access("rewind add")?;
+    if opts.supervise && !opts.on_crash.survives_daemon() {
+        bail!(
+            "--supervise recovers a device whose daemon died, which --on-crash {} does not \
+             allow: use --on-crash queue",
+            opts.on_crash.name()
+        );
+    }
     let image = std::path::absolute(&opts.image)
         .with_context(|| format!("resolving {}", opts.image.display()))?;
     let existed = image.exists();
@@ -95,13 +111,108 @@ pub fn add_command(opts: &AddOptions) -> Result<()> {
         log: None,
         idle_secs: opts.idle_secs,
         coalesce_ms: opts.coalesce_ms,
+        on_crash: opts.on_crash,
+        recover: false,
     };
     if opts.foreground {
         return daemon::serve(&serve, Reporter::Stdout);
     }
     let log = paths::log_path(&serve.image);
     serve.log = Some(log.clone());
+    let device = start_daemon(&serve, &log)?;
+    if opts.supervise {
+        let id = parse_device_id(&device)?;
+        let pid = start_supervisor(id, &log)?;
+        eprintln!(
+            "rewind: supervisor of {device}: pid {pid} (log: {})",
+            log.display()
+        );
+    }
+    println!("{device}");
+    Ok(())
+}
+
+/// `rewind recover -n ID`: a new daemon for device `id`, on the image and with the options
+/// its dead daemon recorded; prints the device path.
+pub fn recover_command(id: u32) -> Result<()> {
+    check_ublk_access("rewind recover")?;
+    let device = recover_device(id)?;
+    println!("{device}");
+    Ok(())
+}
+
+/// Starts a daemon that takes over device `id` and waits until it is live; returns the
+/// device path. Used by `rewind recover` and the supervisor.
+pub fn recover_device(id: u32) -> Result<String> {
+    let found = crate::devices::recoverable(id)?;
+    let log = found
+        .data
+        .log
+        .as_ref()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| paths::log_path(Path::new(&found.data.image)));
+    let serve = ServeOptions {
+        image: PathBuf::from(&found.data.image),
+        id: Some(id),
+        queues: found.queues,
+        depth: found.depth,
+        log: Some(log.clone()),
+        idle_secs: found.data.idle_secs.unwrap_or(2),
+        coalesce_ms: found.data.coalesce_ms.unwrap_or(100),
+        on_crash: OnCrash::Queue,
+        recover: true,
+    };
     start_daemon(&serve, &log)
+}
+
+fn parse_device_id(device: &str) -> Result<u32> {
+    device
+        .strip_prefix("/dev/ublkb")
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("the daemon reported {device:?}, not /dev/ublkbN"))
+}
+
+/// Starts `rewind __supervise -n ID` in its own session, logging to `log`; returns its pid.
+fn start_supervisor(id: u32, log: &Path) -> Result<u32> {
+    let log_file = open_log(log)?;
+    let exe = std::env::current_exe().context("finding this program to start the supervisor")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("__supervise")
+        .arg("--number")
+        .arg(id.to_string())
+        .stdin(Stdio::null())
+        .stdout(
+            log_file
+                .try_clone()
+                .context("duplicating the log descriptor")?,
+        )
+        .stderr(log_file);
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe functions may be called: setsid is, and it allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().context("starting the supervisor")?;
+    Ok(child.id())
+}
+
+fn open_log(log: &Path) -> Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| {
+            format!(
+                "opening the daemon's log {} (set {} to another directory)",
+                log.display(),
+                paths::LOG_DIR_ENV
+            )
+        })
 }
 
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
@@ -114,18 +225,9 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-fn start_daemon(opts: &ServeOptions, log: &Path) -> Result<()> {
-    let log_file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .with_context(|| {
-            format!(
-                "opening the daemon's log {} (set {} to another directory)",
-                log.display(),
-                paths::LOG_DIR_ENV
-            )
-        })?;
+/// Starts the daemon for `opts` and waits for it to report; returns the device path.
+fn start_daemon(opts: &ServeOptions, log: &Path) -> Result<String> {
+    let log_file = open_log(log)?;
     let (read_end, write_end) = pipe().context("creating the status pipe")?;
     // If this process was started with stdin, stdout or stderr closed, the pipe may have
     // taken one of their numbers, which the child's own redirections then overwrite.
@@ -151,9 +253,14 @@ fn start_daemon(opts: &ServeOptions, log: &Path) -> Result<()> {
         .arg("--idle")
         .arg(opts.idle_secs.to_string())
         .arg("--coalesce")
-        .arg(opts.coalesce_ms.to_string());
+        .arg(opts.coalesce_ms.to_string())
+        .arg("--on-crash")
+        .arg(opts.on_crash.name());
     if let Some(id) = opts.id {
         cmd.arg("--number").arg(id.to_string());
+    }
+    if opts.recover {
+        cmd.arg("--recover");
     }
     cmd.stdin(Stdio::null())
         .stdout(
@@ -195,10 +302,7 @@ fn start_daemon(opts: &ServeOptions, log: &Path) -> Result<()> {
     let image = opts.image.display();
     match rx.recv_timeout(STARTUP_TIMEOUT) {
         Ok(Ok(line)) => match Status::parse(&line) {
-            Some(Status::Live(device)) => {
-                println!("{device}");
-                Ok(())
-            }
+            Some(Status::Live(device)) => Ok(device),
             Some(Status::Failed(why)) => {
                 let _ = wait_briefly(&mut child);
                 bail!(

@@ -16,5 +16,6 @@ pub mod launch;
 pub mod pacing;
 pub mod paths;
 pub mod size;
+pub mod supervise;
 pub mod target;
 pub mod timeline;

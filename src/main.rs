@@ -8,7 +8,7 @@ use anyhow::Result;
 use clap::Parser;
 use rewind::cli::{Cli, Command};
 use rewind::daemon::{self, Reporter, ServeOptions};
-use rewind::{devices, image, launch, timeline};
+use rewind::{devices, image, launch, supervise, timeline};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -29,6 +29,7 @@ fn init_logging(command: &Command) {
     let daemon = matches!(
         command,
         Command::Serve(_)
+            | Command::Supervise(_)
             | Command::Add(rewind::cli::AddArgs {
                 foreground: true,
                 ..
@@ -58,6 +59,8 @@ fn run(cli: Cli) -> Result<()> {
             foreground: a.foreground,
             idle_secs: a.idle,
             coalesce_ms: a.coalesce,
+            on_crash: a.on_crash.into(),
+            supervise: a.supervise,
         }),
         Command::Del(a) => devices::del_command(a.id, a.all),
         Command::List(a) => devices::list_command(a.json),
@@ -70,6 +73,13 @@ fn run(cli: Cli) -> Result<()> {
             (None, None) => anyhow::bail!("give -n ID or an IMAGE"),
         },
         Command::Check(a) => image::check_command(&a.image, a.json),
+        Command::Recover(a) => launch::recover_command(a.id),
+        Command::Supervise(a) => supervise::run(&supervise::Options {
+            id: a.id,
+            interval: std::time::Duration::from_secs(a.interval),
+            timeout: std::time::Duration::from_secs(a.timeout),
+            misses: a.misses,
+        }),
         Command::Rollback(a) => match (a.id, a.image) {
             (Some(id), _) => timeline::rollback_device_command(id, &a.to, a.json),
             (None, Some(image)) => timeline::rollback_image_command(&image, &a.to, a.json),
@@ -89,6 +99,8 @@ fn run(cli: Cli) -> Result<()> {
                     log: a.log,
                     idle_secs: a.idle,
                     coalesce_ms: a.coalesce,
+                    on_crash: a.on_crash.into(),
+                    recover: a.recover,
                 },
                 reporter,
             )

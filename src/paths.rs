@@ -1,4 +1,5 @@
-//! Where `rewind` keeps its runtime files: control sockets and pid files under `/run/rewind`,
+//! Where `rewind` keeps its runtime files: control sockets and pid files (daemons and
+//! supervisors) under `/run/rewind`,
 //! daemon logs under `$REWIND_LOG_DIR`, `/var/log/rewind` or `/tmp`, and where libublk
 //! exports each device's json.
 
@@ -18,6 +19,11 @@ pub fn socket_path(id: u32) -> PathBuf {
 /// The pid file of device `id`'s daemon.
 pub fn pid_path(id: u32) -> PathBuf {
     Path::new(RUN_DIR).join(format!("ublkb{id}.pid"))
+}
+
+/// The pid file of device `id`'s supervisor (`rewind add --supervise`).
+pub fn supervisor_pid_path(id: u32) -> PathBuf {
+    Path::new(RUN_DIR).join(format!("ublkb{id}.supervisor.pid"))
 }
 
 /// The block device node of ublk device `id`.
@@ -65,6 +71,10 @@ mod tests {
     fn names() {
         assert_eq!(socket_path(3), Path::new("/run/rewind/ublkb3.sock"));
         assert_eq!(pid_path(12), Path::new("/run/rewind/ublkb12.pid"));
+        assert_eq!(
+            supervisor_pid_path(2),
+            Path::new("/run/rewind/ublkb2.supervisor.pid")
+        );
         assert_eq!(device_path(0), Path::new("/dev/ublkb0"));
         assert_eq!(ublk_json_path(7), Path::new("/run/ublksrvd/0007.json"));
     }

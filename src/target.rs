@@ -12,6 +12,10 @@
 //!   when the previous safe point is recent (synchronous on the queue thread for now);
 //! - DISCARD and WRITE_ZEROES: `discard`, after which the pages read as zeros.
 //!
+//! On a device that outlives its daemon (`--on-crash queue`, the default) a write or discard
+//! is also committed to the journal before it completes (write-through), so a `kill -9` of
+//! the daemon loses nothing the kernel was told is done; see [`OnCrash::survives_daemon`].
+//!
 //! Every write and discard the engine takes is counted by the pacer, for idle safe points.
 //!
 //! Invariants:
@@ -133,13 +137,71 @@ pub struct TargetData {
     pub log: Option<String>,
     /// The version of the daemon.
     pub version: String,
+    /// What the kernel does if the daemon dies (absent from older daemons' json).
+    #[serde(default)]
+    pub on_crash: Option<OnCrash>,
+    /// `--idle`, for `rewind recover` to serve the device as it was.
+    #[serde(default)]
+    pub idle_secs: Option<u64>,
+    /// `--coalesce`, likewise.
+    #[serde(default)]
+    pub coalesce_ms: Option<u64>,
 }
 
 /// The json key of [`TargetData`] in libublk's `target_data`.
 pub const TARGET_DATA_KEY: &str = "rewind";
 
-/// Adds a ublk device for rewind: `id` or the first free one, `queues` queues of `depth`.
-pub fn add_device(id: Option<u32>, queues: u16, depth: u16) -> anyhow::Result<UblkCtrl> {
+/// What the kernel does with a device's I/O when its daemon dies (`rewind add --on-crash`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnCrash {
+    /// User recovery with reissue: the device is quiesced, new and in-flight I/O waits
+    /// until `rewind recover` starts a new daemon, which reissues it. The application sees
+    /// a pause, no error.
+    #[default]
+    Queue,
+    /// No recovery: the kernel fails the device's I/O and removes its disk; the image is
+    /// recovered by the next `rewind add` (after `rewind del`). Writes not yet flushed may
+    /// be lost, as after a power cut, and the device keeps its write-back cache speed.
+    Stop,
+}
+
+impl OnCrash {
+    /// The name `--on-crash` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            OnCrash::Queue => "queue",
+            OnCrash::Stop => "stop",
+        }
+    }
+
+    /// The ublk device flags for this policy.
+    pub fn ublk_flags(self) -> u64 {
+        match self {
+            OnCrash::Queue => {
+                u64::from(sys::UBLK_F_USER_RECOVERY | sys::UBLK_F_USER_RECOVERY_REISSUE)
+            }
+            OnCrash::Stop => 0,
+        }
+    }
+
+    /// True when the device outlives its daemon, so a completed write must survive the
+    /// daemon's death: the kernel's page cache above the device keeps what it wrote, and a
+    /// file system that kept running would otherwise read back older data than it wrote.
+    /// Such devices journal each write before completing it (write-through).
+    pub fn survives_daemon(self) -> bool {
+        self != OnCrash::Stop
+    }
+}
+
+/// Adds a ublk device for rewind: `id` or the first free one, `queues` queues of `depth`,
+/// with the ublk flags of `on_crash`.
+pub fn add_device(
+    id: Option<u32>,
+    queues: u16,
+    depth: u16,
+    on_crash: OnCrash,
+) -> anyhow::Result<UblkCtrl> {
     let id_arg = match id {
         Some(n) => i32::try_from(n).map_err(|_| anyhow::anyhow!("device id {n} is too large"))?,
         None => -1,
@@ -150,6 +212,7 @@ pub fn add_device(id: Option<u32>, queues: u16, depth: u16) -> anyhow::Result<Ub
         .nr_queues(queues)
         .depth(depth)
         .io_buf_bytes(IO_BUF_BYTES)
+        .ctrl_flags(on_crash.ublk_flags())
         .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
         .build()
         .map_err(|e| {
@@ -165,6 +228,59 @@ pub fn add_device(id: Option<u32>, queues: u16, depth: u16) -> anyhow::Result<Ub
                 _ => anyhow::anyhow!("adding a ublk device: {why}"),
             }
         })
+}
+
+/// Takes over device `id`, whose daemon died and left it quiesced: opens a control handle
+/// for recovery and sends START_USER_RECOVERY, which the kernel accepts once the dead
+/// daemon's descriptors are gone (libublk retries while it answers EBUSY, up to 30 s).
+/// Serving it then (`run_target`) ends with END_USER_RECOVERY instead of START_DEV, and
+/// the queued I/O is reissued to the new queues.
+///
+/// Unlike the handle of [`add_device`], this one does not delete the device when dropped:
+/// the daemon deletes it itself once it is stopped.
+pub fn recover_device(id: u32) -> anyhow::Result<UblkCtrl> {
+    let id_arg = i32::try_from(id).map_err(|_| anyhow::anyhow!("device id {id} is too large"))?;
+    let info = UblkCtrl::new_simple(id_arg)
+        .map_err(|e| anyhow::anyhow!("opening ublk device {id}: {}", describe_ublk_error(&e)))?
+        .dev_info();
+    if info.flags & u64::from(sys::UBLK_F_USER_RECOVERY) == 0 {
+        anyhow::bail!(
+            "ublk device {id} was added without recovery (--on-crash stop): it cannot be \
+             taken over; `rewind del -n {id}`, then `rewind add` the image again"
+        );
+    }
+    let ctrl = UblkCtrl::new(
+        Some(TARGET_NAME.to_string()),
+        id_arg,
+        u32::from(info.nr_hw_queues),
+        u32::from(info.queue_depth),
+        info.max_io_buf_bytes,
+        0,
+        0,
+        UblkFlags::UBLK_DEV_F_RECOVER_DEV,
+    )
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "opening ublk device {id} for recovery: {}",
+            describe_ublk_error(&e)
+        )
+    })?;
+    match ctrl.start_user_recover() {
+        Ok(r) if r >= 0 => Ok(ctrl),
+        Ok(r) => Err(anyhow::anyhow!(
+            "starting the recovery of ublk device {id}: {}",
+            std::io::Error::from_raw_os_error(-r)
+        )),
+        Err(e) => Err(anyhow::anyhow!(
+            "starting the recovery of ublk device {id}: {}{}",
+            describe_ublk_error(&e),
+            if ublk_errno(&e) == Some(libc::EBUSY) {
+                " (the old daemon still holds the device, or it is not quiesced)"
+            } else {
+                ""
+            }
+        )),
+    }
 }
 
 /// A request of the kernel, decoded and checked.
@@ -283,16 +399,26 @@ pub struct Target {
     volume: Arc<Volume<FileStore>>,
     pacer: Arc<Pacer>,
     nr_queues: u16,
+    /// Journal every write and discard before completing it (see
+    /// [`OnCrash::survives_daemon`]).
+    write_through: bool,
     setup_failure: Mutex<Option<String>>,
 }
 
 impl Target {
-    /// A target serving `volume` with `nr_queues` queues.
-    pub fn new(volume: Arc<Volume<FileStore>>, pacer: Arc<Pacer>, nr_queues: u16) -> Target {
+    /// A target serving `volume` with `nr_queues` queues; with `write_through` every write
+    /// and discard is journaled (durable) before it completes.
+    pub fn new(
+        volume: Arc<Volume<FileStore>>,
+        pacer: Arc<Pacer>,
+        nr_queues: u16,
+        write_through: bool,
+    ) -> Target {
         Target {
             volume,
             pacer,
             nr_queues,
+            write_through,
             setup_failure: Mutex::new(None),
         }
     }
@@ -351,6 +477,7 @@ impl Target {
             ),
             reads: self.volume.read_tracker(),
             errors: ErrorLog::default(),
+            write_through: self.write_through,
         });
         let exe = Rc::new(smol::LocalExecutor::new());
         let mut tasks = Vec::new();
@@ -414,6 +541,7 @@ struct QueueCtx<'a> {
     /// Keeps the pages this queue's reads resolved to from being reused until they land.
     reads: ReadTracker,
     errors: ErrorLog,
+    write_through: bool,
 }
 
 /// Per-task vectors, reused from request to request.
@@ -486,11 +614,12 @@ async fn handle(
         Request::Discard { first, pages } => ctx
             .volume
             .discard(first, pages)
-            .map(|()| {
+            .map_err(|e| Failure::Engine("discard", e))
+            .and_then(|()| {
                 ctx.pacer.wrote();
-                0
+                write_through(ctx)
             })
-            .map_err(|e| Failure::Engine("discard", e)),
+            .map(|()| 0),
     };
     match result {
         Ok(bytes) => bytes,
@@ -719,8 +848,23 @@ async fn write(
         ctx.pacer
             .flush(volume)
             .map_err(|e| Failure::Engine("flush after a FUA write", e))?;
+    } else {
+        write_through(ctx)?;
     }
     Ok((pages * PAGE) as i32)
+}
+
+/// On a device that outlives its daemon, makes what the engine took durable before the
+/// request completes: a completed write must survive a `kill -9` of the daemon, since the
+/// kernel above goes on as if nothing happened. One commit takes the records of every
+/// queue, so concurrent requests share it.
+fn write_through(ctx: &QueueCtx<'_>) -> Result<(), Failure> {
+    if !ctx.write_through {
+        return Ok(());
+    }
+    ctx.volume
+        .commit(false)
+        .map_err(|e| Failure::Engine("journaling the request (write-through)", e))
 }
 
 fn abandon_all(volume: &Volume<FileStore>, claimed: &[(LogicalPage, PhysPage)]) {

@@ -289,7 +289,7 @@ pub fn log_device_command(id: u32, json: bool) -> Result<()> {
 pub fn log_image_command(image: &Path, json: bool) -> Result<()> {
     let store = match FileStore::open_read_only(image) {
         Ok(s) => s,
-        Err(BackingError::InUse(_)) => bail!(served_elsewhere(image)),
+        Err(BackingError::InUse { .. }) => bail!(served_elsewhere(image)),
         Err(e) => return Err(e.into()),
     };
     let found = rewind_history::inspect(&store)
@@ -345,7 +345,7 @@ struct RollbackJson {
 pub fn rollback_image_command(image: &Path, to: &str, json: bool) -> Result<()> {
     let store = match FileStore::open(image) {
         Ok(s) => s,
-        Err(BackingError::InUse(_)) => bail!(
+        Err(BackingError::InUse { .. }) => bail!(
             "{} is in use by a running rewind daemon: stop it with `rewind del -n ID` first              (rolling back a served device is not supported yet)",
             image.display()
         ),

@@ -155,25 +155,60 @@ FIO_OUT=""
 FIO_READ_KIB=0 FIO_WRITE_KIB=0 FIO_READ_IOPS=0 FIO_WRITE_IOPS=0
 FIO_ERRORS='err= *[1-9]|verify: bad|verify failed|bad magic|bad header|mismatch'
 run_fio() {
-    local rc=0 start=$SECONDS terse
+    local rc=0 start=$SECONDS
     FIO_OUT=$(mktemp "$STATE/fio.XXXXXX")
     say "fio $*"
     fio --eta=never --output-format=normal,terse "$@" >"$FIO_OUT" 2>&1 || rc=$?
-    grep -v '^3;fio-' "$FIO_OUT" || true
+    check_fio "$FIO_OUT" "$rc"
+    say "fio done in $((SECONDS - start))s: read ${FIO_READ_KIB} KiB (${FIO_READ_IOPS} IOPS)," \
+        "wrote ${FIO_WRITE_KIB} KiB (${FIO_WRITE_IOPS} IOPS)"
+}
+
+# check_fio OUT RC: what run_fio checks, for a fio run elsewhere (in the background) whose
+# output (--output-format=normal,terse) is in OUT and whose exit status was RC. Sets the
+# FIO_* figures and FIO_OUT.
+check_fio() {
+    local out=$1 rc=$2 terse n err
+    FIO_OUT=$out
+    grep -v '^3;fio-' "$out" || true
     [[ $rc -eq 0 ]] || die "fio exited with rc=$rc"
-    if grep -Eq "$FIO_ERRORS" "$FIO_OUT"; then
-        die "fio reported errors: $(grep -Em 5 "$FIO_ERRORS" "$FIO_OUT" | tr '\n' ' ')"
+    if grep -Eq "$FIO_ERRORS" "$out"; then
+        die "fio reported errors: $(grep -Em 5 "$FIO_ERRORS" "$out" | tr '\n' ' ')"
     fi
     # Terse v3 fields: 5 error, 6 read KiB, 8 read IOPS, 47 write KiB, 49 write IOPS.
     terse=$(awk -F';' '$1 == 3 && $2 ~ /^fio-/ {
                 err += ($5 != 0); rk += $6; ri += $8; wk += $47; wi += $49; n++ }
-            END { printf "%d %d %d %d %d %d\n", n, err, rk, ri, wk, wi }' "$FIO_OUT")
-    local n err
+            END { printf "%d %d %d %d %d %d\n", n, err, rk, ri, wk, wi }' "$out")
     read -r n err FIO_READ_KIB FIO_READ_IOPS FIO_WRITE_KIB FIO_WRITE_IOPS <<<"$terse"
     [[ $n -gt 0 ]] || die "fio printed no terse report: cannot check what it did"
     [[ $err -eq 0 ]] || die "fio: $err job(s) ended with an error"
-    say "fio done in $((SECONDS - start))s: read ${FIO_READ_KIB} KiB (${FIO_READ_IOPS} IOPS)," \
-        "wrote ${FIO_WRITE_KIB} KiB (${FIO_WRITE_IOPS} IOPS)"
+}
+
+# now_s: seconds since boot, to the hundredth (busybox date has no %N).
+now_s() { cut -d' ' -f1 /proc/uptime; }
+
+# ms_between T0 T1: milliseconds from now_s T0 to now_s T1.
+ms_between() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%d\n", (b - a) * 1000 + 0.5 }'; }
+
+# median N...: the median of whole numbers (the lower middle one for an even count).
+median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+
+# daemon_pid ID: the pid of device ID's daemon, from its pid file.
+daemon_pid() {
+    sed -n 's/.*"pid": *\([0-9]*\).*/\1/p' "/run/rewind/ublkb$1.pid" 2>/dev/null || true
+}
+
+# alive PID: true while PID runs (a zombie has exited: false, unlike kill -0).
+alive() {
+    local st
+    st=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1) || return 1
+    [[ -n $st && $st != Z && $st != X ]]
+}
+
+# kernel_io_errors: the kernel's I/O error lines since the scenario started.
+kernel_io_errors() {
+    dmesg 2>/dev/null | awk -v s="$KSTART" '{t = $0; sub(/^\[ */, "", t); sub(/\].*/, "", t)
+        if (t + 0 >= s + 0) print}' | grep -Ei 'I/O error|blk_update_request|hung task' || true
 }
 
 # fio_expect read|write BYTES: the last run_fio read (or wrote) exactly BYTES. Guards
