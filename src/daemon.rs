@@ -456,12 +456,7 @@ fn serve_volume(
         coalesce_ms: Some(opts.coalesce_ms),
     };
     let target_json = serde_json::json!({ TARGET_DATA_KEY: target_data });
-    let target = Arc::new(Target::new(
-        volume.clone(),
-        pacer.clone(),
-        nr_queues,
-        on_crash.survives_daemon(),
-    ));
+    let target = Arc::new(Target::new(volume.clone(), pacer.clone(), nr_queues));
     // Stopped (and joined) when dropped, on every way out below.
     let ticker = pacer
         .start_ticker(Arc::downgrade(volume))

@@ -12,9 +12,10 @@
 //!   when the previous safe point is recent (synchronous on the queue thread for now);
 //! - DISCARD and WRITE_ZEROES: `discard`, after which the pages read as zeros.
 //!
-//! On a device that outlives its daemon (`--on-crash queue`, the default) a write or discard
-//! is also committed to the journal before it completes (write-through), so a `kill -9` of
-//! the daemon loses nothing the kernel was told is done; see [`OnCrash::survives_daemon`].
+//! A write or discard completes only after the engine wrote its record to the journal
+//! (unsynced: the host's page cache keeps it), so a `kill -9` of the daemon loses nothing the
+//! kernel was told is done; a device that outlives its daemon (`--on-crash queue`, the
+//! default) relies on that.
 //!
 //! Every write and discard the engine takes is counted by the pacer, for idle safe points.
 //!
@@ -185,10 +186,9 @@ impl OnCrash {
         }
     }
 
-    /// True when the device outlives its daemon, so a completed write must survive the
-    /// daemon's death: the kernel's page cache above the device keeps what it wrote, and a
-    /// file system that kept running would otherwise read back older data than it wrote.
-    /// Such devices journal each write before completing it (write-through).
+    /// True when the device outlives its daemon: the kernel's page cache above the device
+    /// keeps what it wrote, so a completed write must survive the daemon's death (the
+    /// engine's unsynced journal blocks see to it).
     pub fn survives_daemon(self) -> bool {
         self != OnCrash::Stop
     }
@@ -399,26 +399,16 @@ pub struct Target {
     volume: Arc<Volume<FileStore>>,
     pacer: Arc<Pacer>,
     nr_queues: u16,
-    /// Journal every write and discard before completing it (see
-    /// [`OnCrash::survives_daemon`]).
-    write_through: bool,
     setup_failure: Mutex<Option<String>>,
 }
 
 impl Target {
-    /// A target serving `volume` with `nr_queues` queues; with `write_through` every write
-    /// and discard is journaled (durable) before it completes.
-    pub fn new(
-        volume: Arc<Volume<FileStore>>,
-        pacer: Arc<Pacer>,
-        nr_queues: u16,
-        write_through: bool,
-    ) -> Target {
+    /// A target serving `volume` with `nr_queues` queues.
+    pub fn new(volume: Arc<Volume<FileStore>>, pacer: Arc<Pacer>, nr_queues: u16) -> Target {
         Target {
             volume,
             pacer,
             nr_queues,
-            write_through,
             setup_failure: Mutex::new(None),
         }
     }
@@ -477,7 +467,6 @@ impl Target {
             ),
             reads: self.volume.read_tracker(),
             errors: ErrorLog::default(),
-            write_through: self.write_through,
         });
         let exe = Rc::new(smol::LocalExecutor::new());
         let mut tasks = Vec::new();
@@ -541,7 +530,6 @@ struct QueueCtx<'a> {
     /// Keeps the pages this queue's reads resolved to from being reused until they land.
     reads: ReadTracker,
     errors: ErrorLog,
-    write_through: bool,
 }
 
 /// Per-task vectors, reused from request to request.
@@ -615,11 +603,10 @@ async fn handle(
             .volume
             .discard(first, pages)
             .map_err(|e| Failure::Engine("discard", e))
-            .and_then(|()| {
+            .map(|()| {
                 ctx.pacer.wrote();
-                write_through(ctx)
-            })
-            .map(|()| 0),
+                0
+            }),
     };
     match result {
         Ok(bytes) => bytes,
@@ -848,23 +835,8 @@ async fn write(
         ctx.pacer
             .flush(volume)
             .map_err(|e| Failure::Engine("flush after a FUA write", e))?;
-    } else {
-        write_through(ctx)?;
     }
     Ok((pages * PAGE) as i32)
-}
-
-/// On a device that outlives its daemon, makes what the engine took durable before the
-/// request completes: a completed write must survive a `kill -9` of the daemon, since the
-/// kernel above goes on as if nothing happened. One commit takes the records of every
-/// queue, so concurrent requests share it.
-fn write_through(ctx: &QueueCtx<'_>) -> Result<(), Failure> {
-    if !ctx.write_through {
-        return Ok(());
-    }
-    ctx.volume
-        .commit(false)
-        .map_err(|e| Failure::Engine("journaling the request (write-through)", e))
 }
 
 fn abandon_all(volume: &Volume<FileStore>, claimed: &[(LogicalPage, PhysPage)]) {

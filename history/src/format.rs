@@ -207,8 +207,11 @@ pub struct Superblock {
     pub ckpt_session: U32,
     /// The host name of the daemon serving the image, zero-padded.
     pub owner_host: [u8; 64],
+    /// The boot the serving daemon started in (a hash of the kernel's boot id, 0 unknown):
+    /// unsynced journal blocks are trusted only by a daemon of the same boot.
+    pub boot_id: U64,
     /// Reserved; zero.
-    pub reserved: [u8; 32],
+    pub reserved: [u8; 24],
     /// CRC32C of every byte above.
     pub crc: U32,
     /// Keeps the size a multiple of 8.
@@ -308,8 +311,8 @@ pub struct JournalHeader {
     pub session: U32,
     /// Records in this block.
     pub count: U16,
-    /// Reserved; zero.
-    pub pad: U16,
+    /// Bit 0: unsynced (`journal::UNSYNCED`); the other bits are zero.
+    pub flags: U16,
 }
 
 /// The kind of a journal record, in its first byte.

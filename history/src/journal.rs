@@ -1,7 +1,14 @@
 //! The journal: a ring of 512-byte blocks holding the remap changes since the checkpoint.
 //!
+//! Records reach the journal twice. As soon as a write completes its record is written
+//! *unsynced* (flag `UNSYNCED`, no sync): a daemon killed then loses nothing the kernel was
+//! told is written, because the host's page cache keeps both the data and the record. A
+//! commit then rewrites the same blocks as synced, after syncing the data they point at. An
+//! unsynced block is trusted only within the boot that wrote it (the superblock records the
+//! boot id): after a power cut its data pages may never have reached the disk.
+//!
 //! Invariants:
-//! - a commit always starts a fresh block and never rewrites a block that holds committed
+//! - a commit always starts a fresh block and never rewrites a block that holds synced
 //!   records, so a torn commit can only lose records of that commit;
 //! - a record never spans two blocks;
 //! - replay takes the longest run of valid blocks with consecutive sequence numbers, the
@@ -150,49 +157,97 @@ impl Record {
     }
 }
 
-/// Packs records into journal blocks numbered from `first_seq`.
-pub fn encode_blocks(
-    records: &[Record],
-    first_seq: u64,
-    uuid: u64,
-    session: u32,
-) -> Vec<[u8; JOURNAL_BLOCK as usize]> {
-    let mut blocks = Vec::new();
-    let mut current: Vec<Slot> = Vec::with_capacity(RECORDS_PER_BLOCK);
-    let mut slots = Vec::with_capacity(8);
-    let seal = |current: &mut Vec<Slot>, blocks: &mut Vec<[u8; 512]>| {
-        let mut block = [0u8; JOURNAL_BLOCK as usize];
-        let header = JournalHeader {
-            magic: U32::new(JOURNAL_MAGIC),
-            crc: U32::new(0),
-            seq: U64::new(first_seq + blocks.len() as u64),
-            uuid: U64::new(uuid),
-            session: U32::new(session),
-            count: U16::new(current.len() as u16),
-            pad: U16::new(0),
-        };
-        block[..JOURNAL_HEADER].copy_from_slice(header.as_bytes());
-        for (i, s) in current.iter().enumerate() {
-            let at = JOURNAL_HEADER + i * RECORD;
-            block[at..at + RECORD].copy_from_slice(s);
-        }
-        let crc = crc32c::crc32c(&block[8..]);
-        block[4..8].copy_from_slice(&crc.to_le_bytes());
-        blocks.push(block);
-        current.clear();
-    };
-    for r in records {
-        slots.clear();
+/// A journal block as written.
+pub type Block = [u8; JOURNAL_BLOCK as usize];
+
+/// The records not yet synced, packed into blocks as they come so each write's record can
+/// be written at once (`unsynced`) and the whole run again at commit (`take_synced`).
+#[derive(Debug, Default)]
+pub struct Pending {
+    /// The slots of each block.
+    blocks: Vec<Vec<Slot>>,
+    records: usize,
+    /// Blocks from here on changed since they were last handed out by `unsynced`.
+    dirty_from: usize,
+}
+
+impl Pending {
+    /// Appends a record.
+    pub fn push(&mut self, r: &Record) {
+        let mut slots = Vec::with_capacity(4);
         r.encode(&mut slots);
-        if current.len() + slots.len() > RECORDS_PER_BLOCK {
-            seal(&mut current, &mut blocks);
+        match self.blocks.last_mut() {
+            Some(b) if b.len() + slots.len() <= RECORDS_PER_BLOCK => b.extend(slots),
+            _ => self.blocks.push(slots),
         }
-        current.extend_from_slice(&slots);
+        self.records += 1;
     }
-    if !current.is_empty() {
-        seal(&mut current, &mut blocks);
+
+    /// Records pending.
+    pub fn len(&self) -> usize {
+        self.records
     }
-    blocks
+
+    /// The blocks that changed since the last call, sealed unsynced, numbered from
+    /// `first_seq` (the sequence of the first pending block): (sequence of the first, blocks).
+    pub fn unsynced(&mut self, first_seq: u64, uuid: u64, session: u32) -> (u64, Vec<Block>) {
+        let from = self.dirty_from.min(self.blocks.len());
+        let out = self.blocks[from..]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| seal(b, first_seq + (from + i) as u64, uuid, session, UNSYNCED))
+            .collect();
+        // The last block may still take records.
+        self.dirty_from = self.blocks.len().saturating_sub(1);
+        (first_seq + from as u64, out)
+    }
+
+    /// Every pending block sealed as synced, numbered from `first_seq`; empties `self`.
+    pub fn take_synced(&mut self, first_seq: u64, uuid: u64, session: u32) -> Vec<Block> {
+        let out = self
+            .blocks
+            .iter()
+            .enumerate()
+            .map(|(i, b)| seal(b, first_seq + i as u64, uuid, session, 0))
+            .collect();
+        *self = Pending::default();
+        out
+    }
+}
+
+/// `JournalHeader::flags`: the block was written before the data its records point at was
+/// synced; replay trusts it only within the boot that wrote it.
+pub const UNSYNCED: u16 = 1;
+
+fn seal(slots: &[Slot], seq: u64, uuid: u64, session: u32, flags: u16) -> Block {
+    let mut block = [0u8; JOURNAL_BLOCK as usize];
+    let header = JournalHeader {
+        magic: U32::new(JOURNAL_MAGIC),
+        crc: U32::new(0),
+        seq: U64::new(seq),
+        uuid: U64::new(uuid),
+        session: U32::new(session),
+        count: U16::new(slots.len() as u16),
+        flags: U16::new(flags),
+    };
+    block[..JOURNAL_HEADER].copy_from_slice(header.as_bytes());
+    for (i, s) in slots.iter().enumerate() {
+        let at = JOURNAL_HEADER + i * RECORD;
+        block[at..at + RECORD].copy_from_slice(s);
+    }
+    let crc = crc32c::crc32c(&block[8..]);
+    block[4..8].copy_from_slice(&crc.to_le_bytes());
+    block
+}
+
+/// Packs records into synced journal blocks numbered from `first_seq`.
+#[cfg(test)]
+pub fn encode_blocks(records: &[Record], first_seq: u64, uuid: u64, session: u32) -> Vec<Block> {
+    let mut p = Pending::default();
+    for r in records {
+        p.push(r);
+    }
+    p.take_synced(first_seq, uuid, session)
 }
 
 /// Writes `blocks` at their ring positions, starting with sequence `first_seq`.
@@ -224,21 +279,26 @@ pub fn write_blocks<S: Store>(
 pub struct ReplayEnd {
     /// The sequence of the first block that was not valid: the next to write.
     pub next_seq: u64,
+    /// Whether unsynced blocks were replayed: their records must be made durable.
+    pub unsynced: bool,
 }
 
 /// Replays the valid prefix of the journal from `first_seq`, handing each record to `apply`.
+/// Unsynced blocks are part of it only if `trust_unsynced` (the same boot wrote them).
 pub fn replay<S: Store>(
     store: &S,
     layout: &Layout,
     uuid: u64,
     first_seq: u64,
     min_session: u32,
+    trust_unsynced: bool,
     mut apply: impl FnMut(Record) -> Result<(), Error>,
 ) -> Result<ReplayEnd, Error> {
     const BATCH: u64 = 256;
     let mut buf = vec![0u8; (BATCH * JOURNAL_BLOCK) as usize];
     let mut seq = first_seq;
     let mut last_session = min_session;
+    let mut unsynced = false;
     let mut slots: Vec<Slot> = Vec::with_capacity(RECORDS_PER_BLOCK);
     // Bounded: the ring cannot hold more than its size of valid blocks.
     while seq - first_seq < layout.journal_blocks {
@@ -262,9 +322,14 @@ pub fn replay<S: Store>(
                 || h.uuid.get() != uuid
                 || h.session.get() < last_session
                 || count > RECORDS_PER_BLOCK
+                || (h.flags.get() & UNSYNCED != 0 && !trust_unsynced)
             {
-                return Ok(ReplayEnd { next_seq: seq });
+                return Ok(ReplayEnd {
+                    next_seq: seq,
+                    unsynced,
+                });
             }
+            unsynced |= h.flags.get() & UNSYNCED != 0;
             last_session = h.session.get();
             slots.clear();
             for i in 0..count {
@@ -282,7 +347,10 @@ pub fn replay<S: Store>(
             seq += 1;
         }
     }
-    Ok(ReplayEnd { next_seq: seq })
+    Ok(ReplayEnd {
+        next_seq: seq,
+        unsynced,
+    })
 }
 
 #[cfg(test)]
@@ -327,7 +395,7 @@ mod tests {
 
     fn collect(store: &MemStore, l: &Layout, first: u64) -> (Vec<Record>, ReplayEnd) {
         let mut got = Vec::new();
-        let end = replay(store, l, 42, first, 0, |r| {
+        let end = replay(store, l, 42, first, 0, false, |r| {
             got.push(r);
             Ok(())
         })
@@ -377,6 +445,50 @@ mod tests {
         let (got, end) = collect(&store, &l, 0);
         assert_eq!(got, vec![Record::Retire { id: 1 }]);
         assert_eq!(end.next_seq, 1);
+    }
+
+    #[test]
+    fn unsynced_blocks_are_replayed_only_when_trusted_and_synced_ones_replace_them() {
+        let l = layout();
+        let store = MemStore::new(l.data_offset);
+        let records = sample();
+        let mut p = Pending::default();
+        for r in &records[..40] {
+            p.push(r);
+            let (seq, blocks) = p.unsynced(3, 42, 1);
+            write_blocks(&store, &l, seq, &blocks).unwrap();
+        }
+        let replay_all = |trust| {
+            let mut got = Vec::new();
+            let end = replay(&store, &l, 42, 3, 0, trust, |r| {
+                got.push(r);
+                Ok(())
+            })
+            .unwrap();
+            (got, end)
+        };
+        let (got, end) = replay_all(true);
+        assert_eq!(
+            got,
+            records[..40],
+            "every record written unsynced, in the same boot"
+        );
+        assert!(end.unsynced);
+        let (got, end) = replay_all(false);
+        assert!(
+            got.is_empty(),
+            "after a reboot unsynced records are not trusted"
+        );
+        assert_eq!(end.next_seq, 3);
+        for r in &records[40..] {
+            p.push(r);
+        }
+        let blocks = p.take_synced(3, 42, 1);
+        write_blocks(&store, &l, 3, &blocks).unwrap();
+        let (got, end) = replay_all(false);
+        assert_eq!(got, records);
+        assert!(!end.unsynced);
+        assert_eq!(p.len(), 0);
     }
 
     #[test]

@@ -14,9 +14,13 @@
 //! - the data of a record is durable before the record is (`commit` syncs the store before
 //!   writing the journal), and a checkpoint is durable before the superblock points at it.
 //!
-//! Locks: `commit` serializes commits (journal position, superblock); `state` guards the
-//! window and the records not yet written, and is held only for memory work. `commit` is
-//! always taken before `state`.
+//! A write's record is also written to the journal unsynced before `commit_writes` returns
+//! (see `journal`), so a daemon that dies loses no acknowledged write; a power cut loses
+//! what no flush made durable, as the device's volatile write cache promises.
+//!
+//! Locks: `commit` serializes commits (journal position, superblock); `tail` orders the
+//! writes of pending journal blocks; `state` guards the window and the records not yet
+//! synced, and is held only for memory work. Order: `commit`, `tail`, `state`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -63,7 +67,9 @@ struct State {
     /// References to each physical page (see `Apply::refs`).
     refs: Vec<u32>,
     /// Records applied in memory and not yet handed to a commit.
-    records: Vec<Record>,
+    pending: journal::Pending,
+    /// The journal sequence of the first pending block.
+    first_seq: u64,
     /// Pages freed by those records.
     pending_free: Vec<PhysPage>,
     /// Open views by number: each holds its safe point until closed or dropped.
@@ -139,6 +145,8 @@ struct Loaded {
     alloc: PageAllocator,
     refs: Vec<u32>,
     next_seq: u64,
+    /// Whether unsynced journal blocks were replayed.
+    unsynced: bool,
 }
 
 /// Counts the references to each physical page and checks that every page belongs to one
@@ -240,7 +248,7 @@ pub fn check<S: Store>(store: &S) -> Result<CheckReport, Error> {
                 .map_err(|e| e.to_string()),
         };
     }
-    let l = Volume::load(store)?;
+    let l = Volume::load(store, boot_id())?;
     let mut live = 0u64;
     for p in 0..l.layout.logical_pages {
         live += u64::from(l.map.get(LogicalPage(p)).phys.is_some());
@@ -267,7 +275,7 @@ pub fn check<S: Store>(store: &S) -> Result<CheckReport, Error> {
 
 /// Reads an image's history without serving it or writing a byte: `rewind log IMAGE`.
 pub fn inspect<S: Store>(store: &S) -> Result<Inspection, Error> {
-    let l = Volume::load(store)?;
+    let l = Volume::load(store, boot_id())?;
     let stats = Stats {
         logical_pages: l.layout.logical_pages,
         physical_pages: l.layout.physical_pages,
@@ -312,6 +320,9 @@ pub struct Volume<S: Store> {
     alloc: PageAllocator,
     state: Mutex<State>,
     commit: Mutex<CommitState>,
+    /// Orders writes of pending journal blocks: an unsynced write of a block never lands
+    /// after the commit's synced write of it. Taken before `state`, after `commit`.
+    tail: Mutex<()>,
     /// Below this many free pages, allocation reclaims first.
     low_water: u64,
     /// Records buffered beyond this are committed without waiting for a flush, so one commit
@@ -380,6 +391,18 @@ fn host_name() -> [u8; 64] {
     out
 }
 
+/// This boot of the kernel: 64 bits of its random boot id (0 if unknown, which trusts no
+/// unsynced block).
+fn boot_id() -> u64 {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let hex: String = id
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(16)
+        .collect();
+    u64::from_str_radix(&hex, 16).map_or(0, |b| b | 1)
+}
+
 fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -443,7 +466,8 @@ pub fn create<S: Store>(store: &S, opts: &CreateOptions) -> Result<Layout, Error
         owner_pid: U32::new(0),
         ckpt_session: U32::new(0),
         owner_host: [0; 64],
-        reserved: [0; 32],
+        boot_id: U64::new(0),
+        reserved: [0; 24],
         crc: U32::new(0),
         pad: U32::new(0),
     };
@@ -617,8 +641,11 @@ impl<F: FnMut(PhysPage)> Apply<'_, F> {
 impl<S: Store> Volume<S> {
     /// Rebuilds the state of a formatted store from its checkpoint and the journal's valid
     /// prefix, writing nothing.
-    fn load(store: &S) -> Result<Loaded, Error> {
+    fn load(store: &S, boot: u64) -> Result<Loaded, Error> {
         let sb = read_superblock(store)?;
+        // Unsynced journal blocks hold what the host's page cache held when the daemon died;
+        // after a reboot they may point at data that never reached the disk.
+        let trust_unsynced = boot != 0 && sb.boot_id.get() == boot;
         let layout = sb.layout();
         if store.len() < layout.required_bytes() {
             return Err(Error::TooSmall {
@@ -658,6 +685,7 @@ impl<S: Store> Volume<S> {
             uuid,
             snap.journal_seq,
             sb.ckpt_session.get(),
+            trust_unsynced,
             |r| {
                 Apply {
                     map: &map,
@@ -689,12 +717,19 @@ impl<S: Store> Volume<S> {
             alloc,
             refs,
             next_seq: end.next_seq,
+            unsynced: end.unsynced,
         })
     }
 
     /// Opens a formatted store: the checkpoint plus the journal's valid prefix rebuild the
     /// remap table and the window, then a new session starts.
     pub fn open(store: S) -> Result<Volume<S>, Error> {
+        Self::open_in_boot(store, boot_id())
+    }
+
+    /// `open` as a daemon of boot `boot` would (0: unknown, trusting no unsynced block).
+    /// Tests use it to tell a power cut (another boot) from a killed daemon (the same).
+    pub fn open_in_boot(store: S, boot: u64) -> Result<Volume<S>, Error> {
         let Loaded {
             mut sb,
             layout,
@@ -703,16 +738,18 @@ impl<S: Store> Volume<S> {
             alloc,
             refs,
             next_seq,
-        } = Self::load(&store)?;
+            unsynced,
+        } = Self::load(&store, boot)?;
         let uuid = sb.uuid.get();
         let session = sb.session.get().wrapping_add(1);
         sb.session = U32::new(session);
         sb.clean = U32::new(0);
         sb.owner_pid = U32::new(std::process::id());
         sb.owner_host = host_name();
+        sb.boot_id = U64::new(boot);
         write_superblock(&store, &mut sb)?;
         let history_area = layout.physical_pages - layout.logical_pages;
-        Ok(Volume {
+        let vol = Volume {
             low_water: (history_area / 8).clamp(64, 65_536),
             commit_threshold: (layout.journal_blocks as usize * RECORDS_PER_BLOCK) / 8,
             store,
@@ -724,18 +761,26 @@ impl<S: Store> Volume<S> {
             state: Mutex::new(State {
                 window,
                 refs,
-                records: Vec::new(),
+                pending: journal::Pending::default(),
+                first_seq: next_seq,
                 pending_free: Vec::new(),
                 views: BTreeMap::new(),
                 next_view: 0,
                 notices: Vec::new(),
             }),
             commit: Mutex::new(CommitState { sb, next_seq }),
+            tail: Mutex::new(()),
             failed: AtomicBool::new(false),
             quarantine: Mutex::new(Vec::new()),
             read_gen: AtomicU64::new(0),
             readers: Mutex::new(Vec::new()),
-        })
+        };
+        if unsynced {
+            // Make what the dead daemon left unsynced durable now, in a checkpoint: a later
+            // boot would not trust those blocks.
+            vol.commit(true)?;
+        }
+        Ok(vol)
     }
 
     /// Where everything is in the store.
@@ -848,7 +893,7 @@ impl<S: Store> Volume<S> {
         let State {
             window,
             refs,
-            records,
+            pending,
             pending_free,
             ..
         } = &mut *st;
@@ -860,14 +905,15 @@ impl<S: Store> Volume<S> {
         };
         for &(l, p) in pages {
             apply.set_page(l, Some(p));
-            records.push(Record::Write { l, p });
+            pending.push(&Record::Write { l, p });
         }
-        let full = records.len() > self.commit_threshold;
+        let full = pending.len() > self.commit_threshold;
         drop(st);
         if full {
-            self.commit(false)?;
+            self.commit(false)
+        } else {
+            self.write_unsynced()
         }
-        Ok(())
     }
 
     /// Makes `count` pages from `first` read as zeros and frees their pages once no safe
@@ -882,7 +928,7 @@ impl<S: Store> Volume<S> {
         let State {
             window,
             refs,
-            records,
+            pending,
             pending_free,
             ..
         } = &mut *st;
@@ -901,15 +947,16 @@ impl<S: Store> Volume<S> {
                 count: n,
             };
             apply.apply(&r, &self.layout)?;
-            records.push(r);
+            pending.push(&r);
             l += u64::from(n);
         }
-        let full = records.len() > self.commit_threshold;
+        let full = pending.len() > self.commit_threshold;
         drop(st);
         if full {
-            self.commit(false)?;
+            self.commit(false)
+        } else {
+            self.write_unsynced()
         }
-        Ok(())
     }
 
     /// FLUSH: closes the epoch with a safe point (if anything was written since the last)
@@ -942,7 +989,7 @@ impl<S: Store> Volume<S> {
                     trigger,
                     label,
                 };
-                st.records.push(Record::SafePoint(sp.clone()));
+                st.pending.push(&Record::SafePoint(sp.clone()));
                 st.window.push_safe_point(sp);
                 self.retire_until(&mut st, false, |st, _| {
                     (st.window.safe_points.len() as u64) < MAX_SAFE_POINTS
@@ -1037,7 +1084,7 @@ impl<S: Store> Volume<S> {
         let State {
             window,
             refs,
-            records,
+            pending,
             pending_free,
             ..
         } = st;
@@ -1048,7 +1095,7 @@ impl<S: Store> Volume<S> {
             free: |q| pending_free.push(q),
         }
         .apply(&r, &self.layout)?;
-        records.push(r);
+        pending.push(&r);
         Ok(())
     }
 
@@ -1205,6 +1252,30 @@ impl<S: Store> Volume<S> {
         self.commit_locked(&mut c, false)
     }
 
+    /// Writes the records not yet in the journal as unsynced blocks, so they survive the
+    /// daemon's death (not a power cut) before the writes they record are acknowledged.
+    fn write_unsynced(&self) -> Result<(), Error> {
+        if self.failed.load(Ordering::Relaxed) {
+            return Err(Error::Corrupt(
+                "an earlier metadata write failed; the volume refuses further I/O".into(),
+            ));
+        }
+        let _tail = self.tail.lock();
+        let (seq, blocks) = {
+            let mut st = self.state.lock();
+            let first = st.first_seq;
+            st.pending.unsynced(first, self.uuid, self.session)
+        };
+        if blocks.is_empty() {
+            return Ok(());
+        }
+        let result = journal::write_blocks(&self.store, &self.layout, seq, &blocks);
+        if result.is_err() {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+
     /// Makes every record so far durable.
     pub fn commit(&self, force_checkpoint: bool) -> Result<(), Error> {
         let mut c = self.commit.lock();
@@ -1219,10 +1290,11 @@ impl<S: Store> Volume<S> {
         }
         let (blocks, frees, snapshot) = {
             let mut st = self.state.lock();
-            let records = std::mem::take(&mut st.records);
+            debug_assert_eq!(st.first_seq, c.next_seq);
+            let blocks = st.pending.take_synced(c.next_seq, self.uuid, self.session);
             let frees = std::mem::take(&mut st.pending_free);
-            let blocks = journal::encode_blocks(&records, c.next_seq, self.uuid, self.session);
             let after = c.next_seq + blocks.len() as u64;
+            st.first_seq = after;
             let used = after - c.sb.ckpt_journal_seq.get();
             let snapshot =
                 (force_checkpoint || used > self.layout.journal_blocks / 2).then(|| Snapshot {
@@ -1258,7 +1330,11 @@ impl<S: Store> Volume<S> {
         if !blocks.is_empty() {
             // The data the records point at must be durable before the records are.
             self.store.sync().map_err(Error::io("syncing data"))?;
-            journal::write_blocks(&self.store, &self.layout, c.next_seq, blocks)?;
+            {
+                // After any unsynced write of these blocks that began before we took them.
+                let _tail = self.tail.lock();
+                journal::write_blocks(&self.store, &self.layout, c.next_seq, blocks)?;
+            }
             self.store
                 .sync()
                 .map_err(Error::io("syncing the journal"))?;

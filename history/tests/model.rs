@@ -421,6 +421,36 @@ fn overwriting_the_device_many_times_never_runs_out_of_space() {
 }
 
 #[test]
+fn a_killed_daemon_loses_no_completed_write_but_a_power_cut_may() {
+    let mut h = Harness::new(256, 64);
+    h.run(&Op::Write(1, 1));
+    h.run(&Op::Flush);
+    h.run(&Op::Write(1, 2));
+    h.run(&Op::WriteRun(20, 3, 10));
+    h.run(&Op::Discard(22, 2));
+    let flushed = h.durable.clone();
+    let completed = h.live.clone();
+    assert_ne!(flushed, completed);
+    // No flush since: only the unsynced journal blocks know of the later writes.
+    drop(h.vol.take());
+    let image = h.store.contents();
+    // Another boot (a power cut) trusts none of them: the device is the flushed state.
+    let other = Arc::new(MemStore::from_bytes(image));
+    h.vol = Some(Volume::open_in_boot(other, 0).unwrap());
+    assert_eq!(h.read_device(), flushed);
+    // The same boot (the daemon was killed): every completed write is there.
+    drop(h.vol.take());
+    h.reopen();
+    assert_eq!(h.read_device(), completed);
+    // The new daemon made them durable at once: now even another boot sees them.
+    drop(h.vol.take());
+    let image = h.store.contents();
+    let later = Volume::open_in_boot(Arc::new(MemStore::from_bytes(image)), 0).unwrap();
+    h.vol = Some(later);
+    assert_eq!(h.read_device(), completed);
+}
+
+#[test]
 fn corrupt_superblock_copy_falls_back_to_the_other() {
     let mut h = Harness::new(256, 64);
     h.run(&Op::Write(3, 9));
