@@ -280,7 +280,8 @@ pub struct SafepointArgs {
     /// The device: /dev/ublkbID
     #[arg(short = 'n', long = "number", value_name = "ID")]
     pub id: u32,
-    /// A name for it (at most 64 bytes, unique in the window, not only digits)
+    /// A name for it (at most 64 bytes, unique in the window, not readable as an id, a time or
+    /// an age such as 5m: see `rewind rollback --help`)
     #[arg(long, short = 'l', value_name = "LABEL", value_parser = parse_label)]
     pub label: Option<String>,
     /// Print JSON
@@ -324,24 +325,47 @@ pub struct RollbackArgs {
     /// An image no daemon serves
     #[arg(value_name = "IMAGE")]
     pub image: Option<PathBuf>,
-    /// The safe point: its id or its label (`rewind log IMAGE` lists them)
-    #[arg(long, value_name = "ID|LABEL")]
+    /// The safe point: an id, a label, a time (the newest safe point at or before it) or an
+    /// age such as 5m (see below; `rewind log` lists them)
+    #[arg(long, value_name = "ID|LABEL|TIME|AGE")]
     pub to: String,
     /// Print JSON: {to, undo, time, label}
     #[arg(long)]
     pub json: bool,
 }
 
-const ROLLBACK_EXAMPLES: &str = "Examples:
+/// How `--at` and `--to` name a safe point, for the help of the commands that take them.
+macro_rules! selectors_help {
+    () => {
+        "A safe point is named by its id (only digits), a label, a time or an age:
+  1043                        the id (`rewind log` lists them)
+  before-upgrade              a label given by `rewind safepoint --label`
+  10:42:07, 10:42             today, local time: the newest safe point at or before it
+  2026-11-24 10:42:07         local time; 2026-11-24T10:42:07+01:00 (RFC 3339) is exact
+  90s, 5m, 2h, 1d             an age: the newest safe point at or before that long ago
+Labels that could read as an id, a time or an age are refused when they are made."
+    };
+}
+
+const ROLLBACK_EXAMPLES: &str = concat!(
+    "Examples:
   umount /mnt                                # the device must not be in use
   rewind log -n 0                            # find the safe point
   rewind rollback -n 0 --to before-upgrade   # the live device is that safe point again
   rewind rollback disk.img --to 1041         # a stopped image, by id
+  rewind rollback -n 0 --to 10:42:07         # the newest safe point at or before 10:42:07 today
+  rewind rollback -n 0 --to 5m               # ... at or before five minutes ago
+
+",
+    selectors_help!(),
+    "
+
 The state being left becomes a safe point of its own (trigger `rollback`), printed as
 the way back: `rewind rollback disk.img --to ID` with that id undoes the rollback while
 the history window holds it. No data is copied; a crash in the middle leaves the image
 at the old or the new state. After a rollback of a served device the kernel's cached
-pages of it are dropped, so readers see the rolled-back contents.";
+pages of it are dropped, so readers see the rolled-back contents."
+);
 
 /// `rewind del`.
 #[derive(Debug, Args)]
