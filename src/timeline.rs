@@ -91,6 +91,10 @@ pub struct JsonSafePoint {
     pub changed_bytes: Option<u64>,
     /// Bytes of history that go when it retires.
     pub held_bytes: u64,
+    /// Kept from retiring by `rewind pin`.
+    pub pinned: bool,
+    /// The view devices showing it (ublk ids).
+    pub views: Vec<u32>,
 }
 
 impl JsonSafePoint {
@@ -104,6 +108,8 @@ impl JsonSafePoint {
             label: r.label.clone(),
             changed_bytes: r.changed_pages.map(|p| p * page_size),
             held_bytes: r.held_pages * page_size,
+            pinned: r.pinned,
+            views: r.views.clone(),
         }
     }
 }
@@ -146,16 +152,23 @@ pub fn percent(part: u64, whole: u64) -> f64 {
 /// `ID  TIME  TRIGGER  LABEL  CHANGED  HELD`, ids and sizes right-aligned, "-" for no
 /// label and for an unknown size.
 pub fn log_table(records: &[SafePointRecord], page_size: u64, tz: &TimeZone) -> Vec<String> {
-    const RIGHT: [bool; 6] = [true, false, false, false, true, true];
-    let mut rows: Vec<[String; 6]> = vec![[
+    const RIGHT: [bool; 7] = [true, false, false, false, true, true, false];
+    let kept_column = records.iter().any(|r| r.pinned || !r.views.is_empty());
+    let mut rows: Vec<[String; 7]> = vec![[
         "ID".into(),
         "TIME".into(),
         "TRIGGER".into(),
         "LABEL".into(),
         "CHANGED".into(),
         "HELD".into(),
+        if kept_column { "KEPT BY" } else { "" }.into(),
     ]];
     for r in records {
+        let mut kept: Vec<String> = Vec::new();
+        if r.pinned {
+            kept.push("pin".into());
+        }
+        kept.extend(r.views.iter().map(|v| format!("view ublkb{v}")));
         rows.push([
             r.id.to_string(),
             local_time(r.time_ns, tz),
@@ -164,9 +177,10 @@ pub fn log_table(records: &[SafePointRecord], page_size: u64, tz: &TimeZone) -> 
             r.changed_pages
                 .map_or_else(|| "-".into(), |p| human(p * page_size)),
             human(r.held_pages * page_size),
+            kept.join(", "),
         ]);
     }
-    let mut widths = [0usize; 6];
+    let mut widths = [0usize; 7];
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
@@ -574,21 +588,7 @@ pub fn rollback_device_command(id: u32, to: &str, json: bool) -> Result<()> {
     use std::os::unix::io::AsRawFd;
     let device = crate::paths::device_path(id);
     let shown = device.display().to_string();
-    let reply = match devices::ask("rewind rollback", id, &Request::Log, LOG_TIMEOUT)? {
-        Ok(reply) => reply,
-        Err(why) => bail!("reading the history of {shown}: {why}"),
-    };
-    let window: Vec<rewind_history::SafePoint> = reply
-        .safe_points
-        .unwrap_or_default()
-        .iter()
-        .map(|r| rewind_history::SafePoint {
-            id: r.id,
-            time_ns: r.time_ns,
-            trigger: rewind_history::Trigger::User,
-            label: r.label.clone(),
-        })
-        .collect();
+    let window = device_window("rewind rollback", id)?;
     let target = find_safe_point(&window, to)?.clone();
     // O_EXCL on a block device fails with EBUSY while it is mounted or open exclusively,
     // and keeps anyone from mounting it while we hold it.
@@ -633,6 +633,180 @@ pub fn rollback_device_command(id: u32, to: &str, json: bool) -> Result<()> {
     print_rollback(&shown, &format!("-n {id}"), &target, undo, json)
 }
 
+/// The history window of device `id`, from its daemon (for `command`).
+fn device_window(command: &str, id: u32) -> Result<Vec<rewind_history::SafePoint>> {
+    let shown = crate::paths::device_path(id).display().to_string();
+    let reply = match devices::ask(command, id, &Request::Log, LOG_TIMEOUT)? {
+        Ok(reply) => reply,
+        Err(why) => bail!("reading the history of {shown}: {why}"),
+    };
+    Ok(reply
+        .safe_points
+        .unwrap_or_default()
+        .iter()
+        .map(|r| rewind_history::SafePoint {
+            id: r.id,
+            time_ns: r.time_ns,
+            trigger: rewind_history::Trigger::User,
+            label: r.label.clone(),
+        })
+        .collect())
+}
+
+/// How long `rewind view` waits for the daemon to add the view device.
+const VIEW_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Serialize)]
+struct ViewJson {
+    device: String,
+    id: u32,
+    of: u32,
+    at: u64,
+    time: String,
+    label: Option<String>,
+}
+
+/// `rewind view -n ID --at X`: asks the daemon of device `id` for a read-only device
+/// showing safe point X, and prints its path.
+pub fn view_command(id: u32, at: &str, json: bool) -> Result<()> {
+    let shown = crate::paths::device_path(id).display().to_string();
+    let window = device_window("rewind view", id)?;
+    let target = find_safe_point(&window, at)?.clone();
+    let reply = match devices::ask(
+        "rewind view",
+        id,
+        &Request::OpenView { at: target.id },
+        VIEW_TIMEOUT,
+    )? {
+        Ok(reply) => reply,
+        Err(why) => bail!("no view of {shown} at safe point {}: {why}", target.id),
+    };
+    let view = reply
+        .view
+        .context("the daemon opened a view but did not say which device")?;
+    // The node appears through devtmpfs a moment after the device goes live.
+    let path = Path::new(&view.device);
+    for _ in 0..100 {
+        if path.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let tz = TimeZone::system();
+    if json {
+        let j = ViewJson {
+            device: view.device.clone(),
+            id: view.device_id,
+            of: id,
+            at: target.id,
+            time: rfc3339(target.time_ns, &tz),
+            label: target.label.clone(),
+        };
+        println!("{}", serde_json::to_string_pretty(&j)?);
+    } else {
+        let label = target
+            .label
+            .as_deref()
+            .map(|l| format!(", label \"{l}\""))
+            .unwrap_or_default();
+        eprintln!(
+            "rewind: {}: read-only view of {shown} at safe point {} ({}{label}); \
+             `rewind del -n {}` removes it",
+            view.device,
+            target.id,
+            local_time(target.time_ns, &tz),
+            view.device_id
+        );
+        println!("{}", view.device);
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct PinJson {
+    id: u64,
+    pinned: bool,
+    time: String,
+    label: Option<String>,
+}
+
+/// `rewind pin` / `rewind unpin`: on device `id` through its daemon, or on `image`.
+pub fn pin_command(
+    id: Option<u32>,
+    image: Option<&Path>,
+    at: &str,
+    pinned: bool,
+    json: bool,
+) -> Result<()> {
+    let verb = if pinned { "pin" } else { "unpin" };
+    let command = format!("rewind {verb}");
+    let (target, what) = match (id, image) {
+        (Some(id), _) => {
+            let shown = crate::paths::device_path(id).display().to_string();
+            let window = device_window(&command, id)?;
+            let target = find_safe_point(&window, at)?.clone();
+            match devices::ask(
+                &command,
+                id,
+                &Request::Pin {
+                    id: target.id,
+                    pinned,
+                },
+                SAFE_POINT_TIMEOUT,
+            )? {
+                Ok(_) => {}
+                Err(why) => bail!(
+                    "could not {verb} safe point {} of {shown}: {why}",
+                    target.id
+                ),
+            }
+            (target, shown)
+        }
+        (None, Some(image)) => {
+            let store = match FileStore::open(image) {
+                Ok(s) => s,
+                Err(BackingError::InUse { .. }) => bail!(served_elsewhere(image)),
+                Err(e) => return Err(e.into()),
+            };
+            // Find the safe point before opening for service, which writes.
+            let found = rewind_history::inspect(&store)
+                .with_context(|| format!("reading the history of {}", image.display()))?;
+            let window: Vec<_> = found
+                .safe_points
+                .into_iter()
+                .map(|i| i.safe_point)
+                .collect();
+            let target = find_safe_point(&window, at)?.clone();
+            let vol = rewind_history::Volume::open(store)
+                .with_context(|| format!("opening {}", image.display()))?;
+            vol.pin(target.id, pinned)
+                .with_context(|| format!("{verb}ning safe point {}", target.id))?;
+            vol.close()
+                .with_context(|| format!("closing {}", image.display()))?;
+            (target, image.display().to_string())
+        }
+        (None, None) => bail!("give -n ID or an IMAGE"),
+    };
+    let tz = TimeZone::system();
+    if json {
+        let j = PinJson {
+            id: target.id,
+            pinned,
+            time: rfc3339(target.time_ns, &tz),
+            label: target.label.clone(),
+        };
+        println!("{}", serde_json::to_string_pretty(&j)?);
+    } else {
+        println!(
+            "{} safe point {} of {what} ({})",
+            if pinned { "pinned" } else { "unpinned" },
+            target.id,
+            local_time(target.time_ns, &tz)
+        );
+    }
+    Ok(())
+}
+
 fn served_elsewhere(image: &Path) -> String {
     match devices::device_serving(image) {
         Some(id) => format!(
@@ -663,6 +837,8 @@ mod tests {
             label: label.map(Into::into),
             changed_pages: changed,
             held_pages: id * 256,
+            pinned: false,
+            views: vec![],
         }
     }
 
@@ -838,6 +1014,27 @@ mod tests {
     }
 
     #[test]
+    fn table_marks_pins_and_views() {
+        let mut pinned = rec(7, "user", Some("before-upgrade"), Some(3));
+        pinned.pinned = true;
+        pinned.views = vec![1];
+        let mut viewed = rec(12, "flush", None, Some(300_000));
+        viewed.views = vec![2, 3];
+        let lines = log_table(
+            &[rec(0, "format", None, None), pinned, viewed],
+            4096,
+            &TimeZone::UTC,
+        );
+        let expected = [
+            "ID  TIME                 TRIGGER  LABEL           CHANGED    HELD  KEPT BY",
+            " 0  2023-11-14 22:13:20  format   -                     -     0 B",
+            " 7  2023-11-14 22:13:30  user     before-upgrade   12 KiB   7 MiB  pin, view ublkb1",
+            "12  2023-11-14 22:13:38  flush    -               1.1 GiB  12 MiB  view ublkb2, view ublkb3",
+        ];
+        assert_eq!(lines, expected, "\n{}", lines.join("\n"));
+    }
+
+    #[test]
     fn footer_says_how_far_back_and_how_full() {
         let w = WindowSummary {
             safe_points: 14,
@@ -878,6 +1075,8 @@ mod tests {
                 "label": "before",
                 "changed_bytes": 12288,
                 "held_bytes": 7 * 256 * 4096,
+                "pinned": false,
+                "views": [],
             })
         );
         let oldest = JsonSafePoint::new(&rec(0, "format", None, None), 4096, &TimeZone::UTC);
