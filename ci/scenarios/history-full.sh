@@ -17,10 +17,10 @@ ROUNDS=${HISTORY_FULL_ROUNDS:-3}
 # Its own name: the log (rewind-IMAGE.log) is then this scenario's alone.
 img=$WORKDIR/hfull.img
 pick_fio_engine
-dev=$(add_dev "$img" --size 64M --history 4M)
-id=${dev#/dev/ublkb}
 log_file=$REWIND_LOG_DIR/rewind-hfull.img.log
 rm -f "$log_file"
+dev=$(add_dev "$img" --size 64M --history 4M)
+id=${dev#/dev/ublkb}
 
 # stat_field NAME: a number from `rewind stats --json`.
 stat_field() {
