@@ -18,7 +18,8 @@ REPO=$(cd "$CI_DIR/.." && pwd)
 cd "$REPO"
 
 SCENARIOS=(fio-verify ext4-files mixed-bs discard bad-input safepoints rollback-offline rollback-live
-    recover-fio recover-ext4 recover-del recover-rollback recover-supervise)
+    recover-fio recover-ext4 recover-del recover-rollback recover-supervise
+    view-fio view-ext4 history-full)
 
 CARGO=(cargo)
 if [[ $(id -u) -eq 0 && -n ${SUDO_USER:-} && $SUDO_USER != root ]]; then

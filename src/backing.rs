@@ -22,7 +22,6 @@ use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 
-use rewind_history::format::Superblock;
 use rewind_history::{Store, PAGE_SIZE};
 
 /// Why a backing store could not be opened or resized.
@@ -119,19 +118,6 @@ fn block_device_len(file: &File) -> io::Result<u64> {
     Ok(bytes)
 }
 
-/// The host name a superblock records for its owner, if it records one.
-pub fn owner_host(sb: &Superblock) -> Option<String> {
-    let end = sb
-        .owner_host
-        .iter()
-        .position(|&b| b == 0)
-        .unwrap_or(sb.owner_host.len());
-    let host = String::from_utf8_lossy(&sb.owner_host[..end])
-        .trim()
-        .to_string();
-    (!host.is_empty()).then_some(host)
-}
-
 /// A file read without any lock, only to name the owner of a locked image.
 struct Unlocked<'a>(&'a File, u64);
 
@@ -153,21 +139,25 @@ impl Store for Unlocked<'_> {
     }
 }
 
+/// "pid N on HOST", from the superblock's owner.
+pub fn describe_owner(pid: u32, host: &str) -> String {
+    let host = host.trim();
+    if host.is_empty() || host == "(none)" {
+        format!("pid {pid}")
+    } else {
+        format!("pid {pid} on {host}")
+    }
+}
+
 /// The error for an image whose lock another process holds, naming the owner the
 /// superblock records (best effort: the owner may be writing it right now).
 fn in_use(file: &File, kind: BackingKind, path: &Path) -> BackingError {
     let sb = len_of(file, kind, path)
         .ok()
         .and_then(|len| rewind_history::read_superblock(&Unlocked(file, len)).ok());
-    let owner = match sb {
-        Some(sb) if sb.owner_pid.get() != 0 => format!(
-            " (pid {}{})",
-            sb.owner_pid.get(),
-            owner_host(&sb)
-                .map(|h| format!(" on {h}"))
-                .unwrap_or_default()
-        ),
-        _ => String::new(),
+    let owner = match sb.and_then(|sb| sb.owner()) {
+        Some((pid, host)) => format!(" ({})", describe_owner(pid, &host)),
+        None => String::new(),
     };
     BackingError::InUse {
         path: path.to_path_buf(),

@@ -157,6 +157,15 @@ pub enum Command {
     /// Make a past safe point the live state of an image again (metadata only, undoable)
     #[command(after_help = ROLLBACK_EXAMPLES)]
     Rollback(RollbackArgs),
+    /// Show a past safe point as a read-only device, while the live device runs on
+    #[command(after_help = VIEW_EXAMPLES)]
+    View(ViewArgs),
+    /// Keep a safe point from retiring when the history area fills up
+    #[command(after_help = PIN_EXAMPLES)]
+    Pin(PinArgs),
+    /// Let a pinned safe point retire again
+    #[command(after_help = PIN_EXAMPLES)]
+    Unpin(PinArgs),
     /// The daemon behind `rewind add` (internal)
     #[command(name = "__serve", hide = true)]
     Serve(ServeArgs),
@@ -280,7 +289,8 @@ pub struct SafepointArgs {
     /// The device: /dev/ublkbID
     #[arg(short = 'n', long = "number", value_name = "ID")]
     pub id: u32,
-    /// A name for it (at most 64 bytes, unique in the window, not only digits)
+    /// A name for it (at most 64 bytes, unique in the window, not readable as an id, a time or
+    /// an age such as 5m: see `rewind rollback --help`)
     #[arg(long, short = 'l', value_name = "LABEL", value_parser = parse_label)]
     pub label: Option<String>,
     /// Print JSON
@@ -324,24 +334,117 @@ pub struct RollbackArgs {
     /// An image no daemon serves
     #[arg(value_name = "IMAGE")]
     pub image: Option<PathBuf>,
-    /// The safe point: its id or its label (`rewind log IMAGE` lists them)
-    #[arg(long, value_name = "ID|LABEL")]
+    /// The safe point: an id, a label, a time (the newest safe point at or before it) or an
+    /// age such as 5m (see below; `rewind log` lists them)
+    #[arg(long, value_name = "ID|LABEL|TIME|AGE")]
     pub to: String,
     /// Print JSON: {to, undo, time, label}
     #[arg(long)]
     pub json: bool,
 }
 
-const ROLLBACK_EXAMPLES: &str = "Examples:
+/// How `--at` and `--to` name a safe point, for the help of the commands that take them.
+macro_rules! selectors_help {
+    () => {
+        "A safe point is named by its id (only digits), a label, a time or an age:
+  1043                        the id (`rewind log` lists them)
+  before-upgrade              a label given by `rewind safepoint --label`
+  10:42:07, 10:42             today, local time: the newest safe point at or before it
+  2026-11-24 10:42:07         local time; 2026-11-24T10:42:07+01:00 (RFC 3339) is exact
+  90s, 5m, 2h, 1d             an age: the newest safe point at or before that long ago
+Labels that could read as an id, a time or an age are refused when they are made."
+    };
+}
+
+const ROLLBACK_EXAMPLES: &str = concat!(
+    "Examples:
   umount /mnt                                # the device must not be in use
   rewind log -n 0                            # find the safe point
   rewind rollback -n 0 --to before-upgrade   # the live device is that safe point again
   rewind rollback disk.img --to 1041         # a stopped image, by id
+  rewind rollback -n 0 --to 10:42:07         # the newest safe point at or before 10:42:07 today
+  rewind rollback -n 0 --to 5m               # ... at or before five minutes ago
+
+",
+    selectors_help!(),
+    "
+
 The state being left becomes a safe point of its own (trigger `rollback`), printed as
 the way back: `rewind rollback disk.img --to ID` with that id undoes the rollback while
 the history window holds it. No data is copied; a crash in the middle leaves the image
 at the old or the new state. After a rollback of a served device the kernel's cached
-pages of it are dropped, so readers see the rolled-back contents.";
+pages of it are dropped, so readers see the rolled-back contents."
+);
+
+const VIEW_EXAMPLES: &str = concat!(
+    "Examples:
+  rewind view -n 0 --at before-upgrade       # prints /dev/ublkb1: that safe point, read only
+  mount -o ro,noload /dev/ublkb1 /mnt/past   # noload: ext4 must not replay its journal
+  cp /mnt/past/etc/fstab /tmp/ && umount /mnt/past
+  rewind del -n 1                            # the view goes; /dev/ublkb0 runs on
+  rewind view -n 0 --at 5m --json            # five minutes ago
+
+",
+    selectors_help!(),
+    "
+
+The view is a second ublk device served by the daemon of the live device: it reads, byte
+for byte, as the device stood at that safe point, and refuses writes. Several views may
+be open at once. A view holds its safe point in the window until it is deleted (`rewind
+del -n VIEW`, or `rewind del` of the live device, which deletes its views first). If the
+history area fills up while pins and views hold all of it, the oldest view is dropped
+rather than fail writes to the live device: its reads then fail with EIO, and `rewind
+list`, `rewind stats` and the daemon's log say why. Views are not kept on disk: they end
+with their daemon (`rewind recover` deletes the leftovers)."
+);
+
+const PIN_EXAMPLES: &str = concat!(
+    "Examples:
+  rewind pin -n 0 --at before-upgrade    # keep it while the window moves on
+  rewind pin vm.img --at 1041            # on an image no daemon serves
+  rewind unpin -n 0 --at before-upgrade
+  rewind log -n 0                        # KEPT BY shows pins and views
+
+",
+    selectors_help!(),
+    "
+
+A pin is durable: it survives a restart. When the history area fills up, unpinned safe
+points retire first; if pins and views hold everything, views are dropped, then the
+oldest pins are released (the log says so) rather than fail writes to the live device."
+);
+
+/// `rewind view`.
+#[derive(Debug, Args)]
+pub struct ViewArgs {
+    /// The live device: /dev/ublkbID
+    #[arg(short = 'n', long = "number", value_name = "ID")]
+    pub id: u32,
+    /// The safe point to show (see below)
+    #[arg(long, value_name = "ID|LABEL|TIME|AGE")]
+    pub at: String,
+    /// Print JSON: {device, id, of, at, time, label}
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `rewind pin` and `rewind unpin`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("source").required(true).args(["id", "image"])))]
+pub struct PinArgs {
+    /// The device: /dev/ublkbID (asks its daemon)
+    #[arg(short = 'n', long = "number", value_name = "ID")]
+    pub id: Option<u32>,
+    /// An image no daemon serves
+    #[arg(value_name = "IMAGE")]
+    pub image: Option<PathBuf>,
+    /// The safe point (see below)
+    #[arg(long, value_name = "ID|LABEL|TIME|AGE")]
+    pub at: String,
+    /// Print JSON: {id, pinned, time, label}
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// `rewind del`.
 #[derive(Debug, Args)]
@@ -638,6 +741,49 @@ mod tests {
                 all: false
             })
         ));
+    }
+
+    #[test]
+    fn view_and_pin_arguments() {
+        match parse(&["view", "-n", "0", "--at", "5m", "--json"])
+            .unwrap()
+            .command
+        {
+            Command::View(a) => assert_eq!((a.id, a.at.as_str(), a.json), (0, "5m", true)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            parse(&["view", "-n", "0"]).unwrap_err().kind(),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            parse(&["view", "--at", "3"]).unwrap_err().kind(),
+            ErrorKind::MissingRequiredArgument
+        );
+        match parse(&["pin", "vm.img", "--at", "before"]).unwrap().command {
+            Command::Pin(a) => {
+                assert_eq!(a.image.as_deref(), Some(std::path::Path::new("vm.img")));
+                assert_eq!((a.id, a.at.as_str()), (None, "before"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["unpin", "-n", "2", "--at", "10:42:07"])
+            .unwrap()
+            .command
+        {
+            Command::Unpin(a) => assert_eq!((a.id, a.at.as_str()), (Some(2), "10:42:07")),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            parse(&["pin", "-n", "1", "vm.img", "--at", "3"])
+                .unwrap_err()
+                .kind(),
+            ErrorKind::ArgumentConflict
+        );
+        assert_eq!(
+            parse(&["pin", "--at", "3"]).unwrap_err().kind(),
+            ErrorKind::MissingRequiredArgument
+        );
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //!   answers with it (`safe_point`);
 //! - `{"cmd":"log"}`: the history window, oldest first (`safe_points`), and the figures
 //!   (`stats`);
+//! - `{"cmd":"open_view","at":12}`: adds a read-only device showing safe point 12 and
+//!   answers with it (`view`); `{"cmd":"close_view","device":1}` removes it;
+//! - `{"cmd":"pin","id":12,"pinned":true}`: pins (or unpins) a safe point, durably;
 //! - `{"cmd":"ping"}`: the heartbeat of `rewind add --supervise`; answers `pid` once the
 //!   engine's state lock could be taken, so a daemon stuck in its engine does not answer.
 //!
@@ -51,6 +54,36 @@ pub enum Request {
         /// The safe point id.
         to: u64,
     },
+    /// Add a read-only device that shows safe point `at` while the live device runs on.
+    OpenView {
+        /// The safe point id.
+        at: u64,
+    },
+    /// Remove view device `device` (a ublk id) and let its safe point retire again.
+    CloseView {
+        /// The view's ublk device id.
+        device: u32,
+    },
+    /// Keep safe point `id` from retiring (`pinned`), or let it retire again.
+    Pin {
+        /// The safe point id.
+        id: u64,
+        /// Pin or unpin.
+        pinned: bool,
+    },
+}
+
+/// A view device as its daemon reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewRecord {
+    /// Its ublk device id.
+    pub device_id: u32,
+    /// `/dev/ublkbN`.
+    pub device: String,
+    /// The safe point it shows.
+    pub at: u64,
+    /// Why reclaim dropped it (its reads fail with EIO), if it did.
+    pub dropped: Option<String>,
 }
 
 /// A safe point as the daemon reports it: the engine's `SafePointInfo`, with the trigger
@@ -69,6 +102,12 @@ pub struct SafePointRecord {
     pub changed_pages: Option<u64>,
     /// History pages that go when it retires.
     pub held_pages: u64,
+    /// Kept from retiring by `rewind pin`.
+    #[serde(default)]
+    pub pinned: bool,
+    /// The view devices showing it (ublk ids).
+    #[serde(default)]
+    pub views: Vec<u32>,
 }
 
 impl From<&rewind_history::SafePointInfo> for SafePointRecord {
@@ -81,6 +120,8 @@ impl From<&rewind_history::SafePointInfo> for SafePointRecord {
             label: sp.label.clone(),
             changed_pages: info.changed_pages,
             held_pages: info.held_pages,
+            pinned: info.pinned,
+            views: Vec::new(),
         }
     }
 }
@@ -133,6 +174,12 @@ pub struct DeviceStats {
     /// Flushes closer than this to the previous safe point make none; 0: every flush does.
     #[serde(default)]
     pub coalesce_ms: u64,
+    /// The pinned safe points, oldest first.
+    #[serde(default)]
+    pub pinned: Vec<u64>,
+    /// The view devices this daemon serves.
+    #[serde(default)]
+    pub views: Vec<ViewRecord>,
 }
 
 /// The reply to one request.
@@ -158,6 +205,9 @@ pub struct Response {
     /// The answer to `ping`: the daemon's pid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+    /// The answer to `open_view`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view: Option<ViewRecord>,
 }
 
 impl Response {
@@ -170,6 +220,7 @@ impl Response {
             safe_points: None,
             undo: None,
             pid: None,
+            view: None,
         }
     }
 
@@ -203,6 +254,19 @@ impl Response {
     pub fn pong(pid: u32) -> Response {
         Response {
             pid: Some(pid),
+            ..Response::ok()
+        }
+    }
+
+    /// A success that carries nothing (`close_view`, `pin`).
+    pub fn done() -> Response {
+        Response::ok()
+    }
+
+    /// The answer to `open_view`.
+    pub fn view(view: ViewRecord) -> Response {
+        Response {
+            view: Some(view),
             ..Response::ok()
         }
     }
@@ -396,6 +460,8 @@ mod tests {
             newest_safe_point_time_ns: Some(1_700_000_001_000_000_000),
             idle_secs: 2,
             coalesce_ms: 100,
+            pinned: vec![],
+            views: vec![],
         }
     }
 

@@ -25,12 +25,13 @@ use parking_lot::Mutex;
 use rewind_history::{Volume, PAGE_SIZE};
 
 use crate::backing::FileStore;
-use crate::control::{self, DeviceStats, Request, Response};
+use crate::control::{self, DeviceStats, Request, Response, SafePointRecord};
 use crate::image;
 use crate::pacing::{Pacer, Policy};
 use crate::paths;
 use crate::target::{self, OnCrash, Target, TargetData, TARGET_DATA_KEY};
 use crate::timeline;
+use crate::views::{self, Views};
 
 /// How long the daemon waits for the last references to the volume (a control request in
 /// progress) before it gives up closing it cleanly.
@@ -266,7 +267,7 @@ fn serve_until_stopped(opts: &ServeOptions, reporter: &Arc<Reporter>) -> Result<
         std::process::id()
     );
 
-    let store = FileStore::open(&opts.image)?;
+    let store = open_image(opts)?;
     log_stale_owner(&store, &image_text);
     let direct_io = store.direct_io();
     let started = Instant::now();
@@ -295,6 +296,25 @@ fn serve_until_stopped(opts: &ServeOptions, reporter: &Arc<Reporter>) -> Result<
 
 /// Says so when the image was left open by a daemon that is gone: this one holds the lock
 /// now, so that owner no longer runs, and `Volume::open` replays its journal.
+/// Opens and locks the image. A killed daemon's lock goes only when the kernel has torn
+/// down its io_uring rings, which can outlive the process by a moment: recovery waits for it.
+fn open_image(opts: &ServeOptions) -> Result<FileStore> {
+    let wait = if opts.recover {
+        Duration::from_secs(10)
+    } else {
+        Duration::ZERO
+    };
+    let deadline = Instant::now() + wait;
+    loop {
+        match FileStore::open(&opts.image) {
+            Err(crate::backing::BackingError::InUse { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 fn log_stale_owner(store: &FileStore, image: &str) {
     let Ok(sb) = rewind_history::read_superblock(store) else {
         // Volume::open reports a bad superblock properly.
@@ -303,17 +323,12 @@ fn log_stale_owner(store: &FileStore, image: &str) {
     if sb.clean.get() != 0 {
         return;
     }
-    let pid = sb.owner_pid.get();
-    let host = crate::backing::owner_host(&sb);
+    let owner = sb.owner().map_or("pid unknown".to_string(), |(pid, host)| {
+        crate::backing::describe_owner(pid, &host)
+    });
     log::warn!(
-        "{image} was not closed cleanly: its owner ({}{}) died or was killed and holds its \
-         lock no more (a stale owner); recovering from the journal",
-        if pid == 0 {
-            "pid unknown".to_string()
-        } else {
-            format!("pid {pid}")
-        },
-        host.map(|h| format!(" on {h}")).unwrap_or_default()
+        "{image} was not closed cleanly: its owner ({owner}) died or was killed and holds its \
+         lock no more (a stale owner); recovering from the journal"
     );
 }
 
@@ -390,6 +405,8 @@ fn serve_volume(
         newest_safe_point_time_ns: None,
         idle_secs: opts.idle_secs,
         coalesce_ms: opts.coalesce_ms,
+        pinned: Vec::new(),
+        views: Vec::new(),
     };
     let pacer = Arc::new(Pacer::new(Policy::new(opts.idle_secs, opts.coalesce_ms)));
     log::info!(
@@ -405,19 +422,65 @@ fn serve_volume(
             "no idle interval (idle safe points off)".into()
         }
     );
+    let target_data = TargetData {
+        image: image_text.clone(),
+        direct_io,
+        socket: socket.display().to_string(),
+        log: log_text.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        on_crash: Some(on_crash),
+        idle_secs: Some(opts.idle_secs),
+        coalesce_ms: Some(opts.coalesce_ms),
+        view: None,
+    };
+    let views = Views::new(id, target_data.clone());
+    spawn_notice_thread(Arc::downgrade(volume), Arc::downgrade(&views))?;
     let control_pacer = pacer.clone();
+    let control_views = views.clone();
     control::serve(listener, move |request: &Request| {
         let Some(volume) = weak.upgrade() else {
             return Response::error("the device is shutting down");
         };
+        let views = &control_views;
+        // Views dropped since the last look show as such in the answer.
+        views.absorb_notices(&volume);
         match request {
-            Request::Stats => Response::stats(device_stats(&volume, &about)),
+            Request::Stats => Response::stats(device_stats(&volume, &about, views)),
+            Request::OpenView { at } => match views.open(&volume, &control_pacer, *at) {
+                Ok(view) => Response::view(view),
+                Err(why) => {
+                    log::warn!("opening a view of safe point {at}: {why}");
+                    Response::error(why)
+                }
+            },
+            Request::CloseView { device } => match views.close(*device) {
+                Ok(()) => Response::done(),
+                Err(why) => Response::error(why),
+            },
+            Request::Pin { id, pinned } => match volume.pin(*id, *pinned) {
+                Ok(()) => {
+                    log::info!(
+                        "safe point {id} {}",
+                        if *pinned { "pinned" } else { "unpinned" }
+                    );
+                    Response::done()
+                }
+                Err(e) => Response::error(e.to_string()),
+            },
             Request::SafePoint { label } => {
-                user_safe_point(&volume, &control_pacer, label.clone(), &about)
+                user_safe_point(&volume, &control_pacer, label.clone(), &about, views)
             }
             Request::Log => Response::log(
-                volume.safe_point_infos().iter().map(Into::into).collect(),
-                device_stats(&volume, &about),
+                volume
+                    .safe_point_infos()
+                    .iter()
+                    .map(|info| {
+                        let mut r = SafePointRecord::from(info);
+                        r.views = views.devices_at(r.id);
+                        r
+                    })
+                    .collect(),
+                device_stats(&volume, &about, views),
             ),
             Request::Ping => {
                 // Takes the engine's state lock: a daemon whose engine is stuck does not
@@ -445,16 +508,6 @@ fn serve_volume(
     )?;
     let pid_guard = RemoveOnDrop(pid_file);
 
-    let target_data = TargetData {
-        image: image_text,
-        direct_io,
-        socket: socket.display().to_string(),
-        log: log_text,
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        on_crash: Some(on_crash),
-        idle_secs: Some(opts.idle_secs),
-        coalesce_ms: Some(opts.coalesce_ms),
-    };
     let target_json = serde_json::json!({ TARGET_DATA_KEY: target_data });
     let target = Arc::new(Target::new(volume.clone(), pacer.clone(), nr_queues));
     // Stopped (and joined) when dropped, on every way out below.
@@ -500,6 +553,8 @@ fn serve_volume(
         Some(why) => anyhow::anyhow!("starting {device}: {why}"),
         None => anyhow::anyhow!("starting {device}: {}", target::describe_ublk_error(&e)),
     });
+    // The views go with the live device: they hold the volume.
+    views.close_all();
     drop(ticker);
     drop(target);
     // Before the device goes: a new device may get this id, and with it these paths.
@@ -542,6 +597,25 @@ fn serve_volume(
     run
 }
 
+/// Every [`views::NOTICE_INTERVAL`], logs what reclaim gave up (views dropped, pins
+/// released) so the log says why a view's reads fail; ends with the volume.
+fn spawn_notice_thread(
+    volume: std::sync::Weak<Volume<FileStore>>,
+    views: std::sync::Weak<Views>,
+) -> Result<()> {
+    std::thread::Builder::new()
+        .name("rewind-notices".into())
+        .spawn(move || loop {
+            std::thread::sleep(views::NOTICE_INTERVAL);
+            let (Some(volume), Some(views)) = (volume.upgrade(), views.upgrade()) else {
+                return;
+            };
+            views.absorb_notices(&volume);
+        })
+        .context("starting the notice thread")?;
+    Ok(())
+}
+
 /// When this process started, as an `Instant`: `rewind recover` measures the recovery from
 /// the start of the daemon it launches.
 fn started_at() -> Instant {
@@ -550,9 +624,10 @@ fn started_at() -> Instant {
 }
 
 /// The device's figures now; `about` holds the ones that do not change.
-fn device_stats(volume: &Volume<FileStore>, about: &DeviceStats) -> DeviceStats {
+fn device_stats(volume: &Volume<FileStore>, about: &DeviceStats, views: &Views) -> DeviceStats {
     let s = volume.stats();
-    let safe_points = volume.safe_points();
+    let infos = volume.safe_point_infos();
+    let safe_points: Vec<_> = infos.iter().map(|i| &i.safe_point).collect();
     DeviceStats {
         logical_pages: s.logical_pages,
         physical_pages: s.physical_pages,
@@ -564,6 +639,12 @@ fn device_stats(volume: &Volume<FileStore>, about: &DeviceStats) -> DeviceStats 
         newest_safe_point: s.newest_safe_point,
         oldest_safe_point_time_ns: safe_points.first().map(|sp| sp.time_ns),
         newest_safe_point_time_ns: safe_points.last().map(|sp| sp.time_ns),
+        pinned: infos
+            .iter()
+            .filter(|i| i.pinned)
+            .map(|i| i.safe_point.id)
+            .collect(),
+        views: views.records(),
         ..about.clone()
     }
 }
@@ -576,6 +657,7 @@ fn user_safe_point(
     pacer: &Pacer,
     label: Option<String>,
     about: &DeviceStats,
+    views: &Views,
 ) -> Response {
     if let Some(l) = &label {
         if let Err(why) = timeline::check_label(l) {
@@ -605,7 +687,7 @@ fn user_safe_point(
                 .iter()
                 .find(|i| i.safe_point.id == id)
             {
-                Some(info) => Response::safe_point(info.into(), device_stats(volume, about)),
+                Some(info) => Response::safe_point(info.into(), device_stats(volume, about, views)),
                 None => Response::error(format!(
                     "safe point {id} was made but has already left the window: the history \
                      area is full"

@@ -19,7 +19,7 @@ use crate::daemon::PidFile;
 use crate::launch::check_ublk_access;
 use crate::paths;
 use crate::size::human;
-use crate::target::{self, TargetData, TARGET_DATA_KEY};
+use crate::target::{self, TargetData, ViewOf, TARGET_DATA_KEY};
 
 /// How long `list` and `stats` wait for a daemon to answer.
 const STATS_TIMEOUT: Duration = Duration::from_secs(3);
@@ -51,9 +51,9 @@ fn device_exists(id: u32) -> bool {
     Path::new(&format!("/sys/class/ublk-char/ublkc{id}")).exists()
 }
 
-/// Rewind's data for device `id`, or `None` if it is not a rewind device (or has no json
+/// Rewind's data for device `id` (public for `rewind view`), or `None` if it is not a rewind device (or has no json
 /// yet: the daemon writes it just before the device starts).
-fn target_data(id: u32) -> Option<TargetData> {
+pub fn target_data(id: u32) -> Option<TargetData> {
     let text = std::fs::read_to_string(paths::ublk_json_path(id)).ok()?;
     let json: serde_json::Value = serde_json::from_str(&text).ok()?;
     serde_json::from_value(json.get("target_data")?.get(TARGET_DATA_KEY)?.clone()).ok()
@@ -98,6 +98,15 @@ pub fn recoverable(id: u32) -> Result<Recoverable> {
     let Some(data) = target_data(id) else {
         bail!(not_rewind(id));
     };
+    if let Some(of) = &data.view {
+        bail!(
+            "{} is a view of {} (safe point {}): views end with their daemon and are not \
+             recovered; `rewind del -n {id}` removes it, `rewind view` opens a new one",
+            paths::device_path(id).display(),
+            paths::device_path(of.of).display(),
+            of.at
+        );
+    }
     let info = kernel_info(id)?;
     if info.flags & u64::from(sys::UBLK_F_USER_RECOVERY) == 0 {
         bail!(
@@ -197,9 +206,61 @@ pub struct Entry {
     pub needs_recover: bool,
     /// The pid of its supervisor (`rewind add --supervise`), if one runs.
     pub supervisor: Option<i32>,
+    /// For a view (`rewind view`): the live device it is a view of.
+    pub view_of: Option<u32>,
+    /// For a view: the safe point it shows.
+    pub view_at: Option<u64>,
+}
+
+/// The row of view device `id`: its figures are its live device's; its state says what
+/// it shows, or why it fails.
+fn view_entry(id: u32, data: TargetData, of: &ViewOf) -> Entry {
+    let device = paths::device_path(id).display().to_string();
+    let parent = paths::device_path(of.of).display().to_string();
+    let (kernel_state, pid) = match kernel_view(id) {
+        Ok((s, pid)) => (state_name(s).to_string(), Some(pid)),
+        Err(e) => (format!("unknown ({e:#})"), None),
+    };
+    let mut state = format!("{kernel_state}, view of {parent} at safe point {}", of.at);
+    let mut stats = None;
+    if pid.is_some_and(process_alive) {
+        match control::request(&paths::socket_path(of.of), &Request::Stats, STATS_TIMEOUT) {
+            Ok(r) if r.ok => {
+                if let Some(why) = r.stats.as_ref().and_then(|s| {
+                    s.views
+                        .iter()
+                        .find(|v| v.device_id == id)
+                        .and_then(|v| v.dropped.clone())
+                }) {
+                    state = format!("{state}, dropped (reads fail): {why}");
+                }
+                stats = r.stats;
+            }
+            Ok(r) => state = format!("{state}, daemon says: {}", r.error.unwrap_or_default()),
+            Err(e) => state = format!("{state}, daemon not answering ({e})"),
+        }
+    } else {
+        state = format!("{state}, its daemon is gone: `rewind del -n {id}`");
+    }
+    Entry {
+        id,
+        device,
+        image: data.image,
+        state,
+        pid,
+        log: data.log,
+        stats,
+        needs_recover: false,
+        supervisor: None,
+        view_of: Some(of.of),
+        view_at: Some(of.at),
+    }
 }
 
 fn entry(id: u32, data: TargetData) -> Entry {
+    if let Some(of) = data.view.clone() {
+        return view_entry(id, data, &of);
+    }
     let device = paths::device_path(id).display().to_string();
     let supervisor = supervisor_pid(id);
     let (mut state, pid, needs_recover) = match kernel_view(id) {
@@ -244,6 +305,8 @@ fn entry(id: u32, data: TargetData) -> Entry {
         stats,
         needs_recover,
         supervisor,
+        view_of: None,
+        view_at: None,
     }
 }
 
@@ -336,8 +399,17 @@ pub fn ask(
     timeout: Duration,
 ) -> Result<Result<control::Response, String>> {
     require_root(command)?;
-    if target_data(id).is_none() {
+    let Some(data) = target_data(id) else {
         bail!(not_rewind(id));
+    };
+    if let Some(v) = data.view {
+        bail!(
+            "{} is a view of {} (safe point {}): give -n {} (the live device)",
+            paths::device_path(id).display(),
+            paths::device_path(v.of).display(),
+            v.at,
+            v.of
+        );
     }
     let reply = match control::request(&paths::socket_path(id), request, timeout) {
         Ok(r) => r,
@@ -469,6 +541,22 @@ pub fn stats_text(s: &DeviceStats, tz: &jiff::tz::TimeZone) -> String {
             )
         },
     );
+    if !s.pinned.is_empty() {
+        let ids: Vec<String> = s.pinned.iter().map(u64::to_string).collect();
+        line("pinned", ids.join(", "));
+    }
+    for v in &s.views {
+        line(
+            "view",
+            match &v.dropped {
+                None => format!("{} at safe point {}", v.device, v.at),
+                Some(why) => format!(
+                    "{} at safe point {}: dropped, reads fail: {why}",
+                    v.device, v.at
+                ),
+            },
+        );
+    }
     line("daemon", format!("pid {}", s.pid));
     if let Some(log) = &s.log {
         line("log", log.clone());
@@ -533,16 +621,22 @@ pub fn del_command(id: Option<u32>, all: bool) -> Result<()> {
         };
         return delete(id);
     }
-    let ids: Vec<u32> = ublk_ids()
+    // Views first: deleting a live device deletes its views anyway.
+    let mut ids: Vec<(bool, u32)> = ublk_ids()
         .into_iter()
-        .filter(|&id| target_data(id).is_some())
+        .filter_map(|id| target_data(id).map(|d| (d.view.is_none(), id)))
         .collect();
+    ids.sort_unstable();
+    let ids: Vec<u32> = ids.into_iter().map(|(_, id)| id).collect();
     if ids.is_empty() {
         eprintln!("rewind: no rewind devices");
         return Ok(());
     }
     let mut failed = Vec::new();
     for id in ids {
+        if !device_exists(id) {
+            continue; // a view that went with its live device
+        }
         if let Err(e) = delete(id) {
             eprintln!("rewind: {e:#}");
             failed.push(id.to_string());
@@ -567,6 +661,26 @@ fn delete(id: u32) -> Result<()> {
             "{device} is in use ({}); unmount or release it first",
             users.join(", ")
         );
+    }
+    if let Some(of) = &data.view {
+        return delete_view(id, of);
+    }
+    // Its views first: they are served by its daemon and show its history.
+    let views = views_of(id);
+    for &v in &views {
+        let users = users_of(v);
+        if !users.is_empty() {
+            bail!(
+                "{} is a view of {device} and is in use ({}); unmount or release it first",
+                paths::device_path(v).display(),
+                users.join(", ")
+            );
+        }
+    }
+    for v in views {
+        if let Some(of) = target_data(v).and_then(|d| d.view) {
+            delete_view(v, &of)?;
+        }
     }
     stop_supervisor(id);
     let id_arg = i32::try_from(id).context("device id out of range")?;
@@ -595,6 +709,73 @@ fn delete(id: u32) -> Result<()> {
     if device_exists(id) {
         if let Ok((_, now_pid)) = kernel_view(id) {
             if now_pid == pid || !process_alive(now_pid) {
+                ctrl.del_dev().map_err(|e| {
+                    anyhow::anyhow!("deleting {device}: {}", target::describe_ublk_error(&e))
+                })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The view devices of live device `id`.
+pub fn views_of(id: u32) -> Vec<u32> {
+    ublk_ids()
+        .into_iter()
+        .filter(|&v| {
+            target_data(v)
+                .and_then(|d| d.view)
+                .is_some_and(|of| of.of == id)
+        })
+        .collect()
+}
+
+/// Deletes the views of device `id` left by its dead daemon (before `rewind recover`):
+/// views are not recovered. One in use (mounted) is left, with a warning.
+pub fn delete_stale_views(id: u32) {
+    for v in views_of(id) {
+        let device = paths::device_path(v).display().to_string();
+        let users = users_of(v);
+        if !users.is_empty() {
+            log::warn!(
+                "{device}, a view left by the dead daemon, is in use ({}): left as is; \
+                 unmount it and `rewind del -n {v}`",
+                users.join(", ")
+            );
+            continue;
+        }
+        if let Some(of) = target_data(v).and_then(|d| d.view) {
+            match delete_view(v, &of) {
+                Ok(()) => log::info!("deleted {device}, a view left by the dead daemon"),
+                Err(e) => log::warn!("{e:#}"),
+            }
+        }
+    }
+}
+
+/// Removes view device `id`: its daemon closes it; if that daemon is gone, the device is
+/// stopped and deleted here.
+fn delete_view(id: u32, of: &ViewOf) -> Result<()> {
+    let device = paths::device_path(id).display().to_string();
+    let asked = control::request(
+        &paths::socket_path(of.of),
+        &Request::CloseView { device: id },
+        EXIT_WAIT,
+    );
+    match asked {
+        Ok(r) if r.ok => {}
+        Ok(r) => log::warn!(
+            "the daemon of {} did not close {device}: {}",
+            paths::device_path(of.of).display(),
+            r.error.unwrap_or_default()
+        ),
+        Err(e) => log::info!("{device}: its daemon is gone ({e}); deleting it here"),
+    }
+    if device_exists(id) {
+        let id_arg = i32::try_from(id).context("device id out of range")?;
+        if let Ok(ctrl) = UblkCtrl::new_simple(id_arg) {
+            let _ = ctrl.kill_dev();
+            if device_exists(id) {
                 ctrl.del_dev().map_err(|e| {
                     anyhow::anyhow!("deleting {device}: {}", target::describe_ublk_error(&e))
                 })?;
@@ -664,6 +845,8 @@ mod tests {
             newest_safe_point_time_ns: Some(1_700_000_060_000_000_000),
             idle_secs: 2,
             coalesce_ms: 0,
+            pinned: vec![],
+            views: vec![],
         };
         let text = stats_text(&s, &jiff::tz::TimeZone::UTC);
         let expected = "\

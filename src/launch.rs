@@ -145,6 +145,8 @@ pub fn recover_command(id: u32) -> Result<()> {
 /// device path. Used by `rewind recover` and the supervisor.
 pub fn recover_device(id: u32) -> Result<String> {
     let found = crate::devices::recoverable(id)?;
+    // Views end with their daemon; the new daemon starts without them.
+    crate::devices::delete_stale_views(id);
     let log = found
         .data
         .log

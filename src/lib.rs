@@ -19,3 +19,4 @@ pub mod size;
 pub mod supervise;
 pub mod target;
 pub mod timeline;
+pub mod views;

@@ -80,6 +80,9 @@ fn run(cli: Cli) -> Result<()> {
             timeout: std::time::Duration::from_secs(a.timeout),
             misses: a.misses,
         }),
+        Command::View(a) => timeline::view_command(a.id, &a.at, a.json),
+        Command::Pin(a) => timeline::pin_command(a.id, a.image.as_deref(), &a.at, true, a.json),
+        Command::Unpin(a) => timeline::pin_command(a.id, a.image.as_deref(), &a.at, false, a.json),
         Command::Rollback(a) => match (a.id, a.image) {
             (Some(id), _) => timeline::rollback_device_command(id, &a.to, a.json),
             (None, Some(image)) => timeline::rollback_image_command(&image, &a.to, a.json),

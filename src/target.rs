@@ -19,6 +19,11 @@
 //!
 //! Every write and discard the engine takes is counted by the pacer, for idle safe points.
 //!
+//! A view (`rewind view`) is served by the same code as a read-only device: its reads
+//! resolve through `Volume::resolve_view` (and fail with `-EIO` once reclaim dropped the
+//! view); the kernel refuses writes to it (read-only attribute), and any that arrive anyway
+//! fail with `-EROFS`.
+//!
 //! Invariants:
 //! - the device's logical block is a page, so every request is page aligned; anything else
 //!   is refused with `-EINVAL` rather than rounded;
@@ -39,7 +44,7 @@ use libublk::io::{UblkDev, UblkQueue};
 use libublk::uring_async::UblkUringOpFuture;
 use libublk::{sys, BufDesc, UblkError, UblkFlags};
 use parking_lot::Mutex;
-use rewind_history::{LogicalPage, PhysPage, ReadTracker, Stream, Volume, PAGE_SIZE};
+use rewind_history::{LogicalPage, PhysPage, ReadTracker, Stream, ViewId, Volume, PAGE_SIZE};
 
 use crate::backing::FileStore;
 use crate::pacing::Pacer;
@@ -147,6 +152,10 @@ pub struct TargetData {
     /// `--coalesce`, likewise.
     #[serde(default)]
     pub coalesce_ms: Option<u64>,
+    /// Set on a view device (`rewind view`): the device it is a view of, and the safe
+    /// point. Such a device lives only as long as that device's daemon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view: Option<ViewOf>,
 }
 
 /// The json key of [`TargetData`] in libublk's `target_data`.
@@ -370,6 +379,25 @@ pub struct Run {
     pub phys: Option<PhysPage>,
 }
 
+/// The parameters of a view device: those of the live device, read only, without a write
+/// cache, FUA or discard (nothing is written to it).
+pub fn view_params(device_bytes: u64, io_buf_bytes: u32) -> sys::ublk_params {
+    let mut p = device_params(device_bytes, io_buf_bytes);
+    p.types = sys::UBLK_PARAM_TYPE_BASIC;
+    p.basic.attrs = sys::UBLK_ATTR_READ_ONLY;
+    p.discard = Default::default();
+    p
+}
+
+/// Which device a view shows, in the view device's exported json.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ViewOf {
+    /// The ublk id of the live device whose daemon serves the view.
+    pub of: u32,
+    /// The safe point it shows.
+    pub at: u64,
+}
+
 /// Splits a request's pages into runs (appended to `out`).
 pub fn coalesce(pages: &[Option<PhysPage>], out: &mut Vec<Run>) {
     for (i, p) in pages.iter().enumerate() {
@@ -399,6 +427,8 @@ pub struct Target {
     volume: Arc<Volume<FileStore>>,
     pacer: Arc<Pacer>,
     nr_queues: u16,
+    /// Set for a view device: reads show this view, writes are refused.
+    view: Option<ViewId>,
     setup_failure: Mutex<Option<String>>,
 }
 
@@ -409,8 +439,15 @@ impl Target {
             volume,
             pacer,
             nr_queues,
+            view: None,
             setup_failure: Mutex::new(None),
         }
+    }
+
+    /// This target serving view `view` (read only) instead of the live device.
+    pub fn with_view(mut self, view: ViewId) -> Target {
+        self.view = Some(view);
+        self
     }
 
     /// Why a queue could not be set up, if one could not.
@@ -433,7 +470,10 @@ impl Target {
         tgt.nr_fds += 1;
         let device_bytes = self.volume.layout().device_bytes();
         tgt.dev_size = device_bytes;
-        tgt.params = device_params(device_bytes, dev.dev_info.max_io_buf_bytes);
+        tgt.params = match self.view {
+            Some(_) => view_params(device_bytes, dev.dev_info.max_io_buf_bytes),
+            None => device_params(device_bytes, dev.dev_info.max_io_buf_bytes),
+        };
         // A request may need several data ops (one per run) in flight at once: give the
         // ring room for them beyond the one ublk command per tag.
         let depth = u32::from(dev.dev_info.queue_depth);
@@ -467,6 +507,7 @@ impl Target {
             ),
             reads: self.volume.read_tracker(),
             errors: ErrorLog::default(),
+            view: self.view,
         });
         let exe = Rc::new(smol::LocalExecutor::new());
         let mut tasks = Vec::new();
@@ -530,6 +571,7 @@ struct QueueCtx<'a> {
     /// Keeps the pages this queue's reads resolved to from being reused until they land.
     reads: ReadTracker,
     errors: ErrorLog,
+    view: Option<ViewId>,
 }
 
 /// Per-task vectors, reused from request to request.
@@ -591,6 +633,14 @@ async fn handle(
     };
     let result = match request {
         Request::Read { first, pages } => read(q, ctx, first, pages, buf, scratch).await,
+        Request::Flush if ctx.view.is_some() => Ok(0),
+        Request::Write { .. } | Request::Discard { .. } if ctx.view.is_some() => {
+            ctx.errors.report(
+                ctx.qid,
+                format_args!("tag {tag}: {request:?} refused: a view is read only"),
+            );
+            return -libc::EROFS;
+        }
         Request::Write { first, pages, fua } => {
             write(q, ctx, first, pages, fua, buf, scratch).await
         }
@@ -748,10 +798,12 @@ async fn read_pages(
 ) -> Result<i32, Failure> {
     scratch.phys.clear();
     for i in 0..pages {
-        let p = ctx
-            .volume
-            .resolve(LogicalPage(first.0 + i as u64))
-            .map_err(|e| Failure::Engine("resolve", e))?;
+        let l = LogicalPage(first.0 + i as u64);
+        let p = match ctx.view {
+            Some(v) => ctx.volume.resolve_view(v, l),
+            None => ctx.volume.resolve(l),
+        }
+        .map_err(|e| Failure::Engine("resolve", e))?;
         scratch.phys.push(p);
     }
     scratch.runs.clear();
@@ -958,6 +1010,15 @@ mod tests {
         assert!(out.is_empty());
         coalesce(&[p(u32::MAX - 1), p(0)], &mut out);
         assert_eq!(out.len(), 2, "no wrap-around merge");
+    }
+
+    #[test]
+    fn view_params_are_read_only() {
+        let p = view_params(10 << 30, IO_BUF_BYTES);
+        assert_eq!(p.basic.attrs, sys::UBLK_ATTR_READ_ONLY);
+        assert_eq!(p.types, sys::UBLK_PARAM_TYPE_BASIC);
+        assert_eq!(p.basic.dev_sectors, (10u64 << 30) / 512);
+        assert_eq!(p.basic.logical_bs_shift, 12);
     }
 
     #[test]

@@ -283,3 +283,62 @@ fn check_passes_a_good_image_and_fails_a_corrupt_one_without_writing() {
         "{e}"
     );
 }
+
+#[test]
+fn pin_of_an_unserved_image_is_durable_and_times_name_safe_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("disk.img");
+    let p = img.to_str().unwrap();
+    assert!(rewind(&["create", p, "--size", "16M"]).status.success());
+    // Safe point 0 (made by create) is the newest at or before now, and a day ago is before it.
+    let o = rewind(&["pin", p, "--at", "0s", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (out["id"].as_u64(), out["pinned"].as_bool()),
+        (Some(0), Some(true))
+    );
+    let log: serde_json::Value =
+        serde_json::from_slice(&rewind(&["log", p, "--json"]).stdout).unwrap();
+    assert_eq!(log[0]["pinned"], true, "{log}");
+    assert!(stdout(&rewind(&["log", p])).contains("pin"));
+    let o = rewind(&["unpin", p, "--at", "0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("unpinned safe point 0"),
+        "{}",
+        stdout(&o)
+    );
+    let log: serde_json::Value =
+        serde_json::from_slice(&rewind(&["log", p, "--json"]).stdout).unwrap();
+    assert_eq!(log[0]["pinned"], false, "{log}");
+    for (at, says) in [
+        ("1d", "no safe point at or before"),
+        ("2099-01-01 00:00:00", "later than now"),
+        ("25:61", "looks like a time"),
+        ("99", "not in the history window"),
+    ] {
+        let before = std::fs::read(&img).unwrap();
+        let o = rewind(&["pin", p, "--at", at]);
+        assert!(!o.status.success(), "{at}");
+        assert!(stderr(&o).contains(says), "{at}: {}", stderr(&o));
+        assert!(
+            std::fs::read(&img).unwrap() == before,
+            "a refused pin changed the image"
+        );
+    }
+}
+
+#[test]
+fn view_as_a_user_says_it_needs_root_and_labels_that_read_as_times_are_refused() {
+    if is_root() {
+        eprintln!("skipping: runs as root, and the root case needs a ublk device");
+        return;
+    }
+    let o = rewind(&["view", "-n", "0", "--at", "5m"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("needs root"), "{}", stderr(&o));
+    let o = rewind(&["safepoint", "-n", "0", "--label", "5m"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("reads as an age"), "{}", stderr(&o));
+}

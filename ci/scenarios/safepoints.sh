@@ -63,7 +63,7 @@ rows "$log" | awk -v id="$before" '$1 < id' | grep -q . || die "no safe point ol
 say "rewind log -n $id --json"
 json=$(rewind log -n "$id" --json | tr -d ' \n') || die "rewind log --json failed"
 [[ $json == \[*\] ]] || die "--json is not an array: ${json:0:200}"
-obj='\{"id":[0-9]+,"time":"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+([+-][0-9]{2}:[0-9]{2}|Z)","time_ns":[0-9]+,"trigger":"[a-z]+","label":(null|"[^"]*"),"changed_bytes":(null|[0-9]+),"held_bytes":[0-9]+\}'
+obj='\{"id":[0-9]+,"time":"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+([+-][0-9]{2}:[0-9]{2}|Z)","time_ns":[0-9]+,"trigger":"[a-z]+","label":(null|"[^"]*"),"changed_bytes":(null|[0-9]+),"held_bytes":[0-9]+,"pinned":(true|false),"views":\[[0-9,]*\]\}'
 [[ $json =~ ^\[$obj(,$obj)*\]$ ]] || die "--json does not have the expected shape: ${json:0:400}"
 grep -Eq "\{\"id\":$before,[^}]*\"trigger\":\"user\",\"label\":\"before\"," <<<"$json" ||
     die "--json has no user safe point $before labelled before: ${json:0:400}"
