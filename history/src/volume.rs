@@ -192,7 +192,9 @@ pub struct SafePointInfo {
     pub safe_point: SafePoint,
     /// Pages first written in the epoch it closed (unknown for the oldest: `None`).
     pub changed_pages: Option<u64>,
-    /// History pages that would be freed if it alone retired now.
+    /// History pages made between it and the next safe point: the original states of
+    /// the pages overwritten then, which it (and maybe older safe points) reads. Over the
+    /// window these add up to the history in use.
     pub held_pages: u64,
     /// Kept from retirement by `rewind pin`.
     pub pinned: bool,
@@ -295,6 +297,9 @@ pub fn inspect<S: Store>(store: &S) -> Result<Inspection, Error> {
 }
 
 fn safe_point_infos(w: &Window) -> Vec<SafePointInfo> {
+    let pages = |g: &Vec<(LogicalPage, Option<PhysPage>)>| -> u64 {
+        g.iter().filter(|(_, p)| p.is_some()).count() as u64
+    };
     w.safe_points
         .iter()
         .enumerate()
@@ -304,7 +309,11 @@ fn safe_point_infos(w: &Window) -> Vec<SafePointInfo> {
                 // Group `id` is dropped once `id` is the oldest; an empty epoch has none.
                 (i > 0).then_some(0),
             ),
-            held_pages: w.held_pages(i),
+            held_pages: w
+                .groups
+                .range(sp.id + 1..=w.safe_points.get(i + 1).map_or(w.next_id, |n| n.id))
+                .map(|(_, g)| pages(g))
+                .sum(),
             pinned: w.pins.contains(&sp.id),
         })
         .collect()

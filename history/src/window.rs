@@ -249,15 +249,6 @@ impl Window {
         }
         out
     }
-
-    /// History pages that retiring `safe_points[i]` would free, ignoring pages that are also
-    /// live or held by another entry after a rollback.
-    pub fn held_pages(&self, i: usize) -> u64 {
-        self.only_needed_by(i)
-            .into_iter()
-            .filter(|(epoch, l)| self.index.get(&(l.0, *epoch)).is_some_and(|p| p.is_some()))
-            .count() as u64
-    }
 }
 
 #[cfg(test)]
@@ -303,7 +294,6 @@ mod tests {
         w.push_safe_point(sp(3));
         w.supersede(LogicalPage(2), Some(PhysPage(30))); // 2 at sp 1, 2 and 3
         w.push_safe_point(sp(4));
-        assert_eq!(w.held_pages(1), 1);
         let mut freed = Vec::new();
         w.retire(2, |p| freed.push(p));
         assert_eq!(
