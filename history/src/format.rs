@@ -271,6 +271,13 @@ impl Superblock {
                 "superblock sizes out of range: {l} logical pages, {p} physical pages, {j} journal blocks"
             )));
         }
+        if sb.ckpt_session.get() > sb.session.get() {
+            return Err(Error::Corrupt(format!(
+                "checkpoint written in session {}, after the superblock's session {}",
+                sb.ckpt_session.get(),
+                sb.session.get()
+            )));
+        }
         if sb.ckpt_slot.get() > 1 || sb.ckpt_len.get() > sb.layout().ckpt_bytes {
             return Err(Error::Corrupt(format!(
                 "checkpoint slot {} of {} bytes does not fit the layout",

@@ -211,6 +211,8 @@ pub fn write_blocks<S: Store>(
 pub struct ReplayEnd {
     /// The sequence of the first block that was not valid: the next to write.
     pub next_seq: u64,
+    /// The session of the last block replayed (`min_session` when none was).
+    pub last_session: u32,
 }
 
 /// Replays the valid prefix of the journal from `first_seq`, handing each record to `apply`.
@@ -250,7 +252,10 @@ pub fn replay<S: Store>(
                 || h.session.get() < last_session
                 || count > RECORDS_PER_BLOCK
             {
-                return Ok(ReplayEnd { next_seq: seq });
+                return Ok(ReplayEnd {
+                    next_seq: seq,
+                    last_session,
+                });
             }
             last_session = h.session.get();
             slots.clear();
@@ -269,7 +274,10 @@ pub fn replay<S: Store>(
             seq += 1;
         }
     }
-    Ok(ReplayEnd { next_seq: seq })
+    Ok(ReplayEnd {
+        next_seq: seq,
+        last_session,
+    })
 }
 
 #[cfg(test)]
