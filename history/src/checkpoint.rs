@@ -110,6 +110,13 @@ pub fn decode(bytes: &[u8], layout: &Layout, uuid: u64) -> Result<Snapshot, Erro
             layout.logical_pages
         )));
     }
+    if h.next_safe_point.get() > crate::format::COUNTER_MAX {
+        return Err(corrupt(format!(
+            "next safe point id {} is past {}",
+            h.next_safe_point.get(),
+            crate::format::COUNTER_MAX
+        )));
+    }
     let body_len = usize::try_from(h.body_len.get()).map_err(|_| corrupt("body too long"))?;
     let body = (PAGE_SIZE as usize)
         .checked_add(body_len)
