@@ -144,8 +144,10 @@ fn save(target: &str, name: &str, bytes: &[u8]) {
     std::fs::write(dir.join(format!("seed-{name}")), bytes).unwrap();
 }
 
+type Work = fn(&Volume<Arc<MemStore>>);
+
 /// The image after `work`, left open (not closed): the journal holds all of it.
-fn journal_only(work: fn(&Volume<Arc<MemStore>>)) -> Vec<u8> {
+fn journal_only(work: Work) -> Vec<u8> {
     let store = fresh();
     let vol = Volume::open(store.clone()).unwrap();
     work(&vol);
@@ -167,7 +169,7 @@ fn regenerate_seed_corpora() {
             std::fs::remove_file(f).unwrap();
         }
     }
-    let workloads: [(&str, fn(&Volume<Arc<MemStore>>)); 4] = [
+    let workloads: [(&str, Work); 4] = [
         ("writes", writes_and_flushes),
         ("labels-discards", labels_and_discards),
         ("rollback", rollback_and_undo),
