@@ -1,7 +1,8 @@
 #!/bin/bash
 # The project's test command (`sudo ci/test.sh`; CI runs it through .ci/run):
 #   setup (apt packages, guest kernel) -> cargo fmt --check -> cargo clippy -D warnings
-#   -> cargo test (debug) -> cargo build --release -> end-to-end scenarios in the guest.
+#   -> cargo test (debug) -> fuzzing (ci/fuzz.sh: 20 s per target; a longer run is
+#   `ci/fuzz.sh --seconds 600`) -> cargo build --release -> end-to-end scenarios in the guest.
 # Every step runs even if an earlier one failed, except the end-to-end scenarios, which
 # need the release build; the exit status is non-zero if any step failed. Needs no
 # terminal: every step reads /dev/null.
@@ -73,6 +74,7 @@ step setup "$CI_DIR/setup.sh" || true
 step fmt "${CARGO[@]}" fmt --all -- --check || true
 step clippy "${CARGO[@]}" clippy --all-targets -- -D warnings || true
 step test "${CARGO[@]}" test --workspace || true
+step fuzz "$CI_DIR/fuzz.sh" || true
 if step build-release "${CARGO[@]}" build --release; then
     step guest "$CI_DIR/guest.sh" --bin "$RELEASE_BIN" "${SCENARIOS[@]}" || true
 else

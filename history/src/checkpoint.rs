@@ -116,9 +116,17 @@ pub fn decode(bytes: &[u8], layout: &Layout, uuid: u64) -> Result<Snapshot, Erro
             layout.logical_pages
         )));
     }
+    if h.next_safe_point.get() > crate::format::COUNTER_MAX {
+        return Err(corrupt(format!(
+            "next safe point id {} is past {}",
+            h.next_safe_point.get(),
+            crate::format::COUNTER_MAX
+        )));
+    }
     let body_len = usize::try_from(h.body_len.get()).map_err(|_| corrupt("body too long"))?;
-    let body = bytes
-        .get(PAGE_SIZE as usize..PAGE_SIZE as usize + body_len)
+    let body = (PAGE_SIZE as usize)
+        .checked_add(body_len)
+        .and_then(|end| bytes.get(PAGE_SIZE as usize..end))
         .ok_or_else(|| corrupt("body longer than the slot"))?;
     if crc32c::crc32c(body) != h.body_crc.get() {
         return Err(corrupt("body checksum mismatch"));

@@ -26,6 +26,9 @@ pub const SUPER_OFFSETS: [u64; 2] = [0, PAGE_SIZE];
 pub const JOURNAL_OFFSET: u64 = 2 * PAGE_SIZE;
 /// The journal's unit: small enough that one sector's atomicity covers it.
 pub const JOURNAL_BLOCK: u64 = 512;
+/// The largest journal sequence or safe point id an image may record. Both count up by one
+/// from 0, so 2^63 is out of reach, and adding to one below it never overflows.
+pub const COUNTER_MAX: u64 = 1 << 63;
 /// The journal block magic.
 pub const JOURNAL_MAGIC: u32 = u32::from_le_bytes(*b"RWJ1");
 /// The checkpoint magic.
@@ -281,6 +284,19 @@ impl Superblock {
         {
             return Err(Error::Corrupt(format!(
                 "superblock sizes out of range: {l} logical pages, {p} physical pages, {j} journal blocks"
+            )));
+        }
+        if sb.ckpt_session.get() > sb.session.get() {
+            return Err(Error::Corrupt(format!(
+                "checkpoint written in session {}, after the superblock's session {}",
+                sb.ckpt_session.get(),
+                sb.session.get()
+            )));
+        }
+        if sb.ckpt_journal_seq.get() > COUNTER_MAX {
+            return Err(Error::Corrupt(format!(
+                "checkpoint journal sequence {} is past {COUNTER_MAX}",
+                sb.ckpt_journal_seq.get()
             )));
         }
         if sb.ckpt_slot.get() > 1 || sb.ckpt_len.get() > sb.layout().ckpt_bytes {

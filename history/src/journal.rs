@@ -281,6 +281,8 @@ pub struct ReplayEnd {
     pub next_seq: u64,
     /// Whether unsynced blocks were replayed: their records must be made durable.
     pub unsynced: bool,
+    /// The session of the last block replayed (`min_session` when none was).
+    pub last_session: u32,
 }
 
 /// Replays the valid prefix of the journal from `first_seq`, handing each record to `apply`.
@@ -327,6 +329,7 @@ pub fn replay<S: Store>(
                 return Ok(ReplayEnd {
                     next_seq: seq,
                     unsynced,
+                    last_session,
                 });
             }
             unsynced |= h.flags.get() & UNSYNCED != 0;
@@ -350,6 +353,7 @@ pub fn replay<S: Store>(
     Ok(ReplayEnd {
         next_seq: seq,
         unsynced,
+        last_session,
     })
 }
 

@@ -6,6 +6,7 @@
 mod checkpoint;
 mod error;
 pub mod format;
+pub mod fuzzing;
 mod journal;
 pub mod sim;
 mod store;

@@ -705,6 +705,15 @@ impl<S: Store> Volume<S> {
                 .apply(&r, &layout)
             },
         )?;
+        // Open starts a session above the superblock's, and replay after the next checkpoint
+        // rejects blocks below it: a journal block of a later session would come back.
+        if end.last_session > sb.session.get() {
+            return Err(Error::Corrupt(format!(
+                "the journal holds blocks of session {}, after the superblock's session {}",
+                end.last_session,
+                sb.session.get()
+            )));
+        }
         if window.newest().is_none() {
             return Err(Error::Corrupt(
                 "the history window holds no safe point".into(),
@@ -750,7 +759,13 @@ impl<S: Store> Volume<S> {
             unsynced,
         } = Self::load(&store, boot)?;
         let uuid = sb.uuid.get();
-        let session = sb.session.get().wrapping_add(1);
+        // Never wraps: blocks of the new session must not rank below older ones.
+        let session = sb.session.get().checked_add(1).ok_or_else(|| {
+            Error::Corrupt(format!(
+                "superblock session {} is at its limit",
+                sb.session.get()
+            ))
+        })?;
         sb.session = U32::new(session);
         sb.clean = U32::new(0);
         sb.owner_pid = U32::new(std::process::id());
