@@ -18,8 +18,8 @@ KERNEL_DIR="$CI_DIR/work/kernel"
 
 # qemu-system-x86: the guest; busybox-static + cpio: its initramfs; fio, e2fsprogs: the
 # tests; libclang-dev: bindgen in libublk's build; zstd, xz-utils, kmod: unpacking modules
-# and resolving their dependencies.
-PACKAGES=(qemu-system-x86 busybox-static cpio fio e2fsprogs libclang-dev zstd xz-utils kmod)
+# and resolving their dependencies; g++: libFuzzer, which cargo fuzz builds from C++.
+PACKAGES=(qemu-system-x86 busybox-static cpio fio e2fsprogs libclang-dev zstd xz-utils kmod g++)
 
 # Modules the guest needs. Whatever of these (and of their dependencies) is built into the
 # kernel is skipped; the rest is extracted. ext4 is listed although the Debian cloud kernel

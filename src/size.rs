@@ -64,7 +64,7 @@ pub fn parse_page_multiple(text: &str) -> Result<u64, String> {
 /// the form `parse_size` reads back.
 pub fn human_exact(bytes: u64) -> String {
     for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
-        if bytes != 0 && bytes % (1u64 << shift) == 0 {
+        if bytes != 0 && bytes.is_multiple_of(1u64 << shift) {
             return format!("{}{unit}", bytes >> shift);
         }
     }

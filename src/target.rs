@@ -74,7 +74,7 @@ const _: () = assert!(
     PAGE_SIZE == 4096,
     "the device advertises 4 KiB logical blocks"
 );
-const _: () = assert!(IO_BUF_BYTES as u64 % PAGE_SIZE == 0);
+const _: () = assert!((IO_BUF_BYTES as u64).is_multiple_of(PAGE_SIZE));
 
 /// The block device's parameters: 4 KiB logical and physical blocks, a volatile write cache
 /// with FUA (so the kernel sends FLUSH and FUA, which make safe points), and single-segment
@@ -341,7 +341,7 @@ pub fn decode(
         _ => return Err(-libc::EOPNOTSUPP),
     }
     let sectors = u64::from(nr_sectors);
-    if start_sector % SECTORS_PER_PAGE != 0 || sectors % SECTORS_PER_PAGE != 0 {
+    if !start_sector.is_multiple_of(SECTORS_PER_PAGE) || sectors % SECTORS_PER_PAGE != 0 {
         return Err(-libc::EINVAL);
     }
     let first = LogicalPage(start_sector / SECTORS_PER_PAGE);
@@ -552,7 +552,7 @@ impl ErrorLog {
     fn report(&self, qid: u16, what: fmt::Arguments<'_>) {
         let n = self.count.get() + 1;
         self.count.set(n);
-        if n <= ERRORS_LOGGED_MAX || n % 1000 == 0 {
+        if n <= ERRORS_LOGGED_MAX || n.is_multiple_of(1000) {
             log::error!("queue {qid}: {what} (error {n} of this queue)");
         }
         if n == ERRORS_LOGGED_MAX {
