@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use rewind_history::format::MAX_LABEL;
+use rewind_history::SafePoint;
 use serde::Serialize;
 
 use crate::backing::{BackingError, FileStore};
@@ -521,15 +522,26 @@ struct RollbackJson {
 
 /// `rewind rollback IMAGE --to X`: on an image no daemon serves.
 pub fn rollback_image_command(image: &Path, to: &str, json: bool) -> Result<()> {
+    let (target, undo) = change_image(image, to, |vol, target| {
+        vol.rollback(target.id)
+            .with_context(|| format!("rolling {} back", image.display()))
+    })?;
+    let shown = image.display().to_string();
+    print_rollback(&shown, &shown, &target, undo, json)
+}
+
+/// Changes the history of an image no daemon serves: finds the safe point `at` read-only
+/// first (so a refusal writes nothing), then opens the image, runs `change` and closes it.
+fn change_image<T>(
+    image: &Path,
+    at: &str,
+    change: impl FnOnce(&rewind_history::Volume<FileStore>, &SafePoint) -> Result<T>,
+) -> Result<(SafePoint, T)> {
     let store = match FileStore::open(image) {
         Ok(s) => s,
-        Err(BackingError::InUse { .. }) => bail!(
-            "{} is in use by a running rewind daemon: stop it with `rewind del -n ID` first              (rolling back a served device is not supported yet)",
-            image.display()
-        ),
+        Err(BackingError::InUse { .. }) => bail!(served_elsewhere(image)),
         Err(e) => return Err(e.into()),
     };
-    // Find the target before opening for service, which writes: a refusal changes nothing.
     let found = rewind_history::inspect(&store)
         .with_context(|| format!("reading the history of {}", image.display()))?;
     let window: Vec<_> = found
@@ -537,16 +549,13 @@ pub fn rollback_image_command(image: &Path, to: &str, json: bool) -> Result<()> 
         .into_iter()
         .map(|i| i.safe_point)
         .collect();
-    let target = find_safe_point(&window, to)?.clone();
+    let target = find_safe_point(&window, at)?.clone();
     let vol = rewind_history::Volume::open(store)
         .with_context(|| format!("opening {}", image.display()))?;
-    let undo = vol
-        .rollback(target.id)
-        .with_context(|| format!("rolling {} back", image.display()))?;
+    let out = change(&vol, &target)?;
     vol.close()
         .with_context(|| format!("closing {}", image.display()))?;
-    let shown = image.display().to_string();
-    print_rollback(&shown, &shown, &target, undo, json)
+    Ok((target, out))
 }
 
 /// What a rollback prints: where `what` went, and the command (`rewind rollback WHICH`)
@@ -763,26 +772,10 @@ pub fn pin_command(
             (target, shown)
         }
         (None, Some(image)) => {
-            let store = match FileStore::open(image) {
-                Ok(s) => s,
-                Err(BackingError::InUse { .. }) => bail!(served_elsewhere(image)),
-                Err(e) => return Err(e.into()),
-            };
-            // Find the safe point before opening for service, which writes.
-            let found = rewind_history::inspect(&store)
-                .with_context(|| format!("reading the history of {}", image.display()))?;
-            let window: Vec<_> = found
-                .safe_points
-                .into_iter()
-                .map(|i| i.safe_point)
-                .collect();
-            let target = find_safe_point(&window, at)?.clone();
-            let vol = rewind_history::Volume::open(store)
-                .with_context(|| format!("opening {}", image.display()))?;
-            vol.pin(target.id, pinned)
-                .with_context(|| format!("{verb}ning safe point {}", target.id))?;
-            vol.close()
-                .with_context(|| format!("closing {}", image.display()))?;
+            let (target, ()) = change_image(image, at, |vol, target| {
+                vol.pin(target.id, pinned)
+                    .with_context(|| format!("{verb}ning safe point {}", target.id))
+            })?;
             (target, image.display().to_string())
         }
         (None, None) => bail!("give -n ID or an IMAGE"),
