@@ -149,6 +149,22 @@ pub fn describe_owner(pid: u32, host: &str) -> String {
     }
 }
 
+/// Takes `how` (`LOCK_SH`/`LOCK_EX`) on the image, or says who holds it.
+fn lock_or_in_use(
+    file: &File,
+    how: libc::c_int,
+    kind: BackingKind,
+    path: &Path,
+) -> Result<(), BackingError> {
+    lock(file, how).map_err(|e| {
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            in_use(file, kind, path)
+        } else {
+            BackingError::io("locking", path)(e)
+        }
+    })
+}
+
 /// The error for an image whose lock another process holds, naming the owner the
 /// superblock records (best effort: the owner may be writing it right now).
 fn in_use(file: &File, kind: BackingKind, path: &Path) -> BackingError {
@@ -163,10 +179,6 @@ fn in_use(file: &File, kind: BackingKind, path: &Path) -> BackingError {
         path: path.to_path_buf(),
         owner,
     }
-}
-
-fn lock_exclusive(file: &File) -> io::Result<()> {
-    lock(file, libc::LOCK_EX)
 }
 
 fn lock(file: &File, how: libc::c_int) -> io::Result<()> {
@@ -208,13 +220,7 @@ impl FileStore {
     pub fn open_read_only(path: &Path) -> Result<FileStore, BackingError> {
         let kind = kind_of(path)?;
         let file = File::open(path).map_err(BackingError::io("opening", path))?;
-        lock(&file, libc::LOCK_SH).map_err(|e| {
-            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                in_use(&file, kind, path)
-            } else {
-                BackingError::io("locking", path)(e)
-            }
-        })?;
+        lock_or_in_use(&file, libc::LOCK_SH, kind, path)?;
         let len = len_of(&file, kind, path)?;
         Ok(FileStore {
             path: path.to_path_buf(),
@@ -240,13 +246,7 @@ impl FileStore {
                 BackingError::io("opening", path)(e)
             }
         })?;
-        lock_exclusive(&file).map_err(|e| {
-            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                in_use(&file, kind, path)
-            } else {
-                BackingError::io("locking", path)(e)
-            }
-        })?;
+        lock_or_in_use(&file, libc::LOCK_EX, kind, path)?;
         let len = len_of(&file, kind, path)?;
         let direct = Self::open_direct(path);
         Ok(FileStore {

@@ -169,16 +169,24 @@ pub struct Pending {
     records: usize,
     /// Blocks from here on changed since they were last handed out by `unsynced`.
     dirty_from: usize,
+    /// Reused for each record's slots: `push` is on every write's path.
+    scratch: Vec<Slot>,
 }
 
 impl Pending {
     /// Appends a record.
     pub fn push(&mut self, r: &Record) {
-        let mut slots = Vec::with_capacity(4);
-        r.encode(&mut slots);
+        self.scratch.clear();
+        r.encode(&mut self.scratch);
         match self.blocks.last_mut() {
-            Some(b) if b.len() + slots.len() <= RECORDS_PER_BLOCK => b.extend(slots),
-            _ => self.blocks.push(slots),
+            Some(b) if b.len() + self.scratch.len() <= RECORDS_PER_BLOCK => {
+                b.extend_from_slice(&self.scratch)
+            }
+            _ => {
+                let mut b = Vec::with_capacity(RECORDS_PER_BLOCK);
+                b.extend_from_slice(&self.scratch);
+                self.blocks.push(b);
+            }
         }
         self.records += 1;
     }
