@@ -6,17 +6,8 @@
 
 #![warn(missing_docs)]
 
-pub mod backing;
 pub mod cli;
-pub mod control;
 pub mod daemon;
-pub mod devices;
-pub mod image;
-pub mod launch;
-pub mod pacing;
-pub mod paths;
+pub mod ipc;
+pub mod runtime;
 pub mod size;
-pub mod supervise;
-pub mod target;
-pub mod timeline;
-pub mod views;

@@ -6,9 +6,12 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Parser;
-use rewind::cli::{Cli, Command};
-use rewind::daemon::{self, Reporter, ServeOptions};
-use rewind::{devices, image, launch, supervise, timeline};
+use rewind::cli::args::{Cli, Command};
+use rewind::cli::history as timeline;
+use rewind::cli::image;
+use rewind::daemon::serve::{self as daemon, Reporter, ServeOptions};
+use rewind::runtime::registry as devices;
+use rewind::runtime::{launch, supervise};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -30,7 +33,7 @@ fn init_logging(command: &Command) {
         command,
         Command::Serve(_)
             | Command::Supervise(_)
-            | Command::Add(rewind::cli::AddArgs {
+            | Command::Add(rewind::cli::args::AddArgs {
                 foreground: true,
                 ..
             })

@@ -142,7 +142,7 @@ fn log_of_an_image_in_use_points_to_the_daemon() {
     let p = img.to_str().unwrap();
     assert!(rewind(&["create", p, "--size", "16M"]).status.success());
     // Held the way a serving daemon holds it.
-    let held = rewind::backing::FileStore::open(&img).unwrap();
+    let held = rewind::daemon::backing::FileStore::open(&img).unwrap();
     let o = rewind(&["log", p]);
     assert!(!o.status.success());
     let e = stderr(&o);

@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::daemon::{self, Reporter, ServeOptions, Status};
-use crate::image;
-use crate::paths;
-use crate::target::OnCrash;
+use crate::cli::image;
+use crate::daemon::serve::{self as daemon, Reporter, ServeOptions, Status};
+use crate::daemon::target::OnCrash;
+use crate::ipc::paths;
 
 /// How long `rewind add` waits for the daemon to report. Recovery of a large image after a
 /// crash reads its checkpoint and journal, which takes a while on a slow disk.
@@ -144,9 +144,9 @@ pub fn recover_command(id: u32) -> Result<()> {
 /// Starts a daemon that takes over device `id` and waits until it is live; returns the
 /// device path. Used by `rewind recover` and the supervisor.
 pub fn recover_device(id: u32) -> Result<String> {
-    let found = crate::devices::recoverable(id)?;
+    let found = crate::runtime::registry::recoverable(id)?;
     // Views end with their daemon; the new daemon starts without them.
-    crate::devices::delete_stale_views(id);
+    crate::runtime::registry::delete_stale_views(id);
     let log = found
         .data
         .log

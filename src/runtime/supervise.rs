@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use libublk::sys;
 
-use crate::control::{self, Request};
-use crate::devices;
-use crate::launch;
-use crate::paths;
+use crate::ipc::control::{self, Request};
+use crate::ipc::paths;
+use crate::runtime::launch;
+use crate::runtime::registry as devices;
 
 /// Recoveries allowed within [`RECOVERY_WINDOW`] before the supervisor gives up.
 const RECOVERIES_MAX: usize = 10;

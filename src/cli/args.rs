@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
+use crate::cli::history::parse_label;
 use crate::size::parse_page_multiple;
-use crate::timeline::parse_label;
 
 const ABOUT: &str = "A block device that keeps its own history";
 
@@ -185,11 +185,11 @@ pub enum OnCrashArg {
     Stop,
 }
 
-impl From<OnCrashArg> for crate::target::OnCrash {
+impl From<OnCrashArg> for crate::daemon::target::OnCrash {
     fn from(a: OnCrashArg) -> Self {
         match a {
-            OnCrashArg::Queue => crate::target::OnCrash::Queue,
-            OnCrashArg::Stop => crate::target::OnCrash::Stop,
+            OnCrashArg::Queue => crate::daemon::target::OnCrash::Queue,
+            OnCrashArg::Stop => crate::daemon::target::OnCrash::Stop,
         }
     }
 }

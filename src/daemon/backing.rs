@@ -431,7 +431,7 @@ mod tests {
             history: Some(64 << 20),
             journal: None,
         };
-        crate::image::format(&path, &opts, false).expect("format");
+        crate::cli::image::format(&path, &opts, false).expect("format");
         let served =
             rewind_history::Volume::open(FileStore::open(&path).expect("open")).expect("volume");
         let e = FileStore::open(&path).unwrap_err();

@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use rewind_history::format::Superblock;
 use rewind_history::{CreateOptions, Error as EngineError, Layout, PAGE_SIZE};
 
-use crate::backing::{BackingKind, FileStore};
+use crate::daemon::backing::{BackingKind, FileStore};
 use crate::size::{human, human_exact};
 
 /// What a backing store holds.
@@ -191,7 +191,7 @@ pub fn prepare_for_add(image: &Path, size: Option<u64>, history: Option<u64>) ->
 pub fn check_command(image: &Path, json: bool) -> Result<()> {
     let store = match FileStore::open_read_only(image) {
         Ok(s) => s,
-        Err(crate::backing::BackingError::InUse { .. }) => bail!(
+        Err(crate::daemon::backing::BackingError::InUse { .. }) => bail!(
             "{} is served by a running rewind daemon: stop it with `rewind del -n ID` to check it",
             image.display()
         ),

@@ -24,14 +24,14 @@ use libublk::io::UblkDev;
 use parking_lot::Mutex;
 use rewind_history::{Volume, PAGE_SIZE};
 
-use crate::backing::FileStore;
-use crate::control::{self, DeviceStats, Request, Response, SafePointRecord};
-use crate::image;
-use crate::pacing::{Pacer, Policy};
-use crate::paths;
-use crate::target::{self, OnCrash, Target, TargetData, TARGET_DATA_KEY};
-use crate::timeline;
-use crate::views::{self, Views};
+use crate::cli::history as timeline;
+use crate::cli::image;
+use crate::daemon::backing::FileStore;
+use crate::daemon::pacing::{Pacer, Policy};
+use crate::daemon::target::{self, OnCrash, Target, TargetData, TARGET_DATA_KEY};
+use crate::daemon::views::{self, Views};
+use crate::ipc::control::{self, DeviceStats, Request, Response, SafePointRecord};
+use crate::ipc::paths;
 
 /// How long the daemon waits for the last references to the volume (a control request in
 /// progress) before it gives up closing it cleanly.
@@ -307,7 +307,9 @@ fn open_image(opts: &ServeOptions) -> Result<FileStore> {
     let deadline = Instant::now() + wait;
     loop {
         match FileStore::open(&opts.image) {
-            Err(crate::backing::BackingError::InUse { .. }) if Instant::now() < deadline => {
+            Err(crate::daemon::backing::BackingError::InUse { .. })
+                if Instant::now() < deadline =>
+            {
                 std::thread::sleep(Duration::from_millis(50));
             }
             other => return Ok(other?),
@@ -324,7 +326,7 @@ fn log_stale_owner(store: &FileStore, image: &str) {
         return;
     }
     let owner = sb.owner().map_or("pid unknown".to_string(), |(pid, host)| {
-        crate::backing::describe_owner(pid, &host)
+        crate::daemon::backing::describe_owner(pid, &host)
     });
     log::warn!(
         "{image} was not closed cleanly: its owner ({owner}) died or was killed and holds its \

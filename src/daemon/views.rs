@@ -23,11 +23,11 @@ use libublk::io::UblkDev;
 use parking_lot::Mutex;
 use rewind_history::{Notice, ViewId, Volume};
 
-use crate::backing::FileStore;
-use crate::control::ViewRecord;
-use crate::pacing::Pacer;
-use crate::paths;
-use crate::target::{self, OnCrash, Target, TargetData, ViewOf, TARGET_DATA_KEY};
+use crate::daemon::backing::FileStore;
+use crate::daemon::pacing::Pacer;
+use crate::daemon::target::{self, OnCrash, Target, TargetData, ViewOf, TARGET_DATA_KEY};
+use crate::ipc::control::ViewRecord;
+use crate::ipc::paths;
 
 /// Queues of a view device: reads only, a few at a time are plenty.
 const VIEW_QUEUES: u16 = 1;

@@ -15,9 +15,9 @@ use rewind_history::format::MAX_LABEL;
 use rewind_history::SafePoint;
 use serde::Serialize;
 
-use crate::backing::{BackingError, FileStore};
-use crate::control::{DeviceStats, Request, SafePointRecord};
-use crate::devices;
+use crate::daemon::backing::{BackingError, FileStore};
+use crate::ipc::control::{DeviceStats, Request, SafePointRecord};
+use crate::runtime::registry as devices;
 use crate::size::human;
 
 /// How long `rewind safepoint` waits: the daemon syncs the image before it answers, which
@@ -245,7 +245,7 @@ fn print_log(
 
 /// `rewind safepoint -n ID [--label LABEL]`.
 pub fn safepoint_command(id: u32, label: Option<String>, json: bool) -> Result<()> {
-    let device = crate::paths::device_path(id).display().to_string();
+    let device = crate::ipc::paths::device_path(id).display().to_string();
     let reply = match devices::ask(
         "rewind safepoint",
         id,
@@ -283,7 +283,7 @@ pub fn log_device_command(id: u32, json: bool) -> Result<()> {
         Ok(reply) => reply,
         Err(why) => bail!(
             "the daemon of {} refused: {why}",
-            crate::paths::device_path(id).display()
+            crate::ipc::paths::device_path(id).display()
         ),
     };
     let (Some(records), Some(stats)) = (reply.safe_points, reply.stats) else {
@@ -595,7 +595,7 @@ fn print_rollback(
 pub fn rollback_device_command(id: u32, to: &str, json: bool) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     use std::os::unix::io::AsRawFd;
-    let device = crate::paths::device_path(id);
+    let device = crate::ipc::paths::device_path(id);
     let shown = device.display().to_string();
     let window = device_window("rewind rollback", id)?;
     let target = find_safe_point(&window, to)?.clone();
@@ -644,7 +644,7 @@ pub fn rollback_device_command(id: u32, to: &str, json: bool) -> Result<()> {
 
 /// The history window of device `id`, from its daemon (for `command`).
 fn device_window(command: &str, id: u32) -> Result<Vec<rewind_history::SafePoint>> {
-    let shown = crate::paths::device_path(id).display().to_string();
+    let shown = crate::ipc::paths::device_path(id).display().to_string();
     let reply = match devices::ask(command, id, &Request::Log, LOG_TIMEOUT)? {
         Ok(reply) => reply,
         Err(why) => bail!("reading the history of {shown}: {why}"),
@@ -678,7 +678,7 @@ struct ViewJson {
 /// `rewind view -n ID --at X`: asks the daemon of device `id` for a read-only device
 /// showing safe point X, and prints its path.
 pub fn view_command(id: u32, at: &str, json: bool) -> Result<()> {
-    let shown = crate::paths::device_path(id).display().to_string();
+    let shown = crate::ipc::paths::device_path(id).display().to_string();
     let window = device_window("rewind view", id)?;
     let target = find_safe_point(&window, at)?.clone();
     let reply = match devices::ask(
@@ -751,7 +751,7 @@ pub fn pin_command(
     let command = format!("rewind {verb}");
     let (target, what) = match (id, image) {
         (Some(id), _) => {
-            let shown = crate::paths::device_path(id).display().to_string();
+            let shown = crate::ipc::paths::device_path(id).display().to_string();
             let window = device_window(&command, id)?;
             let target = find_safe_point(&window, at)?.clone();
             match devices::ask(
@@ -805,7 +805,7 @@ fn served_elsewhere(image: &Path) -> String {
         Some(id) => format!(
             "{} is served by a running rewind daemon as {}: ask it with `rewind log -n {id}`",
             image.display(),
-            crate::paths::device_path(id).display()
+            crate::ipc::paths::device_path(id).display()
         ),
         None => format!(
             "{} is in use by a running rewind daemon (or a `rewind create`): ask the daemon \

@@ -46,8 +46,8 @@ use libublk::{sys, BufDesc, UblkError, UblkFlags};
 use parking_lot::Mutex;
 use rewind_history::{LogicalPage, PhysPage, ReadTracker, Stream, ViewId, Volume, PAGE_SIZE};
 
-use crate::backing::FileStore;
-use crate::pacing::Pacer;
+use crate::daemon::backing::FileStore;
+use crate::daemon::pacing::Pacer;
 
 /// The target name ublk records; `rewind list` recognizes its devices by it.
 pub const TARGET_NAME: &str = "rewind";

@@ -14,12 +14,12 @@ use libublk::ctrl::UblkCtrl;
 use libublk::sys;
 use serde::Serialize;
 
-use crate::control::{self, DeviceStats, Request};
-use crate::daemon::PidFile;
-use crate::launch::check_ublk_access;
-use crate::paths;
+use crate::daemon::serve::PidFile;
+use crate::daemon::target::{self, TargetData, ViewOf, TARGET_DATA_KEY};
+use crate::ipc::control::{self, DeviceStats, Request};
+use crate::ipc::paths;
+use crate::runtime::launch::check_ublk_access;
 use crate::size::human;
-use crate::target::{self, TargetData, ViewOf, TARGET_DATA_KEY};
 
 /// How long `list` and `stats` wait for a daemon to answer.
 const STATS_TIMEOUT: Duration = Duration::from_secs(3);
@@ -338,7 +338,7 @@ fn size_column(stats: &Option<DeviceStats>) -> String {
 /// `rewind list`.
 pub fn list_command(json: bool) -> Result<()> {
     require_root("rewind list")?;
-    let entries = if Path::new(crate::launch::UBLK_CONTROL).exists() {
+    let entries = if Path::new(crate::runtime::launch::UBLK_CONTROL).exists() {
         rewind_devices()
     } else {
         Vec::new()
@@ -463,7 +463,7 @@ pub fn stats_command(id: u32, json: bool) -> Result<()> {
 pub fn stats_text(s: &DeviceStats, tz: &jiff::tz::TimeZone) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let pct = crate::timeline::percent;
+    let pct = crate::cli::history::percent;
     let mut line = |name: &str, value: String| {
         let _ = writeln!(out, "{name:<12} {value}");
     };
@@ -512,8 +512,12 @@ pub fn stats_text(s: &DeviceStats, tz: &jiff::tz::TimeZone) -> String {
             id_or_dash(s.newest_safe_point)
         ),
     );
-    let time =
-        |t: Option<u64>| t.map_or_else(|| "-".to_string(), |t| crate::timeline::local_time(t, tz));
+    let time = |t: Option<u64>| {
+        t.map_or_else(
+            || "-".to_string(),
+            |t| crate::cli::history::local_time(t, tz),
+        )
+    };
     line(
         "window",
         format!(

@@ -1,0 +1,4 @@
+//! What rewind's processes agree on.
+
+pub mod control;
+pub mod paths;
