@@ -1,8 +1,30 @@
 //! `rewind`: a ublk block device that keeps the recent history of every block.
 //!
 //! The engine is in `rewind-history` and `rewind-remap`; this crate is the program around
-//! it: the command line, the daemon and its ublk target, the backing store and the control
-//! socket.
+//! it, in three rooms that depend on each other one way only:
+//!
+//! ```text
+//! cli  ->  runtime  ->  daemon  ->  rewind-history  ->  rewind-remap
+//! ```
+//!
+//! - [`cli`]: the command line: its clap definitions, one file per group of commands, and
+//!   how results are printed;
+//! - [`runtime`]: what a command needs to know and do about the machine: the devices the
+//!   kernel has and what their daemons recorded, the control client, starting daemons and
+//!   supervising them;
+//! - [`daemon`]: serving one image as one ublk device: the target and its queues, the
+//!   backing store, pacing, views, the control server, signals.
+//!
+//! A room uses the rooms to its right, never one to its left (`cli` may call `daemon`
+//! directly: `rewind add --foreground` serves in its own process). All of them use the
+//! leaves, which use no room:
+//! - [`ipc`]: what the processes agree on: runtime paths, the control socket's wire format,
+//!   the device json and pid files, the status pipe;
+//! - [`selector`]: labels and the `--at`/`--to` forms;
+//! - [`size`]: sizes as typed and printed;
+//! - [`time`]: wall-clock times as read and printed.
+//!
+//! Within the leaves, `ipc` uses `selector`, which uses `time`.
 
 #![warn(missing_docs)]
 
@@ -10,4 +32,6 @@ pub mod cli;
 pub mod daemon;
 pub mod ipc;
 pub mod runtime;
+pub mod selector;
 pub mod size;
+pub mod time;

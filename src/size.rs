@@ -1,10 +1,11 @@
-//! Byte sizes as people type them (`10G`, `512M`, `4096`) and as `rewind` prints them.
+//! Byte sizes as people type them (`10G`, `512M`, `4096`) and as `rewind` prints them, a
+//! layout's sizes included.
 //!
 //! Suffixes are powers of 1024 (`K`, `M`, `G`, `T`, optionally followed by `iB` or `B`),
 //! because the sizes that matter here are counted in 4 KiB pages. Anything else, a fraction
 //! or an unknown suffix, is an error that says what was expected rather than a guess.
 
-use rewind_history::PAGE_SIZE;
+use rewind_history::{Layout, PAGE_SIZE};
 
 /// Parses a byte count: plain bytes or a number with a K/M/G/T suffix (powers of 1024).
 pub fn parse_size(text: &str) -> Result<u64, String> {
@@ -87,6 +88,21 @@ pub fn human(bytes: u64) -> String {
     } else {
         format!("{:.1} {}", scaled, UNITS[unit])
     }
+}
+
+/// The history area of a layout, in bytes.
+pub fn history_bytes(layout: &Layout) -> u64 {
+    (layout.physical_pages - layout.logical_pages) * PAGE_SIZE
+}
+
+/// A one-line description of a layout for messages.
+pub fn describe_layout(layout: &Layout) -> String {
+    format!(
+        "{} device, {} of history, {} image",
+        human(layout.device_bytes()),
+        human(history_bytes(layout)),
+        human(layout.required_bytes())
+    )
 }
 
 #[cfg(test)]

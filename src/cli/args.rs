@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
-use crate::cli::history::parse_label;
+use crate::selector::parse_label;
 use crate::size::parse_page_multiple;
 
 const ABOUT: &str = "A block device that keeps its own history";
@@ -185,11 +185,11 @@ pub enum OnCrashArg {
     Stop,
 }
 
-impl From<OnCrashArg> for crate::daemon::target::OnCrash {
+impl From<OnCrashArg> for crate::ipc::device::OnCrash {
     fn from(a: OnCrashArg) -> Self {
         match a {
-            OnCrashArg::Queue => crate::daemon::target::OnCrash::Queue,
-            OnCrashArg::Stop => crate::daemon::target::OnCrash::Stop,
+            OnCrashArg::Queue => crate::ipc::device::OnCrash::Queue,
+            OnCrashArg::Stop => crate::ipc::device::OnCrash::Stop,
         }
     }
 }

@@ -10,10 +10,10 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use rewind_history::format::Superblock;
-use rewind_history::{CreateOptions, Error as EngineError, Layout, PAGE_SIZE};
+use rewind_history::{CreateOptions, Error as EngineError, Layout};
 
 use crate::daemon::backing::{BackingKind, FileStore};
-use crate::size::{human, human_exact};
+use crate::size::{describe_layout, history_bytes, human, human_exact};
 
 /// What a backing store holds.
 pub enum Contents {
@@ -36,21 +36,6 @@ pub fn inspect(store: &FileStore) -> Result<Contents> {
             )
         }),
     }
-}
-
-/// The history area of a layout, in bytes.
-pub fn history_bytes(layout: &Layout) -> u64 {
-    (layout.physical_pages - layout.logical_pages) * PAGE_SIZE
-}
-
-/// A one-line description of a layout for messages.
-pub fn describe(layout: &Layout) -> String {
-    format!(
-        "{} device, {} of history, {} image",
-        human(layout.device_bytes()),
-        human(history_bytes(layout)),
-        human(layout.required_bytes())
-    )
 }
 
 /// Formats `path` as an empty rewind image: creates a regular file if it is missing and
@@ -87,7 +72,7 @@ fn format_existing(
                 "{} already holds a rewind image ({}); formatting it would destroy its data \
                  and history: give --force to format it anyway",
                 path.display(),
-                describe(&sb.layout())
+                describe_layout(&sb.layout())
             ),
             Err(e) => {
                 return Err(e.context(format!(
@@ -124,7 +109,11 @@ pub fn create_command(image: &Path, size: u64, history: Option<u64>, force: bool
         journal: None,
     };
     let layout = format(image, &opts, force)?;
-    println!("formatted {}: {}", image.display(), describe(&layout));
+    println!(
+        "formatted {}: {}",
+        image.display(),
+        describe_layout(&layout)
+    );
     Ok(())
 }
 
@@ -146,7 +135,7 @@ pub fn prepare_for_add(image: &Path, size: Option<u64>, history: Option<u64>) ->
             journal: None,
         };
         let layout = format(image, &opts, false)?;
-        log::info!("created {}: {}", image.display(), describe(&layout));
+        log::info!("created {}: {}", image.display(), describe_layout(&layout));
         return Ok(layout);
     }
     let store = FileStore::open(image)?;

@@ -1,5 +1,94 @@
-//! The command line.
+//! The command line: [`args`] parses it with clap, [`run`] hands each command to its file
+//! ([`image`], [`device`], [`history`]), and [`render`] prints what they found.
 
 pub mod args;
+pub mod device;
 pub mod history;
 pub mod image;
+pub mod render;
+
+use anyhow::Result;
+
+use crate::cli::args::{Cli, Command, ServeArgs};
+use crate::daemon::serve::{self as daemon, Reporter, ServeOptions};
+use crate::runtime::supervise;
+
+/// Sets up logging for `command`: the daemon and the supervisor log at info by default with
+/// timestamps (their log is a file); the other commands only warn. RUST_LOG overrides both.
+pub fn init_logging(command: &Command) {
+    let daemon = matches!(
+        command,
+        Command::Serve(_)
+            | Command::Supervise(_)
+            | Command::Add(args::AddArgs {
+                foreground: true,
+                ..
+            })
+    );
+    let default = if daemon { "info" } else { "warn" };
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default));
+    if daemon {
+        builder.format_timestamp_millis();
+    } else {
+        builder.format_timestamp(None).format_target(false);
+    }
+    builder.init();
+}
+
+/// Runs the command `cli` names.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Create(a) => image::create_command(&a.image, a.size, a.history, a.force),
+        Command::Add(a) => device::add_command(&a),
+        Command::Del(a) => device::del_command(a.id, a.all),
+        Command::List(a) => device::list_command(a.json),
+        Command::Stats(a) => device::stats_command(a.id, a.json),
+        Command::Safepoint(a) => history::safepoint_command(a.id, a.label, a.json),
+        Command::Log(a) => match (a.id, a.image) {
+            (Some(id), _) => history::log_device_command(id, a.json),
+            (None, Some(image)) => history::log_image_command(&image, a.json),
+            // clap requires one of them.
+            (None, None) => anyhow::bail!("give -n ID or an IMAGE"),
+        },
+        Command::Check(a) => image::check_command(&a.image, a.json),
+        Command::Recover(a) => device::recover_command(a.id),
+        Command::Supervise(a) => supervise::run(&supervise::Options {
+            id: a.id,
+            interval: std::time::Duration::from_secs(a.interval),
+            timeout: std::time::Duration::from_secs(a.timeout),
+            misses: a.misses,
+        }),
+        Command::View(a) => history::view_command(a.id, &a.at, a.json),
+        Command::Pin(a) => history::pin_command(a.id, a.image.as_deref(), &a.at, true, a.json),
+        Command::Unpin(a) => history::pin_command(a.id, a.image.as_deref(), &a.at, false, a.json),
+        Command::Rollback(a) => match (a.id, a.image) {
+            (Some(id), _) => history::rollback_device_command(id, &a.to, a.json),
+            (None, Some(image)) => history::rollback_image_command(&image, &a.to, a.json),
+            (None, None) => unreachable!("clap requires -n or IMAGE"),
+        },
+        Command::Serve(a) => serve(a),
+    }
+}
+
+/// `rewind __serve`: the daemon `rewind add` starts.
+fn serve(a: ServeArgs) -> Result<()> {
+    let reporter = match a.status_fd {
+        Some(fd) => Reporter::from_fd(fd)?,
+        None => Reporter::Stdout,
+    };
+    daemon::serve(
+        &ServeOptions {
+            image: a.image,
+            id: a.id,
+            queues: a.queues,
+            depth: a.depth,
+            log: a.log,
+            idle_secs: a.idle,
+            coalesce_ms: a.coalesce,
+            on_crash: a.on_crash.into(),
+            recover: a.recover,
+        },
+        reporter,
+    )
+}

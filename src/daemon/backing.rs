@@ -431,9 +431,15 @@ mod tests {
             history: Some(64 << 20),
             journal: None,
         };
-        crate::cli::image::format(&path, &opts, false).expect("format");
-        let served =
-            rewind_history::Volume::open(FileStore::open(&path).expect("open")).expect("volume");
+        let need = rewind_history::Layout::for_create(&opts)
+            .expect("layout")
+            .required_bytes();
+        File::create(&path)
+            .and_then(|f| f.set_len(need))
+            .expect("create");
+        let store = FileStore::open(&path).expect("open");
+        rewind_history::create(&store, &opts).expect("format");
+        let served = rewind_history::Volume::open(store).expect("volume");
         let e = FileStore::open(&path).unwrap_err();
         let pid = std::process::id();
         assert!(

@@ -1,7 +1,15 @@
-//! Serving one image.
+//! Serving one image as one ublk device until the device is deleted: [`serve`] runs it, the
+//! ublk target and its queues ([`target`], [`ublk`]) move the data, the backing store
+//! ([`backing`]) holds it, [`pacing`] decides when the daemon makes safe points of its own,
+//! [`views`] serves read-only devices of past safe points, and [`control`] answers the
+//! control socket.
+//!
+//! Uses only the leaves (`ipc`, `selector`, `size`, `time`) and the engine.
 
 pub mod backing;
+pub mod control;
 pub mod pacing;
 pub mod serve;
 pub mod target;
+pub mod ublk;
 pub mod views;

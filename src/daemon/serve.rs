@@ -24,14 +24,18 @@ use libublk::io::UblkDev;
 use parking_lot::Mutex;
 use rewind_history::{Volume, PAGE_SIZE};
 
-use crate::cli::history as timeline;
-use crate::cli::image;
 use crate::daemon::backing::FileStore;
+use crate::daemon::control;
 use crate::daemon::pacing::{Pacer, Policy};
-use crate::daemon::target::{self, OnCrash, Target, TargetData, TARGET_DATA_KEY};
+use crate::daemon::target::Target;
+use crate::daemon::ublk::{self, describe_ublk_error};
 use crate::daemon::views::{self, Views};
-use crate::ipc::control::{self, DeviceStats, Request, Response, SafePointRecord};
+use crate::ipc::control::{DeviceStats, Request, Response, SafePointRecord};
+use crate::ipc::device::{OnCrash, PidFile, TargetData, TARGET_DATA_KEY};
 use crate::ipc::paths;
+use crate::ipc::status::Status;
+use crate::selector::check_label;
+use crate::size::describe_layout;
 
 /// How long the daemon waits for the last references to the volume (a control request in
 /// progress) before it gives up closing it cleanly.
@@ -58,37 +62,6 @@ pub struct ServeOptions {
     pub on_crash: OnCrash,
     /// Take over device `id`, left quiesced by a daemon that died, instead of adding one.
     pub recover: bool,
-}
-
-/// One line the daemon sends `rewind add` on the status pipe.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Status {
-    /// The device is live at this path.
-    Live(String),
-    /// Serving failed, for this reason.
-    Failed(String),
-}
-
-impl Status {
-    /// The line for the pipe, newline included.
-    pub fn line(&self) -> String {
-        match self {
-            Status::Live(dev) => format!("live {dev}\n"),
-            // One line: the reader stops at the first newline.
-            Status::Failed(why) => format!("error {}\n", why.replace('\n', " ")),
-        }
-    }
-
-    /// Reads a line written by [`Status::line`].
-    pub fn parse(line: &str) -> Option<Status> {
-        let line = line.strip_suffix('\n').unwrap_or(line);
-        if let Some(dev) = line.strip_prefix("live ") {
-            Some(Status::Live(dev.to_string()))
-        } else {
-            line.strip_prefix("error ")
-                .map(|why| Status::Failed(why.to_string()))
-        }
-    }
 }
 
 /// Where the daemon says it is live, or why it failed.
@@ -217,25 +190,14 @@ fn stop_device(id: u32) {
     match UblkCtrl::new_simple(id_arg) {
         Ok(ctrl) => {
             if let Err(e) = ctrl.kill_dev() {
-                log::error!("stopping device {id}: {}", target::describe_ublk_error(&e));
+                log::error!("stopping device {id}: {}", describe_ublk_error(&e));
             }
         }
         Err(e) => log::error!(
             "opening device {id} to stop it: {}",
-            target::describe_ublk_error(&e)
+            describe_ublk_error(&e)
         ),
     }
-}
-
-/// The pid file's content.
-#[derive(serde::Serialize, serde::Deserialize)]
-pub struct PidFile {
-    /// The daemon.
-    pub pid: u32,
-    /// The image it serves.
-    pub image: String,
-    /// Its log.
-    pub log: Option<String>,
 }
 
 fn write_pid_file(path: &Path, content: &PidFile) -> Result<()> {
@@ -276,7 +238,7 @@ fn serve_until_stopped(opts: &ServeOptions, reporter: &Arc<Reporter>) -> Result<
     log::info!(
         "opened {image_text} in {:.1?}: {}; data path {}",
         started.elapsed(),
-        image::describe(volume.layout()),
+        describe_layout(volume.layout()),
         if direct_io { "O_DIRECT" } else { "buffered" }
     );
     let volume = Arc::new(volume);
@@ -350,9 +312,9 @@ fn serve_volume(
         let Some(id) = opts.id else {
             anyhow::bail!("recovering a device needs its id");
         };
-        target::recover_device(id)?
+        ublk::recover_device(id)?
     } else {
-        target::add_device(opts.id, opts.queues, opts.depth, opts.on_crash)?
+        ublk::add_device(opts.id, opts.queues, opts.depth, opts.on_crash)?
     };
     let info = ctrl.dev_info();
     let id = info.dev_id;
@@ -543,17 +505,14 @@ fn serve_volume(
                 // effect yet: stop it now.
                 log::info!("stopping {live_device}: a stop signal came during start");
                 if let Err(e) = ctrl.kill_dev() {
-                    log::error!(
-                        "stopping {live_device}: {}",
-                        target::describe_ublk_error(&e)
-                    );
+                    log::error!("stopping {live_device}: {}", describe_ublk_error(&e));
                 }
             }
         },
     );
     let run = run.map(|_| ()).map_err(|e| match target.setup_failure() {
         Some(why) => anyhow::anyhow!("starting {device}: {why}"),
-        None => anyhow::anyhow!("starting {device}: {}", target::describe_ublk_error(&e)),
+        None => anyhow::anyhow!("starting {device}: {}", describe_ublk_error(&e)),
     });
     // The views go with the live device: they hold the volume.
     views.close_all();
@@ -568,7 +527,7 @@ fn serve_volume(
             // A handle that took over a device does not delete it when dropped.
             if opts.recover {
                 if let Err(e) = ctrl.del_dev() {
-                    log::warn!("deleting {device}: {}", target::describe_ublk_error(&e));
+                    log::warn!("deleting {device}: {}", describe_ublk_error(&e));
                 }
             }
         }
@@ -589,7 +548,7 @@ fn serve_volume(
             if let Err(e) = ctrl.del_dev_async() {
                 log::warn!(
                     "deleting {device} after the failed start: {}",
-                    target::describe_ublk_error(&e)
+                    describe_ublk_error(&e)
                 );
             }
         }
@@ -662,7 +621,7 @@ fn user_safe_point(
     views: &Views,
 ) -> Response {
     if let Some(l) = &label {
-        if let Err(why) = timeline::check_label(l) {
+        if let Err(why) = check_label(l) {
             return Response::error(why);
         }
         let safe_points = volume.safe_points();
@@ -728,25 +687,5 @@ fn close_volume(volume: Arc<Volume<FileStore>>, image: &str) -> Result<()> {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn status_lines_round_trip() {
-        for s in [
-            Status::Live("/dev/ublkb3".into()),
-            Status::Failed("opening x: no such file".into()),
-        ] {
-            assert_eq!(Status::parse(&s.line()), Some(s));
-        }
-        // A multi-line error stays one line.
-        let s = Status::Failed("a\nb".into());
-        assert_eq!(s.line(), "error a b\n");
-        assert_eq!(Status::parse(""), None);
-        assert_eq!(Status::parse("garbage\n"), None);
     }
 }

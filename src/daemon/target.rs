@@ -38,21 +38,17 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use io_uring::{opcode, squeue, types};
-use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
 use libublk::helpers::IoBuf;
 use libublk::io::{UblkDev, UblkQueue};
 use libublk::uring_async::UblkUringOpFuture;
-use libublk::{sys, BufDesc, UblkError, UblkFlags};
+use libublk::{sys, BufDesc, UblkError};
 use parking_lot::Mutex;
 use rewind_history::{LogicalPage, PhysPage, ReadTracker, Stream, ViewId, Volume, PAGE_SIZE};
 
 use crate::daemon::backing::FileStore;
 use crate::daemon::pacing::Pacer;
+use crate::daemon::ublk::{describe_ublk_error, IO_BUF_BYTES};
 
-/// The target name ublk records; `rewind list` recognizes its devices by it.
-pub const TARGET_NAME: &str = "rewind";
-/// Largest request the kernel sends, and the size of each tag's buffer.
-pub const IO_BUF_BYTES: u32 = 512 << 10;
 /// Largest DISCARD or WRITE_ZEROES request the kernel sends.
 const MAX_DISCARD_BYTES: u64 = 1 << 30;
 /// The index of the image's data descriptor among a queue ring's fixed files; index 0 is
@@ -102,193 +98,6 @@ pub fn device_params(device_bytes: u64, io_buf_bytes: u32) -> sys::ublk_params {
             ..Default::default()
         },
         ..Default::default()
-    }
-}
-
-/// Words for a libublk error: the errno's text where there is one (libublk's own messages
-/// are generic, e.g. "other failure").
-pub fn describe_ublk_error(e: &UblkError) -> String {
-    match e {
-        UblkError::OtherError(n) | UblkError::UringIOError(n) if *n < 0 => {
-            std::io::Error::from_raw_os_error(-n).to_string()
-        }
-        UblkError::IOError(e) => e.to_string(),
-        UblkError::QueueIsDown => "the device is stopping".into(),
-        UblkError::InvalidVal => "invalid argument".into(),
-        other => other.to_string(),
-    }
-}
-
-/// The errno of a libublk error, if it carries one.
-pub fn ublk_errno(e: &UblkError) -> Option<i32> {
-    match e {
-        UblkError::OtherError(n) | UblkError::UringIOError(n) if *n < 0 => Some(-n),
-        UblkError::IOError(e) => e.raw_os_error(),
-        _ => None,
-    }
-}
-
-/// What the target stores in the device's exported json, under the key `rewind`, so that
-/// `rewind list` and `rewind del` can tell rewind's devices from other ublk targets and
-/// find the image, socket and log.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct TargetData {
-    /// The backing image or block device, absolute.
-    pub image: String,
-    /// True when the data path uses `O_DIRECT`.
-    pub direct_io: bool,
-    /// The daemon's control socket.
-    pub socket: String,
-    /// The daemon's log file, if it has one.
-    pub log: Option<String>,
-    /// The version of the daemon.
-    pub version: String,
-    /// What the kernel does if the daemon dies (absent from older daemons' json).
-    #[serde(default)]
-    pub on_crash: Option<OnCrash>,
-    /// `--idle`, for `rewind recover` to serve the device as it was.
-    #[serde(default)]
-    pub idle_secs: Option<u64>,
-    /// `--coalesce`, likewise.
-    #[serde(default)]
-    pub coalesce_ms: Option<u64>,
-    /// Set on a view device (`rewind view`): the device it is a view of, and the safe
-    /// point. Such a device lives only as long as that device's daemon.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub view: Option<ViewOf>,
-}
-
-/// The json key of [`TargetData`] in libublk's `target_data`.
-pub const TARGET_DATA_KEY: &str = "rewind";
-
-/// What the kernel does with a device's I/O when its daemon dies (`rewind add --on-crash`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnCrash {
-    /// User recovery with reissue: the device is quiesced, new and in-flight I/O waits
-    /// until `rewind recover` starts a new daemon, which reissues it. The application sees
-    /// a pause, no error.
-    #[default]
-    Queue,
-    /// No recovery: the kernel fails the device's I/O and removes its disk; the image is
-    /// recovered by the next `rewind add` (after `rewind del`). Writes not yet flushed may
-    /// be lost, as after a power cut, and the device keeps its write-back cache speed.
-    Stop,
-}
-
-impl OnCrash {
-    /// The name `--on-crash` takes.
-    pub fn name(self) -> &'static str {
-        match self {
-            OnCrash::Queue => "queue",
-            OnCrash::Stop => "stop",
-        }
-    }
-
-    /// The ublk device flags for this policy.
-    pub fn ublk_flags(self) -> u64 {
-        match self {
-            OnCrash::Queue => {
-                u64::from(sys::UBLK_F_USER_RECOVERY | sys::UBLK_F_USER_RECOVERY_REISSUE)
-            }
-            OnCrash::Stop => 0,
-        }
-    }
-
-    /// True when the device outlives its daemon: the kernel's page cache above the device
-    /// keeps what it wrote, so a completed write must survive the daemon's death (the
-    /// engine's unsynced journal blocks see to it).
-    pub fn survives_daemon(self) -> bool {
-        self != OnCrash::Stop
-    }
-}
-
-/// Adds a ublk device for rewind: `id` or the first free one, `queues` queues of `depth`,
-/// with the ublk flags of `on_crash`.
-pub fn add_device(
-    id: Option<u32>,
-    queues: u16,
-    depth: u16,
-    on_crash: OnCrash,
-) -> anyhow::Result<UblkCtrl> {
-    let id_arg = match id {
-        Some(n) => i32::try_from(n).map_err(|_| anyhow::anyhow!("device id {n} is too large"))?,
-        None => -1,
-    };
-    UblkCtrlBuilder::default()
-        .name(TARGET_NAME)
-        .id(id_arg)
-        .nr_queues(queues)
-        .depth(depth)
-        .io_buf_bytes(IO_BUF_BYTES)
-        .ctrl_flags(on_crash.ublk_flags())
-        .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
-        .build()
-        .map_err(|e| {
-            let why = describe_ublk_error(&e);
-            match (id, ublk_errno(&e)) {
-                (Some(n), Some(libc::EEXIST)) => anyhow::anyhow!(
-                    "adding ublk device {n}: it already exists; pick another -n or omit -n"
-                ),
-                (_, Some(libc::ENOENT)) => anyhow::anyhow!(
-                    "adding a ublk device: {why}: is the ublk driver loaded? \
-                     (`modprobe ublk_drv`; Linux 6.0+ with CONFIG_BLK_DEV_UBLK)"
-                ),
-                _ => anyhow::anyhow!("adding a ublk device: {why}"),
-            }
-        })
-}
-
-/// Takes over device `id`, whose daemon died and left it quiesced: opens a control handle
-/// for recovery and sends START_USER_RECOVERY, which the kernel accepts once the dead
-/// daemon's descriptors are gone (libublk retries while it answers EBUSY, up to 30 s).
-/// Serving it then (`run_target`) ends with END_USER_RECOVERY instead of START_DEV, and
-/// the queued I/O is reissued to the new queues.
-///
-/// Unlike the handle of [`add_device`], this one does not delete the device when dropped:
-/// the daemon deletes it itself once it is stopped.
-pub fn recover_device(id: u32) -> anyhow::Result<UblkCtrl> {
-    let id_arg = i32::try_from(id).map_err(|_| anyhow::anyhow!("device id {id} is too large"))?;
-    let info = UblkCtrl::new_simple(id_arg)
-        .map_err(|e| anyhow::anyhow!("opening ublk device {id}: {}", describe_ublk_error(&e)))?
-        .dev_info();
-    if info.flags & u64::from(sys::UBLK_F_USER_RECOVERY) == 0 {
-        anyhow::bail!(
-            "ublk device {id} was added without recovery (--on-crash stop): it cannot be \
-             taken over; `rewind del -n {id}`, then `rewind add` the image again"
-        );
-    }
-    let ctrl = UblkCtrl::new(
-        Some(TARGET_NAME.to_string()),
-        id_arg,
-        u32::from(info.nr_hw_queues),
-        u32::from(info.queue_depth),
-        info.max_io_buf_bytes,
-        0,
-        0,
-        UblkFlags::UBLK_DEV_F_RECOVER_DEV,
-    )
-    .map_err(|e| {
-        anyhow::anyhow!(
-            "opening ublk device {id} for recovery: {}",
-            describe_ublk_error(&e)
-        )
-    })?;
-    match ctrl.start_user_recover() {
-        Ok(r) if r >= 0 => Ok(ctrl),
-        Ok(r) => Err(anyhow::anyhow!(
-            "starting the recovery of ublk device {id}: {}",
-            std::io::Error::from_raw_os_error(-r)
-        )),
-        Err(e) => Err(anyhow::anyhow!(
-            "starting the recovery of ublk device {id}: {}{}",
-            describe_ublk_error(&e),
-            if ublk_errno(&e) == Some(libc::EBUSY) {
-                " (the old daemon still holds the device, or it is not quiesced)"
-            } else {
-                ""
-            }
-        )),
     }
 }
 
@@ -387,15 +196,6 @@ pub fn view_params(device_bytes: u64, io_buf_bytes: u32) -> sys::ublk_params {
     p.basic.attrs = sys::UBLK_ATTR_READ_ONLY;
     p.discard = Default::default();
     p
-}
-
-/// Which device a view shows, in the view device's exported json.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ViewOf {
-    /// The ublk id of the live device whose daemon serves the view.
-    pub of: u32,
-    /// The safe point it shows.
-    pub at: u64,
 }
 
 /// Splits a request's pages into runs (appended to `out`).

@@ -25,8 +25,10 @@ use rewind_history::{Notice, ViewId, Volume};
 
 use crate::daemon::backing::FileStore;
 use crate::daemon::pacing::Pacer;
-use crate::daemon::target::{self, OnCrash, Target, TargetData, ViewOf, TARGET_DATA_KEY};
+use crate::daemon::target::Target;
+use crate::daemon::ublk::{add_device, describe_ublk_error};
 use crate::ipc::control::ViewRecord;
+use crate::ipc::device::{OnCrash, TargetData, ViewOf, TARGET_DATA_KEY};
 use crate::ipc::paths;
 
 /// Queues of a view device: reads only, a few at a time are plenty.
@@ -220,15 +222,12 @@ fn stop_view_device(id: u32) {
     match UblkCtrl::new_simple(id_arg) {
         Ok(ctrl) => {
             if let Err(e) = ctrl.kill_dev() {
-                log::warn!(
-                    "stopping view device {id}: {}",
-                    target::describe_ublk_error(&e)
-                );
+                log::warn!("stopping view device {id}: {}", describe_ublk_error(&e));
             }
         }
         Err(e) => log::warn!(
             "opening view device {id} to stop it: {}",
-            target::describe_ublk_error(&e)
+            describe_ublk_error(&e)
         ),
     }
 }
@@ -244,7 +243,7 @@ fn serve_view(
     view: ViewId,
 ) {
     let at = data.view.as_ref().map_or(0, |v| v.at);
-    let ctrl = match target::add_device(None, VIEW_QUEUES, VIEW_DEPTH, OnCrash::Stop) {
+    let ctrl = match add_device(None, VIEW_QUEUES, VIEW_DEPTH, OnCrash::Stop) {
         Ok(c) => c,
         Err(e) => {
             let _ = tx.send(Err(format!("{e:#}")));
@@ -268,15 +267,12 @@ fn serve_view(
     if let Err(e) = run {
         let why = match target.setup_failure() {
             Some(why) => why,
-            None => target::describe_ublk_error(&e),
+            None => describe_ublk_error(&e),
         };
         log::error!("view of safe point {at} on ublk device {id}: {why}");
         let _ = tx.send(Err(format!("starting the view device: {why}")));
         if let Err(e) = ctrl.del_dev_async() {
-            log::warn!(
-                "deleting view device {id}: {}",
-                target::describe_ublk_error(&e)
-            );
+            log::warn!("deleting view device {id}: {}", describe_ublk_error(&e));
         }
     }
     drop(target);

@@ -1,35 +1,25 @@
-//! The control socket of a running daemon: `/run/rewind/ublkb<ID>.sock`, one JSON object per
-//! line each way. A client sends `{"cmd":"stats"}` and reads one reply line such as
-//! `{"ok":true,"stats":{...}}` or `{"ok":false,"error":"..."}`. The commands:
+//! The wire format of a daemon's control socket, `/run/rewind/ublkb<ID>.sock`: one JSON
+//! object per line each way. A client sends `{"cmd":"stats"}` and reads one reply line such
+//! as `{"ok":true,"stats":{...}}` or `{"ok":false,"error":"..."}`. The commands:
 //! - `{"cmd":"stats"}`: the device's figures (`stats`);
 //! - `{"cmd":"safepoint","label":"x"}` (label optional): makes a safe point now and
 //!   answers with it (`safe_point`);
 //! - `{"cmd":"log"}`: the history window, oldest first (`safe_points`), and the figures
 //!   (`stats`);
+//! - `{"cmd":"rollback","to":12}`: makes safe point 12 the live state again and answers
+//!   with the safe point that undoes it (`undo`);
 //! - `{"cmd":"open_view","at":12}`: adds a read-only device showing safe point 12 and
 //!   answers with it (`view`); `{"cmd":"close_view","device":1}` removes it;
 //! - `{"cmd":"pin","id":12,"pinned":true}`: pins (or unpins) a safe point, durably;
 //! - `{"cmd":"ping"}`: the heartbeat of `rewind add --supervise`; answers `pid` once the
 //!   engine's state lock could be taken, so a daemon stuck in its engine does not answer.
 //!
-//! One thread serves the socket, one connection at a time, with a time limit on each read so
-//! a stuck client cannot hold it. More commands are added as [`Request`] variants.
-
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+//! The daemon serves it (`daemon::control`), the command line and the supervisor ask
+//! (`runtime::client`). More commands are added as [`Request`] variants.
 
 use serde::{Deserialize, Serialize};
 
-/// Longest request line accepted, so a client cannot make the daemon buffer without end.
-const MAX_LINE_BYTES: u64 = 64 << 10;
-/// Longest reply line a client reads: the `log` of a full window (16384 safe points with
-/// 64-byte labels, each escaped at worst) fits.
-const MAX_REPLY_BYTES: u64 = 32 << 20;
-/// How long the server waits for a client's next line before dropping it.
-const SERVER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::selector::Candidate;
 
 /// A command to the daemon.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -289,181 +279,52 @@ impl Response {
     }
 }
 
-/// Binds the control socket at `path`, replacing a stale one left by a daemon that died
-/// (ublk device ids are unique while a device exists, so no live daemon can own it).
-pub fn bind(path: &Path) -> io::Result<UnixListener> {
-    match std::fs::remove_file(path) {
-        Ok(()) => log::info!("removed a stale control socket {}", path.display()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
+impl Candidate for SafePointRecord {
+    fn id(&self) -> u64 {
+        self.id
     }
-    let listener = UnixListener::bind(path)?;
-    // Later commands change the device (rollback): only root may talk to it.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
-}
 
-/// Serves `listener` on a new thread until the process exits, answering each request with
-/// `handler`.
-pub fn serve<H>(listener: UnixListener, handler: H) -> io::Result<std::thread::JoinHandle<()>>
-where
-    H: Fn(&Request) -> Response + Send + 'static,
-{
-    std::thread::Builder::new()
-        .name("rewind-control".into())
-        .spawn(move || {
-            for conn in listener.incoming() {
-                match conn {
-                    Ok(stream) => {
-                        if let Err(e) = serve_connection(stream, &handler) {
-                            log::debug!("control connection ended: {e}");
-                        }
-                    }
-                    Err(e) => {
-                        log::warn!("control socket accept failed: {e}");
-                        // Do not spin on a persistent error (e.g. out of descriptors).
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                }
-            }
-        })
-}
+    fn time_ns(&self) -> u64 {
+        self.time_ns
+    }
 
-fn serve_connection<H>(stream: UnixStream, handler: &H) -> io::Result<()>
-where
-    H: Fn(&Request) -> Response,
-{
-    stream.set_read_timeout(Some(SERVER_READ_TIMEOUT))?;
-    stream.set_write_timeout(Some(SERVER_READ_TIMEOUT))?;
-    let mut writer = stream.try_clone()?;
-    let mut reader = BufReader::new(stream);
-    loop {
-        let mut line = String::new();
-        let n = (&mut reader).take(MAX_LINE_BYTES).read_line(&mut line)?;
-        if n == 0 {
-            return Ok(());
-        }
-        if !line.ends_with('\n') && n as u64 >= MAX_LINE_BYTES {
-            write_line(
-                &mut writer,
-                &Response::error(format!("request longer than {MAX_LINE_BYTES} bytes")),
-            )?;
-            return Ok(());
-        }
-        if line.trim().is_empty() {
-            continue;
-        }
-        let response = match serde_json::from_str::<Request>(&line) {
-            Ok(request) => handler(&request),
-            Err(e) => Response::error(format!("bad request: {e}")),
-        };
-        write_line(&mut writer, &response)?;
+    fn label(&self) -> Option<&str> {
+        self.label.as_deref()
     }
 }
 
-fn write_line(w: &mut impl Write, response: &Response) -> io::Result<()> {
-    let mut text = serde_json::to_string(response).map_err(io::Error::other)?;
-    text.push('\n');
-    w.write_all(text.as_bytes())?;
-    w.flush()
-}
-
-/// Why a request to a daemon failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// Nothing listens at the socket.
-    #[error("no rewind daemon answers at {}: {source}", .path.display())]
-    Connect {
-        /// The socket.
-        path: PathBuf,
-        /// The error of `connect`.
-        #[source]
-        source: io::Error,
-    },
-    /// The daemon did not answer in time, or the connection broke.
-    #[error("the rewind daemon at {} did not answer: {source}", .path.display())]
-    Exchange {
-        /// The socket.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: io::Error,
-    },
-    /// The reply was not a valid response line.
-    #[error("the rewind daemon at {} sent a bad reply: {why}", .path.display())]
-    BadReply {
-        /// The socket.
-        path: PathBuf,
-        /// What was wrong with it.
-        why: String,
-    },
-}
-
-/// Sends one request to the daemon listening at `path` and reads its reply.
-pub fn request(path: &Path, request: &Request, timeout: Duration) -> Result<Response, ClientError> {
-    let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let exchange = |source| ClientError::Exchange {
-        path: path.to_path_buf(),
-        source,
-    };
-    stream.set_read_timeout(Some(timeout)).map_err(exchange)?;
-    stream.set_write_timeout(Some(timeout)).map_err(exchange)?;
-    let mut line = serde_json::to_string(request).map_err(|e| ClientError::BadReply {
-        path: path.to_path_buf(),
-        why: format!("cannot encode the request: {e}"),
-    })?;
-    line.push('\n');
-    (&stream).write_all(line.as_bytes()).map_err(exchange)?;
-    let mut reply = String::new();
-    BufReader::new(&stream)
-        .take(MAX_REPLY_BYTES)
-        .read_line(&mut reply)
-        .map_err(exchange)?;
-    if reply.is_empty() {
-        return Err(ClientError::BadReply {
-            path: path.to_path_buf(),
-            why: "the connection closed without a reply".into(),
-        });
+/// Figures for tests: a 1 GiB device with two safe points.
+#[cfg(test)]
+pub fn sample_stats() -> DeviceStats {
+    DeviceStats {
+        id: 3,
+        device: "/dev/ublkb3".into(),
+        image: "/tmp/a.img".into(),
+        pid: 42,
+        direct_io: true,
+        log: None,
+        page_size: 4096,
+        device_bytes: 1 << 30,
+        logical_pages: 262_144,
+        physical_pages: 327_680,
+        free_pages: 65_536,
+        history_pages: 10,
+        history_capacity_pages: 65_536,
+        safe_points: 2,
+        oldest_safe_point: Some(0),
+        newest_safe_point: Some(1),
+        oldest_safe_point_time_ns: Some(1_700_000_000_000_000_000),
+        newest_safe_point_time_ns: Some(1_700_000_001_000_000_000),
+        idle_secs: 2,
+        coalesce_ms: 100,
+        pinned: vec![],
+        views: vec![],
     }
-    serde_json::from_str(&reply).map_err(|e| ClientError::BadReply {
-        path: path.to_path_buf(),
-        why: e.to_string(),
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sample() -> DeviceStats {
-        DeviceStats {
-            id: 3,
-            device: "/dev/ublkb3".into(),
-            image: "/tmp/a.img".into(),
-            pid: 42,
-            direct_io: true,
-            log: None,
-            page_size: 4096,
-            device_bytes: 1 << 30,
-            logical_pages: 262_144,
-            physical_pages: 327_680,
-            free_pages: 65_536,
-            history_pages: 10,
-            history_capacity_pages: 65_536,
-            safe_points: 2,
-            oldest_safe_point: Some(0),
-            newest_safe_point: Some(1),
-            oldest_safe_point_time_ns: Some(1_700_000_000_000_000_000),
-            newest_safe_point_time_ns: Some(1_700_000_001_000_000_000),
-            idle_secs: 2,
-            coalesce_ms: 100,
-            pinned: vec![],
-            views: vec![],
-        }
-    }
 
     #[test]
     fn wire_format() {
@@ -511,38 +372,9 @@ mod tests {
     }
 
     #[test]
-    fn request_reply_over_a_socket() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("t.sock");
-        let listener = bind(&path).expect("bind");
-        serve(listener, |r: &Request| match r {
-            Request::Stats => Response::stats(sample()),
-            _ => Response::error("not in this test"),
-        })
-        .expect("serve");
-        let reply = request(&path, &Request::Stats, Duration::from_secs(5)).expect("request");
-        assert_eq!(reply, Response::stats(sample()));
-
-        // A garbled line gets an error reply, and the connection stays usable.
-        let mut s = UnixStream::connect(&path).expect("connect");
-        s.write_all(b"not json\n{\"cmd\":\"stats\"}\n")
-            .expect("write");
-        let mut r = BufReader::new(s);
-        let mut line = String::new();
-        r.read_line(&mut line).expect("read");
-        let first: Response = serde_json::from_str(&line).expect("json");
-        assert!(!first.ok);
-        assert!(first.error.unwrap().starts_with("bad request"));
-        line.clear();
-        r.read_line(&mut line).expect("read");
-        let second: Response = serde_json::from_str(&line).expect("json");
-        assert!(second.ok);
-    }
-
-    #[test]
     fn stats_of_an_older_daemon_still_parse() {
         // A reply without the fields added with `rewind log`.
-        let mut v = serde_json::to_value(sample()).unwrap();
+        let mut v = serde_json::to_value(sample_stats()).unwrap();
         for k in [
             "oldest_safe_point_time_ns",
             "newest_safe_point_time_ns",
@@ -554,19 +386,5 @@ mod tests {
         let s: DeviceStats = serde_json::from_value(v).unwrap();
         assert_eq!(s.oldest_safe_point_time_ns, None);
         assert_eq!(s.idle_secs, 0);
-    }
-
-    #[test]
-    fn stale_socket_is_replaced_and_absent_daemon_is_clear() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("t.sock");
-        drop(bind(&path).expect("first bind"));
-        // The file is left behind, as after a crash; a new daemon binds over it.
-        assert!(path.exists());
-        let listener = bind(&path).expect("rebind");
-        drop(listener);
-        std::fs::remove_file(&path).expect("remove");
-        let e = request(&path, &Request::Stats, Duration::from_secs(1)).unwrap_err();
-        assert!(matches!(e, ClientError::Connect { .. }), "{e}");
     }
 }

@@ -1,14 +1,14 @@
-//! `rewind add`: checks, prepares the image, then starts a daemon in the background (or
-//! serves in the foreground) and waits until the device is live.
+//! Starting daemons and supervisors in the background, and waiting until a daemon reports
+//! its device live (for `rewind add` and `rewind recover`, and the supervisor's recoveries).
 //!
 //! The daemon is this program re-executed as the hidden `rewind __serve`, in its own session
 //! (`setsid`), stdin from /dev/null, stdout and stderr appended to its log file. It reports
-//! on a pipe whose write end it inherits: one line, `live /dev/ublkbN` or `error WHY`.
-//! `rewind add` prints the device path as the last line of its stdout, or the daemon's error.
+//! on a pipe whose write end it inherits: one line, `live /dev/ublkbN` or `error WHY`
+//! (`ipc::status`).
 //!
 //! `rewind recover -n ID` starts the same daemon with `--recover`, on the image and options
 //! the dead daemon recorded in the device's ublk json; `rewind add --supervise` then starts
-//! the supervisor (`rewind __supervise`, see `supervise.rs`) the same way.
+//! the supervisor (`rewind __supervise`, see `runtime::supervise`) the same way.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader};
@@ -21,45 +21,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::cli::image;
-use crate::daemon::serve::{self as daemon, Reporter, ServeOptions, Status};
-use crate::daemon::target::OnCrash;
+use crate::daemon::serve::ServeOptions;
+use crate::ipc::device::OnCrash;
 use crate::ipc::paths;
+use crate::ipc::status::Status;
+use crate::runtime::registry::recoverable;
+use crate::runtime::removal::delete_stale_views;
 
 /// How long `rewind add` waits for the daemon to report. Recovery of a large image after a
 /// crash reads its checkpoint and journal, which takes a while on a slow disk.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(90);
+
 /// Lines of the daemon's log shown when it dies without reporting.
 const LOG_TAIL_LINES: usize = 10;
-/// The control device of the ublk driver.
-pub const UBLK_CONTROL: &str = "/dev/ublk-control";
-
-/// What `rewind add` was asked for.
-#[derive(Clone, Debug)]
-pub struct AddOptions {
-    /// The image file or block device.
-    pub image: PathBuf,
-    /// Size for a new image; checked against an existing one.
-    pub size: Option<u64>,
-    /// History size for a new image; checked against an existing one.
-    pub history: Option<u64>,
-    /// ublk device id, or the first free one.
-    pub id: Option<u32>,
-    /// Queues; default [`default_queues`].
-    pub queues: Option<u16>,
-    /// Depth of each queue.
-    pub depth: u16,
-    /// Serve in this process.
-    pub foreground: bool,
-    /// Seconds without writes before an idle safe point; 0: never.
-    pub idle_secs: u64,
-    /// Flush coalescing interval in ms; 0: none.
-    pub coalesce_ms: u64,
-    /// What happens to the device's I/O if its daemon dies.
-    pub on_crash: OnCrash,
-    /// Start a supervisor once the device is live.
-    pub supervise: bool,
-}
 
 /// One queue per CPU, at most 4: more queues than that cost memory (a 512 KiB buffer per
 /// tag) and spread one writer's stream for little gain.
@@ -67,86 +41,12 @@ pub fn default_queues() -> u16 {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(4) as u16)
 }
 
-/// Fails unless this process may create ublk devices: root, and the driver loaded.
-pub fn check_ublk_access(command: &str) -> Result<()> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("{command} needs root (ublk devices are created through {UBLK_CONTROL})");
-    }
-    if !Path::new(UBLK_CONTROL).exists() {
-        bail!(
-            "{UBLK_CONTROL} is missing: load the ublk driver with `modprobe ublk_drv` \
-             (it needs Linux 6.0 or later built with CONFIG_BLK_DEV_UBLK)"
-        );
-    }
-    Ok(())
-}
-
-/// `rewind add`.
-pub fn add_command(opts: &AddOptions) -> Result<()> {
-    check_ublk_access("rewind add")?;
-    if opts.supervise && !opts.on_crash.survives_daemon() {
-        bail!(
-            "--supervise recovers a device whose daemon died, which --on-crash {} does not \
-             allow: use --on-crash queue",
-            opts.on_crash.name()
-        );
-    }
-    let image = std::path::absolute(&opts.image)
-        .with_context(|| format!("resolving {}", opts.image.display()))?;
-    let existed = image.exists();
-    let layout = image::prepare_for_add(&image, opts.size, opts.history)?;
-    if !existed {
-        eprintln!(
-            "rewind: created {}: {}",
-            image.display(),
-            image::describe(&layout)
-        );
-    }
-    let mut serve = ServeOptions {
-        image,
-        id: opts.id,
-        queues: opts.queues.unwrap_or_else(default_queues),
-        depth: opts.depth,
-        log: None,
-        idle_secs: opts.idle_secs,
-        coalesce_ms: opts.coalesce_ms,
-        on_crash: opts.on_crash,
-        recover: false,
-    };
-    if opts.foreground {
-        return daemon::serve(&serve, Reporter::Stdout);
-    }
-    let log = paths::log_path(&serve.image);
-    serve.log = Some(log.clone());
-    let device = start_daemon(&serve, &log)?;
-    if opts.supervise {
-        let id = parse_device_id(&device)?;
-        let pid = start_supervisor(id, &log)?;
-        eprintln!(
-            "rewind: supervisor of {device}: pid {pid} (log: {})",
-            log.display()
-        );
-    }
-    println!("{device}");
-    Ok(())
-}
-
-/// `rewind recover -n ID`: a new daemon for device `id`, on the image and with the options
-/// its dead daemon recorded; prints the device path.
-pub fn recover_command(id: u32) -> Result<()> {
-    check_ublk_access("rewind recover")?;
-    let device = recover_device(id)?;
-    println!("{device}");
-    Ok(())
-}
-
 /// Starts a daemon that takes over device `id` and waits until it is live; returns the
 /// device path. Used by `rewind recover` and the supervisor.
 pub fn recover_device(id: u32) -> Result<String> {
-    let found = crate::runtime::registry::recoverable(id)?;
+    let found = recoverable(id)?;
     // Views end with their daemon; the new daemon starts without them.
-    crate::runtime::registry::delete_stale_views(id);
+    delete_stale_views(id);
     let log = found
         .data
         .log
@@ -167,15 +67,8 @@ pub fn recover_device(id: u32) -> Result<String> {
     start_daemon(&serve, &log)
 }
 
-fn parse_device_id(device: &str) -> Result<u32> {
-    device
-        .strip_prefix("/dev/ublkb")
-        .and_then(|n| n.parse().ok())
-        .with_context(|| format!("the daemon reported {device:?}, not /dev/ublkbN"))
-}
-
 /// Starts `rewind __supervise -n ID` in its own session, logging to `log`; returns its pid.
-fn start_supervisor(id: u32, log: &Path) -> Result<u32> {
+pub fn start_supervisor(id: u32, log: &Path) -> Result<u32> {
     let log_file = open_log(log)?;
     let exe = std::env::current_exe().context("finding this program to start the supervisor")?;
     let mut cmd = Command::new(exe);
@@ -228,7 +121,7 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Starts the daemon for `opts` and waits for it to report; returns the device path.
-fn start_daemon(opts: &ServeOptions, log: &Path) -> Result<String> {
+pub fn start_daemon(opts: &ServeOptions, log: &Path) -> Result<String> {
     let log_file = open_log(log)?;
     let (read_end, write_end) = pipe().context("creating the status pipe")?;
     // If this process was started with stdin, stdout or stderr closed, the pipe may have

@@ -1,5 +1,14 @@
-//! What the command line needs about the machine.
+//! What the command line needs to know and do about the machine: the rewind devices the
+//! kernel has and what their daemons recorded ([`registry`], [`listing`]), asking a daemon
+//! ([`client`]), deleting devices ([`removal`]), starting daemons ([`launch`]) and keeping
+//! one running ([`supervise`]).
+//!
+//! Uses the daemon's room for ublk control (`daemon::ublk`) and for what a daemon is
+//! started with; the daemon uses nothing here.
 
+pub mod client;
 pub mod launch;
+pub mod listing;
 pub mod registry;
+pub mod removal;
 pub mod supervise;

@@ -13,16 +13,16 @@
 //! daemon that dies at once every time does not loop forever.
 
 use std::collections::VecDeque;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use libublk::sys;
 
-use crate::ipc::control::{self, Request};
+use crate::ipc::control::Request;
 use crate::ipc::paths;
+use crate::runtime::client;
 use crate::runtime::launch;
-use crate::runtime::registry as devices;
+use crate::runtime::registry;
 
 /// Recoveries allowed within [`RECOVERY_WINDOW`] before the supervisor gives up.
 const RECOVERIES_MAX: usize = 10;
@@ -80,11 +80,11 @@ fn watch(opts: &Options) -> Result<()> {
     loop {
         std::thread::sleep(opts.interval);
         reap_children();
-        if !Path::new(&format!("/sys/class/ublk-char/ublkc{id}")).exists() {
+        if !registry::device_exists(id) {
             log::info!("/dev/ublkb{id} is gone");
             return Ok(());
         }
-        let (state, pid) = match devices::kernel_view(id) {
+        let (state, pid) = match registry::kernel_view(id) {
             Ok(v) => v,
             // Deleted between the two looks, most likely: the next look tells.
             Err(e) => {
@@ -92,14 +92,14 @@ fn watch(opts: &Options) -> Result<()> {
                 continue;
             }
         };
-        if devices::needs_recovery(state, pid) {
+        if registry::needs_recovery(state, pid) {
             log::warn!("the daemon of /dev/ublkb{id} (pid {pid}) is dead: recovering");
         } else if u32::from(state) != sys::UBLK_S_DEV_LIVE {
             // Being stopped by `rewind del`: it goes away soon.
             missed = 0;
             continue;
         } else {
-            match control::request(&socket, &Request::Ping, opts.timeout) {
+            match client::request(&socket, &Request::Ping, opts.timeout) {
                 Ok(r) if r.ok => {
                     if missed > 0 {
                         log::info!("the daemon of /dev/ublkb{id} answers again");
@@ -164,7 +164,7 @@ fn kill_hung(pid: i32) -> Result<()> {
         }
     }
     let deadline = Instant::now() + KILL_WAIT;
-    while devices::process_alive(pid) {
+    while registry::process_alive(pid) {
         if Instant::now() >= deadline {
             anyhow::bail!("pid {pid} is still there {KILL_WAIT:?} after SIGKILL");
         }

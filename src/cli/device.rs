@@ -1,0 +1,213 @@
+//! The commands on devices: `rewind add`, `rewind del`, `rewind list`, `rewind stats` and
+//! `rewind recover`.
+//!
+//! `rewind add` checks and prepares the image here, then serves it in this process
+//! (`--foreground`) or starts a daemon in the background (`runtime::launch`) and prints the
+//! device path as the last line of its stdout, or the daemon's error.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use crate::cli::args::AddArgs;
+use crate::cli::image;
+use crate::cli::render::stats_text;
+use crate::daemon::serve::{self as daemon, Reporter, ServeOptions};
+use crate::ipc::control::{DeviceStats, Request};
+use crate::ipc::device::OnCrash;
+use crate::ipc::paths;
+use crate::runtime::client::{ask, STATS_TIMEOUT};
+use crate::runtime::launch::{default_queues, recover_device, start_daemon, start_supervisor};
+use crate::runtime::listing::rewind_devices;
+use crate::runtime::registry::{
+    check_daemon_access, check_ublk_access, device_exists, rewind_ids_views_first, UBLK_CONTROL,
+};
+use crate::runtime::removal::delete;
+use crate::size::{describe_layout, human};
+
+/// `rewind add`.
+pub fn add_command(args: &AddArgs) -> Result<()> {
+    check_ublk_access("rewind add")?;
+    let on_crash: OnCrash = args.on_crash.into();
+    if args.supervise && !on_crash.survives_daemon() {
+        bail!(
+            "--supervise recovers a device whose daemon died, which --on-crash {} does not \
+             allow: use --on-crash queue",
+            on_crash.name()
+        );
+    }
+    let image = std::path::absolute(&args.image)
+        .with_context(|| format!("resolving {}", args.image.display()))?;
+    let existed = image.exists();
+    let layout = image::prepare_for_add(&image, args.size, args.history)?;
+    if !existed {
+        eprintln!(
+            "rewind: created {}: {}",
+            image.display(),
+            describe_layout(&layout)
+        );
+    }
+    let mut serve = ServeOptions {
+        image,
+        id: args.id,
+        queues: args.queues.unwrap_or_else(default_queues),
+        depth: args.depth,
+        log: None,
+        idle_secs: args.idle,
+        coalesce_ms: args.coalesce,
+        on_crash,
+        recover: false,
+    };
+    if args.foreground {
+        return daemon::serve(&serve, Reporter::Stdout);
+    }
+    let log = paths::log_path(&serve.image);
+    serve.log = Some(log.clone());
+    let device = start_daemon(&serve, &log)?;
+    if args.supervise {
+        let id = parse_device_id(&device)?;
+        let pid = start_supervisor(id, &log)?;
+        eprintln!(
+            "rewind: supervisor of {device}: pid {pid} (log: {})",
+            log.display()
+        );
+    }
+    println!("{device}");
+    Ok(())
+}
+
+/// `rewind recover -n ID`: a new daemon for device `id`, on the image and with the options
+/// its dead daemon recorded; prints the device path.
+pub fn recover_command(id: u32) -> Result<()> {
+    check_ublk_access("rewind recover")?;
+    let device = recover_device(id)?;
+    println!("{device}");
+    Ok(())
+}
+
+/// The id in a device path the daemon reported.
+fn parse_device_id(device: &str) -> Result<u32> {
+    device
+        .strip_prefix("/dev/ublkb")
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("the daemon reported {device:?}, not /dev/ublkbN"))
+}
+
+/// `rewind del`.
+pub fn del_command(id: Option<u32>, all: bool) -> Result<()> {
+    check_ublk_access("rewind del")?;
+    if !all {
+        let Some(id) = id else {
+            bail!("give -n ID or -a");
+        };
+        return delete(id);
+    }
+    // Views first: deleting a live device deletes its views anyway.
+    let ids = rewind_ids_views_first();
+    if ids.is_empty() {
+        eprintln!("rewind: no rewind devices");
+        return Ok(());
+    }
+    let mut failed = Vec::new();
+    for id in ids {
+        if !device_exists(id) {
+            continue; // a view that went with its live device
+        }
+        if let Err(e) = delete(id) {
+            eprintln!("rewind: {e:#}");
+            failed.push(id.to_string());
+        }
+    }
+    if !failed.is_empty() {
+        bail!("could not delete device(s) {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// `rewind list`.
+pub fn list_command(json: bool) -> Result<()> {
+    check_daemon_access("rewind list")?;
+    let entries = if Path::new(UBLK_CONTROL).exists() {
+        rewind_devices()
+    } else {
+        Vec::new()
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+        return Ok(());
+    }
+    if entries.is_empty() {
+        eprintln!("rewind: no rewind devices");
+        return Ok(());
+    }
+    let mut rows = vec![[
+        "ID".to_string(),
+        "DEVICE".into(),
+        "SIZE".into(),
+        "HISTORY USED/TOTAL".into(),
+        "STATE".into(),
+        "IMAGE".into(),
+    ]];
+    for e in &entries {
+        rows.push([
+            e.id.to_string(),
+            e.device.clone(),
+            size_column(&e.stats),
+            history_column(&e.stats),
+            e.state.clone(),
+            e.image.clone(),
+        ]);
+    }
+    let mut widths = [0usize; 6];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for row in &rows {
+        let mut line = String::new();
+        for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        println!("{}", line.trim_end());
+    }
+    Ok(())
+}
+
+/// `rewind stats`.
+pub fn stats_command(id: u32, json: bool) -> Result<()> {
+    let reply = match ask("rewind stats", id, &Request::Stats, STATS_TIMEOUT)? {
+        Ok(reply) => reply,
+        Err(why) => bail!("the daemon of ublk device {id} refused: {why}"),
+    };
+    let Some(s) = reply.stats else {
+        bail!("the daemon of ublk device {id} sent no figures");
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    print!("{}", stats_text(&s, &jiff::tz::TimeZone::system()));
+    Ok(())
+}
+
+fn history_column(stats: &Option<DeviceStats>) -> String {
+    match stats {
+        Some(s) => format!(
+            "{} / {}",
+            human(s.history_pages * s.page_size),
+            human(s.history_capacity_pages * s.page_size)
+        ),
+        None => "?".into(),
+    }
+}
+
+fn size_column(stats: &Option<DeviceStats>) -> String {
+    stats
+        .as_ref()
+        .map_or_else(|| "?".into(), |s| human(s.device_bytes))
+}

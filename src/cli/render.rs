@@ -1,0 +1,434 @@
+//! How the command line prints what it found: tables, times, percentages and sizes, the
+//! figures of `rewind stats` and the window of `rewind log`, and the JSON of a safe point.
+//!
+//! Times are shown in local time as `YYYY-MM-DD HH:MM:SS`; JSON carries RFC 3339 with the
+//! local offset and the exact nanoseconds since the Unix epoch (see `time`).
+
+use jiff::tz::TimeZone;
+use serde::Serialize;
+
+use crate::ipc::control::{DeviceStats, SafePointRecord};
+use crate::size::human;
+use crate::time::{local_time, rfc3339};
+
+/// One safe point in `--json` output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct JsonSafePoint {
+    /// Its id.
+    pub id: u64,
+    /// RFC 3339, local offset.
+    pub time: String,
+    /// Nanoseconds since the Unix epoch.
+    pub time_ns: u64,
+    /// What made it.
+    pub trigger: String,
+    /// Its label, or null.
+    pub label: Option<String>,
+    /// Bytes first written in the epoch it closed; null when unknown (the oldest).
+    pub changed_bytes: Option<u64>,
+    /// Bytes of history that go when it retires.
+    pub held_bytes: u64,
+    /// Kept from retiring by `rewind pin`.
+    pub pinned: bool,
+    /// The view devices showing it (ublk ids).
+    pub views: Vec<u32>,
+}
+
+impl JsonSafePoint {
+    /// `r` with its times for `tz`, pages of `page_size` bytes.
+    pub fn new(r: &SafePointRecord, page_size: u64, tz: &TimeZone) -> JsonSafePoint {
+        JsonSafePoint {
+            id: r.id,
+            time: rfc3339(r.time_ns, tz),
+            time_ns: r.time_ns,
+            trigger: r.trigger.clone(),
+            label: r.label.clone(),
+            changed_bytes: r.changed_pages.map(|p| p * page_size),
+            held_bytes: r.held_pages * page_size,
+            pinned: r.pinned,
+            views: r.views.clone(),
+        }
+    }
+}
+
+/// The figures under the table of `rewind log`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WindowSummary {
+    /// Safe points in the window.
+    pub safe_points: u64,
+    /// When the oldest was made.
+    pub oldest_time_ns: Option<u64>,
+    /// History in use, bytes.
+    pub history_bytes: u64,
+    /// The history area, bytes.
+    pub history_capacity_bytes: u64,
+}
+
+impl WindowSummary {
+    /// From a daemon's figures.
+    pub fn from_stats(s: &DeviceStats) -> WindowSummary {
+        WindowSummary {
+            safe_points: s.safe_points,
+            oldest_time_ns: s.oldest_safe_point_time_ns,
+            history_bytes: s.history_pages * s.page_size,
+            history_capacity_bytes: s.history_capacity_pages * s.page_size,
+        }
+    }
+}
+
+/// `part` of `whole` in percent, 0 for an empty whole.
+pub fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        100.0 * part as f64 / whole as f64
+    }
+}
+
+/// The table of `rewind log`, one string per line, header first:
+/// `ID  TIME  TRIGGER  LABEL  CHANGED  HELD`, ids and sizes right-aligned, "-" for no
+/// label and for an unknown size.
+pub fn log_table(records: &[SafePointRecord], page_size: u64, tz: &TimeZone) -> Vec<String> {
+    const RIGHT: [bool; 7] = [true, false, false, false, true, true, false];
+    let kept_column = records.iter().any(|r| r.pinned || !r.views.is_empty());
+    let mut rows: Vec<[String; 7]> = vec![[
+        "ID".into(),
+        "TIME".into(),
+        "TRIGGER".into(),
+        "LABEL".into(),
+        "CHANGED".into(),
+        "HELD".into(),
+        if kept_column { "KEPT BY" } else { "" }.into(),
+    ]];
+    for r in records {
+        let mut kept: Vec<String> = Vec::new();
+        if r.pinned {
+            kept.push("pin".into());
+        }
+        kept.extend(r.views.iter().map(|v| format!("view ublkb{v}")));
+        rows.push([
+            r.id.to_string(),
+            local_time(r.time_ns, tz),
+            r.trigger.clone(),
+            r.label.clone().unwrap_or_else(|| "-".into()),
+            r.changed_pages
+                .map_or_else(|| "-".into(), |p| human(p * page_size)),
+            human(r.held_pages * page_size),
+            kept.join(", "),
+        ]);
+    }
+    let mut widths = [0usize; 7];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    rows.iter()
+        .map(|row| {
+            let cells: Vec<String> = row
+                .iter()
+                .zip(widths)
+                .zip(RIGHT)
+                .map(|((cell, w), right)| {
+                    if right {
+                        format!("{cell:>w$}")
+                    } else {
+                        format!("{cell:<w$}")
+                    }
+                })
+                .collect();
+            cells.join("  ").trim_end().to_string()
+        })
+        .collect()
+}
+
+/// The line under the table: how far back the window reaches and how full the history is.
+pub fn log_footer(w: &WindowSummary, tz: &TimeZone) -> String {
+    let since = w
+        .oldest_time_ns
+        .map_or_else(String::new, |t| format!(" since {}", local_time(t, tz)));
+    format!(
+        "{} safe point{}{since}; history {} used of {} ({:.1}%)",
+        w.safe_points,
+        if w.safe_points == 1 { "" } else { "s" },
+        human(w.history_bytes),
+        human(w.history_capacity_bytes),
+        percent(w.history_bytes, w.history_capacity_bytes)
+    )
+}
+
+/// What `rewind safepoint` prints: `safe point 12 at 2025-06-01 10:42:07, label "x"`.
+pub fn safe_point_line(sp: &SafePointRecord, tz: &TimeZone) -> String {
+    let mut line = format!("safe point {} at {}", sp.id, local_time(sp.time_ns, tz));
+    if let Some(label) = &sp.label {
+        line.push_str(&format!(", label {label:?}"));
+    }
+    line
+}
+
+/// What `rewind stats` prints, one figure a line.
+pub fn stats_text(s: &DeviceStats, tz: &jiff::tz::TimeZone) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let mut line = |name: &str, value: String| {
+        let _ = writeln!(out, "{name:<12} {value}");
+    };
+    line("device", s.device.clone());
+    line(
+        "image",
+        format!(
+            "{} ({})",
+            s.image,
+            if s.direct_io { "O_DIRECT" } else { "buffered" }
+        ),
+    );
+    line(
+        "size",
+        format!(
+            "{} ({} pages of {} bytes)",
+            human(s.device_bytes),
+            s.logical_pages,
+            s.page_size
+        ),
+    );
+    line(
+        "history",
+        format!(
+            "{} used of {} ({:.1}%)",
+            human(s.history_pages * s.page_size),
+            human(s.history_capacity_pages * s.page_size),
+            percent(s.history_pages, s.history_capacity_pages)
+        ),
+    );
+    line(
+        "free",
+        format!(
+            "{} ({} pages)",
+            human(s.free_pages * s.page_size),
+            s.free_pages
+        ),
+    );
+    let id_or_dash = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+    line(
+        "safe points",
+        format!(
+            "{} (oldest {}, newest {})",
+            s.safe_points,
+            id_or_dash(s.oldest_safe_point),
+            id_or_dash(s.newest_safe_point)
+        ),
+    );
+    let time = |t: Option<u64>| t.map_or_else(|| "-".to_string(), |t| local_time(t, tz));
+    line(
+        "window",
+        format!(
+            "{} to {}",
+            time(s.oldest_safe_point_time_ns),
+            time(s.newest_safe_point_time_ns)
+        ),
+    );
+    line(
+        "idle",
+        if s.idle_secs == 0 {
+            "off: no idle safe points".to_string()
+        } else {
+            format!("a safe point after {} s without writes", s.idle_secs)
+        },
+    );
+    line(
+        "coalesce",
+        if s.coalesce_ms == 0 {
+            "off: every flush makes a safe point".to_string()
+        } else {
+            format!(
+                "flushes within {} ms of a safe point make none",
+                s.coalesce_ms
+            )
+        },
+    );
+    if !s.pinned.is_empty() {
+        let ids: Vec<String> = s.pinned.iter().map(u64::to_string).collect();
+        line("pinned", ids.join(", "));
+    }
+    for v in &s.views {
+        line(
+            "view",
+            match &v.dropped {
+                None => format!("{} at safe point {}", v.device, v.at),
+                Some(why) => format!(
+                    "{} at safe point {}: dropped, reads fail: {why}",
+                    v.device, v.at
+                ),
+            },
+        );
+    }
+    line("daemon", format!("pid {}", s.pid));
+    if let Some(log) = &s.log {
+        line("log", log.clone());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // 2023-11-14 22:13:20 UTC.
+    const T: u64 = 1_700_000_000_000_000_000;
+
+    fn rec(id: u64, trigger: &str, label: Option<&str>, changed: Option<u64>) -> SafePointRecord {
+        SafePointRecord {
+            id,
+            time_ns: T + id * 1_500_000_000,
+            trigger: trigger.into(),
+            label: label.map(Into::into),
+            changed_pages: changed,
+            held_pages: id * 256,
+            pinned: false,
+            views: vec![],
+        }
+    }
+
+    #[test]
+    fn table_layout() {
+        let records = [
+            rec(0, "format", None, None),
+            rec(7, "user", Some("before-upgrade"), Some(3)),
+            rec(12, "flush", None, Some(300_000)),
+        ];
+        let lines = log_table(&records, 4096, &TimeZone::UTC);
+        let expected = [
+            "ID  TIME                 TRIGGER  LABEL           CHANGED    HELD",
+            " 0  2023-11-14 22:13:20  format   -                     -     0 B",
+            " 7  2023-11-14 22:13:30  user     before-upgrade   12 KiB   7 MiB",
+            "12  2023-11-14 22:13:38  flush    -               1.1 GiB  12 MiB",
+        ];
+        assert_eq!(lines, expected, "\n{}", lines.join("\n"));
+    }
+
+    #[test]
+    fn table_marks_pins_and_views() {
+        let mut pinned = rec(7, "user", Some("before-upgrade"), Some(3));
+        pinned.pinned = true;
+        pinned.views = vec![1];
+        let mut viewed = rec(12, "flush", None, Some(300_000));
+        viewed.views = vec![2, 3];
+        let lines = log_table(
+            &[rec(0, "format", None, None), pinned, viewed],
+            4096,
+            &TimeZone::UTC,
+        );
+        let expected = [
+            "ID  TIME                 TRIGGER  LABEL           CHANGED    HELD  KEPT BY",
+            " 0  2023-11-14 22:13:20  format   -                     -     0 B",
+            " 7  2023-11-14 22:13:30  user     before-upgrade   12 KiB   7 MiB  pin, view ublkb1",
+            "12  2023-11-14 22:13:38  flush    -               1.1 GiB  12 MiB  view ublkb2, view ublkb3",
+        ];
+        assert_eq!(lines, expected, "\n{}", lines.join("\n"));
+    }
+
+    #[test]
+    fn footer_says_how_far_back_and_how_full() {
+        let w = WindowSummary {
+            safe_points: 14,
+            oldest_time_ns: Some(T),
+            history_bytes: 120 << 20,
+            history_capacity_bytes: 1 << 30,
+        };
+        assert_eq!(
+            log_footer(&w, &TimeZone::UTC),
+            "14 safe points since 2023-11-14 22:13:20; history 120 MiB used of 1 GiB (11.7%)"
+        );
+        let one = WindowSummary {
+            safe_points: 1,
+            oldest_time_ns: Some(T),
+            history_bytes: 0,
+            history_capacity_bytes: 0,
+        };
+        assert_eq!(
+            log_footer(&one, &TimeZone::UTC),
+            "1 safe point since 2023-11-14 22:13:20; history 0 B used of 0 B (0.0%)"
+        );
+    }
+
+    #[test]
+    fn json_entries() {
+        let j = JsonSafePoint::new(
+            &rec(7, "user", Some("before"), Some(3)),
+            4096,
+            &TimeZone::UTC,
+        );
+        assert_eq!(
+            serde_json::to_value(&j).unwrap(),
+            serde_json::json!({
+                "id": 7,
+                "time": "2023-11-14T22:13:30.5+00:00",
+                "time_ns": 1_700_000_010_500_000_000u64,
+                "trigger": "user",
+                "label": "before",
+                "changed_bytes": 12288,
+                "held_bytes": 7 * 256 * 4096,
+                "pinned": false,
+                "views": [],
+            })
+        );
+        let oldest = JsonSafePoint::new(&rec(0, "format", None, None), 4096, &TimeZone::UTC);
+        let v = serde_json::to_value(&oldest).unwrap();
+        assert!(v["label"].is_null() && v["changed_bytes"].is_null(), "{v}");
+    }
+
+    #[test]
+    fn safe_point_line_shows_the_label_quoted() {
+        let tz = TimeZone::UTC;
+        assert_eq!(
+            safe_point_line(&rec(7, "user", Some("before"), Some(0)), &tz),
+            "safe point 7 at 2023-11-14 22:13:30, label \"before\""
+        );
+        assert_eq!(
+            safe_point_line(&rec(8, "user", None, Some(0)), &tz),
+            "safe point 8 at 2023-11-14 22:13:32"
+        );
+    }
+
+    #[test]
+    fn stats_show_the_window() {
+        let s = DeviceStats {
+            id: 0,
+            device: "/dev/ublkb0".into(),
+            image: "/tmp/a.img".into(),
+            pid: 42,
+            direct_io: true,
+            log: None,
+            page_size: 4096,
+            device_bytes: 1 << 30,
+            logical_pages: 262_144,
+            physical_pages: 327_680,
+            free_pages: 60_000,
+            history_pages: 5_536,
+            history_capacity_pages: 65_536,
+            safe_points: 14,
+            oldest_safe_point: Some(3),
+            newest_safe_point: Some(16),
+            oldest_safe_point_time_ns: Some(1_700_000_000_000_000_000),
+            newest_safe_point_time_ns: Some(1_700_000_060_000_000_000),
+            idle_secs: 2,
+            coalesce_ms: 0,
+            pinned: vec![],
+            views: vec![],
+        };
+        let text = stats_text(&s, &jiff::tz::TimeZone::UTC);
+        let expected = "\
+device       /dev/ublkb0
+image        /tmp/a.img (O_DIRECT)
+size         1 GiB (262144 pages of 4096 bytes)
+history      21.6 MiB used of 256 MiB (8.4%)
+free         234.4 MiB (60000 pages)
+safe points  14 (oldest 3, newest 16)
+window       2023-11-14 22:13:20 to 2023-11-14 22:14:20
+idle         a safe point after 2 s without writes
+coalesce     off: every flush makes a safe point
+daemon       pid 42
+";
+        assert_eq!(text, expected, "\n{text}");
+    }
+}

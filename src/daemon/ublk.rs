@@ -1,0 +1,125 @@
+//! The ublk driver's control side, for the daemon: adding a device, taking over one whose
+//! daemon died, and libublk's errors in words.
+
+use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
+use libublk::{sys, UblkError, UblkFlags};
+
+use crate::ipc::device::OnCrash;
+
+/// The target name ublk records; `rewind list` recognizes its devices by it.
+pub const TARGET_NAME: &str = "rewind";
+
+/// Largest request the kernel sends, and the size of each tag's buffer.
+pub const IO_BUF_BYTES: u32 = 512 << 10;
+
+/// Words for a libublk error: the errno's text where there is one (libublk's own messages
+/// are generic, e.g. "other failure").
+pub fn describe_ublk_error(e: &UblkError) -> String {
+    match e {
+        UblkError::OtherError(n) | UblkError::UringIOError(n) if *n < 0 => {
+            std::io::Error::from_raw_os_error(-n).to_string()
+        }
+        UblkError::IOError(e) => e.to_string(),
+        UblkError::QueueIsDown => "the device is stopping".into(),
+        UblkError::InvalidVal => "invalid argument".into(),
+        other => other.to_string(),
+    }
+}
+
+/// The errno of a libublk error, if it carries one.
+pub fn ublk_errno(e: &UblkError) -> Option<i32> {
+    match e {
+        UblkError::OtherError(n) | UblkError::UringIOError(n) if *n < 0 => Some(-n),
+        UblkError::IOError(e) => e.raw_os_error(),
+        _ => None,
+    }
+}
+
+/// Adds a ublk device for rewind: `id` or the first free one, `queues` queues of `depth`,
+/// with the ublk flags of `on_crash`.
+pub fn add_device(
+    id: Option<u32>,
+    queues: u16,
+    depth: u16,
+    on_crash: OnCrash,
+) -> anyhow::Result<UblkCtrl> {
+    let id_arg = match id {
+        Some(n) => i32::try_from(n).map_err(|_| anyhow::anyhow!("device id {n} is too large"))?,
+        None => -1,
+    };
+    UblkCtrlBuilder::default()
+        .name(TARGET_NAME)
+        .id(id_arg)
+        .nr_queues(queues)
+        .depth(depth)
+        .io_buf_bytes(IO_BUF_BYTES)
+        .ctrl_flags(on_crash.ublk_flags())
+        .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
+        .build()
+        .map_err(|e| {
+            let why = describe_ublk_error(&e);
+            match (id, ublk_errno(&e)) {
+                (Some(n), Some(libc::EEXIST)) => anyhow::anyhow!(
+                    "adding ublk device {n}: it already exists; pick another -n or omit -n"
+                ),
+                (_, Some(libc::ENOENT)) => anyhow::anyhow!(
+                    "adding a ublk device: {why}: is the ublk driver loaded? \
+                     (`modprobe ublk_drv`; Linux 6.0+ with CONFIG_BLK_DEV_UBLK)"
+                ),
+                _ => anyhow::anyhow!("adding a ublk device: {why}"),
+            }
+        })
+}
+
+/// Takes over device `id`, whose daemon died and left it quiesced: opens a control handle
+/// for recovery and sends START_USER_RECOVERY, which the kernel accepts once the dead
+/// daemon's descriptors are gone (libublk retries while it answers EBUSY, up to 30 s).
+/// Serving it then (`run_target`) ends with END_USER_RECOVERY instead of START_DEV, and
+/// the queued I/O is reissued to the new queues.
+///
+/// Unlike the handle of [`add_device`], this one does not delete the device when dropped:
+/// the daemon deletes it itself once it is stopped.
+pub fn recover_device(id: u32) -> anyhow::Result<UblkCtrl> {
+    let id_arg = i32::try_from(id).map_err(|_| anyhow::anyhow!("device id {id} is too large"))?;
+    let info = UblkCtrl::new_simple(id_arg)
+        .map_err(|e| anyhow::anyhow!("opening ublk device {id}: {}", describe_ublk_error(&e)))?
+        .dev_info();
+    if info.flags & u64::from(sys::UBLK_F_USER_RECOVERY) == 0 {
+        anyhow::bail!(
+            "ublk device {id} was added without recovery (--on-crash stop): it cannot be \
+             taken over; `rewind del -n {id}`, then `rewind add` the image again"
+        );
+    }
+    let ctrl = UblkCtrl::new(
+        Some(TARGET_NAME.to_string()),
+        id_arg,
+        u32::from(info.nr_hw_queues),
+        u32::from(info.queue_depth),
+        info.max_io_buf_bytes,
+        0,
+        0,
+        UblkFlags::UBLK_DEV_F_RECOVER_DEV,
+    )
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "opening ublk device {id} for recovery: {}",
+            describe_ublk_error(&e)
+        )
+    })?;
+    match ctrl.start_user_recover() {
+        Ok(r) if r >= 0 => Ok(ctrl),
+        Ok(r) => Err(anyhow::anyhow!(
+            "starting the recovery of ublk device {id}: {}",
+            std::io::Error::from_raw_os_error(-r)
+        )),
+        Err(e) => Err(anyhow::anyhow!(
+            "starting the recovery of ublk device {id}: {}{}",
+            describe_ublk_error(&e),
+            if ublk_errno(&e) == Some(libc::EBUSY) {
+                " (the old daemon still holds the device, or it is not quiesced)"
+            } else {
+                ""
+            }
+        )),
+    }
+}

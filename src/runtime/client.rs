@@ -1,0 +1,178 @@
+//! Asking a daemon: one request on its control socket and its reply (the wire format is
+//! `ipc::control`), and [`ask`], which first checks that device ID is a live rewind device
+//! and puts the ways it can fail in words.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+
+use crate::ipc::control::{Request, Response};
+use crate::ipc::paths;
+use crate::runtime::registry;
+
+/// Longest reply line a client reads: the `log` of a full window (16384 safe points with
+/// 64-byte labels, each escaped at worst) fits.
+const MAX_REPLY_BYTES: u64 = 32 << 20;
+/// How long `list` and `stats` wait for a daemon to answer.
+pub const STATS_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why a request to a daemon failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing listens at the socket.
+    #[error("no rewind daemon answers at {}: {source}", .path.display())]
+    Connect {
+        /// The socket.
+        path: PathBuf,
+        /// The error of `connect`.
+        #[source]
+        source: io::Error,
+    },
+    /// The daemon did not answer in time, or the connection broke.
+    #[error("the rewind daemon at {} did not answer: {source}", .path.display())]
+    Exchange {
+        /// The socket.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The reply was not a valid response line.
+    #[error("the rewind daemon at {} sent a bad reply: {why}", .path.display())]
+    BadReply {
+        /// The socket.
+        path: PathBuf,
+        /// What was wrong with it.
+        why: String,
+    },
+}
+
+/// Sends one request to the daemon listening at `path` and reads its reply.
+pub fn request(path: &Path, request: &Request, timeout: Duration) -> Result<Response, ClientError> {
+    let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let exchange = |source| ClientError::Exchange {
+        path: path.to_path_buf(),
+        source,
+    };
+    stream.set_read_timeout(Some(timeout)).map_err(exchange)?;
+    stream.set_write_timeout(Some(timeout)).map_err(exchange)?;
+    let mut line = serde_json::to_string(request).map_err(|e| ClientError::BadReply {
+        path: path.to_path_buf(),
+        why: format!("cannot encode the request: {e}"),
+    })?;
+    line.push('\n');
+    (&stream).write_all(line.as_bytes()).map_err(exchange)?;
+    let mut reply = String::new();
+    BufReader::new(&stream)
+        .take(MAX_REPLY_BYTES)
+        .read_line(&mut reply)
+        .map_err(exchange)?;
+    if reply.is_empty() {
+        return Err(ClientError::BadReply {
+            path: path.to_path_buf(),
+            why: "the connection closed without a reply".into(),
+        });
+    }
+    serde_json::from_str(&reply).map_err(|e| ClientError::BadReply {
+        path: path.to_path_buf(),
+        why: e.to_string(),
+    })
+}
+
+/// Sends `what` to the daemon of device `id` (for `command`, which needs root to reach the
+/// socket). The outer error says why the daemon could not be asked; the inner one is
+/// the daemon's refusal, for the caller to put in words.
+pub fn ask(
+    command: &str,
+    id: u32,
+    what: &Request,
+    timeout: Duration,
+) -> Result<Result<Response, String>> {
+    registry::check_daemon_access(command)?;
+    let Some(data) = registry::target_data(id) else {
+        bail!(registry::not_rewind(id));
+    };
+    if let Some(v) = data.view {
+        bail!(
+            "{} is a view of {} (safe point {}): give -n {} (the live device)",
+            paths::device_path(id).display(),
+            paths::device_path(v.of).display(),
+            v.at,
+            v.of
+        );
+    }
+    let reply = match request(&paths::socket_path(id), what, timeout) {
+        Ok(r) => r,
+        Err(e) => {
+            if let Ok((state, pid)) = registry::kernel_view(id) {
+                if registry::needs_recovery(state, pid) {
+                    bail!(
+                        "the daemon of ublk device {id} is dead and the device waits for a new \
+                         one: `rewind recover -n {id}`"
+                    );
+                }
+            }
+            return Err(e.into());
+        }
+    };
+    if !reply.ok {
+        return Ok(Err(reply.error.unwrap_or_else(|| "no reason given".into())));
+    }
+    Ok(Ok(reply))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::control::{bind, serve};
+    use crate::ipc::control::sample_stats;
+
+    #[test]
+    fn request_reply_over_a_socket() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("t.sock");
+        let listener = bind(&path).expect("bind");
+        serve(listener, |r: &Request| match r {
+            Request::Stats => Response::stats(sample_stats()),
+            _ => Response::error("not in this test"),
+        })
+        .expect("serve");
+        let reply = request(&path, &Request::Stats, Duration::from_secs(5)).expect("request");
+        assert_eq!(reply, Response::stats(sample_stats()));
+
+        // A garbled line gets an error reply, and the connection stays usable.
+        let mut s = UnixStream::connect(&path).expect("connect");
+        s.write_all(b"not json\n{\"cmd\":\"stats\"}\n")
+            .expect("write");
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).expect("read");
+        let first: Response = serde_json::from_str(&line).expect("json");
+        assert!(!first.ok);
+        assert!(first.error.unwrap().starts_with("bad request"));
+        line.clear();
+        r.read_line(&mut line).expect("read");
+        let second: Response = serde_json::from_str(&line).expect("json");
+        assert!(second.ok);
+    }
+
+    #[test]
+    fn stale_socket_is_replaced_and_absent_daemon_is_clear() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("t.sock");
+        drop(bind(&path).expect("first bind"));
+        // The file is left behind, as after a crash; a new daemon binds over it.
+        assert!(path.exists());
+        let listener = bind(&path).expect("rebind");
+        drop(listener);
+        std::fs::remove_file(&path).expect("remove");
+        let e = request(&path, &Request::Stats, Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(e, ClientError::Connect { .. }), "{e}");
+    }
+}
