@@ -4,7 +4,10 @@ use std::path::PathBuf;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
-use crate::selector::parse_label;
+use crate::daemon::pacing::{
+    COALESCE_MS_DEFAULT, COALESCE_MS_MAX, IDLE_SECS_DEFAULT, IDLE_SECS_MAX,
+};
+use crate::selector::{parse_label, SELECTOR_VALUE_NAME};
 use crate::size::parse_page_multiple;
 
 const ABOUT: &str = "A block device that keeps its own history";
@@ -236,12 +239,12 @@ pub struct AddArgs {
     #[arg(long)]
     pub foreground: bool,
     /// Make a safe point after this many seconds without writes (0: never)
-    #[arg(long, value_name = "SECONDS", default_value_t = 2,
+    #[arg(long, value_name = "SECONDS", default_value_t = IDLE_SECS_DEFAULT,
           value_parser = clap::value_parser!(u64).range(0..=IDLE_SECS_MAX))]
     pub idle: u64,
     /// A flush less than this many milliseconds after the previous safe point makes no new
     /// one (it is durable all the same; 0: every flush makes one)
-    #[arg(long, value_name = "MS", default_value_t = 100,
+    #[arg(long, value_name = "MS", default_value_t = COALESCE_MS_DEFAULT,
           value_parser = clap::value_parser!(u64).range(0..=COALESCE_MS_MAX))]
     pub coalesce: u64,
     /// What happens to the device's I/O if its daemon dies
@@ -277,11 +280,6 @@ pub struct SuperviseArgs {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub misses: u32,
 }
-
-/// Longest idle interval: a day. Longer is as good as never (use 0).
-pub const IDLE_SECS_MAX: u64 = 86_400;
-/// Longest coalescing interval: a minute.
-pub const COALESCE_MS_MAX: u64 = 60_000;
 
 /// `rewind safepoint`.
 #[derive(Debug, Args)]
@@ -336,7 +334,7 @@ pub struct RollbackArgs {
     pub image: Option<PathBuf>,
     /// The safe point: an id, a label, a time (the newest safe point at or before it) or an
     /// age such as 5m (see below; `rewind log` lists them)
-    #[arg(long, value_name = "ID|LABEL|TIME|AGE")]
+    #[arg(long, value_name = SELECTOR_VALUE_NAME)]
     pub to: String,
     /// Print JSON: {to, undo, time, label}
     #[arg(long)]
@@ -421,7 +419,7 @@ pub struct ViewArgs {
     #[arg(short = 'n', long = "number", value_name = "ID")]
     pub id: u32,
     /// The safe point to show (see below)
-    #[arg(long, value_name = "ID|LABEL|TIME|AGE")]
+    #[arg(long, value_name = SELECTOR_VALUE_NAME)]
     pub at: String,
     /// Print JSON: {device, id, of, at, time, label}
     #[arg(long)]
@@ -439,7 +437,7 @@ pub struct PinArgs {
     #[arg(value_name = "IMAGE")]
     pub image: Option<PathBuf>,
     /// The safe point (see below)
-    #[arg(long, value_name = "ID|LABEL|TIME|AGE")]
+    #[arg(long, value_name = SELECTOR_VALUE_NAME)]
     pub at: String,
     /// Print JSON: {id, pinned, time, label}
     #[arg(long)]
@@ -498,11 +496,11 @@ pub struct ServeArgs {
     #[arg(long)]
     pub log: Option<PathBuf>,
     /// Seconds without writes before an idle safe point (0: never)
-    #[arg(long, default_value_t = 2,
+    #[arg(long, default_value_t = IDLE_SECS_DEFAULT,
           value_parser = clap::value_parser!(u64).range(0..=IDLE_SECS_MAX))]
     pub idle: u64,
     /// Milliseconds of flush coalescing (0: none)
-    #[arg(long, default_value_t = 100,
+    #[arg(long, default_value_t = COALESCE_MS_DEFAULT,
           value_parser = clap::value_parser!(u64).range(0..=COALESCE_MS_MAX))]
     pub coalesce: u64,
     /// What happens to the device's I/O if this daemon dies

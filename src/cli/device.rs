@@ -11,9 +11,9 @@ use anyhow::{bail, Context, Result};
 
 use crate::cli::args::AddArgs;
 use crate::cli::image;
-use crate::cli::render::stats_text;
+use crate::cli::render::{device_table, print_json, stats_text};
 use crate::daemon::serve::{self as daemon, Reporter, ServeOptions};
-use crate::ipc::control::{DeviceStats, Request};
+use crate::ipc::control::Request;
 use crate::ipc::device::OnCrash;
 use crate::ipc::paths;
 use crate::runtime::client::{ask, STATS_TIMEOUT};
@@ -23,7 +23,7 @@ use crate::runtime::registry::{
     check_daemon_access, check_ublk_access, device_exists, rewind_ids_views_first, UBLK_CONTROL,
 };
 use crate::runtime::removal::delete;
-use crate::size::{describe_layout, human};
+use crate::size::describe_layout;
 
 /// `rewind add`.
 pub fn add_command(args: &AddArgs) -> Result<()> {
@@ -133,47 +133,15 @@ pub fn list_command(json: bool) -> Result<()> {
         Vec::new()
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&entries)?);
+        print_json(&entries)?;
         return Ok(());
     }
     if entries.is_empty() {
         eprintln!("rewind: no rewind devices");
         return Ok(());
     }
-    let mut rows = vec![[
-        "ID".to_string(),
-        "DEVICE".into(),
-        "SIZE".into(),
-        "HISTORY USED/TOTAL".into(),
-        "STATE".into(),
-        "IMAGE".into(),
-    ]];
-    for e in &entries {
-        rows.push([
-            e.id.to_string(),
-            e.device.clone(),
-            size_column(&e.stats),
-            history_column(&e.stats),
-            e.state.clone(),
-            e.image.clone(),
-        ]);
-    }
-    let mut widths = [0usize; 6];
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    for row in &rows {
-        let mut line = String::new();
-        for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
-            if i + 1 == row.len() {
-                line.push_str(cell);
-            } else {
-                line.push_str(&format!("{cell:<w$}  "));
-            }
-        }
-        println!("{}", line.trim_end());
+    for line in device_table(&entries) {
+        println!("{line}");
     }
     Ok(())
 }
@@ -188,26 +156,9 @@ pub fn stats_command(id: u32, json: bool) -> Result<()> {
         bail!("the daemon of ublk device {id} sent no figures");
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
+        print_json(&s)?;
         return Ok(());
     }
     print!("{}", stats_text(&s, &jiff::tz::TimeZone::system()));
     Ok(())
-}
-
-fn history_column(stats: &Option<DeviceStats>) -> String {
-    match stats {
-        Some(s) => format!(
-            "{} / {}",
-            human(s.history_pages * s.page_size),
-            human(s.history_capacity_pages * s.page_size)
-        ),
-        None => "?".into(),
-    }
-}
-
-fn size_column(stats: &Option<DeviceStats>) -> String {
-    stats
-        .as_ref()
-        .map_or_else(|| "?".into(), |s| human(s.device_bytes))
 }

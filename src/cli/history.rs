@@ -9,7 +9,9 @@ use anyhow::{bail, Context, Result};
 use jiff::tz::TimeZone;
 use serde::Serialize;
 
-use crate::cli::render::{log_footer, log_table, safe_point_line, JsonSafePoint, WindowSummary};
+use crate::cli::render::{
+    label_suffix, log_footer, log_table, print_json, safe_point_line, JsonSafePoint, WindowSummary,
+};
 use crate::daemon::backing::{BackingError, FileStore};
 use crate::ipc::control::{Request, SafePointRecord};
 use crate::ipc::paths;
@@ -37,7 +39,7 @@ fn print_log(
             .iter()
             .map(|r| JsonSafePoint::new(r, page_size, &tz))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&entries)?);
+        print_json(&entries)?;
         return Ok(());
     }
     for line in log_table(records, page_size, &tz) {
@@ -65,7 +67,7 @@ pub fn safepoint_command(id: u32, label: Option<String>, json: bool) -> Result<(
     let tz = TimeZone::system();
     if json {
         let entry = JsonSafePoint::new(&sp, stats.page_size, &tz);
-        println!("{}", serde_json::to_string_pretty(&entry)?);
+        print_json(&entry)?;
         return Ok(());
     }
     println!("{}", safe_point_line(&sp, &tz));
@@ -175,13 +177,9 @@ fn print_rollback(
             time: rfc3339(target.time_ns, &tz),
             label: target.label.clone(),
         };
-        println!("{}", serde_json::to_string_pretty(&j)?);
+        print_json(&j)?;
     } else {
-        let label = target
-            .label
-            .as_deref()
-            .map(|l| format!(", label \"{l}\""))
-            .unwrap_or_default();
+        let label = label_suffix(target.label.as_deref());
         println!(
             "rolled {what} back to safe point {} ({}{label}); undo with `rewind rollback {which} --to {undo}`",
             target.id,
@@ -197,8 +195,7 @@ pub fn rollback_device_command(id: u32, to: &str, json: bool) -> Result<()> {
     use std::os::unix::io::AsRawFd;
     let device = paths::device_path(id);
     let shown = device.display().to_string();
-    let window = device_window("rewind rollback", id)?;
-    let target = find_safe_point(&window, to)?.clone();
+    let target = device_target("rewind rollback", id, to)?;
     // O_EXCL on a block device fails with EBUSY while it is mounted or open exclusively,
     // and keeps anyone from mounting it while we hold it.
     let holder = std::fs::OpenOptions::new()
@@ -242,14 +239,16 @@ pub fn rollback_device_command(id: u32, to: &str, json: bool) -> Result<()> {
     print_rollback(&shown, &format!("-n {id}"), &target, undo, json)
 }
 
-/// The history window of device `id`, from its daemon (for `command`).
-fn device_window(command: &str, id: u32) -> Result<Vec<SafePointRecord>> {
+/// The safe point `at` names in the history window of device `id`, asking its daemon for
+/// the window (for `command`).
+fn device_target(command: &str, id: u32, at: &str) -> Result<SafePointRecord> {
     let shown = paths::device_path(id).display().to_string();
     let reply = match ask(command, id, &Request::Log, LOG_TIMEOUT)? {
         Ok(reply) => reply,
         Err(why) => bail!("reading the history of {shown}: {why}"),
     };
-    Ok(reply.safe_points.unwrap_or_default())
+    let window = reply.safe_points.unwrap_or_default();
+    Ok(find_safe_point(&window, at)?.clone())
 }
 
 /// How long `rewind view` waits for the daemon to add the view device.
@@ -269,8 +268,7 @@ struct ViewJson {
 /// showing safe point X, and prints its path.
 pub fn view_command(id: u32, at: &str, json: bool) -> Result<()> {
     let shown = paths::device_path(id).display().to_string();
-    let window = device_window("rewind view", id)?;
-    let target = find_safe_point(&window, at)?.clone();
+    let target = device_target("rewind view", id, at)?;
     let reply = match ask(
         "rewind view",
         id,
@@ -301,13 +299,9 @@ pub fn view_command(id: u32, at: &str, json: bool) -> Result<()> {
             time: rfc3339(target.time_ns, &tz),
             label: target.label.clone(),
         };
-        println!("{}", serde_json::to_string_pretty(&j)?);
+        print_json(&j)?;
     } else {
-        let label = target
-            .label
-            .as_deref()
-            .map(|l| format!(", label \"{l}\""))
-            .unwrap_or_default();
+        let label = label_suffix(target.label.as_deref());
         eprintln!(
             "rewind: {}: read-only view of {shown} at safe point {} ({}{label}); \
              `rewind del -n {}` removes it",
@@ -342,8 +336,7 @@ pub fn pin_command(
     let (target, what) = match (id, image) {
         (Some(id), _) => {
             let shown = paths::device_path(id).display().to_string();
-            let window = device_window(&command, id)?;
-            let target = find_safe_point(&window, at)?.clone();
+            let target = device_target(&command, id, at)?;
             match ask(
                 &command,
                 id,
@@ -378,7 +371,7 @@ pub fn pin_command(
             time: rfc3339(target.time_ns, &tz),
             label: target.label.clone(),
         };
-        println!("{}", serde_json::to_string_pretty(&j)?);
+        print_json(&j)?;
     } else {
         println!(
             "{} safe point {} of {what} ({})",

@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use rewind_history::format::Superblock;
 use rewind_history::{CreateOptions, Error as EngineError, Layout};
 
+use crate::cli::render::print_json;
 use crate::daemon::backing::{BackingKind, FileStore};
 use crate::size::{describe_layout, history_bytes, human, human_exact};
 
@@ -212,7 +213,7 @@ pub fn check_command(image: &Path, json: bool) -> Result<()> {
             "clean": r.clean,
             "seconds": took.as_secs_f64(),
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        print_json(&v)?;
         return Ok(());
     }
     println!("{}: metadata consistent", image.display());

@@ -77,18 +77,61 @@ fn serve(a: ServeArgs) -> Result<()> {
         Some(fd) => Reporter::from_fd(fd)?,
         None => Reporter::Stdout,
     };
-    daemon::serve(
-        &ServeOptions {
-            image: a.image,
-            id: a.id,
-            queues: a.queues,
-            depth: a.depth,
-            log: a.log,
-            idle_secs: a.idle,
-            coalesce_ms: a.coalesce,
-            on_crash: a.on_crash.into(),
-            recover: a.recover,
-        },
-        reporter,
-    )
+    daemon::serve(&serve_options(a), reporter)
+}
+
+/// What `rewind __serve` was asked to serve: the inverse of `launch::serve_args`.
+fn serve_options(a: ServeArgs) -> ServeOptions {
+    ServeOptions {
+        image: a.image,
+        id: a.id,
+        queues: a.queues,
+        depth: a.depth,
+        log: a.log,
+        idle_secs: a.idle,
+        coalesce_ms: a.coalesce,
+        on_crash: a.on_crash.into(),
+        recover: a.recover,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipc::device::OnCrash;
+    use crate::runtime::launch::serve_args;
+    use clap::Parser;
+    use std::path::PathBuf;
+
+    #[test]
+    fn the_daemon_reads_back_the_options_it_is_started_with() {
+        let add = ServeOptions {
+            image: PathBuf::from("/var/lib/vm img.img"),
+            id: None,
+            queues: 2,
+            depth: 64,
+            log: Some(PathBuf::from("/tmp/rewind-vm img.img.log")),
+            idle_secs: 0,
+            coalesce_ms: 1000,
+            on_crash: OnCrash::Stop,
+            recover: false,
+        };
+        let recover = ServeOptions {
+            id: Some(7),
+            on_crash: OnCrash::Queue,
+            recover: true,
+            ..add.clone()
+        };
+        for opts in [add, recover] {
+            let log = opts.log.clone().unwrap();
+            let args = serve_args(&opts, 5, &log);
+            let cli = Cli::try_parse_from(std::iter::once("rewind".into()).chain(args))
+                .expect("__serve parses its arguments");
+            let Command::Serve(a) = cli.command else {
+                panic!("not __serve: {:?}", cli.command);
+            };
+            assert_eq!(a.status_fd, Some(5));
+            assert_eq!(serve_options(a), opts);
+        }
+    }
 }

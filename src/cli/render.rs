@@ -8,6 +8,7 @@ use jiff::tz::TimeZone;
 use serde::Serialize;
 
 use crate::ipc::control::{DeviceStats, SafePointRecord};
+use crate::runtime::listing::ListedDevice;
 use crate::size::human;
 use crate::time::{local_time, rfc3339};
 
@@ -85,6 +86,89 @@ pub fn percent(part: u64, whole: u64) -> f64 {
     }
 }
 
+/// Prints `value` as pretty JSON on stdout (the `--json` of every command).
+pub fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// `, label "x"` for a safe point labelled x, nothing for one without a label.
+pub fn label_suffix(label: Option<&str>) -> String {
+    label
+        .map(|l| format!(", label \"{l}\""))
+        .unwrap_or_default()
+}
+
+/// `rows` as lines of aligned columns two spaces apart, right-aligned where `right` says,
+/// trailing spaces trimmed.
+pub fn table<const N: usize>(rows: &[[String; N]], right: [bool; N]) -> Vec<String> {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    rows.iter()
+        .map(|row| {
+            let cells: Vec<String> = row
+                .iter()
+                .zip(widths)
+                .zip(right)
+                .map(|((cell, w), right)| {
+                    if right {
+                        format!("{cell:>w$}")
+                    } else {
+                        format!("{cell:<w$}")
+                    }
+                })
+                .collect();
+            cells.join("  ").trim_end().to_string()
+        })
+        .collect()
+}
+
+/// The table of `rewind list`, one string per line, header first:
+/// `ID  DEVICE  SIZE  HISTORY USED/TOTAL  STATE  IMAGE`, "?" for the figures of a daemon
+/// that did not answer.
+pub fn device_table(devices: &[ListedDevice]) -> Vec<String> {
+    let mut rows = vec![[
+        "ID".to_string(),
+        "DEVICE".into(),
+        "SIZE".into(),
+        "HISTORY USED/TOTAL".into(),
+        "STATE".into(),
+        "IMAGE".into(),
+    ]];
+    for d in devices {
+        rows.push([
+            d.id.to_string(),
+            d.device.clone(),
+            size_column(&d.stats),
+            history_column(&d.stats),
+            d.state.clone(),
+            d.image.clone(),
+        ]);
+    }
+    table(&rows, [false; 6])
+}
+
+fn history_column(stats: &Option<DeviceStats>) -> String {
+    match stats {
+        Some(s) => format!(
+            "{} / {}",
+            human(s.history_pages * s.page_size),
+            human(s.history_capacity_pages * s.page_size)
+        ),
+        None => "?".into(),
+    }
+}
+
+fn size_column(stats: &Option<DeviceStats>) -> String {
+    stats
+        .as_ref()
+        .map_or_else(|| "?".into(), |s| human(s.device_bytes))
+}
+
 /// The table of `rewind log`, one string per line, header first:
 /// `ID  TIME  TRIGGER  LABEL  CHANGED  HELD`, ids and sizes right-aligned, "-" for no
 /// label and for an unknown size.
@@ -117,29 +201,7 @@ pub fn log_table(records: &[SafePointRecord], page_size: u64, tz: &TimeZone) -> 
             kept.join(", "),
         ]);
     }
-    let mut widths = [0usize; 7];
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    rows.iter()
-        .map(|row| {
-            let cells: Vec<String> = row
-                .iter()
-                .zip(widths)
-                .zip(RIGHT)
-                .map(|((cell, w), right)| {
-                    if right {
-                        format!("{cell:>w$}")
-                    } else {
-                        format!("{cell:<w$}")
-                    }
-                })
-                .collect();
-            cells.join("  ").trim_end().to_string()
-        })
-        .collect()
+    table(&rows, RIGHT)
 }
 
 /// The line under the table: how far back the window reaches and how full the history is.
@@ -272,6 +334,7 @@ pub fn stats_text(s: &DeviceStats, tz: &jiff::tz::TimeZone) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ipc::control::sample_stats;
 
     // 2023-11-14 22:13:20 UTC.
     const T: u64 = 1_700_000_000_000_000_000;
@@ -393,28 +456,15 @@ mod tests {
     #[test]
     fn stats_show_the_window() {
         let s = DeviceStats {
-            id: 0,
             device: "/dev/ublkb0".into(),
-            image: "/tmp/a.img".into(),
-            pid: 42,
-            direct_io: true,
-            log: None,
-            page_size: 4096,
-            device_bytes: 1 << 30,
-            logical_pages: 262_144,
-            physical_pages: 327_680,
             free_pages: 60_000,
             history_pages: 5_536,
-            history_capacity_pages: 65_536,
             safe_points: 14,
             oldest_safe_point: Some(3),
             newest_safe_point: Some(16),
-            oldest_safe_point_time_ns: Some(1_700_000_000_000_000_000),
             newest_safe_point_time_ns: Some(1_700_000_060_000_000_000),
-            idle_secs: 2,
             coalesce_ms: 0,
-            pinned: vec![],
-            views: vec![],
+            ..sample_stats()
         };
         let text = stats_text(&s, &jiff::tz::TimeZone::UTC);
         let expected = "\
@@ -430,5 +480,37 @@ coalesce     off: every flush makes a safe point
 daemon       pid 42
 ";
         assert_eq!(text, expected, "\n{text}");
+    }
+
+    #[test]
+    fn device_table_layout() {
+        let live = ListedDevice {
+            id: 0,
+            device: "/dev/ublkb0".into(),
+            image: "/tmp/a.img".into(),
+            state: "live".into(),
+            pid: Some(42),
+            log: None,
+            stats: Some(sample_stats()),
+            needs_recover: false,
+            supervisor: None,
+            view_of: None,
+            view_at: None,
+        };
+        let dead = ListedDevice {
+            id: 12,
+            device: "/dev/ublkb12".into(),
+            state: "quiesced, daemon dead: needs `rewind recover -n 12`".into(),
+            stats: None,
+            needs_recover: true,
+            ..live.clone()
+        };
+        let lines = device_table(&[live, dead]);
+        let expected = [
+            "ID  DEVICE        SIZE   HISTORY USED/TOTAL  STATE                                                IMAGE",
+            "0   /dev/ublkb0   1 GiB  40 KiB / 256 MiB    live                                                 /tmp/a.img",
+            "12  /dev/ublkb12  ?      ?                   quiesced, daemon dead: needs `rewind recover -n 12`  /tmp/a.img",
+        ];
+        assert_eq!(lines, expected, "\n{}", lines.join("\n"));
     }
 }

@@ -25,6 +25,15 @@ use std::time::{Duration, Instant};
 
 use rewind_history::{Error, Store, Trigger, Volume};
 
+/// Seconds without writes before an idle safe point, unless `--idle` says otherwise.
+pub const IDLE_SECS_DEFAULT: u64 = 2;
+/// Longest idle interval: a day. Longer is as good as never (use 0).
+pub const IDLE_SECS_MAX: u64 = 86_400;
+/// Milliseconds of flush coalescing, unless `--coalesce` says otherwise.
+pub const COALESCE_MS_DEFAULT: u64 = 100;
+/// Longest coalescing interval: a minute.
+pub const COALESCE_MS_MAX: u64 = 60_000;
+
 /// The ticker never sleeps longer than this, so a stop takes effect quickly even if an
 /// unpark were missed.
 const TICK_MAX: Duration = Duration::from_millis(250);

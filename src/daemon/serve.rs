@@ -42,7 +42,7 @@ use crate::size::describe_layout;
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// What `rewind __serve` (or `rewind add --foreground`) was asked to serve.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServeOptions {
     /// The image, absolute.
     pub image: PathBuf,
@@ -175,29 +175,12 @@ fn spawn_signal_thread(set: libc::sigset_t, id: u32, stop: Arc<AtomicBool>) -> R
                 continue;
             }
             log::info!("signal {sig}: stopping device {id}");
-            stop_device(id);
+            if let Err(why) = ublk::stop_device(id, "device") {
+                log::error!("{why}");
+            }
         })
         .context("starting the signal thread")?;
     Ok(())
-}
-
-/// Sends STOP_DEV for device `id` through a control handle of this thread.
-fn stop_device(id: u32) {
-    let Ok(id_arg) = i32::try_from(id) else {
-        log::error!("device id {id} out of range");
-        return;
-    };
-    match UblkCtrl::new_simple(id_arg) {
-        Ok(ctrl) => {
-            if let Err(e) = ctrl.kill_dev() {
-                log::error!("stopping device {id}: {}", describe_ublk_error(&e));
-            }
-        }
-        Err(e) => log::error!(
-            "opening device {id} to stop it: {}",
-            describe_ublk_error(&e)
-        ),
-    }
 }
 
 fn write_pid_file(path: &Path, content: &PidFile) -> Result<()> {

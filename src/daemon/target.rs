@@ -574,6 +574,9 @@ async fn finish_transfer(
     }
 }
 
+/// READ: resolves each page (through the view, for a view device), zero-fills the pages
+/// that resolve to nothing and reads each run of consecutive physical pages with one op.
+/// The read tracker keeps the resolved pages from being reused until their data is in.
 async fn read(
     q: &UblkQueue<'_>,
     ctx: &QueueCtx<'_>,
@@ -583,38 +586,30 @@ async fn read(
     scratch: &mut Scratch,
 ) -> Result<i32, Failure> {
     let generation = ctx.reads.begin(ctx.volume);
-    let result = read_pages(q, ctx, first, pages, buf, scratch).await;
+    let result = async {
+        scratch.phys.clear();
+        for i in 0..pages {
+            let l = LogicalPage(first.0 + i as u64);
+            let p = match ctx.view {
+                Some(v) => ctx.volume.resolve_view(v, l),
+                None => ctx.volume.resolve(l),
+            }
+            .map_err(|e| Failure::Engine("resolve", e))?;
+            scratch.phys.push(p);
+        }
+        scratch.runs.clear();
+        coalesce(&scratch.phys, &mut scratch.runs);
+        // Zero the holes first: once the reads are submitted the buffer is the kernel's.
+        for run in scratch.runs.iter().filter(|r| r.phys.is_none()) {
+            buf.as_mut_slice()[run.index * PAGE..(run.index + run.count) * PAGE].fill(0);
+        }
+        submit_runs(q, ctx.volume.layout(), buf, scratch, false);
+        run_transfers(q, scratch).await?;
+        Ok((pages * PAGE) as i32)
+    }
+    .await;
     ctx.reads.end(generation);
     result
-}
-
-async fn read_pages(
-    q: &UblkQueue<'_>,
-    ctx: &QueueCtx<'_>,
-    first: LogicalPage,
-    pages: usize,
-    buf: &mut IoBuf<u8>,
-    scratch: &mut Scratch,
-) -> Result<i32, Failure> {
-    scratch.phys.clear();
-    for i in 0..pages {
-        let l = LogicalPage(first.0 + i as u64);
-        let p = match ctx.view {
-            Some(v) => ctx.volume.resolve_view(v, l),
-            None => ctx.volume.resolve(l),
-        }
-        .map_err(|e| Failure::Engine("resolve", e))?;
-        scratch.phys.push(p);
-    }
-    scratch.runs.clear();
-    coalesce(&scratch.phys, &mut scratch.runs);
-    // Zero the holes first: once the reads are submitted the buffer is the kernel's.
-    for run in scratch.runs.iter().filter(|r| r.phys.is_none()) {
-        buf.as_mut_slice()[run.index * PAGE..(run.index + run.count) * PAGE].fill(0);
-    }
-    submit_runs(q, ctx.volume.layout(), buf, scratch, false);
-    run_transfers(q, scratch).await?;
-    Ok((pages * PAGE) as i32)
 }
 
 /// Submits one uring read or write per run of consecutive physical pages in

@@ -123,3 +123,19 @@ pub fn recover_device(id: u32) -> anyhow::Result<UblkCtrl> {
         )),
     }
 }
+
+/// Sends STOP_DEV to ublk device `id` through a control handle of this thread: its queues
+/// see their commands aborted, and the daemon serving it returns from `run_target`. `noun`
+/// names the device in the error ("device", "view device").
+pub fn stop_device(id: u32, noun: &str) -> Result<(), String> {
+    let id_arg = i32::try_from(id).map_err(|_| format!("{noun} id {id} out of range"))?;
+    let ctrl = UblkCtrl::new_simple(id_arg).map_err(|e| {
+        format!(
+            "opening {noun} {id} to stop it: {}",
+            describe_ublk_error(&e)
+        )
+    })?;
+    ctrl.kill_dev()
+        .map(|_| ())
+        .map_err(|e| format!("stopping {noun} {id}: {}", describe_ublk_error(&e)))
+}

@@ -26,7 +26,7 @@ use rewind_history::{Notice, ViewId, Volume};
 use crate::daemon::backing::FileStore;
 use crate::daemon::pacing::Pacer;
 use crate::daemon::target::Target;
-use crate::daemon::ublk::{add_device, describe_ublk_error};
+use crate::daemon::ublk::{add_device, describe_ublk_error, stop_device};
 use crate::ipc::control::ViewRecord;
 use crate::ipc::device::{OnCrash, TargetData, ViewOf, TARGET_DATA_KEY};
 use crate::ipc::paths;
@@ -182,7 +182,9 @@ impl Views {
                 paths::device_path(self.parent).display()
             ));
         };
-        stop_view_device(id);
+        if let Err(why) = stop_device(id, "view device") {
+            log::warn!("{why}");
+        }
         if let Some(t) = entry.thread.take() {
             let _ = t.join();
         }
@@ -212,23 +214,6 @@ impl Views {
             .filter(|(_, e)| e.at == at)
             .map(|(id, _)| *id)
             .collect()
-    }
-}
-
-fn stop_view_device(id: u32) {
-    let Ok(id_arg) = i32::try_from(id) else {
-        return;
-    };
-    match UblkCtrl::new_simple(id_arg) {
-        Ok(ctrl) => {
-            if let Err(e) = ctrl.kill_dev() {
-                log::warn!("stopping view device {id}: {}", describe_ublk_error(&e));
-            }
-        }
-        Err(e) => log::warn!(
-            "opening view device {id} to stop it: {}",
-            describe_ublk_error(&e)
-        ),
     }
 }
 

@@ -10,17 +10,19 @@
 //! the dead daemon recorded in the device's ublk json; `rewind add --supervise` then starts
 //! the supervisor (`rewind __supervise`, see `runtime::supervise`) the same way.
 
+use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader};
-use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::daemon::pacing::{COALESCE_MS_DEFAULT, IDLE_SECS_DEFAULT};
 use crate::daemon::serve::ServeOptions;
 use crate::ipc::device::OnCrash;
 use crate::ipc::paths;
@@ -59,8 +61,8 @@ pub fn recover_device(id: u32) -> Result<String> {
         queues: found.queues,
         depth: found.depth,
         log: Some(log.clone()),
-        idle_secs: found.data.idle_secs.unwrap_or(2),
-        coalesce_ms: found.data.coalesce_ms.unwrap_or(100),
+        idle_secs: found.data.idle_secs.unwrap_or(IDLE_SECS_DEFAULT),
+        coalesce_ms: found.data.coalesce_ms.unwrap_or(COALESCE_MS_DEFAULT),
         on_crash: OnCrash::Queue,
         recover: true,
     };
@@ -70,11 +72,69 @@ pub fn recover_device(id: u32) -> Result<String> {
 /// Starts `rewind __supervise -n ID` in its own session, logging to `log`; returns its pid.
 pub fn start_supervisor(id: u32, log: &Path) -> Result<u32> {
     let log_file = open_log(log)?;
-    let exe = std::env::current_exe().context("finding this program to start the supervisor")?;
+    let args: [OsString; 3] = [
+        "__supervise".into(),
+        "--number".into(),
+        id.to_string().into(),
+    ];
+    let child = spawn_detached(&args, log_file, None, "supervisor")?;
+    Ok(child.id())
+}
+
+/// Starts the daemon for `opts` and waits for it to report; returns the device path.
+pub fn start_daemon(opts: &ServeOptions, log: &Path) -> Result<String> {
+    let log_file = open_log(log)?;
+    let (read_end, write_end) = status_pipe()?;
+    let status_fd = write_end.as_raw_fd();
+    let child = spawn_detached(
+        &serve_args(opts, status_fd, log),
+        log_file,
+        Some(status_fd),
+        "daemon",
+    )?;
+    // Only the daemon may hold the write end now, so its exit shows as end of file.
+    drop(write_end);
+    wait_for_status(child, read_end, opts, log)
+}
+
+/// The arguments of `rewind __serve` for `opts`, reporting on descriptor `status_fd` and
+/// logging to `log` (`cli::serve_options` reads them back).
+pub fn serve_args(opts: &ServeOptions, status_fd: RawFd, log: &Path) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec!["__serve".into(), opts.image.clone().into()];
+    let mut option = |name: &str, value: OsString| {
+        args.push(name.into());
+        args.push(value);
+    };
+    option("--queues", opts.queues.to_string().into());
+    option("--depth", opts.depth.to_string().into());
+    option("--status-fd", status_fd.to_string().into());
+    option("--log", log.into());
+    option("--idle", opts.idle_secs.to_string().into());
+    option("--coalesce", opts.coalesce_ms.to_string().into());
+    option("--on-crash", opts.on_crash.name().into());
+    if let Some(id) = opts.id {
+        option("--number", id.to_string().into());
+    }
+    if opts.recover {
+        args.push("--recover".into());
+    }
+    args
+}
+
+/// Starts this program again with `args` in a session of its own (`setsid`, so no
+/// terminal's signals reach it), stdin from /dev/null, stdout and stderr appended to
+/// `log_file`. Descriptor `keep_fd`, if given, stays open across exec; every other
+/// descriptor of this process is close-on-exec. `what` names the child in errors.
+fn spawn_detached(
+    args: &[OsString],
+    log_file: File,
+    keep_fd: Option<RawFd>,
+    what: &str,
+) -> Result<Child> {
+    let exe = std::env::current_exe()
+        .with_context(|| format!("finding this program to start the {what}"))?;
     let mut cmd = Command::new(exe);
-    cmd.arg("__supervise")
-        .arg("--number")
-        .arg(id.to_string())
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(
             log_file
@@ -83,17 +143,23 @@ pub fn start_supervisor(id: u32, log: &Path) -> Result<u32> {
         )
         .stderr(log_file);
     // SAFETY: the closure runs in the child between fork and exec, where only
-    // async-signal-safe functions may be called: setsid is, and it allocates nothing.
+    // async-signal-safe functions may be called: setsid and fcntl are, and it allocates
+    // nothing. It touches only `keep_fd`, a descriptor the child inherited.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::setsid() == -1 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if let Some(fd) = keep_fd {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags == -1 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
     }
-    let child = cmd.spawn().context("starting the supervisor")?;
-    Ok(child.id())
+    cmd.spawn().with_context(|| format!("starting the {what}"))
 }
 
 fn open_log(log: &Path) -> Result<File> {
@@ -110,20 +176,16 @@ fn open_log(log: &Path) -> Result<File> {
         })
 }
 
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+/// The status pipe, both ends close-on-exec: (read end, write end).
+fn status_pipe() -> Result<(OwnedFd, OwnedFd)> {
     let mut fds: [libc::c_int; 2] = [-1; 2];
     // SAFETY: pipe2 writes two descriptors into the two-element array it is given.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
-        return Err(std::io::Error::last_os_error());
+        return Err(std::io::Error::last_os_error()).context("creating the status pipe");
     }
     // SAFETY: pipe2 succeeded, so both are new open descriptors that nothing else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-/// Starts the daemon for `opts` and waits for it to report; returns the device path.
-pub fn start_daemon(opts: &ServeOptions, log: &Path) -> Result<String> {
-    let log_file = open_log(log)?;
-    let (read_end, write_end) = pipe().context("creating the status pipe")?;
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     // If this process was started with stdin, stdout or stderr closed, the pipe may have
     // taken one of their numbers, which the child's own redirections then overwrite.
     // try_clone duplicates to the lowest free number from 3 up.
@@ -132,60 +194,18 @@ pub fn start_daemon(opts: &ServeOptions, log: &Path) -> Result<String> {
     } else {
         write_end
     };
-    let status_fd = write_end.as_raw_fd();
-    let exe = std::env::current_exe().context("finding this program to start the daemon")?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("__serve")
-        .arg(&opts.image)
-        .arg("--queues")
-        .arg(opts.queues.to_string())
-        .arg("--depth")
-        .arg(opts.depth.to_string())
-        .arg("--status-fd")
-        .arg(status_fd.to_string())
-        .arg("--log")
-        .arg(log)
-        .arg("--idle")
-        .arg(opts.idle_secs.to_string())
-        .arg("--coalesce")
-        .arg(opts.coalesce_ms.to_string())
-        .arg("--on-crash")
-        .arg(opts.on_crash.name());
-    if let Some(id) = opts.id {
-        cmd.arg("--number").arg(id.to_string());
-    }
-    if opts.recover {
-        cmd.arg("--recover");
-    }
-    cmd.stdin(Stdio::null())
-        .stdout(
-            log_file
-                .try_clone()
-                .context("duplicating the log descriptor")?,
-        )
-        .stderr(log_file);
-    // SAFETY: the closure runs in the child between fork and exec, where only
-    // async-signal-safe functions may be called: setsid and fcntl are, and it allocates
-    // nothing. It touches only `status_fd`, a descriptor the child inherited.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setsid() == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The status pipe must survive exec; every other descriptor is close-on-exec.
-            let flags = libc::fcntl(status_fd, libc::F_GETFD);
-            if flags == -1 || libc::fcntl(status_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) == -1
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().context("starting the daemon")?;
-    // Only the daemon may hold the write end now, so its exit shows as end of file.
-    drop(write_end);
-    let pid = child.id();
+    Ok((read_end, write_end))
+}
 
+/// Waits for the line the daemon `child` writes on the status pipe (`read_end`): the device
+/// path once it is live, or an error that says why it is not.
+fn wait_for_status(
+    mut child: Child,
+    read_end: OwnedFd,
+    opts: &ServeOptions,
+    log: &Path,
+) -> Result<String> {
+    let pid = child.id();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut line = String::new();
@@ -229,7 +249,7 @@ pub fn start_daemon(opts: &ServeOptions, log: &Path) -> Result<String> {
 }
 
 /// How the daemon ended, waiting up to 2 s for it.
-fn wait_briefly(child: &mut std::process::Child) -> String {
+fn wait_briefly(child: &mut Child) -> String {
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         match child.try_wait() {

@@ -12,8 +12,8 @@ use crate::runtime::registry::{
 };
 
 /// One row of `rewind list`.
-#[derive(Debug, Serialize)]
-pub struct Entry {
+#[derive(Clone, Debug, Serialize)]
+pub struct ListedDevice {
     /// ublk device id.
     pub id: u32,
     /// `/dev/ublkbN`.
@@ -38,108 +38,103 @@ pub struct Entry {
     pub view_at: Option<u64>,
 }
 
-/// The row of view device `id`: its figures are its live device's; its state says what
-/// it shows, or why it fails.
-fn view_entry(id: u32, data: TargetData, of: &ViewOf) -> Entry {
-    let device = paths::device_path(id).display().to_string();
-    let parent = paths::device_path(of.of).display().to_string();
-    let (kernel_state, pid) = match kernel_view(id) {
-        Ok((s, pid)) => (state_name(s).to_string(), Some(pid)),
-        Err(e) => (format!("unknown ({e:#})"), None),
+/// Device `id`, whose daemon recorded `data`, as `rewind list` shows it.
+fn listed(id: u32, data: TargetData) -> ListedDevice {
+    let kernel = kernel_view(id);
+    let state = match &kernel {
+        Ok((s, _)) => state_name(*s).to_string(),
+        Err(e) => format!("unknown ({e:#})"),
     };
-    let mut state = format!("{kernel_state}, view of {parent} at safe point {}", of.at);
-    let mut stats = None;
-    if pid.is_some_and(process_alive) {
-        match client::request(&paths::socket_path(of.of), &Request::Stats, STATS_TIMEOUT) {
-            Ok(r) if r.ok => {
-                if let Some(why) = r.stats.as_ref().and_then(|s| {
-                    s.views
-                        .iter()
-                        .find(|v| v.device_id == id)
-                        .and_then(|v| v.dropped.clone())
-                }) {
-                    state = format!("{state}, dropped (reads fail): {why}");
-                }
-                stats = r.stats;
-            }
-            Ok(r) => state = format!("{state}, daemon says: {}", r.error.unwrap_or_default()),
-            Err(e) => state = format!("{state}, daemon not answering ({e})"),
-        }
-    } else {
-        state = format!("{state}, its daemon is gone: `rewind del -n {id}`");
-    }
-    Entry {
+    let row = ListedDevice {
         id,
-        device,
+        device: paths::device_path(id).display().to_string(),
         image: data.image,
         state,
-        pid,
+        pid: kernel.as_ref().ok().map(|&(_, pid)| pid),
         log: data.log,
-        stats,
+        stats: None,
         needs_recover: false,
         supervisor: None,
-        view_of: Some(of.of),
-        view_at: Some(of.at),
+        view_of: None,
+        view_at: None,
+    };
+    match &data.view {
+        Some(of) => view_row(row, of),
+        None => live_row(row, kernel.ok()),
     }
 }
 
-fn entry(id: u32, data: TargetData) -> Entry {
-    if let Some(of) = data.view.clone() {
-        return view_entry(id, data, &of);
+/// A view's row: its figures are its live device's; its state says what it shows, or why
+/// it fails.
+fn view_row(mut row: ListedDevice, of: &ViewOf) -> ListedDevice {
+    let id = row.id;
+    row.state = format!(
+        "{}, view of {} at safe point {}",
+        row.state,
+        paths::device_path(of.of).display(),
+        of.at
+    );
+    if row.pid.is_some_and(process_alive) {
+        row.stats = daemon_stats(of.of, &mut row.state);
+        let dropped = row.stats.as_ref().and_then(|s| {
+            s.views
+                .iter()
+                .find(|v| v.device_id == id)
+                .and_then(|v| v.dropped.clone())
+        });
+        if let Some(why) = dropped {
+            row.state = format!("{}, dropped (reads fail): {why}", row.state);
+        }
+    } else {
+        row.state = format!("{}, its daemon is gone: `rewind del -n {id}`", row.state);
     }
-    let device = paths::device_path(id).display().to_string();
-    let supervisor = supervisor_pid(id);
-    let (mut state, pid, needs_recover) = match kernel_view(id) {
-        Ok((s, pid)) => (state_name(s).to_string(), Some(pid), needs_recovery(s, pid)),
-        Err(e) => (format!("unknown ({e:#})"), None, false),
-    };
-    let stats = if needs_recover {
-        state = format!(
-            "{state}, daemon dead: {}",
-            if supervisor.is_some() {
+    row.view_of = Some(of.of);
+    row.view_at = Some(of.at);
+    row
+}
+
+/// A live device's row, `kernel` being its state and daemon pid in the kernel.
+fn live_row(mut row: ListedDevice, kernel: Option<(u16, i32)>) -> ListedDevice {
+    let id = row.id;
+    row.supervisor = supervisor_pid(id);
+    row.needs_recover = kernel.is_some_and(|(state, pid)| needs_recovery(state, pid));
+    if row.needs_recover {
+        row.state = format!(
+            "{}, daemon dead: {}",
+            row.state,
+            if row.supervisor.is_some() {
                 "its supervisor recovers it".to_string()
             } else {
                 format!("needs `rewind recover -n {id}`")
             }
         );
-        None
-    } else if pid.is_some_and(process_alive) {
-        match client::request(&paths::socket_path(id), &Request::Stats, STATS_TIMEOUT) {
-            Ok(r) if r.ok => r.stats,
-            Ok(r) => {
-                state = format!("{state}, daemon says: {}", r.error.unwrap_or_default());
-                None
-            }
-            Err(e) => {
-                state = format!("{state}, daemon not answering ({e})");
-                None
-            }
+    } else if row.pid.is_some_and(process_alive) {
+        row.stats = daemon_stats(id, &mut row.state);
+    } else if row.pid.is_some() {
+        row.state = format!("{}, no daemon", row.state);
+    }
+    row
+}
+
+/// The figures of the daemon serving device `id`, if it answers; if not, `state` says why.
+fn daemon_stats(id: u32, state: &mut String) -> Option<DeviceStats> {
+    match client::request(&paths::socket_path(id), &Request::Stats, STATS_TIMEOUT) {
+        Ok(r) if r.ok => r.stats,
+        Ok(r) => {
+            *state = format!("{state}, daemon says: {}", r.error.unwrap_or_default());
+            None
         }
-    } else {
-        if pid.is_some() {
-            state = format!("{state}, no daemon");
+        Err(e) => {
+            *state = format!("{state}, daemon not answering ({e})");
+            None
         }
-        None
-    };
-    Entry {
-        id,
-        device,
-        image: data.image,
-        state,
-        pid,
-        log: data.log,
-        stats,
-        needs_recover,
-        supervisor,
-        view_of: None,
-        view_at: None,
     }
 }
 
 /// The rewind devices now, by id.
-pub fn rewind_devices() -> Vec<Entry> {
+pub fn rewind_devices() -> Vec<ListedDevice> {
     ublk_ids()
         .into_iter()
-        .filter_map(|id| target_data(id).map(|d| entry(id, d)))
+        .filter_map(|id| target_data(id).map(|d| listed(id, d)))
         .collect()
 }
