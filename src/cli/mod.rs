@@ -10,7 +10,8 @@ pub mod render;
 use anyhow::Result;
 
 use crate::cli::args::{Cli, Command, ServeArgs};
-use crate::daemon::serve::{self as daemon, Reporter, ServeOptions};
+use crate::daemon::report::Reporter;
+use crate::daemon::serve::{self as daemon, ServeOptions};
 use crate::runtime::supervise;
 
 /// Sets up logging for `command`: the daemon and the supervisor log at info by default with

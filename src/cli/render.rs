@@ -228,92 +228,123 @@ pub fn safe_point_line(sp: &SafePointRecord, tz: &TimeZone) -> String {
     line
 }
 
-/// What `rewind stats` prints, one figure a line.
-pub fn stats_text(s: &DeviceStats, tz: &jiff::tz::TimeZone) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    let mut line = |name: &str, value: String| {
-        let _ = writeln!(out, "{name:<12} {value}");
-    };
-    line("device", s.device.clone());
-    line(
-        "image",
-        format!(
-            "{} ({})",
-            s.image,
-            if s.direct_io { "O_DIRECT" } else { "buffered" }
-        ),
-    );
-    line(
-        "size",
-        format!(
-            "{} ({} pages of {} bytes)",
-            human(s.device_bytes),
-            s.logical_pages,
-            s.page_size
-        ),
-    );
-    line(
-        "history",
-        format!(
-            "{} used of {} ({:.1}%)",
-            human(s.history_pages * s.page_size),
-            human(s.history_capacity_pages * s.page_size),
-            percent(s.history_pages, s.history_capacity_pages)
-        ),
-    );
-    line(
-        "free",
-        format!(
-            "{} ({} pages)",
-            human(s.free_pages * s.page_size),
-            s.free_pages
-        ),
-    );
-    let id_or_dash = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
-    line(
-        "safe points",
-        format!(
-            "{} (oldest {}, newest {})",
-            s.safe_points,
-            id_or_dash(s.oldest_safe_point),
-            id_or_dash(s.newest_safe_point)
-        ),
-    );
-    let time = |t: Option<u64>| t.map_or_else(|| "-".to_string(), |t| local_time(t, tz));
-    line(
-        "window",
-        format!(
-            "{} to {}",
-            time(s.oldest_safe_point_time_ns),
-            time(s.newest_safe_point_time_ns)
-        ),
-    );
-    line(
-        "idle",
-        if s.idle_secs == 0 {
-            "off: no idle safe points".to_string()
-        } else {
-            format!("a safe point after {} s without writes", s.idle_secs)
-        },
-    );
-    line(
-        "coalesce",
-        if s.coalesce_ms == 0 {
-            "off: every flush makes a safe point".to_string()
-        } else {
+/// What `rewind stats` prints, one figure a line: a name padded to 12 columns, then its
+/// value.
+pub fn stats_text(s: &DeviceStats, tz: &TimeZone) -> String {
+    let mut lines = vec![("device", s.device.clone())];
+    lines.extend(space_lines(s));
+    lines.extend(window_lines(s, tz));
+    lines.extend(pacing_lines(s));
+    lines.extend(kept_lines(s));
+    lines.push(("daemon", format!("pid {}", s.pid)));
+    if let Some(log) = &s.log {
+        lines.push(("log", log.clone()));
+    }
+    lines
+        .iter()
+        .map(|(name, value)| format!("{name:<12} {value}\n"))
+        .collect()
+}
+
+/// `rewind stats`: the image, and how its space is used.
+fn space_lines(s: &DeviceStats) -> [(&'static str, String); 4] {
+    [
+        (
+            "image",
             format!(
-                "flushes within {} ms of a safe point make none",
-                s.coalesce_ms
-            )
-        },
-    );
+                "{} ({})",
+                s.image,
+                if s.direct_io { "O_DIRECT" } else { "buffered" }
+            ),
+        ),
+        (
+            "size",
+            format!(
+                "{} ({} pages of {} bytes)",
+                human(s.device_bytes),
+                s.logical_pages,
+                s.page_size
+            ),
+        ),
+        (
+            "history",
+            format!(
+                "{} used of {} ({:.1}%)",
+                human(s.history_pages * s.page_size),
+                human(s.history_capacity_pages * s.page_size),
+                percent(s.history_pages, s.history_capacity_pages)
+            ),
+        ),
+        (
+            "free",
+            format!(
+                "{} ({} pages)",
+                human(s.free_pages * s.page_size),
+                s.free_pages
+            ),
+        ),
+    ]
+}
+
+/// `rewind stats`: the safe points of the window, and when they were made.
+fn window_lines(s: &DeviceStats, tz: &TimeZone) -> [(&'static str, String); 2] {
+    let id_or_dash = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+    let time = |t: Option<u64>| t.map_or_else(|| "-".to_string(), |t| local_time(t, tz));
+    [
+        (
+            "safe points",
+            format!(
+                "{} (oldest {}, newest {})",
+                s.safe_points,
+                id_or_dash(s.oldest_safe_point),
+                id_or_dash(s.newest_safe_point)
+            ),
+        ),
+        (
+            "window",
+            format!(
+                "{} to {}",
+                time(s.oldest_safe_point_time_ns),
+                time(s.newest_safe_point_time_ns)
+            ),
+        ),
+    ]
+}
+
+/// `rewind stats`: when the daemon makes safe points of its own (`--idle`, `--coalesce`).
+fn pacing_lines(s: &DeviceStats) -> [(&'static str, String); 2] {
+    [
+        (
+            "idle",
+            if s.idle_secs == 0 {
+                "off: no idle safe points".to_string()
+            } else {
+                format!("a safe point after {} s without writes", s.idle_secs)
+            },
+        ),
+        (
+            "coalesce",
+            if s.coalesce_ms == 0 {
+                "off: every flush makes a safe point".to_string()
+            } else {
+                format!(
+                    "flushes within {} ms of a safe point make none",
+                    s.coalesce_ms
+                )
+            },
+        ),
+    ]
+}
+
+/// `rewind stats`: what keeps safe points in the window: pins, then views.
+fn kept_lines(s: &DeviceStats) -> Vec<(&'static str, String)> {
+    let mut lines = Vec::new();
     if !s.pinned.is_empty() {
         let ids: Vec<String> = s.pinned.iter().map(u64::to_string).collect();
-        line("pinned", ids.join(", "));
+        lines.push(("pinned", ids.join(", ")));
     }
     for v in &s.views {
-        line(
+        lines.push((
             "view",
             match &v.dropped {
                 None => format!("{} at safe point {}", v.device, v.at),
@@ -322,19 +353,15 @@ pub fn stats_text(s: &DeviceStats, tz: &jiff::tz::TimeZone) -> String {
                     v.device, v.at
                 ),
             },
-        );
+        ));
     }
-    line("daemon", format!("pid {}", s.pid));
-    if let Some(log) = &s.log {
-        line("log", log.clone());
-    }
-    out
+    lines
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ipc::control::sample_stats;
+    use crate::ipc::control::{sample_stats, ViewRecord};
 
     // 2023-11-14 22:13:20 UTC.
     const T: u64 = 1_700_000_000_000_000_000;
@@ -512,5 +539,41 @@ daemon       pid 42
             "12  /dev/ublkb12  ?      ?                   quiesced, daemon dead: needs `rewind recover -n 12`  /tmp/a.img",
         ];
         assert_eq!(lines, expected, "\n{}", lines.join("\n"));
+    }
+
+    #[test]
+    fn stats_show_pins_views_and_the_log() {
+        let s = DeviceStats {
+            pinned: vec![3, 5],
+            views: vec![
+                ViewRecord {
+                    device_id: 1,
+                    device: "/dev/ublkb1".into(),
+                    at: 5,
+                    dropped: None,
+                },
+                ViewRecord {
+                    device_id: 2,
+                    device: "/dev/ublkb2".into(),
+                    at: 3,
+                    dropped: Some("the history area is full".into()),
+                },
+            ],
+            log: Some("/var/log/rewind/rewind-a.img.log".into()),
+            ..sample_stats()
+        };
+        let text = stats_text(&s, &TimeZone::UTC);
+        let tail: Vec<&str> = text.lines().skip(9).collect();
+        assert_eq!(
+            tail,
+            [
+                "pinned       3, 5",
+                "view         /dev/ublkb1 at safe point 5",
+                "view         /dev/ublkb2 at safe point 3: dropped, reads fail: the history area is full",
+                "daemon       pid 42",
+                "log          /var/log/rewind/rewind-a.img.log",
+            ],
+            "\n{text}"
+        );
     }
 }

@@ -1,5 +1,5 @@
 //! The daemon's control server: binds the device's control socket and answers each request
-//! (the wire format is `ipc::control`) on a thread of its own.
+//! (the wire format is `ipc::control`) on a thread of its own, with [`Answers`].
 //!
 //! One thread serves the socket, one connection at a time, with a time limit on each read so
 //! a stuck client cannot hold it.
@@ -8,9 +8,16 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use crate::ipc::control::{Request, Response};
+use rewind_history::Volume;
+
+use crate::daemon::backing::FileStore;
+use crate::daemon::pacing::Pacer;
+use crate::daemon::views::Views;
+use crate::ipc::control::{DeviceStats, Request, Response, SafePointRecord};
+use crate::selector::check_label;
 
 /// Longest request line accepted, so a client cannot make the daemon buffer without end.
 const MAX_LINE_BYTES: u64 = 64 << 10;
@@ -94,4 +101,292 @@ fn write_line(w: &mut impl Write, response: &Response) -> io::Result<()> {
     text.push('\n');
     w.write_all(text.as_bytes())?;
     w.flush()
+}
+
+/// What the control thread answers each request with: the volume, the pacer, the views and
+/// the device's figures that do not change.
+pub struct Answers {
+    /// Weak: the daemon closes the volume once the device is gone, while this thread may
+    /// still run; requests then fail.
+    volume: Weak<Volume<FileStore>>,
+    pacer: Arc<Pacer>,
+    views: Arc<Views>,
+    /// The figures that do not change; [`device_stats`] fills in the others.
+    about: DeviceStats,
+}
+
+impl Answers {
+    /// Answers for `volume`, whose fixed figures are `about`.
+    pub fn new(
+        volume: &Arc<Volume<FileStore>>,
+        pacer: Arc<Pacer>,
+        views: Arc<Views>,
+        about: DeviceStats,
+    ) -> Answers {
+        Answers {
+            volume: Arc::downgrade(volume),
+            pacer,
+            views,
+            about,
+        }
+    }
+
+    /// The answer to `request`.
+    pub fn answer(&self, request: &Request) -> Response {
+        let Some(volume) = self.volume.upgrade() else {
+            return Response::error("the device is shutting down");
+        };
+        // Views dropped since the last look show as such in the answer.
+        self.views.absorb_notices(&volume);
+        match request {
+            Request::Stats => Response::stats(self.stats(&volume)),
+            Request::SafePoint { label } => self.safe_point(&volume, label.clone()),
+            Request::Log => self.log(&volume),
+            Request::Ping => {
+                // Takes the engine's state lock: a daemon whose engine is stuck does not
+                // answer, which is what the supervisor's heartbeat wants to know.
+                let _ = volume.stats();
+                Response::pong(self.about.pid)
+            }
+            Request::Rollback { to } => rollback(&volume, *to),
+            Request::OpenView { at } => match self.views.open(&volume, &self.pacer, *at) {
+                Ok(view) => Response::view(view),
+                Err(why) => {
+                    log::warn!("opening a view of safe point {at}: {why}");
+                    Response::error(why)
+                }
+            },
+            Request::CloseView { device } => match self.views.close(*device) {
+                Ok(()) => Response::done(),
+                Err(why) => Response::error(why),
+            },
+            Request::Pin { id, pinned } => pin(&volume, *id, *pinned),
+        }
+    }
+
+    fn stats(&self, volume: &Volume<FileStore>) -> DeviceStats {
+        device_stats(volume, &self.about, &self.views)
+    }
+
+    /// `log`: the window, each safe point with the views showing it, and the figures.
+    fn log(&self, volume: &Volume<FileStore>) -> Response {
+        let records = volume
+            .safe_point_infos()
+            .iter()
+            .map(|info| {
+                let mut r = SafePointRecord::from(info);
+                r.views = self.views.devices_at(r.id);
+                r
+            })
+            .collect();
+        Response::log(records, self.stats(volume))
+    }
+
+    /// `safepoint`: checks the label (valid, and unique in the window: the control thread
+    /// is the only maker of labelled safe points, so the check cannot race with another),
+    /// makes the safe point and answers with it.
+    fn safe_point(&self, volume: &Volume<FileStore>, label: Option<String>) -> Response {
+        if let Some(l) = &label {
+            if let Err(why) = self.check_new_label(volume, l) {
+                return Response::error(why);
+            }
+        }
+        let shown = label
+            .as_ref()
+            .map(|l| format!(" {l:?}"))
+            .unwrap_or_default();
+        match self.pacer.user_safe_point(volume, label) {
+            Ok(id) => {
+                log::info!("made safe point {id}{shown} on request");
+                match volume
+                    .safe_point_infos()
+                    .iter()
+                    .find(|i| i.safe_point.id == id)
+                {
+                    Some(info) => Response::safe_point(info.into(), self.stats(volume)),
+                    None => Response::error(format!(
+                        "safe point {id} was made but has already left the window: the \
+                         history area is full"
+                    )),
+                }
+            }
+            Err(e) => {
+                log::error!("making safe point{shown} on request: {e}");
+                Response::error(format!("making the safe point: {e}"))
+            }
+        }
+    }
+
+    /// Why `label` cannot label a new safe point: not a valid label, or one a safe point
+    /// of the window has already.
+    fn check_new_label(&self, volume: &Volume<FileStore>, label: &str) -> Result<(), String> {
+        check_label(label)?;
+        match volume
+            .safe_points()
+            .iter()
+            .find(|sp| sp.label.as_deref() == Some(label))
+        {
+            Some(sp) => Err(format!(
+                "the label {label:?} is already used by safe point {} (`rewind log -n {}` \
+                 shows it); a label names one safe point: choose another",
+                sp.id, self.about.id
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `rollback`: safe point `to` is the live state again; answers with the way back.
+fn rollback(volume: &Volume<FileStore>, to: u64) -> Response {
+    match volume.rollback(to) {
+        Ok(undo) => {
+            log::info!("rolled back to safe point {to}; safe point {undo} undoes it");
+            Response::rollback(undo)
+        }
+        Err(e) => Response::error(e.to_string()),
+    }
+}
+
+/// `pin`: keeps safe point `id` from retiring (`pinned`), or lets it retire again.
+fn pin(volume: &Volume<FileStore>, id: u64, pinned: bool) -> Response {
+    match volume.pin(id, pinned) {
+        Ok(()) => {
+            log::info!(
+                "safe point {id} {}",
+                if pinned { "pinned" } else { "unpinned" }
+            );
+            Response::done()
+        }
+        Err(e) => Response::error(e.to_string()),
+    }
+}
+
+/// The device's figures now; `about` holds the ones that do not change.
+fn device_stats(volume: &Volume<FileStore>, about: &DeviceStats, views: &Views) -> DeviceStats {
+    let s = volume.stats();
+    let infos = volume.safe_point_infos();
+    let safe_points: Vec<_> = infos.iter().map(|i| &i.safe_point).collect();
+    DeviceStats {
+        logical_pages: s.logical_pages,
+        physical_pages: s.physical_pages,
+        free_pages: s.free_pages,
+        history_pages: s.history_pages,
+        history_capacity_pages: s.history_capacity_pages,
+        safe_points: s.safe_points,
+        oldest_safe_point: s.oldest_safe_point,
+        newest_safe_point: s.newest_safe_point,
+        oldest_safe_point_time_ns: safe_points.first().map(|sp| sp.time_ns),
+        newest_safe_point_time_ns: safe_points.last().map(|sp| sp.time_ns),
+        pinned: infos
+            .iter()
+            .filter(|i| i.pinned)
+            .map(|i| i.safe_point.id)
+            .collect(),
+        views: views.records(),
+        ..about.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::pacing::Policy;
+    use crate::ipc::control::sample_stats;
+    use crate::ipc::device::TargetData;
+
+    /// A served volume on a temporary image, and what answers for it.
+    fn answers() -> (tempfile::TempDir, Arc<Volume<FileStore>>, Answers) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("a.img");
+        let opts = rewind_history::CreateOptions {
+            size: 4 << 20,
+            history: Some(64 << 20),
+            journal: None,
+        };
+        let need = rewind_history::Layout::for_create(&opts)
+            .expect("layout")
+            .required_bytes();
+        std::fs::File::create(&path)
+            .and_then(|f| f.set_len(need))
+            .expect("create");
+        let store = FileStore::open(&path).expect("open");
+        rewind_history::create(&store, &opts).expect("format");
+        let volume = Arc::new(Volume::open(store).expect("volume"));
+        let data = TargetData {
+            image: path.display().to_string(),
+            direct_io: false,
+            socket: "/run/rewind/ublkb3.sock".into(),
+            log: None,
+            version: "test".into(),
+            on_crash: None,
+            idle_secs: None,
+            coalesce_ms: None,
+            view: None,
+        };
+        let answers = Answers::new(
+            &volume,
+            Arc::new(Pacer::new(Policy::new(0, 0))),
+            Views::new(3, data),
+            sample_stats(),
+        );
+        (dir, volume, answers)
+    }
+
+    fn error(r: Response) -> String {
+        assert!(!r.ok, "{r:?}");
+        r.error.expect("a reason")
+    }
+
+    #[test]
+    fn safe_points_labels_pins_and_rollback_through_the_socket_commands() {
+        let (_dir, volume, answers) = answers();
+        let r = answers.answer(&Request::Stats);
+        let stats = r.stats.expect("figures");
+        assert_eq!((stats.id, stats.safe_points), (3, 1));
+
+        let made = answers.answer(&Request::SafePoint {
+            label: Some("before".into()),
+        });
+        let sp = made.safe_point.expect("the new safe point");
+        assert_eq!(
+            (sp.trigger.as_str(), sp.label.as_deref()),
+            ("user", Some("before"))
+        );
+        assert_eq!(made.stats.expect("figures").safe_points, 2);
+        let again = answers.answer(&Request::SafePoint {
+            label: Some("before".into()),
+        });
+        assert!(error(again).contains("already used by safe point"));
+        let bad = answers.answer(&Request::SafePoint {
+            label: Some("5m".into()),
+        });
+        assert!(error(bad).contains("reads as an age"));
+
+        assert!(
+            answers
+                .answer(&Request::Pin {
+                    id: sp.id,
+                    pinned: true
+                })
+                .ok
+        );
+        let log = answers.answer(&Request::Log);
+        let window = log.safe_points.expect("the window");
+        assert_eq!(window.len(), 2);
+        assert!(window[1].pinned);
+        assert_eq!(log.stats.expect("figures").pinned, [sp.id]);
+
+        let undo = answers
+            .answer(&Request::Rollback { to: 0 })
+            .undo
+            .expect("the way back");
+        assert!(undo > sp.id);
+        assert!(error(answers.answer(&Request::Rollback { to: 99 })).contains("99"));
+        assert_eq!(answers.answer(&Request::Ping).pid, Some(42));
+        assert!(error(answers.answer(&Request::CloseView { device: 9 })).contains("not a view"));
+
+        drop(volume);
+        let late = answers.answer(&Request::Stats);
+        assert_eq!(error(late), "the device is shutting down");
+    }
 }

@@ -9,7 +9,9 @@
 pub mod backing;
 pub mod control;
 pub mod pacing;
+pub mod report;
 pub mod serve;
+pub mod signals;
 pub mod target;
 pub mod ublk;
 pub mod views;

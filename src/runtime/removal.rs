@@ -58,22 +58,7 @@ pub fn delete(id: u32) -> Result<()> {
         return delete_view(id, of);
     }
     // Its views first: they are served by its daemon and show its history.
-    let views = views_of(id);
-    for &v in &views {
-        let users = users_of(v);
-        if !users.is_empty() {
-            bail!(
-                "{} is a view of {device} and is in use ({}); unmount or release it first",
-                paths::device_path(v).display(),
-                users.join(", ")
-            );
-        }
-    }
-    for v in views {
-        if let Some(of) = target_data(v).and_then(|d| d.view) {
-            delete_view(v, &of)?;
-        }
-    }
+    delete_views_of(id, &device)?;
     stop_supervisor(id);
     let id_arg = i32::try_from(id).context("device id out of range")?;
     let ctrl = UblkCtrl::new_simple(id_arg)
@@ -105,6 +90,27 @@ pub fn delete(id: u32) -> Result<()> {
                     anyhow::anyhow!("deleting {device}: {}", describe_ublk_error(&e))
                 })?;
             }
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the views of live device `id` (shown as `device`), or none if one is in use.
+fn delete_views_of(id: u32, device: &str) -> Result<()> {
+    let views = views_of(id);
+    for &v in &views {
+        let users = users_of(v);
+        if !users.is_empty() {
+            bail!(
+                "{} is a view of {device} and is in use ({}); unmount or release it first",
+                paths::device_path(v).display(),
+                users.join(", ")
+            );
+        }
+    }
+    for v in views {
+        if let Some(of) = target_data(v).and_then(|d| d.view) {
+            delete_view(v, &of)?;
         }
     }
     Ok(())

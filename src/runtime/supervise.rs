@@ -72,9 +72,10 @@ pub fn run(opts: &Options) -> Result<()> {
     result
 }
 
+/// Looks at the device every interval until it is gone; recovers it whenever its daemon
+/// is dead or hung.
 fn watch(opts: &Options) -> Result<()> {
     let id = opts.id;
-    let socket = paths::socket_path(id);
     let mut missed = 0u32;
     let mut recoveries: VecDeque<Instant> = VecDeque::new();
     loop {
@@ -84,60 +85,12 @@ fn watch(opts: &Options) -> Result<()> {
             log::info!("/dev/ublkb{id} is gone");
             return Ok(());
         }
-        let (state, pid) = match registry::kernel_view(id) {
-            Ok(v) => v,
-            // Deleted between the two looks, most likely: the next look tells.
-            Err(e) => {
-                log::warn!("reading /dev/ublkb{id}: {e:#}");
-                continue;
-            }
-        };
-        if registry::needs_recovery(state, pid) {
-            log::warn!("the daemon of /dev/ublkb{id} (pid {pid}) is dead: recovering");
-        } else if u32::from(state) != sys::UBLK_S_DEV_LIVE {
-            // Being stopped by `rewind del`: it goes away soon.
-            missed = 0;
-            continue;
-        } else {
-            match client::request(&socket, &Request::Ping, opts.timeout) {
-                Ok(r) if r.ok => {
-                    if missed > 0 {
-                        log::info!("the daemon of /dev/ublkb{id} answers again");
-                    }
-                    missed = 0;
-                    continue;
-                }
-                Ok(r) => log::warn!(
-                    "heartbeat of /dev/ublkb{id}: the daemon refused: {}",
-                    r.error.unwrap_or_default()
-                ),
-                Err(e) => log::warn!("heartbeat of /dev/ublkb{id} missed: {e}"),
-            }
-            missed += 1;
-            if missed < opts.misses {
-                continue;
-            }
-            log::error!(
-                "the daemon of /dev/ublkb{id} (pid {pid}) missed {missed} heartbeats in a row: \
-                 killing it (SIGKILL) to recover the device"
-            );
-            kill_hung(pid)?;
+        match look(opts, &mut missed)? {
+            Look::Fine => continue,
+            Look::Recover => {}
         }
         missed = 0;
-        let now = Instant::now();
-        while recoveries
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > RECOVERY_WINDOW)
-        {
-            recoveries.pop_front();
-        }
-        if recoveries.len() >= RECOVERIES_MAX {
-            anyhow::bail!(
-                "{RECOVERIES_MAX} recoveries within {RECOVERY_WINDOW:?}: giving up; the device \
-                 stays quiesced until `rewind recover -n {id}` or `rewind del -n {id}`"
-            );
-        }
-        recoveries.push_back(now);
+        take_recovery(id, &mut recoveries)?;
         let started = Instant::now();
         match launch::recover_device(id) {
             Ok(device) => log::info!(
@@ -149,6 +102,82 @@ fn watch(opts: &Options) -> Result<()> {
             Err(e) => log::error!("recovering /dev/ublkb{id} failed: {e:#}; trying again"),
         }
     }
+}
+
+/// What one look at the device found.
+enum Look {
+    /// Nothing to do now: its daemon answers, it is being stopped, or the look failed.
+    Fine,
+    /// Its daemon is dead, or was hung and is killed now: the device needs a new one.
+    Recover,
+}
+
+/// Looks at the device once: its state in the kernel, then the heartbeat of its daemon.
+/// `missed` counts the heartbeats missed in a row; a daemon that misses `opts.misses` is
+/// killed.
+fn look(opts: &Options, missed: &mut u32) -> Result<Look> {
+    let id = opts.id;
+    let (state, pid) = match registry::kernel_view(id) {
+        Ok(v) => v,
+        // Deleted between the two looks, most likely: the next look tells.
+        Err(e) => {
+            log::warn!("reading /dev/ublkb{id}: {e:#}");
+            return Ok(Look::Fine);
+        }
+    };
+    if registry::needs_recovery(state, pid) {
+        log::warn!("the daemon of /dev/ublkb{id} (pid {pid}) is dead: recovering");
+        return Ok(Look::Recover);
+    }
+    if u32::from(state) != sys::UBLK_S_DEV_LIVE {
+        // Being stopped by `rewind del`: it goes away soon.
+        *missed = 0;
+        return Ok(Look::Fine);
+    }
+    match client::request(&paths::socket_path(id), &Request::Ping, opts.timeout) {
+        Ok(r) if r.ok => {
+            if *missed > 0 {
+                log::info!("the daemon of /dev/ublkb{id} answers again");
+            }
+            *missed = 0;
+            return Ok(Look::Fine);
+        }
+        Ok(r) => log::warn!(
+            "heartbeat of /dev/ublkb{id}: the daemon refused: {}",
+            r.error.unwrap_or_default()
+        ),
+        Err(e) => log::warn!("heartbeat of /dev/ublkb{id} missed: {e}"),
+    }
+    *missed += 1;
+    if *missed < opts.misses {
+        return Ok(Look::Fine);
+    }
+    log::error!(
+        "the daemon of /dev/ublkb{id} (pid {pid}) missed {missed} heartbeats in a row: \
+         killing it (SIGKILL) to recover the device"
+    );
+    kill_hung(pid)?;
+    Ok(Look::Recover)
+}
+
+/// Counts one more recovery of device `id` in `recoveries` (their times, oldest first), or
+/// gives up when [`RECOVERIES_MAX`] were made within [`RECOVERY_WINDOW`].
+fn take_recovery(id: u32, recoveries: &mut VecDeque<Instant>) -> Result<()> {
+    let now = Instant::now();
+    while recoveries
+        .front()
+        .is_some_and(|t| now.duration_since(*t) > RECOVERY_WINDOW)
+    {
+        recoveries.pop_front();
+    }
+    if recoveries.len() >= RECOVERIES_MAX {
+        anyhow::bail!(
+            "{RECOVERIES_MAX} recoveries within {RECOVERY_WINDOW:?}: giving up; the device \
+             stays quiesced until `rewind recover -n {id}` or `rewind del -n {id}`"
+        );
+    }
+    recoveries.push_back(now);
+    Ok(())
 }
 
 /// Kills a hung daemon and waits until it is gone.
