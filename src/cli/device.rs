@@ -14,7 +14,7 @@ use crate::cli::image;
 use crate::cli::render::{device_table, print_json, stats_text};
 use crate::daemon::report::Reporter;
 use crate::daemon::serve::{self as daemon, ServeOptions};
-use crate::ipc::control::Request;
+use crate::ipc::control::ControlRequest;
 use crate::ipc::device::OnCrash;
 use crate::ipc::paths;
 use crate::runtime::client::{ask, STATS_TIMEOUT};
@@ -149,7 +149,7 @@ pub fn list_command(json: bool) -> Result<()> {
 
 /// `rewind stats`.
 pub fn stats_command(id: u32, json: bool) -> Result<()> {
-    let reply = match ask("rewind stats", id, &Request::Stats, STATS_TIMEOUT)? {
+    let reply = match ask("rewind stats", id, &ControlRequest::Stats, STATS_TIMEOUT)? {
         Ok(reply) => reply,
         Err(why) => bail!("the daemon of ublk device {id} refused: {why}"),
     };

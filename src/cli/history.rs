@@ -13,7 +13,7 @@ use crate::cli::render::{
     label_suffix, log_footer, log_table, print_json, safe_point_line, JsonSafePoint, WindowSummary,
 };
 use crate::daemon::backing::{BackingError, FileStore};
-use crate::ipc::control::{Request, SafePointRecord};
+use crate::ipc::control::{ControlRequest, SafePointRecord};
 use crate::ipc::paths;
 use crate::runtime::client::ask;
 use crate::runtime::registry;
@@ -55,7 +55,7 @@ pub fn safepoint_command(id: u32, label: Option<String>, json: bool) -> Result<(
     let reply = match ask(
         "rewind safepoint",
         id,
-        &Request::SafePoint { label },
+        &ControlRequest::SafePoint { label },
         SAFE_POINT_TIMEOUT,
     )? {
         Ok(reply) => reply,
@@ -76,7 +76,7 @@ pub fn safepoint_command(id: u32, label: Option<String>, json: bool) -> Result<(
 
 /// `rewind log -n ID`: asks the daemon.
 pub fn log_device_command(id: u32, json: bool) -> Result<()> {
-    let reply = match ask("rewind log", id, &Request::Log, LOG_TIMEOUT)? {
+    let reply = match ask("rewind log", id, &ControlRequest::Log, LOG_TIMEOUT)? {
         Ok(reply) => reply,
         Err(why) => bail!(
             "the daemon of {} refused: {why}",
@@ -128,12 +128,12 @@ struct RollbackJson {
 
 /// `rewind rollback IMAGE --to X`: on an image no daemon serves.
 pub fn rollback_image_command(image: &Path, to: &str, json: bool) -> Result<()> {
-    let (target, undo) = change_image(image, to, |vol, target| {
-        vol.rollback(target.id)
+    let (chosen, undo) = change_image(image, to, |vol, chosen| {
+        vol.rollback(chosen.id)
             .with_context(|| format!("rolling {} back", image.display()))
     })?;
     let shown = image.display().to_string();
-    print_rollback(&shown, &shown, &target, undo, json)
+    print_rollback(&shown, &shown, &chosen, undo, json)
 }
 
 /// Changes the history of an image no daemon serves: finds the safe point `at` read-only
@@ -151,13 +151,13 @@ fn change_image<T>(
     let found = rewind_history::inspect(&store)
         .with_context(|| format!("reading the history of {}", image.display()))?;
     let window: Vec<SafePointRecord> = found.safe_points.iter().map(Into::into).collect();
-    let target = find_safe_point(&window, at)?.clone();
+    let chosen = find_safe_point(&window, at)?.clone();
     let vol = rewind_history::Volume::open(store)
         .with_context(|| format!("opening {}", image.display()))?;
-    let out = change(&vol, &target)?;
+    let out = change(&vol, &chosen)?;
     vol.close()
         .with_context(|| format!("closing {}", image.display()))?;
-    Ok((target, out))
+    Ok((chosen, out))
 }
 
 /// What a rollback prints: where `what` went, and the command (`rewind rollback WHICH`)
@@ -165,25 +165,25 @@ fn change_image<T>(
 fn print_rollback(
     what: &str,
     which: &str,
-    target: &SafePointRecord,
+    chosen: &SafePointRecord,
     undo: u64,
     json: bool,
 ) -> Result<()> {
     let tz = TimeZone::system();
     if json {
         let j = RollbackJson {
-            to: target.id,
+            to: chosen.id,
             undo,
-            time: rfc3339(target.time_ns, &tz),
-            label: target.label.clone(),
+            time: rfc3339(chosen.time_ns, &tz),
+            label: chosen.label.clone(),
         };
         print_json(&j)?;
     } else {
-        let label = label_suffix(target.label.as_deref());
+        let label = label_suffix(chosen.label.as_deref());
         println!(
             "rolled {what} back to safe point {} ({}{label}); undo with `rewind rollback {which} --to {undo}`",
-            target.id,
-            local_time(target.time_ns, &tz),
+            chosen.id,
+            local_time(chosen.time_ns, &tz),
         );
     }
     Ok(())
@@ -195,7 +195,7 @@ pub fn rollback_device_command(id: u32, to: &str, json: bool) -> Result<()> {
     use std::os::unix::io::AsRawFd;
     let device = paths::device_path(id);
     let shown = device.display().to_string();
-    let target = device_target("rewind rollback", id, to)?;
+    let chosen = device_safe_point("rewind rollback", id, to)?;
     // O_EXCL on a block device fails with EBUSY while it is mounted or open exclusively,
     // and keeps anyone from mounting it while we hold it.
     let holder = std::fs::OpenOptions::new()
@@ -215,7 +215,7 @@ pub fn rollback_device_command(id: u32, to: &str, json: bool) -> Result<()> {
     let reply = match ask(
         "rewind rollback",
         id,
-        &Request::Rollback { to: target.id },
+        &ControlRequest::Rollback { to: chosen.id },
         SAFE_POINT_TIMEOUT,
     )? {
         Ok(reply) => reply,
@@ -231,19 +231,19 @@ pub fn rollback_device_command(id: u32, to: &str, json: bool) -> Result<()> {
         bail!(
             "{shown} was rolled back to safe point {}, but dropping the kernel's cached pages \
              failed ({}): run `blockdev --flushbufs {shown}` before reading it",
-            target.id,
+            chosen.id,
             std::io::Error::last_os_error()
         );
     }
     drop(holder);
-    print_rollback(&shown, &format!("-n {id}"), &target, undo, json)
+    print_rollback(&shown, &format!("-n {id}"), &chosen, undo, json)
 }
 
 /// The safe point `at` names in the history window of device `id`, asking its daemon for
 /// the window (for `command`).
-fn device_target(command: &str, id: u32, at: &str) -> Result<SafePointRecord> {
+fn device_safe_point(command: &str, id: u32, at: &str) -> Result<SafePointRecord> {
     let shown = paths::device_path(id).display().to_string();
-    let reply = match ask(command, id, &Request::Log, LOG_TIMEOUT)? {
+    let reply = match ask(command, id, &ControlRequest::Log, LOG_TIMEOUT)? {
         Ok(reply) => reply,
         Err(why) => bail!("reading the history of {shown}: {why}"),
     };
@@ -268,15 +268,15 @@ struct ViewJson {
 /// showing safe point X, and prints its path.
 pub fn view_command(id: u32, at: &str, json: bool) -> Result<()> {
     let shown = paths::device_path(id).display().to_string();
-    let target = device_target("rewind view", id, at)?;
+    let chosen = device_safe_point("rewind view", id, at)?;
     let reply = match ask(
         "rewind view",
         id,
-        &Request::OpenView { at: target.id },
+        &ControlRequest::OpenView { at: chosen.id },
         VIEW_TIMEOUT,
     )? {
         Ok(reply) => reply,
-        Err(why) => bail!("no view of {shown} at safe point {}: {why}", target.id),
+        Err(why) => bail!("no view of {shown} at safe point {}: {why}", chosen.id),
     };
     let view = reply
         .view
@@ -295,19 +295,19 @@ pub fn view_command(id: u32, at: &str, json: bool) -> Result<()> {
             device: view.device.clone(),
             id: view.device_id,
             of: id,
-            at: target.id,
-            time: rfc3339(target.time_ns, &tz),
-            label: target.label.clone(),
+            at: chosen.id,
+            time: rfc3339(chosen.time_ns, &tz),
+            label: chosen.label.clone(),
         };
         print_json(&j)?;
     } else {
-        let label = label_suffix(target.label.as_deref());
+        let label = label_suffix(chosen.label.as_deref());
         eprintln!(
             "rewind: {}: read-only view of {shown} at safe point {} ({}{label}); \
              `rewind del -n {}` removes it",
             view.device,
-            target.id,
-            local_time(target.time_ns, &tz),
+            chosen.id,
+            local_time(chosen.time_ns, &tz),
             view.device_id
         );
         println!("{}", view.device);
@@ -333,15 +333,15 @@ pub fn pin_command(
 ) -> Result<()> {
     let verb = if pinned { "pin" } else { "unpin" };
     let command = format!("rewind {verb}");
-    let (target, what) = match (id, image) {
+    let (chosen, what) = match (id, image) {
         (Some(id), _) => {
             let shown = paths::device_path(id).display().to_string();
-            let target = device_target(&command, id, at)?;
+            let chosen = device_safe_point(&command, id, at)?;
             match ask(
                 &command,
                 id,
-                &Request::Pin {
-                    id: target.id,
+                &ControlRequest::Pin {
+                    id: chosen.id,
                     pinned,
                 },
                 SAFE_POINT_TIMEOUT,
@@ -349,35 +349,35 @@ pub fn pin_command(
                 Ok(_) => {}
                 Err(why) => bail!(
                     "could not {verb} safe point {} of {shown}: {why}",
-                    target.id
+                    chosen.id
                 ),
             }
-            (target, shown)
+            (chosen, shown)
         }
         (None, Some(image)) => {
-            let (target, ()) = change_image(image, at, |vol, target| {
-                vol.pin(target.id, pinned)
-                    .with_context(|| format!("{verb}ning safe point {}", target.id))
+            let (chosen, ()) = change_image(image, at, |vol, chosen| {
+                vol.pin(chosen.id, pinned)
+                    .with_context(|| format!("{verb}ning safe point {}", chosen.id))
             })?;
-            (target, image.display().to_string())
+            (chosen, image.display().to_string())
         }
         (None, None) => bail!("give -n ID or an IMAGE"),
     };
     let tz = TimeZone::system();
     if json {
         let j = PinJson {
-            id: target.id,
+            id: chosen.id,
             pinned,
-            time: rfc3339(target.time_ns, &tz),
-            label: target.label.clone(),
+            time: rfc3339(chosen.time_ns, &tz),
+            label: chosen.label.clone(),
         };
         print_json(&j)?;
     } else {
         println!(
             "{} safe point {} of {what} ({})",
             if pinned { "pinned" } else { "unpinned" },
-            target.id,
-            local_time(target.time_ns, &tz)
+            chosen.id,
+            local_time(chosen.time_ns, &tz)
         );
     }
     Ok(())

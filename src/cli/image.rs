@@ -26,7 +26,7 @@ pub enum Contents {
 
 /// Reads the superblock of an opened store. A foreign file is `Foreign`; a rewind
 /// superblock that fails its checks is an error that says why.
-pub fn inspect(store: &FileStore) -> Result<Contents> {
+pub fn identify(store: &FileStore) -> Result<Contents> {
     match rewind_history::read_superblock(store) {
         Ok(sb) => Ok(Contents::Rewind(Box::new(sb))),
         Err(EngineError::NotRewind) | Err(EngineError::TooSmall { .. }) => Ok(Contents::Foreign),
@@ -67,7 +67,7 @@ fn format_existing(
 ) -> Result<Layout> {
     let mut store = FileStore::open(path)?;
     if !force {
-        match inspect(&store) {
+        match identify(&store) {
             Ok(Contents::Foreign) => {}
             Ok(Contents::Rewind(sb)) => bail!(
                 "{} already holds a rewind image ({}); formatting it would destroy its data \
@@ -140,7 +140,7 @@ pub fn prepare_for_add(image: &Path, size: Option<u64>, history: Option<u64>) ->
         return Ok(layout);
     }
     let store = FileStore::open(image)?;
-    let sb = match inspect(&store)? {
+    let sb = match identify(&store)? {
         Contents::Rewind(sb) => sb,
         Contents::Foreign => bail!(
             "{} is not a rewind image (no rewind superblock); format it first with \

@@ -68,12 +68,12 @@ pub fn run(cli: Cli) -> Result<()> {
             (None, Some(image)) => history::rollback_image_command(&image, &a.to, a.json),
             (None, None) => unreachable!("clap requires -n or IMAGE"),
         },
-        Command::Serve(a) => serve(a),
+        Command::Serve(a) => serve_command(a),
     }
 }
 
 /// `rewind __serve`: the daemon `rewind add` starts.
-fn serve(a: ServeArgs) -> Result<()> {
+fn serve_command(a: ServeArgs) -> Result<()> {
     let reporter = match a.status_fd {
         Some(fd) => Reporter::from_fd(fd)?,
         None => Reporter::Stdout,

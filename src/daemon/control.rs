@@ -16,7 +16,7 @@ use rewind_history::Volume;
 use crate::daemon::backing::FileStore;
 use crate::daemon::pacing::Pacer;
 use crate::daemon::views::Views;
-use crate::ipc::control::{DeviceStats, Request, Response, SafePointRecord};
+use crate::ipc::control::{ControlRequest, DeviceStats, Response, SafePointRecord};
 use crate::selector::check_label;
 
 /// Longest request line accepted, so a client cannot make the daemon buffer without end.
@@ -40,9 +40,12 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
 
 /// Serves `listener` on a new thread until the process exits, answering each request with
 /// `handler`.
-pub fn serve<H>(listener: UnixListener, handler: H) -> io::Result<std::thread::JoinHandle<()>>
+pub fn start_server<H>(
+    listener: UnixListener,
+    handler: H,
+) -> io::Result<std::thread::JoinHandle<()>>
 where
-    H: Fn(&Request) -> Response + Send + 'static,
+    H: Fn(&ControlRequest) -> Response + Send + 'static,
 {
     std::thread::Builder::new()
         .name("rewind-control".into())
@@ -66,7 +69,7 @@ where
 
 fn serve_connection<H>(stream: UnixStream, handler: &H) -> io::Result<()>
 where
-    H: Fn(&Request) -> Response,
+    H: Fn(&ControlRequest) -> Response,
 {
     stream.set_read_timeout(Some(SERVER_READ_TIMEOUT))?;
     stream.set_write_timeout(Some(SERVER_READ_TIMEOUT))?;
@@ -88,7 +91,7 @@ where
         if line.trim().is_empty() {
             continue;
         }
-        let response = match serde_json::from_str::<Request>(&line) {
+        let response = match serde_json::from_str::<ControlRequest>(&line) {
             Ok(request) => handler(&request),
             Err(e) => Response::error(format!("bad request: {e}")),
         };
@@ -132,35 +135,35 @@ impl Answers {
     }
 
     /// The answer to `request`.
-    pub fn answer(&self, request: &Request) -> Response {
+    pub fn answer(&self, request: &ControlRequest) -> Response {
         let Some(volume) = self.volume.upgrade() else {
             return Response::error("the device is shutting down");
         };
         // Views dropped since the last look show as such in the answer.
         self.views.absorb_notices(&volume);
         match request {
-            Request::Stats => Response::stats(self.stats(&volume)),
-            Request::SafePoint { label } => self.safe_point(&volume, label.clone()),
-            Request::Log => self.log(&volume),
-            Request::Ping => {
+            ControlRequest::Stats => Response::stats(self.stats(&volume)),
+            ControlRequest::SafePoint { label } => self.safe_point(&volume, label.clone()),
+            ControlRequest::Log => self.log(&volume),
+            ControlRequest::Ping => {
                 // Takes the engine's state lock: a daemon whose engine is stuck does not
                 // answer, which is what the supervisor's heartbeat wants to know.
                 let _ = volume.stats();
                 Response::pong(self.about.pid)
             }
-            Request::Rollback { to } => rollback(&volume, *to),
-            Request::OpenView { at } => match self.views.open(&volume, &self.pacer, *at) {
+            ControlRequest::Rollback { to } => rollback(&volume, *to),
+            ControlRequest::OpenView { at } => match self.views.open(&volume, &self.pacer, *at) {
                 Ok(view) => Response::view(view),
                 Err(why) => {
                     log::warn!("opening a view of safe point {at}: {why}");
                     Response::error(why)
                 }
             },
-            Request::CloseView { device } => match self.views.close(*device) {
+            ControlRequest::CloseView { device } => match self.views.close(*device) {
                 Ok(()) => Response::done(),
                 Err(why) => Response::error(why),
             },
-            Request::Pin { id, pinned } => pin(&volume, *id, *pinned),
+            ControlRequest::Pin { id, pinned } => pin(&volume, *id, *pinned),
         }
     }
 
@@ -340,11 +343,11 @@ mod tests {
     #[test]
     fn safe_points_labels_pins_and_rollback_through_the_socket_commands() {
         let (_dir, volume, answers) = answers();
-        let r = answers.answer(&Request::Stats);
+        let r = answers.answer(&ControlRequest::Stats);
         let stats = r.stats.expect("figures");
         assert_eq!((stats.id, stats.safe_points), (3, 1));
 
-        let made = answers.answer(&Request::SafePoint {
+        let made = answers.answer(&ControlRequest::SafePoint {
             label: Some("before".into()),
         });
         let sp = made.safe_point.expect("the new safe point");
@@ -353,40 +356,42 @@ mod tests {
             ("user", Some("before"))
         );
         assert_eq!(made.stats.expect("figures").safe_points, 2);
-        let again = answers.answer(&Request::SafePoint {
+        let again = answers.answer(&ControlRequest::SafePoint {
             label: Some("before".into()),
         });
         assert!(error(again).contains("already used by safe point"));
-        let bad = answers.answer(&Request::SafePoint {
+        let bad = answers.answer(&ControlRequest::SafePoint {
             label: Some("5m".into()),
         });
         assert!(error(bad).contains("reads as an age"));
 
         assert!(
             answers
-                .answer(&Request::Pin {
+                .answer(&ControlRequest::Pin {
                     id: sp.id,
                     pinned: true
                 })
                 .ok
         );
-        let log = answers.answer(&Request::Log);
+        let log = answers.answer(&ControlRequest::Log);
         let window = log.safe_points.expect("the window");
         assert_eq!(window.len(), 2);
         assert!(window[1].pinned);
         assert_eq!(log.stats.expect("figures").pinned, [sp.id]);
 
         let undo = answers
-            .answer(&Request::Rollback { to: 0 })
+            .answer(&ControlRequest::Rollback { to: 0 })
             .undo
             .expect("the way back");
         assert!(undo > sp.id);
-        assert!(error(answers.answer(&Request::Rollback { to: 99 })).contains("99"));
-        assert_eq!(answers.answer(&Request::Ping).pid, Some(42));
-        assert!(error(answers.answer(&Request::CloseView { device: 9 })).contains("not a view"));
+        assert!(error(answers.answer(&ControlRequest::Rollback { to: 99 })).contains("99"));
+        assert_eq!(answers.answer(&ControlRequest::Ping).pid, Some(42));
+        assert!(
+            error(answers.answer(&ControlRequest::CloseView { device: 9 })).contains("not a view")
+        );
 
         drop(volume);
-        let late = answers.answer(&Request::Stats);
+        let late = answers.answer(&ControlRequest::Stats);
         assert_eq!(error(late), "the device is shutting down");
     }
 }

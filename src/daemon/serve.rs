@@ -181,7 +181,7 @@ fn serve_volume(
         views.clone(),
         device.fixed_stats(opts, volume, direct_io),
     );
-    control::serve(listener, move |request| answers.answer(request))
+    control::start_server(listener, move |request| answers.answer(request))
         .context("starting the control socket thread")?;
     let pid_guard = write_pid_file(device.id, opts)?;
     let target = Arc::new(Target::new(volume.clone(), pacer.clone(), device.nr_queues));

@@ -103,7 +103,7 @@ pub fn device_params(device_bytes: u64, io_buf_bytes: u32) -> sys::ublk_params {
 
 /// A request of the kernel, decoded and checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Request {
+pub enum IoRequest {
     /// Read `pages` pages from `first`.
     Read {
         /// First page.
@@ -139,10 +139,10 @@ pub fn decode(
     start_sector: u64,
     nr_sectors: u32,
     buf_bytes: usize,
-) -> Result<Request, i32> {
+) -> Result<IoRequest, i32> {
     let op = op_flags & 0xff;
     match op {
-        sys::UBLK_IO_OP_FLUSH => return Ok(Request::Flush),
+        sys::UBLK_IO_OP_FLUSH => return Ok(IoRequest::Flush),
         sys::UBLK_IO_OP_READ
         | sys::UBLK_IO_OP_WRITE
         | sys::UBLK_IO_OP_DISCARD
@@ -163,16 +163,16 @@ pub fn decode(
             // Fits the buffer, so it fits a usize.
             let pages = pages as usize;
             if op == sys::UBLK_IO_OP_READ {
-                Ok(Request::Read { first, pages })
+                Ok(IoRequest::Read { first, pages })
             } else {
-                Ok(Request::Write {
+                Ok(IoRequest::Write {
                     first,
                     pages,
                     fua: op_flags & sys::UBLK_IO_F_FUA != 0,
                 })
             }
         }
-        _ => Ok(Request::Discard { first, pages }),
+        _ => Ok(IoRequest::Discard { first, pages }),
     }
 }
 
@@ -199,7 +199,7 @@ pub fn view_params(device_bytes: u64, io_buf_bytes: u32) -> sys::ublk_params {
 }
 
 /// Splits a request's pages into runs (appended to `out`).
-pub fn coalesce(pages: &[Option<PhysPage>], out: &mut Vec<Run>) {
+pub fn group_runs(pages: &[Option<PhysPage>], out: &mut Vec<Run>) {
     for (i, p) in pages.iter().enumerate() {
         if let Some(last) = out.last_mut() {
             let extends = match (last.phys, p) {
@@ -432,24 +432,24 @@ async fn handle(
         }
     };
     let result = match request {
-        Request::Read { first, pages } => read(q, ctx, first, pages, buf, scratch).await,
-        Request::Flush if ctx.view.is_some() => Ok(0),
-        Request::Write { .. } | Request::Discard { .. } if ctx.view.is_some() => {
+        IoRequest::Read { first, pages } => read(q, ctx, first, pages, buf, scratch).await,
+        IoRequest::Flush if ctx.view.is_some() => Ok(0),
+        IoRequest::Write { .. } | IoRequest::Discard { .. } if ctx.view.is_some() => {
             ctx.errors.report(
                 ctx.qid,
                 format_args!("tag {tag}: {request:?} refused: a view is read only"),
             );
             return -libc::EROFS;
         }
-        Request::Write { first, pages, fua } => {
+        IoRequest::Write { first, pages, fua } => {
             write(q, ctx, first, pages, fua, buf, scratch).await
         }
-        Request::Flush => ctx
+        IoRequest::Flush => ctx
             .pacer
             .flush(ctx.volume)
             .map(|()| 0)
             .map_err(|e| Failure::Engine("flush", e)),
-        Request::Discard { first, pages } => ctx
+        IoRequest::Discard { first, pages } => ctx
             .volume
             .discard(first, pages)
             .map_err(|e| Failure::Engine("discard", e))
@@ -598,7 +598,7 @@ async fn read(
             scratch.phys.push(p);
         }
         scratch.runs.clear();
-        coalesce(&scratch.phys, &mut scratch.runs);
+        group_runs(&scratch.phys, &mut scratch.runs);
         // Zero the holes first: once the reads are submitted the buffer is the kernel's.
         for run in scratch.runs.iter().filter(|r| r.phys.is_none()) {
             buf.as_mut_slice()[run.index * PAGE..(run.index + run.count) * PAGE].fill(0);
@@ -665,7 +665,7 @@ async fn write(
         .phys
         .extend(scratch.claimed.iter().map(|&(_, p)| Some(p)));
     scratch.runs.clear();
-    coalesce(&scratch.phys, &mut scratch.runs);
+    group_runs(&scratch.phys, &mut scratch.runs);
     submit_runs(q, volume.layout(), buf, scratch, true);
     if let Err(f) = run_transfers(q, scratch).await {
         abandon_all(volume, &scratch.claimed);
@@ -703,14 +703,14 @@ mod tests {
         let buf = IO_BUF_BYTES as usize;
         assert_eq!(
             decode(sys::UBLK_IO_OP_READ, 16, 8, buf),
-            Ok(Request::Read {
+            Ok(IoRequest::Read {
                 first: LogicalPage(2),
                 pages: 1
             })
         );
         assert_eq!(
             decode(sys::UBLK_IO_OP_WRITE | FUA, 0, 1024, buf),
-            Ok(Request::Write {
+            Ok(IoRequest::Write {
                 first: LogicalPage(0),
                 pages: 128,
                 fua: true
@@ -718,17 +718,20 @@ mod tests {
         );
         assert_eq!(
             decode(sys::UBLK_IO_OP_WRITE, 8, 8, buf),
-            Ok(Request::Write {
+            Ok(IoRequest::Write {
                 first: LogicalPage(1),
                 pages: 1,
                 fua: false
             })
         );
-        assert_eq!(decode(sys::UBLK_IO_OP_FLUSH, 0, 0, buf), Ok(Request::Flush));
+        assert_eq!(
+            decode(sys::UBLK_IO_OP_FLUSH, 0, 0, buf),
+            Ok(IoRequest::Flush)
+        );
         for op in [sys::UBLK_IO_OP_DISCARD, sys::UBLK_IO_OP_WRITE_ZEROES] {
             assert_eq!(
                 decode(op, 8 * 10, 2_097_152, buf),
-                Ok(Request::Discard {
+                Ok(IoRequest::Discard {
                     first: LogicalPage(10),
                     pages: 262_144
                 })
@@ -763,10 +766,10 @@ mod tests {
     }
 
     #[test]
-    fn coalesce_runs() {
+    fn group_runs_splits_at_gaps_and_holes() {
         let p = |n| Some(PhysPage(n));
         let mut out = Vec::new();
-        coalesce(
+        group_runs(
             &[p(5), p(6), p(7), None, None, p(9), p(3), p(4), None],
             &mut out,
         );
@@ -801,9 +804,9 @@ mod tests {
             ]
         );
         out.clear();
-        coalesce(&[], &mut out);
+        group_runs(&[], &mut out);
         assert!(out.is_empty());
-        coalesce(&[p(u32::MAX - 1), p(0)], &mut out);
+        group_runs(&[p(u32::MAX - 1), p(0)], &mut out);
         assert_eq!(out.len(), 2, "no wrap-around merge");
     }
 

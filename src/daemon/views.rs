@@ -40,7 +40,7 @@ const VIEW_START_WAIT: Duration = Duration::from_secs(30);
 /// How often the daemon looks for notices of reclaim (views dropped, pins released).
 pub const NOTICE_INTERVAL: Duration = Duration::from_millis(500);
 
-struct Entry {
+struct ServedView {
     view: ViewId,
     at: u64,
     dropped: Option<String>,
@@ -53,7 +53,7 @@ pub struct Views {
     parent: u32,
     /// What every view's json carries besides its [`ViewOf`].
     data: TargetData,
-    entries: Mutex<BTreeMap<u32, Entry>>,
+    entries: Mutex<BTreeMap<u32, ServedView>>,
     /// Serializes opening and closing, so a close never races a half-opened view.
     busy: Mutex<()>,
 }
@@ -156,7 +156,7 @@ impl Views {
         };
         self.entries.lock().insert(
             id,
-            Entry {
+            ServedView {
                 view,
                 at,
                 dropped: None,

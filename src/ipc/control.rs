@@ -15,7 +15,7 @@
 //!   engine's state lock could be taken, so a daemon stuck in its engine does not answer.
 //!
 //! The daemon serves it (`daemon::control`), the command line and the supervisor ask
-//! (`runtime::client`). More commands are added as [`Request`] variants.
+//! (`runtime::client`). More commands are added as [`ControlRequest`] variants.
 
 use serde::{Deserialize, Serialize};
 
@@ -24,7 +24,7 @@ use crate::selector::Candidate;
 /// A command to the daemon.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
-pub enum Request {
+pub enum ControlRequest {
     /// The device's figures.
     Stats,
     /// Make an explicit safe point now, with an optional label.
@@ -329,36 +329,36 @@ mod tests {
     #[test]
     fn wire_format() {
         assert_eq!(
-            serde_json::to_string(&Request::Stats).unwrap(),
+            serde_json::to_string(&ControlRequest::Stats).unwrap(),
             r#"{"cmd":"stats"}"#
         );
         assert_eq!(
-            serde_json::from_str::<Request>(r#"{"cmd":"stats"}"#).unwrap(),
-            Request::Stats
+            serde_json::from_str::<ControlRequest>(r#"{"cmd":"stats"}"#).unwrap(),
+            ControlRequest::Stats
         );
-        assert!(serde_json::from_str::<Request>(r#"{"cmd":"format_everything"}"#).is_err());
+        assert!(serde_json::from_str::<ControlRequest>(r#"{"cmd":"format_everything"}"#).is_err());
         assert_eq!(
-            serde_json::to_string(&Request::Rollback { to: 12 }).unwrap(),
+            serde_json::to_string(&ControlRequest::Rollback { to: 12 }).unwrap(),
             r#"{"cmd":"rollback","to":12}"#
         );
-        assert!(serde_json::from_str::<Request>(r#"{"cmd":"rollback"}"#).is_err());
+        assert!(serde_json::from_str::<ControlRequest>(r#"{"cmd":"rollback"}"#).is_err());
         assert_eq!(
-            serde_json::to_string(&Request::SafePoint {
+            serde_json::to_string(&ControlRequest::SafePoint {
                 label: Some("before".into())
             })
             .unwrap(),
             r#"{"cmd":"safepoint","label":"before"}"#
         );
         assert_eq!(
-            serde_json::from_str::<Request>(r#"{"cmd":"safepoint"}"#).unwrap(),
-            Request::SafePoint { label: None }
+            serde_json::from_str::<ControlRequest>(r#"{"cmd":"safepoint"}"#).unwrap(),
+            ControlRequest::SafePoint { label: None }
         );
         assert_eq!(
-            serde_json::from_str::<Request>(r#"{"cmd":"log"}"#).unwrap(),
-            Request::Log
+            serde_json::from_str::<ControlRequest>(r#"{"cmd":"log"}"#).unwrap(),
+            ControlRequest::Log
         );
         assert_eq!(
-            serde_json::to_string(&Request::Ping).unwrap(),
+            serde_json::to_string(&ControlRequest::Ping).unwrap(),
             r#"{"cmd":"ping"}"#
         );
         assert_eq!(

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 
-use crate::ipc::control::{Request, Response};
+use crate::ipc::control::{ControlRequest, Response};
 use crate::ipc::paths;
 use crate::runtime::registry;
 
@@ -51,7 +51,11 @@ pub enum ClientError {
 }
 
 /// Sends one request to the daemon listening at `path` and reads its reply.
-pub fn request(path: &Path, request: &Request, timeout: Duration) -> Result<Response, ClientError> {
+pub fn request(
+    path: &Path,
+    request: &ControlRequest,
+    timeout: Duration,
+) -> Result<Response, ClientError> {
     let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
         path: path.to_path_buf(),
         source,
@@ -91,7 +95,7 @@ pub fn request(path: &Path, request: &Request, timeout: Duration) -> Result<Resp
 pub fn ask(
     command: &str,
     id: u32,
-    what: &Request,
+    what: &ControlRequest,
     timeout: Duration,
 ) -> Result<Result<Response, String>> {
     registry::check_daemon_access(command)?;
@@ -130,7 +134,7 @@ pub fn ask(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::control::{bind, serve};
+    use crate::daemon::control::{bind, start_server};
     use crate::ipc::control::sample_stats;
 
     #[test]
@@ -138,12 +142,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("t.sock");
         let listener = bind(&path).expect("bind");
-        serve(listener, |r: &Request| match r {
-            Request::Stats => Response::stats(sample_stats()),
+        start_server(listener, |r: &ControlRequest| match r {
+            ControlRequest::Stats => Response::stats(sample_stats()),
             _ => Response::error("not in this test"),
         })
         .expect("serve");
-        let reply = request(&path, &Request::Stats, Duration::from_secs(5)).expect("request");
+        let reply =
+            request(&path, &ControlRequest::Stats, Duration::from_secs(5)).expect("request");
         assert_eq!(reply, Response::stats(sample_stats()));
 
         // A garbled line gets an error reply, and the connection stays usable.
@@ -172,7 +177,7 @@ mod tests {
         let listener = bind(&path).expect("rebind");
         drop(listener);
         std::fs::remove_file(&path).expect("remove");
-        let e = request(&path, &Request::Stats, Duration::from_secs(1)).unwrap_err();
+        let e = request(&path, &ControlRequest::Stats, Duration::from_secs(1)).unwrap_err();
         assert!(matches!(e, ClientError::Connect { .. }), "{e}");
     }
 }

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::ipc::control::{DeviceStats, Request};
+use crate::ipc::control::{ControlRequest, DeviceStats};
 use crate::ipc::device::{TargetData, ViewOf};
 use crate::ipc::paths;
 use crate::runtime::client::{self, STATS_TIMEOUT};
@@ -118,7 +118,11 @@ fn live_row(mut row: ListedDevice, kernel: Option<(u16, i32)>) -> ListedDevice {
 
 /// The figures of the daemon serving device `id`, if it answers; if not, `state` says why.
 fn daemon_stats(id: u32, state: &mut String) -> Option<DeviceStats> {
-    match client::request(&paths::socket_path(id), &Request::Stats, STATS_TIMEOUT) {
+    match client::request(
+        &paths::socket_path(id),
+        &ControlRequest::Stats,
+        STATS_TIMEOUT,
+    ) {
         Ok(r) if r.ok => r.stats,
         Ok(r) => {
             *state = format!("{state}, daemon says: {}", r.error.unwrap_or_default());

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use libublk::ctrl::UblkCtrl;
 
 use crate::daemon::ublk::describe_ublk_error;
-use crate::ipc::control::Request;
+use crate::ipc::control::ControlRequest;
 use crate::ipc::device::{TargetData, ViewOf};
 use crate::ipc::paths;
 use crate::runtime::client;
@@ -145,7 +145,7 @@ fn delete_view(id: u32, of: &ViewOf) -> Result<()> {
     let device = paths::device_path(id).display().to_string();
     let asked = client::request(
         &paths::socket_path(of.of),
-        &Request::CloseView { device: id },
+        &ControlRequest::CloseView { device: id },
         EXIT_WAIT,
     );
     match asked {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use libublk::sys;
 
-use crate::ipc::control::Request;
+use crate::ipc::control::ControlRequest;
 use crate::ipc::paths;
 use crate::runtime::client;
 use crate::runtime::launch;
@@ -134,7 +134,7 @@ fn look(opts: &Options, missed: &mut u32) -> Result<Look> {
         *missed = 0;
         return Ok(Look::Fine);
     }
-    match client::request(&paths::socket_path(id), &Request::Ping, opts.timeout) {
+    match client::request(&paths::socket_path(id), &ControlRequest::Ping, opts.timeout) {
         Ok(r) if r.ok => {
             if *missed > 0 {
                 log::info!("the daemon of /dev/ublkb{id} answers again");
