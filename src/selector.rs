@@ -13,8 +13,8 @@ use rewind_history::format::MAX_LABEL;
 use crate::time::{local_time, timestamp_ns};
 
 /// Checks a label for `rewind safepoint --label`: 1 to 64 bytes, no control characters,
-/// nothing that reads as a safe point id, an age or a time (see [`parse_selector`]). The daemon checks it again, and that
-/// no safe point of the window has it already.
+/// nothing that reads as a safe point id, an age or a time (see [`parse_selector`]). The
+/// daemon checks it again, and that no safe point of the window has it already.
 pub fn check_label(label: &str) -> Result<(), String> {
     if label.is_empty() {
         return Err("the label is empty; omit --label for a safe point without one".into());

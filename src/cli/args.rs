@@ -1,4 +1,5 @@
-//! The command line, parsed with clap into typed arguments; `main` turns them into calls.
+//! The command line's definition: clap parses it into these typed arguments, and `cli::run`
+//! hands each command to its handler. The help texts live here too.
 
 use std::path::PathBuf;
 
@@ -66,11 +67,12 @@ reissues the waiting I/O, so programs using the device see a pause, not an error
 that, every write is journaled before it completes. With --supervise a supervisor does
 the recovery by itself, and also kills and recovers a daemon that stops answering its
 heartbeat. --on-crash stop: the device fails its I/O and goes when the daemon dies (no
-recovery; writes complete without waiting for the journal, as on a disk with a cache).";
+recovery: `rewind del`, then `rewind add` again, which recovers the image from its
+journal).";
 
 const RECOVER_EXAMPLES: &str = "\
 Examples:
-  rewind list                 # a device whose daemon died shows as \"quiesced, needs recover\"
+  rewind list                 # its daemon died: \"daemon dead: needs `rewind recover -n 0`\"
   rewind recover -n 0         # a new daemon takes /dev/ublkb0 over; waiting I/O resumes
 
 The image, options and log are those the dead daemon served the device with. The new
@@ -96,7 +98,8 @@ Examples:
 
 Columns: ID, TIME (local), TRIGGER (format, flush, idle, user, reclaim, rollback), LABEL,
 CHANGED (data first written in the epoch the safe point closed; '-' for the oldest, whose
-epoch is gone) and HELD (history that goes when the safe point leaves the window).";
+epoch is gone), HELD (history that goes when the safe point leaves the window) and, when
+any safe point is pinned or shown by a view, KEPT BY.";
 
 const DEL_EXAMPLES: &str = "\
 Examples:
@@ -306,7 +309,8 @@ pub struct LogArgs {
     /// An image no daemon serves, read without writing
     #[arg(value_name = "IMAGE")]
     pub image: Option<PathBuf>,
-    /// Print JSON: an array of {id, time, time_ns, trigger, label, changed_bytes, held_bytes}
+    /// Print JSON: an array of {id, time, time_ns, trigger, label, changed_bytes, held_bytes,
+    /// pinned, views}
     #[arg(long)]
     pub json: bool,
 }
@@ -475,7 +479,8 @@ pub struct StatsArgs {
     pub json: bool,
 }
 
-/// `rewind __serve`: what `rewind add` passes to the daemon it starts.
+/// `rewind __serve`: what `rewind add` and `rewind recover` pass to the daemon they start
+/// (`runtime::launch::serve_args`).
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// The image, absolute
@@ -489,7 +494,7 @@ pub struct ServeArgs {
     /// Device id
     #[arg(short = 'n', long = "number")]
     pub id: Option<u32>,
-    /// Descriptor of the status pipe to `rewind add`
+    /// Descriptor of the status pipe to the `rewind add` (or `recover`) that started it
     #[arg(long)]
     pub status_fd: Option<i32>,
     /// The daemon's log file, to report

@@ -27,6 +27,8 @@ const SAFE_POINT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long `rewind log -n` waits.
 const LOG_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Prints the window `records` of `rewind log` as a table with `summary` under it, or as
+/// JSON.
 fn print_log(
     records: &[SafePointRecord],
     summary: &WindowSummary,
@@ -225,8 +227,9 @@ pub fn rollback_device_command(id: u32, to: &str, json: bool) -> Result<()> {
         .undo
         .context("the daemon rolled back but did not say how to undo it")?;
     // The kernel still caches pages of the old state: drop them so readers see the new one.
-    const BLKFLSBUF: libc::c_ulong = 0x1261; // _IO(0x12, 97)
-                                             // SAFETY: BLKFLSBUF takes no argument; the fd is an open block device we own.
+    // BLKFLSBUF = _IO(0x12, 97); the `libc` crate does not define it.
+    const BLKFLSBUF: libc::c_ulong = 0x1261;
+    // SAFETY: BLKFLSBUF takes no argument; the fd is an open block device we own.
     if unsafe { libc::ioctl(holder.as_raw_fd(), BLKFLSBUF, 0) } != 0 {
         bail!(
             "{shown} was rolled back to safe point {}, but dropping the kernel's cached pages \

@@ -1,5 +1,6 @@
-//! Formatting and inspecting images: `rewind create`, and the checks `rewind add` makes
-//! before it starts a daemon.
+//! The commands on an image file or block device: `rewind create` (formatting) and `rewind
+//! check`, and what `rewind add` makes of its image before it starts a daemon (formatting a
+//! missing one, checking an existing one against the sizes given).
 //!
 //! Bad input changes nothing: a size that does not fit, an image that already holds rewind
 //! data (without `--force`), or an image in use is refused before a byte is written, and a

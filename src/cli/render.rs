@@ -170,8 +170,8 @@ fn size_column(stats: &Option<DeviceStats>) -> String {
 }
 
 /// The table of `rewind log`, one string per line, header first:
-/// `ID  TIME  TRIGGER  LABEL  CHANGED  HELD`, ids and sizes right-aligned, "-" for no
-/// label and for an unknown size.
+/// `ID  TIME  TRIGGER  LABEL  CHANGED  HELD`, and `KEPT BY` when a safe point is pinned or
+/// shown by a view; ids and sizes right-aligned, "-" for no label and for an unknown size.
 pub fn log_table(records: &[SafePointRecord], page_size: u64, tz: &TimeZone) -> Vec<String> {
     const RIGHT: [bool; 7] = [true, false, false, false, true, true, false];
     let kept_column = records.iter().any(|r| r.pinned || !r.views.is_empty());

@@ -214,9 +214,10 @@ fn len_of(file: &File, kind: BackingKind, path: &Path) -> Result<u64, BackingErr
 }
 
 impl FileStore {
-    /// Opens an image read-only to look at it (`rewind log IMAGE`), under a shared lock: a
-    /// daemon serving it (which holds the exclusive lock) makes this fail with `InUse`, and
-    /// no daemon can start on it while the store lives. Its writes and syncs fail.
+    /// Opens an image read-only to look at it (`rewind log IMAGE`, `rewind check`), under a
+    /// shared lock: a daemon serving it (which holds the exclusive lock) makes this fail
+    /// with `InUse`, and no daemon can start on it while the store lives. Its writes and
+    /// syncs fail.
     pub fn open_read_only(path: &Path) -> Result<FileStore, BackingError> {
         let kind = kind_of(path)?;
         let file = File::open(path).map_err(BackingError::io("opening", path))?;

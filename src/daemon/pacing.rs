@@ -1,4 +1,5 @@
-//! When the daemon makes safe points of its own: idle safe points, and flush coalescing.
+//! When the daemon makes safe points of its own: idle safe points, and flush coalescing
+//! (`--idle`, `--coalesce`: their defaults and limits are here too).
 //!
 //! The kernel's FLUSH (and FUA) would make one safe point each; a database that syncs
 //! hundreds of times a second would then fill the window with near-identical states. And a

@@ -13,7 +13,8 @@ use crate::ipc::status::Status;
 
 /// Where the daemon says it is live, or why it failed.
 pub enum Reporter {
-    /// The status pipe of the `rewind add` that started this daemon; used once.
+    /// The status pipe of the `rewind add` (or `rewind recover`) that started this daemon;
+    /// used once.
     Pipe(Mutex<Option<File>>),
     /// Foreground: the device path goes to stdout; errors are printed by `main`.
     Stdout,
@@ -29,8 +30,8 @@ impl Reporter {
                 .with_context(|| format!("status descriptor {fd}"));
         }
         // SAFETY: the descriptor is open (checked above) and was made for this process by
-        // `rewind add`, which passed its number; nothing else in this process uses it, so
-        // the File may own and close it.
+        // the `rewind add` (or `recover`) that started it and passed its number; nothing
+        // else in this process uses it, so the File may own and close it.
         let file = unsafe { File::from_raw_fd(fd) };
         Ok(Reporter::Pipe(Mutex::new(Some(file))))
     }
@@ -40,7 +41,7 @@ impl Reporter {
             Reporter::Pipe(pipe) => {
                 if let Some(mut f) = pipe.lock().take() {
                     if let Err(e) = f.write_all(status.line().as_bytes()) {
-                        // `rewind add` gave up waiting; the log still says what happened.
+                        // The starter gave up waiting; the log still says what happened.
                         log::warn!("could not report to `rewind add`: {e}");
                     }
                 }

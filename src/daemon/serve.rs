@@ -1,9 +1,10 @@
-//! The daemon: serves one image as one ublk device until the device is deleted.
+//! The daemon's life: serves one image as one ublk device until the device is deleted.
 //!
-//! Start: open and lock the image, recover it (`Volume::open`), add the ublk device, bind
-//! the control socket, start the safe point ticker and the queues; once the kernel reports
-//! the device live, tell the `rewind add` that started us (a line on a pipe) or print the
-//! device path (foreground).
+//! Start: open and lock the image, recover it (`Volume::open`), add the ublk device (or take
+//! over a quiesced one), bind the control socket, write the pid file, start the safe point
+//! ticker and the queues; once the kernel reports the device live, tell the `rewind add` (or
+//! `rewind recover`) that started us (a line on a pipe) or print the device path
+//! (foreground).
 //!
 //! Stop: `rewind del` (or SIGTERM/SIGINT/SIGHUP here) stops the device; the queues drain and
 //! exit, `run_target` returns, the device is deleted, the socket and pid file are removed,
@@ -70,6 +71,7 @@ pub fn serve(opts: &ServeOptions, reporter: Reporter) -> Result<()> {
     result
 }
 
+/// Opens the volume, serves it until the device is stopped, and closes it whatever happened.
 fn serve_until_stopped(opts: &ServeOptions, reporter: &Arc<Reporter>) -> Result<()> {
     started_at();
     // Before any thread starts, so that all of them inherit the mask.
@@ -114,8 +116,6 @@ fn open_volume(opts: &ServeOptions) -> Result<(Volume<FileStore>, bool)> {
     Ok((volume, direct_io))
 }
 
-/// Says so when the image was left open by a daemon that is gone: this one holds the lock
-/// now, so that owner no longer runs, and `Volume::open` replays its journal.
 /// Opens and locks the image. A killed daemon's lock goes only when the kernel has torn
 /// down its io_uring rings, which can outlive the process by a moment: recovery waits for it.
 fn open_image(opts: &ServeOptions) -> Result<FileStore> {
@@ -135,6 +135,8 @@ fn open_image(opts: &ServeOptions) -> Result<FileStore> {
     }
 }
 
+/// Says so when the image was left open by a daemon that is gone: this one holds the lock
+/// now, so that owner no longer runs, and `Volume::open` replays its journal.
 fn log_stale_owner(store: &FileStore, image: &str) {
     let Ok(sb) = rewind_history::read_superblock(store) else {
         // Volume::open reports a bad superblock properly.
@@ -460,8 +462,8 @@ fn spawn_notice_thread(
     Ok(())
 }
 
-/// When this process started, as an `Instant`: `rewind recover` measures the recovery from
-/// the start of the daemon it launches.
+/// When this daemon started serving, as an `Instant` (the first call, made first thing in
+/// `serve`): the log of a recovery says how long it took from there.
 fn started_at() -> Instant {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     *START.get_or_init(Instant::now)

@@ -7,15 +7,18 @@
 //!   of consecutive physical pages with one uring Read each;
 //! - WRITE: allocate a physical page per logical page, write runs of consecutive physical
 //!   pages with one uring Write each, then `commit_writes` once for the request (and `flush`
-//!   for FUA). On any failure every allocated page is abandoned and the request fails;
+//!   for FUA). If a page cannot be allocated or the data not written, every allocated page
+//!   is abandoned and the request fails (after a failed `commit_writes` they are kept: see
+//!   `write`);
 //! - FLUSH: through the [`Pacer`], which commits and makes a safe point, or only commits
 //!   when the previous safe point is recent (synchronous on the queue thread for now);
 //! - DISCARD and WRITE_ZEROES: `discard`, after which the pages read as zeros.
 //!
 //! A write or discard completes only after the engine wrote its record to the journal
-//! (unsynced: the host's page cache keeps it), so a `kill -9` of the daemon loses nothing the
-//! kernel was told is done; a device that outlives its daemon (`--on-crash queue`, the
-//! default) relies on that.
+//! (unsynced: the host's page cache keeps it), whatever `--on-crash` says, so a `kill -9` of
+//! the daemon loses nothing the kernel was told is done: a device that outlives its daemon
+//! (`--on-crash queue`, the default) relies on that, and with `stop` the next `rewind add`
+//! finds those writes in the journal.
 //!
 //! Every write and discard the engine takes is counted by the pacer, for idle safe points.
 //!

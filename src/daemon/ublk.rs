@@ -1,12 +1,13 @@
-//! The ublk driver's control side, for the daemon: adding a device, taking over one whose
-//! daemon died, and libublk's errors in words.
+//! The ublk driver's control side: adding a device, taking over one whose daemon died,
+//! stopping one, and libublk's errors in words.
 
 use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
 use libublk::{sys, UblkError, UblkFlags};
 
 use crate::ipc::device::OnCrash;
 
-/// The target name ublk records; `rewind list` recognizes its devices by it.
+/// The target name ublk records for rewind's devices (`rewind list` recognizes them by the
+/// `TargetData` in their json, not by this name).
 pub const TARGET_NAME: &str = "rewind";
 
 /// Largest request the kernel sends, and the size of each tag's buffer.

@@ -4,9 +4,10 @@
 
 use libublk::sys;
 
-/// What the target stores in the device's exported json, under the key `rewind`, so that
-/// `rewind list` and `rewind del` can tell rewind's devices from other ublk targets and
-/// find the image, socket and log.
+/// What the daemon stores in the device's exported json, under the key `rewind`, so that
+/// `rewind list`, `rewind del` and `rewind recover` can tell rewind's devices from other
+/// ublk targets and find the image, the log and the options. (The socket is recorded for
+/// whoever reads the json; rewind's clients find it by the device id, `paths::socket_path`.)
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TargetData {
     /// The backing image or block device, absolute.
@@ -47,8 +48,10 @@ pub enum OnCrash {
     #[default]
     Queue,
     /// No recovery: the kernel fails the device's I/O and removes its disk; the image is
-    /// recovered by the next `rewind add` (after `rewind del`). Writes not yet flushed may
-    /// be lost, as after a power cut, and the device keeps its write-back cache speed.
+    /// recovered by the next `rewind add` (after `rewind del`). The write path is the same
+    /// as with `Queue`: a write completes once its journal record is written, so after the
+    /// daemon's death `rewind add` finds every completed write (a power cut, in either
+    /// mode, loses what no FLUSH made durable).
     Stop,
 }
 

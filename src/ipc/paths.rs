@@ -1,11 +1,11 @@
-//! Where `rewind` keeps its runtime files: control sockets and pid files (daemons and
-//! supervisors) under `/run/rewind`,
-//! daemon logs under `$REWIND_LOG_DIR`, `/var/log/rewind` or `/tmp`, and where libublk
-//! exports each device's json.
+//! Where rewind's processes find each other: control sockets and pid files (daemons and
+//! supervisors) under `/run/rewind`, daemon logs under `$REWIND_LOG_DIR`, `/var/log/rewind`
+//! or `/tmp`, the device nodes, and where libublk exports each device's json.
 
 use std::path::{Path, PathBuf};
 
-/// Runtime directory of the daemons: one control socket and one pid file per device.
+/// Runtime directory of the daemons: one control socket and one pid file per device, and
+/// the pid file of its supervisor if it has one.
 pub const RUN_DIR: &str = "/run/rewind";
 
 /// Environment variable naming the directory for daemon logs.
@@ -58,7 +58,8 @@ pub fn log_path(image: &Path) -> PathBuf {
     Path::new("/tmp").join(name)
 }
 
-/// Creates the runtime directory if needed, readable by all (the files in it are root's).
+/// Creates the runtime directory if needed, with the mode the umask gives (the socket in
+/// it is made 0600, for root only).
 pub fn ensure_run_dir() -> std::io::Result<()> {
     std::fs::create_dir_all(RUN_DIR)
 }

@@ -1,6 +1,6 @@
 //! Asking a daemon: one request on its control socket and its reply (the wire format is
-//! `ipc::control`), and [`ask`], which first checks that device ID is a live rewind device
-//! and puts the ways it can fail in words.
+//! `ipc::control`), and [`ask`], which first checks that device ID is a rewind device and
+//! not a view, and puts the ways asking can fail in words.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;

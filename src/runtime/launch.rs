@@ -7,8 +7,9 @@
 //! (`ipc::status`).
 //!
 //! `rewind recover -n ID` starts the same daemon with `--recover`, on the image and options
-//! the dead daemon recorded in the device's ublk json; `rewind add --supervise` then starts
-//! the supervisor (`rewind __supervise`, see `runtime::supervise`) the same way.
+//! the dead daemon recorded in the device's ublk json (its queues and depth: the kernel's);
+//! `rewind add --supervise` then starts the supervisor (`rewind __supervise`, see
+//! `runtime::supervise`) the same way.
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
@@ -30,8 +31,9 @@ use crate::ipc::status::Status;
 use crate::runtime::registry::recoverable;
 use crate::runtime::removal::delete_stale_views;
 
-/// How long `rewind add` waits for the daemon to report. Recovery of a large image after a
-/// crash reads its checkpoint and journal, which takes a while on a slow disk.
+/// How long `rewind add` (or `rewind recover`) waits for the daemon to report. Recovery of a
+/// large image after a crash reads its checkpoint and journal, which takes a while on a slow
+/// disk.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Lines of the daemon's log shown when it dies without reporting.

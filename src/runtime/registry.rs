@@ -81,8 +81,8 @@ pub fn kernel_info(id: u32) -> Result<sys::ublksrv_ctrl_dev_info> {
     Ok(ctrl.dev_info())
 }
 
-/// True when device `id` waits for a new daemon: quiesced, or live with its daemon gone (the
-/// kernel quiesces it in a moment).
+/// True when a device in `state` whose daemon is `pid` waits for a new daemon: quiesced, or
+/// live with its daemon gone (the kernel quiesces it in a moment).
 pub fn needs_recovery(state: u16, pid: i32) -> bool {
     let state = u32::from(state);
     state == sys::UBLK_S_DEV_QUIESCED
