@@ -15,8 +15,10 @@
 //! - [`daemon`]: serving one image as one ublk device: the target and its queues, the
 //!   backing store, pacing, views, the control server, signals.
 //!
-//! A room uses the rooms to its right, never one to its left (`cli` may call `daemon`
-//! directly: `rewind add --foreground` serves in its own process). All of them use the
+//! A room uses the rooms to its right, never one to its left. `cli` also uses `daemon`
+//! directly: `rewind add --foreground` and `__serve` serve in their own process, and the
+//! commands on an image no daemon serves open it through the daemon's backing store (and
+//! `--idle`/`--coalesce` take their defaults from the daemon's pacing). All rooms use the
 //! leaves, which use no room:
 //! - [`ipc`]: what the processes agree on: runtime paths, the control socket's wire format,
 //!   the device json and pid files, the status pipe;

@@ -128,20 +128,20 @@ pub fn del_command(id: Option<u32>, all: bool) -> Result<()> {
 /// `rewind list`.
 pub fn list_command(json: bool) -> Result<()> {
     check_daemon_access("rewind list")?;
-    let entries = if Path::new(UBLK_CONTROL).exists() {
+    let devices = if Path::new(UBLK_CONTROL).exists() {
         rewind_devices()
     } else {
         Vec::new()
     };
     if json {
-        print_json(&entries)?;
+        print_json(&devices)?;
         return Ok(());
     }
-    if entries.is_empty() {
+    if devices.is_empty() {
         eprintln!("rewind: no rewind devices");
         return Ok(());
     }
-    for line in device_table(&entries) {
+    for line in device_table(&devices) {
         println!("{line}");
     }
     Ok(())

@@ -359,6 +359,26 @@ impl Store for FileStore {
     }
 }
 
+/// For tests: a new image file at `path` formatted for a device of `size` bytes with 64 MiB
+/// of history, opened.
+#[cfg(test)]
+pub fn formatted_image(path: &Path, size: u64) -> FileStore {
+    let opts = rewind_history::CreateOptions {
+        size,
+        history: Some(64 << 20),
+        journal: None,
+    };
+    let need = rewind_history::Layout::for_create(&opts)
+        .expect("layout")
+        .required_bytes();
+    File::create(path)
+        .and_then(|f| f.set_len(need))
+        .expect("create");
+    let store = FileStore::open(path).expect("open");
+    rewind_history::create(&store, &opts).expect("format");
+    store
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,19 +447,7 @@ mod tests {
     fn a_second_daemon_is_told_the_owners_pid() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("image");
-        let opts = rewind_history::CreateOptions {
-            size: 8 << 20,
-            history: Some(64 << 20),
-            journal: None,
-        };
-        let need = rewind_history::Layout::for_create(&opts)
-            .expect("layout")
-            .required_bytes();
-        File::create(&path)
-            .and_then(|f| f.set_len(need))
-            .expect("create");
-        let store = FileStore::open(&path).expect("open");
-        rewind_history::create(&store, &opts).expect("format");
+        let store = formatted_image(&path, 8 << 20);
         let served = rewind_history::Volume::open(store).expect("volume");
         let e = FileStore::open(&path).unwrap_err();
         let pid = std::process::id();

@@ -293,6 +293,7 @@ fn device_stats(volume: &Volume<FileStore>, about: &DeviceStats, views: &Views) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::daemon::backing::formatted_image;
     use crate::daemon::pacing::Policy;
     use crate::ipc::control::sample_stats;
     use crate::ipc::device::TargetData;
@@ -301,19 +302,7 @@ mod tests {
     fn answers() -> (tempfile::TempDir, Arc<Volume<FileStore>>, Answers) {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("a.img");
-        let opts = rewind_history::CreateOptions {
-            size: 4 << 20,
-            history: Some(64 << 20),
-            journal: None,
-        };
-        let need = rewind_history::Layout::for_create(&opts)
-            .expect("layout")
-            .required_bytes();
-        std::fs::File::create(&path)
-            .and_then(|f| f.set_len(need))
-            .expect("create");
-        let store = FileStore::open(&path).expect("open");
-        rewind_history::create(&store, &opts).expect("format");
+        let store = formatted_image(&path, 4 << 20);
         let volume = Arc::new(Volume::open(store).expect("volume"));
         let data = TargetData {
             image: path.display().to_string(),

@@ -73,7 +73,7 @@ pub fn kernel_view(id: u32) -> Result<(u16, i32)> {
 }
 
 /// The kernel's information on device `id`.
-pub fn kernel_info(id: u32) -> Result<sys::ublksrv_ctrl_dev_info> {
+fn kernel_info(id: u32) -> Result<sys::ublksrv_ctrl_dev_info> {
     let id_arg = i32::try_from(id).context("device id out of range")?;
     let ctrl = UblkCtrl::new_simple(id_arg)
         .map_err(|e| anyhow::anyhow!("{}", describe_ublk_error(&e)))
