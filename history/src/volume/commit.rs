@@ -1,0 +1,184 @@
+//! The commit protocol: safe points close epochs, unsynced journal writes keep a killed
+//! daemon's acknowledged writes, and commits make records durable (data sync, journal write,
+//! journal sync, and a checkpoint when the journal since the last one passes half the ring).
+
+use std::sync::atomic::Ordering;
+
+use zerocopy::little_endian::{U32, U64};
+
+use crate::checkpoint::{self, Snapshot};
+use crate::format::{MAX_LABEL, MAX_SAFE_POINTS};
+use crate::journal::{self, Record};
+use crate::window::{SafePoint, Trigger};
+use crate::{Error, Store};
+
+use super::recovery::write_superblock;
+use super::{now_ns, CommitState, Volume};
+
+impl<S: Store> Volume<S> {
+    /// FLUSH: closes the epoch with a safe point (if anything was written since the last)
+    /// and makes it and every write completed before durable.
+    pub fn flush(&self) -> Result<(), Error> {
+        self.safe_point(Trigger::Flush, None).map(|_| ())
+    }
+
+    /// Makes a safe point now and commits it; returns its id. A flush or idle point with
+    /// nothing written since the newest safe point makes none and returns that one.
+    pub fn safe_point(&self, trigger: Trigger, label: Option<String>) -> Result<u64, Error> {
+        if let Some(l) = &label {
+            if l.len() > MAX_LABEL {
+                return Err(Error::BadOption(format!(
+                    "label of {} bytes; at most {MAX_LABEL}",
+                    l.len()
+                )));
+            }
+        }
+        let id = {
+            let mut st = self.state.lock();
+            let open = st.window.next_id;
+            let dirty = st.window.groups.contains_key(&open);
+            // Flush and idle points mark a state; with nothing written since the newest
+            // safe point, that one already is it.
+            if dirty || !matches!(trigger, Trigger::Flush | Trigger::Idle) {
+                let sp = SafePoint {
+                    id: open,
+                    time_ns: now_ns(),
+                    trigger,
+                    label,
+                };
+                st.pending.push(&Record::SafePoint(sp.clone()));
+                st.window.push_safe_point(sp);
+                self.retire_until(&mut st, false, |st, _| {
+                    (st.window.safe_points.len() as u64) < MAX_SAFE_POINTS
+                });
+                open
+            } else {
+                st.window.newest().map_or(0, |s| s.id)
+            }
+        };
+        self.commit(false)?;
+        Ok(id)
+    }
+
+    /// Writes the records not yet in the journal as unsynced blocks, so they survive the
+    /// daemon's death (not a power cut) before the writes they record are acknowledged.
+    pub(super) fn write_unsynced(&self) -> Result<(), Error> {
+        if self.failed.load(Ordering::Relaxed) {
+            return Err(Error::Corrupt(
+                "an earlier metadata write failed; the volume refuses further I/O".into(),
+            ));
+        }
+        let _tail = self.tail.lock();
+        let (seq, blocks) = {
+            let mut st = self.state.lock();
+            let first = st.first_seq;
+            st.pending.unsynced(first, self.uuid, self.session)
+        };
+        if blocks.is_empty() {
+            return Ok(());
+        }
+        let result = journal::write_blocks(&self.store, &self.layout, seq, &blocks);
+        if result.is_err() {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// Makes every record so far durable.
+    pub fn commit(&self, force_checkpoint: bool) -> Result<(), Error> {
+        let mut c = self.commit.lock();
+        self.commit_locked(&mut c, force_checkpoint)
+    }
+
+    pub(super) fn commit_locked(
+        &self,
+        c: &mut CommitState,
+        force_checkpoint: bool,
+    ) -> Result<(), Error> {
+        if self.failed.load(Ordering::Relaxed) {
+            return Err(Error::Corrupt(
+                "an earlier metadata write failed; the volume refuses further I/O".into(),
+            ));
+        }
+        let (blocks, frees, snapshot) = {
+            let mut st = self.state.lock();
+            debug_assert_eq!(st.first_seq, c.next_seq);
+            let blocks = st.pending.take_synced(c.next_seq, self.uuid, self.session);
+            let frees = std::mem::take(&mut st.pending_free);
+            let after = c.next_seq + blocks.len() as u64;
+            st.first_seq = after;
+            let used = after - c.sb.ckpt_journal_seq.get();
+            let snapshot =
+                (force_checkpoint || used > self.layout.journal_blocks / 2).then(|| Snapshot {
+                    map: self.map.snapshot(),
+                    window: st.window.clone(),
+                    journal_seq: after,
+                });
+            (blocks, frees, snapshot)
+        };
+        if blocks.is_empty() && snapshot.is_none() {
+            debug_assert!(frees.is_empty());
+            return Ok(());
+        }
+        let result = self.write_commit(c, &blocks, snapshot.as_ref());
+        if result.is_err() {
+            self.failed.store(true, Ordering::Relaxed);
+            return result;
+        }
+        if !frees.is_empty() {
+            let g = self.read_gen.fetch_add(1, Ordering::SeqCst);
+            self.quarantine.lock().push((g, frees));
+        }
+        self.release_quarantine();
+        Ok(())
+    }
+
+    fn write_commit(
+        &self,
+        c: &mut CommitState,
+        blocks: &[[u8; 512]],
+        snapshot: Option<&Snapshot>,
+    ) -> Result<(), Error> {
+        if !blocks.is_empty() {
+            // The data the records point at must be durable before the records are.
+            self.store.sync().map_err(Error::io("syncing data"))?;
+            {
+                // After any unsynced write of these blocks that began before we took them.
+                let _tail = self.tail.lock();
+                journal::write_blocks(&self.store, &self.layout, c.next_seq, blocks)?;
+            }
+            self.store
+                .sync()
+                .map_err(Error::io("syncing the journal"))?;
+            c.next_seq += blocks.len() as u64;
+        }
+        if let Some(s) = snapshot {
+            self.write_checkpoint(c, s)?;
+        }
+        Ok(())
+    }
+
+    fn write_checkpoint(&self, c: &mut CommitState, s: &Snapshot) -> Result<(), Error> {
+        let bytes = checkpoint::encode(s, self.uuid);
+        if bytes.len() as u64 > self.layout.ckpt_bytes {
+            return Err(Error::Corrupt(format!(
+                "checkpoint of {} bytes does not fit its slot of {}",
+                bytes.len(),
+                self.layout.ckpt_bytes
+            )));
+        }
+        let slot = 1 - c.sb.ckpt_slot.get() as usize;
+        self.store
+            .write_at(self.layout.ckpt_offsets[slot], &bytes)
+            .map_err(Error::io("writing a checkpoint"))?;
+        self.store
+            .sync()
+            .map_err(Error::io("syncing a checkpoint"))?;
+        c.sb.ckpt_slot = U32::new(slot as u32);
+        c.sb.ckpt_len = U64::new(bytes.len() as u64);
+        c.sb.ckpt_crc = U32::new(crc32c::crc32c(&bytes));
+        c.sb.ckpt_journal_seq = U64::new(s.journal_seq);
+        c.sb.ckpt_session = U32::new(self.session);
+        write_superblock(&self.store, &mut c.sb)
+    }
+}

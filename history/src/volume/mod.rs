@@ -1,0 +1,167 @@
+//! The volume: a formatted backing store served as a device with history.
+//!
+//! Write path: `allocate` claims a free physical page (the logical page's home if free, else
+//! from the caller's stream), the caller writes the data there, then `commit_writes` switches
+//! the remap table and appends a journal record. `flush` closes the epoch with a safe point and
+//! commits: data sync, journal write, journal sync. Nothing on disk is ever overwritten in
+//! place except free pages, so a crash leaves every page old or new.
+//!
+//! Invariants:
+//! - every physical page is exactly one of: free, live (mapped), history, claimed by an
+//!   in-flight write, or pending (freed by a record not yet durable);
+//! - a pending page is only reused after the record that freed it is durable, so the journal
+//!   prefix that survives a crash never points at a page that was written again;
+//! - the data of a record is durable before the record is (`commit` syncs the store before
+//!   writing the journal), and a checkpoint is durable before the superblock points at it.
+//!
+//! A write's record is also written to the journal unsynced before `commit_writes` returns
+//! (see `journal`), so a daemon that dies loses no acknowledged write; a power cut loses
+//! what no flush made durable, as the device's volatile write cache promises.
+//!
+//! Locks: `commit` serializes commits (journal position, superblock); `tail` orders the
+//! writes of pending journal blocks; `state` guards the window and the records not yet
+//! synced, and is held only for memory work. Order: `commit`, `tail`, `state`.
+
+mod apply;
+mod commit;
+mod io;
+mod reclaim;
+mod recovery;
+mod report;
+mod travel;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use rewind_remap::{PageAllocator, RemapTable};
+
+use crate::format::{Layout, Superblock};
+use crate::journal;
+use crate::{Error, LogicalPage, PhysPage, Store};
+
+pub use reclaim::ReadTracker;
+pub use recovery::{check, create, inspect, read_superblock};
+pub use report::{CheckReport, Inspection, Notice, SafePointInfo, Stats};
+pub use travel::ViewId;
+
+use travel::View;
+
+struct State {
+    window: crate::window::Window,
+    /// References to each physical page (see `Apply::refs`).
+    refs: Vec<u32>,
+    /// Records applied in memory and not yet handed to a commit.
+    pending: journal::Pending,
+    /// The journal sequence of the first pending block.
+    first_seq: u64,
+    /// Pages freed by those records.
+    pending_free: Vec<PhysPage>,
+    /// Open views by number: each holds its safe point until closed or dropped.
+    views: BTreeMap<u64, View>,
+    next_view: u64,
+    /// What reclaim had to give up, for the daemon's log.
+    notices: Vec<Notice>,
+}
+
+struct CommitState {
+    sb: Superblock,
+    /// The sequence of the next journal block to write.
+    next_seq: u64,
+}
+
+/// A served image. `Send + Sync`: queue threads share it.
+pub struct Volume<S: Store> {
+    store: S,
+    layout: Layout,
+    uuid: u64,
+    session: u32,
+    map: RemapTable,
+    alloc: PageAllocator,
+    state: Mutex<State>,
+    commit: Mutex<CommitState>,
+    /// Orders writes of pending journal blocks: an unsynced write of a block never lands
+    /// after the commit's synced write of it. Taken before `state`, after `commit`.
+    tail: Mutex<()>,
+    /// Below this many free pages, allocation reclaims first.
+    low_water: u64,
+    /// Records buffered beyond this are committed without waiting for a flush, so one commit
+    /// always fits the journal.
+    commit_threshold: usize,
+    /// Set when a metadata write failed: the in-memory state is then ahead of the disk, so
+    /// every later request fails rather than pretend.
+    failed: AtomicBool,
+    /// Pages freed by durable records, waiting for the reads that may still target them.
+    quarantine: Mutex<Vec<(u64, Vec<PhysPage>)>>,
+    /// Bumped after each commit's frees are quarantined: a read that began at generation
+    /// `g` may have resolved to a page quarantined at any generation `>= g`.
+    read_gen: AtomicU64,
+    /// Per reader (I/O queue): the oldest generation of its reads in flight, `u64::MAX`
+    /// when none.
+    readers: Mutex<Vec<Arc<AtomicU64>>>,
+}
+
+impl<S: Store> Volume<S> {
+    /// Where everything is in the store.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The backing store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    fn check(&self, l: LogicalPage) -> Result<(), Error> {
+        if self.failed.load(Ordering::Relaxed) {
+            return Err(Error::Corrupt(
+                "an earlier metadata write failed; the volume refuses further I/O".into(),
+            ));
+        }
+        if l.0 >= self.layout.logical_pages {
+            return Err(Error::OutOfRange {
+                page: l.0,
+                pages: self.layout.logical_pages,
+            });
+        }
+        Ok(())
+    }
+}
+/// This host's name, zero padded, for the superblock's owner: with the pid it tells a
+/// live owner from one that crashed (see `format::Superblock::owner`).
+pub(super) fn host_name() -> [u8; 64] {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name = name.trim().as_bytes();
+    let mut out = [0u8; 64];
+    let n = name.len().min(64);
+    out[..n].copy_from_slice(&name[..n]);
+    out
+}
+
+/// This boot of the kernel: 64 bits of its random boot id (0 if unknown, which trusts no
+/// unsynced block).
+fn boot_id() -> u64 {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let hex: String = id
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(16)
+        .collect();
+    u64::from_str_radix(&hex, 16).map_or(0, |b| b | 1)
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_ns());
+    h.write_u32(std::process::id());
+    h.finish()
+}

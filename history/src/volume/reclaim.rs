@@ -1,0 +1,188 @@
+//! Reclaim: retiring safe points when free pages run low, and the quarantine that keeps a
+//! freed page from a new write while reads that resolved to it are in flight.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use rewind_remap::PageAllocator;
+
+use crate::journal::Record;
+use crate::window::{SafePoint, Trigger};
+use crate::{Error, Store};
+
+use super::report::HISTORY_FULL;
+use super::{now_ns, Notice, State, ViewId, Volume};
+
+/// Tracks one queue's reads in flight, so a page they resolved to is not handed to a new
+/// write (and overwritten) before they finish. Not shared between threads.
+pub struct ReadTracker {
+    oldest: Arc<AtomicU64>,
+    inflight: std::cell::RefCell<std::collections::BTreeMap<u64, u32>>,
+}
+
+impl ReadTracker {
+    fn publish(&self) {
+        let min = self.inflight.borrow().keys().next().copied();
+        self.oldest.store(min.unwrap_or(u64::MAX), Ordering::SeqCst);
+    }
+
+    /// Call before resolving the pages of a read; pass the result to `end` when the read's
+    /// data has arrived.
+    pub fn begin<S: Store>(&self, vol: &Volume<S>) -> u64 {
+        let g = vol.read_gen.load(Ordering::SeqCst);
+        *self.inflight.borrow_mut().entry(g).or_default() += 1;
+        self.publish();
+        // Our generation is visible before we load the map: a commit that misses it has
+        // switched the map before we look (see `release_quarantine`).
+        std::sync::atomic::fence(Ordering::SeqCst);
+        g
+    }
+
+    /// The read begun at `g` is done.
+    pub fn end(&self, g: u64) {
+        let mut m = self.inflight.borrow_mut();
+        if let Some(n) = m.get_mut(&g) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&g);
+            }
+        }
+        drop(m);
+        self.publish();
+    }
+}
+
+impl<S: Store> Volume<S> {
+    /// A tracker for one reader thread's reads in flight.
+    pub fn read_tracker(&self) -> ReadTracker {
+        let oldest = Arc::new(AtomicU64::new(u64::MAX));
+        self.readers.lock().push(oldest.clone());
+        ReadTracker {
+            oldest,
+            inflight: Default::default(),
+        }
+    }
+
+    /// Frees the quarantined pages no read in flight can target.
+    pub(super) fn release_quarantine(&self) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let oldest = self
+            .readers
+            .lock()
+            .iter()
+            .map(|r| r.load(Ordering::SeqCst))
+            .min()
+            .unwrap_or(u64::MAX);
+        let mut q = self.quarantine.lock();
+        // Pages quarantined at generation g were resolved only by reads begun at <= g.
+        q.retain(|(g, pages)| {
+            if *g < oldest {
+                for p in pages {
+                    self.alloc.release(*p);
+                }
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// Retires safe points until `enough`: first the oldest held by no pin or view (never the
+    /// newest), then, if `close_open_epoch`, the open epoch is closed with a reclaim safe point
+    /// so the history it made can go too. Only when that is not enough do views give way
+    /// (their reads fail from then on), then pins, each with a notice for the log: the live
+    /// device never fails a write to keep history.
+    pub(super) fn retire_until(
+        &self,
+        st: &mut State,
+        close_open_epoch: bool,
+        enough: impl Fn(&State, &PageAllocator) -> bool,
+    ) {
+        let mut closed = false;
+        while !enough(st, &self.alloc) {
+            let newest = st.window.newest().map_or(0, |s| s.id);
+            let held: BTreeSet<u64> = st
+                .views
+                .values()
+                .filter(|v| v.dropped.is_none())
+                .map(|v| v.at)
+                .chain(st.window.pins.iter().copied())
+                .collect();
+            let unheld: Vec<u64> = st
+                .window
+                .safe_points
+                .iter()
+                .map(|s| s.id)
+                .filter(|id| *id != newest && !held.contains(id))
+                .collect();
+            if !unheld.is_empty() {
+                for id in unheld {
+                    if enough(st, &self.alloc) {
+                        return;
+                    }
+                    self.apply_locked(st, Record::Retire { id })
+                        .expect("retiring an older safe point of the window");
+                }
+                continue;
+            }
+            let open = st.window.next_id;
+            if close_open_epoch && !closed && st.window.groups.contains_key(&open) {
+                let sp = SafePoint {
+                    id: open,
+                    time_ns: now_ns(),
+                    trigger: Trigger::Reclaim,
+                    label: None,
+                };
+                self.apply_locked(st, Record::SafePoint(sp))
+                    .expect("closing the open epoch");
+                closed = true;
+                continue;
+            }
+            let view = st
+                .views
+                .iter_mut()
+                .filter(|(_, v)| v.dropped.is_none() && v.at != newest)
+                .min_by_key(|(n, v)| (v.at, **n));
+            if let Some((n, v)) = view {
+                v.dropped = Some(HISTORY_FULL.to_string());
+                let notice = Notice::ViewDropped {
+                    view: ViewId(*n),
+                    at: v.at,
+                };
+                st.notices.push(notice);
+                continue;
+            }
+            let pin = st.window.pins.iter().copied().find(|id| *id != newest);
+            if let Some(id) = pin {
+                self.apply_locked(st, Record::Pin { id, pinned: false })
+                    .expect("unpinning a safe point of the window");
+                st.notices.push(Notice::PinReleased { id });
+                continue;
+            }
+            return;
+        }
+    }
+
+    /// What reclaim gave up since the last call (views dropped, pins released), for the log.
+    pub fn take_notices(&self) -> Vec<Notice> {
+        std::mem::take(&mut self.state.lock().notices)
+    }
+
+    /// Frees pages by retiring the oldest safe points, closing the open epoch if even that
+    /// is not enough, then commits so the freed pages can be reused.
+    pub(super) fn reclaim(&self) -> Result<(), Error> {
+        let mut c = self.commit.lock();
+        if self.alloc.free_pages() >= self.low_water {
+            return Ok(()); // another thread reclaimed while we waited
+        }
+        {
+            let mut st = self.state.lock();
+            let target = self.low_water * 2;
+            self.retire_until(&mut st, true, |st, alloc| {
+                alloc.free_pages() + st.pending_free.len() as u64 >= target
+            });
+        }
+        self.commit_locked(&mut c, false)
+    }
+}

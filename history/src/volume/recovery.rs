@@ -1,0 +1,409 @@
+//! Creating an image and rebuilding a volume from one: the superblock, the checkpoint plus
+//! the journal's valid prefix, a new session at open, a clean close, and the offline
+//! `check` and `inspect`, which load an image without writing to it.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+
+use parking_lot::Mutex;
+use rewind_remap::{Mapping, PageAllocator, RemapTable};
+use zerocopy::little_endian::{U32, U64};
+use zerocopy::IntoBytes;
+
+use crate::checkpoint::{self, Snapshot};
+use crate::format::{
+    CreateOptions, Layout, Superblock, FORMAT_VERSION, PAGE_SIZE, RECORDS_PER_BLOCK, SUPER_MAGIC,
+    SUPER_OFFSETS,
+};
+use crate::journal;
+use crate::window::{SafePoint, Trigger, Window};
+use crate::{Error, LogicalPage, PhysPage, Store};
+
+use super::apply::Apply;
+use super::report::{safe_point_infos, CheckReport, Inspection, Stats};
+use super::{boot_id, host_name, now_ns, random_u64, CommitState, State, Volume};
+
+/// What `load` rebuilds from disk.
+struct Loaded {
+    sb: Superblock,
+    layout: Layout,
+    map: RemapTable,
+    window: Window,
+    alloc: PageAllocator,
+    refs: Vec<u32>,
+    next_seq: u64,
+    /// Whether unsynced journal blocks were replayed.
+    unsynced: bool,
+}
+
+/// Counts the references to each physical page and checks that every page belongs to one
+/// logical page only: the live map and history entries of one page may share a physical
+/// page (after a rollback), two logical pages never.
+fn count_refs(layout: &Layout, map: &RemapTable, window: &Window) -> Result<Vec<u32>, Error> {
+    let mut refs = vec![0u32; layout.physical_pages as usize];
+    let mut owner = vec![u64::MAX; layout.physical_pages as usize];
+    let mut take = |p: PhysPage, l: LogicalPage, what: &dyn Fn() -> String| {
+        let i = p.0 as usize;
+        if owner[i] != u64::MAX && owner[i] != l.0 {
+            return Err(Error::Corrupt(format!(
+                "physical page {} belongs to logical pages {} and {} ({})",
+                p.0,
+                owner[i],
+                l.0,
+                what()
+            )));
+        }
+        owner[i] = l.0;
+        refs[i] += 1;
+        Ok(())
+    };
+    for l in 0..layout.logical_pages {
+        if let Some(p) = map.get(LogicalPage(l)).phys {
+            take(p, LogicalPage(l), &|| "live".into())?;
+        }
+    }
+    for (epoch, entries) in &window.groups {
+        for (l, p) in entries {
+            if let Some(p) = p {
+                take(*p, *l, &|| format!("history group {epoch}"))?;
+            }
+        }
+    }
+    Ok(refs)
+}
+
+/// Checks every piece of metadata of an image without writing: both superblock copies,
+/// the checkpoint, the journal, the remap table and history (each physical page belongs to
+/// one logical page, and is live, history or free). An error is a corruption.
+pub fn check<S: Store>(store: &S) -> Result<CheckReport, Error> {
+    let mut superblocks: [Result<u64, String>; 2] = [Err(String::new()), Err(String::new())];
+    for (i, off) in SUPER_OFFSETS.iter().enumerate() {
+        let mut page = vec![0u8; PAGE_SIZE as usize];
+        superblocks[i] = match store.read_at(*off, &mut page) {
+            Err(e) => Err(format!("unreadable: {e}")),
+            Ok(()) => Superblock::validate(&page)
+                .map(|sb| sb.generation.get())
+                .map_err(|e| e.to_string()),
+        };
+    }
+    let l = Volume::load(store, boot_id())?;
+    let mut live = 0u64;
+    for p in 0..l.layout.logical_pages {
+        live += u64::from(l.map.get(LogicalPage(p)).phys.is_some());
+    }
+    let used = l.refs.iter().filter(|r| **r > 0).count() as u64;
+    if used != l.layout.physical_pages - l.alloc.free_pages() {
+        return Err(Error::Corrupt(format!(
+            "{used} pages referenced but {} claimed",
+            l.layout.physical_pages - l.alloc.free_pages()
+        )));
+    }
+    Ok(CheckReport {
+        superblocks,
+        checkpoint_slot: l.sb.ckpt_slot.get(),
+        journal_blocks: l.next_seq - l.sb.ckpt_journal_seq.get(),
+        live_pages: live,
+        history_only_pages: used - live,
+        free_pages: l.alloc.free_pages(),
+        physical_pages: l.layout.physical_pages,
+        safe_points: l.window.safe_points.len() as u64,
+        clean: l.sb.clean.get() == 1,
+    })
+}
+
+/// Reads an image's history without serving it or writing a byte: `rewind log IMAGE`.
+pub fn inspect<S: Store>(store: &S) -> Result<Inspection, Error> {
+    let l = Volume::load(store, boot_id())?;
+    let stats = Stats {
+        logical_pages: l.layout.logical_pages,
+        physical_pages: l.layout.physical_pages,
+        free_pages: l.alloc.free_pages(),
+        history_pages: l.window.history_pages,
+        history_capacity_pages: l.layout.physical_pages - l.layout.logical_pages,
+        safe_points: l.window.safe_points.len() as u64,
+        oldest_safe_point: l.window.oldest().map(|s| s.id),
+        newest_safe_point: l.window.newest().map(|s| s.id),
+    };
+    Ok(Inspection {
+        layout: l.layout,
+        safe_points: safe_point_infos(&l.window),
+        stats,
+        clean: l.sb.clean.get() == 1,
+    })
+}
+
+/// Formats `store` as an empty device of `opts.size` bytes whose history holds one safe
+/// point, the empty device itself.
+pub fn create<S: Store>(store: &S, opts: &CreateOptions) -> Result<Layout, Error> {
+    let layout = Layout::for_create(opts)?;
+    if store.len() < layout.required_bytes() {
+        return Err(Error::TooSmall {
+            need: layout.required_bytes(),
+            have: store.len(),
+        });
+    }
+    let uuid = random_u64();
+    let mut window = Window::new(0);
+    window.push_safe_point(SafePoint {
+        id: 0,
+        time_ns: now_ns(),
+        trigger: Trigger::Format,
+        label: None,
+    });
+    let snapshot = Snapshot {
+        map: vec![Mapping::UNWRITTEN.pack(); layout.logical_pages as usize],
+        window,
+        journal_seq: 0,
+    };
+    let bytes = checkpoint::encode(&snapshot, uuid);
+    store
+        .write_at(layout.ckpt_offsets[0], &bytes)
+        .map_err(Error::io("writing the first checkpoint"))?;
+    store
+        .sync()
+        .map_err(Error::io("syncing the first checkpoint"))?;
+    let mut sb = Superblock {
+        magic: SUPER_MAGIC,
+        version: U32::new(FORMAT_VERSION),
+        page_size: U32::new(PAGE_SIZE as u32),
+        logical_pages: U64::new(layout.logical_pages),
+        physical_pages: U64::new(layout.physical_pages),
+        journal_blocks: U64::new(layout.journal_blocks),
+        uuid: U64::new(uuid),
+        created_ns: U64::new(now_ns()),
+        generation: U64::new(0),
+        session: U32::new(0),
+        ckpt_slot: U32::new(0),
+        ckpt_len: U64::new(bytes.len() as u64),
+        ckpt_crc: U32::new(crc32c::crc32c(&bytes)),
+        clean: U32::new(1),
+        ckpt_journal_seq: U64::new(0),
+        owner_pid: U32::new(0),
+        ckpt_session: U32::new(0),
+        owner_host: [0; 64],
+        boot_id: U64::new(0),
+        reserved: [0; 24],
+        crc: U32::new(0),
+        pad: U32::new(0),
+    };
+    write_superblock(store, &mut sb)?;
+    Ok(layout)
+}
+
+/// Writes both superblock copies, one at a time, so at most one is ever torn.
+pub(super) fn write_superblock<S: Store>(store: &S, sb: &mut Superblock) -> Result<(), Error> {
+    sb.generation = U64::new(sb.generation.get() + 1);
+    sb.crc = U32::new(sb.compute_crc());
+    let mut page = vec![0u8; PAGE_SIZE as usize];
+    page[..std::mem::size_of::<Superblock>()].copy_from_slice(sb.as_bytes());
+    for off in SUPER_OFFSETS {
+        store
+            .write_at(off, &page)
+            .map_err(Error::io("writing the superblock"))?;
+        store.sync().map_err(Error::io("syncing the superblock"))?;
+    }
+    Ok(())
+}
+
+/// Reads the current superblock: the valid copy with the highest generation.
+pub fn read_superblock<S: Store>(store: &S) -> Result<Superblock, Error> {
+    if store.len() < 2 * PAGE_SIZE {
+        return Err(Error::TooSmall {
+            need: 2 * PAGE_SIZE,
+            have: store.len(),
+        });
+    }
+    let mut best: Option<Superblock> = None;
+    let mut first_err = None;
+    for off in SUPER_OFFSETS {
+        let mut page = vec![0u8; PAGE_SIZE as usize];
+        store
+            .read_at(off, &mut page)
+            .map_err(Error::io("reading the superblock"))?;
+        match Superblock::validate(&page) {
+            Ok(sb) => {
+                if best.is_none_or(|b| sb.generation.get() > b.generation.get()) {
+                    best = Some(sb);
+                }
+            }
+            Err(e) => {
+                // A newer version or a clear corruption says more than "not rewind".
+                let better = matches!(first_err, None | Some(Error::NotRewind));
+                if better {
+                    first_err = Some(e);
+                }
+            }
+        }
+    }
+    best.ok_or_else(|| first_err.unwrap_or(Error::NotRewind))
+}
+
+impl<S: Store> Volume<S> {
+    /// Rebuilds the state of a formatted store from its checkpoint and the journal's valid
+    /// prefix, writing nothing.
+    fn load(store: &S, boot: u64) -> Result<Loaded, Error> {
+        let sb = read_superblock(store)?;
+        // Unsynced journal blocks hold what the host's page cache held when the daemon died;
+        // after a reboot they may point at data that never reached the disk.
+        let trust_unsynced = boot != 0 && sb.boot_id.get() == boot;
+        let layout = sb.layout();
+        if store.len() < layout.required_bytes() {
+            return Err(Error::TooSmall {
+                need: layout.required_bytes(),
+                have: store.len(),
+            });
+        }
+        let uuid = sb.uuid.get();
+        let slot = sb.ckpt_slot.get() as usize;
+        let mut bytes = vec![0u8; sb.ckpt_len.get() as usize];
+        store
+            .read_at(layout.ckpt_offsets[slot], &mut bytes)
+            .map_err(Error::io("reading the checkpoint"))?;
+        if crc32c::crc32c(&bytes) != sb.ckpt_crc.get() {
+            return Err(Error::Corrupt(format!(
+                "checkpoint in slot {slot} does not match the superblock's checksum"
+            )));
+        }
+        let snap = checkpoint::decode(&bytes, &layout, uuid)?;
+        drop(bytes);
+        if snap.journal_seq != sb.ckpt_journal_seq.get() {
+            return Err(Error::Corrupt(format!(
+                "checkpoint starts the journal at {}, the superblock at {}",
+                snap.journal_seq,
+                sb.ckpt_journal_seq.get()
+            )));
+        }
+        let map = RemapTable::new(layout.logical_pages);
+        for (l, word) in snap.map.iter().enumerate() {
+            map.set(LogicalPage(l as u64), Mapping::unpack(*word));
+        }
+        let mut window = snap.window;
+        let mut refs = count_refs(&layout, &map, &window)?;
+        let end = journal::replay(
+            store,
+            &layout,
+            uuid,
+            snap.journal_seq,
+            sb.ckpt_session.get(),
+            trust_unsynced,
+            |r| {
+                Apply {
+                    map: &map,
+                    window: &mut window,
+                    refs: &mut refs,
+                    free: |_| {},
+                }
+                .apply(&r, &layout)
+            },
+        )?;
+        // Open starts a session above the superblock's, and replay after the next checkpoint
+        // rejects blocks below it: a journal block of a later session would come back.
+        if end.last_session > sb.session.get() {
+            return Err(Error::Corrupt(format!(
+                "the journal holds blocks of session {}, after the superblock's session {}",
+                end.last_session,
+                sb.session.get()
+            )));
+        }
+        if window.newest().is_none() {
+            return Err(Error::Corrupt(
+                "the history window holds no safe point".into(),
+            ));
+        }
+        // Recount from scratch: this also checks what replay built.
+        let refs = count_refs(&layout, &map, &window)?;
+        let alloc = PageAllocator::new(layout.physical_pages as u32);
+        for (p, r) in refs.iter().enumerate() {
+            if *r > 0 {
+                alloc.claim(PhysPage(p as u32));
+            }
+        }
+        Ok(Loaded {
+            sb,
+            layout,
+            map,
+            window,
+            alloc,
+            refs,
+            next_seq: end.next_seq,
+            unsynced: end.unsynced,
+        })
+    }
+
+    /// Opens a formatted store: the checkpoint plus the journal's valid prefix rebuild the
+    /// remap table and the window, then a new session starts.
+    pub fn open(store: S) -> Result<Volume<S>, Error> {
+        Self::open_in_boot(store, boot_id())
+    }
+
+    /// `open` as a daemon of boot `boot` would (0: unknown, trusting no unsynced block).
+    /// Tests use it to tell a power cut (another boot) from a killed daemon (the same).
+    pub fn open_in_boot(store: S, boot: u64) -> Result<Volume<S>, Error> {
+        let Loaded {
+            mut sb,
+            layout,
+            map,
+            window,
+            alloc,
+            refs,
+            next_seq,
+            unsynced,
+        } = Self::load(&store, boot)?;
+        let uuid = sb.uuid.get();
+        // Never wraps: blocks of the new session must not rank below older ones.
+        let session = sb.session.get().checked_add(1).ok_or_else(|| {
+            Error::Corrupt(format!(
+                "superblock session {} is at its limit",
+                sb.session.get()
+            ))
+        })?;
+        sb.session = U32::new(session);
+        sb.clean = U32::new(0);
+        sb.owner_pid = U32::new(std::process::id());
+        sb.owner_host = host_name();
+        sb.boot_id = U64::new(boot);
+        write_superblock(&store, &mut sb)?;
+        let history_area = layout.physical_pages - layout.logical_pages;
+        let vol = Volume {
+            low_water: (history_area / 8).clamp(64, 65_536),
+            commit_threshold: (layout.journal_blocks as usize * RECORDS_PER_BLOCK) / 8,
+            store,
+            layout,
+            uuid,
+            session,
+            map,
+            alloc,
+            state: Mutex::new(State {
+                window,
+                refs,
+                pending: journal::Pending::default(),
+                first_seq: next_seq,
+                pending_free: Vec::new(),
+                views: BTreeMap::new(),
+                next_view: 0,
+                notices: Vec::new(),
+            }),
+            commit: Mutex::new(CommitState { sb, next_seq }),
+            tail: Mutex::new(()),
+            failed: AtomicBool::new(false),
+            quarantine: Mutex::new(Vec::new()),
+            read_gen: AtomicU64::new(0),
+            readers: Mutex::new(Vec::new()),
+        };
+        if unsynced {
+            // Make what the dead daemon left unsynced durable now, in a checkpoint: a later
+            // boot would not trust those blocks.
+            vol.commit(true)?;
+        }
+        Ok(vol)
+    }
+
+    /// Shuts down cleanly: commits everything with a checkpoint and marks the image clean.
+    pub fn close(self) -> Result<(), Error> {
+        let mut c = self.commit.lock();
+        self.commit_locked(&mut c, true)?;
+        c.sb.clean = U32::new(1);
+        c.sb.owner_pid = U32::new(0);
+        write_superblock(&self.store, &mut c.sb)
+    }
+}

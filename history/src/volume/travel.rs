@@ -1,0 +1,145 @@
+//! Time travel: rollback, pins, views, and reading the device as it stood at a safe point.
+
+use crate::journal::Record;
+use crate::window::{SafePoint, Trigger, Window};
+use crate::{Error, LogicalPage, PhysPage, Store};
+
+use super::{now_ns, Volume};
+
+/// A view's state: the safe point it shows, and why it was dropped, if it was.
+pub(super) struct View {
+    pub(super) at: u64,
+    pub(super) dropped: Option<String>,
+}
+
+/// An open view of a past safe point (see `Volume::open_view`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ViewId(pub(super) u64);
+
+pub(super) fn describe_window(w: &Window) -> String {
+    match (w.oldest(), w.newest()) {
+        (Some(o), Some(n)) if o.id == n.id => format!("safe point {}", o.id),
+        (Some(o), Some(n)) => format!("safe points {} to {}", o.id, n.id),
+        _ => "no safe point".into(),
+    }
+}
+
+impl<S: Store> Volume<S> {
+    /// Makes safe point `to` the live state again. Metadata only: no data is copied. The
+    /// state being left becomes a safe point of its own (returned), so the rollback can be
+    /// undone by rolling back to it while the window holds it. Durable when it returns.
+    pub fn rollback(&self, to: u64) -> Result<u64, Error> {
+        let mut c = self.commit.lock();
+        let before = {
+            let mut st = self.state.lock();
+            if !st.window.contains(to) {
+                return Err(Error::BadOption(format!(
+                    "safe point {to} is not in the history window (it holds {})",
+                    describe_window(&st.window)
+                )));
+            }
+            let id = st.window.next_id;
+            self.apply_locked(
+                &mut st,
+                Record::SafePoint(SafePoint {
+                    id,
+                    time_ns: now_ns(),
+                    trigger: Trigger::Rollback,
+                    label: None,
+                }),
+            )?;
+            self.apply_locked(&mut st, Record::Rollback { to })?;
+            id
+        };
+        self.commit_locked(&mut c, false)?;
+        Ok(before)
+    }
+
+    /// The physical page `l` read from at safe point `at` (`None`: zeros), for views.
+    pub fn resolve_at(&self, l: LogicalPage, at: u64) -> Result<Option<PhysPage>, Error> {
+        self.check(l)?;
+        let st = self.state.lock();
+        if !st.window.contains(at) {
+            return Err(Error::BadOption(format!(
+                "safe point {at} is not in the history window (it holds {})",
+                describe_window(&st.window)
+            )));
+        }
+        Ok(match st.window.page_at(l, at) {
+            Some(then) => then,
+            None => self.map.get(l).phys,
+        })
+    }
+
+    /// Reads page `l` as it was at safe point `at`, through the store (tests and tools).
+    pub fn read_page_at(&self, l: LogicalPage, at: u64, buf: &mut [u8]) -> Result<(), Error> {
+        self.read_phys(self.resolve_at(l, at)?, buf)
+    }
+
+    /// Pins safe point `id` (or unpins it): a pinned safe point is kept from retirement
+    /// until views and other pins have given way. Durable when it returns.
+    pub fn pin(&self, id: u64, pinned: bool) -> Result<(), Error> {
+        let mut c = self.commit.lock();
+        {
+            let mut st = self.state.lock();
+            if !st.window.contains(id) {
+                return Err(Error::BadOption(format!(
+                    "safe point {id} is not in the history window (it holds {})",
+                    describe_window(&st.window)
+                )));
+            }
+            if st.window.pins.contains(&id) == pinned {
+                return Ok(());
+            }
+            self.apply_locked(&mut st, Record::Pin { id, pinned })?;
+        }
+        self.commit_locked(&mut c, false)
+    }
+
+    /// Opens a view of safe point `at`: it holds `at` in the window until `close_view`, or
+    /// until reclaim drops it because views and pins hold the whole history area.
+    pub fn open_view(&self, at: u64) -> Result<ViewId, Error> {
+        let mut st = self.state.lock();
+        if !st.window.contains(at) {
+            return Err(Error::BadOption(format!(
+                "safe point {at} is not in the history window (it holds {})",
+                describe_window(&st.window)
+            )));
+        }
+        let n = st.next_view;
+        st.next_view += 1;
+        st.views.insert(n, View { at, dropped: None });
+        Ok(ViewId(n))
+    }
+
+    /// Closes a view: its safe point can retire again.
+    pub fn close_view(&self, v: ViewId) {
+        self.state.lock().views.remove(&v.0);
+    }
+
+    /// The physical page `l` read from at the view's safe point (`None`: zeros), or
+    /// `Error::ViewDropped` once the view gave way to the live device.
+    pub fn resolve_view(&self, v: ViewId, l: LogicalPage) -> Result<Option<PhysPage>, Error> {
+        self.check(l)?;
+        let st = self.state.lock();
+        let view = st.views.get(&v.0).ok_or_else(|| Error::ViewDropped {
+            at: 0,
+            why: "the view was closed".into(),
+        })?;
+        if let Some(why) = &view.dropped {
+            return Err(Error::ViewDropped {
+                at: view.at,
+                why: why.clone(),
+            });
+        }
+        Ok(match st.window.page_at(l, view.at) {
+            Some(then) => then,
+            None => self.map.get(l).phys,
+        })
+    }
+
+    /// Reads page `l` of view `v` through the store (tests and tools).
+    pub fn read_view_page(&self, v: ViewId, l: LogicalPage, buf: &mut [u8]) -> Result<(), Error> {
+        self.read_phys(self.resolve_view(v, l)?, buf)
+    }
+}
