@@ -186,10 +186,7 @@ pub fn superblock_input(image: &[u8]) -> Vec<u8> {
 /// The `journal` input holding the journal area of `image`, made with `base_options` and
 /// never checkpointed since `create`, so it replays on top of the base image.
 pub fn journal_input(image: &[u8]) -> Vec<u8> {
-    let sb = read_superblock(&MemStore::from_bytes(
-        image[..2 * PAGE_SIZE as usize].to_vec(),
-    ))
-    .expect("a rewind image");
+    let sb = superblock_of(image).expect("a rewind image");
     let area =
         &image[JOURNAL_OFFSET as usize..][..(sb.layout().journal_blocks * JOURNAL_BLOCK) as usize];
     trimmed(area)
@@ -197,10 +194,7 @@ pub fn journal_input(image: &[u8]) -> Vec<u8> {
 
 /// The `checkpoint` input holding the current checkpoint of `image`.
 pub fn checkpoint_input(image: &[u8]) -> Vec<u8> {
-    let sb = read_superblock(&MemStore::from_bytes(
-        image[..2 * PAGE_SIZE as usize].to_vec(),
-    ))
-    .expect("a rewind image");
+    let sb = superblock_of(image).expect("a rewind image");
     let start = sb.layout().ckpt_offsets[sb.ckpt_slot.get() as usize] as usize;
     // Whole: its length is the checkpoint's.
     let mut out = vec![0u8];
@@ -211,10 +205,7 @@ pub fn checkpoint_input(image: &[u8]) -> Vec<u8> {
 /// The `image` input holding `image` up to the end of its current checkpoint, which must
 /// be in slot 0 (slot 1 lies megabytes further).
 pub fn image_input(image: &[u8]) -> Vec<u8> {
-    let sb = read_superblock(&MemStore::from_bytes(
-        image[..2 * PAGE_SIZE as usize].to_vec(),
-    ))
-    .expect("a rewind image");
+    let sb = superblock_of(image).expect("a rewind image");
     assert_eq!(
         sb.ckpt_slot.get(),
         0,
@@ -222,6 +213,13 @@ pub fn image_input(image: &[u8]) -> Vec<u8> {
     );
     let end = sb.layout().ckpt_offsets[0] + sb.ckpt_len.get();
     trimmed(&image[..end as usize])
+}
+
+/// The superblock `read_superblock` chooses from the first two pages of `image`.
+fn superblock_of(image: &[u8]) -> Result<Superblock, Error> {
+    read_superblock(&MemStore::from_bytes(
+        image[..2 * PAGE_SIZE as usize].to_vec(),
+    ))
 }
 
 /// Flags 0, then `bytes` without trailing zeros: they read the same.
@@ -290,10 +288,7 @@ fn fix_image(img: &mut Vec<u8>, flags: u8) -> Option<Layout> {
     if flags & SKIP_SUPERBLOCK_CRC == 0 {
         fix_superblocks(img);
     }
-    let sb = read_superblock(&MemStore::from_bytes(
-        img[..2 * PAGE_SIZE as usize].to_vec(),
-    ))
-    .ok()?;
+    let sb = superblock_of(img).ok()?;
     let layout = sb.layout();
     let uuid = sb.uuid.get();
     let journal_end = JOURNAL_OFFSET + layout.journal_blocks * JOURNAL_BLOCK;

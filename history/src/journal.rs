@@ -117,43 +117,48 @@ impl Record {
                 )),
                 b => Err(format!("pin record with flag {b}")),
             },
-            tag::SAFE_POINT => {
-                let trigger = Trigger::from_code(s[1])
-                    .ok_or_else(|| format!("unknown safe point trigger {}", s[1]))?;
-                let label_len = usize::from(s[2]);
-                if label_len > MAX_LABEL {
-                    return Err(format!("label of {label_len} bytes"));
-                }
-                let label_slots = label_len.div_ceil(RECORD - 1);
-                if slots.len() < 2 + label_slots {
-                    return Err("safe point record cut short".into());
-                }
-                let time_ns = u64::from_le_bytes(slots[1][..8].try_into().expect("8 bytes"));
-                let mut label = Vec::with_capacity(label_len);
-                for ls in &slots[2..2 + label_slots] {
-                    if ls[0] != tag::LABEL {
-                        return Err("safe point label slot missing".into());
-                    }
-                    let take = (label_len - label.len()).min(RECORD - 1);
-                    label.extend_from_slice(&ls[1..1 + take]);
-                }
-                let label = if label_len == 0 {
-                    None
-                } else {
-                    Some(String::from_utf8(label).map_err(|_| "label is not UTF-8")?)
-                };
-                Ok((
-                    Record::SafePoint(SafePoint {
-                        id: long,
-                        time_ns,
-                        trigger,
-                        label,
-                    }),
-                    2 + label_slots,
-                ))
-            }
+            tag::SAFE_POINT => Record::decode_safe_point(slots),
             t => Err(format!("unknown record tag {t}")),
         }
+    }
+
+    /// Decodes a SAFE_POINT record at `slots[0]`: the record, its time, its label's slots.
+    fn decode_safe_point(slots: &[Slot]) -> Result<(Record, usize), String> {
+        let s = &slots[0];
+        let long = u64::from_le_bytes(s[8..16].try_into().expect("8 bytes"));
+        let trigger = Trigger::from_code(s[1])
+            .ok_or_else(|| format!("unknown safe point trigger {}", s[1]))?;
+        let label_len = usize::from(s[2]);
+        if label_len > MAX_LABEL {
+            return Err(format!("label of {label_len} bytes"));
+        }
+        let label_slots = label_len.div_ceil(RECORD - 1);
+        if slots.len() < 2 + label_slots {
+            return Err("safe point record cut short".into());
+        }
+        let time_ns = u64::from_le_bytes(slots[1][..8].try_into().expect("8 bytes"));
+        let mut label = Vec::with_capacity(label_len);
+        for ls in &slots[2..2 + label_slots] {
+            if ls[0] != tag::LABEL {
+                return Err("safe point label slot missing".into());
+            }
+            let take = (label_len - label.len()).min(RECORD - 1);
+            label.extend_from_slice(&ls[1..1 + take]);
+        }
+        let label = if label_len == 0 {
+            None
+        } else {
+            Some(String::from_utf8(label).map_err(|_| "label is not UTF-8")?)
+        };
+        Ok((
+            Record::SafePoint(SafePoint {
+                id: long,
+                time_ns,
+                trigger,
+                label,
+            }),
+            2 + label_slots,
+        ))
     }
 }
 
@@ -306,12 +311,15 @@ pub fn replay<S: Store>(
 ) -> Result<ReplayEnd, Error> {
     const BATCH: u64 = 256;
     let mut buf = vec![0u8; (BATCH * JOURNAL_BLOCK) as usize];
-    let mut seq = first_seq;
-    let mut last_session = min_session;
-    let mut unsynced = false;
+    let mut end = ReplayEnd {
+        next_seq: first_seq,
+        unsynced: false,
+        last_session: min_session,
+    };
     let mut slots: Vec<Slot> = Vec::with_capacity(RECORDS_PER_BLOCK);
     // Bounded: the ring cannot hold more than its size of valid blocks.
-    while seq - first_seq < layout.journal_blocks {
+    while end.next_seq - first_seq < layout.journal_blocks {
+        let seq = end.next_seq;
         let room = layout.journal_blocks - seq % layout.journal_blocks;
         let n = BATCH
             .min(room)
@@ -321,48 +329,63 @@ pub fn replay<S: Store>(
             .read_at(layout.journal_block_offset(seq), bytes)
             .map_err(Error::io("reading the journal"))?;
         for block in bytes.chunks_exact(JOURNAL_BLOCK as usize) {
-            let Ok((h, _)) = JournalHeader::read_from_prefix(block) else {
-                unreachable!("a block is larger than its header")
+            let Some(h) = valid_header(block, &end, uuid, trust_unsynced) else {
+                return Ok(end);
             };
-            let crc_ok = crc32c::crc32c(&block[8..]) == h.crc.get();
-            let count = usize::from(h.count.get());
-            if h.magic.get() != JOURNAL_MAGIC
-                || !crc_ok
-                || h.seq.get() != seq
-                || h.uuid.get() != uuid
-                || h.session.get() < last_session
-                || count > RECORDS_PER_BLOCK
-                || (h.flags.get() & UNSYNCED != 0 && !trust_unsynced)
-            {
-                return Ok(ReplayEnd {
-                    next_seq: seq,
-                    unsynced,
-                    last_session,
-                });
-            }
-            unsynced |= h.flags.get() & UNSYNCED != 0;
-            last_session = h.session.get();
-            slots.clear();
-            for i in 0..count {
-                let at = JOURNAL_HEADER + i * RECORD;
-                slots.push(block[at..at + RECORD].try_into().expect("16 bytes"));
-            }
-            let mut i = 0;
-            while i < slots.len() {
-                let (record, used) = Record::decode(&slots[i..]).map_err(|e| {
-                    Error::Corrupt(format!("journal block {seq} (valid checksum): {e}"))
-                })?;
-                apply(record)?;
-                i += used;
-            }
-            seq += 1;
+            end.unsynced |= h.flags.get() & UNSYNCED != 0;
+            end.last_session = h.session.get();
+            replay_block(block, &h, end.next_seq, &mut slots, &mut apply)?;
+            end.next_seq += 1;
         }
     }
-    Ok(ReplayEnd {
-        next_seq: seq,
-        unsynced,
-        last_session,
-    })
+    Ok(end)
+}
+
+/// The header of `block` if the block continues the journal where `end` stands: magic,
+/// checksum, the expected sequence, the image's uuid, a session that does not go down, a
+/// sane record count, and not unsynced unless trusted. `None` ends the journal.
+fn valid_header(
+    block: &[u8],
+    end: &ReplayEnd,
+    uuid: u64,
+    trust_unsynced: bool,
+) -> Option<JournalHeader> {
+    let Ok((h, _)) = JournalHeader::read_from_prefix(block) else {
+        unreachable!("a block is larger than its header")
+    };
+    let crc_ok = crc32c::crc32c(&block[8..]) == h.crc.get();
+    let valid = h.magic.get() == JOURNAL_MAGIC
+        && crc_ok
+        && h.seq.get() == end.next_seq
+        && h.uuid.get() == uuid
+        && h.session.get() >= end.last_session
+        && usize::from(h.count.get()) <= RECORDS_PER_BLOCK
+        && (h.flags.get() & UNSYNCED == 0 || trust_unsynced);
+    valid.then_some(h)
+}
+
+/// Decodes the records of a valid block (sequence `seq`) into `apply`; `slots` is scratch.
+/// A record that does not decode in a block whose checksum holds is a corruption.
+fn replay_block(
+    block: &[u8],
+    h: &JournalHeader,
+    seq: u64,
+    slots: &mut Vec<Slot>,
+    apply: &mut impl FnMut(Record) -> Result<(), Error>,
+) -> Result<(), Error> {
+    slots.clear();
+    for i in 0..usize::from(h.count.get()) {
+        let at = JOURNAL_HEADER + i * RECORD;
+        slots.push(block[at..at + RECORD].try_into().expect("16 bytes"));
+    }
+    let mut i = 0;
+    while i < slots.len() {
+        let (record, used) = Record::decode(&slots[i..])
+            .map_err(|e| Error::Corrupt(format!("journal block {seq} (valid checksum): {e}")))?;
+        apply(record)?;
+        i += used;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -405,9 +428,9 @@ mod tests {
         v
     }
 
-    fn collect(store: &MemStore, l: &Layout, first: u64) -> (Vec<Record>, ReplayEnd) {
+    fn collect(store: &MemStore, l: &Layout, first: u64, trust: bool) -> (Vec<Record>, ReplayEnd) {
         let mut got = Vec::new();
-        let end = replay(store, l, 42, first, 0, false, |r| {
+        let end = replay(store, l, 42, first, 0, trust, |r| {
             got.push(r);
             Ok(())
         })
@@ -424,7 +447,7 @@ mod tests {
         let blocks = encode_blocks(&records, first, 42, 1);
         assert!(blocks.len() > 2);
         write_blocks(&store, &l, first, &blocks).unwrap();
-        let (got, end) = collect(&store, &l, first);
+        let (got, end) = collect(&store, &l, first, false);
         assert_eq!(got, records);
         assert_eq!(end.next_seq, first + blocks.len() as u64);
     }
@@ -440,7 +463,7 @@ mod tests {
         store
             .write_at(l.journal_block_offset(1) + 256, &[0u8; 256])
             .unwrap();
-        let (got, end) = collect(&store, &l, 0);
+        let (got, end) = collect(&store, &l, 0, false);
         assert_eq!(end.next_seq, 1);
         assert_eq!(got[..], records[..RECORDS_PER_BLOCK]);
     }
@@ -454,7 +477,7 @@ mod tests {
         // The new session rewrites block 0 only (a crash cut the rest).
         let new = encode_blocks(&[Record::Retire { id: 1 }], 0, 42, 2);
         write_blocks(&store, &l, 0, &new).unwrap();
-        let (got, end) = collect(&store, &l, 0);
+        let (got, end) = collect(&store, &l, 0, false);
         assert_eq!(got, vec![Record::Retire { id: 1 }]);
         assert_eq!(end.next_seq, 1);
     }
@@ -470,23 +493,14 @@ mod tests {
             let (seq, blocks) = p.unsynced(3, 42, 1);
             write_blocks(&store, &l, seq, &blocks).unwrap();
         }
-        let replay_all = |trust| {
-            let mut got = Vec::new();
-            let end = replay(&store, &l, 42, 3, 0, trust, |r| {
-                got.push(r);
-                Ok(())
-            })
-            .unwrap();
-            (got, end)
-        };
-        let (got, end) = replay_all(true);
+        let (got, end) = collect(&store, &l, 3, true);
         assert_eq!(
             got,
             records[..40],
             "every record written unsynced, in the same boot"
         );
         assert!(end.unsynced);
-        let (got, end) = replay_all(false);
+        let (got, end) = collect(&store, &l, 3, false);
         assert!(
             got.is_empty(),
             "after a reboot unsynced records are not trusted"
@@ -497,7 +511,7 @@ mod tests {
         }
         let blocks = p.take_synced(3, 42, 1);
         write_blocks(&store, &l, 3, &blocks).unwrap();
-        let (got, end) = replay_all(false);
+        let (got, end) = collect(&store, &l, 3, false);
         assert_eq!(got, records);
         assert!(!end.unsynced);
         assert_eq!(p.len(), 0);
@@ -514,7 +528,7 @@ mod tests {
         let store = MemStore::new(l.data_offset);
         let blocks = encode_blocks(&sample(), 0, 7, 1);
         write_blocks(&store, &l, 0, &blocks).unwrap();
-        let (got, end) = collect(&store, &l, 0);
+        let (got, end) = collect(&store, &l, 0, false);
         assert!(got.is_empty());
         assert_eq!(end.next_seq, 0);
     }

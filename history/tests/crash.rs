@@ -30,6 +30,15 @@ struct Model {
     pin: Option<u64>,
 }
 
+impl Model {
+    /// Safe point `id` was made and is durable: it holds the device as it is live.
+    fn made_safe_point(&mut self, id: u64) {
+        self.durable = self.live.clone();
+        self.since.clear();
+        self.snapshots.insert(id, self.live.clone());
+    }
+}
+
 fn page_data(l: u64, v: (u8, u32)) -> Vec<u8> {
     let mut d = vec![v.0; PAGE];
     d[..8].copy_from_slice(&(l + 1).to_le_bytes());
@@ -199,21 +208,13 @@ fn run_workload(seed: u64) -> u64 {
             }
             10..=13 => {
                 let id = v.safe_point(Trigger::Flush, None).unwrap();
-                let mut m = model.lock();
-                m.durable = m.live.clone();
-                m.since.clear();
-                let live = m.live.clone();
-                m.snapshots.insert(id, live);
+                model.lock().made_safe_point(id);
             }
             14 => {
                 let id = v
                     .safe_point(Trigger::User, Some(format!("label-{serial}")))
                     .unwrap();
-                let mut m = model.lock();
-                m.durable = m.live.clone();
-                m.since.clear();
-                let live = m.live.clone();
-                m.snapshots.insert(id, live);
+                model.lock().made_safe_point(id);
             }
             16 | 17 => {
                 let known: Vec<u64> = v

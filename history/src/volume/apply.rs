@@ -13,25 +13,30 @@ use super::{State, Volume};
 /// Hands every record's effect on the map and window to the same code, live and in replay.
 pub(super) struct Apply<'a, F: FnMut(PhysPage)> {
     pub(super) map: &'a RemapTable,
+    /// Checks each record against it: a record read from disk may point anywhere.
+    pub(super) layout: &'a Layout,
     pub(super) window: &'a mut Window,
     /// References to each physical page: the live map and history entries. A rollback
     /// makes a history page live again, so a page can have several.
     pub(super) refs: &'a mut [u32],
-    pub(super) free: F,
+    /// Receives each page left with no reference. It is not free yet: live, it waits in
+    /// `State::pending_free` for the commit that makes its record durable; in replay the
+    /// allocator is rebuilt from the references afterwards.
+    pub(super) unreferenced: F,
 }
 
-/// Drops one reference to `p`, handing it to `free` when none is left.
-fn unref(refs: &mut [u32], free: &mut impl FnMut(PhysPage), p: PhysPage) {
+/// Drops one reference to `p`, handing it to `unreferenced` when none is left.
+fn unref(refs: &mut [u32], unreferenced: &mut impl FnMut(PhysPage), p: PhysPage) {
     let r = &mut refs[p.0 as usize];
     assert!(*r > 0, "physical page {} dereferenced below zero", p.0);
     *r -= 1;
     if *r == 0 {
-        free(p);
+        unreferenced(p);
     }
 }
 
 impl<F: FnMut(PhysPage)> Apply<'_, F> {
-    pub(super) fn set_page(&mut self, l: LogicalPage, new: Option<PhysPage>) {
+    fn set_page(&mut self, l: LogicalPage, new: Option<PhysPage>) {
         let open = EpochTag::of(self.window.next_id);
         let prev = self.map.get(l);
         if prev.phys.is_none() && new.is_none() {
@@ -45,7 +50,7 @@ impl<F: FnMut(PhysPage)> Apply<'_, F> {
             // The old page's reference moves from the map to the history entry.
             self.window.supersede(l, prev.phys);
         } else if let Some(q) = prev.phys {
-            unref(self.refs, &mut self.free, q);
+            unref(self.refs, &mut self.unreferenced, q);
         }
         self.map.set(
             l,
@@ -56,64 +61,29 @@ impl<F: FnMut(PhysPage)> Apply<'_, F> {
         );
     }
 
-    pub(super) fn apply(&mut self, r: &Record, layout: &Layout) -> Result<(), Error> {
+    /// Applies `r`: the map, the window and the page references change as FORMAT.md
+    /// ("Effects") says. A record this state cannot take changes nothing and is an error.
+    pub(super) fn apply(&mut self, r: &Record) -> Result<(), Error> {
+        self.validate(r)?;
         match r {
-            Record::Write { l, p } => {
-                if l.0 >= layout.logical_pages || u64::from(p.0) >= layout.physical_pages {
-                    return Err(Error::Corrupt(format!(
-                        "journal writes logical page {} to physical page {}: out of range",
-                        l.0, p.0
-                    )));
-                }
-                self.set_page(*l, Some(*p));
-            }
+            Record::Write { l, p } => self.set_page(*l, Some(*p)),
             Record::Discard { l, count } => {
-                if l.0.saturating_add(u64::from(*count)) > layout.logical_pages {
-                    return Err(Error::Corrupt(format!(
-                        "journal discards {count} pages at {}: out of range",
-                        l.0
-                    )));
-                }
                 for i in 0..u64::from(*count) {
                     self.set_page(LogicalPage(l.0 + i), None);
                 }
             }
-            Record::SafePoint(sp) => {
-                if sp.id != self.window.next_id {
-                    return Err(Error::Corrupt(format!(
-                        "journal has safe point {} where {} was expected",
-                        sp.id, self.window.next_id
-                    )));
-                }
-                self.window.push_safe_point(sp.clone());
-            }
+            Record::SafePoint(sp) => self.window.push_safe_point(sp.clone()),
             Record::Retire { id } => {
-                if !self.window.contains(*id) || self.window.newest().is_some_and(|n| n.id == *id) {
-                    return Err(Error::Corrupt(format!(
-                        "journal retires safe point {id}, which is not an older one of the window"
-                    )));
-                }
-                let (refs, free) = (&mut *self.refs, &mut self.free);
-                self.window.retire(*id, |p| unref(refs, free, p));
+                let (refs, unreferenced) = (&mut *self.refs, &mut self.unreferenced);
+                self.window.retire(*id, |p| unref(refs, unreferenced, p));
             }
-            Record::Pin { id, pinned } => {
-                if !self.window.contains(*id) {
-                    return Err(Error::Corrupt(format!(
-                        "journal pins safe point {id}, which is not in the window"
-                    )));
-                }
-                if *pinned {
-                    self.window.pins.insert(*id);
-                } else {
-                    self.window.pins.remove(id);
-                }
+            Record::Pin { id, pinned: true } => {
+                self.window.pins.insert(*id);
+            }
+            Record::Pin { id, pinned: false } => {
+                self.window.pins.remove(id);
             }
             Record::Rollback { to } => {
-                if !self.window.contains(*to) {
-                    return Err(Error::Corrupt(format!(
-                        "journal rolls back to safe point {to}, which is not in the window"
-                    )));
-                }
                 for (l, then) in self.window.changed_since(*to) {
                     if self.map.get(l).phys != then {
                         self.set_page(l, then);
@@ -123,10 +93,49 @@ impl<F: FnMut(PhysPage)> Apply<'_, F> {
         }
         Ok(())
     }
+
+    /// Refuses a record that does not fit the layout or the window: one read from disk may
+    /// say anything.
+    fn validate(&self, r: &Record) -> Result<(), Error> {
+        let (layout, w) = (self.layout, &*self.window);
+        let why = match r {
+            Record::Write { l, p }
+                if l.0 >= layout.logical_pages || u64::from(p.0) >= layout.physical_pages =>
+            {
+                format!(
+                    "journal writes logical page {} to physical page {}: out of range",
+                    l.0, p.0
+                )
+            }
+            Record::Discard { l, count }
+                if l.0.saturating_add(u64::from(*count)) > layout.logical_pages =>
+            {
+                format!("journal discards {count} pages at {}: out of range", l.0)
+            }
+            Record::SafePoint(sp) if sp.id != w.next_id => format!(
+                "journal has safe point {} where {} was expected",
+                sp.id, w.next_id
+            ),
+            Record::Retire { id }
+                if !w.contains(*id) || w.newest().is_some_and(|n| n.id == *id) =>
+            {
+                format!("journal retires safe point {id}, which is not an older one of the window")
+            }
+            Record::Pin { id, .. } if !w.contains(*id) => {
+                format!("journal pins safe point {id}, which is not in the window")
+            }
+            Record::Rollback { to } if !w.contains(*to) => {
+                format!("journal rolls back to safe point {to}, which is not in the window")
+            }
+            _ => return Ok(()),
+        };
+        Err(Error::Corrupt(why))
+    }
 }
 
 impl<S: Store> Volume<S> {
-    /// Applies `r` to the live state and queues it for the next commit.
+    /// Applies `r` to the live state and queues it for the next commit: every change a live
+    /// request makes goes through here, and so through the code replay runs.
     pub(super) fn apply_locked(&self, st: &mut State, r: Record) -> Result<(), Error> {
         let State {
             window,
@@ -137,11 +146,12 @@ impl<S: Store> Volume<S> {
         } = st;
         Apply {
             map: &self.map,
+            layout: &self.layout,
             window,
             refs,
-            free: |q| pending_free.push(q),
+            unreferenced: |q| pending_free.push(q),
         }
-        .apply(&r, &self.layout)?;
+        .apply(&r)?;
         pending.push(&r);
         Ok(())
     }

@@ -4,6 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
+use parking_lot::MutexGuard;
 use zerocopy::little_endian::{U32, U64};
 
 use crate::checkpoint::{self, Snapshot};
@@ -13,7 +14,7 @@ use crate::window::{SafePoint, Trigger};
 use crate::{Error, Store};
 
 use super::recovery::write_superblock;
-use super::{now_ns, CommitState, Volume};
+use super::{now_ns, CommitState, State, Volume};
 
 impl<S: Store> Volume<S> {
     /// FLUSH: closes the epoch with a safe point (if anything was written since the last)
@@ -40,14 +41,7 @@ impl<S: Store> Volume<S> {
             // Flush and idle points mark a state; with nothing written since the newest
             // safe point, that one already is it.
             if dirty || !matches!(trigger, Trigger::Flush | Trigger::Idle) {
-                let sp = SafePoint {
-                    id: open,
-                    time_ns: now_ns(),
-                    trigger,
-                    label,
-                };
-                st.pending.push(&Record::SafePoint(sp.clone()));
-                st.window.push_safe_point(sp);
+                self.close_epoch(&mut st, trigger, label)?;
                 self.retire_until(&mut st, false, |st, _| {
                     (st.window.safe_points.len() as u64) < MAX_SAFE_POINTS
                 });
@@ -60,14 +54,41 @@ impl<S: Store> Volume<S> {
         Ok(id)
     }
 
+    /// Closes the open epoch with a safe point made now; returns its id.
+    pub(super) fn close_epoch(
+        &self,
+        st: &mut State,
+        trigger: Trigger,
+        label: Option<String>,
+    ) -> Result<u64, Error> {
+        let id = st.window.next_id;
+        let sp = SafePoint {
+            id,
+            time_ns: now_ns(),
+            trigger,
+            label,
+        };
+        self.apply_locked(st, Record::SafePoint(sp))?;
+        Ok(id)
+    }
+
+    /// Hands the records a request just queued (under `st`) to the journal before the
+    /// request completes: written unsynced, or committed at once when more are buffered
+    /// than one commit may take.
+    pub(super) fn journal_queued(&self, st: MutexGuard<'_, State>) -> Result<(), Error> {
+        let full = st.pending.len() > self.commit_threshold;
+        drop(st);
+        if full {
+            self.commit(false)
+        } else {
+            self.write_unsynced()
+        }
+    }
+
     /// Writes the records not yet in the journal as unsynced blocks, so they survive the
     /// daemon's death (not a power cut) before the writes they record are acknowledged.
-    pub(super) fn write_unsynced(&self) -> Result<(), Error> {
-        if self.failed.load(Ordering::Relaxed) {
-            return Err(Error::Corrupt(
-                "an earlier metadata write failed; the volume refuses further I/O".into(),
-            ));
-        }
+    fn write_unsynced(&self) -> Result<(), Error> {
+        self.refuse_if_failed()?;
         let _tail = self.tail.lock();
         let (seq, blocks) = {
             let mut st = self.state.lock();
@@ -77,11 +98,12 @@ impl<S: Store> Volume<S> {
         if blocks.is_empty() {
             return Ok(());
         }
-        let result = journal::write_blocks(&self.store, &self.layout, seq, &blocks);
-        if result.is_err() {
-            self.failed.store(true, Ordering::Relaxed);
-        }
-        result
+        self.fail_on_error(journal::write_blocks(
+            &self.store,
+            &self.layout,
+            seq,
+            &blocks,
+        ))
     }
 
     /// Makes every record so far durable.
@@ -95,11 +117,7 @@ impl<S: Store> Volume<S> {
         c: &mut CommitState,
         force_checkpoint: bool,
     ) -> Result<(), Error> {
-        if self.failed.load(Ordering::Relaxed) {
-            return Err(Error::Corrupt(
-                "an earlier metadata write failed; the volume refuses further I/O".into(),
-            ));
-        }
+        self.refuse_if_failed()?;
         let (blocks, frees, snapshot) = {
             let mut st = self.state.lock();
             debug_assert_eq!(st.first_seq, c.next_seq);
@@ -120,11 +138,7 @@ impl<S: Store> Volume<S> {
             debug_assert!(frees.is_empty());
             return Ok(());
         }
-        let result = self.write_commit(c, &blocks, snapshot.as_ref());
-        if result.is_err() {
-            self.failed.store(true, Ordering::Relaxed);
-            return result;
-        }
+        self.fail_on_error(self.write_commit(c, &blocks, snapshot.as_ref()))?;
         if !frees.is_empty() {
             let g = self.read_gen.fetch_add(1, Ordering::SeqCst);
             self.quarantine.lock().push((g, frees));

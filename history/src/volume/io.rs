@@ -5,8 +5,7 @@ use crate::format::PAGE_SIZE;
 use crate::journal::Record;
 use crate::{Error, LogicalPage, PhysPage, Store, Stream};
 
-use super::apply::Apply;
-use super::{State, Volume};
+use super::Volume;
 
 impl<S: Store> Volume<S> {
     /// The stream for queue `index` of `count`: each starts at its own share of the history
@@ -19,13 +18,13 @@ impl<S: Store> Volume<S> {
 
     /// The physical page `l` reads from now; `None` reads as zeros.
     pub fn resolve(&self, l: LogicalPage) -> Result<Option<PhysPage>, Error> {
-        self.check(l)?;
+        self.check_in_range(l)?;
         Ok(self.map.get(l).phys)
     }
 
     /// Claims the page `l`'s next data is to be written into. May reclaim history first.
     pub fn allocate(&self, stream: &mut Stream, l: LogicalPage) -> Result<PhysPage, Error> {
-        self.check(l)?;
+        self.check_in_range(l)?;
         let home = PhysPage(l.0 as u32);
         for attempt in 0..1000 {
             if self.alloc.free_pages() < self.low_water {
@@ -54,33 +53,13 @@ impl<S: Store> Volume<S> {
     pub fn commit_writes(&self, pages: &[(LogicalPage, PhysPage)]) -> Result<(), Error> {
         let mut st = self.state.lock();
         for &(l, p) in pages {
-            self.check(l)?;
+            self.check_in_range(l)?;
             assert!(self.alloc.is_used(p), "commit of unclaimed page {}", p.0);
         }
-        let State {
-            window,
-            refs,
-            pending,
-            pending_free,
-            ..
-        } = &mut *st;
-        let mut apply = Apply {
-            map: &self.map,
-            window,
-            refs,
-            free: |q| pending_free.push(q),
-        };
         for &(l, p) in pages {
-            apply.set_page(l, Some(p));
-            pending.push(&Record::Write { l, p });
+            self.apply_locked(&mut st, Record::Write { l, p })?;
         }
-        let full = pending.len() > self.commit_threshold;
-        drop(st);
-        if full {
-            self.commit(false)
-        } else {
-            self.write_unsynced()
-        }
+        self.journal_queued(st)
     }
 
     /// Makes `count` pages from `first` read as zeros and frees their pages once no safe
@@ -89,41 +68,22 @@ impl<S: Store> Volume<S> {
         if count == 0 {
             return Ok(());
         }
-        self.check(first)?;
-        self.check(LogicalPage(first.0 + count - 1))?;
+        self.check_in_range(first)?;
+        self.check_in_range(LogicalPage(first.0 + count - 1))?;
         let mut st = self.state.lock();
-        let State {
-            window,
-            refs,
-            pending,
-            pending_free,
-            ..
-        } = &mut *st;
-        let mut apply = Apply {
-            map: &self.map,
-            window,
-            refs,
-            free: |q| pending_free.push(q),
-        };
         let mut l = first.0;
         let end = first.0 + count;
         while l < end {
+            // A record counts at most `u32::MAX` pages.
             let n = (end - l).min(u64::from(u32::MAX)) as u32;
             let r = Record::Discard {
                 l: LogicalPage(l),
                 count: n,
             };
-            apply.apply(&r, &self.layout)?;
-            pending.push(&r);
+            self.apply_locked(&mut st, r)?;
             l += u64::from(n);
         }
-        let full = pending.len() > self.commit_threshold;
-        drop(st);
-        if full {
-            self.commit(false)
-        } else {
-            self.write_unsynced()
-        }
+        self.journal_queued(st)
     }
 
     /// Fills `buf` with physical page `p`, or zeros.
@@ -155,10 +115,7 @@ impl<S: Store> Volume<S> {
         let p = self.allocate(stream, l)?;
         if let Err(e) = self.store.write_at(self.layout.page_offset(p), data) {
             self.abandon(p);
-            return Err(Error::Io {
-                what: "writing a data page",
-                source: e,
-            });
+            return Err(Error::io("writing a data page")(e));
         }
         self.commit_writes(&[(l, p)])
     }

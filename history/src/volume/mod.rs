@@ -114,12 +114,10 @@ impl<S: Store> Volume<S> {
         &self.store
     }
 
-    fn check(&self, l: LogicalPage) -> Result<(), Error> {
-        if self.failed.load(Ordering::Relaxed) {
-            return Err(Error::Corrupt(
-                "an earlier metadata write failed; the volume refuses further I/O".into(),
-            ));
-        }
+    /// Refuses an I/O on a page past the end of the device, and every I/O once a metadata
+    /// write failed (`refuse_if_failed`).
+    fn check_in_range(&self, l: LogicalPage) -> Result<(), Error> {
+        self.refuse_if_failed()?;
         if l.0 >= self.layout.logical_pages {
             return Err(Error::OutOfRange {
                 page: l.0,
@@ -127,6 +125,26 @@ impl<S: Store> Volume<S> {
             });
         }
         Ok(())
+    }
+
+    /// Refuses every request once a metadata write failed: the state in memory is then
+    /// ahead of the disk.
+    fn refuse_if_failed(&self) -> Result<(), Error> {
+        if self.failed.load(Ordering::Relaxed) {
+            return Err(Error::Corrupt(
+                "an earlier metadata write failed; the volume refuses further I/O".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Passes `result` on, first marking the volume failed if it is the error of a metadata
+    /// write.
+    fn fail_on_error(&self, result: Result<(), Error>) -> Result<(), Error> {
+        if result.is_err() {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+        result
     }
 }
 /// This host's name, zero padded, for the superblock's owner: with the pid it tells a

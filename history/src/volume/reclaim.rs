@@ -8,11 +8,11 @@ use std::sync::Arc;
 use rewind_remap::PageAllocator;
 
 use crate::journal::Record;
-use crate::window::{SafePoint, Trigger};
+use crate::window::Trigger;
 use crate::{Error, Store};
 
 use super::report::HISTORY_FULL;
-use super::{now_ns, Notice, State, ViewId, Volume};
+use super::{Notice, State, ViewId, Volume};
 
 /// Tracks one queue's reads in flight, so a page they resolved to is not handed to a new
 /// write (and overwritten) before they finish. Not shared between threads.
@@ -101,67 +101,67 @@ impl<S: Store> Volume<S> {
     ) {
         let mut closed = false;
         while !enough(st, &self.alloc) {
-            let newest = st.window.newest().map_or(0, |s| s.id);
-            let held: BTreeSet<u64> = st
-                .views
-                .values()
-                .filter(|v| v.dropped.is_none())
-                .map(|v| v.at)
-                .chain(st.window.pins.iter().copied())
-                .collect();
-            let unheld: Vec<u64> = st
-                .window
-                .safe_points
-                .iter()
-                .map(|s| s.id)
-                .filter(|id| *id != newest && !held.contains(id))
-                .collect();
-            if !unheld.is_empty() {
-                for id in unheld {
-                    if enough(st, &self.alloc) {
-                        return;
-                    }
-                    self.apply_locked(st, Record::Retire { id })
-                        .expect("retiring an older safe point of the window");
-                }
+            if self.retire_unheld(st, &enough) {
                 continue;
             }
             let open = st.window.next_id;
             if close_open_epoch && !closed && st.window.groups.contains_key(&open) {
-                let sp = SafePoint {
-                    id: open,
-                    time_ns: now_ns(),
-                    trigger: Trigger::Reclaim,
-                    label: None,
-                };
-                self.apply_locked(st, Record::SafePoint(sp))
+                self.close_epoch(st, Trigger::Reclaim, None)
                     .expect("closing the open epoch");
                 closed = true;
                 continue;
             }
-            let view = st
-                .views
-                .iter_mut()
-                .filter(|(_, v)| v.dropped.is_none() && v.at != newest)
-                .min_by_key(|(n, v)| (v.at, **n));
-            if let Some((n, v)) = view {
-                v.dropped = Some(HISTORY_FULL.to_string());
-                let notice = Notice::ViewDropped {
-                    view: ViewId(*n),
-                    at: v.at,
-                };
-                st.notices.push(notice);
-                continue;
-            }
-            let pin = st.window.pins.iter().copied().find(|id| *id != newest);
-            if let Some(id) = pin {
-                self.apply_locked(st, Record::Pin { id, pinned: false })
-                    .expect("unpinning a safe point of the window");
-                st.notices.push(Notice::PinReleased { id });
+            if drop_oldest_view(st) || self.release_oldest_pin(st) {
                 continue;
             }
             return;
         }
+    }
+
+    /// Retires the safe points held by no pin or view, oldest first and never the newest,
+    /// until `enough`. Returns whether there was any to retire.
+    fn retire_unheld(
+        &self,
+        st: &mut State,
+        enough: &impl Fn(&State, &PageAllocator) -> bool,
+    ) -> bool {
+        let newest = st.window.newest().map_or(0, |s| s.id);
+        let held: BTreeSet<u64> = st
+            .views
+            .values()
+            .filter(|v| v.dropped.is_none())
+            .map(|v| v.at)
+            .chain(st.window.pins.iter().copied())
+            .collect();
+        let unheld: Vec<u64> = st
+            .window
+            .safe_points
+            .iter()
+            .map(|s| s.id)
+            .filter(|id| *id != newest && !held.contains(id))
+            .collect();
+        for &id in &unheld {
+            if enough(st, &self.alloc) {
+                break;
+            }
+            self.apply_locked(st, Record::Retire { id })
+                .expect("retiring an older safe point of the window");
+        }
+        !unheld.is_empty()
+    }
+
+    /// Releases the pin of the oldest pinned safe point but the newest, with a notice.
+    /// Returns whether there was one.
+    fn release_oldest_pin(&self, st: &mut State) -> bool {
+        let newest = st.window.newest().map_or(0, |s| s.id);
+        let pin = st.window.pins.iter().copied().find(|id| *id != newest);
+        let Some(id) = pin else {
+            return false;
+        };
+        self.apply_locked(st, Record::Pin { id, pinned: false })
+            .expect("unpinning a safe point of the window");
+        st.notices.push(Notice::PinReleased { id });
+        true
     }
 
     /// What reclaim gave up since the last call (views dropped, pins released), for the log.
@@ -185,4 +185,25 @@ impl<S: Store> Volume<S> {
         }
         self.commit_locked(&mut c, false)
     }
+}
+
+/// Drops the view of the oldest safe point but the newest (its reads fail from now on),
+/// with a notice. Returns whether there was one.
+fn drop_oldest_view(st: &mut State) -> bool {
+    let newest = st.window.newest().map_or(0, |s| s.id);
+    let view = st
+        .views
+        .iter_mut()
+        .filter(|(_, v)| v.dropped.is_none() && v.at != newest)
+        .min_by_key(|(n, v)| (v.at, **n));
+    let Some((n, v)) = view else {
+        return false;
+    };
+    v.dropped = Some(HISTORY_FULL.to_string());
+    let notice = Notice::ViewDropped {
+        view: ViewId(*n),
+        at: v.at,
+    };
+    st.notices.push(notice);
+    true
 }

@@ -114,34 +114,30 @@ pub fn check<S: Store>(store: &S) -> Result<CheckReport, Error> {
 /// Reads an image's history without serving it or writing a byte: `rewind log IMAGE`.
 pub fn inspect<S: Store>(store: &S) -> Result<Inspection, Error> {
     let l = Volume::load(store, boot_id())?;
-    let stats = Stats {
-        logical_pages: l.layout.logical_pages,
-        physical_pages: l.layout.physical_pages,
-        free_pages: l.alloc.free_pages(),
-        history_pages: l.window.history_pages,
-        history_capacity_pages: l.layout.physical_pages - l.layout.logical_pages,
-        safe_points: l.window.safe_points.len() as u64,
-        oldest_safe_point: l.window.oldest().map(|s| s.id),
-        newest_safe_point: l.window.newest().map(|s| s.id),
-    };
     Ok(Inspection {
         layout: l.layout,
         safe_points: safe_point_infos(&l.window),
-        stats,
+        stats: Stats::of(&l.layout, &l.window, l.alloc.free_pages()),
         clean: l.sb.clean.get() == 1,
     })
+}
+
+/// Refuses a store smaller than `need` bytes.
+fn ensure_room<S: Store>(store: &S, need: u64) -> Result<(), Error> {
+    if store.len() < need {
+        return Err(Error::TooSmall {
+            need,
+            have: store.len(),
+        });
+    }
+    Ok(())
 }
 
 /// Formats `store` as an empty device of `opts.size` bytes whose history holds one safe
 /// point, the empty device itself.
 pub fn create<S: Store>(store: &S, opts: &CreateOptions) -> Result<Layout, Error> {
     let layout = Layout::for_create(opts)?;
-    if store.len() < layout.required_bytes() {
-        return Err(Error::TooSmall {
-            need: layout.required_bytes(),
-            have: store.len(),
-        });
-    }
+    ensure_room(store, layout.required_bytes())?;
     let uuid = random_u64();
     let mut window = Window::new(0);
     window.push_safe_point(SafePoint {
@@ -162,7 +158,15 @@ pub fn create<S: Store>(store: &S, opts: &CreateOptions) -> Result<Layout, Error
     store
         .sync()
         .map_err(Error::io("syncing the first checkpoint"))?;
-    let mut sb = Superblock {
+    let mut sb = first_superblock(&layout, uuid, now_ns(), &bytes);
+    write_superblock(store, &mut sb)?;
+    Ok(layout)
+}
+
+/// The superblock of a new image whose first checkpoint, in slot 0, is `ckpt`: clean,
+/// owned by nobody, session 0, replaying the journal from sequence 0.
+fn first_superblock(layout: &Layout, uuid: u64, created_ns: u64, ckpt: &[u8]) -> Superblock {
+    Superblock {
         magic: SUPER_MAGIC,
         version: U32::new(FORMAT_VERSION),
         page_size: U32::new(PAGE_SIZE as u32),
@@ -170,12 +174,12 @@ pub fn create<S: Store>(store: &S, opts: &CreateOptions) -> Result<Layout, Error
         physical_pages: U64::new(layout.physical_pages),
         journal_blocks: U64::new(layout.journal_blocks),
         uuid: U64::new(uuid),
-        created_ns: U64::new(now_ns()),
+        created_ns: U64::new(created_ns),
         generation: U64::new(0),
         session: U32::new(0),
         ckpt_slot: U32::new(0),
-        ckpt_len: U64::new(bytes.len() as u64),
-        ckpt_crc: U32::new(crc32c::crc32c(&bytes)),
+        ckpt_len: U64::new(ckpt.len() as u64),
+        ckpt_crc: U32::new(crc32c::crc32c(ckpt)),
         clean: U32::new(1),
         ckpt_journal_seq: U64::new(0),
         owner_pid: U32::new(0),
@@ -185,9 +189,7 @@ pub fn create<S: Store>(store: &S, opts: &CreateOptions) -> Result<Layout, Error
         reserved: [0; 24],
         crc: U32::new(0),
         pad: U32::new(0),
-    };
-    write_superblock(store, &mut sb)?;
-    Ok(layout)
+    }
 }
 
 /// Writes both superblock copies, one at a time, so at most one is ever torn.
@@ -207,12 +209,7 @@ pub(super) fn write_superblock<S: Store>(store: &S, sb: &mut Superblock) -> Resu
 
 /// Reads the current superblock: the valid copy with the highest generation.
 pub fn read_superblock<S: Store>(store: &S) -> Result<Superblock, Error> {
-    if store.len() < 2 * PAGE_SIZE {
-        return Err(Error::TooSmall {
-            need: 2 * PAGE_SIZE,
-            have: store.len(),
-        });
-    }
+    ensure_room(store, 2 * PAGE_SIZE)?;
     let mut best: Option<Superblock> = None;
     let mut first_err = None;
     for off in SUPER_OFFSETS {
@@ -238,73 +235,120 @@ pub fn read_superblock<S: Store>(store: &S) -> Result<Superblock, Error> {
     best.ok_or_else(|| first_err.unwrap_or(Error::NotRewind))
 }
 
+/// Reads the checkpoint the superblock points at, checked against the superblock's
+/// checksum of it and the journal sequence it starts replay at.
+fn read_checkpoint<S: Store>(
+    store: &S,
+    sb: &Superblock,
+    layout: &Layout,
+) -> Result<Snapshot, Error> {
+    let slot = sb.ckpt_slot.get() as usize;
+    let mut bytes = vec![0u8; sb.ckpt_len.get() as usize];
+    store
+        .read_at(layout.ckpt_offsets[slot], &mut bytes)
+        .map_err(Error::io("reading the checkpoint"))?;
+    if crc32c::crc32c(&bytes) != sb.ckpt_crc.get() {
+        return Err(Error::Corrupt(format!(
+            "checkpoint in slot {slot} does not match the superblock's checksum"
+        )));
+    }
+    let snap = checkpoint::decode(&bytes, layout, sb.uuid.get())?;
+    if snap.journal_seq != sb.ckpt_journal_seq.get() {
+        return Err(Error::Corrupt(format!(
+            "checkpoint starts the journal at {}, the superblock at {}",
+            snap.journal_seq,
+            sb.ckpt_journal_seq.get()
+        )));
+    }
+    Ok(snap)
+}
+
+/// Replays the journal's valid prefix from sequence `from` through `apply`. Unsynced blocks
+/// are part of it only when the superblock names `boot` (0: unknown, trusting none).
+fn replay_journal<S: Store, F: FnMut(PhysPage)>(
+    store: &S,
+    sb: &Superblock,
+    from: u64,
+    boot: u64,
+    mut apply: Apply<'_, F>,
+) -> Result<journal::ReplayEnd, Error> {
+    // Unsynced journal blocks hold what the host's page cache held when the daemon died;
+    // after a reboot they may point at data that never reached the disk.
+    let trust_unsynced = boot != 0 && sb.boot_id.get() == boot;
+    let end = journal::replay(
+        store,
+        apply.layout,
+        sb.uuid.get(),
+        from,
+        sb.ckpt_session.get(),
+        trust_unsynced,
+        |r| apply.apply(&r),
+    )?;
+    // Open starts a session above the superblock's, and replay after the next checkpoint
+    // rejects blocks below it: a journal block of a later session would come back.
+    if end.last_session > sb.session.get() {
+        return Err(Error::Corrupt(format!(
+            "the journal holds blocks of session {}, after the superblock's session {}",
+            end.last_session,
+            sb.session.get()
+        )));
+    }
+    Ok(end)
+}
+
+/// An allocator of the layout's physical pages with every referenced one claimed.
+fn claim_referenced(layout: &Layout, refs: &[u32]) -> PageAllocator {
+    let alloc = PageAllocator::new(layout.physical_pages as u32);
+    for (p, r) in refs.iter().enumerate() {
+        if *r > 0 {
+            alloc.claim(PhysPage(p as u32));
+        }
+    }
+    alloc
+}
+
+/// Starts a new session on the image: not clean, owned by this process of boot `boot`.
+/// Written to both superblock copies before anything else is. Returns the session.
+fn start_session<S: Store>(store: &S, sb: &mut Superblock, boot: u64) -> Result<u32, Error> {
+    // Never wraps: blocks of the new session must not rank below older ones.
+    let session = sb.session.get().checked_add(1).ok_or_else(|| {
+        Error::Corrupt(format!(
+            "superblock session {} is at its limit",
+            sb.session.get()
+        ))
+    })?;
+    sb.session = U32::new(session);
+    sb.clean = U32::new(0);
+    sb.owner_pid = U32::new(std::process::id());
+    sb.owner_host = host_name();
+    sb.boot_id = U64::new(boot);
+    write_superblock(store, sb)?;
+    Ok(session)
+}
+
 impl<S: Store> Volume<S> {
     /// Rebuilds the state of a formatted store from its checkpoint and the journal's valid
     /// prefix, writing nothing.
     fn load(store: &S, boot: u64) -> Result<Loaded, Error> {
         let sb = read_superblock(store)?;
-        // Unsynced journal blocks hold what the host's page cache held when the daemon died;
-        // after a reboot they may point at data that never reached the disk.
-        let trust_unsynced = boot != 0 && sb.boot_id.get() == boot;
         let layout = sb.layout();
-        if store.len() < layout.required_bytes() {
-            return Err(Error::TooSmall {
-                need: layout.required_bytes(),
-                have: store.len(),
-            });
-        }
-        let uuid = sb.uuid.get();
-        let slot = sb.ckpt_slot.get() as usize;
-        let mut bytes = vec![0u8; sb.ckpt_len.get() as usize];
-        store
-            .read_at(layout.ckpt_offsets[slot], &mut bytes)
-            .map_err(Error::io("reading the checkpoint"))?;
-        if crc32c::crc32c(&bytes) != sb.ckpt_crc.get() {
-            return Err(Error::Corrupt(format!(
-                "checkpoint in slot {slot} does not match the superblock's checksum"
-            )));
-        }
-        let snap = checkpoint::decode(&bytes, &layout, uuid)?;
-        drop(bytes);
-        if snap.journal_seq != sb.ckpt_journal_seq.get() {
-            return Err(Error::Corrupt(format!(
-                "checkpoint starts the journal at {}, the superblock at {}",
-                snap.journal_seq,
-                sb.ckpt_journal_seq.get()
-            )));
-        }
+        ensure_room(store, layout.required_bytes())?;
+        let snap = read_checkpoint(store, &sb, &layout)?;
         let map = RemapTable::new(layout.logical_pages);
         for (l, word) in snap.map.iter().enumerate() {
             map.set(LogicalPage(l as u64), Mapping::unpack(*word));
         }
         let mut window = snap.window;
         let mut refs = count_refs(&layout, &map, &window)?;
-        let end = journal::replay(
-            store,
-            &layout,
-            uuid,
-            snap.journal_seq,
-            sb.ckpt_session.get(),
-            trust_unsynced,
-            |r| {
-                Apply {
-                    map: &map,
-                    window: &mut window,
-                    refs: &mut refs,
-                    free: |_| {},
-                }
-                .apply(&r, &layout)
-            },
-        )?;
-        // Open starts a session above the superblock's, and replay after the next checkpoint
-        // rejects blocks below it: a journal block of a later session would come back.
-        if end.last_session > sb.session.get() {
-            return Err(Error::Corrupt(format!(
-                "the journal holds blocks of session {}, after the superblock's session {}",
-                end.last_session,
-                sb.session.get()
-            )));
-        }
+        let apply = Apply {
+            map: &map,
+            layout: &layout,
+            window: &mut window,
+            refs: &mut refs,
+            // Replay frees nothing: the allocator is rebuilt from the references below.
+            unreferenced: |_| {},
+        };
+        let end = replay_journal(store, &sb, snap.journal_seq, boot, apply)?;
         if window.newest().is_none() {
             return Err(Error::Corrupt(
                 "the history window holds no safe point".into(),
@@ -312,18 +356,12 @@ impl<S: Store> Volume<S> {
         }
         // Recount from scratch: this also checks what replay built.
         let refs = count_refs(&layout, &map, &window)?;
-        let alloc = PageAllocator::new(layout.physical_pages as u32);
-        for (p, r) in refs.iter().enumerate() {
-            if *r > 0 {
-                alloc.claim(PhysPage(p as u32));
-            }
-        }
         Ok(Loaded {
+            alloc: claim_referenced(&layout, &refs),
             sb,
             layout,
             map,
             window,
-            alloc,
             refs,
             next_seq: end.next_seq,
             unsynced: end.unsynced,
@@ -339,37 +377,37 @@ impl<S: Store> Volume<S> {
     /// `open` as a daemon of boot `boot` would (0: unknown, trusting no unsynced block).
     /// Tests use it to tell a power cut (another boot) from a killed daemon (the same).
     pub fn open_in_boot(store: S, boot: u64) -> Result<Volume<S>, Error> {
+        let mut loaded = Self::load(&store, boot)?;
+        let session = start_session(&store, &mut loaded.sb, boot)?;
+        let unsynced = loaded.unsynced;
+        let vol = Self::serve(store, loaded, session);
+        if unsynced {
+            // Make what the dead daemon left unsynced durable now, in a checkpoint: a later
+            // boot would not trust those blocks.
+            vol.commit(true)?;
+        }
+        Ok(vol)
+    }
+
+    /// The volume serving what `load` rebuilt, in session `session`.
+    fn serve(store: S, loaded: Loaded, session: u32) -> Volume<S> {
         let Loaded {
-            mut sb,
+            sb,
             layout,
             map,
             window,
             alloc,
             refs,
             next_seq,
-            unsynced,
-        } = Self::load(&store, boot)?;
-        let uuid = sb.uuid.get();
-        // Never wraps: blocks of the new session must not rank below older ones.
-        let session = sb.session.get().checked_add(1).ok_or_else(|| {
-            Error::Corrupt(format!(
-                "superblock session {} is at its limit",
-                sb.session.get()
-            ))
-        })?;
-        sb.session = U32::new(session);
-        sb.clean = U32::new(0);
-        sb.owner_pid = U32::new(std::process::id());
-        sb.owner_host = host_name();
-        sb.boot_id = U64::new(boot);
-        write_superblock(&store, &mut sb)?;
+            unsynced: _,
+        } = loaded;
         let history_area = layout.physical_pages - layout.logical_pages;
-        let vol = Volume {
+        Volume {
             low_water: (history_area / 8).clamp(64, 65_536),
             commit_threshold: (layout.journal_blocks as usize * RECORDS_PER_BLOCK) / 8,
             store,
             layout,
-            uuid,
+            uuid: sb.uuid.get(),
             session,
             map,
             alloc,
@@ -389,13 +427,7 @@ impl<S: Store> Volume<S> {
             quarantine: Mutex::new(Vec::new()),
             read_gen: AtomicU64::new(0),
             readers: Mutex::new(Vec::new()),
-        };
-        if unsynced {
-            // Make what the dead daemon left unsynced durable now, in a checkpoint: a later
-            // boot would not trust those blocks.
-            vol.commit(true)?;
         }
-        Ok(vol)
     }
 
     /// Shuts down cleanly: commits everything with a checkpoint and marks the image clean.

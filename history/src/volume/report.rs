@@ -28,6 +28,22 @@ pub struct Stats {
     pub newest_safe_point: Option<u64>,
 }
 
+impl Stats {
+    /// The figures of an image of `layout` whose window is `w`, with `free_pages` free.
+    pub(super) fn of(layout: &Layout, w: &Window, free_pages: u64) -> Stats {
+        Stats {
+            logical_pages: layout.logical_pages,
+            physical_pages: layout.physical_pages,
+            free_pages,
+            history_pages: w.history_pages,
+            history_capacity_pages: layout.physical_pages - layout.logical_pages,
+            safe_points: w.safe_points.len() as u64,
+            oldest_safe_point: w.oldest().map(|s| s.id),
+            newest_safe_point: w.newest().map(|s| s.id),
+        }
+    }
+}
+
 /// Something reclaim gave up so the live device's writes would not fail.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Notice {
@@ -139,24 +155,16 @@ impl<S: Store> Volume<S> {
     /// Figures for `list` and `stats`.
     pub fn stats(&self) -> Stats {
         let st = self.state.lock();
-        let w = &st.window;
-        Stats {
-            logical_pages: self.layout.logical_pages,
-            physical_pages: self.layout.physical_pages,
-            free_pages: self.alloc.free_pages()
-                + st.pending_free.len() as u64
-                + self
-                    .quarantine
-                    .lock()
-                    .iter()
-                    .map(|(_, p)| p.len() as u64)
-                    .sum::<u64>(),
-            history_pages: w.history_pages,
-            history_capacity_pages: self.layout.physical_pages - self.layout.logical_pages,
-            safe_points: w.safe_points.len() as u64,
-            oldest_safe_point: w.oldest().map(|s| s.id),
-            newest_safe_point: w.newest().map(|s| s.id),
-        }
+        // Pages freed by records not yet durable, or waiting for reads in flight, are free
+        // as soon as the next commit or those reads are done.
+        let waiting = st.pending_free.len() as u64
+            + self
+                .quarantine
+                .lock()
+                .iter()
+                .map(|(_, p)| p.len() as u64)
+                .sum::<u64>();
+        Stats::of(&self.layout, &st.window, self.alloc.free_pages() + waiting)
     }
 
     /// The reachable safe points with their space figures, oldest first.

@@ -1,10 +1,10 @@
 //! Time travel: rollback, pins, views, and reading the device as it stood at a safe point.
 
 use crate::journal::Record;
-use crate::window::{SafePoint, Trigger, Window};
+use crate::window::{Trigger, Window};
 use crate::{Error, LogicalPage, PhysPage, Store};
 
-use super::{now_ns, Volume};
+use super::Volume;
 
 /// A view's state: the safe point it shows, and why it was dropped, if it was.
 pub(super) struct View {
@@ -16,7 +16,19 @@ pub(super) struct View {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ViewId(pub(super) u64);
 
-pub(super) fn describe_window(w: &Window) -> String {
+/// Refuses a safe point that has left the history window (or never was in it), saying
+/// what the window holds.
+fn require_in_window(w: &Window, id: u64) -> Result<(), Error> {
+    if w.contains(id) {
+        return Ok(());
+    }
+    Err(Error::BadOption(format!(
+        "safe point {id} is not in the history window (it holds {})",
+        describe_window(w)
+    )))
+}
+
+fn describe_window(w: &Window) -> String {
     match (w.oldest(), w.newest()) {
         (Some(o), Some(n)) if o.id == n.id => format!("safe point {}", o.id),
         (Some(o), Some(n)) => format!("safe points {} to {}", o.id, n.id),
@@ -32,22 +44,8 @@ impl<S: Store> Volume<S> {
         let mut c = self.commit.lock();
         let before = {
             let mut st = self.state.lock();
-            if !st.window.contains(to) {
-                return Err(Error::BadOption(format!(
-                    "safe point {to} is not in the history window (it holds {})",
-                    describe_window(&st.window)
-                )));
-            }
-            let id = st.window.next_id;
-            self.apply_locked(
-                &mut st,
-                Record::SafePoint(SafePoint {
-                    id,
-                    time_ns: now_ns(),
-                    trigger: Trigger::Rollback,
-                    label: None,
-                }),
-            )?;
+            require_in_window(&st.window, to)?;
+            let id = self.close_epoch(&mut st, Trigger::Rollback, None)?;
             self.apply_locked(&mut st, Record::Rollback { to })?;
             id
         };
@@ -57,18 +55,10 @@ impl<S: Store> Volume<S> {
 
     /// The physical page `l` read from at safe point `at` (`None`: zeros), for views.
     pub fn resolve_at(&self, l: LogicalPage, at: u64) -> Result<Option<PhysPage>, Error> {
-        self.check(l)?;
+        self.check_in_range(l)?;
         let st = self.state.lock();
-        if !st.window.contains(at) {
-            return Err(Error::BadOption(format!(
-                "safe point {at} is not in the history window (it holds {})",
-                describe_window(&st.window)
-            )));
-        }
-        Ok(match st.window.page_at(l, at) {
-            Some(then) => then,
-            None => self.map.get(l).phys,
-        })
+        require_in_window(&st.window, at)?;
+        Ok(self.page_at(&st.window, l, at))
     }
 
     /// Reads page `l` as it was at safe point `at`, through the store (tests and tools).
@@ -82,12 +72,7 @@ impl<S: Store> Volume<S> {
         let mut c = self.commit.lock();
         {
             let mut st = self.state.lock();
-            if !st.window.contains(id) {
-                return Err(Error::BadOption(format!(
-                    "safe point {id} is not in the history window (it holds {})",
-                    describe_window(&st.window)
-                )));
-            }
+            require_in_window(&st.window, id)?;
             if st.window.pins.contains(&id) == pinned {
                 return Ok(());
             }
@@ -100,12 +85,7 @@ impl<S: Store> Volume<S> {
     /// until reclaim drops it because views and pins hold the whole history area.
     pub fn open_view(&self, at: u64) -> Result<ViewId, Error> {
         let mut st = self.state.lock();
-        if !st.window.contains(at) {
-            return Err(Error::BadOption(format!(
-                "safe point {at} is not in the history window (it holds {})",
-                describe_window(&st.window)
-            )));
-        }
+        require_in_window(&st.window, at)?;
         let n = st.next_view;
         st.next_view += 1;
         st.views.insert(n, View { at, dropped: None });
@@ -120,7 +100,7 @@ impl<S: Store> Volume<S> {
     /// The physical page `l` read from at the view's safe point (`None`: zeros), or
     /// `Error::ViewDropped` once the view gave way to the live device.
     pub fn resolve_view(&self, v: ViewId, l: LogicalPage) -> Result<Option<PhysPage>, Error> {
-        self.check(l)?;
+        self.check_in_range(l)?;
         let st = self.state.lock();
         let view = st.views.get(&v.0).ok_or_else(|| Error::ViewDropped {
             at: 0,
@@ -132,10 +112,16 @@ impl<S: Store> Volume<S> {
                 why: why.clone(),
             });
         }
-        Ok(match st.window.page_at(l, view.at) {
+        Ok(self.page_at(&st.window, l, view.at))
+    }
+
+    /// The physical page `l` read from at safe point `at` of window `w`: its history entry
+    /// after `at`, or, when it has not changed since, its live page.
+    fn page_at(&self, w: &Window, l: LogicalPage, at: u64) -> Option<PhysPage> {
+        match w.page_at(l, at) {
             Some(then) => then,
             None => self.map.get(l).phys,
-        })
+        }
     }
 
     /// Reads page `l` of view `v` through the store (tests and tools).
