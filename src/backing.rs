@@ -432,8 +432,11 @@ mod tests {
             journal: None,
         };
         crate::image::format(&path, &opts, false).expect("format");
-        let served =
-            rewind_history::Volume::open(FileStore::open(&path).expect("open")).expect("volume");
+        let served = rewind_history::Volume::open(
+            FileStore::open(&path).expect("open"),
+            &crate::host::this_host(),
+        )
+        .expect("volume");
         let e = FileStore::open(&path).unwrap_err();
         let pid = std::process::id();
         assert!(

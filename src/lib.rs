@@ -11,6 +11,7 @@ pub mod cli;
 pub mod control;
 pub mod daemon;
 pub mod devices;
+pub mod host;
 pub mod image;
 pub mod launch;
 pub mod pacing;

@@ -30,9 +30,10 @@ use crate::format::{
     CheckpointHeader, JournalHeader, Superblock, JOURNAL_BLOCK, JOURNAL_MAGIC, JOURNAL_OFFSET,
     SUPER_OFFSETS,
 };
+use crate::sim;
 use crate::{
-    check, create, inspect, read_superblock, CreateOptions, Error, Layout, LogicalPage, MemStore,
-    Store, Volume, PAGE_SIZE,
+    check, create, inspect, read_superblock, CreateOptions, Error, Host, Layout, LogicalPage,
+    MemStore, Store, Volume, PAGE_SIZE,
 };
 
 /// Flag: leave the superblock copies' CRCs as the input has them.
@@ -61,6 +62,13 @@ pub fn base_options() -> CreateOptions {
     }
 }
 
+/// The host every entry point creates, opens and reads images as: boot 1 (so the unsynced
+/// journal blocks of the base image and the seeds are trusted) and a simulated clock, so an
+/// input replays exactly.
+pub fn host() -> Host {
+    sim::host(1)
+}
+
 /// An image of `base_options` created and opened once (session 1, as the journal seeds
 /// were written), up to the end of its checkpoint (slot 0).
 struct Base {
@@ -75,8 +83,9 @@ fn base() -> &'static Base {
         let opts = base_options();
         let layout = Layout::for_create(&opts).expect("the base geometry is valid");
         let store = Arc::new(MemStore::new(layout.required_bytes()));
-        create(&store, &opts).expect("creating the base image in memory");
-        drop(Volume::open(store.clone()).expect("opening the base image"));
+        let host = host();
+        create(&store, &opts, &host).expect("creating the base image in memory");
+        drop(Volume::open(store.clone(), &host).expect("opening the base image"));
         let sb = read_superblock(&store).expect("the base image has a superblock");
         let mut prefix = store.contents();
         prefix.truncate((layout.ckpt_offsets[0] + sb.ckpt_len.get()) as usize);
@@ -340,14 +349,15 @@ fn run_image(mut img: Vec<u8>, flags: u8) -> Result<(), Error> {
 /// Everything that reads an image from disk: `inspect`, `check`, `open`, reads at safe
 /// points, and a clean close that must reopen as it was.
 fn exercise(store: Arc<MemStore>) -> Result<(), Error> {
-    let inspected = inspect(&store);
-    let checked = check(&store);
+    let host = host();
+    let inspected = inspect(&store, &host);
+    let checked = check(&store, &host);
     assert_eq!(
         inspected.as_ref().err().map(ToString::to_string),
         checked.as_ref().err().map(ToString::to_string),
         "inspect and check load an image alike"
     );
-    let vol = Volume::open(store.clone())?;
+    let vol = Volume::open(store.clone(), &host)?;
     let safe_points = vol.safe_points();
     let stats = vol.stats();
     let ends = [safe_points.first(), safe_points.last()];
@@ -358,7 +368,7 @@ fn exercise(store: Arc<MemStore>) -> Result<(), Error> {
         }
     }
     vol.close()?;
-    let after = inspect(&store).expect("an image rewind closed cleanly reopens");
+    let after = inspect(&store, &host).expect("an image rewind closed cleanly reopens");
     let after_safe_points: Vec<_> = after.safe_points.iter().map(|i| &i.safe_point).collect();
     assert_eq!(
         after_safe_points,
@@ -366,6 +376,6 @@ fn exercise(store: Arc<MemStore>) -> Result<(), Error> {
         "a clean close keeps the window"
     );
     assert_eq!(after.stats, stats, "a clean close keeps the figures");
-    check(&store).expect("an image rewind closed cleanly passes check");
+    check(&store, &host).expect("an image rewind closed cleanly passes check");
     Ok(())
 }

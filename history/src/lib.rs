@@ -7,6 +7,7 @@ mod checkpoint;
 mod error;
 pub mod format;
 pub mod fuzzing;
+mod host;
 mod journal;
 pub mod sim;
 mod store;
@@ -15,6 +16,7 @@ mod window;
 
 pub use error::Error;
 pub use format::{CreateOptions, Layout, PAGE_SIZE};
+pub use host::{Clock, Host, SystemClock};
 pub use rewind_remap::{LogicalPage, PhysPage, Stream};
 pub use store::{MemStore, Store};
 pub use volume::{

@@ -10,10 +10,14 @@
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use rewind_history::sim::{Event, Rng, SimStore};
+use rewind_history::sim::{self, Event, Rng, SimStore};
 use rewind_history::{create, CreateOptions, Layout, LogicalPage, MemStore, Trigger, Volume};
 
 const PAGES: u64 = 96;
+/// The boot the workloads run in.
+const BOOT: u64 = 1;
+/// The boot after a power cut.
+const NEXT_BOOT: u64 = 3;
 const PAGE: usize = 4096;
 
 type Device = Vec<Option<(u8, u32)>>; // (value, serial) per page; None = zeros
@@ -77,7 +81,8 @@ fn read_device(vol: &Volume<Arc<MemStore>>) -> Result<Device, String> {
 fn check_image(image: Vec<u8>, m: &Model) -> Result<(), String> {
     let store = Arc::new(MemStore::from_bytes(image));
     // A power cut: the next boot trusts no unsynced journal block.
-    let vol = Volume::open_in_boot(store, 0).map_err(|e| format!("open after crash: {e}"))?;
+    let vol =
+        Volume::open(store, &sim::host(NEXT_BOOT)).map_err(|e| format!("open after crash: {e}"))?;
     let got = read_device(&vol)?;
     // Durable safe points of the window still read back exactly (the three newest the
     // model knows, to keep thousands of crash points quick).
@@ -136,7 +141,8 @@ fn run_workload(seed: u64) -> u64 {
     };
     let layout = Layout::for_create(&opts).unwrap();
     let store = Arc::new(SimStore::new(layout.required_bytes()));
-    create(&store, &opts).unwrap();
+    let host = sim::host(BOOT);
+    create(&store, &opts, &host).unwrap();
     store.sync().unwrap();
     let model = Arc::new(Mutex::new(Model {
         live: vec![None; PAGES as usize],
@@ -165,7 +171,7 @@ fn run_workload(seed: u64) -> u64 {
     }
     use rewind_history::Store;
     let mut rng = Rng(seed);
-    let mut vol = Some(Volume::open(store.clone()).unwrap());
+    let mut vol = Some(Volume::open(store.clone(), &host).unwrap());
     let mut stream = vol.as_ref().unwrap().stream(0, 1);
     let mut serial = 0u32;
     for _ in 0..160 {
@@ -267,7 +273,7 @@ fn run_workload(seed: u64) -> u64 {
                     m.durable = m.live.clone();
                     m.since.clear();
                 }
-                let nv = Volume::open(store.clone()).unwrap();
+                let nv = Volume::open(store.clone(), &host).unwrap();
                 stream = nv.stream(0, 1);
                 vol = Some(nv);
             }

@@ -14,7 +14,7 @@ use crate::window::{SafePoint, Trigger};
 use crate::{Error, Store};
 
 use super::recovery::write_superblock;
-use super::{now_ns, CommitState, State, Volume};
+use super::{CommitState, State, Volume};
 
 impl<S: Store> Volume<S> {
     /// FLUSH: closes the epoch with a safe point (if anything was written since the last)
@@ -64,7 +64,7 @@ impl<S: Store> Volume<S> {
         let id = st.window.next_id;
         let sp = SafePoint {
             id,
-            time_ns: now_ns(),
+            time_ns: self.clock.now_ns(),
             trigger,
             label,
         };

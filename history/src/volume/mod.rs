@@ -33,14 +33,13 @@ mod travel;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use rewind_remap::{PageAllocator, RemapTable};
 
 use crate::format::{Layout, Superblock};
 use crate::journal;
-use crate::{Error, LogicalPage, PhysPage, Store};
+use crate::{Clock, Error, LogicalPage, PhysPage, Store};
 
 pub use reclaim::ReadTracker;
 pub use recovery::{check, create, inspect, read_superblock};
@@ -101,6 +100,8 @@ pub struct Volume<S: Store> {
     /// Per reader (I/O queue): the oldest generation of its reads in flight, `u64::MAX`
     /// when none.
     readers: Mutex<Vec<Arc<AtomicU64>>>,
+    /// The time of the safe points this volume makes (`Host::clock`).
+    clock: Arc<dyn Clock>,
 }
 
 impl<S: Store> Volume<S> {
@@ -146,40 +147,4 @@ impl<S: Store> Volume<S> {
         }
         result
     }
-}
-/// This host's name, zero padded, for the superblock's owner: with the pid it tells a
-/// live owner from one that crashed (see `format::Superblock::owner`).
-pub(super) fn host_name() -> [u8; 64] {
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let name = name.trim().as_bytes();
-    let mut out = [0u8; 64];
-    let n = name.len().min(64);
-    out[..n].copy_from_slice(&name[..n]);
-    out
-}
-
-/// This boot of the kernel: 64 bits of its random boot id (0 if unknown, which trusts no
-/// unsynced block).
-fn boot_id() -> u64 {
-    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    let hex: String = id
-        .chars()
-        .filter(char::is_ascii_hexdigit)
-        .take(16)
-        .collect();
-    u64::from_str_radix(&hex, 16).map_or(0, |b| b | 1)
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
-fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(now_ns());
-    h.write_u32(std::process::id());
-    h.finish()
 }

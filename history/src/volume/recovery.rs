@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use rewind_remap::{Mapping, PageAllocator, RemapTable};
@@ -17,11 +18,11 @@ use crate::format::{
 };
 use crate::journal;
 use crate::window::{SafePoint, Trigger, Window};
-use crate::{Error, LogicalPage, PhysPage, Store};
+use crate::{Clock, Error, Host, LogicalPage, PhysPage, Store};
 
 use super::apply::Apply;
 use super::report::{safe_point_infos, CheckReport, Inspection, Stats};
-use super::{boot_id, host_name, now_ns, random_u64, CommitState, State, Volume};
+use super::{CommitState, State, Volume};
 
 /// What `load` rebuilds from disk.
 struct Loaded {
@@ -74,8 +75,9 @@ fn count_refs(layout: &Layout, map: &RemapTable, window: &Window) -> Result<Vec<
 
 /// Checks every piece of metadata of an image without writing: both superblock copies,
 /// the checkpoint, the journal, the remap table and history (each physical page belongs to
-/// one logical page, and is live, history or free). An error is a corruption.
-pub fn check<S: Store>(store: &S) -> Result<CheckReport, Error> {
+/// one logical page, and is live, history or free). An error is a corruption. The journal
+/// is read as a daemon of `host` would replay it.
+pub fn check<S: Store>(store: &S, host: &Host) -> Result<CheckReport, Error> {
     let mut superblocks: [Result<u64, String>; 2] = [Err(String::new()), Err(String::new())];
     for (i, off) in SUPER_OFFSETS.iter().enumerate() {
         let mut page = vec![0u8; PAGE_SIZE as usize];
@@ -86,7 +88,7 @@ pub fn check<S: Store>(store: &S) -> Result<CheckReport, Error> {
                 .map_err(|e| e.to_string()),
         };
     }
-    let l = Volume::load(store, boot_id())?;
+    let l = Volume::load(store, host.boot_id)?;
     let mut live = 0u64;
     for p in 0..l.layout.logical_pages {
         live += u64::from(l.map.get(LogicalPage(p)).phys.is_some());
@@ -111,9 +113,10 @@ pub fn check<S: Store>(store: &S) -> Result<CheckReport, Error> {
     })
 }
 
-/// Reads an image's history without serving it or writing a byte: `rewind log IMAGE`.
-pub fn inspect<S: Store>(store: &S) -> Result<Inspection, Error> {
-    let l = Volume::load(store, boot_id())?;
+/// Reads an image's history without serving it or writing a byte: `rewind log IMAGE`. The
+/// journal is read as a daemon of `host` would replay it.
+pub fn inspect<S: Store>(store: &S, host: &Host) -> Result<Inspection, Error> {
+    let l = Volume::load(store, host.boot_id)?;
     Ok(Inspection {
         layout: l.layout,
         safe_points: safe_point_infos(&l.window),
@@ -134,15 +137,16 @@ fn ensure_room<S: Store>(store: &S, need: u64) -> Result<(), Error> {
 }
 
 /// Formats `store` as an empty device of `opts.size` bytes whose history holds one safe
-/// point, the empty device itself.
-pub fn create<S: Store>(store: &S, opts: &CreateOptions) -> Result<Layout, Error> {
+/// point, the empty device itself, made now by `host`'s clock.
+pub fn create<S: Store>(store: &S, opts: &CreateOptions, host: &Host) -> Result<Layout, Error> {
     let layout = Layout::for_create(opts)?;
     ensure_room(store, layout.required_bytes())?;
-    let uuid = random_u64();
+    let created_ns = host.clock.now_ns();
+    let uuid = new_uuid(host, created_ns);
     let mut window = Window::new(0);
     window.push_safe_point(SafePoint {
         id: 0,
-        time_ns: now_ns(),
+        time_ns: created_ns,
         trigger: Trigger::Format,
         label: None,
     });
@@ -158,9 +162,21 @@ pub fn create<S: Store>(store: &S, opts: &CreateOptions) -> Result<Layout, Error
     store
         .sync()
         .map_err(Error::io("syncing the first checkpoint"))?;
-    let mut sb = first_superblock(&layout, uuid, now_ns(), &bytes);
+    let mut sb = first_superblock(&layout, uuid, created_ns, &bytes);
     write_superblock(store, &mut sb)?;
     Ok(layout)
+}
+
+/// The uuid of an image `host` creates at `created_ns`. It only has to differ from the
+/// uuid of an earlier format of the same store, and no two creates share the time, boot
+/// and process; derived rather than drawn, so a simulated run (a fixed host and clock)
+/// replays exactly.
+fn new_uuid(host: &Host, created_ns: u64) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: the same inputs give the same uuid.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (created_ns, host.boot_id, host.pid, &host.name).hash(&mut h);
+    h.finish()
 }
 
 /// The superblock of a new image whose first checkpoint, in slot 0, is `ckpt`: clean,
@@ -307,9 +323,9 @@ fn claim_referenced(layout: &Layout, refs: &[u32]) -> PageAllocator {
     alloc
 }
 
-/// Starts a new session on the image: not clean, owned by this process of boot `boot`.
-/// Written to both superblock copies before anything else is. Returns the session.
-fn start_session<S: Store>(store: &S, sb: &mut Superblock, boot: u64) -> Result<u32, Error> {
+/// Starts a new session on the image: not clean, owned by `host`. Written to both
+/// superblock copies before anything else is. Returns the session.
+fn start_session<S: Store>(store: &S, sb: &mut Superblock, host: &Host) -> Result<u32, Error> {
     // Never wraps: blocks of the new session must not rank below older ones.
     let session = sb.session.get().checked_add(1).ok_or_else(|| {
         Error::Corrupt(format!(
@@ -319,11 +335,20 @@ fn start_session<S: Store>(store: &S, sb: &mut Superblock, boot: u64) -> Result<
     })?;
     sb.session = U32::new(session);
     sb.clean = U32::new(0);
-    sb.owner_pid = U32::new(std::process::id());
-    sb.owner_host = host_name();
-    sb.boot_id = U64::new(boot);
+    sb.owner_pid = U32::new(host.pid);
+    sb.owner_host = owner_host(&host.name);
+    sb.boot_id = U64::new(host.boot_id);
     write_superblock(store, sb)?;
     Ok(session)
+}
+
+/// A host name as the superblock keeps it: its first 64 bytes, zero padded.
+fn owner_host(name: &str) -> [u8; 64] {
+    let name = name.as_bytes();
+    let mut out = [0u8; 64];
+    let n = name.len().min(64);
+    out[..n].copy_from_slice(&name[..n]);
+    out
 }
 
 impl<S: Store> Volume<S> {
@@ -368,19 +393,15 @@ impl<S: Store> Volume<S> {
         })
     }
 
-    /// Opens a formatted store: the checkpoint plus the journal's valid prefix rebuild the
-    /// remap table and the window, then a new session starts.
-    pub fn open(store: S) -> Result<Volume<S>, Error> {
-        Self::open_in_boot(store, boot_id())
-    }
-
-    /// `open` as a daemon of boot `boot` would (0: unknown, trusting no unsynced block).
-    /// Tests use it to tell a power cut (another boot) from a killed daemon (the same).
-    pub fn open_in_boot(store: S, boot: u64) -> Result<Volume<S>, Error> {
-        let mut loaded = Self::load(&store, boot)?;
-        let session = start_session(&store, &mut loaded.sb, boot)?;
+    /// Opens a formatted store for `host` to serve: the checkpoint plus the journal's valid
+    /// prefix rebuild the remap table and the window, then a new session starts. Unsynced
+    /// journal blocks count only if `host` is of the boot the superblock names: a daemon of
+    /// the same boot took over from one that died, not a reboot after a power cut.
+    pub fn open(store: S, host: &Host) -> Result<Volume<S>, Error> {
+        let mut loaded = Self::load(&store, host.boot_id)?;
+        let session = start_session(&store, &mut loaded.sb, host)?;
         let unsynced = loaded.unsynced;
-        let vol = Self::serve(store, loaded, session);
+        let vol = Self::serve(store, loaded, session, host.clock.clone());
         if unsynced {
             // Make what the dead daemon left unsynced durable now, in a checkpoint: a later
             // boot would not trust those blocks.
@@ -390,7 +411,7 @@ impl<S: Store> Volume<S> {
     }
 
     /// The volume serving what `load` rebuilt, in session `session`.
-    fn serve(store: S, loaded: Loaded, session: u32) -> Volume<S> {
+    fn serve(store: S, loaded: Loaded, session: u32, clock: Arc<dyn Clock>) -> Volume<S> {
         let Loaded {
             sb,
             layout,
@@ -427,6 +448,7 @@ impl<S: Store> Volume<S> {
             quarantine: Mutex::new(Vec::new()),
             read_gen: AtomicU64::new(0),
             readers: Mutex::new(Vec::new()),
+            clock,
         }
     }
 
