@@ -6,9 +6,11 @@
 mod checkpoint;
 mod error;
 pub mod format;
+#[cfg(any(test, feature = "testing"))]
 pub mod fuzzing;
 mod host;
 mod journal;
+#[cfg(any(test, feature = "testing"))]
 pub mod sim;
 mod store;
 mod volume;
