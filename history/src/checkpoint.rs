@@ -9,9 +9,9 @@ use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::format::{
-    CheckpointHeader, GroupHeader, HistoryEntry, Layout, SafePointEntry, CKPT_MAGIC, COUNTER_MAX,
-    FORMAT_VERSION, GROUP_BYTES, HISTORY_ENTRY_BYTES, MAX_LABEL, PAGE_SIZE, SAFE_POINT_BYTES,
-    SAFE_POINT_PINNED,
+    CheckpointHeader, GroupHeader, HistoryEntry, JournalSeq, Layout, SafePointEntry, CKPT_MAGIC,
+    COUNTER_MAX, FORMAT_VERSION, GROUP_BYTES, HISTORY_ENTRY_BYTES, MAX_LABEL, PAGE_SIZE,
+    SAFE_POINT_BYTES, SAFE_POINT_PINNED,
 };
 use crate::window::{SafePoint, Trigger, Window};
 use crate::{Error, LogicalPage, PhysPage};
@@ -23,7 +23,7 @@ pub struct Snapshot {
     /// The history window.
     pub window: Window,
     /// The first journal block to replay on top.
-    pub journal_seq: u64,
+    pub journal_seq: JournalSeq,
 }
 
 /// Serializes a snapshot: header page, then body.
@@ -78,7 +78,7 @@ pub fn encode(s: &Snapshot, uuid: u64) -> Vec<u8> {
         magic: U32::new(CKPT_MAGIC),
         version: U32::new(FORMAT_VERSION),
         uuid: U64::new(uuid),
-        journal_seq: U64::new(s.journal_seq),
+        journal_seq: U64::new(s.journal_seq.0),
         next_safe_point: U64::new(w.next_id),
         logical_pages: U64::new(s.map.len() as u64),
         safe_points: U64::new(w.safe_points.len() as u64),
@@ -115,7 +115,7 @@ pub fn decode(bytes: &[u8], layout: &Layout, uuid: u64) -> Result<Snapshot, Erro
     Ok(Snapshot {
         map,
         window,
-        journal_seq: h.journal_seq.get(),
+        journal_seq: JournalSeq(h.journal_seq.get()),
     })
 }
 

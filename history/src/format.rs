@@ -29,6 +29,40 @@ pub const JOURNAL_BLOCK: u64 = 512;
 /// The largest journal sequence or safe point id an image may record. Both count up by one
 /// from 0, so 2^63 is out of reach, and adding to one below it never overflows.
 pub const COUNTER_MAX: u64 = 1 << 63;
+/// The sequence number of a journal block. Block `s` lives at ring position `s mod J`;
+/// sequences count up from 0 and stay at or below `COUNTER_MAX`, so they never wrap. Its
+/// own type, so that a sequence never mixes with a safe point id or a page number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct JournalSeq(pub u64);
+
+impl std::ops::Add<u64> for JournalSeq {
+    type Output = JournalSeq;
+    /// The sequence `n` blocks later.
+    fn add(self, n: u64) -> JournalSeq {
+        JournalSeq(self.0 + n)
+    }
+}
+
+impl std::ops::AddAssign<u64> for JournalSeq {
+    fn add_assign(&mut self, n: u64) {
+        self.0 += n;
+    }
+}
+
+impl std::ops::Sub for JournalSeq {
+    type Output = u64;
+    /// Blocks from `earlier` up to this one.
+    fn sub(self, earlier: JournalSeq) -> u64 {
+        self.0 - earlier.0
+    }
+}
+
+impl std::fmt::Display for JournalSeq {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// The journal block magic.
 pub const JOURNAL_MAGIC: u32 = u32::from_le_bytes(*b"RWJ1");
 /// The checkpoint magic.
@@ -158,8 +192,13 @@ impl Layout {
     }
 
     /// Byte offset of journal block `seq`.
-    pub fn journal_block_offset(&self, seq: u64) -> u64 {
-        JOURNAL_OFFSET + (seq % self.journal_blocks) * JOURNAL_BLOCK
+    pub fn journal_block_offset(&self, seq: JournalSeq) -> u64 {
+        JOURNAL_OFFSET + (seq.0 % self.journal_blocks) * JOURNAL_BLOCK
+    }
+
+    /// Blocks from `seq` to the end of the ring: one contiguous access covers no more.
+    pub fn journal_blocks_to_ring_end(&self, seq: JournalSeq) -> u64 {
+        self.journal_blocks - seq.0 % self.journal_blocks
     }
 }
 
@@ -235,6 +274,11 @@ impl Superblock {
     pub fn compute_crc(&self) -> u32 {
         let bytes = self.as_bytes();
         crc32c::crc32c(&bytes[..bytes.len() - 8])
+    }
+
+    /// The journal sequence replay starts at: the current checkpoint's.
+    pub fn replay_from(&self) -> JournalSeq {
+        JournalSeq(self.ckpt_journal_seq.get())
     }
 
     /// The layout this superblock describes.

@@ -18,8 +18,8 @@ use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::format::{
-    tag, JournalHeader, Layout, JOURNAL_BLOCK, JOURNAL_HEADER, JOURNAL_MAGIC, MAX_LABEL, RECORD,
-    RECORDS_PER_BLOCK,
+    tag, JournalHeader, JournalSeq, Layout, JOURNAL_BLOCK, JOURNAL_HEADER, JOURNAL_MAGIC,
+    MAX_LABEL, RECORD, RECORDS_PER_BLOCK,
 };
 use crate::window::{SafePoint, Trigger};
 use crate::{Error, LogicalPage, PhysPage, Store};
@@ -203,7 +203,12 @@ impl Pending {
 
     /// The blocks that changed since the last call, sealed unsynced, numbered from
     /// `first_seq` (the sequence of the first pending block): (sequence of the first, blocks).
-    pub fn unsynced(&mut self, first_seq: u64, uuid: u64, session: u32) -> (u64, Vec<Block>) {
+    pub fn unsynced(
+        &mut self,
+        first_seq: JournalSeq,
+        uuid: u64,
+        session: u32,
+    ) -> (JournalSeq, Vec<Block>) {
         let from = self.dirty_from.min(self.blocks.len());
         let out = self.blocks[from..]
             .iter()
@@ -216,7 +221,7 @@ impl Pending {
     }
 
     /// Every pending block sealed as synced, numbered from `first_seq`; empties `self`.
-    pub fn take_synced(&mut self, first_seq: u64, uuid: u64, session: u32) -> Vec<Block> {
+    pub fn take_synced(&mut self, first_seq: JournalSeq, uuid: u64, session: u32) -> Vec<Block> {
         let out = self
             .blocks
             .iter()
@@ -232,12 +237,12 @@ impl Pending {
 /// synced; replay trusts it only within the boot that wrote it.
 pub const UNSYNCED: u16 = 1;
 
-fn seal(slots: &[Slot], seq: u64, uuid: u64, session: u32, flags: u16) -> Block {
+fn seal(slots: &[Slot], seq: JournalSeq, uuid: u64, session: u32, flags: u16) -> Block {
     let mut block = [0u8; JOURNAL_BLOCK as usize];
     let header = JournalHeader {
         magic: U32::new(JOURNAL_MAGIC),
         crc: U32::new(0),
-        seq: U64::new(seq),
+        seq: U64::new(seq.0),
         uuid: U64::new(uuid),
         session: U32::new(session),
         count: U16::new(slots.len() as u16),
@@ -255,7 +260,12 @@ fn seal(slots: &[Slot], seq: u64, uuid: u64, session: u32, flags: u16) -> Block 
 
 /// Packs records into synced journal blocks numbered from `first_seq`.
 #[cfg(test)]
-pub fn encode_blocks(records: &[Record], first_seq: u64, uuid: u64, session: u32) -> Vec<Block> {
+pub fn encode_blocks(
+    records: &[Record],
+    first_seq: JournalSeq,
+    uuid: u64,
+    session: u32,
+) -> Vec<Block> {
     let mut p = Pending::default();
     for r in records {
         p.push(r);
@@ -267,14 +277,14 @@ pub fn encode_blocks(records: &[Record], first_seq: u64, uuid: u64, session: u32
 pub fn write_blocks<S: Store>(
     store: &S,
     layout: &Layout,
-    first_seq: u64,
+    first_seq: JournalSeq,
     blocks: &[[u8; JOURNAL_BLOCK as usize]],
 ) -> Result<(), Error> {
     let mut i = 0;
     while i < blocks.len() {
         let seq = first_seq + i as u64;
         // Contiguous up to the end of the ring.
-        let room = (layout.journal_blocks - seq % layout.journal_blocks) as usize;
+        let room = layout.journal_blocks_to_ring_end(seq) as usize;
         let n = room.min(blocks.len() - i);
         store
             .write_at(
@@ -291,7 +301,7 @@ pub fn write_blocks<S: Store>(
 #[derive(Debug)]
 pub struct ReplayEnd {
     /// The sequence of the first block that was not valid: the next to write.
-    pub next_seq: u64,
+    pub next_seq: JournalSeq,
     /// Whether unsynced blocks were replayed: their records must be made durable.
     pub unsynced: bool,
     /// The session of the last block replayed (`min_session` when none was).
@@ -304,7 +314,7 @@ pub fn replay<S: Store>(
     store: &S,
     layout: &Layout,
     uuid: u64,
-    first_seq: u64,
+    first_seq: JournalSeq,
     min_session: u32,
     trust_unsynced: bool,
     mut apply: impl FnMut(Record) -> Result<(), Error>,
@@ -320,7 +330,7 @@ pub fn replay<S: Store>(
     // Bounded: the ring cannot hold more than its size of valid blocks.
     while end.next_seq - first_seq < layout.journal_blocks {
         let seq = end.next_seq;
-        let room = layout.journal_blocks - seq % layout.journal_blocks;
+        let room = layout.journal_blocks_to_ring_end(seq);
         let n = BATCH
             .min(room)
             .min(layout.journal_blocks - (seq - first_seq));
@@ -356,7 +366,7 @@ fn valid_header(
     let crc_ok = crc32c::crc32c(&block[8..]) == h.crc.get();
     let valid = h.magic.get() == JOURNAL_MAGIC
         && crc_ok
-        && h.seq.get() == end.next_seq
+        && h.seq.get() == end.next_seq.0
         && h.uuid.get() == uuid
         && h.session.get() >= end.last_session
         && usize::from(h.count.get()) <= RECORDS_PER_BLOCK
@@ -369,7 +379,7 @@ fn valid_header(
 fn replay_block(
     block: &[u8],
     h: &JournalHeader,
-    seq: u64,
+    seq: JournalSeq,
     slots: &mut Vec<Slot>,
     apply: &mut impl FnMut(Record) -> Result<(), Error>,
 ) -> Result<(), Error> {
@@ -428,7 +438,12 @@ mod tests {
         v
     }
 
-    fn collect(store: &MemStore, l: &Layout, first: u64, trust: bool) -> (Vec<Record>, ReplayEnd) {
+    fn collect(
+        store: &MemStore,
+        l: &Layout,
+        first: JournalSeq,
+        trust: bool,
+    ) -> (Vec<Record>, ReplayEnd) {
         let mut got = Vec::new();
         let end = replay(store, l, 42, first, 0, trust, |r| {
             got.push(r);
@@ -443,7 +458,7 @@ mod tests {
         let l = layout();
         let store = MemStore::new(l.data_offset);
         let records = sample();
-        let first = 14; // wraps: the ring has 16 blocks
+        let first = JournalSeq(14); // wraps: the ring has 16 blocks
         let blocks = encode_blocks(&records, first, 42, 1);
         assert!(blocks.len() > 2);
         write_blocks(&store, &l, first, &blocks).unwrap();
@@ -457,14 +472,14 @@ mod tests {
         let l = layout();
         let store = MemStore::new(l.data_offset);
         let records = sample();
-        let blocks = encode_blocks(&records, 0, 42, 1);
-        write_blocks(&store, &l, 0, &blocks).unwrap();
+        let blocks = encode_blocks(&records, JournalSeq(0), 42, 1);
+        write_blocks(&store, &l, JournalSeq(0), &blocks).unwrap();
         // Tear the second block: its second sector is lost.
         store
-            .write_at(l.journal_block_offset(1) + 256, &[0u8; 256])
+            .write_at(l.journal_block_offset(JournalSeq(1)) + 256, &[0u8; 256])
             .unwrap();
-        let (got, end) = collect(&store, &l, 0, false);
-        assert_eq!(end.next_seq, 1);
+        let (got, end) = collect(&store, &l, JournalSeq(0), false);
+        assert_eq!(end.next_seq, JournalSeq(1));
         assert_eq!(got[..], records[..RECORDS_PER_BLOCK]);
     }
 
@@ -472,14 +487,14 @@ mod tests {
     fn a_stale_block_of_an_older_session_is_not_replayed() {
         let l = layout();
         let store = MemStore::new(l.data_offset);
-        let old = encode_blocks(&sample(), 0, 42, 1);
-        write_blocks(&store, &l, 0, &old).unwrap();
+        let old = encode_blocks(&sample(), JournalSeq(0), 42, 1);
+        write_blocks(&store, &l, JournalSeq(0), &old).unwrap();
         // The new session rewrites block 0 only (a crash cut the rest).
-        let new = encode_blocks(&[Record::Retire { id: 1 }], 0, 42, 2);
-        write_blocks(&store, &l, 0, &new).unwrap();
-        let (got, end) = collect(&store, &l, 0, false);
+        let new = encode_blocks(&[Record::Retire { id: 1 }], JournalSeq(0), 42, 2);
+        write_blocks(&store, &l, JournalSeq(0), &new).unwrap();
+        let (got, end) = collect(&store, &l, JournalSeq(0), false);
         assert_eq!(got, vec![Record::Retire { id: 1 }]);
-        assert_eq!(end.next_seq, 1);
+        assert_eq!(end.next_seq, JournalSeq(1));
     }
 
     #[test]
@@ -490,28 +505,28 @@ mod tests {
         let mut p = Pending::default();
         for r in &records[..40] {
             p.push(r);
-            let (seq, blocks) = p.unsynced(3, 42, 1);
+            let (seq, blocks) = p.unsynced(JournalSeq(3), 42, 1);
             write_blocks(&store, &l, seq, &blocks).unwrap();
         }
-        let (got, end) = collect(&store, &l, 3, true);
+        let (got, end) = collect(&store, &l, JournalSeq(3), true);
         assert_eq!(
             got,
             records[..40],
             "every record written unsynced, in the same boot"
         );
         assert!(end.unsynced);
-        let (got, end) = collect(&store, &l, 3, false);
+        let (got, end) = collect(&store, &l, JournalSeq(3), false);
         assert!(
             got.is_empty(),
             "after a reboot unsynced records are not trusted"
         );
-        assert_eq!(end.next_seq, 3);
+        assert_eq!(end.next_seq, JournalSeq(3));
         for r in &records[40..] {
             p.push(r);
         }
-        let blocks = p.take_synced(3, 42, 1);
-        write_blocks(&store, &l, 3, &blocks).unwrap();
-        let (got, end) = collect(&store, &l, 3, false);
+        let blocks = p.take_synced(JournalSeq(3), 42, 1);
+        write_blocks(&store, &l, JournalSeq(3), &blocks).unwrap();
+        let (got, end) = collect(&store, &l, JournalSeq(3), false);
         assert_eq!(got, records);
         assert!(!end.unsynced);
         assert_eq!(p.len(), 0);
@@ -526,10 +541,10 @@ mod tests {
         })
         .unwrap();
         let store = MemStore::new(l.data_offset);
-        let blocks = encode_blocks(&sample(), 0, 7, 1);
-        write_blocks(&store, &l, 0, &blocks).unwrap();
-        let (got, end) = collect(&store, &l, 0, false);
+        let blocks = encode_blocks(&sample(), JournalSeq(0), 7, 1);
+        write_blocks(&store, &l, JournalSeq(0), &blocks).unwrap();
+        let (got, end) = collect(&store, &l, JournalSeq(0), false);
         assert!(got.is_empty());
-        assert_eq!(end.next_seq, 0);
+        assert_eq!(end.next_seq, JournalSeq(0));
     }
 }

@@ -125,7 +125,7 @@ impl<S: Store> Volume<S> {
             let frees = std::mem::take(&mut st.pending_free);
             let after = c.next_seq + blocks.len() as u64;
             st.first_seq = after;
-            let used = after - c.sb.ckpt_journal_seq.get();
+            let used = after - c.sb.replay_from();
             let snapshot =
                 (force_checkpoint || used > self.layout.journal_blocks / 2).then(|| Snapshot {
                     map: self.map.snapshot(),
@@ -191,7 +191,7 @@ impl<S: Store> Volume<S> {
         c.sb.ckpt_slot = U32::new(slot as u32);
         c.sb.ckpt_len = U64::new(bytes.len() as u64);
         c.sb.ckpt_crc = U32::new(crc32c::crc32c(&bytes));
-        c.sb.ckpt_journal_seq = U64::new(s.journal_seq);
+        c.sb.ckpt_journal_seq = U64::new(s.journal_seq.0);
         c.sb.ckpt_session = U32::new(self.session);
         write_superblock(&self.store, &mut c.sb)
     }

@@ -37,7 +37,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use rewind_remap::{PageAllocator, RemapTable};
 
-use crate::format::{Layout, Superblock};
+use crate::format::{JournalSeq, Layout, Superblock};
 use crate::journal;
 use crate::{Clock, Error, LogicalPage, PhysPage, Store};
 
@@ -55,7 +55,7 @@ struct State {
     /// Records applied in memory and not yet handed to a commit.
     pending: journal::Pending,
     /// The journal sequence of the first pending block.
-    first_seq: u64,
+    first_seq: JournalSeq,
     /// Pages freed by those records.
     pending_free: Vec<PhysPage>,
     /// Open views by number: each holds its safe point until closed or dropped.
@@ -68,7 +68,7 @@ struct State {
 struct CommitState {
     sb: Superblock,
     /// The sequence of the next journal block to write.
-    next_seq: u64,
+    next_seq: JournalSeq,
 }
 
 /// A served image. `Send + Sync`: queue threads share it.

@@ -13,8 +13,8 @@ use zerocopy::IntoBytes;
 
 use crate::checkpoint::{self, Snapshot};
 use crate::format::{
-    CreateOptions, Layout, Superblock, FORMAT_VERSION, PAGE_SIZE, RECORDS_PER_BLOCK, SUPER_MAGIC,
-    SUPER_OFFSETS,
+    CreateOptions, JournalSeq, Layout, Superblock, FORMAT_VERSION, PAGE_SIZE, RECORDS_PER_BLOCK,
+    SUPER_MAGIC, SUPER_OFFSETS,
 };
 use crate::journal;
 use crate::window::{SafePoint, Trigger, Window};
@@ -32,7 +32,7 @@ struct Loaded {
     window: Window,
     alloc: PageAllocator,
     refs: Vec<u32>,
-    next_seq: u64,
+    next_seq: JournalSeq,
     /// Whether unsynced journal blocks were replayed.
     unsynced: bool,
 }
@@ -103,7 +103,7 @@ pub fn check<S: Store>(store: &S, host: &Host) -> Result<CheckReport, Error> {
     Ok(CheckReport {
         superblocks,
         checkpoint_slot: l.sb.ckpt_slot.get(),
-        journal_blocks: l.next_seq - l.sb.ckpt_journal_seq.get(),
+        journal_blocks: l.next_seq - l.sb.replay_from(),
         live_pages: live,
         history_only_pages: used - live,
         free_pages: l.alloc.free_pages(),
@@ -153,7 +153,7 @@ pub fn create<S: Store>(store: &S, opts: &CreateOptions, host: &Host) -> Result<
     let snapshot = Snapshot {
         map: vec![Mapping::UNWRITTEN.pack(); layout.logical_pages as usize],
         window,
-        journal_seq: 0,
+        journal_seq: JournalSeq(0),
     };
     let bytes = checkpoint::encode(&snapshot, uuid);
     store
@@ -269,11 +269,11 @@ fn read_checkpoint<S: Store>(
         )));
     }
     let snap = checkpoint::decode(&bytes, layout, sb.uuid.get())?;
-    if snap.journal_seq != sb.ckpt_journal_seq.get() {
+    if snap.journal_seq != sb.replay_from() {
         return Err(Error::Corrupt(format!(
             "checkpoint starts the journal at {}, the superblock at {}",
             snap.journal_seq,
-            sb.ckpt_journal_seq.get()
+            sb.replay_from()
         )));
     }
     Ok(snap)
@@ -284,7 +284,7 @@ fn read_checkpoint<S: Store>(
 fn replay_journal<S: Store, F: FnMut(PhysPage)>(
     store: &S,
     sb: &Superblock,
-    from: u64,
+    from: JournalSeq,
     boot: u64,
     mut apply: Apply<'_, F>,
 ) -> Result<journal::ReplayEnd, Error> {
