@@ -5,8 +5,12 @@
 //! - the superblock is kept in two copies (offsets 0 and 4096) with a generation: the valid
 //!   copy with the highest generation wins, so a torn superblock write falls back to the other;
 //! - a checkpoint slot is only overwritten when the superblock points at the other one;
-//! - a journal block is written once per lap and never rewritten in place, so a torn write
-//!   can only damage the blocks of the commit being written, never committed ones;
+//! - a journal block that holds committed (synced) records is never rewritten within its lap
+//!   of the ring. The blocks of records not yet committed are written UNSYNCED as records
+//!   come, the last of them again (same sequence) each time it takes another record, then
+//!   rewritten once, synced, by the commit that takes them; a commit always starts a fresh
+//!   block. So a torn write can only damage blocks of records not yet committed, never
+//!   committed ones;
 //! - all integers are little-endian.
 
 use zerocopy::little_endian::{U16, U32, U64};
@@ -249,8 +253,9 @@ pub struct Superblock {
     pub ckpt_session: U32,
     /// The host name of the daemon serving the image, zero-padded.
     pub owner_host: [u8; 64],
-    /// The boot the serving daemon started in (a hash of the kernel's boot id, 0 unknown):
-    /// unsynced journal blocks are trusted only by a daemon of the same boot.
+    /// The boot the serving daemon started in (64 bits of the kernel's boot id, as
+    /// `Host::boot_id`; 0 unknown): unsynced journal blocks are trusted only by a daemon of
+    /// the same boot.
     pub boot_id: U64,
     /// Reserved; zero.
     pub reserved: [u8; 24],
@@ -381,7 +386,8 @@ pub mod tag {
     pub const WRITE: u8 = 1;
     /// `map[l..l+count] = unmapped`: a discard or write-zeroes.
     pub const DISCARD: u8 = 2;
-    /// A safe point: closes the current epoch. Two records, then the label.
+    /// A safe point: closes the current epoch. Two slots (this one, then the time), then
+    /// the label's.
     pub const SAFE_POINT: u8 = 3;
     /// Safe point `id` leaves the window; history only it needed is freed.
     pub const RETIRE: u8 = 4;

@@ -1,5 +1,6 @@
 //! Entry points for the fuzz targets (`fuzz/`) and their stable regression test
 //! (`tests/fuzz_corpus.rs`): everything rewind reads from disk, fed with arbitrary bytes.
+//! Feature `testing`.
 //!
 //! The contract checked (DESIGN.md, "bad input gets a clear error"): whatever the bytes, each
 //! entry returns, with `Ok` or with an `Err`; it never panics, hangs, or allocates more than

@@ -1,4 +1,5 @@
-//! The journal: a ring of 512-byte blocks holding the remap changes since the checkpoint.
+//! The journal: a ring of 512-byte blocks holding the metadata changes (remaps, safe points,
+//! retirements, pins, rollbacks) since the checkpoint.
 //!
 //! Records reach the journal twice. As soon as a write completes its record is written
 //! *unsynced* (flag `UNSYNCED`, no sync): a daemon killed then loses nothing the kernel was
@@ -12,7 +13,8 @@
 //!   records, so a torn commit can only lose records of that commit;
 //! - a record never spans two blocks;
 //! - replay takes the longest run of valid blocks with consecutive sequence numbers, the
-//!   image's uuid and non-decreasing sessions: a prefix of what was recorded, in order.
+//!   image's uuid and non-decreasing sessions (and no unsynced block after a reboot): a
+//!   prefix of what was recorded, in order.
 
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, IntoBytes};
@@ -172,7 +174,8 @@ pub struct Pending {
     /// The slots of each block.
     blocks: Vec<Vec<Slot>>,
     records: usize,
-    /// Blocks from here on changed since they were last handed out by `unsynced`.
+    /// The next `unsynced` hands out the blocks from here on: those that changed since the
+    /// last call, and the last block it handed out, which may have taken more records.
     dirty_from: usize,
     /// Reused for each record's slots: `push` is on every write's path.
     scratch: Vec<Slot>,

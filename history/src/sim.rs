@@ -1,4 +1,5 @@
-//! A power-cut simulator: a store with a volatile write cache that can lose power.
+//! Simulated runs: a power-cut simulator (a store with a volatile write cache that can lose
+//! power), a fixed host and a simulated clock. Feature `testing`.
 //!
 //! Every write lands in a cache of pending writes; `sync` makes them durable. At any moment a
 //! test can ask for the image a power cut would leave: each 512-byte sector holds its durable
@@ -6,8 +7,8 @@
 //! random per sector. That covers dropped writes, writes reordered against each other, and
 //! writes torn at sector granularity. Hooks let a test take such images at every sync.
 //!
-//! Simulated runs also get a fixed host and a simulated clock (`host`), so nothing in them
-//! depends on the machine they run on.
+//! Simulated runs also open images as a fixed host with a simulated clock (`host`), so
+//! nothing in them depends on the machine they run on.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -36,6 +36,8 @@ fn unref(refs: &mut [u32], unreferenced: &mut impl FnMut(PhysPage), p: PhysPage)
 }
 
 impl<F: FnMut(PhysPage)> Apply<'_, F> {
+    /// Points `l` at `new` (`None`: zeros) in the open epoch. The old page becomes a history
+    /// entry if it was set in an earlier epoch, else it loses the map's reference.
     fn set_page(&mut self, l: LogicalPage, new: Option<PhysPage>) {
         let open = EpochTag::of(self.window.next_id);
         let prev = self.map.get(l);

@@ -106,12 +106,15 @@ impl<S: Store> Volume<S> {
         ))
     }
 
-    /// Makes every record so far durable.
+    /// Makes every record so far durable, with a checkpoint if `force_checkpoint` or if
+    /// the journal since the last one passes half the ring.
     pub fn commit(&self, force_checkpoint: bool) -> Result<(), Error> {
         let mut c = self.commit.lock();
         self.commit_locked(&mut c, force_checkpoint)
     }
 
+    /// `commit` with the `commit` lock held: takes the pending records and the pages they
+    /// freed, writes them (`write_commit`), then quarantines those pages.
     pub(super) fn commit_locked(
         &self,
         c: &mut CommitState,
@@ -120,7 +123,13 @@ impl<S: Store> Volume<S> {
         self.refuse_if_failed()?;
         let (blocks, frees, snapshot) = {
             let mut st = self.state.lock();
-            debug_assert_eq!(st.first_seq, c.next_seq);
+            // The unsynced copies of the pending blocks went to the sequences from
+            // `first_seq`: the synced ones must land on the same blocks.
+            assert_eq!(
+                st.first_seq, c.next_seq,
+                "pending journal blocks start at sequence {}, the commit writes from {}",
+                st.first_seq, c.next_seq
+            );
             let blocks = st.pending.take_synced(c.next_seq, self.uuid, self.session);
             let frees = std::mem::take(&mut st.pending_free);
             let after = c.next_seq + blocks.len() as u64;
@@ -135,18 +144,26 @@ impl<S: Store> Volume<S> {
             (blocks, frees, snapshot)
         };
         if blocks.is_empty() && snapshot.is_none() {
-            debug_assert!(frees.is_empty());
+            // Pages are freed only by records: with no block to write, no page may wait.
+            assert!(
+                frees.is_empty(),
+                "{} pages freed by no journal record (the first: {:?})",
+                frees.len(),
+                &frees[..frees.len().min(8)]
+            );
             return Ok(());
         }
         self.fail_on_error(self.write_commit(c, &blocks, snapshot.as_ref()))?;
         if !frees.is_empty() {
-            let g = self.read_gen.fetch_add(1, Ordering::SeqCst);
-            self.quarantine.lock().push((g, frees));
+            let round = self.free_round.fetch_add(1, Ordering::SeqCst);
+            self.quarantine.lock().push((round, frees));
         }
         self.release_quarantine();
         Ok(())
     }
 
+    /// Steps 1 and 2 of the commit protocol (FORMAT.md): sync the data, write the pending
+    /// blocks synced and sync them; then the checkpoint, if one is due.
     fn write_commit(
         &self,
         c: &mut CommitState,
@@ -172,6 +189,8 @@ impl<S: Store> Volume<S> {
         Ok(())
     }
 
+    /// Writes a checkpoint into the slot the superblock does not point at, syncs it, then
+    /// points the superblock at it.
     fn write_checkpoint(&self, c: &mut CommitState, s: &Snapshot) -> Result<(), Error> {
         let bytes = checkpoint::encode(s, self.uuid);
         if bytes.len() as u64 > self.layout.ckpt_bytes {

@@ -37,7 +37,8 @@ impl<S: Store> Volume<S> {
                 return Ok(p);
             }
             if attempt > 0 {
-                // Every page is live or claimed by writes still in flight: they finish soon.
+                // Every page is in use, claimed by writes in flight, or quarantined for reads
+                // in flight: those finish soon.
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
         }
@@ -49,7 +50,8 @@ impl<S: Store> Volume<S> {
         self.alloc.release(p);
     }
 
-    /// Makes the pages written by `allocate` + data write live.
+    /// Makes the pages written by `allocate` + data write live; their records reach the
+    /// journal before this returns (`journal_queued`).
     pub fn commit_writes(&self, pages: &[(LogicalPage, PhysPage)]) -> Result<(), Error> {
         let mut st = self.state.lock();
         for &(l, p) in pages {

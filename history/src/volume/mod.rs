@@ -1,18 +1,27 @@
-//! The volume: a formatted backing store served as a device with history.
+//! The volume: a formatted backing store served as a device with history. This file holds
+//! the `Volume`, its state and the lock order; its concerns live in the submodules: `io`
+//! (the requests of the queue threads), `apply` (the one function that applies records),
+//! `commit` (safe points and the commit protocol), `reclaim` (retiring history, and the
+//! quarantine of pages reads may still target), `travel` (rollback, pins, views),
+//! `recovery` (create, open, close, check, inspect) and `report` (the figures).
 //!
 //! Write path: `allocate` claims a free physical page (the logical page's home if free, else
 //! from the caller's stream), the caller writes the data there, then `commit_writes` switches
-//! the remap table and appends a journal record. `flush` closes the epoch with a safe point and
-//! commits: data sync, journal write, journal sync. Nothing on disk is ever overwritten in
-//! place except free pages, so a crash leaves every page old or new.
+//! the remap table and queues a journal record. `flush` closes the epoch with a safe point and
+//! commits: data sync, journal write, journal sync (and a checkpoint when the journal since
+//! the last one passes half the ring). A data page is only ever written while it is free,
+//! never in place, so a crash leaves every logical page old or new.
 //!
 //! Invariants:
-//! - every physical page is exactly one of: free, live (mapped), history, claimed by an
-//!   in-flight write, or pending (freed by a record not yet durable);
+//! - every physical page is free; or referenced: live (mapped), history, or both (a rollback
+//!   makes a history page live again); or claimed by an in-flight write; or pending (left
+//!   without a reference by a record not yet durable); or quarantined (left so by a durable
+//!   record, while reads in flight may still target it);
 //! - a pending page is only reused after the record that freed it is durable, so the journal
 //!   prefix that survives a crash never points at a page that was written again;
-//! - the data of a record is durable before the record is (`commit` syncs the store before
-//!   writing the journal), and a checkpoint is durable before the superblock points at it.
+//! - the data of a synced journal block's records is durable before the block is (a commit
+//!   syncs the store first); an unsynced block may come first, which is why only the boot
+//!   that wrote it trusts it; a checkpoint is durable before the superblock points at it.
 //!
 //! A write's record is also written to the journal unsynced before `commit_writes` returns
 //! (see `journal`), so a daemon that dies loses no acknowledged write; a power cut loses
@@ -20,7 +29,10 @@
 //!
 //! Locks: `commit` serializes commits (journal position, superblock); `tail` orders the
 //! writes of pending journal blocks; `state` guards the window and the records not yet
-//! synced, and is held only for memory work. Order: `commit`, `tail`, `state`.
+//! synced, and is held only for memory work; `quarantine` guards the pages waiting for reads
+//! in flight; `readers` the list of read trackers. Order: `commit`, `tail`, `state`,
+//! `quarantine`. `readers` is taken last and alone: nothing else is taken while it is held
+//! (it may be taken while `commit` is).
 
 mod apply;
 mod commit;
@@ -48,6 +60,7 @@ pub use travel::ViewId;
 
 use travel::View;
 
+/// What requests change under the `state` lock: held for memory work only.
 struct State {
     window: crate::window::Window,
     /// References to each physical page (see `Apply::refs`).
@@ -56,7 +69,8 @@ struct State {
     pending: journal::Pending,
     /// The journal sequence of the first pending block.
     first_seq: JournalSeq,
-    /// Pages freed by those records.
+    /// Pages those records left without a reference: free once a commit has made the
+    /// records durable and no read in flight targets them.
     pending_free: Vec<PhysPage>,
     /// Open views by number: each holds its safe point until closed or dropped.
     views: BTreeMap<u64, View>,
@@ -65,6 +79,7 @@ struct State {
     notices: Vec<Notice>,
 }
 
+/// What commits change under the `commit` lock.
 struct CommitState {
     sb: Superblock,
     /// The sequence of the next journal block to write.
@@ -92,13 +107,15 @@ pub struct Volume<S: Store> {
     /// Set when a metadata write failed: the in-memory state is then ahead of the disk, so
     /// every later request fails rather than pretend.
     failed: AtomicBool,
-    /// Pages freed by durable records, waiting for the reads that may still target them.
+    /// Pages freed by durable records, by the round they were freed in, waiting for the
+    /// reads that may still target them.
     quarantine: Mutex<Vec<(u64, Vec<PhysPage>)>>,
-    /// Bumped after each commit's frees are quarantined: a read that began at generation
-    /// `g` may have resolved to a page quarantined at any generation `>= g`.
-    read_gen: AtomicU64,
-    /// Per reader (I/O queue): the oldest generation of its reads in flight, `u64::MAX`
-    /// when none.
+    /// The free round: bumped after each commit's frees are quarantined. A read that began
+    /// in round `r` may have resolved to a page quarantined in any round `>= r`. (Not the
+    /// superblock's generation, which counts superblock writes.)
+    free_round: AtomicU64,
+    /// Per reader (I/O queue): the oldest round of its reads in flight, `u64::MAX` when
+    /// none.
     readers: Mutex<Vec<Arc<AtomicU64>>>,
     /// The time of the safe points this volume makes (`Host::clock`).
     clock: Arc<dyn Clock>,

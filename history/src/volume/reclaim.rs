@@ -17,7 +17,9 @@ use super::{Notice, State, ViewId, Volume};
 /// Tracks one queue's reads in flight, so a page they resolved to is not handed to a new
 /// write (and overwritten) before they finish. Not shared between threads.
 pub struct ReadTracker {
+    /// The oldest round of this queue's reads in flight, shared with `Volume::readers`.
     oldest: Arc<AtomicU64>,
+    /// Reads in flight by the round they began in.
     inflight: std::cell::RefCell<std::collections::BTreeMap<u64, u32>>,
 }
 
@@ -30,22 +32,22 @@ impl ReadTracker {
     /// Call before resolving the pages of a read; pass the result to `end` when the read's
     /// data has arrived.
     pub fn begin<S: Store>(&self, vol: &Volume<S>) -> u64 {
-        let g = vol.read_gen.load(Ordering::SeqCst);
-        *self.inflight.borrow_mut().entry(g).or_default() += 1;
+        let round = vol.free_round.load(Ordering::SeqCst);
+        *self.inflight.borrow_mut().entry(round).or_default() += 1;
         self.publish();
-        // Our generation is visible before we load the map: a commit that misses it has
+        // Our round is visible before we load the map: a commit that misses it has
         // switched the map before we look (see `release_quarantine`).
         std::sync::atomic::fence(Ordering::SeqCst);
-        g
+        round
     }
 
-    /// The read begun at `g` is done.
-    pub fn end(&self, g: u64) {
+    /// The read begun in `round` is done.
+    pub fn end(&self, round: u64) {
         let mut m = self.inflight.borrow_mut();
-        if let Some(n) = m.get_mut(&g) {
+        if let Some(n) = m.get_mut(&round) {
             *n -= 1;
             if *n == 0 {
-                m.remove(&g);
+                m.remove(&round);
             }
         }
         drop(m);
@@ -75,9 +77,9 @@ impl<S: Store> Volume<S> {
             .min()
             .unwrap_or(u64::MAX);
         let mut q = self.quarantine.lock();
-        // Pages quarantined at generation g were resolved only by reads begun at <= g.
-        q.retain(|(g, pages)| {
-            if *g < oldest {
+        // Pages quarantined in round r were resolved only by reads begun in rounds <= r.
+        q.retain(|(r, pages)| {
+            if *r < oldest {
                 for p in pages {
                     self.alloc.release(*p);
                 }
@@ -169,8 +171,8 @@ impl<S: Store> Volume<S> {
         std::mem::take(&mut self.state.lock().notices)
     }
 
-    /// Frees pages by retiring the oldest safe points, closing the open epoch if even that
-    /// is not enough, then commits so the freed pages can be reused.
+    /// Frees pages as `retire_until` does, up to twice the low water mark, then commits so
+    /// the freed pages can be reused.
     pub(super) fn reclaim(&self) -> Result<(), Error> {
         let mut c = self.commit.lock();
         if self.alloc.free_pages() >= self.low_water {

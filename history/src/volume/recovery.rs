@@ -446,7 +446,7 @@ impl<S: Store> Volume<S> {
             tail: Mutex::new(()),
             failed: AtomicBool::new(false),
             quarantine: Mutex::new(Vec::new()),
-            read_gen: AtomicU64::new(0),
+            free_round: AtomicU64::new(0),
             readers: Mutex::new(Vec::new()),
             clock,
         }

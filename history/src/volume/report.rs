@@ -14,7 +14,8 @@ pub struct Stats {
     pub logical_pages: u64,
     /// Pages of the data area.
     pub physical_pages: u64,
-    /// Pages free for new writes, counting those a commit will free.
+    /// Pages free for new writes, counting those waiting for a commit or for reads in
+    /// flight.
     pub free_pages: u64,
     /// Pages holding history.
     pub history_pages: u64,
@@ -128,6 +129,7 @@ pub struct CheckReport {
     pub clean: bool,
 }
 
+/// The safe points of `w` with their space figures, oldest first.
 pub(super) fn safe_point_infos(w: &Window) -> Vec<SafePointInfo> {
     let pages = |g: &Vec<(LogicalPage, Option<PhysPage>)>| -> u64 {
         g.iter().filter(|(_, p)| p.is_some()).count() as u64

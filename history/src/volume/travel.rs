@@ -8,7 +8,9 @@ use super::Volume;
 
 /// A view's state: the safe point it shows, and why it was dropped, if it was.
 pub(super) struct View {
+    /// The safe point it shows, held in the window while the view is open.
     pub(super) at: u64,
+    /// Why reclaim dropped it (its reads fail from then on), or `None`.
     pub(super) dropped: Option<String>,
 }
 
@@ -28,6 +30,7 @@ fn require_in_window(w: &Window, id: u64) -> Result<(), Error> {
     )))
 }
 
+/// What the window holds, for an error: "safe points 3 to 9".
 fn describe_window(w: &Window) -> String {
     match (w.oldest(), w.newest()) {
         (Some(o), Some(n)) if o.id == n.id => format!("safe point {}", o.id),
