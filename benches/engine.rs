@@ -21,8 +21,8 @@ fn volume() -> Volume<Arc<MemStore>> {
     };
     let layout = Layout::for_create(&opts).expect("layout");
     let store = Arc::new(MemStore::new(layout.required_bytes()));
-    create(&store, &opts).expect("create");
-    Volume::open(store).expect("open")
+    create(&store, &opts, &rewind::host::this_host()).expect("create");
+    Volume::open(store, &rewind::host::this_host()).expect("open")
 }
 
 /// A cheap pseudo-random page sequence, the same for both sides.

@@ -109,8 +109,8 @@ fn setup() -> (Volume<MetaStore>, u64, u64) {
             len: layout.required_bytes(),
         },
     };
-    create(&store, &opts).expect("create");
-    let vol = Volume::open(store).expect("open");
+    create(&store, &opts, &rewind::host::this_host()).expect("create");
+    let vol = Volume::open(store, &rewind::host::this_host()).expect("open");
     write_all(&vol);
     let a = vol.safe_point(Trigger::User, Some("a".into())).expect("a");
     let rss_before = rss();

@@ -32,6 +32,7 @@
 
 pub mod cli;
 pub mod daemon;
+pub mod host;
 pub mod ipc;
 pub mod runtime;
 pub mod selector;

@@ -9,9 +9,9 @@ use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::format::{
-    CheckpointHeader, GroupHeader, HistoryEntry, Layout, SafePointEntry, CKPT_MAGIC,
-    FORMAT_VERSION, GROUP_BYTES, HISTORY_ENTRY_BYTES, MAX_LABEL, PAGE_SIZE, SAFE_POINT_BYTES,
-    SAFE_POINT_PINNED,
+    CheckpointHeader, GroupHeader, HistoryEntry, JournalSeq, Layout, SafePointEntry, CKPT_MAGIC,
+    COUNTER_MAX, FORMAT_VERSION, GROUP_BYTES, HISTORY_ENTRY_BYTES, MAX_LABEL, PAGE_SIZE,
+    SAFE_POINT_BYTES, SAFE_POINT_PINNED,
 };
 use crate::window::{SafePoint, Trigger, Window};
 use crate::{Error, LogicalPage, PhysPage};
@@ -23,7 +23,7 @@ pub struct Snapshot {
     /// The history window.
     pub window: Window,
     /// The first journal block to replay on top.
-    pub journal_seq: u64,
+    pub journal_seq: JournalSeq,
 }
 
 /// Serializes a snapshot: header page, then body.
@@ -78,7 +78,7 @@ pub fn encode(s: &Snapshot, uuid: u64) -> Vec<u8> {
         magic: U32::new(CKPT_MAGIC),
         version: U32::new(FORMAT_VERSION),
         uuid: U64::new(uuid),
-        journal_seq: U64::new(s.journal_seq),
+        journal_seq: U64::new(s.journal_seq.0),
         next_safe_point: U64::new(w.next_id),
         logical_pages: U64::new(s.map.len() as u64),
         safe_points: U64::new(w.safe_points.len() as u64),
@@ -97,8 +97,31 @@ fn corrupt(what: impl Into<String>) -> Error {
     Error::Corrupt(format!("checkpoint: {}", what.into()))
 }
 
-/// Parses and checks a checkpoint read from disk.
+/// Parses and checks a checkpoint read from disk: the header, then the body's map, safe
+/// points and history groups in turn.
 pub fn decode(bytes: &[u8], layout: &Layout, uuid: u64) -> Result<Snapshot, Error> {
+    let h = decode_header(bytes, layout, uuid)?;
+    let mut body = Body {
+        bytes: checked_body(bytes, &h)?,
+        at: 0,
+    };
+    let map = decode_map(&mut body, layout)?;
+    let mut window = Window::new(h.next_safe_point.get());
+    decode_safe_points(&mut body, h.safe_points.get(), &mut window)?;
+    decode_groups(&mut body, h.groups.get(), layout, &mut window)?;
+    if window.history_entries != h.entries.get() {
+        return Err(corrupt("entry count does not match the header"));
+    }
+    Ok(Snapshot {
+        map,
+        window,
+        journal_seq: JournalSeq(h.journal_seq.get()),
+    })
+}
+
+/// The header, checked: magic, checksum, the image's uuid and size, and a next safe point
+/// id that cannot wrap.
+fn decode_header(bytes: &[u8], layout: &Layout, uuid: u64) -> Result<CheckpointHeader, Error> {
     let (h, _) = CheckpointHeader::read_from_prefix(bytes).map_err(|_| corrupt("too short"))?;
     if h.magic.get() != CKPT_MAGIC {
         return Err(corrupt("bad magic"));
@@ -116,13 +139,17 @@ pub fn decode(bytes: &[u8], layout: &Layout, uuid: u64) -> Result<Snapshot, Erro
             layout.logical_pages
         )));
     }
-    if h.next_safe_point.get() > crate::format::COUNTER_MAX {
+    if h.next_safe_point.get() > COUNTER_MAX {
         return Err(corrupt(format!(
-            "next safe point id {} is past {}",
+            "next safe point id {} is past {COUNTER_MAX}",
             h.next_safe_point.get(),
-            crate::format::COUNTER_MAX
         )));
     }
+    Ok(h)
+}
+
+/// The body the header describes, checked against its checksum.
+fn checked_body<'a>(bytes: &'a [u8], h: &CheckpointHeader) -> Result<&'a [u8], Error> {
     let body_len = usize::try_from(h.body_len.get()).map_err(|_| corrupt("body too long"))?;
     let body = (PAGE_SIZE as usize)
         .checked_add(body_len)
@@ -131,16 +158,35 @@ pub fn decode(bytes: &[u8], layout: &Layout, uuid: u64) -> Result<Snapshot, Erro
     if crc32c::crc32c(body) != h.body_crc.get() {
         return Err(corrupt("body checksum mismatch"));
     }
-    let mut at = 0usize;
-    let mut take = |n: usize| -> Result<&[u8], Error> {
-        let s = body
-            .get(at..at.checked_add(n).ok_or_else(|| corrupt("size overflow"))?)
+    Ok(body)
+}
+
+/// The body, read front to back.
+struct Body<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Body<'a> {
+    /// The next `n` bytes; a body shorter than its counts say is a corruption.
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
+        let end = self
+            .at
+            .checked_add(n)
+            .ok_or_else(|| corrupt("size overflow"))?;
+        let s = self
+            .bytes
+            .get(self.at..end)
             .ok_or_else(|| corrupt("body shorter than its counts"))?;
-        at += n;
+        self.at = end;
         Ok(s)
-    };
-    let map_bytes = take(layout.logical_pages as usize * 8)?;
-    let map: Vec<u64> = map_bytes
+    }
+}
+
+/// The packed map, one word per logical page, each pointing inside the data area.
+fn decode_map(body: &mut Body<'_>, layout: &Layout) -> Result<Vec<u64>, Error> {
+    let map: Vec<u64> = body
+        .take(layout.logical_pages as usize * 8)?
         .chunks_exact(8)
         .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
         .collect();
@@ -155,9 +201,13 @@ pub fn decode(bytes: &[u8], layout: &Layout, uuid: u64) -> Result<Snapshot, Erro
             }
         }
     }
-    let mut window = Window::new(h.next_safe_point.get());
-    for _ in 0..h.safe_points.get() {
-        let (e, _) = SafePointEntry::read_from_prefix(take(SAFE_POINT_BYTES)?)
+    Ok(map)
+}
+
+/// `count` safe points into `window`, whose ids must ascend below its open epoch.
+fn decode_safe_points(body: &mut Body<'_>, count: u64, window: &mut Window) -> Result<(), Error> {
+    for _ in 0..count {
+        let (e, _) = SafePointEntry::read_from_prefix(body.take(SAFE_POINT_BYTES)?)
             .map_err(|_| corrupt("safe point"))?;
         let trigger = Trigger::from_code(e.trigger)
             .ok_or_else(|| corrupt(format!("unknown trigger {}", e.trigger)))?;
@@ -194,15 +244,26 @@ pub fn decode(bytes: &[u8], layout: &Layout, uuid: u64) -> Result<Snapshot, Erro
             label,
         });
     }
-    for _ in 0..h.groups.get() {
+    Ok(())
+}
+
+/// `count` history groups into `window`: ascending epochs up to its open one, none empty,
+/// each entry inside the layout and at most one per logical page.
+fn decode_groups(
+    body: &mut Body<'_>,
+    count: u64,
+    layout: &Layout,
+    window: &mut Window,
+) -> Result<(), Error> {
+    for _ in 0..count {
         let (g, _) =
-            GroupHeader::read_from_prefix(take(GROUP_BYTES)?).map_err(|_| corrupt("group"))?;
+            GroupHeader::read_from_prefix(body.take(GROUP_BYTES)?).map_err(|_| corrupt("group"))?;
         let epoch = g.epoch.get();
         if epoch > window.next_id || window.groups.contains_key(&epoch) || g.count.get() == 0 {
             return Err(corrupt(format!("history group {epoch} out of place")));
         }
         let count = usize::try_from(g.count.get()).map_err(|_| corrupt("group too large"))?;
-        let raw = take(
+        let raw = body.take(
             count
                 .checked_mul(HISTORY_ENTRY_BYTES)
                 .ok_or_else(|| corrupt("group too large"))?,
@@ -225,12 +286,5 @@ pub fn decode(bytes: &[u8], layout: &Layout, uuid: u64) -> Result<Snapshot, Erro
             }
         }
     }
-    if window.history_entries != h.entries.get() {
-        return Err(corrupt("entry count does not match the header"));
-    }
-    Ok(Snapshot {
-        map,
-        window,
-        journal_seq: h.journal_seq.get(),
-    })
+    Ok(())
 }

@@ -5,8 +5,12 @@
 //! - the superblock is kept in two copies (offsets 0 and 4096) with a generation: the valid
 //!   copy with the highest generation wins, so a torn superblock write falls back to the other;
 //! - a checkpoint slot is only overwritten when the superblock points at the other one;
-//! - a journal block is written once per lap and never rewritten in place, so a torn write
-//!   can only damage the blocks of the commit being written, never committed ones;
+//! - a journal block that holds committed (synced) records is never rewritten within its lap
+//!   of the ring. The blocks of records not yet committed are written UNSYNCED as records
+//!   come, the last of them again (same sequence) each time it takes another record, then
+//!   rewritten once, synced, by the commit that takes them; a commit always starts a fresh
+//!   block. So a torn write can only damage blocks of records not yet committed, never
+//!   committed ones;
 //! - all integers are little-endian.
 
 use zerocopy::little_endian::{U16, U32, U64};
@@ -29,6 +33,40 @@ pub const JOURNAL_BLOCK: u64 = 512;
 /// The largest journal sequence or safe point id an image may record. Both count up by one
 /// from 0, so 2^63 is out of reach, and adding to one below it never overflows.
 pub const COUNTER_MAX: u64 = 1 << 63;
+/// The sequence number of a journal block. Block `s` lives at ring position `s mod J`;
+/// sequences count up from 0 and stay at or below `COUNTER_MAX`, so they never wrap. Its
+/// own type, so that a sequence never mixes with a safe point id or a page number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct JournalSeq(pub u64);
+
+impl std::ops::Add<u64> for JournalSeq {
+    type Output = JournalSeq;
+    /// The sequence `n` blocks later.
+    fn add(self, n: u64) -> JournalSeq {
+        JournalSeq(self.0 + n)
+    }
+}
+
+impl std::ops::AddAssign<u64> for JournalSeq {
+    fn add_assign(&mut self, n: u64) {
+        self.0 += n;
+    }
+}
+
+impl std::ops::Sub for JournalSeq {
+    type Output = u64;
+    /// Blocks from `earlier` up to this one.
+    fn sub(self, earlier: JournalSeq) -> u64 {
+        self.0 - earlier.0
+    }
+}
+
+impl std::fmt::Display for JournalSeq {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// The journal block magic.
 pub const JOURNAL_MAGIC: u32 = u32::from_le_bytes(*b"RWJ1");
 /// The checkpoint magic.
@@ -158,8 +196,13 @@ impl Layout {
     }
 
     /// Byte offset of journal block `seq`.
-    pub fn journal_block_offset(&self, seq: u64) -> u64 {
-        JOURNAL_OFFSET + (seq % self.journal_blocks) * JOURNAL_BLOCK
+    pub fn journal_block_offset(&self, seq: JournalSeq) -> u64 {
+        JOURNAL_OFFSET + (seq.0 % self.journal_blocks) * JOURNAL_BLOCK
+    }
+
+    /// Blocks from `seq` to the end of the ring: one contiguous access covers no more.
+    pub fn journal_blocks_to_ring_end(&self, seq: JournalSeq) -> u64 {
+        self.journal_blocks - seq.0 % self.journal_blocks
     }
 }
 
@@ -210,8 +253,9 @@ pub struct Superblock {
     pub ckpt_session: U32,
     /// The host name of the daemon serving the image, zero-padded.
     pub owner_host: [u8; 64],
-    /// The boot the serving daemon started in (a hash of the kernel's boot id, 0 unknown):
-    /// unsynced journal blocks are trusted only by a daemon of the same boot.
+    /// The boot the serving daemon started in (64 bits of the kernel's boot id, as
+    /// `Host::boot_id`; 0 unknown): unsynced journal blocks are trusted only by a daemon of
+    /// the same boot.
     pub boot_id: U64,
     /// Reserved; zero.
     pub reserved: [u8; 24],
@@ -235,6 +279,11 @@ impl Superblock {
     pub fn compute_crc(&self) -> u32 {
         let bytes = self.as_bytes();
         crc32c::crc32c(&bytes[..bytes.len() - 8])
+    }
+
+    /// The journal sequence replay starts at: the current checkpoint's.
+    pub fn replay_from(&self) -> JournalSeq {
+        JournalSeq(self.ckpt_journal_seq.get())
     }
 
     /// The layout this superblock describes.
@@ -337,7 +386,8 @@ pub mod tag {
     pub const WRITE: u8 = 1;
     /// `map[l..l+count] = unmapped`: a discard or write-zeroes.
     pub const DISCARD: u8 = 2;
-    /// A safe point: closes the current epoch. Two records, then the label.
+    /// A safe point: closes the current epoch. Two slots (this one, then the time), then
+    /// the label's.
     pub const SAFE_POINT: u8 = 3;
     /// Safe point `id` leaves the window; history only it needed is freed.
     pub const RETIRE: u8 = 4;

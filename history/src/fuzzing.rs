@@ -1,5 +1,6 @@
 //! Entry points for the fuzz targets (`fuzz/`) and their stable regression test
 //! (`tests/fuzz_corpus.rs`): everything rewind reads from disk, fed with arbitrary bytes.
+//! Feature `testing`.
 //!
 //! The contract checked (DESIGN.md, "bad input gets a clear error"): whatever the bytes, each
 //! entry returns, with `Ok` or with an `Err`; it never panics, hangs, or allocates more than
@@ -30,9 +31,10 @@ use crate::format::{
     CheckpointHeader, JournalHeader, Superblock, JOURNAL_BLOCK, JOURNAL_MAGIC, JOURNAL_OFFSET,
     SUPER_OFFSETS,
 };
+use crate::sim;
 use crate::{
-    check, create, inspect, read_superblock, CreateOptions, Error, Layout, LogicalPage, MemStore,
-    Store, Volume, PAGE_SIZE,
+    check, create, inspect, read_superblock, CreateOptions, Error, Host, Layout, LogicalPage,
+    MemStore, Store, Volume, PAGE_SIZE,
 };
 
 /// Flag: leave the superblock copies' CRCs as the input has them.
@@ -61,6 +63,13 @@ pub fn base_options() -> CreateOptions {
     }
 }
 
+/// The host every entry point creates, opens and reads images as: boot 1 (so the unsynced
+/// journal blocks of the base image and the seeds are trusted) and a simulated clock, so an
+/// input replays exactly.
+pub fn host() -> Host {
+    sim::host(1)
+}
+
 /// An image of `base_options` created and opened once (session 1, as the journal seeds
 /// were written), up to the end of its checkpoint (slot 0).
 struct Base {
@@ -75,8 +84,9 @@ fn base() -> &'static Base {
         let opts = base_options();
         let layout = Layout::for_create(&opts).expect("the base geometry is valid");
         let store = Arc::new(MemStore::new(layout.required_bytes()));
-        create(&store, &opts).expect("creating the base image in memory");
-        drop(Volume::open(store.clone()).expect("opening the base image"));
+        let host = host();
+        create(&store, &opts, &host).expect("creating the base image in memory");
+        drop(Volume::open(store.clone(), &host).expect("opening the base image"));
         let sb = read_superblock(&store).expect("the base image has a superblock");
         let mut prefix = store.contents();
         prefix.truncate((layout.ckpt_offsets[0] + sb.ckpt_len.get()) as usize);
@@ -186,10 +196,7 @@ pub fn superblock_input(image: &[u8]) -> Vec<u8> {
 /// The `journal` input holding the journal area of `image`, made with `base_options` and
 /// never checkpointed since `create`, so it replays on top of the base image.
 pub fn journal_input(image: &[u8]) -> Vec<u8> {
-    let sb = read_superblock(&MemStore::from_bytes(
-        image[..2 * PAGE_SIZE as usize].to_vec(),
-    ))
-    .expect("a rewind image");
+    let sb = superblock_of(image).expect("a rewind image");
     let area =
         &image[JOURNAL_OFFSET as usize..][..(sb.layout().journal_blocks * JOURNAL_BLOCK) as usize];
     trimmed(area)
@@ -197,10 +204,7 @@ pub fn journal_input(image: &[u8]) -> Vec<u8> {
 
 /// The `checkpoint` input holding the current checkpoint of `image`.
 pub fn checkpoint_input(image: &[u8]) -> Vec<u8> {
-    let sb = read_superblock(&MemStore::from_bytes(
-        image[..2 * PAGE_SIZE as usize].to_vec(),
-    ))
-    .expect("a rewind image");
+    let sb = superblock_of(image).expect("a rewind image");
     let start = sb.layout().ckpt_offsets[sb.ckpt_slot.get() as usize] as usize;
     // Whole: its length is the checkpoint's.
     let mut out = vec![0u8];
@@ -211,10 +215,7 @@ pub fn checkpoint_input(image: &[u8]) -> Vec<u8> {
 /// The `image` input holding `image` up to the end of its current checkpoint, which must
 /// be in slot 0 (slot 1 lies megabytes further).
 pub fn image_input(image: &[u8]) -> Vec<u8> {
-    let sb = read_superblock(&MemStore::from_bytes(
-        image[..2 * PAGE_SIZE as usize].to_vec(),
-    ))
-    .expect("a rewind image");
+    let sb = superblock_of(image).expect("a rewind image");
     assert_eq!(
         sb.ckpt_slot.get(),
         0,
@@ -222,6 +223,13 @@ pub fn image_input(image: &[u8]) -> Vec<u8> {
     );
     let end = sb.layout().ckpt_offsets[0] + sb.ckpt_len.get();
     trimmed(&image[..end as usize])
+}
+
+/// The superblock `read_superblock` chooses from the first two pages of `image`.
+fn superblock_of(image: &[u8]) -> Result<Superblock, Error> {
+    read_superblock(&MemStore::from_bytes(
+        image[..2 * PAGE_SIZE as usize].to_vec(),
+    ))
 }
 
 /// Flags 0, then `bytes` without trailing zeros: they read the same.
@@ -290,10 +298,7 @@ fn fix_image(img: &mut Vec<u8>, flags: u8) -> Option<Layout> {
     if flags & SKIP_SUPERBLOCK_CRC == 0 {
         fix_superblocks(img);
     }
-    let sb = read_superblock(&MemStore::from_bytes(
-        img[..2 * PAGE_SIZE as usize].to_vec(),
-    ))
-    .ok()?;
+    let sb = superblock_of(img).ok()?;
     let layout = sb.layout();
     let uuid = sb.uuid.get();
     let journal_end = JOURNAL_OFFSET + layout.journal_blocks * JOURNAL_BLOCK;
@@ -345,14 +350,15 @@ fn run_image(mut img: Vec<u8>, flags: u8) -> Result<(), Error> {
 /// Everything that reads an image from disk: `inspect`, `check`, `open`, reads at safe
 /// points, and a clean close that must reopen as it was.
 fn exercise(store: Arc<MemStore>) -> Result<(), Error> {
-    let inspected = inspect(&store);
-    let checked = check(&store);
+    let host = host();
+    let inspected = inspect(&store, &host);
+    let checked = check(&store, &host);
     assert_eq!(
         inspected.as_ref().err().map(ToString::to_string),
         checked.as_ref().err().map(ToString::to_string),
         "inspect and check load an image alike"
     );
-    let vol = Volume::open(store.clone())?;
+    let vol = Volume::open(store.clone(), &host)?;
     let safe_points = vol.safe_points();
     let stats = vol.stats();
     let ends = [safe_points.first(), safe_points.last()];
@@ -363,7 +369,7 @@ fn exercise(store: Arc<MemStore>) -> Result<(), Error> {
         }
     }
     vol.close()?;
-    let after = inspect(&store).expect("an image rewind closed cleanly reopens");
+    let after = inspect(&store, &host).expect("an image rewind closed cleanly reopens");
     let after_safe_points: Vec<_> = after.safe_points.iter().map(|i| &i.safe_point).collect();
     assert_eq!(
         after_safe_points,
@@ -371,6 +377,6 @@ fn exercise(store: Arc<MemStore>) -> Result<(), Error> {
         "a clean close keeps the window"
     );
     assert_eq!(after.stats, stats, "a clean close keeps the figures");
-    check(&store).expect("an image rewind closed cleanly passes check");
+    check(&store, &host).expect("an image rewind closed cleanly passes check");
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! The journal: a ring of 512-byte blocks holding the remap changes since the checkpoint.
+//! The journal: a ring of 512-byte blocks holding the metadata changes (remaps, safe points,
+//! retirements, pins, rollbacks) since the checkpoint.
 //!
 //! Records reach the journal twice. As soon as a write completes its record is written
 //! *unsynced* (flag `UNSYNCED`, no sync): a daemon killed then loses nothing the kernel was
@@ -12,14 +13,15 @@
 //!   records, so a torn commit can only lose records of that commit;
 //! - a record never spans two blocks;
 //! - replay takes the longest run of valid blocks with consecutive sequence numbers, the
-//!   image's uuid and non-decreasing sessions: a prefix of what was recorded, in order.
+//!   image's uuid and non-decreasing sessions (and no unsynced block after a reboot): a
+//!   prefix of what was recorded, in order.
 
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::format::{
-    tag, JournalHeader, Layout, JOURNAL_BLOCK, JOURNAL_HEADER, JOURNAL_MAGIC, MAX_LABEL, RECORD,
-    RECORDS_PER_BLOCK,
+    tag, JournalHeader, JournalSeq, Layout, JOURNAL_BLOCK, JOURNAL_HEADER, JOURNAL_MAGIC,
+    MAX_LABEL, RECORD, RECORDS_PER_BLOCK,
 };
 use crate::window::{SafePoint, Trigger};
 use crate::{Error, LogicalPage, PhysPage, Store};
@@ -117,43 +119,48 @@ impl Record {
                 )),
                 b => Err(format!("pin record with flag {b}")),
             },
-            tag::SAFE_POINT => {
-                let trigger = Trigger::from_code(s[1])
-                    .ok_or_else(|| format!("unknown safe point trigger {}", s[1]))?;
-                let label_len = usize::from(s[2]);
-                if label_len > MAX_LABEL {
-                    return Err(format!("label of {label_len} bytes"));
-                }
-                let label_slots = label_len.div_ceil(RECORD - 1);
-                if slots.len() < 2 + label_slots {
-                    return Err("safe point record cut short".into());
-                }
-                let time_ns = u64::from_le_bytes(slots[1][..8].try_into().expect("8 bytes"));
-                let mut label = Vec::with_capacity(label_len);
-                for ls in &slots[2..2 + label_slots] {
-                    if ls[0] != tag::LABEL {
-                        return Err("safe point label slot missing".into());
-                    }
-                    let take = (label_len - label.len()).min(RECORD - 1);
-                    label.extend_from_slice(&ls[1..1 + take]);
-                }
-                let label = if label_len == 0 {
-                    None
-                } else {
-                    Some(String::from_utf8(label).map_err(|_| "label is not UTF-8")?)
-                };
-                Ok((
-                    Record::SafePoint(SafePoint {
-                        id: long,
-                        time_ns,
-                        trigger,
-                        label,
-                    }),
-                    2 + label_slots,
-                ))
-            }
+            tag::SAFE_POINT => Record::decode_safe_point(slots),
             t => Err(format!("unknown record tag {t}")),
         }
+    }
+
+    /// Decodes a SAFE_POINT record at `slots[0]`: the record, its time, its label's slots.
+    fn decode_safe_point(slots: &[Slot]) -> Result<(Record, usize), String> {
+        let s = &slots[0];
+        let long = u64::from_le_bytes(s[8..16].try_into().expect("8 bytes"));
+        let trigger = Trigger::from_code(s[1])
+            .ok_or_else(|| format!("unknown safe point trigger {}", s[1]))?;
+        let label_len = usize::from(s[2]);
+        if label_len > MAX_LABEL {
+            return Err(format!("label of {label_len} bytes"));
+        }
+        let label_slots = label_len.div_ceil(RECORD - 1);
+        if slots.len() < 2 + label_slots {
+            return Err("safe point record cut short".into());
+        }
+        let time_ns = u64::from_le_bytes(slots[1][..8].try_into().expect("8 bytes"));
+        let mut label = Vec::with_capacity(label_len);
+        for ls in &slots[2..2 + label_slots] {
+            if ls[0] != tag::LABEL {
+                return Err("safe point label slot missing".into());
+            }
+            let take = (label_len - label.len()).min(RECORD - 1);
+            label.extend_from_slice(&ls[1..1 + take]);
+        }
+        let label = if label_len == 0 {
+            None
+        } else {
+            Some(String::from_utf8(label).map_err(|_| "label is not UTF-8")?)
+        };
+        Ok((
+            Record::SafePoint(SafePoint {
+                id: long,
+                time_ns,
+                trigger,
+                label,
+            }),
+            2 + label_slots,
+        ))
     }
 }
 
@@ -167,7 +174,8 @@ pub struct Pending {
     /// The slots of each block.
     blocks: Vec<Vec<Slot>>,
     records: usize,
-    /// Blocks from here on changed since they were last handed out by `unsynced`.
+    /// The next `unsynced` hands out the blocks from here on: those that changed since the
+    /// last call, and the last block it handed out, which may have taken more records.
     dirty_from: usize,
     /// Reused for each record's slots: `push` is on every write's path.
     scratch: Vec<Slot>,
@@ -198,7 +206,12 @@ impl Pending {
 
     /// The blocks that changed since the last call, sealed unsynced, numbered from
     /// `first_seq` (the sequence of the first pending block): (sequence of the first, blocks).
-    pub fn unsynced(&mut self, first_seq: u64, uuid: u64, session: u32) -> (u64, Vec<Block>) {
+    pub fn unsynced(
+        &mut self,
+        first_seq: JournalSeq,
+        uuid: u64,
+        session: u32,
+    ) -> (JournalSeq, Vec<Block>) {
         let from = self.dirty_from.min(self.blocks.len());
         let out = self.blocks[from..]
             .iter()
@@ -211,7 +224,7 @@ impl Pending {
     }
 
     /// Every pending block sealed as synced, numbered from `first_seq`; empties `self`.
-    pub fn take_synced(&mut self, first_seq: u64, uuid: u64, session: u32) -> Vec<Block> {
+    pub fn take_synced(&mut self, first_seq: JournalSeq, uuid: u64, session: u32) -> Vec<Block> {
         let out = self
             .blocks
             .iter()
@@ -227,12 +240,12 @@ impl Pending {
 /// synced; replay trusts it only within the boot that wrote it.
 pub const UNSYNCED: u16 = 1;
 
-fn seal(slots: &[Slot], seq: u64, uuid: u64, session: u32, flags: u16) -> Block {
+fn seal(slots: &[Slot], seq: JournalSeq, uuid: u64, session: u32, flags: u16) -> Block {
     let mut block = [0u8; JOURNAL_BLOCK as usize];
     let header = JournalHeader {
         magic: U32::new(JOURNAL_MAGIC),
         crc: U32::new(0),
-        seq: U64::new(seq),
+        seq: U64::new(seq.0),
         uuid: U64::new(uuid),
         session: U32::new(session),
         count: U16::new(slots.len() as u16),
@@ -250,7 +263,12 @@ fn seal(slots: &[Slot], seq: u64, uuid: u64, session: u32, flags: u16) -> Block 
 
 /// Packs records into synced journal blocks numbered from `first_seq`.
 #[cfg(test)]
-pub fn encode_blocks(records: &[Record], first_seq: u64, uuid: u64, session: u32) -> Vec<Block> {
+pub fn encode_blocks(
+    records: &[Record],
+    first_seq: JournalSeq,
+    uuid: u64,
+    session: u32,
+) -> Vec<Block> {
     let mut p = Pending::default();
     for r in records {
         p.push(r);
@@ -262,14 +280,14 @@ pub fn encode_blocks(records: &[Record], first_seq: u64, uuid: u64, session: u32
 pub fn write_blocks<S: Store>(
     store: &S,
     layout: &Layout,
-    first_seq: u64,
+    first_seq: JournalSeq,
     blocks: &[[u8; JOURNAL_BLOCK as usize]],
 ) -> Result<(), Error> {
     let mut i = 0;
     while i < blocks.len() {
         let seq = first_seq + i as u64;
         // Contiguous up to the end of the ring.
-        let room = (layout.journal_blocks - seq % layout.journal_blocks) as usize;
+        let room = layout.journal_blocks_to_ring_end(seq) as usize;
         let n = room.min(blocks.len() - i);
         store
             .write_at(
@@ -286,7 +304,7 @@ pub fn write_blocks<S: Store>(
 #[derive(Debug)]
 pub struct ReplayEnd {
     /// The sequence of the first block that was not valid: the next to write.
-    pub next_seq: u64,
+    pub next_seq: JournalSeq,
     /// Whether unsynced blocks were replayed: their records must be made durable.
     pub unsynced: bool,
     /// The session of the last block replayed (`min_session` when none was).
@@ -299,20 +317,23 @@ pub fn replay<S: Store>(
     store: &S,
     layout: &Layout,
     uuid: u64,
-    first_seq: u64,
+    first_seq: JournalSeq,
     min_session: u32,
     trust_unsynced: bool,
     mut apply: impl FnMut(Record) -> Result<(), Error>,
 ) -> Result<ReplayEnd, Error> {
     const BATCH: u64 = 256;
     let mut buf = vec![0u8; (BATCH * JOURNAL_BLOCK) as usize];
-    let mut seq = first_seq;
-    let mut last_session = min_session;
-    let mut unsynced = false;
+    let mut end = ReplayEnd {
+        next_seq: first_seq,
+        unsynced: false,
+        last_session: min_session,
+    };
     let mut slots: Vec<Slot> = Vec::with_capacity(RECORDS_PER_BLOCK);
     // Bounded: the ring cannot hold more than its size of valid blocks.
-    while seq - first_seq < layout.journal_blocks {
-        let room = layout.journal_blocks - seq % layout.journal_blocks;
+    while end.next_seq - first_seq < layout.journal_blocks {
+        let seq = end.next_seq;
+        let room = layout.journal_blocks_to_ring_end(seq);
         let n = BATCH
             .min(room)
             .min(layout.journal_blocks - (seq - first_seq));
@@ -321,48 +342,63 @@ pub fn replay<S: Store>(
             .read_at(layout.journal_block_offset(seq), bytes)
             .map_err(Error::io("reading the journal"))?;
         for block in bytes.chunks_exact(JOURNAL_BLOCK as usize) {
-            let Ok((h, _)) = JournalHeader::read_from_prefix(block) else {
-                unreachable!("a block is larger than its header")
+            let Some(h) = valid_header(block, &end, uuid, trust_unsynced) else {
+                return Ok(end);
             };
-            let crc_ok = crc32c::crc32c(&block[8..]) == h.crc.get();
-            let count = usize::from(h.count.get());
-            if h.magic.get() != JOURNAL_MAGIC
-                || !crc_ok
-                || h.seq.get() != seq
-                || h.uuid.get() != uuid
-                || h.session.get() < last_session
-                || count > RECORDS_PER_BLOCK
-                || (h.flags.get() & UNSYNCED != 0 && !trust_unsynced)
-            {
-                return Ok(ReplayEnd {
-                    next_seq: seq,
-                    unsynced,
-                    last_session,
-                });
-            }
-            unsynced |= h.flags.get() & UNSYNCED != 0;
-            last_session = h.session.get();
-            slots.clear();
-            for i in 0..count {
-                let at = JOURNAL_HEADER + i * RECORD;
-                slots.push(block[at..at + RECORD].try_into().expect("16 bytes"));
-            }
-            let mut i = 0;
-            while i < slots.len() {
-                let (record, used) = Record::decode(&slots[i..]).map_err(|e| {
-                    Error::Corrupt(format!("journal block {seq} (valid checksum): {e}"))
-                })?;
-                apply(record)?;
-                i += used;
-            }
-            seq += 1;
+            end.unsynced |= h.flags.get() & UNSYNCED != 0;
+            end.last_session = h.session.get();
+            replay_block(block, &h, end.next_seq, &mut slots, &mut apply)?;
+            end.next_seq += 1;
         }
     }
-    Ok(ReplayEnd {
-        next_seq: seq,
-        unsynced,
-        last_session,
-    })
+    Ok(end)
+}
+
+/// The header of `block` if the block continues the journal where `end` stands: magic,
+/// checksum, the expected sequence, the image's uuid, a session that does not go down, a
+/// sane record count, and not unsynced unless trusted. `None` ends the journal.
+fn valid_header(
+    block: &[u8],
+    end: &ReplayEnd,
+    uuid: u64,
+    trust_unsynced: bool,
+) -> Option<JournalHeader> {
+    let Ok((h, _)) = JournalHeader::read_from_prefix(block) else {
+        unreachable!("a block is larger than its header")
+    };
+    let crc_ok = crc32c::crc32c(&block[8..]) == h.crc.get();
+    let valid = h.magic.get() == JOURNAL_MAGIC
+        && crc_ok
+        && h.seq.get() == end.next_seq.0
+        && h.uuid.get() == uuid
+        && h.session.get() >= end.last_session
+        && usize::from(h.count.get()) <= RECORDS_PER_BLOCK
+        && (h.flags.get() & UNSYNCED == 0 || trust_unsynced);
+    valid.then_some(h)
+}
+
+/// Decodes the records of a valid block (sequence `seq`) into `apply`; `slots` is scratch.
+/// A record that does not decode in a block whose checksum holds is a corruption.
+fn replay_block(
+    block: &[u8],
+    h: &JournalHeader,
+    seq: JournalSeq,
+    slots: &mut Vec<Slot>,
+    apply: &mut impl FnMut(Record) -> Result<(), Error>,
+) -> Result<(), Error> {
+    slots.clear();
+    for i in 0..usize::from(h.count.get()) {
+        let at = JOURNAL_HEADER + i * RECORD;
+        slots.push(block[at..at + RECORD].try_into().expect("16 bytes"));
+    }
+    let mut i = 0;
+    while i < slots.len() {
+        let (record, used) = Record::decode(&slots[i..])
+            .map_err(|e| Error::Corrupt(format!("journal block {seq} (valid checksum): {e}")))?;
+        apply(record)?;
+        i += used;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -405,9 +441,14 @@ mod tests {
         v
     }
 
-    fn collect(store: &MemStore, l: &Layout, first: u64) -> (Vec<Record>, ReplayEnd) {
+    fn collect(
+        store: &MemStore,
+        l: &Layout,
+        first: JournalSeq,
+        trust: bool,
+    ) -> (Vec<Record>, ReplayEnd) {
         let mut got = Vec::new();
-        let end = replay(store, l, 42, first, 0, false, |r| {
+        let end = replay(store, l, 42, first, 0, trust, |r| {
             got.push(r);
             Ok(())
         })
@@ -420,11 +461,11 @@ mod tests {
         let l = layout();
         let store = MemStore::new(l.data_offset);
         let records = sample();
-        let first = 14; // wraps: the ring has 16 blocks
+        let first = JournalSeq(14); // wraps: the ring has 16 blocks
         let blocks = encode_blocks(&records, first, 42, 1);
         assert!(blocks.len() > 2);
         write_blocks(&store, &l, first, &blocks).unwrap();
-        let (got, end) = collect(&store, &l, first);
+        let (got, end) = collect(&store, &l, first, false);
         assert_eq!(got, records);
         assert_eq!(end.next_seq, first + blocks.len() as u64);
     }
@@ -434,14 +475,14 @@ mod tests {
         let l = layout();
         let store = MemStore::new(l.data_offset);
         let records = sample();
-        let blocks = encode_blocks(&records, 0, 42, 1);
-        write_blocks(&store, &l, 0, &blocks).unwrap();
+        let blocks = encode_blocks(&records, JournalSeq(0), 42, 1);
+        write_blocks(&store, &l, JournalSeq(0), &blocks).unwrap();
         // Tear the second block: its second sector is lost.
         store
-            .write_at(l.journal_block_offset(1) + 256, &[0u8; 256])
+            .write_at(l.journal_block_offset(JournalSeq(1)) + 256, &[0u8; 256])
             .unwrap();
-        let (got, end) = collect(&store, &l, 0);
-        assert_eq!(end.next_seq, 1);
+        let (got, end) = collect(&store, &l, JournalSeq(0), false);
+        assert_eq!(end.next_seq, JournalSeq(1));
         assert_eq!(got[..], records[..RECORDS_PER_BLOCK]);
     }
 
@@ -449,14 +490,14 @@ mod tests {
     fn a_stale_block_of_an_older_session_is_not_replayed() {
         let l = layout();
         let store = MemStore::new(l.data_offset);
-        let old = encode_blocks(&sample(), 0, 42, 1);
-        write_blocks(&store, &l, 0, &old).unwrap();
+        let old = encode_blocks(&sample(), JournalSeq(0), 42, 1);
+        write_blocks(&store, &l, JournalSeq(0), &old).unwrap();
         // The new session rewrites block 0 only (a crash cut the rest).
-        let new = encode_blocks(&[Record::Retire { id: 1 }], 0, 42, 2);
-        write_blocks(&store, &l, 0, &new).unwrap();
-        let (got, end) = collect(&store, &l, 0);
+        let new = encode_blocks(&[Record::Retire { id: 1 }], JournalSeq(0), 42, 2);
+        write_blocks(&store, &l, JournalSeq(0), &new).unwrap();
+        let (got, end) = collect(&store, &l, JournalSeq(0), false);
         assert_eq!(got, vec![Record::Retire { id: 1 }]);
-        assert_eq!(end.next_seq, 1);
+        assert_eq!(end.next_seq, JournalSeq(1));
     }
 
     #[test]
@@ -467,37 +508,28 @@ mod tests {
         let mut p = Pending::default();
         for r in &records[..40] {
             p.push(r);
-            let (seq, blocks) = p.unsynced(3, 42, 1);
+            let (seq, blocks) = p.unsynced(JournalSeq(3), 42, 1);
             write_blocks(&store, &l, seq, &blocks).unwrap();
         }
-        let replay_all = |trust| {
-            let mut got = Vec::new();
-            let end = replay(&store, &l, 42, 3, 0, trust, |r| {
-                got.push(r);
-                Ok(())
-            })
-            .unwrap();
-            (got, end)
-        };
-        let (got, end) = replay_all(true);
+        let (got, end) = collect(&store, &l, JournalSeq(3), true);
         assert_eq!(
             got,
             records[..40],
             "every record written unsynced, in the same boot"
         );
         assert!(end.unsynced);
-        let (got, end) = replay_all(false);
+        let (got, end) = collect(&store, &l, JournalSeq(3), false);
         assert!(
             got.is_empty(),
             "after a reboot unsynced records are not trusted"
         );
-        assert_eq!(end.next_seq, 3);
+        assert_eq!(end.next_seq, JournalSeq(3));
         for r in &records[40..] {
             p.push(r);
         }
-        let blocks = p.take_synced(3, 42, 1);
-        write_blocks(&store, &l, 3, &blocks).unwrap();
-        let (got, end) = replay_all(false);
+        let blocks = p.take_synced(JournalSeq(3), 42, 1);
+        write_blocks(&store, &l, JournalSeq(3), &blocks).unwrap();
+        let (got, end) = collect(&store, &l, JournalSeq(3), false);
         assert_eq!(got, records);
         assert!(!end.unsynced);
         assert_eq!(p.len(), 0);
@@ -512,10 +544,10 @@ mod tests {
         })
         .unwrap();
         let store = MemStore::new(l.data_offset);
-        let blocks = encode_blocks(&sample(), 0, 7, 1);
-        write_blocks(&store, &l, 0, &blocks).unwrap();
-        let (got, end) = collect(&store, &l, 0);
+        let blocks = encode_blocks(&sample(), JournalSeq(0), 7, 1);
+        write_blocks(&store, &l, JournalSeq(0), &blocks).unwrap();
+        let (got, end) = collect(&store, &l, JournalSeq(0), false);
         assert!(got.is_empty());
-        assert_eq!(end.next_seq, 0);
+        assert_eq!(end.next_seq, JournalSeq(0));
     }
 }

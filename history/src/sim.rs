@@ -1,16 +1,22 @@
-//! A power-cut simulator: a store with a volatile write cache that can lose power.
+//! Simulated runs: a power-cut simulator (a store with a volatile write cache that can lose
+//! power), a fixed host and a simulated clock. Feature `testing`.
 //!
 //! Every write lands in a cache of pending writes; `sync` makes them durable. At any moment a
 //! test can ask for the image a power cut would leave: each 512-byte sector holds its durable
 //! content or the content of some prefix of the pending writes that touched it, chosen at
 //! random per sector. That covers dropped writes, writes reordered against each other, and
 //! writes torn at sector granularity. Hooks let a test take such images at every sync.
+//!
+//! Simulated runs also open images as a fixed host with a simulated clock (`host`), so
+//! nothing in them depends on the machine they run on.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::Store;
+use crate::{Clock, Host, Store};
 
 /// The sector size a power cut tears at.
 pub const SECTOR: u64 = 512;
@@ -38,6 +44,45 @@ pub enum Event {
     Write,
     /// The cache is about to be made durable.
     Sync,
+}
+
+/// A clock that starts at 2024-01-01 00:00 UTC and moves on one millisecond at every
+/// reading: times ascend and a run replays exactly.
+#[derive(Debug)]
+pub struct SimClock(AtomicU64);
+
+impl SimClock {
+    /// The first reading.
+    pub const START_NS: u64 = 1_704_067_200_000_000_000;
+
+    /// A clock at `START_NS`.
+    pub fn new() -> SimClock {
+        SimClock(AtomicU64::new(SimClock::START_NS))
+    }
+}
+
+impl Default for SimClock {
+    fn default() -> SimClock {
+        SimClock::new()
+    }
+}
+
+impl Clock for SimClock {
+    fn now_ns(&self) -> u64 {
+        self.0.fetch_add(1_000_000, Ordering::Relaxed)
+    }
+}
+
+/// A fixed host ("sim", pid 1) of boot `boot_id` with a fresh `SimClock`. A daemon killed
+/// and replaced within one boot reopens with the same `boot_id`; a power cut reopens with
+/// another.
+pub fn host(boot_id: u64) -> Host {
+    Host {
+        boot_id,
+        name: "sim".into(),
+        pid: 1,
+        clock: Arc::new(SimClock::new()),
+    }
 }
 
 /// A small deterministic generator, so every simulated run replays from its seed.

@@ -10,10 +10,14 @@
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use rewind_history::sim::{Event, Rng, SimStore};
+use rewind_history::sim::{self, Event, Rng, SimStore};
 use rewind_history::{create, CreateOptions, Layout, LogicalPage, MemStore, Trigger, Volume};
 
 const PAGES: u64 = 96;
+/// The boot the workloads run in.
+const BOOT: u64 = 1;
+/// The boot after a power cut.
+const NEXT_BOOT: u64 = 3;
 const PAGE: usize = 4096;
 
 type Device = Vec<Option<(u8, u32)>>; // (value, serial) per page; None = zeros
@@ -28,6 +32,15 @@ struct Model {
     snapshots: std::collections::HashMap<u64, Device>,
     /// The safe point durably pinned: reclaim must retire around it.
     pin: Option<u64>,
+}
+
+impl Model {
+    /// Safe point `id` was made and is durable: it holds the device as it is live.
+    fn made_safe_point(&mut self, id: u64) {
+        self.durable = self.live.clone();
+        self.since.clear();
+        self.snapshots.insert(id, self.live.clone());
+    }
 }
 
 fn page_data(l: u64, v: (u8, u32)) -> Vec<u8> {
@@ -68,7 +81,8 @@ fn read_device(vol: &Volume<Arc<MemStore>>) -> Result<Device, String> {
 fn check_image(image: Vec<u8>, m: &Model) -> Result<(), String> {
     let store = Arc::new(MemStore::from_bytes(image));
     // A power cut: the next boot trusts no unsynced journal block.
-    let vol = Volume::open_in_boot(store, 0).map_err(|e| format!("open after crash: {e}"))?;
+    let vol =
+        Volume::open(store, &sim::host(NEXT_BOOT)).map_err(|e| format!("open after crash: {e}"))?;
     let got = read_device(&vol)?;
     // Durable safe points of the window still read back exactly (the three newest the
     // model knows, to keep thousands of crash points quick).
@@ -127,7 +141,8 @@ fn run_workload(seed: u64) -> u64 {
     };
     let layout = Layout::for_create(&opts).unwrap();
     let store = Arc::new(SimStore::new(layout.required_bytes()));
-    create(&store, &opts).unwrap();
+    let host = sim::host(BOOT);
+    create(&store, &opts, &host).unwrap();
     store.sync().unwrap();
     let model = Arc::new(Mutex::new(Model {
         live: vec![None; PAGES as usize],
@@ -156,7 +171,7 @@ fn run_workload(seed: u64) -> u64 {
     }
     use rewind_history::Store;
     let mut rng = Rng(seed);
-    let mut vol = Some(Volume::open(store.clone()).unwrap());
+    let mut vol = Some(Volume::open(store.clone(), &host).unwrap());
     let mut stream = vol.as_ref().unwrap().stream(0, 1);
     let mut serial = 0u32;
     for _ in 0..160 {
@@ -199,21 +214,13 @@ fn run_workload(seed: u64) -> u64 {
             }
             10..=13 => {
                 let id = v.safe_point(Trigger::Flush, None).unwrap();
-                let mut m = model.lock();
-                m.durable = m.live.clone();
-                m.since.clear();
-                let live = m.live.clone();
-                m.snapshots.insert(id, live);
+                model.lock().made_safe_point(id);
             }
             14 => {
                 let id = v
                     .safe_point(Trigger::User, Some(format!("label-{serial}")))
                     .unwrap();
-                let mut m = model.lock();
-                m.durable = m.live.clone();
-                m.since.clear();
-                let live = m.live.clone();
-                m.snapshots.insert(id, live);
+                model.lock().made_safe_point(id);
             }
             16 | 17 => {
                 let known: Vec<u64> = v
@@ -266,7 +273,7 @@ fn run_workload(seed: u64) -> u64 {
                     m.durable = m.live.clone();
                     m.since.clear();
                 }
-                let nv = Volume::open(store.clone()).unwrap();
+                let nv = Volume::open(store.clone(), &host).unwrap();
                 stream = nv.stream(0, 1);
                 vol = Some(nv);
             }

@@ -80,7 +80,7 @@ fn fresh() -> Arc<MemStore> {
     let opts = fuzzing::base_options();
     let layout = rewind_history::Layout::for_create(&opts).unwrap();
     let store = Arc::new(MemStore::new(layout.required_bytes()));
-    create(&store, &opts).unwrap();
+    create(&store, &opts, &fuzzing::host()).unwrap();
     store
 }
 
@@ -149,7 +149,7 @@ type Work = fn(&Volume<Arc<MemStore>>);
 /// The image after `work`, left open (not closed): the journal holds all of it.
 fn journal_only(work: Work) -> Vec<u8> {
     let store = fresh();
-    let vol = Volume::open(store.clone()).unwrap();
+    let vol = Volume::open(store.clone(), &fuzzing::host()).unwrap();
     work(&vol);
     drop(vol);
     let sb = rewind_history::read_superblock(&store).unwrap();
@@ -199,7 +199,7 @@ fn regenerate_seed_corpora() {
     // Two checkpoints bring the current one back to slot 0, where an `image` input
     // reaches it: one forced in the middle, one at the clean close.
     let store = fresh();
-    let vol = Volume::open(store.clone()).unwrap();
+    let vol = Volume::open(store.clone(), &fuzzing::host()).unwrap();
     writes_and_flushes(&vol);
     labels_and_discards(&vol);
     vol.commit(true).unwrap();
@@ -211,7 +211,7 @@ fn regenerate_seed_corpora() {
     save("image", "closed", &fuzzing::image_input(&closed));
 
     // Reopened and left unclean: a journal on top of that checkpoint, of a later session.
-    let vol = Volume::open(store.clone()).unwrap();
+    let vol = Volume::open(store.clone(), &fuzzing::host()).unwrap();
     write(&vol, 40..50, 20);
     vol.safe_point(Trigger::User, Some("unclean".into()))
         .unwrap();
@@ -228,10 +228,10 @@ fn regenerate_seed_corpora() {
 
     // History past reclaim, closed twice so the checkpoint is in slot 0.
     let store = fresh();
-    let vol = Volume::open(store.clone()).unwrap();
+    let vol = Volume::open(store.clone(), &fuzzing::host()).unwrap();
     reclaim(&vol);
     vol.close().unwrap();
-    let vol = Volume::open(store.clone()).unwrap();
+    let vol = Volume::open(store.clone(), &fuzzing::host()).unwrap();
     write(&vol, 0..3, 30);
     vol.close().unwrap();
     let reclaimed = store.contents();

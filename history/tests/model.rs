@@ -11,10 +11,15 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use rewind_history::{
-    create, CreateOptions, Error, LogicalPage, MemStore, Notice, ViewId, Volume, PAGE_SIZE,
+    create, sim, CreateOptions, Error, Host, LogicalPage, MemStore, Notice, ViewId, Volume,
+    PAGE_SIZE,
 };
 
 const PAGES: u64 = 96;
+/// The boot the harness's daemon runs in: a reopen in it is a daemon killed and replaced.
+const BOOT: u64 = 1;
+/// The boot after a power cut.
+const NEXT_BOOT: u64 = 3;
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -78,6 +83,8 @@ fn decode(l: u64, buf: &[u8]) -> Option<u8> {
 
 struct Harness {
     store: Arc<MemStore>,
+    /// Creates, opens and reads the image (boot `BOOT`, a simulated clock).
+    host: Host,
     vol: Option<Volume<Arc<MemStore>>>,
     stream: rewind_history::Stream,
     live: Device,
@@ -103,11 +110,13 @@ impl Harness {
         };
         let layout = rewind_history::Layout::for_create(&opts).unwrap();
         let store = Arc::new(MemStore::new(layout.required_bytes()));
-        create(&store, &opts).unwrap();
-        let vol = Volume::open(store.clone()).unwrap();
+        let host = sim::host(BOOT);
+        create(&store, &opts, &host).unwrap();
+        let vol = Volume::open(store.clone(), &host).unwrap();
         let stream = vol.stream(0, 1);
         Harness {
             store,
+            host,
             vol: Some(vol),
             stream,
             live: vec![None; PAGES as usize],
@@ -319,7 +328,7 @@ impl Harness {
     }
 
     fn reopen(&mut self) {
-        let vol = Volume::open(self.store.clone()).unwrap();
+        let vol = Volume::open(self.store.clone(), &self.host).unwrap();
         self.stream = vol.stream(0, 1);
         self.vol = Some(vol);
     }
@@ -436,7 +445,7 @@ fn a_killed_daemon_loses_no_completed_write_but_a_power_cut_may() {
     let image = h.store.contents();
     // Another boot (a power cut) trusts none of them: the device is the flushed state.
     let other = Arc::new(MemStore::from_bytes(image));
-    h.vol = Some(Volume::open_in_boot(other, 0).unwrap());
+    h.vol = Some(Volume::open(other, &sim::host(NEXT_BOOT)).unwrap());
     assert_eq!(h.read_device(), flushed);
     // The same boot (the daemon was killed): every completed write is there.
     drop(h.vol.take());
@@ -445,7 +454,7 @@ fn a_killed_daemon_loses_no_completed_write_but_a_power_cut_may() {
     // The new daemon made them durable at once: now even another boot sees them.
     drop(h.vol.take());
     let image = h.store.contents();
-    let later = Volume::open_in_boot(Arc::new(MemStore::from_bytes(image)), 0).unwrap();
+    let later = Volume::open(Arc::new(MemStore::from_bytes(image)), &sim::host(NEXT_BOOT)).unwrap();
     h.vol = Some(later);
     assert_eq!(h.read_device(), completed);
 }
@@ -465,7 +474,9 @@ fn corrupt_superblock_copy_falls_back_to_the_other() {
     drop(h.vol.take());
     h.store.write_at(100, &[0xff; 64]).unwrap();
     h.store.write_at(4096 + 100, &[0xff; 64]).unwrap();
-    let err = Volume::open(h.store.clone()).err().expect("must refuse");
+    let err = Volume::open(h.store.clone(), &h.host)
+        .err()
+        .expect("must refuse");
     assert!(err.to_string().contains("checksum"), "{err}");
 }
 
@@ -519,7 +530,9 @@ fn an_image_of_a_newer_version_is_refused_and_left_alone() {
         h.store.write_at(base, &sb).unwrap();
     }
     let before = h.store.contents();
-    let err = Volume::open(h.store.clone()).err().expect("must refuse");
+    let err = Volume::open(h.store.clone(), &h.host)
+        .err()
+        .expect("must refuse");
     assert!(
         matches!(
             err,
@@ -540,7 +553,9 @@ fn an_image_of_a_newer_version_is_refused_and_left_alone() {
 #[test]
 fn a_foreign_image_is_not_rewind() {
     let store = Arc::new(MemStore::from_bytes(vec![0x5a; 1 << 20]));
-    let err = Volume::open(store).err().expect("must refuse");
+    let err = Volume::open(store, &sim::host(BOOT))
+        .err()
+        .expect("must refuse");
     assert!(matches!(err, rewind_history::Error::NotRewind), "{err}");
 }
 
@@ -560,7 +575,7 @@ fn inspect_reads_the_window_of_a_closed_or_crashed_image_without_writing() {
     let live = h.vol().safe_point_infos();
     drop(h.vol.take()); // a crash: everything above was flushed
     let before = h.store.contents();
-    let ins = rewind_history::inspect(&h.store).unwrap();
+    let ins = rewind_history::inspect(&h.store, &h.host).unwrap();
     assert!(h.store.contents() == before, "inspect wrote to the image");
     assert!(!ins.clean);
     assert_eq!(ins.safe_points, live);

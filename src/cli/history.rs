@@ -103,7 +103,7 @@ pub fn log_image_command(image: &Path, json: bool) -> Result<()> {
         Err(BackingError::InUse { .. }) => bail!(served_elsewhere(image)),
         Err(e) => return Err(e.into()),
     };
-    let found = rewind_history::inspect(&store)
+    let found = rewind_history::inspect(&store, &crate::host::this_host())
         .with_context(|| format!("reading the history of {}", image.display()))?;
     let records: Vec<SafePointRecord> = found.safe_points.iter().map(Into::into).collect();
     let s = &found.stats;
@@ -150,11 +150,11 @@ fn change_image<T>(
         Err(BackingError::InUse { .. }) => bail!(served_elsewhere(image)),
         Err(e) => return Err(e.into()),
     };
-    let found = rewind_history::inspect(&store)
+    let found = rewind_history::inspect(&store, &crate::host::this_host())
         .with_context(|| format!("reading the history of {}", image.display()))?;
     let window: Vec<SafePointRecord> = found.safe_points.iter().map(Into::into).collect();
     let chosen = find_safe_point(&window, at)?.clone();
-    let vol = rewind_history::Volume::open(store)
+    let vol = rewind_history::Volume::open(store, &crate::host::this_host())
         .with_context(|| format!("opening {}", image.display()))?;
     let out = change(&vol, &chosen)?;
     vol.close()

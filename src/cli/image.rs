@@ -97,7 +97,7 @@ fn format_existing(
         );
     }
     store.ensure_len(need)?;
-    let made = rewind_history::create(&store, opts)
+    let made = rewind_history::create(&store, opts, &crate::host::this_host())
         .with_context(|| format!("formatting {}", path.display()))?;
     debug_assert_eq!(&made, layout);
     Ok(made)
@@ -189,7 +189,7 @@ pub fn check_command(image: &Path, json: bool) -> Result<()> {
         Err(e) => return Err(e.into()),
     };
     let started = std::time::Instant::now();
-    let r = rewind_history::check(&store)
+    let r = rewind_history::check(&store, &crate::host::this_host())
         .with_context(|| format!("{} failed the check", image.display()))?;
     let took = started.elapsed();
     let copy = |c: &std::result::Result<u64, String>| match c {

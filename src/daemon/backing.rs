@@ -375,7 +375,7 @@ pub fn formatted_image(path: &Path, size: u64) -> FileStore {
         .and_then(|f| f.set_len(need))
         .expect("create");
     let store = FileStore::open(path).expect("open");
-    rewind_history::create(&store, &opts).expect("format");
+    rewind_history::create(&store, &opts, &crate::host::this_host()).expect("format");
     store
 }
 
@@ -448,7 +448,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("image");
         let store = formatted_image(&path, 8 << 20);
-        let served = rewind_history::Volume::open(store).expect("volume");
+        let served =
+            rewind_history::Volume::open(store, &crate::host::this_host()).expect("volume");
         let e = FileStore::open(&path).unwrap_err();
         let pid = std::process::id();
         assert!(

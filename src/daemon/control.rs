@@ -303,7 +303,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("a.img");
         let store = formatted_image(&path, 4 << 20);
-        let volume = Arc::new(Volume::open(store).expect("volume"));
+        let volume = Arc::new(Volume::open(store, &crate::host::this_host()).expect("volume"));
         let data = TargetData {
             image: path.display().to_string(),
             direct_io: false,

@@ -308,8 +308,8 @@ mod tests {
             .unwrap()
             .required_bytes();
         let store = Arc::new(MemStore::new(need));
-        rewind_history::create(&store, &opts).unwrap();
-        let v = Volume::open(store.clone()).unwrap();
+        rewind_history::create(&store, &opts, &crate::host::this_host()).unwrap();
+        let v = Volume::open(store.clone(), &crate::host::this_host()).unwrap();
         (store, v)
     }
 
@@ -366,7 +366,7 @@ mod tests {
         // The coalesced FLUSH made page 2 durable: an image copied now (as after a power
         // cut) has it.
         let copy = Arc::new(MemStore::from_bytes(store.contents()));
-        let after_crash = Volume::open(copy).unwrap();
+        let after_crash = Volume::open(copy, &crate::host::this_host()).unwrap();
         let mut page = vec![0u8; PAGE_SIZE as usize];
         after_crash.read_page(LogicalPage(2), &mut page).unwrap();
         assert!(

@@ -105,8 +105,8 @@ fn open_volume(opts: &ServeOptions) -> Result<(Volume<FileStore>, bool)> {
     log_stale_owner(&store, &image_text);
     let direct_io = store.direct_io();
     let started = Instant::now();
-    let volume =
-        Volume::open(store).with_context(|| format!("opening the rewind image {image_text}"))?;
+    let volume = Volume::open(store, &crate::host::this_host())
+        .with_context(|| format!("opening the rewind image {image_text}"))?;
     log::info!(
         "opened {image_text} in {:.1?}: {}; data path {}",
         started.elapsed(),

@@ -1,0 +1,124 @@
+//! The I/O API the queue threads call: resolve a page, allocate one for a write, make
+//! written pages live, discard, and read or write a page through the store.
+
+use crate::format::PAGE_SIZE;
+use crate::journal::Record;
+use crate::{Error, LogicalPage, PhysPage, Store, Stream};
+
+use super::Volume;
+
+impl<S: Store> Volume<S> {
+    /// The stream for queue `index` of `count`: each starts at its own share of the history
+    /// area, so queues allocate from different places.
+    pub fn stream(&self, index: u32, count: u32) -> Stream {
+        let area = self.layout.physical_pages - self.layout.logical_pages;
+        let start = self.layout.logical_pages + area * u64::from(index) / u64::from(count.max(1));
+        self.alloc.stream(start as u32)
+    }
+
+    /// The physical page `l` reads from now; `None` reads as zeros.
+    pub fn resolve(&self, l: LogicalPage) -> Result<Option<PhysPage>, Error> {
+        self.check_in_range(l)?;
+        Ok(self.map.get(l).phys)
+    }
+
+    /// Claims the page `l`'s next data is to be written into. May reclaim history first.
+    pub fn allocate(&self, stream: &mut Stream, l: LogicalPage) -> Result<PhysPage, Error> {
+        self.check_in_range(l)?;
+        let home = PhysPage(l.0 as u32);
+        for attempt in 0..1000 {
+            if self.alloc.free_pages() < self.low_water {
+                self.release_quarantine();
+                if self.alloc.free_pages() < self.low_water {
+                    self.reclaim()?;
+                }
+            }
+            if let Some(p) = self.alloc.allocate(stream, Some(home)) {
+                return Ok(p);
+            }
+            if attempt > 0 {
+                // Every page is in use, claimed by writes in flight, or quarantined for reads
+                // in flight: those finish soon.
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        Err(Error::NoSpace)
+    }
+
+    /// Gives back a page whose data write failed.
+    pub fn abandon(&self, p: PhysPage) {
+        self.alloc.release(p);
+    }
+
+    /// Makes the pages written by `allocate` + data write live; their records reach the
+    /// journal before this returns (`journal_queued`).
+    pub fn commit_writes(&self, pages: &[(LogicalPage, PhysPage)]) -> Result<(), Error> {
+        let mut st = self.state.lock();
+        for &(l, p) in pages {
+            self.check_in_range(l)?;
+            assert!(self.alloc.is_used(p), "commit of unclaimed page {}", p.0);
+        }
+        for &(l, p) in pages {
+            self.apply_locked(&mut st, Record::Write { l, p })?;
+        }
+        self.journal_queued(st)
+    }
+
+    /// Makes `count` pages from `first` read as zeros and frees their pages once no safe
+    /// point needs them.
+    pub fn discard(&self, first: LogicalPage, count: u64) -> Result<(), Error> {
+        if count == 0 {
+            return Ok(());
+        }
+        self.check_in_range(first)?;
+        self.check_in_range(LogicalPage(first.0 + count - 1))?;
+        let mut st = self.state.lock();
+        let mut l = first.0;
+        let end = first.0 + count;
+        while l < end {
+            // A record counts at most `u32::MAX` pages.
+            let n = (end - l).min(u64::from(u32::MAX)) as u32;
+            let r = Record::Discard {
+                l: LogicalPage(l),
+                count: n,
+            };
+            self.apply_locked(&mut st, r)?;
+            l += u64::from(n);
+        }
+        self.journal_queued(st)
+    }
+
+    /// Fills `buf` with physical page `p`, or zeros.
+    pub(super) fn read_phys(&self, p: Option<PhysPage>, buf: &mut [u8]) -> Result<(), Error> {
+        assert_eq!(buf.len() as u64, PAGE_SIZE);
+        match p {
+            None => buf.fill(0),
+            Some(p) => self
+                .store
+                .read_at(self.layout.page_offset(p), buf)
+                .map_err(Error::io("reading a data page"))?,
+        }
+        Ok(())
+    }
+
+    /// Reads page `l` through the store (tests and tools; the daemon reads via io_uring).
+    pub fn read_page(&self, l: LogicalPage, buf: &mut [u8]) -> Result<(), Error> {
+        self.read_phys(self.resolve(l)?, buf)
+    }
+
+    /// Writes page `l` through the store (tests and tools; the daemon writes via io_uring).
+    pub fn write_page(
+        &self,
+        stream: &mut Stream,
+        l: LogicalPage,
+        data: &[u8],
+    ) -> Result<(), Error> {
+        assert_eq!(data.len() as u64, PAGE_SIZE);
+        let p = self.allocate(stream, l)?;
+        if let Err(e) = self.store.write_at(self.layout.page_offset(p), data) {
+            self.abandon(p);
+            return Err(Error::io("writing a data page")(e));
+        }
+        self.commit_writes(&[(l, p)])
+    }
+}

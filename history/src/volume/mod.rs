@@ -1,0 +1,167 @@
+//! The volume: a formatted backing store served as a device with history. This file holds
+//! the `Volume`, its state and the lock order; its concerns live in the submodules: `io`
+//! (the requests of the queue threads), `apply` (the one function that applies records),
+//! `commit` (safe points and the commit protocol), `reclaim` (retiring history, and the
+//! quarantine of pages reads may still target), `travel` (rollback, pins, views),
+//! `recovery` (create, open, close, check, inspect) and `report` (the figures).
+//!
+//! Write path: `allocate` claims a free physical page (the logical page's home if free, else
+//! from the caller's stream), the caller writes the data there, then `commit_writes` switches
+//! the remap table and queues a journal record. `flush` closes the epoch with a safe point and
+//! commits: data sync, journal write, journal sync (and a checkpoint when the journal since
+//! the last one passes half the ring). A data page is only ever written while it is free,
+//! never in place, so a crash leaves every logical page old or new.
+//!
+//! Invariants:
+//! - every physical page is free; or referenced: live (mapped), history, or both (a rollback
+//!   makes a history page live again); or claimed by an in-flight write; or pending (left
+//!   without a reference by a record not yet durable); or quarantined (left so by a durable
+//!   record, while reads in flight may still target it);
+//! - a pending page is only reused after the record that freed it is durable, so the journal
+//!   prefix that survives a crash never points at a page that was written again;
+//! - the data of a synced journal block's records is durable before the block is (a commit
+//!   syncs the store first); an unsynced block may come first, which is why only the boot
+//!   that wrote it trusts it; a checkpoint is durable before the superblock points at it.
+//!
+//! A write's record is also written to the journal unsynced before `commit_writes` returns
+//! (see `journal`), so a daemon that dies loses no acknowledged write; a power cut loses
+//! what no flush made durable, as the device's volatile write cache promises.
+//!
+//! Locks: `commit` serializes commits (journal position, superblock); `tail` orders the
+//! writes of pending journal blocks; `state` guards the window and the records not yet
+//! synced, and is held only for memory work; `quarantine` guards the pages waiting for reads
+//! in flight; `readers` the list of read trackers. Order: `commit`, `tail`, `state`,
+//! `quarantine`. `readers` is taken last and alone: nothing else is taken while it is held
+//! (it may be taken while `commit` is).
+
+mod apply;
+mod commit;
+mod io;
+mod reclaim;
+mod recovery;
+mod report;
+mod travel;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rewind_remap::{PageAllocator, RemapTable};
+
+use crate::format::{JournalSeq, Layout, Superblock};
+use crate::journal;
+use crate::{Clock, Error, LogicalPage, PhysPage, Store};
+
+pub use reclaim::ReadTracker;
+pub use recovery::{check, create, inspect, read_superblock};
+pub use report::{CheckReport, Inspection, Notice, SafePointInfo, Stats};
+pub use travel::ViewId;
+
+use travel::View;
+
+/// What requests change under the `state` lock: held for memory work only.
+struct State {
+    window: crate::window::Window,
+    /// References to each physical page (see `Apply::refs`).
+    refs: Vec<u32>,
+    /// Records applied in memory and not yet handed to a commit.
+    pending: journal::Pending,
+    /// The journal sequence of the first pending block.
+    first_seq: JournalSeq,
+    /// Pages those records left without a reference: free once a commit has made the
+    /// records durable and no read in flight targets them.
+    pending_free: Vec<PhysPage>,
+    /// Open views by number: each holds its safe point until closed or dropped.
+    views: BTreeMap<u64, View>,
+    next_view: u64,
+    /// What reclaim had to give up, for the daemon's log.
+    notices: Vec<Notice>,
+}
+
+/// What commits change under the `commit` lock.
+struct CommitState {
+    sb: Superblock,
+    /// The sequence of the next journal block to write.
+    next_seq: JournalSeq,
+}
+
+/// A served image. `Send + Sync`: queue threads share it.
+pub struct Volume<S: Store> {
+    store: S,
+    layout: Layout,
+    uuid: u64,
+    session: u32,
+    map: RemapTable,
+    alloc: PageAllocator,
+    state: Mutex<State>,
+    commit: Mutex<CommitState>,
+    /// Orders writes of pending journal blocks: an unsynced write of a block never lands
+    /// after the commit's synced write of it. Taken before `state`, after `commit`.
+    tail: Mutex<()>,
+    /// Below this many free pages, allocation reclaims first.
+    low_water: u64,
+    /// Records buffered beyond this are committed without waiting for a flush, so one commit
+    /// always fits the journal.
+    commit_threshold: usize,
+    /// Set when a metadata write failed: the in-memory state is then ahead of the disk, so
+    /// every later request fails rather than pretend.
+    failed: AtomicBool,
+    /// Pages freed by durable records, by the round they were freed in, waiting for the
+    /// reads that may still target them.
+    quarantine: Mutex<Vec<(u64, Vec<PhysPage>)>>,
+    /// The free round: bumped after each commit's frees are quarantined. A read that began
+    /// in round `r` may have resolved to a page quarantined in any round `>= r`. (Not the
+    /// superblock's generation, which counts superblock writes.)
+    free_round: AtomicU64,
+    /// Per reader (I/O queue): the oldest round of its reads in flight, `u64::MAX` when
+    /// none.
+    readers: Mutex<Vec<Arc<AtomicU64>>>,
+    /// The time of the safe points this volume makes (`Host::clock`).
+    clock: Arc<dyn Clock>,
+}
+
+impl<S: Store> Volume<S> {
+    /// Where everything is in the store.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The backing store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Refuses an I/O on a page past the end of the device, and every I/O once a metadata
+    /// write failed (`refuse_if_failed`).
+    fn check_in_range(&self, l: LogicalPage) -> Result<(), Error> {
+        self.refuse_if_failed()?;
+        if l.0 >= self.layout.logical_pages {
+            return Err(Error::OutOfRange {
+                page: l.0,
+                pages: self.layout.logical_pages,
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuses every request once a metadata write failed: the state in memory is then
+    /// ahead of the disk.
+    fn refuse_if_failed(&self) -> Result<(), Error> {
+        if self.failed.load(Ordering::Relaxed) {
+            return Err(Error::Corrupt(
+                "an earlier metadata write failed; the volume refuses further I/O".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Passes `result` on, first marking the volume failed if it is the error of a metadata
+    /// write.
+    fn fail_on_error(&self, result: Result<(), Error>) -> Result<(), Error> {
+        if result.is_err() {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+}

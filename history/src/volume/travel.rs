@@ -1,0 +1,134 @@
+//! Time travel: rollback, pins, views, and reading the device as it stood at a safe point.
+
+use crate::journal::Record;
+use crate::window::{Trigger, Window};
+use crate::{Error, LogicalPage, PhysPage, Store};
+
+use super::Volume;
+
+/// A view's state: the safe point it shows, and why it was dropped, if it was.
+pub(super) struct View {
+    /// The safe point it shows, held in the window while the view is open.
+    pub(super) at: u64,
+    /// Why reclaim dropped it (its reads fail from then on), or `None`.
+    pub(super) dropped: Option<String>,
+}
+
+/// An open view of a past safe point (see `Volume::open_view`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ViewId(pub(super) u64);
+
+/// Refuses a safe point that has left the history window (or never was in it), saying
+/// what the window holds.
+fn require_in_window(w: &Window, id: u64) -> Result<(), Error> {
+    if w.contains(id) {
+        return Ok(());
+    }
+    Err(Error::BadOption(format!(
+        "safe point {id} is not in the history window (it holds {})",
+        describe_window(w)
+    )))
+}
+
+/// What the window holds, for an error: "safe points 3 to 9".
+fn describe_window(w: &Window) -> String {
+    match (w.oldest(), w.newest()) {
+        (Some(o), Some(n)) if o.id == n.id => format!("safe point {}", o.id),
+        (Some(o), Some(n)) => format!("safe points {} to {}", o.id, n.id),
+        _ => "no safe point".into(),
+    }
+}
+
+impl<S: Store> Volume<S> {
+    /// Makes safe point `to` the live state again. Metadata only: no data is copied. The
+    /// state being left becomes a safe point of its own (returned), so the rollback can be
+    /// undone by rolling back to it while the window holds it. Durable when it returns.
+    pub fn rollback(&self, to: u64) -> Result<u64, Error> {
+        let mut c = self.commit.lock();
+        let before = {
+            let mut st = self.state.lock();
+            require_in_window(&st.window, to)?;
+            let id = self.close_epoch(&mut st, Trigger::Rollback, None)?;
+            self.apply_locked(&mut st, Record::Rollback { to })?;
+            id
+        };
+        self.commit_locked(&mut c, false)?;
+        Ok(before)
+    }
+
+    /// The physical page `l` read from at safe point `at` (`None`: zeros), for views.
+    pub fn resolve_at(&self, l: LogicalPage, at: u64) -> Result<Option<PhysPage>, Error> {
+        self.check_in_range(l)?;
+        let st = self.state.lock();
+        require_in_window(&st.window, at)?;
+        Ok(self.page_at(&st.window, l, at))
+    }
+
+    /// Reads page `l` as it was at safe point `at`, through the store (tests and tools).
+    pub fn read_page_at(&self, l: LogicalPage, at: u64, buf: &mut [u8]) -> Result<(), Error> {
+        self.read_phys(self.resolve_at(l, at)?, buf)
+    }
+
+    /// Pins safe point `id` (or unpins it): a pinned safe point is kept from retirement
+    /// until views and other pins have given way. Durable when it returns.
+    pub fn pin(&self, id: u64, pinned: bool) -> Result<(), Error> {
+        let mut c = self.commit.lock();
+        {
+            let mut st = self.state.lock();
+            require_in_window(&st.window, id)?;
+            if st.window.pins.contains(&id) == pinned {
+                return Ok(());
+            }
+            self.apply_locked(&mut st, Record::Pin { id, pinned })?;
+        }
+        self.commit_locked(&mut c, false)
+    }
+
+    /// Opens a view of safe point `at`: it holds `at` in the window until `close_view`, or
+    /// until reclaim drops it because views and pins hold the whole history area.
+    pub fn open_view(&self, at: u64) -> Result<ViewId, Error> {
+        let mut st = self.state.lock();
+        require_in_window(&st.window, at)?;
+        let n = st.next_view;
+        st.next_view += 1;
+        st.views.insert(n, View { at, dropped: None });
+        Ok(ViewId(n))
+    }
+
+    /// Closes a view: its safe point can retire again.
+    pub fn close_view(&self, v: ViewId) {
+        self.state.lock().views.remove(&v.0);
+    }
+
+    /// The physical page `l` read from at the view's safe point (`None`: zeros), or
+    /// `Error::ViewDropped` once the view gave way to the live device.
+    pub fn resolve_view(&self, v: ViewId, l: LogicalPage) -> Result<Option<PhysPage>, Error> {
+        self.check_in_range(l)?;
+        let st = self.state.lock();
+        let view = st.views.get(&v.0).ok_or_else(|| Error::ViewDropped {
+            at: 0,
+            why: "the view was closed".into(),
+        })?;
+        if let Some(why) = &view.dropped {
+            return Err(Error::ViewDropped {
+                at: view.at,
+                why: why.clone(),
+            });
+        }
+        Ok(self.page_at(&st.window, l, view.at))
+    }
+
+    /// The physical page `l` read from at safe point `at` of window `w`: its history entry
+    /// after `at`, or, when it has not changed since, its live page.
+    fn page_at(&self, w: &Window, l: LogicalPage, at: u64) -> Option<PhysPage> {
+        match w.page_at(l, at) {
+            Some(then) => then,
+            None => self.map.get(l).phys,
+        }
+    }
+
+    /// Reads page `l` of view `v` through the store (tests and tools).
+    pub fn read_view_page(&self, v: ViewId, l: LogicalPage, buf: &mut [u8]) -> Result<(), Error> {
+        self.read_phys(self.resolve_view(v, l)?, buf)
+    }
+}
