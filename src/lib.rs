@@ -24,7 +24,9 @@
 //!   the device json and pid files, the status pipe;
 //! - [`selector`]: labels and the `--at`/`--to` forms;
 //! - [`size`]: sizes as typed and printed;
-//! - [`time`]: wall-clock times as read and printed.
+//! - [`time`]: wall-clock times as read and printed;
+//! - [`host`]: this machine and process as the engine sees them (boot id, host name, pid,
+//!   clock), read from `/proc` here because the engine does no I/O of its own.
 //!
 //! Within the leaves, `ipc` uses `selector`, which uses `time`.
 
