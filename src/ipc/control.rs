@@ -371,6 +371,92 @@ mod tests {
         );
     }
 
+    /// The figures as `rewind stats --json` and `rewind list --json` print them and the
+    /// control socket carries them: every key, in this order, with bare numbers for ids.
+    #[test]
+    fn stats_json_keys_and_order() {
+        let mut s = sample_stats();
+        s.pinned = vec![0];
+        s.views = vec![ViewRecord {
+            device_id: 4,
+            device: "/dev/ublkb4".into(),
+            at: 1,
+            dropped: None,
+        }];
+        let text = serde_json::to_string(&s).unwrap();
+        assert_eq!(
+            text,
+            concat!(
+                r#"{"id":3,"device":"/dev/ublkb3","image":"/tmp/a.img","pid":42,"#,
+                r#""direct_io":true,"log":null,"page_size":4096,"device_bytes":1073741824,"#,
+                r#""logical_pages":262144,"physical_pages":327680,"free_pages":65536,"#,
+                r#""history_pages":10,"history_capacity_pages":65536,"safe_points":2,"#,
+                r#""oldest_safe_point":0,"newest_safe_point":1,"#,
+                r#""oldest_safe_point_time_ns":1700000000000000000,"#,
+                r#""newest_safe_point_time_ns":1700000001000000000,"idle_secs":2,"#,
+                r#""coalesce_ms":100,"pinned":[0],"#,
+                r#""views":[{"device_id":4,"device":"/dev/ublkb4","at":1,"dropped":null}]}"#,
+            )
+        );
+        assert_eq!(serde_json::from_str::<DeviceStats>(&text).unwrap(), s);
+        let empty = DeviceStats {
+            oldest_safe_point: None,
+            newest_safe_point: None,
+            ..sample_stats()
+        };
+        let v = serde_json::to_value(&empty).unwrap();
+        assert!(v["oldest_safe_point"].is_null() && v["newest_safe_point"].is_null());
+        assert_eq!(serde_json::from_value::<DeviceStats>(v).unwrap(), empty);
+    }
+
+    /// A safe point, a rollback's answer and the requests that name a safe point, as the
+    /// control socket carries them: ids are bare numbers.
+    #[test]
+    fn safe_point_ids_on_the_wire() {
+        let r = SafePointRecord {
+            id: 7,
+            time_ns: 1_700_000_000_000_000_000,
+            trigger: "user".into(),
+            label: Some("before".into()),
+            changed_pages: None,
+            held_pages: 3,
+            pinned: true,
+            views: vec![1],
+        };
+        let text = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            text,
+            concat!(
+                r#"{"id":7,"time_ns":1700000000000000000,"trigger":"user","label":"before","#,
+                r#""changed_pages":null,"held_pages":3,"pinned":true,"views":[1]}"#
+            )
+        );
+        assert_eq!(serde_json::from_str::<SafePointRecord>(&text).unwrap(), r);
+        assert_eq!(
+            serde_json::to_string(&Response::rollback(13)).unwrap(),
+            r#"{"ok":true,"undo":13}"#
+        );
+        for (request, text) in [
+            (
+                ControlRequest::OpenView { at: 5 },
+                r#"{"cmd":"open_view","at":5}"#,
+            ),
+            (
+                ControlRequest::Pin {
+                    id: 5,
+                    pinned: false,
+                },
+                r#"{"cmd":"pin","id":5,"pinned":false}"#,
+            ),
+        ] {
+            assert_eq!(serde_json::to_string(&request).unwrap(), text);
+            assert_eq!(
+                serde_json::from_str::<ControlRequest>(text).unwrap(),
+                request
+            );
+        }
+    }
+
     #[test]
     fn stats_of_an_older_daemon_still_parse() {
         // A reply without the fields added with `rewind log`.
