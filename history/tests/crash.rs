@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use rewind_history::sim::{self, Event, Rng, SimStore};
-use rewind_history::{create, CreateOptions, Layout, LogicalPage, MemStore, Trigger, Volume};
+use rewind_history::{
+    create, CreateOptions, Layout, LogicalPage, MemStore, SafePointId, Trigger, Volume,
+};
 
 const PAGES: u64 = 96;
 /// The boot the workloads run in.
@@ -29,14 +31,14 @@ struct Model {
     since: Vec<(u64, Option<(u8, u32)>)>,
     checked: u64,
     /// The device at each safe point the workload made.
-    snapshots: std::collections::HashMap<u64, Device>,
+    snapshots: std::collections::HashMap<SafePointId, Device>,
     /// The safe point durably pinned: reclaim must retire around it.
-    pin: Option<u64>,
+    pin: Option<SafePointId>,
 }
 
 impl Model {
     /// Safe point `id` was made and is durable: it holds the device as it is live.
-    fn made_safe_point(&mut self, id: u64) {
+    fn made_safe_point(&mut self, id: SafePointId) {
         self.durable = self.live.clone();
         self.since.clear();
         self.snapshots.insert(id, self.live.clone());
@@ -88,7 +90,7 @@ fn check_image(image: Vec<u8>, m: &Model) -> Result<(), String> {
     // model knows, to keep thousands of crash points quick).
     let mut buf = vec![0u8; PAGE];
     let sps = vol.safe_points();
-    let mut check: Vec<u64> = sps
+    let mut check: Vec<SafePointId> = sps
         .iter()
         .map(|sp| sp.id)
         .filter(|id| m.snapshots.contains_key(id))
@@ -223,7 +225,7 @@ fn run_workload(seed: u64) -> u64 {
                 model.lock().made_safe_point(id);
             }
             16 | 17 => {
-                let known: Vec<u64> = v
+                let known: Vec<SafePointId> = v
                     .safe_points()
                     .iter()
                     .map(|s| s.id)
@@ -254,7 +256,7 @@ fn run_workload(seed: u64) -> u64 {
             18 if model.lock().pin.is_none() => {
                 // One pin at a time: with the device's worth of history it holds, reclaim
                 // always finds other safe points to retire, so the pin is never released.
-                let ids: Vec<u64> = v.safe_points().iter().map(|s| s.id).collect();
+                let ids: Vec<SafePointId> = v.safe_points().iter().map(|s| s.id).collect();
                 let id = ids[rng.below(ids.len() as u64) as usize];
                 v.pin(id, true).unwrap();
                 model.lock().pin = Some(id);

@@ -10,7 +10,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rewind_history::{create, fuzzing, Error, LogicalPage, MemStore, Store, Trigger, Volume};
+use rewind_history::{
+    create, fuzzing, Error, LogicalPage, MemStore, SafePointId, Store, Trigger, Volume,
+};
 
 type Entry = fn(&[u8]) -> Result<(), Error>;
 
@@ -135,7 +137,10 @@ fn reclaim(vol: &Volume<Arc<MemStore>>) {
         write(vol, 100..250, 10 + round);
         vol.flush().unwrap();
     }
-    assert!(vol.safe_points()[0].id > 0, "reclaim retired a safe point");
+    assert!(
+        vol.safe_points()[0].id > SafePointId(0),
+        "reclaim retired a safe point"
+    );
 }
 
 fn save(target: &str, name: &str, bytes: &[u8]) {

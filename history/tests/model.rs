@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use rewind_history::{
-    create, sim, CreateOptions, Error, Host, LogicalPage, MemStore, Notice, ViewId, Volume,
-    PAGE_SIZE,
+    create, sim, CreateOptions, Error, Host, LogicalPage, MemStore, Notice, SafePointId, ViewId,
+    Volume, PAGE_SIZE,
 };
 
 const PAGES: u64 = 96;
@@ -93,12 +93,12 @@ struct Harness {
     /// Page changes since the last flush, in the order they completed.
     since: Vec<(u64, Option<u8>)>,
     /// The whole device at every safe point the test made.
-    snapshots: std::collections::HashMap<u64, Device>,
+    snapshots: std::collections::HashMap<SafePointId, Device>,
     labels: u32,
     /// Safe points the test pinned and reclaim has not released.
-    pins: std::collections::BTreeSet<u64>,
+    pins: std::collections::BTreeSet<SafePointId>,
     /// Open views and their safe points; a dropped one is removed.
-    views: Vec<(ViewId, u64)>,
+    views: Vec<(ViewId, SafePointId)>,
 }
 
 impl Harness {
@@ -122,7 +122,9 @@ impl Harness {
             live: vec![None; PAGES as usize],
             durable: vec![None; PAGES as usize],
             since: Vec::new(),
-            snapshots: [(0, vec![None; PAGES as usize])].into_iter().collect(),
+            snapshots: [(SafePointId(0), vec![None; PAGES as usize])]
+                .into_iter()
+                .collect(),
             labels: 0,
             pins: Default::default(),
             views: Vec::new(),
@@ -155,7 +157,7 @@ impl Harness {
     fn check_holds(&mut self) {
         self.take_notices();
         let infos = self.vol().safe_point_infos();
-        let pinned: std::collections::BTreeSet<u64> = infos
+        let pinned: std::collections::BTreeSet<SafePointId> = infos
             .iter()
             .filter(|i| i.pinned)
             .map(|i| i.safe_point.id)
@@ -183,7 +185,7 @@ impl Harness {
     }
 
     /// Safe points in the window whose content the model knows (reclaim makes others).
-    fn known(&self) -> Vec<u64> {
+    fn known(&self) -> Vec<SafePointId> {
         self.vol()
             .safe_points()
             .iter()
@@ -192,13 +194,13 @@ impl Harness {
             .collect()
     }
 
-    fn made_safe_point(&mut self, id: u64) {
+    fn made_safe_point(&mut self, id: SafePointId) {
         self.snapshots.insert(id, self.live.clone());
         self.durable = self.live.clone();
         self.since.clear();
     }
 
-    fn check_view(&self, at: u64) {
+    fn check_view(&self, at: SafePointId) {
         let mut buf = vec![0u8; PAGE_SIZE as usize];
         let want = &self.snapshots[&at];
         for l in 0..PAGES {
@@ -280,7 +282,7 @@ impl Harness {
                 self.check_view(known[k % known.len()]);
             }
             Op::Pin(k) | Op::Unpin(k) => {
-                let ids: Vec<u64> = self.vol().safe_points().iter().map(|s| s.id).collect();
+                let ids: Vec<SafePointId> = self.vol().safe_points().iter().map(|s| s.id).collect();
                 let id = ids[k % ids.len()];
                 let pinned = matches!(op, Op::Pin(_));
                 self.vol().pin(id, pinned).unwrap();

@@ -5,6 +5,7 @@
 //! local offset and the exact nanoseconds since the Unix epoch (see `time`).
 
 use jiff::tz::TimeZone;
+use rewind_history::SafePointId;
 use serde::Serialize;
 
 use crate::ipc::control::{DeviceStats, SafePointRecord};
@@ -16,7 +17,7 @@ use crate::time::{local_time, rfc3339};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct JsonSafePoint {
     /// Its id.
-    pub id: u64,
+    pub id: SafePointId,
     /// RFC 3339, local offset.
     pub time: String,
     /// Nanoseconds since the Unix epoch.
@@ -288,7 +289,7 @@ fn space_lines(s: &DeviceStats) -> [(&'static str, String); 4] {
 
 /// `rewind stats`: the safe points of the window, and when they were made.
 fn window_lines(s: &DeviceStats, tz: &TimeZone) -> [(&'static str, String); 2] {
-    let id_or_dash = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+    let id_or_dash = |v: Option<SafePointId>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
     let time = |t: Option<u64>| t.map_or_else(|| "-".to_string(), |t| local_time(t, tz));
     [
         (
@@ -340,7 +341,7 @@ fn pacing_lines(s: &DeviceStats) -> [(&'static str, String); 2] {
 fn kept_lines(s: &DeviceStats) -> Vec<(&'static str, String)> {
     let mut lines = Vec::new();
     if !s.pinned.is_empty() {
-        let ids: Vec<String> = s.pinned.iter().map(u64::to_string).collect();
+        let ids: Vec<String> = s.pinned.iter().map(SafePointId::to_string).collect();
         lines.push(("pinned", ids.join(", ")));
     }
     for v in &s.views {
@@ -368,7 +369,7 @@ mod tests {
 
     fn rec(id: u64, trigger: &str, label: Option<&str>, changed: Option<u64>) -> SafePointRecord {
         SafePointRecord {
-            id,
+            id: SafePointId(id),
             time_ns: T + id * 1_500_000_000,
             trigger: trigger.into(),
             label: label.map(Into::into),
@@ -487,8 +488,8 @@ mod tests {
             free_pages: 60_000,
             history_pages: 5_536,
             safe_points: 14,
-            oldest_safe_point: Some(3),
-            newest_safe_point: Some(16),
+            oldest_safe_point: Some(SafePointId(3)),
+            newest_safe_point: Some(SafePointId(16)),
             newest_safe_point_time_ns: Some(1_700_000_060_000_000_000),
             coalesce_ms: 0,
             ..sample_stats()
@@ -544,18 +545,18 @@ daemon       pid 42
     #[test]
     fn stats_show_pins_views_and_the_log() {
         let s = DeviceStats {
-            pinned: vec![3, 5],
+            pinned: vec![SafePointId(3), SafePointId(5)],
             views: vec![
                 ViewRecord {
                     device_id: 1,
                     device: "/dev/ublkb1".into(),
-                    at: 5,
+                    at: SafePointId(5),
                     dropped: None,
                 },
                 ViewRecord {
                     device_id: 2,
                     device: "/dev/ublkb2".into(),
-                    at: 3,
+                    at: SafePointId(3),
                     dropped: Some("the history area is full".into()),
                 },
             ],

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use rewind_history::Volume;
+use rewind_history::{SafePointId, Volume};
 
 use crate::daemon::backing::FileStore;
 use crate::daemon::pacing::Pacer;
@@ -240,7 +240,7 @@ impl Answers {
 }
 
 /// `rollback`: safe point `to` is the live state again; answers with the way back.
-fn rollback(volume: &Volume<FileStore>, to: u64) -> Response {
+fn rollback(volume: &Volume<FileStore>, to: SafePointId) -> Response {
     match volume.rollback(to) {
         Ok(undo) => {
             log::info!("rolled back to safe point {to}; safe point {undo} undoes it");
@@ -251,7 +251,7 @@ fn rollback(volume: &Volume<FileStore>, to: u64) -> Response {
 }
 
 /// `pin`: keeps safe point `id` from retiring (`pinned`), or lets it retire again.
-fn pin(volume: &Volume<FileStore>, id: u64, pinned: bool) -> Response {
+fn pin(volume: &Volume<FileStore>, id: SafePointId, pinned: bool) -> Response {
     match volume.pin(id, pinned) {
         Ok(()) => {
             log::info!(
@@ -369,11 +369,14 @@ mod tests {
         assert_eq!(log.stats.expect("figures").pinned, [sp.id]);
 
         let undo = answers
-            .answer(&ControlRequest::Rollback { to: 0 })
+            .answer(&ControlRequest::Rollback { to: SafePointId(0) })
             .undo
             .expect("the way back");
         assert!(undo > sp.id);
-        assert!(error(answers.answer(&ControlRequest::Rollback { to: 99 })).contains("99"));
+        assert!(error(answers.answer(&ControlRequest::Rollback {
+            to: SafePointId(99)
+        }))
+        .contains("99"));
         assert_eq!(answers.answer(&ControlRequest::Ping).pid, Some(42));
         assert!(
             error(answers.answer(&ControlRequest::CloseView { device: 9 })).contains("not a view")

@@ -17,6 +17,7 @@
 //! The daemon serves it (`daemon::control`), the command line and the supervisor ask
 //! (`runtime::client`). More commands are added as [`ControlRequest`] variants.
 
+use rewind_history::SafePointId;
 use serde::{Deserialize, Serialize};
 
 use crate::selector::Candidate;
@@ -42,12 +43,12 @@ pub enum ControlRequest {
     /// device open exclusively, and drops the kernel's cache afterwards).
     Rollback {
         /// The safe point id.
-        to: u64,
+        to: SafePointId,
     },
     /// Add a read-only device that shows safe point `at` while the live device runs on.
     OpenView {
         /// The safe point id.
-        at: u64,
+        at: SafePointId,
     },
     /// Remove view device `device` (a ublk id) and let its safe point retire again.
     CloseView {
@@ -57,7 +58,7 @@ pub enum ControlRequest {
     /// Keep safe point `id` from retiring (`pinned`), or let it retire again.
     Pin {
         /// The safe point id.
-        id: u64,
+        id: SafePointId,
         /// Pin or unpin.
         pinned: bool,
     },
@@ -71,7 +72,7 @@ pub struct ViewRecord {
     /// `/dev/ublkbN`.
     pub device: String,
     /// The safe point it shows.
-    pub at: u64,
+    pub at: SafePointId,
     /// Why reclaim dropped it (its reads fail with EIO), if it did.
     pub dropped: Option<String>,
 }
@@ -81,7 +82,7 @@ pub struct ViewRecord {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SafePointRecord {
     /// Its id.
-    pub id: u64,
+    pub id: SafePointId,
     /// Wall-clock time, nanoseconds since the Unix epoch.
     pub time_ns: u64,
     /// What made it: `format`, `flush`, `idle`, `user`, `reclaim`, ...
@@ -148,9 +149,9 @@ pub struct DeviceStats {
     /// Reachable safe points.
     pub safe_points: u64,
     /// The oldest reachable safe point.
-    pub oldest_safe_point: Option<u64>,
+    pub oldest_safe_point: Option<SafePointId>,
     /// The newest safe point.
-    pub newest_safe_point: Option<u64>,
+    pub newest_safe_point: Option<SafePointId>,
     /// When the oldest reachable safe point was made, ns since the Unix epoch (absent from
     /// the replies of daemons older than this field).
     #[serde(default)]
@@ -166,7 +167,7 @@ pub struct DeviceStats {
     pub coalesce_ms: u64,
     /// The pinned safe points, oldest first.
     #[serde(default)]
-    pub pinned: Vec<u64>,
+    pub pinned: Vec<SafePointId>,
     /// The view devices this daemon serves.
     #[serde(default)]
     pub views: Vec<ViewRecord>,
@@ -191,7 +192,7 @@ pub struct Response {
     pub safe_points: Option<Vec<SafePointRecord>>,
     /// The answer to `rollback`: the safe point of the state it left (the way back).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub undo: Option<u64>,
+    pub undo: Option<SafePointId>,
     /// The answer to `ping`: the daemon's pid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
@@ -262,7 +263,7 @@ impl Response {
     }
 
     /// The answer to `rollback`.
-    pub fn rollback(undo: u64) -> Response {
+    pub fn rollback(undo: SafePointId) -> Response {
         Response {
             undo: Some(undo),
             ..Response::ok()
@@ -280,7 +281,7 @@ impl Response {
 }
 
 impl Candidate for SafePointRecord {
-    fn id(&self) -> u64 {
+    fn id(&self) -> SafePointId {
         self.id
     }
 
@@ -311,8 +312,8 @@ pub fn sample_stats() -> DeviceStats {
         history_pages: 10,
         history_capacity_pages: 65_536,
         safe_points: 2,
-        oldest_safe_point: Some(0),
-        newest_safe_point: Some(1),
+        oldest_safe_point: Some(SafePointId(0)),
+        newest_safe_point: Some(SafePointId(1)),
         oldest_safe_point_time_ns: Some(1_700_000_000_000_000_000),
         newest_safe_point_time_ns: Some(1_700_000_001_000_000_000),
         idle_secs: 2,
@@ -338,7 +339,10 @@ mod tests {
         );
         assert!(serde_json::from_str::<ControlRequest>(r#"{"cmd":"format_everything"}"#).is_err());
         assert_eq!(
-            serde_json::to_string(&ControlRequest::Rollback { to: 12 }).unwrap(),
+            serde_json::to_string(&ControlRequest::Rollback {
+                to: SafePointId(12)
+            })
+            .unwrap(),
             r#"{"cmd":"rollback","to":12}"#
         );
         assert!(serde_json::from_str::<ControlRequest>(r#"{"cmd":"rollback"}"#).is_err());
@@ -376,11 +380,11 @@ mod tests {
     #[test]
     fn stats_json_keys_and_order() {
         let mut s = sample_stats();
-        s.pinned = vec![0];
+        s.pinned = vec![SafePointId(0)];
         s.views = vec![ViewRecord {
             device_id: 4,
             device: "/dev/ublkb4".into(),
-            at: 1,
+            at: SafePointId(1),
             dropped: None,
         }];
         let text = serde_json::to_string(&s).unwrap();
@@ -414,7 +418,7 @@ mod tests {
     #[test]
     fn safe_point_ids_on_the_wire() {
         let r = SafePointRecord {
-            id: 7,
+            id: SafePointId(7),
             time_ns: 1_700_000_000_000_000_000,
             trigger: "user".into(),
             label: Some("before".into()),
@@ -433,17 +437,17 @@ mod tests {
         );
         assert_eq!(serde_json::from_str::<SafePointRecord>(&text).unwrap(), r);
         assert_eq!(
-            serde_json::to_string(&Response::rollback(13)).unwrap(),
+            serde_json::to_string(&Response::rollback(SafePointId(13))).unwrap(),
             r#"{"ok":true,"undo":13}"#
         );
         for (request, text) in [
             (
-                ControlRequest::OpenView { at: 5 },
+                ControlRequest::OpenView { at: SafePointId(5) },
                 r#"{"cmd":"open_view","at":5}"#,
             ),
             (
                 ControlRequest::Pin {
-                    id: 5,
+                    id: SafePointId(5),
                     pinned: false,
                 },
                 r#"{"cmd":"pin","id":5,"pinned":false}"#,
