@@ -28,7 +28,8 @@ pub struct JsonSafePoint {
     pub label: Option<String>,
     /// Bytes first written in the epoch it closed; null when unknown (the oldest).
     pub changed_bytes: Option<u64>,
-    /// Bytes of history that go when it retires.
+    /// `held_pages` of [`SafePointRecord`] in bytes: the history made between it and the
+    /// next safe point, which it (and maybe older safe points) reads.
     pub held_bytes: u64,
     /// Kept from retiring by `rewind pin`.
     pub pinned: bool,
@@ -70,10 +71,10 @@ impl WindowSummary {
     /// From a daemon's figures.
     pub fn from_stats(s: &DeviceStats) -> WindowSummary {
         WindowSummary {
-            safe_points: s.safe_points,
+            safe_points: s.engine.safe_points,
             oldest_time_ns: s.oldest_safe_point_time_ns,
-            history_bytes: s.history_pages * s.page_size,
-            history_capacity_bytes: s.history_capacity_pages * s.page_size,
+            history_bytes: s.engine.history_pages * s.page_size,
+            history_capacity_bytes: s.engine.history_capacity_pages * s.page_size,
         }
     }
 }
@@ -157,8 +158,8 @@ fn history_column(stats: &Option<DeviceStats>) -> String {
     match stats {
         Some(s) => format!(
             "{} / {}",
-            human(s.history_pages * s.page_size),
-            human(s.history_capacity_pages * s.page_size)
+            human(s.engine.history_pages * s.page_size),
+            human(s.engine.history_capacity_pages * s.page_size)
         ),
         None => "?".into(),
     }
@@ -263,7 +264,7 @@ fn space_lines(s: &DeviceStats) -> [(&'static str, String); 4] {
             format!(
                 "{} ({} pages of {} bytes)",
                 human(s.device_bytes),
-                s.logical_pages,
+                s.engine.logical_pages,
                 s.page_size
             ),
         ),
@@ -271,17 +272,17 @@ fn space_lines(s: &DeviceStats) -> [(&'static str, String); 4] {
             "history",
             format!(
                 "{} used of {} ({:.1}%)",
-                human(s.history_pages * s.page_size),
-                human(s.history_capacity_pages * s.page_size),
-                percent(s.history_pages, s.history_capacity_pages)
+                human(s.engine.history_pages * s.page_size),
+                human(s.engine.history_capacity_pages * s.page_size),
+                percent(s.engine.history_pages, s.engine.history_capacity_pages)
             ),
         ),
         (
             "free",
             format!(
                 "{} ({} pages)",
-                human(s.free_pages * s.page_size),
-                s.free_pages
+                human(s.engine.free_pages * s.page_size),
+                s.engine.free_pages
             ),
         ),
     ]
@@ -296,9 +297,9 @@ fn window_lines(s: &DeviceStats, tz: &TimeZone) -> [(&'static str, String); 2] {
             "safe points",
             format!(
                 "{} (oldest {}, newest {})",
-                s.safe_points,
-                id_or_dash(s.oldest_safe_point),
-                id_or_dash(s.newest_safe_point)
+                s.engine.safe_points,
+                id_or_dash(s.engine.oldest_safe_point),
+                id_or_dash(s.engine.newest_safe_point)
             ),
         ),
         (
@@ -485,11 +486,14 @@ mod tests {
     fn stats_show_the_window() {
         let s = DeviceStats {
             device: "/dev/ublkb0".into(),
-            free_pages: 60_000,
-            history_pages: 5_536,
-            safe_points: 14,
-            oldest_safe_point: Some(SafePointId(3)),
-            newest_safe_point: Some(SafePointId(16)),
+            engine: rewind_history::Stats {
+                free_pages: 60_000,
+                history_pages: 5_536,
+                safe_points: 14,
+                oldest_safe_point: Some(SafePointId(3)),
+                newest_safe_point: Some(SafePointId(16)),
+                ..sample_stats().engine
+            },
             newest_safe_point_time_ns: Some(1_700_000_060_000_000_000),
             coalesce_ms: 0,
             ..sample_stats()

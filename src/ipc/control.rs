@@ -17,7 +17,7 @@
 //! The daemon serves it (`daemon::control`), the command line and the supervisor ask
 //! (`runtime::client`). More commands are added as [`ControlRequest`] variants.
 
-use rewind_history::SafePointId;
+use rewind_history::{SafePointId, Stats};
 use serde::{Deserialize, Serialize};
 
 use crate::selector::Candidate;
@@ -91,7 +91,10 @@ pub struct SafePointRecord {
     pub label: Option<String>,
     /// Pages first written in the epoch it closed; unknown (`None`) for the oldest.
     pub changed_pages: Option<u64>,
-    /// History pages that go when it retires.
+    /// History pages made between it and the next safe point: the original states of the
+    /// pages overwritten then, which it (and maybe older safe points) reads. Over the window
+    /// these add up to the history in use (`history_pages` of [`DeviceStats`]). Not what
+    /// retiring it frees: older safe points may read some of them too.
     pub held_pages: u64,
     /// Kept from retiring by `rewind pin`.
     #[serde(default)]
@@ -117,7 +120,9 @@ impl From<&rewind_history::SafePointInfo> for SafePointRecord {
     }
 }
 
-/// A device's figures as the daemon reports them.
+/// A device's figures as the daemon reports them: the engine's [`Stats`], between what the
+/// daemon knows of the device and what it adds about the window, pacing, pins and views.
+/// The JSON is flat: the engine's figures are keys of this object, in their place.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceStats {
     /// ublk device id.
@@ -136,22 +141,9 @@ pub struct DeviceStats {
     pub page_size: u64,
     /// Size of the device in bytes.
     pub device_bytes: u64,
-    /// Pages the device shows.
-    pub logical_pages: u64,
-    /// Pages of the data area.
-    pub physical_pages: u64,
-    /// Pages free for new writes.
-    pub free_pages: u64,
-    /// Pages holding history.
-    pub history_pages: u64,
-    /// Pages of the history area.
-    pub history_capacity_pages: u64,
-    /// Reachable safe points.
-    pub safe_points: u64,
-    /// The oldest reachable safe point.
-    pub oldest_safe_point: Option<SafePointId>,
-    /// The newest safe point.
-    pub newest_safe_point: Option<SafePointId>,
+    /// The engine's figures: pages, history, the oldest and newest safe point.
+    #[serde(flatten)]
+    pub engine: Stats,
     /// When the oldest reachable safe point was made, ns since the Unix epoch (absent from
     /// the replies of daemons older than this field).
     #[serde(default)]
@@ -306,14 +298,16 @@ pub fn sample_stats() -> DeviceStats {
         log: None,
         page_size: 4096,
         device_bytes: 1 << 30,
-        logical_pages: 262_144,
-        physical_pages: 327_680,
-        free_pages: 65_536,
-        history_pages: 10,
-        history_capacity_pages: 65_536,
-        safe_points: 2,
-        oldest_safe_point: Some(SafePointId(0)),
-        newest_safe_point: Some(SafePointId(1)),
+        engine: Stats {
+            logical_pages: 262_144,
+            physical_pages: 327_680,
+            free_pages: 65_536,
+            history_pages: 10,
+            history_capacity_pages: 65_536,
+            safe_points: 2,
+            oldest_safe_point: Some(SafePointId(0)),
+            newest_safe_point: Some(SafePointId(1)),
+        },
         oldest_safe_point_time_ns: Some(1_700_000_000_000_000_000),
         newest_safe_point_time_ns: Some(1_700_000_001_000_000_000),
         idle_secs: 2,
@@ -403,11 +397,9 @@ mod tests {
             )
         );
         assert_eq!(serde_json::from_str::<DeviceStats>(&text).unwrap(), s);
-        let empty = DeviceStats {
-            oldest_safe_point: None,
-            newest_safe_point: None,
-            ..sample_stats()
-        };
+        let mut empty = sample_stats();
+        empty.engine.oldest_safe_point = None;
+        empty.engine.newest_safe_point = None;
         let v = serde_json::to_value(&empty).unwrap();
         assert!(v["oldest_safe_point"].is_null() && v["newest_safe_point"].is_null());
         assert_eq!(serde_json::from_value::<DeviceStats>(v).unwrap(), empty);

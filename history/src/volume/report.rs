@@ -7,8 +7,11 @@ use crate::{LogicalPage, PhysPage, Store};
 
 use super::{ViewId, Volume};
 
-/// Figures for `rewind list` and `rewind stats`.
+/// Figures for `rewind list` and `rewind stats`. With the feature `serde`, the binary puts
+/// them on its control socket and in its JSON output as they are: the field names are keys
+/// there, in this order.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Stats {
     /// Pages the device shows.
     pub logical_pages: u64,
