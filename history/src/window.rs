@@ -1,4 +1,4 @@
-//! Safe points, epochs and the history window, as pure logic.
+//! Safe points and their ids, epochs and the history window, as pure logic.
 //!
 //! Words (see DESIGN.md): epoch `e` is the writes after safe point `e - 1` up to safe point
 //! `e`, so an epoch is named by the [`SafePointId`] of the safe point that closes it; the
