@@ -10,7 +10,7 @@ use std::io;
 use std::time::Instant;
 
 use criterion::{criterion_group, Criterion};
-use rewind_history::{create, CreateOptions, LogicalPage, Store, Trigger, Volume};
+use rewind_history::{create, CreateOptions, LogicalPage, SafePointId, Store, Trigger, Volume};
 
 const PAGES: u64 = 1 << 20; // 4 GiB device: 1 Mi logical pages
 
@@ -96,7 +96,7 @@ fn write_all(vol: &Volume<MetaStore>) {
 }
 
 /// A volume with safe point `a` and 1 Mi pages changed after it.
-fn setup() -> (Volume<MetaStore>, u64, u64) {
+fn setup() -> (Volume<MetaStore>, SafePointId, SafePointId) {
     let opts = CreateOptions {
         size: PAGES * 4096,
         history: Some((PAGES + (PAGES >> 2)) * 4096),

@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use rewind_history::format::MAX_LABEL;
+use rewind_history::SafePointId;
 
 use crate::time::{local_time, timestamp_ns};
 
@@ -53,7 +54,7 @@ pub const SELECTOR_VALUE_NAME: &str = "ID|LABEL|TIME|AGE";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Selector {
     /// Safe point with this id.
-    Id(u64),
+    Id(SafePointId),
     /// The safe point with this label.
     Label(String),
     /// The newest safe point made at or before this instant, ns since the Unix epoch.
@@ -136,7 +137,7 @@ pub fn parse_selector(text: &str, now: Timestamp, tz: &TimeZone) -> Result<Selec
     if text.bytes().all(|b| b.is_ascii_digit()) {
         return text
             .parse::<u64>()
-            .map(Selector::Id)
+            .map(|id| Selector::Id(SafePointId(id)))
             .map_err(|_| format!("safe point id '{text}' is too large"));
     }
     if let Some(age) = parse_age_secs(text) {
@@ -180,7 +181,7 @@ pub fn parse_selector(text: &str, now: Timestamp, tz: &TimeZone) -> Result<Selec
 /// A safe point of a window, as far as a selector looks at it.
 pub trait Candidate {
     /// Its id.
-    fn id(&self) -> u64;
+    fn id(&self) -> SafePointId;
     /// When it was made, ns since the Unix epoch.
     fn time_ns(&self) -> u64;
     /// Its label, if it has one.
@@ -247,13 +248,13 @@ mod tests {
     /// A safe point of a test window.
     #[derive(Debug)]
     struct Sp {
-        id: u64,
+        id: SafePointId,
         time_ns: u64,
         label: Option<String>,
     }
 
     impl Candidate for Sp {
-        fn id(&self) -> u64 {
+        fn id(&self) -> SafePointId {
             self.id
         }
         fn time_ns(&self) -> u64 {
@@ -285,7 +286,7 @@ mod tests {
         // Safe points 3, 4, 5 at T, T + 60 s, T + 120 s, labelled.
         (3..6)
             .map(|id| Sp {
-                id,
+                id: SafePointId(id),
                 time_ns: T + (id - 3) * 60_000_000_000,
                 label: Some(format!("sp-{id}")),
             })
@@ -303,7 +304,7 @@ mod tests {
         let p = |t: &str| parse_selector(t, now(), &utc);
         let sec = 1_000_000_000u64;
         let now_ns = T + 600 * sec;
-        assert_eq!(p("42"), Ok(Selector::Id(42)));
+        assert_eq!(p("42"), Ok(Selector::Id(SafePointId(42))));
         assert_eq!(
             p("before-upgrade"),
             Ok(Selector::Label("before-upgrade".into()))
@@ -373,7 +374,7 @@ mod tests {
     fn find_by_id_label_time_and_age() {
         let w = window();
         let utc = TimeZone::UTC;
-        let find = |t: &str| find_safe_point_at(&w, t, now(), &utc).map(|s| s.id);
+        let find = |t: &str| find_safe_point_at(&w, t, now(), &utc).map(|s| s.id.0);
         assert_eq!(find("4").unwrap(), 4);
         assert_eq!(find("sp-5").unwrap(), 5);
         assert_eq!(find("22:13:20").unwrap(), 3, "exactly at");

@@ -13,7 +13,7 @@ use crate::format::{
     COUNTER_MAX, FORMAT_VERSION, GROUP_BYTES, HISTORY_ENTRY_BYTES, MAX_LABEL, PAGE_SIZE,
     SAFE_POINT_BYTES, SAFE_POINT_PINNED,
 };
-use crate::window::{SafePoint, Trigger, Window};
+use crate::window::{SafePoint, SafePointId, Trigger, Window};
 use crate::{Error, LogicalPage, PhysPage};
 
 /// The state a checkpoint holds.
@@ -44,7 +44,7 @@ pub fn encode(s: &Snapshot, uuid: u64) -> Vec<u8> {
         let text = sp.label.as_deref().unwrap_or("").as_bytes();
         label[..text.len()].copy_from_slice(text);
         let e = SafePointEntry {
-            id: U64::new(sp.id),
+            id: U64::new(sp.id.0),
             time_ns: U64::new(sp.time_ns),
             trigger: sp.trigger.code(),
             label_len: text.len() as u8,
@@ -60,7 +60,7 @@ pub fn encode(s: &Snapshot, uuid: u64) -> Vec<u8> {
     }
     for (epoch, entries) in &w.groups {
         let g = GroupHeader {
-            epoch: U64::new(*epoch),
+            epoch: U64::new(epoch.0),
             count: U64::new(entries.len() as u64),
         };
         out.extend_from_slice(g.as_bytes());
@@ -79,7 +79,7 @@ pub fn encode(s: &Snapshot, uuid: u64) -> Vec<u8> {
         version: U32::new(FORMAT_VERSION),
         uuid: U64::new(uuid),
         journal_seq: U64::new(s.journal_seq.0),
-        next_safe_point: U64::new(w.next_id),
+        next_safe_point: U64::new(w.next_id.0),
         logical_pages: U64::new(s.map.len() as u64),
         safe_points: U64::new(w.safe_points.len() as u64),
         groups: U64::new(w.groups.len() as u64),
@@ -106,7 +106,7 @@ pub fn decode(bytes: &[u8], layout: &Layout, uuid: u64) -> Result<Snapshot, Erro
         at: 0,
     };
     let map = decode_map(&mut body, layout)?;
-    let mut window = Window::new(h.next_safe_point.get());
+    let mut window = Window::new(SafePointId(h.next_safe_point.get()));
     decode_safe_points(&mut body, h.safe_points.get(), &mut window)?;
     decode_groups(&mut body, h.groups.get(), layout, &mut window)?;
     if window.history_entries != h.entries.get() {
@@ -223,22 +223,18 @@ fn decode_safe_points(body: &mut Body<'_>, count: u64, window: &mut Window) -> R
                     .map_err(|_| corrupt("label is not UTF-8"))?,
             )
         };
-        if window
-            .safe_points
-            .back()
-            .is_some_and(|b| b.id >= e.id.get())
-            || e.id.get() >= window.next_id
-        {
-            return Err(corrupt(format!("safe point {} out of order", e.id.get())));
+        let id = SafePointId(e.id.get());
+        if window.safe_points.back().is_some_and(|b| b.id >= id) || id >= window.next_id {
+            return Err(corrupt(format!("safe point {id} out of order")));
         }
         if e.flags & !SAFE_POINT_PINNED != 0 {
             return Err(corrupt(format!("unknown safe point flags {:#x}", e.flags)));
         }
         if e.flags & SAFE_POINT_PINNED != 0 {
-            window.pins.insert(e.id.get());
+            window.pins.insert(id);
         }
         window.safe_points.push_back(SafePoint {
-            id: e.id.get(),
+            id,
             time_ns: e.time_ns.get(),
             trigger,
             label,
@@ -258,7 +254,7 @@ fn decode_groups(
     for _ in 0..count {
         let (g, _) =
             GroupHeader::read_from_prefix(body.take(GROUP_BYTES)?).map_err(|_| corrupt("group"))?;
-        let epoch = g.epoch.get();
+        let epoch = SafePointId(g.epoch.get());
         if epoch > window.next_id || window.groups.contains_key(&epoch) || g.count.get() == 0 {
             return Err(corrupt(format!("history group {epoch} out of place")));
         }

@@ -51,7 +51,7 @@ pub enum Error {
     #[error("view of safe point {at} was dropped: {why}")]
     ViewDropped {
         /// The safe point it showed.
-        at: u64,
+        at: crate::SafePointId,
         /// Why (for the daemon's log and the reader).
         why: String,
     },

@@ -467,7 +467,8 @@ pub const SAFE_POINT_BYTES: usize = std::mem::size_of::<SafePointEntry>();
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 #[repr(C)]
 pub struct GroupHeader {
-    /// The epoch whose writes superseded these pages.
+    /// The epoch whose writes superseded these pages, named by the id of the safe point
+    /// that closes it (`SafePointId`).
     pub epoch: U64,
     /// Entries that follow.
     pub count: U64,

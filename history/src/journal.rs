@@ -23,7 +23,7 @@ use crate::format::{
     tag, JournalHeader, JournalSeq, Layout, JOURNAL_BLOCK, JOURNAL_HEADER, JOURNAL_MAGIC,
     MAX_LABEL, RECORD, RECORDS_PER_BLOCK,
 };
-use crate::window::{SafePoint, Trigger};
+use crate::window::{SafePoint, SafePointId, Trigger};
 use crate::{Error, LogicalPage, PhysPage, Store};
 
 /// One change to the volume's metadata, in the order it happened.
@@ -36,11 +36,11 @@ pub enum Record {
     /// The open epoch closes with this safe point.
     SafePoint(SafePoint),
     /// Safe point `id` leaves the window (see `Window::retire`).
-    Retire { id: u64 },
+    Retire { id: SafePointId },
     /// Every logical page goes back to what it held at safe point `to`.
-    Rollback { to: u64 },
+    Rollback { to: SafePointId },
     /// Safe point `id` is kept from retirement (`pinned`) or no longer.
-    Pin { id: u64, pinned: bool },
+    Pin { id: SafePointId, pinned: bool },
 }
 
 type Slot = [u8; RECORD];
@@ -61,9 +61,9 @@ impl Record {
         match self {
             Record::Write { l, p } => out.push(slot(tag::WRITE, 0, 0, p.0, l.0)),
             Record::Discard { l, count } => out.push(slot(tag::DISCARD, 0, 0, *count, l.0)),
-            Record::Retire { id } => out.push(slot(tag::RETIRE, 0, 0, 0, *id)),
-            Record::Rollback { to } => out.push(slot(tag::ROLLBACK, 0, 0, 0, *to)),
-            Record::Pin { id, pinned } => out.push(slot(tag::PIN, u8::from(*pinned), 0, 0, *id)),
+            Record::Retire { id } => out.push(slot(tag::RETIRE, 0, 0, 0, id.0)),
+            Record::Rollback { to } => out.push(slot(tag::ROLLBACK, 0, 0, 0, to.0)),
+            Record::Pin { id, pinned } => out.push(slot(tag::PIN, u8::from(*pinned), 0, 0, id.0)),
             Record::SafePoint(sp) => {
                 let label = sp.label.as_deref().unwrap_or("").as_bytes();
                 assert!(label.len() <= MAX_LABEL, "label checked by the caller");
@@ -72,7 +72,7 @@ impl Record {
                     sp.trigger.code(),
                     label.len() as u8,
                     0,
-                    sp.id,
+                    sp.id.0,
                 ));
                 let mut time = [0u8; RECORD];
                 time[..8].copy_from_slice(&sp.time_ns.to_le_bytes());
@@ -107,12 +107,22 @@ impl Record {
                 },
                 1,
             )),
-            tag::RETIRE => Ok((Record::Retire { id: long }, 1)),
-            tag::ROLLBACK => Ok((Record::Rollback { to: long }, 1)),
+            tag::RETIRE => Ok((
+                Record::Retire {
+                    id: SafePointId(long),
+                },
+                1,
+            )),
+            tag::ROLLBACK => Ok((
+                Record::Rollback {
+                    to: SafePointId(long),
+                },
+                1,
+            )),
             tag::PIN => match s[1] {
                 0 | 1 => Ok((
                     Record::Pin {
-                        id: long,
+                        id: SafePointId(long),
                         pinned: s[1] == 1,
                     },
                     1,
@@ -154,7 +164,7 @@ impl Record {
         };
         Ok((
             Record::SafePoint(SafePoint {
-                id: long,
+                id: SafePointId(long),
                 time_ns,
                 trigger,
                 label,
@@ -424,18 +434,18 @@ mod tests {
             count: 9,
         });
         v.push(Record::SafePoint(SafePoint {
-            id: 7,
+            id: SafePointId(7),
             time_ns: 123,
             trigger: Trigger::User,
             label: Some("before-upgrade with a rather long label".into()),
         }));
-        v.push(Record::Retire { id: 6 });
+        v.push(Record::Retire { id: SafePointId(6) });
         v.push(Record::Pin {
-            id: 7,
+            id: SafePointId(7),
             pinned: true,
         });
         v.push(Record::Pin {
-            id: 7,
+            id: SafePointId(7),
             pinned: false,
         });
         v
@@ -493,10 +503,15 @@ mod tests {
         let old = encode_blocks(&sample(), JournalSeq(0), 42, 1);
         write_blocks(&store, &l, JournalSeq(0), &old).unwrap();
         // The new session rewrites block 0 only (a crash cut the rest).
-        let new = encode_blocks(&[Record::Retire { id: 1 }], JournalSeq(0), 42, 2);
+        let new = encode_blocks(
+            &[Record::Retire { id: SafePointId(1) }],
+            JournalSeq(0),
+            42,
+            2,
+        );
         write_blocks(&store, &l, JournalSeq(0), &new).unwrap();
         let (got, end) = collect(&store, &l, JournalSeq(0), false);
-        assert_eq!(got, vec![Record::Retire { id: 1 }]);
+        assert_eq!(got, vec![Record::Retire { id: SafePointId(1) }]);
         assert_eq!(end.next_seq, JournalSeq(1));
     }
 

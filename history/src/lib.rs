@@ -13,6 +13,9 @@
 //!
 //! The feature `testing` adds `sim` (the power-cut simulator, a fixed host and a simulated
 //! clock) and `fuzzing` (the entry points of the fuzz targets); no engine code uses them.
+//! The feature `serde` derives `Serialize` and `Deserialize` for the types the binary
+//! sends over its control socket ([`SafePointId`], a bare number; [`Stats`], by field
+//! name).
 
 mod checkpoint;
 mod error;
@@ -36,4 +39,4 @@ pub use volume::{
     check, create, inspect, read_superblock, CheckReport, Inspection, Notice, ReadTracker,
     SafePointInfo, Stats, ViewId, Volume,
 };
-pub use window::{SafePoint, Trigger};
+pub use window::{SafePoint, SafePointId, Trigger};

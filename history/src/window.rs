@@ -1,10 +1,11 @@
-//! Safe points, epochs and the history window, as pure logic.
+//! Safe points and their ids, epochs and the history window, as pure logic.
 //!
 //! Words (see DESIGN.md): epoch `e` is the writes after safe point `e - 1` up to safe point
-//! `e`; the open epoch is `next_id`, the id the next safe point will get. When a page whose
-//! mapping was written in an earlier epoch is written (or discarded) in epoch `c`, its old
-//! page becomes a history entry of group `c`: "what this logical page held when `c` began".
-//! A page rewritten within its own epoch makes no history; its old page is simply freed.
+//! `e`, so an epoch is named by the [`SafePointId`] of the safe point that closes it; the
+//! open epoch is `next_id`, the id the next safe point will get. When a page whose mapping
+//! was written in an earlier epoch is written (or discarded) in epoch `c`, its old page
+//! becomes a history entry of group `c`: "what this logical page held when `c` began". A
+//! page rewritten within its own epoch makes no history; its old page is simply freed.
 //!
 //! Invariants:
 //! - safe point ids in the window ascend and are all below `next_id`;
@@ -16,6 +17,33 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use rewind_remap::{LogicalPage, PhysPage};
+
+/// The id of a safe point. Ids count up by one from 0 (the safe point `create` makes) and
+/// stay at or below `format::COUNTER_MAX`, so they never wrap. An epoch is named by the id
+/// of the safe point that closes it (see the module doc), so the window's history groups
+/// are keyed by this type too. Its own type, so that an id never mixes with a journal
+/// sequence, a page number or a count; it prints as the bare number, and with the feature
+/// `serde` it is the bare number in JSON as well.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(transparent)
+)]
+pub struct SafePointId(pub u64);
+
+impl SafePointId {
+    /// The id of the safe point after this one; also the first epoch after it.
+    pub fn next(self) -> SafePointId {
+        SafePointId(self.0 + 1)
+    }
+}
+
+impl std::fmt::Display for SafePointId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// What made a safe point.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,7 +105,7 @@ impl Trigger {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SafePoint {
     /// Monotonic id.
-    pub id: u64,
+    pub id: SafePointId,
     /// Wall-clock time, nanoseconds since the Unix epoch.
     pub time_ns: u64,
     /// What made it.
@@ -87,30 +115,36 @@ pub struct SafePoint {
 }
 
 /// The history window: reachable safe points and the history groups they need.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Window {
     /// The id the next safe point gets; also the open epoch.
-    pub next_id: u64,
+    pub next_id: SafePointId,
     /// Reachable safe points, oldest first.
     pub safe_points: VecDeque<SafePoint>,
-    /// Superseding epoch -> (logical page, the page it had when that epoch began).
-    pub groups: BTreeMap<u64, Vec<(LogicalPage, Option<PhysPage>)>>,
+    /// Superseding epoch (named by the safe point that closes it) -> (logical page, the
+    /// page it had when that epoch began).
+    pub groups: BTreeMap<SafePointId, Vec<(LogicalPage, Option<PhysPage>)>>,
     /// Entries over all groups that hold a physical page.
     pub history_pages: u64,
     /// Entries over all groups.
     pub history_entries: u64,
     /// Safe points kept from retirement by `rewind pin`.
-    pub pins: BTreeSet<u64>,
+    pub pins: BTreeSet<SafePointId>,
     /// The same entries by (logical page, superseding epoch), to read a page at a safe point.
-    index: BTreeMap<(u64, u64), Option<PhysPage>>,
+    index: BTreeMap<(LogicalPage, SafePointId), Option<PhysPage>>,
 }
 
 impl Window {
     /// An empty window whose open epoch is `next_id`.
-    pub fn new(next_id: u64) -> Window {
+    pub fn new(next_id: SafePointId) -> Window {
         Window {
             next_id,
-            ..Window::default()
+            safe_points: VecDeque::new(),
+            groups: BTreeMap::new(),
+            history_pages: 0,
+            history_entries: 0,
+            pins: BTreeSet::new(),
+            index: BTreeMap::new(),
         }
     }
 
@@ -121,8 +155,13 @@ impl Window {
 
     /// Adds an entry of group `epoch` (a checkpoint being read, or `supersede`). A logical
     /// page has at most one entry per epoch.
-    pub fn load_entry(&mut self, epoch: u64, l: LogicalPage, old: Option<PhysPage>) -> bool {
-        if self.index.insert((l.0, epoch), old).is_some() {
+    pub fn load_entry(
+        &mut self,
+        epoch: SafePointId,
+        l: LogicalPage,
+        old: Option<PhysPage>,
+    ) -> bool {
+        if self.index.insert((l, epoch), old).is_some() {
             return false;
         }
         self.groups.entry(epoch).or_default().push((l, old));
@@ -133,19 +172,19 @@ impl Window {
 
     /// What `l` held at safe point `at`: `Some(page)` from its history, or `None` when it
     /// has not changed since and reads as it does live.
-    pub fn page_at(&self, l: LogicalPage, at: u64) -> Option<Option<PhysPage>> {
+    pub fn page_at(&self, l: LogicalPage, at: SafePointId) -> Option<Option<PhysPage>> {
         self.index
-            .range((l.0, at + 1)..=(l.0, u64::MAX))
+            .range((l, at.next())..=(l, SafePointId(u64::MAX)))
             .next()
             .map(|(_, p)| *p)
     }
 
     /// Every logical page that changed after safe point `at`, with what it held then.
-    pub fn changed_since(&self, at: u64) -> Vec<(LogicalPage, Option<PhysPage>)> {
+    pub fn changed_since(&self, at: SafePointId) -> Vec<(LogicalPage, Option<PhysPage>)> {
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
         // Ascending epochs: the first entry of a page after `at` is its state at `at`.
-        for (_, g) in self.groups.range(at + 1..) {
+        for (_, g) in self.groups.range(at.next()..) {
             for &(l, p) in g {
                 if seen.insert(l) {
                     out.push((l, p));
@@ -156,14 +195,14 @@ impl Window {
     }
 
     /// Is safe point `id` in the window?
-    pub fn contains(&self, id: u64) -> bool {
+    pub fn contains(&self, id: SafePointId) -> bool {
         self.safe_points.binary_search_by_key(&id, |s| s.id).is_ok()
     }
 
     /// Closes the open epoch with `sp`, whose id must be `next_id`.
     pub fn push_safe_point(&mut self, sp: SafePoint) {
         assert_eq!(sp.id, self.next_id, "safe point ids must follow the epoch");
-        self.next_id = sp.id + 1;
+        self.next_id = sp.id.next();
         self.safe_points.push_back(sp);
     }
 
@@ -179,7 +218,7 @@ impl Window {
 
     /// Retires safe point `id`, which must be in the window and not the newest, and hands
     /// each physical page no reachable safe point needs any more to `free`.
-    pub fn retire(&mut self, id: u64, mut free: impl FnMut(PhysPage)) {
+    pub fn retire(&mut self, id: SafePointId, mut free: impl FnMut(PhysPage)) {
         let i = self
             .safe_points
             .binary_search_by_key(&id, |s| s.id)
@@ -210,7 +249,7 @@ impl Window {
                 self.groups.remove(&epoch);
             }
             for (l, old) in dropped {
-                self.index.remove(&(l.0, epoch));
+                self.index.remove(&(l, epoch));
                 self.history_entries -= 1;
                 if let Some(p) = old {
                     self.history_pages -= 1;
@@ -226,21 +265,17 @@ impl Window {
     /// groups after it up to the next safe point whose range starts after the previous one.
     /// (Two entries of one page cannot both be there: the later one would be needed by no
     /// safe point, and such entries are always dropped.)
-    fn only_needed_by(&self, i: usize) -> Vec<(u64, LogicalPage)> {
+    fn only_needed_by(&self, i: usize) -> Vec<(SafePointId, LogicalPage)> {
         let id = self.safe_points[i].id;
         let prev = i.checked_sub(1).map(|j| self.safe_points[j].id);
         let next = self.safe_points.get(i + 1).map_or(self.next_id, |s| s.id);
         let mut out = Vec::new();
-        for (&epoch, g) in self.groups.range(id + 1..=next) {
+        for (&epoch, g) in self.groups.range(id.next()..=next) {
             for &(l, _) in g {
                 let alone = match prev {
                     None => true,
                     // The previous entry of `l` is after `prev`: `prev` reads a later one.
-                    Some(p) => self
-                        .index
-                        .range((l.0, p + 1)..(l.0, epoch))
-                        .next()
-                        .is_some(),
+                    Some(p) => self.index.range((l, p.next())..(l, epoch)).next().is_some(),
                 };
                 if alone {
                     out.push((epoch, l));
@@ -257,7 +292,7 @@ mod tests {
 
     fn sp(id: u64) -> SafePoint {
         SafePoint {
-            id,
+            id: SafePointId(id),
             time_ns: id,
             trigger: Trigger::Flush,
             label: None,
@@ -266,7 +301,7 @@ mod tests {
 
     #[test]
     fn retiring_the_oldest_frees_what_only_it_needed() {
-        let mut w = Window::new(1);
+        let mut w = Window::new(SafePointId(1));
         w.push_safe_point(sp(1));
         w.supersede(LogicalPage(0), Some(PhysPage(10))); // group 2, needed by sp 1
         w.push_safe_point(sp(2));
@@ -274,18 +309,18 @@ mod tests {
         w.supersede(LogicalPage(1), None); // group 3, needed by sp 1 and 2
         w.push_safe_point(sp(3));
         let mut freed = Vec::new();
-        w.retire(1, |p| freed.push(p));
+        w.retire(SafePointId(1), |p| freed.push(p));
         assert_eq!(freed, vec![PhysPage(10)]);
-        assert_eq!(w.oldest().map(|s| s.id), Some(2));
+        assert_eq!(w.oldest().map(|s| s.id), Some(SafePointId(2)));
         assert_eq!((w.history_pages, w.history_entries), (1, 2));
-        w.retire(2, |p| freed.push(p));
+        w.retire(SafePointId(2), |p| freed.push(p));
         assert_eq!(freed, vec![PhysPage(10), PhysPage(11)]);
         assert_eq!(w.history_entries, 0);
     }
 
     #[test]
     fn retiring_between_two_kept_safe_points_frees_only_its_own_history() {
-        let mut w = Window::new(1);
+        let mut w = Window::new(SafePointId(1));
         w.push_safe_point(sp(1));
         w.supersede(LogicalPage(0), Some(PhysPage(10))); // 0 at sp 1
         w.push_safe_point(sp(2));
@@ -295,22 +330,31 @@ mod tests {
         w.supersede(LogicalPage(2), Some(PhysPage(30))); // 2 at sp 1, 2 and 3
         w.push_safe_point(sp(4));
         let mut freed = Vec::new();
-        w.retire(2, |p| freed.push(p));
+        w.retire(SafePointId(2), |p| freed.push(p));
         assert_eq!(
             freed,
             vec![PhysPage(11)],
             "only page 0 as of sp 2 was its alone"
         );
-        let ids: Vec<u64> = w.safe_points.iter().map(|s| s.id).collect();
-        assert_eq!(ids, vec![1, 3, 4]);
+        let ids: Vec<SafePointId> = w.safe_points.iter().map(|s| s.id).collect();
+        assert_eq!(ids, [1, 3, 4].map(SafePointId));
         // Safe point 1 still reads its pages; 3 reads page 0 live and the rest from history.
-        assert_eq!(w.page_at(LogicalPage(0), 1), Some(Some(PhysPage(10))));
-        assert_eq!(w.page_at(LogicalPage(1), 1), Some(Some(PhysPage(20))));
-        assert_eq!(w.page_at(LogicalPage(0), 3), None);
-        assert_eq!(w.page_at(LogicalPage(2), 3), Some(Some(PhysPage(30))));
-        w.retire(3, |p| freed.push(p));
+        assert_eq!(
+            w.page_at(LogicalPage(0), SafePointId(1)),
+            Some(Some(PhysPage(10)))
+        );
+        assert_eq!(
+            w.page_at(LogicalPage(1), SafePointId(1)),
+            Some(Some(PhysPage(20)))
+        );
+        assert_eq!(w.page_at(LogicalPage(0), SafePointId(3)), None);
+        assert_eq!(
+            w.page_at(LogicalPage(2), SafePointId(3)),
+            Some(Some(PhysPage(30)))
+        );
+        w.retire(SafePointId(3), |p| freed.push(p));
         assert_eq!(freed.len(), 1, "sp 1 still needs all that is left");
-        w.retire(1, |p| freed.push(p));
+        w.retire(SafePointId(1), |p| freed.push(p));
         freed.sort();
         assert_eq!(
             freed,

@@ -11,7 +11,10 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use rewind_history::sim::{self, Event, Rng, SimStore};
-use rewind_history::{create, CreateOptions, Layout, LogicalPage, MemStore, Trigger, Volume};
+use rewind_history::{
+    create, CreateOptions, Host, Layout, LogicalPage, MemStore, SafePointId, Store, Stream,
+    Trigger, Volume,
+};
 
 const PAGES: u64 = 96;
 /// The boot the workloads run in.
@@ -29,14 +32,14 @@ struct Model {
     since: Vec<(u64, Option<(u8, u32)>)>,
     checked: u64,
     /// The device at each safe point the workload made.
-    snapshots: std::collections::HashMap<u64, Device>,
+    snapshots: std::collections::HashMap<SafePointId, Device>,
     /// The safe point durably pinned: reclaim must retire around it.
-    pin: Option<u64>,
+    pin: Option<SafePointId>,
 }
 
 impl Model {
     /// Safe point `id` was made and is durable: it holds the device as it is live.
-    fn made_safe_point(&mut self, id: u64) {
+    fn made_safe_point(&mut self, id: SafePointId) {
         self.durable = self.live.clone();
         self.since.clear();
         self.snapshots.insert(id, self.live.clone());
@@ -88,7 +91,7 @@ fn check_image(image: Vec<u8>, m: &Model) -> Result<(), String> {
     // model knows, to keep thousands of crash points quick).
     let mut buf = vec![0u8; PAGE];
     let sps = vol.safe_points();
-    let mut check: Vec<u64> = sps
+    let mut check: Vec<SafePointId> = sps
         .iter()
         .map(|sp| sp.id)
         .filter(|id| m.snapshots.contains_key(id))
@@ -133,6 +136,8 @@ fn check_image(image: Vec<u8>, m: &Model) -> Result<(), String> {
     Err("device is not the last durable safe point plus a prefix of later writes".into())
 }
 
+/// Runs workload `seed`, checking two crash images at every sync and at one write in four;
+/// returns how many it checked.
 fn run_workload(seed: u64) -> u64 {
     let opts = CreateOptions {
         size: PAGES * PAGE as u64,
@@ -150,138 +155,23 @@ fn run_workload(seed: u64) -> u64 {
         ..Model::default()
     }));
     let failure: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
-    {
-        let model = model.clone();
-        let failure = failure.clone();
-        let mut rng = Rng(seed ^ 0xc0ffee);
-        store.set_hook(move |s, event| {
-            // Every sync is a crash point; so is one write in four. After a failure, stop.
-            if failure.lock().is_some() || (event == Event::Write && rng.below(4) != 0) {
-                return;
-            }
-            let mut m = model.lock();
-            for _ in 0..2 {
-                let image = s.crash_image(&mut rng);
-                if let Err(e) = check_image(image, &m) {
-                    failure.lock().get_or_insert(format!("seed {seed}: {e}"));
-                }
-                m.checked += 1;
-            }
-        });
-    }
-    use rewind_history::Store;
-    let mut rng = Rng(seed);
-    let mut vol = Some(Volume::open(store.clone(), &host).unwrap());
-    let mut stream = vol.as_ref().unwrap().stream(0, 1);
-    let mut serial = 0u32;
+    check_crash_points(&store, seed, model.clone(), failure.clone());
+    let vol = Volume::open(store.clone(), &host).unwrap();
+    let mut w = Workload {
+        stream: vol.stream(0, 1),
+        vol: Some(vol),
+        store,
+        host,
+        model: model.clone(),
+        rng: Rng(seed),
+        serial: 0,
+    };
     for _ in 0..160 {
-        let v = vol.as_ref().unwrap();
-        match rng.below(20) {
-            0..=8 => {
-                let l = rng.below(PAGES);
-                let n = if rng.below(4) == 0 {
-                    1 + rng.below(8)
-                } else {
-                    1
-                };
-                for l in l..(l + n).min(PAGES) {
-                    serial += 1;
-                    let val = (rng.below(255) as u8 + 1, serial);
-                    {
-                        // In flight: it may or may not survive, but only after what precedes it.
-                        let mut m = model.lock();
-                        m.since.push((l, Some(val)));
-                    }
-                    v.write_page(&mut stream, LogicalPage(l), &page_data(l, val))
-                        .unwrap();
-                    model.lock().live[l as usize] = Some(val);
-                }
-            }
-            9 => {
-                let l = rng.below(PAGES);
-                let n = (1 + rng.below(12)).min(PAGES - l);
-                {
-                    let mut m = model.lock();
-                    for i in l..l + n {
-                        m.since.push((i, None));
-                    }
-                }
-                v.discard(LogicalPage(l), n).unwrap();
-                let mut m = model.lock();
-                for i in l..l + n {
-                    m.live[i as usize] = None;
-                }
-            }
-            10..=13 => {
-                let id = v.safe_point(Trigger::Flush, None).unwrap();
-                model.lock().made_safe_point(id);
-            }
-            14 => {
-                let id = v
-                    .safe_point(Trigger::User, Some(format!("label-{serial}")))
-                    .unwrap();
-                model.lock().made_safe_point(id);
-            }
-            16 | 17 => {
-                let known: Vec<u64> = v
-                    .safe_points()
-                    .iter()
-                    .map(|s| s.id)
-                    .filter(|id| model.lock().snapshots.contains_key(id))
-                    .collect();
-                if known.is_empty() {
-                    continue;
-                }
-                let to = known[rng.below(known.len() as u64) as usize];
-                {
-                    // In flight: the rollback's changes, after the writes not yet durable.
-                    let mut m = model.lock();
-                    let target = m.snapshots[&to].clone();
-                    for (l, want) in target.iter().enumerate() {
-                        if m.live[l] != *want {
-                            m.since.push((l as u64, *want));
-                        }
-                    }
-                }
-                let before = v.rollback(to).unwrap();
-                let mut m = model.lock();
-                let live = m.live.clone();
-                m.snapshots.insert(before, live);
-                m.live = m.snapshots[&to].clone();
-                m.durable = m.live.clone();
-                m.since.clear();
-            }
-            18 if model.lock().pin.is_none() => {
-                // One pin at a time: with the device's worth of history it holds, reclaim
-                // always finds other safe points to retire, so the pin is never released.
-                let ids: Vec<u64> = v.safe_points().iter().map(|s| s.id).collect();
-                let id = ids[rng.below(ids.len() as u64) as usize];
-                v.pin(id, true).unwrap();
-                model.lock().pin = Some(id);
-            }
-            19 => {
-                // In flight until it returns: the pin may or may not survive a cut.
-                let pinned = model.lock().pin.take();
-                if let Some(id) = pinned {
-                    v.pin(id, false).unwrap();
-                }
-            }
-            _ => {
-                vol.take().unwrap().close().unwrap();
-                {
-                    let mut m = model.lock();
-                    m.durable = m.live.clone();
-                    m.since.clear();
-                }
-                let nv = Volume::open(store.clone(), &host).unwrap();
-                stream = nv.stream(0, 1);
-                vol = Some(nv);
-            }
-        }
+        w.step();
         if let Some(f) = failure.lock().clone() {
             panic!("{f}");
         }
-        let notices = vol.as_ref().unwrap().take_notices();
+        let notices = w.vol().take_notices();
         assert!(
             notices.is_empty(),
             "seed {seed}: reclaim gave up a pin: {notices:?}"
@@ -289,6 +179,171 @@ fn run_workload(seed: u64) -> u64 {
     }
     let checked = model.lock().checked;
     checked
+}
+
+/// Makes every sync of `store` a crash point, and one write in four: two crash images of
+/// each are checked against `model`; the first failure goes to `failure`, and checking
+/// stops there.
+fn check_crash_points(
+    store: &SimStore,
+    seed: u64,
+    model: Arc<Mutex<Model>>,
+    failure: Arc<Mutex<Option<String>>>,
+) {
+    let mut rng = Rng(seed ^ 0xc0ffee);
+    store.set_hook(move |s, event| {
+        // Every sync is a crash point; so is one write in four. After a failure, stop.
+        if failure.lock().is_some() || (event == Event::Write && rng.below(4) != 0) {
+            return;
+        }
+        let mut m = model.lock();
+        for _ in 0..2 {
+            let image = s.crash_image(&mut rng);
+            if let Err(e) = check_image(image, &m) {
+                failure.lock().get_or_insert(format!("seed {seed}: {e}"));
+            }
+            m.checked += 1;
+        }
+    });
+}
+
+/// One workload: the volume on a simulated store, the model of what it must hold, and the
+/// seeded choice of what to do next.
+struct Workload {
+    store: Arc<SimStore>,
+    host: Host,
+    model: Arc<Mutex<Model>>,
+    /// `None` only while it is reopened.
+    vol: Option<Volume<Arc<SimStore>>>,
+    stream: Stream,
+    rng: Rng,
+    /// Counts page writes, so each written page is distinct.
+    serial: u32,
+}
+
+impl Workload {
+    fn vol(&self) -> &Volume<Arc<SimStore>> {
+        self.vol.as_ref().unwrap()
+    }
+
+    /// One random step: writes, a discard, a safe point, a rollback, a pin or an unpin, or
+    /// a clean close and reopen.
+    fn step(&mut self) {
+        match self.rng.below(20) {
+            0..=8 => self.write(),
+            9 => self.discard(),
+            10..=13 => self.safe_point(Trigger::Flush, None),
+            14 => self.safe_point(Trigger::User, Some(format!("label-{}", self.serial))),
+            16 | 17 => self.rollback(),
+            18 if self.model.lock().pin.is_none() => {
+                // One pin at a time: with the device's worth of history it holds, reclaim
+                // always finds other safe points to retire, so the pin is never released.
+                let ids: Vec<SafePointId> = self.vol().safe_points().iter().map(|s| s.id).collect();
+                let id = ids[self.rng.below(ids.len() as u64) as usize];
+                self.vol().pin(id, true).unwrap();
+                self.model.lock().pin = Some(id);
+            }
+            19 => {
+                // In flight until it returns: the pin may or may not survive a cut.
+                let pinned = self.model.lock().pin.take();
+                if let Some(id) = pinned {
+                    self.vol().pin(id, false).unwrap();
+                }
+            }
+            _ => self.reopen(),
+        }
+    }
+
+    /// Writes one page, or a run of up to 8 (one time in four).
+    fn write(&mut self) {
+        let rng = &mut self.rng;
+        let l = rng.below(PAGES);
+        let n = if rng.below(4) == 0 {
+            1 + rng.below(8)
+        } else {
+            1
+        };
+        for l in l..(l + n).min(PAGES) {
+            self.serial += 1;
+            let val = (self.rng.below(255) as u8 + 1, self.serial);
+            {
+                // In flight: it may or may not survive, but only after what precedes it.
+                let mut m = self.model.lock();
+                m.since.push((l, Some(val)));
+            }
+            let vol = self.vol.as_ref().unwrap();
+            vol.write_page(&mut self.stream, LogicalPage(l), &page_data(l, val))
+                .unwrap();
+            self.model.lock().live[l as usize] = Some(val);
+        }
+    }
+
+    /// Discards up to 12 pages.
+    fn discard(&mut self) {
+        let l = self.rng.below(PAGES);
+        let n = (1 + self.rng.below(12)).min(PAGES - l);
+        {
+            let mut m = self.model.lock();
+            for i in l..l + n {
+                m.since.push((i, None));
+            }
+        }
+        self.vol().discard(LogicalPage(l), n).unwrap();
+        let mut m = self.model.lock();
+        for i in l..l + n {
+            m.live[i as usize] = None;
+        }
+    }
+
+    fn safe_point(&mut self, trigger: Trigger, label: Option<String>) {
+        let id = self.vol().safe_point(trigger, label).unwrap();
+        self.model.lock().made_safe_point(id);
+    }
+
+    /// Rolls back to a safe point the model knows, if the window still holds one.
+    fn rollback(&mut self) {
+        let known: Vec<SafePointId> = self
+            .vol()
+            .safe_points()
+            .iter()
+            .map(|s| s.id)
+            .filter(|id| self.model.lock().snapshots.contains_key(id))
+            .collect();
+        if known.is_empty() {
+            return;
+        }
+        let to = known[self.rng.below(known.len() as u64) as usize];
+        {
+            // In flight: the rollback's changes, after the writes not yet durable.
+            let mut m = self.model.lock();
+            let target = m.snapshots[&to].clone();
+            for (l, want) in target.iter().enumerate() {
+                if m.live[l] != *want {
+                    m.since.push((l as u64, *want));
+                }
+            }
+        }
+        let before = self.vol().rollback(to).unwrap();
+        let mut m = self.model.lock();
+        let live = m.live.clone();
+        m.snapshots.insert(before, live);
+        m.live = m.snapshots[&to].clone();
+        m.durable = m.live.clone();
+        m.since.clear();
+    }
+
+    /// Closes the volume cleanly (everything durable) and opens it again.
+    fn reopen(&mut self) {
+        self.vol.take().unwrap().close().unwrap();
+        {
+            let mut m = self.model.lock();
+            m.durable = m.live.clone();
+            m.since.clear();
+        }
+        let vol = Volume::open(self.store.clone(), &self.host).unwrap();
+        self.stream = vol.stream(0, 1);
+        self.vol = Some(vol);
+    }
 }
 
 #[test]

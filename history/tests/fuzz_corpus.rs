@@ -10,7 +10,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rewind_history::{create, fuzzing, Error, LogicalPage, MemStore, Store, Trigger, Volume};
+use rewind_history::{
+    create, fuzzing, Error, LogicalPage, MemStore, SafePointId, Store, Trigger, Volume,
+};
 
 type Entry = fn(&[u8]) -> Result<(), Error>;
 
@@ -135,7 +137,10 @@ fn reclaim(vol: &Volume<Arc<MemStore>>) {
         write(vol, 100..250, 10 + round);
         vol.flush().unwrap();
     }
-    assert!(vol.safe_points()[0].id > 0, "reclaim retired a safe point");
+    assert!(
+        vol.safe_points()[0].id > SafePointId(0),
+        "reclaim retired a safe point"
+    );
 }
 
 fn save(target: &str, name: &str, bytes: &[u8]) {
@@ -169,6 +174,14 @@ fn regenerate_seed_corpora() {
             std::fs::remove_file(f).unwrap();
         }
     }
+    save_journal_seeds();
+    save_image_seeds("fresh", &fresh().contents());
+    save_checkpointed_seeds();
+    save_reclaimed_seeds();
+}
+
+/// The `journal` seeds: each workload alone, in the journal of a fresh image.
+fn save_journal_seeds() {
     let workloads: [(&str, Work); 4] = [
         ("writes", writes_and_flushes),
         ("labels-discards", labels_and_discards),
@@ -182,20 +195,18 @@ fn regenerate_seed_corpora() {
             &fuzzing::journal_input(&journal_only(work)),
         );
     }
+}
 
-    let fresh_image = fresh().contents();
-    save(
-        "superblock",
-        "fresh",
-        &fuzzing::superblock_input(&fresh_image),
-    );
-    save(
-        "checkpoint",
-        "fresh",
-        &fuzzing::checkpoint_input(&fresh_image),
-    );
-    save("image", "fresh", &fuzzing::image_input(&fresh_image));
+/// The `superblock`, `checkpoint` and `image` seeds `name` of `image`.
+fn save_image_seeds(name: &str, image: &[u8]) {
+    save("superblock", name, &fuzzing::superblock_input(image));
+    save("checkpoint", name, &fuzzing::checkpoint_input(image));
+    save("image", name, &fuzzing::image_input(image));
+}
 
+/// The seeds of an image closed after a checkpoint (`closed`), then reopened and left
+/// unclean (`unclean`).
+fn save_checkpointed_seeds() {
     // Two checkpoints bring the current one back to slot 0, where an `image` input
     // reaches it: one forced in the middle, one at the clean close.
     let store = fresh();
@@ -205,10 +216,7 @@ fn regenerate_seed_corpora() {
     vol.commit(true).unwrap();
     rollback_and_undo(&vol);
     vol.close().unwrap();
-    let closed = store.contents();
-    save("superblock", "closed", &fuzzing::superblock_input(&closed));
-    save("checkpoint", "closed", &fuzzing::checkpoint_input(&closed));
-    save("image", "closed", &fuzzing::image_input(&closed));
+    save_image_seeds("closed", &store.contents());
 
     // Reopened and left unclean: a journal on top of that checkpoint, of a later session.
     let vol = Volume::open(store.clone(), &fuzzing::host()).unwrap();
@@ -225,8 +233,11 @@ fn regenerate_seed_corpora() {
         &fuzzing::superblock_input(&unclean),
     );
     save("image", "unclean", &fuzzing::image_input(&unclean));
+}
 
-    // History past reclaim, closed twice so the checkpoint is in slot 0.
+/// The seeds of an image whose history went past reclaim (`reclaimed`), closed twice so
+/// the checkpoint is in slot 0.
+fn save_reclaimed_seeds() {
     let store = fresh();
     let vol = Volume::open(store.clone(), &fuzzing::host()).unwrap();
     reclaim(&vol);

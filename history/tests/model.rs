@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use rewind_history::{
-    create, sim, CreateOptions, Error, Host, LogicalPage, MemStore, Notice, ViewId, Volume,
-    PAGE_SIZE,
+    create, sim, CreateOptions, Error, Host, LogicalPage, MemStore, Notice, SafePointId, ViewId,
+    Volume, PAGE_SIZE,
 };
 
 const PAGES: u64 = 96;
@@ -93,12 +93,12 @@ struct Harness {
     /// Page changes since the last flush, in the order they completed.
     since: Vec<(u64, Option<u8>)>,
     /// The whole device at every safe point the test made.
-    snapshots: std::collections::HashMap<u64, Device>,
+    snapshots: std::collections::HashMap<SafePointId, Device>,
     labels: u32,
     /// Safe points the test pinned and reclaim has not released.
-    pins: std::collections::BTreeSet<u64>,
+    pins: std::collections::BTreeSet<SafePointId>,
     /// Open views and their safe points; a dropped one is removed.
-    views: Vec<(ViewId, u64)>,
+    views: Vec<(ViewId, SafePointId)>,
 }
 
 impl Harness {
@@ -122,7 +122,9 @@ impl Harness {
             live: vec![None; PAGES as usize],
             durable: vec![None; PAGES as usize],
             since: Vec::new(),
-            snapshots: [(0, vec![None; PAGES as usize])].into_iter().collect(),
+            snapshots: [(SafePointId(0), vec![None; PAGES as usize])]
+                .into_iter()
+                .collect(),
             labels: 0,
             pins: Default::default(),
             views: Vec::new(),
@@ -155,7 +157,7 @@ impl Harness {
     fn check_holds(&mut self) {
         self.take_notices();
         let infos = self.vol().safe_point_infos();
-        let pinned: std::collections::BTreeSet<u64> = infos
+        let pinned: std::collections::BTreeSet<SafePointId> = infos
             .iter()
             .filter(|i| i.pinned)
             .map(|i| i.safe_point.id)
@@ -183,7 +185,7 @@ impl Harness {
     }
 
     /// Safe points in the window whose content the model knows (reclaim makes others).
-    fn known(&self) -> Vec<u64> {
+    fn known(&self) -> Vec<SafePointId> {
         self.vol()
             .safe_points()
             .iter()
@@ -192,13 +194,13 @@ impl Harness {
             .collect()
     }
 
-    fn made_safe_point(&mut self, id: u64) {
+    fn made_safe_point(&mut self, id: SafePointId) {
         self.snapshots.insert(id, self.live.clone());
         self.durable = self.live.clone();
         self.since.clear();
     }
 
-    fn check_view(&self, at: u64) {
+    fn check_view(&self, at: SafePointId) {
         let mut buf = vec![0u8; PAGE_SIZE as usize];
         let want = &self.snapshots[&at];
         for l in 0..PAGES {
@@ -224,17 +226,10 @@ impl Harness {
 
     fn run(&mut self, op: &Op) {
         match *op {
-            Op::Write(l, v) => {
-                let mut s = self.stream.clone();
-                self.vol()
-                    .write_page(&mut s, LogicalPage(l), &page_data(l, v))
-                    .unwrap();
-                self.stream = s;
-                self.set(l, Some(v));
-            }
+            Op::Write(l, v) => self.write(l, v),
             Op::WriteRun(l, v, n) => {
                 for i in l..(l + n).min(PAGES) {
-                    self.run(&Op::Write(i, v));
+                    self.write(i, v);
                 }
             }
             Op::Discard(l, n) => {
@@ -244,60 +239,25 @@ impl Harness {
                     self.set(i, None);
                 }
             }
-            Op::Flush => {
-                let id = self
-                    .vol()
-                    .safe_point(rewind_history::Trigger::Flush, None)
-                    .unwrap();
-                self.made_safe_point(id);
-            }
+            Op::Flush => self.safe_point(rewind_history::Trigger::Flush, None),
             Op::Label => {
                 self.labels += 1;
                 let label = format!("label-{}", self.labels);
-                let id = self
-                    .vol()
-                    .safe_point(rewind_history::Trigger::User, Some(label))
-                    .unwrap();
-                self.made_safe_point(id);
+                self.safe_point(rewind_history::Trigger::User, Some(label));
             }
-            Op::Rollback(k) => {
-                let known = self.known();
-                if known.is_empty() {
-                    return; // only reclaim-made safe points left: nothing the model knows
-                }
-                let to = known[k % known.len()];
-                let before = self.vol().rollback(to).unwrap();
-                self.made_safe_point(before);
-                self.live = self.snapshots[&to].clone();
-                self.durable = self.live.clone();
-                self.since.clear();
-            }
+            Op::Rollback(k) => self.rollback(k),
             Op::View(k) => {
-                let known = self.known();
-                if known.is_empty() {
-                    return;
-                }
-                self.check_view(known[k % known.len()]);
-            }
-            Op::Pin(k) | Op::Unpin(k) => {
-                let ids: Vec<u64> = self.vol().safe_points().iter().map(|s| s.id).collect();
-                let id = ids[k % ids.len()];
-                let pinned = matches!(op, Op::Pin(_));
-                self.vol().pin(id, pinned).unwrap();
-                if pinned {
-                    self.pins.insert(id);
-                } else {
-                    self.pins.remove(&id);
+                if let Some(at) = self.pick_known(k) {
+                    self.check_view(at);
                 }
             }
+            Op::Pin(k) => self.pin(k, true),
+            Op::Unpin(k) => self.pin(k, false),
             Op::OpenView(k) => {
-                let known = self.known();
-                if known.is_empty() {
-                    return;
+                if let Some(at) = self.pick_known(k) {
+                    let v = self.vol().open_view(at).unwrap();
+                    self.views.push((v, at));
                 }
-                let at = known[k % known.len()];
-                let v = self.vol().open_view(at).unwrap();
-                self.views.push((v, at));
             }
             Op::CloseView(k) => {
                 if !self.views.is_empty() {
@@ -305,25 +265,73 @@ impl Harness {
                     self.vol().close_view(v);
                 }
             }
-            Op::Reopen => {
-                self.views.clear(); // views live as long as their daemon
-                self.vol.take().unwrap().close().unwrap();
-                self.reopen();
-                // A clean close makes everything durable.
-                self.durable = self.live.clone();
-                self.since.clear();
-            }
-            Op::Crash => {
-                self.take_notices();
-                self.views.clear();
-                drop(self.vol.take());
-                self.reopen();
-                self.check_after_crash();
-                // Every durable safe point of the window still reads back exactly.
-                for at in self.known() {
-                    self.check_view(at);
-                }
-            }
+            Op::Reopen => self.close_and_reopen(),
+            Op::Crash => self.crash(),
+        }
+    }
+
+    fn write(&mut self, l: u64, v: u8) {
+        let mut s = self.stream.clone();
+        self.vol()
+            .write_page(&mut s, LogicalPage(l), &page_data(l, v))
+            .unwrap();
+        self.stream = s;
+        self.set(l, Some(v));
+    }
+
+    fn safe_point(&mut self, trigger: rewind_history::Trigger, label: Option<String>) {
+        let id = self.vol().safe_point(trigger, label).unwrap();
+        self.made_safe_point(id);
+    }
+
+    /// The `k`th (modulo) of the safe points the model knows, if it knows any: reclaim may
+    /// have left only safe points it made.
+    fn pick_known(&self, k: usize) -> Option<SafePointId> {
+        let known = self.known();
+        (!known.is_empty()).then(|| known[k % known.len()])
+    }
+
+    fn rollback(&mut self, k: usize) {
+        let Some(to) = self.pick_known(k) else {
+            return;
+        };
+        let before = self.vol().rollback(to).unwrap();
+        self.made_safe_point(before);
+        self.live = self.snapshots[&to].clone();
+        self.durable = self.live.clone();
+        self.since.clear();
+    }
+
+    /// Pins (or unpins) the `k`th (modulo) safe point of the window.
+    fn pin(&mut self, k: usize, pinned: bool) {
+        let ids: Vec<SafePointId> = self.vol().safe_points().iter().map(|s| s.id).collect();
+        let id = ids[k % ids.len()];
+        self.vol().pin(id, pinned).unwrap();
+        if pinned {
+            self.pins.insert(id);
+        } else {
+            self.pins.remove(&id);
+        }
+    }
+
+    fn close_and_reopen(&mut self) {
+        self.views.clear(); // views live as long as their daemon
+        self.vol.take().unwrap().close().unwrap();
+        self.reopen();
+        // A clean close makes everything durable.
+        self.durable = self.live.clone();
+        self.since.clear();
+    }
+
+    fn crash(&mut self) {
+        self.take_notices();
+        self.views.clear();
+        drop(self.vol.take());
+        self.reopen();
+        self.check_after_crash();
+        // Every durable safe point of the window still reads back exactly.
+        for at in self.known() {
+            self.check_view(at);
         }
     }
 

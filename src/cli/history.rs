@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use jiff::tz::TimeZone;
+use rewind_history::SafePointId;
 use serde::Serialize;
 
 use crate::cli::render::{
@@ -122,8 +123,8 @@ pub fn log_image_command(image: &Path, json: bool) -> Result<()> {
 
 #[derive(Serialize)]
 struct RollbackJson {
-    to: u64,
-    undo: u64,
+    to: SafePointId,
+    undo: SafePointId,
     time: String,
     label: Option<String>,
 }
@@ -168,7 +169,7 @@ fn print_rollback(
     what: &str,
     which: &str,
     chosen: &SafePointRecord,
-    undo: u64,
+    undo: SafePointId,
     json: bool,
 ) -> Result<()> {
     let tz = TimeZone::system();
@@ -262,7 +263,7 @@ struct ViewJson {
     device: String,
     id: u32,
     of: u32,
-    at: u64,
+    at: SafePointId,
     time: String,
     label: Option<String>,
 }
@@ -320,7 +321,7 @@ pub fn view_command(id: u32, at: &str, json: bool) -> Result<()> {
 
 #[derive(Serialize)]
 struct PinJson {
-    id: u64,
+    id: SafePointId,
     pinned: bool,
     time: String,
     label: Option<String>,

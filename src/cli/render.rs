@@ -5,6 +5,7 @@
 //! local offset and the exact nanoseconds since the Unix epoch (see `time`).
 
 use jiff::tz::TimeZone;
+use rewind_history::SafePointId;
 use serde::Serialize;
 
 use crate::ipc::control::{DeviceStats, SafePointRecord};
@@ -16,7 +17,7 @@ use crate::time::{local_time, rfc3339};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct JsonSafePoint {
     /// Its id.
-    pub id: u64,
+    pub id: SafePointId,
     /// RFC 3339, local offset.
     pub time: String,
     /// Nanoseconds since the Unix epoch.
@@ -27,7 +28,8 @@ pub struct JsonSafePoint {
     pub label: Option<String>,
     /// Bytes first written in the epoch it closed; null when unknown (the oldest).
     pub changed_bytes: Option<u64>,
-    /// Bytes of history that go when it retires.
+    /// `held_pages` of [`SafePointRecord`] in bytes: the history made between it and the
+    /// next safe point, which it (and maybe older safe points) reads.
     pub held_bytes: u64,
     /// Kept from retiring by `rewind pin`.
     pub pinned: bool,
@@ -69,10 +71,10 @@ impl WindowSummary {
     /// From a daemon's figures.
     pub fn from_stats(s: &DeviceStats) -> WindowSummary {
         WindowSummary {
-            safe_points: s.safe_points,
+            safe_points: s.engine.safe_points,
             oldest_time_ns: s.oldest_safe_point_time_ns,
-            history_bytes: s.history_pages * s.page_size,
-            history_capacity_bytes: s.history_capacity_pages * s.page_size,
+            history_bytes: s.engine.history_pages * s.page_size,
+            history_capacity_bytes: s.engine.history_capacity_pages * s.page_size,
         }
     }
 }
@@ -156,8 +158,8 @@ fn history_column(stats: &Option<DeviceStats>) -> String {
     match stats {
         Some(s) => format!(
             "{} / {}",
-            human(s.history_pages * s.page_size),
-            human(s.history_capacity_pages * s.page_size)
+            human(s.engine.history_pages * s.page_size),
+            human(s.engine.history_capacity_pages * s.page_size)
         ),
         None => "?".into(),
     }
@@ -262,7 +264,7 @@ fn space_lines(s: &DeviceStats) -> [(&'static str, String); 4] {
             format!(
                 "{} ({} pages of {} bytes)",
                 human(s.device_bytes),
-                s.logical_pages,
+                s.engine.logical_pages,
                 s.page_size
             ),
         ),
@@ -270,17 +272,17 @@ fn space_lines(s: &DeviceStats) -> [(&'static str, String); 4] {
             "history",
             format!(
                 "{} used of {} ({:.1}%)",
-                human(s.history_pages * s.page_size),
-                human(s.history_capacity_pages * s.page_size),
-                percent(s.history_pages, s.history_capacity_pages)
+                human(s.engine.history_pages * s.page_size),
+                human(s.engine.history_capacity_pages * s.page_size),
+                percent(s.engine.history_pages, s.engine.history_capacity_pages)
             ),
         ),
         (
             "free",
             format!(
                 "{} ({} pages)",
-                human(s.free_pages * s.page_size),
-                s.free_pages
+                human(s.engine.free_pages * s.page_size),
+                s.engine.free_pages
             ),
         ),
     ]
@@ -288,16 +290,16 @@ fn space_lines(s: &DeviceStats) -> [(&'static str, String); 4] {
 
 /// `rewind stats`: the safe points of the window, and when they were made.
 fn window_lines(s: &DeviceStats, tz: &TimeZone) -> [(&'static str, String); 2] {
-    let id_or_dash = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+    let id_or_dash = |v: Option<SafePointId>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
     let time = |t: Option<u64>| t.map_or_else(|| "-".to_string(), |t| local_time(t, tz));
     [
         (
             "safe points",
             format!(
                 "{} (oldest {}, newest {})",
-                s.safe_points,
-                id_or_dash(s.oldest_safe_point),
-                id_or_dash(s.newest_safe_point)
+                s.engine.safe_points,
+                id_or_dash(s.engine.oldest_safe_point),
+                id_or_dash(s.engine.newest_safe_point)
             ),
         ),
         (
@@ -340,7 +342,7 @@ fn pacing_lines(s: &DeviceStats) -> [(&'static str, String); 2] {
 fn kept_lines(s: &DeviceStats) -> Vec<(&'static str, String)> {
     let mut lines = Vec::new();
     if !s.pinned.is_empty() {
-        let ids: Vec<String> = s.pinned.iter().map(u64::to_string).collect();
+        let ids: Vec<String> = s.pinned.iter().map(SafePointId::to_string).collect();
         lines.push(("pinned", ids.join(", ")));
     }
     for v in &s.views {
@@ -368,7 +370,7 @@ mod tests {
 
     fn rec(id: u64, trigger: &str, label: Option<&str>, changed: Option<u64>) -> SafePointRecord {
         SafePointRecord {
-            id,
+            id: SafePointId(id),
             time_ns: T + id * 1_500_000_000,
             trigger: trigger.into(),
             label: label.map(Into::into),
@@ -484,11 +486,14 @@ mod tests {
     fn stats_show_the_window() {
         let s = DeviceStats {
             device: "/dev/ublkb0".into(),
-            free_pages: 60_000,
-            history_pages: 5_536,
-            safe_points: 14,
-            oldest_safe_point: Some(3),
-            newest_safe_point: Some(16),
+            engine: rewind_history::Stats {
+                free_pages: 60_000,
+                history_pages: 5_536,
+                safe_points: 14,
+                oldest_safe_point: Some(SafePointId(3)),
+                newest_safe_point: Some(SafePointId(16)),
+                ..sample_stats().engine
+            },
             newest_safe_point_time_ns: Some(1_700_000_060_000_000_000),
             coalesce_ms: 0,
             ..sample_stats()
@@ -544,18 +549,18 @@ daemon       pid 42
     #[test]
     fn stats_show_pins_views_and_the_log() {
         let s = DeviceStats {
-            pinned: vec![3, 5],
+            pinned: vec![SafePointId(3), SafePointId(5)],
             views: vec![
                 ViewRecord {
                     device_id: 1,
                     device: "/dev/ublkb1".into(),
-                    at: 5,
+                    at: SafePointId(5),
                     dropped: None,
                 },
                 ViewRecord {
                     device_id: 2,
                     device: "/dev/ublkb2".into(),
-                    at: 3,
+                    at: SafePointId(3),
                     dropped: Some("the history area is full".into()),
                 },
             ],

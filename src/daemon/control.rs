@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use rewind_history::Volume;
+use rewind_history::{SafePointId, Volume};
 
 use crate::daemon::backing::FileStore;
 use crate::daemon::pacing::Pacer;
@@ -240,7 +240,7 @@ impl Answers {
 }
 
 /// `rollback`: safe point `to` is the live state again; answers with the way back.
-fn rollback(volume: &Volume<FileStore>, to: u64) -> Response {
+fn rollback(volume: &Volume<FileStore>, to: SafePointId) -> Response {
     match volume.rollback(to) {
         Ok(undo) => {
             log::info!("rolled back to safe point {to}; safe point {undo} undoes it");
@@ -251,7 +251,7 @@ fn rollback(volume: &Volume<FileStore>, to: u64) -> Response {
 }
 
 /// `pin`: keeps safe point `id` from retiring (`pinned`), or lets it retire again.
-fn pin(volume: &Volume<FileStore>, id: u64, pinned: bool) -> Response {
+fn pin(volume: &Volume<FileStore>, id: SafePointId, pinned: bool) -> Response {
     match volume.pin(id, pinned) {
         Ok(()) => {
             log::info!(
@@ -266,18 +266,11 @@ fn pin(volume: &Volume<FileStore>, id: u64, pinned: bool) -> Response {
 
 /// The device's figures now; `about` holds the ones that do not change.
 fn device_stats(volume: &Volume<FileStore>, about: &DeviceStats, views: &Views) -> DeviceStats {
-    let s = volume.stats();
+    let engine = volume.stats();
     let infos = volume.safe_point_infos();
     let safe_points: Vec<_> = infos.iter().map(|i| &i.safe_point).collect();
     DeviceStats {
-        logical_pages: s.logical_pages,
-        physical_pages: s.physical_pages,
-        free_pages: s.free_pages,
-        history_pages: s.history_pages,
-        history_capacity_pages: s.history_capacity_pages,
-        safe_points: s.safe_points,
-        oldest_safe_point: s.oldest_safe_point,
-        newest_safe_point: s.newest_safe_point,
+        engine,
         oldest_safe_point_time_ns: safe_points.first().map(|sp| sp.time_ns),
         newest_safe_point_time_ns: safe_points.last().map(|sp| sp.time_ns),
         pinned: infos
@@ -334,7 +327,7 @@ mod tests {
         let (_dir, volume, answers) = answers();
         let r = answers.answer(&ControlRequest::Stats);
         let stats = r.stats.expect("figures");
-        assert_eq!((stats.id, stats.safe_points), (3, 1));
+        assert_eq!((stats.id, stats.engine.safe_points), (3, 1));
 
         let made = answers.answer(&ControlRequest::SafePoint {
             label: Some("before".into()),
@@ -344,7 +337,7 @@ mod tests {
             (sp.trigger.as_str(), sp.label.as_deref()),
             ("user", Some("before"))
         );
-        assert_eq!(made.stats.expect("figures").safe_points, 2);
+        assert_eq!(made.stats.expect("figures").engine.safe_points, 2);
         let again = answers.answer(&ControlRequest::SafePoint {
             label: Some("before".into()),
         });
@@ -369,11 +362,14 @@ mod tests {
         assert_eq!(log.stats.expect("figures").pinned, [sp.id]);
 
         let undo = answers
-            .answer(&ControlRequest::Rollback { to: 0 })
+            .answer(&ControlRequest::Rollback { to: SafePointId(0) })
             .undo
             .expect("the way back");
         assert!(undo > sp.id);
-        assert!(error(answers.answer(&ControlRequest::Rollback { to: 99 })).contains("99"));
+        assert!(error(answers.answer(&ControlRequest::Rollback {
+            to: SafePointId(99)
+        }))
+        .contains("99"));
         assert_eq!(answers.answer(&ControlRequest::Ping).pid, Some(42));
         assert!(
             error(answers.answer(&ControlRequest::CloseView { device: 9 })).contains("not a view")

@@ -24,7 +24,7 @@ use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rewind_history::{Error, Store, Trigger, Volume};
+use rewind_history::{Error, SafePointId, Store, Trigger, Volume};
 
 /// Seconds without writes before an idle safe point, unless `--idle` says otherwise.
 pub const IDLE_SECS_DEFAULT: u64 = 2;
@@ -168,7 +168,7 @@ impl Pacer {
         &self,
         volume: &Volume<S>,
         label: Option<String>,
-    ) -> Result<u64, Error> {
+    ) -> Result<SafePointId, Error> {
         let writes = self.writes.load(Ordering::SeqCst);
         let id = volume.safe_point(Trigger::User, label)?;
         self.made_safe_point(writes, self.now_ns());
@@ -177,7 +177,11 @@ impl Pacer {
 
     /// The ticker's look at time `now`: makes the safe point of a burst of coalesced
     /// flushes, or an idle one, if one is due. Returns the id of the one made.
-    pub fn tick_at<S: Store>(&self, volume: &Volume<S>, now: u64) -> Result<Option<u64>, Error> {
+    pub fn tick_at<S: Store>(
+        &self,
+        volume: &Volume<S>,
+        now: u64,
+    ) -> Result<Option<SafePointId>, Error> {
         let since = |t: u64| now.saturating_sub(t);
         // `deferred` before `writes`: a write and FLUSH between the two loads then show as
         // a changed `deferred`, which the compare-exchanges below leave alone.

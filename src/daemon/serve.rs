@@ -316,7 +316,8 @@ impl Device {
         }
     }
 
-    /// The device's figures that do not change while it is served.
+    /// The device's figures that do not change while it is served, with the engine's as
+    /// they stand now (each answer takes those afresh: `control::device_stats`).
     fn fixed_stats(
         &self,
         opts: &ServeOptions,
@@ -332,14 +333,7 @@ impl Device {
             log: opts.log.as_ref().map(|p| p.display().to_string()),
             page_size: PAGE_SIZE,
             device_bytes: volume.layout().device_bytes(),
-            logical_pages: 0,
-            physical_pages: 0,
-            free_pages: 0,
-            history_pages: 0,
-            history_capacity_pages: 0,
-            safe_points: 0,
-            oldest_safe_point: None,
-            newest_safe_point: None,
+            engine: volume.stats(),
             oldest_safe_point_time_ns: None,
             newest_safe_point_time_ns: None,
             idle_secs: opts.idle_secs,

@@ -21,7 +21,7 @@ use std::time::Duration;
 use libublk::ctrl::UblkCtrl;
 use libublk::io::UblkDev;
 use parking_lot::Mutex;
-use rewind_history::{Notice, ViewId, Volume};
+use rewind_history::{Notice, SafePointId, ViewId, Volume};
 
 use crate::daemon::backing::FileStore;
 use crate::daemon::pacing::Pacer;
@@ -42,7 +42,7 @@ pub const NOTICE_INTERVAL: Duration = Duration::from_millis(500);
 
 struct ServedView {
     view: ViewId,
-    at: u64,
+    at: SafePointId,
     dropped: Option<String>,
     thread: Option<JoinHandle<()>>,
 }
@@ -116,7 +116,7 @@ impl Views {
         self: &Arc<Self>,
         volume: &Arc<Volume<FileStore>>,
         pacer: &Arc<Pacer>,
-        at: u64,
+        at: SafePointId,
     ) -> Result<ViewRecord, String> {
         let _busy = self.busy.lock();
         let view = volume.open_view(at).map_err(|e| e.to_string())?;
@@ -207,7 +207,7 @@ impl Views {
     }
 
     /// The view device ids showing safe point `at`.
-    pub fn devices_at(&self, at: u64) -> Vec<u32> {
+    pub fn devices_at(&self, at: SafePointId) -> Vec<u32> {
         self.entries
             .lock()
             .iter()
@@ -227,7 +227,7 @@ fn serve_view(
     volume: Weak<Volume<FileStore>>,
     view: ViewId,
 ) {
-    let at = data.view.as_ref().map_or(0, |v| v.at);
+    let at = data.view.as_ref().map_or(SafePointId(0), |v| v.at);
     let ctrl = match add_device(None, VIEW_QUEUES, VIEW_DEPTH, OnCrash::Stop) {
         Ok(c) => c,
         Err(e) => {

@@ -17,6 +17,7 @@
 //! The daemon serves it (`daemon::control`), the command line and the supervisor ask
 //! (`runtime::client`). More commands are added as [`ControlRequest`] variants.
 
+use rewind_history::{SafePointId, Stats};
 use serde::{Deserialize, Serialize};
 
 use crate::selector::Candidate;
@@ -42,12 +43,12 @@ pub enum ControlRequest {
     /// device open exclusively, and drops the kernel's cache afterwards).
     Rollback {
         /// The safe point id.
-        to: u64,
+        to: SafePointId,
     },
     /// Add a read-only device that shows safe point `at` while the live device runs on.
     OpenView {
         /// The safe point id.
-        at: u64,
+        at: SafePointId,
     },
     /// Remove view device `device` (a ublk id) and let its safe point retire again.
     CloseView {
@@ -57,7 +58,7 @@ pub enum ControlRequest {
     /// Keep safe point `id` from retiring (`pinned`), or let it retire again.
     Pin {
         /// The safe point id.
-        id: u64,
+        id: SafePointId,
         /// Pin or unpin.
         pinned: bool,
     },
@@ -71,7 +72,7 @@ pub struct ViewRecord {
     /// `/dev/ublkbN`.
     pub device: String,
     /// The safe point it shows.
-    pub at: u64,
+    pub at: SafePointId,
     /// Why reclaim dropped it (its reads fail with EIO), if it did.
     pub dropped: Option<String>,
 }
@@ -81,7 +82,7 @@ pub struct ViewRecord {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SafePointRecord {
     /// Its id.
-    pub id: u64,
+    pub id: SafePointId,
     /// Wall-clock time, nanoseconds since the Unix epoch.
     pub time_ns: u64,
     /// What made it: `format`, `flush`, `idle`, `user`, `reclaim`, ...
@@ -90,7 +91,10 @@ pub struct SafePointRecord {
     pub label: Option<String>,
     /// Pages first written in the epoch it closed; unknown (`None`) for the oldest.
     pub changed_pages: Option<u64>,
-    /// History pages that go when it retires.
+    /// History pages made between it and the next safe point: the original states of the
+    /// pages overwritten then, which it (and maybe older safe points) reads. Over the window
+    /// these add up to the history in use (`history_pages` of [`DeviceStats`]). Not what
+    /// retiring it frees: older safe points may read some of them too.
     pub held_pages: u64,
     /// Kept from retiring by `rewind pin`.
     #[serde(default)]
@@ -116,7 +120,9 @@ impl From<&rewind_history::SafePointInfo> for SafePointRecord {
     }
 }
 
-/// A device's figures as the daemon reports them.
+/// A device's figures as the daemon reports them: the engine's [`Stats`], between what the
+/// daemon knows of the device and what it adds about the window, pacing, pins and views.
+/// The JSON is flat: the engine's figures are keys of this object, in their place.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceStats {
     /// ublk device id.
@@ -135,22 +141,9 @@ pub struct DeviceStats {
     pub page_size: u64,
     /// Size of the device in bytes.
     pub device_bytes: u64,
-    /// Pages the device shows.
-    pub logical_pages: u64,
-    /// Pages of the data area.
-    pub physical_pages: u64,
-    /// Pages free for new writes.
-    pub free_pages: u64,
-    /// Pages holding history.
-    pub history_pages: u64,
-    /// Pages of the history area.
-    pub history_capacity_pages: u64,
-    /// Reachable safe points.
-    pub safe_points: u64,
-    /// The oldest reachable safe point.
-    pub oldest_safe_point: Option<u64>,
-    /// The newest safe point.
-    pub newest_safe_point: Option<u64>,
+    /// The engine's figures: pages, history, the oldest and newest safe point.
+    #[serde(flatten)]
+    pub engine: Stats,
     /// When the oldest reachable safe point was made, ns since the Unix epoch (absent from
     /// the replies of daemons older than this field).
     #[serde(default)]
@@ -166,7 +159,7 @@ pub struct DeviceStats {
     pub coalesce_ms: u64,
     /// The pinned safe points, oldest first.
     #[serde(default)]
-    pub pinned: Vec<u64>,
+    pub pinned: Vec<SafePointId>,
     /// The view devices this daemon serves.
     #[serde(default)]
     pub views: Vec<ViewRecord>,
@@ -191,7 +184,7 @@ pub struct Response {
     pub safe_points: Option<Vec<SafePointRecord>>,
     /// The answer to `rollback`: the safe point of the state it left (the way back).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub undo: Option<u64>,
+    pub undo: Option<SafePointId>,
     /// The answer to `ping`: the daemon's pid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
@@ -262,7 +255,7 @@ impl Response {
     }
 
     /// The answer to `rollback`.
-    pub fn rollback(undo: u64) -> Response {
+    pub fn rollback(undo: SafePointId) -> Response {
         Response {
             undo: Some(undo),
             ..Response::ok()
@@ -280,7 +273,7 @@ impl Response {
 }
 
 impl Candidate for SafePointRecord {
-    fn id(&self) -> u64 {
+    fn id(&self) -> SafePointId {
         self.id
     }
 
@@ -305,14 +298,16 @@ pub fn sample_stats() -> DeviceStats {
         log: None,
         page_size: 4096,
         device_bytes: 1 << 30,
-        logical_pages: 262_144,
-        physical_pages: 327_680,
-        free_pages: 65_536,
-        history_pages: 10,
-        history_capacity_pages: 65_536,
-        safe_points: 2,
-        oldest_safe_point: Some(0),
-        newest_safe_point: Some(1),
+        engine: Stats {
+            logical_pages: 262_144,
+            physical_pages: 327_680,
+            free_pages: 65_536,
+            history_pages: 10,
+            history_capacity_pages: 65_536,
+            safe_points: 2,
+            oldest_safe_point: Some(SafePointId(0)),
+            newest_safe_point: Some(SafePointId(1)),
+        },
         oldest_safe_point_time_ns: Some(1_700_000_000_000_000_000),
         newest_safe_point_time_ns: Some(1_700_000_001_000_000_000),
         idle_secs: 2,
@@ -338,7 +333,10 @@ mod tests {
         );
         assert!(serde_json::from_str::<ControlRequest>(r#"{"cmd":"format_everything"}"#).is_err());
         assert_eq!(
-            serde_json::to_string(&ControlRequest::Rollback { to: 12 }).unwrap(),
+            serde_json::to_string(&ControlRequest::Rollback {
+                to: SafePointId(12)
+            })
+            .unwrap(),
             r#"{"cmd":"rollback","to":12}"#
         );
         assert!(serde_json::from_str::<ControlRequest>(r#"{"cmd":"rollback"}"#).is_err());
@@ -369,6 +367,90 @@ mod tests {
             serde_json::to_string(&Response::error("nope")).unwrap(),
             r#"{"ok":false,"error":"nope"}"#
         );
+    }
+
+    /// The figures as `rewind stats --json` and `rewind list --json` print them and the
+    /// control socket carries them: every key, in this order, with bare numbers for ids.
+    #[test]
+    fn stats_json_keys_and_order() {
+        let mut s = sample_stats();
+        s.pinned = vec![SafePointId(0)];
+        s.views = vec![ViewRecord {
+            device_id: 4,
+            device: "/dev/ublkb4".into(),
+            at: SafePointId(1),
+            dropped: None,
+        }];
+        let text = serde_json::to_string(&s).unwrap();
+        assert_eq!(
+            text,
+            concat!(
+                r#"{"id":3,"device":"/dev/ublkb3","image":"/tmp/a.img","pid":42,"#,
+                r#""direct_io":true,"log":null,"page_size":4096,"device_bytes":1073741824,"#,
+                r#""logical_pages":262144,"physical_pages":327680,"free_pages":65536,"#,
+                r#""history_pages":10,"history_capacity_pages":65536,"safe_points":2,"#,
+                r#""oldest_safe_point":0,"newest_safe_point":1,"#,
+                r#""oldest_safe_point_time_ns":1700000000000000000,"#,
+                r#""newest_safe_point_time_ns":1700000001000000000,"idle_secs":2,"#,
+                r#""coalesce_ms":100,"pinned":[0],"#,
+                r#""views":[{"device_id":4,"device":"/dev/ublkb4","at":1,"dropped":null}]}"#,
+            )
+        );
+        assert_eq!(serde_json::from_str::<DeviceStats>(&text).unwrap(), s);
+        let mut empty = sample_stats();
+        empty.engine.oldest_safe_point = None;
+        empty.engine.newest_safe_point = None;
+        let v = serde_json::to_value(&empty).unwrap();
+        assert!(v["oldest_safe_point"].is_null() && v["newest_safe_point"].is_null());
+        assert_eq!(serde_json::from_value::<DeviceStats>(v).unwrap(), empty);
+    }
+
+    /// A safe point, a rollback's answer and the requests that name a safe point, as the
+    /// control socket carries them: ids are bare numbers.
+    #[test]
+    fn safe_point_ids_on_the_wire() {
+        let r = SafePointRecord {
+            id: SafePointId(7),
+            time_ns: 1_700_000_000_000_000_000,
+            trigger: "user".into(),
+            label: Some("before".into()),
+            changed_pages: None,
+            held_pages: 3,
+            pinned: true,
+            views: vec![1],
+        };
+        let text = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            text,
+            concat!(
+                r#"{"id":7,"time_ns":1700000000000000000,"trigger":"user","label":"before","#,
+                r#""changed_pages":null,"held_pages":3,"pinned":true,"views":[1]}"#
+            )
+        );
+        assert_eq!(serde_json::from_str::<SafePointRecord>(&text).unwrap(), r);
+        assert_eq!(
+            serde_json::to_string(&Response::rollback(SafePointId(13))).unwrap(),
+            r#"{"ok":true,"undo":13}"#
+        );
+        for (request, text) in [
+            (
+                ControlRequest::OpenView { at: SafePointId(5) },
+                r#"{"cmd":"open_view","at":5}"#,
+            ),
+            (
+                ControlRequest::Pin {
+                    id: SafePointId(5),
+                    pinned: false,
+                },
+                r#"{"cmd":"pin","id":5,"pinned":false}"#,
+            ),
+        ] {
+            assert_eq!(serde_json::to_string(&request).unwrap(), text);
+            assert_eq!(
+                serde_json::from_str::<ControlRequest>(text).unwrap(),
+                request
+            );
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! the daemon's pid file, and the `--on-crash` policy both record.
 
 use libublk::sys;
+use rewind_history::SafePointId;
 
 /// What the daemon stores in the device's exported json, under the key `rewind`, so that
 /// `rewind list`, `rewind del` and `rewind recover` can tell rewind's devices from other
@@ -88,7 +89,7 @@ pub struct ViewOf {
     /// The ublk id of the live device whose daemon serves the view.
     pub of: u32,
     /// The safe point it shows.
-    pub at: u64,
+    pub at: SafePointId,
 }
 
 /// The pid file's content.

@@ -1,6 +1,7 @@
 //! The rewind devices as `rewind list` shows them: for each, what the kernel says of it and
 //! what its daemon answers (its figures), or why it cannot answer.
 
+use rewind_history::SafePointId;
 use serde::Serialize;
 
 use crate::ipc::control::{ControlRequest, DeviceStats};
@@ -35,7 +36,7 @@ pub struct ListedDevice {
     /// For a view (`rewind view`): the live device it is a view of.
     pub view_of: Option<u32>,
     /// For a view: the safe point it shows.
-    pub view_at: Option<u64>,
+    pub view_at: Option<SafePointId>,
 }
 
 /// Device `id`, whose daemon recorded `data`, as `rewind list` shows it.

@@ -39,7 +39,7 @@ impl<F: FnMut(PhysPage)> Apply<'_, F> {
     /// Points `l` at `new` (`None`: zeros) in the open epoch. The old page becomes a history
     /// entry if it was set in an earlier epoch, else it loses the map's reference.
     fn set_page(&mut self, l: LogicalPage, new: Option<PhysPage>) {
-        let open = EpochTag::of(self.window.next_id);
+        let open = EpochTag::of(self.window.next_id.0);
         let prev = self.map.get(l);
         if prev.phys.is_none() && new.is_none() {
             // Zeros stay zeros: no change to record.

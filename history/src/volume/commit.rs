@@ -10,7 +10,7 @@ use zerocopy::little_endian::{U32, U64};
 use crate::checkpoint::{self, Snapshot};
 use crate::format::{MAX_LABEL, MAX_SAFE_POINTS};
 use crate::journal::{self, Record};
-use crate::window::{SafePoint, Trigger};
+use crate::window::{SafePoint, SafePointId, Trigger};
 use crate::{Error, Store};
 
 use super::recovery::write_superblock;
@@ -25,7 +25,11 @@ impl<S: Store> Volume<S> {
 
     /// Makes a safe point now and commits it; returns its id. A flush or idle point with
     /// nothing written since the newest safe point makes none and returns that one.
-    pub fn safe_point(&self, trigger: Trigger, label: Option<String>) -> Result<u64, Error> {
+    pub fn safe_point(
+        &self,
+        trigger: Trigger,
+        label: Option<String>,
+    ) -> Result<SafePointId, Error> {
         if let Some(l) = &label {
             if l.len() > MAX_LABEL {
                 return Err(Error::BadOption(format!(
@@ -47,7 +51,7 @@ impl<S: Store> Volume<S> {
                 });
                 open
             } else {
-                st.window.newest().map_or(0, |s| s.id)
+                st.window.newest().map_or(SafePointId(0), |s| s.id)
             }
         };
         self.commit(false)?;
@@ -60,7 +64,7 @@ impl<S: Store> Volume<S> {
         st: &mut State,
         trigger: Trigger,
         label: Option<String>,
-    ) -> Result<u64, Error> {
+    ) -> Result<SafePointId, Error> {
         let id = st.window.next_id;
         let sp = SafePoint {
             id,

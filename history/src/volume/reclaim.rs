@@ -8,7 +8,7 @@ use std::sync::Arc;
 use rewind_remap::PageAllocator;
 
 use crate::journal::Record;
-use crate::window::Trigger;
+use crate::window::{SafePointId, Trigger};
 use crate::{Error, Store};
 
 use super::report::HISTORY_FULL;
@@ -127,15 +127,15 @@ impl<S: Store> Volume<S> {
         st: &mut State,
         enough: &impl Fn(&State, &PageAllocator) -> bool,
     ) -> bool {
-        let newest = st.window.newest().map_or(0, |s| s.id);
-        let held: BTreeSet<u64> = st
+        let newest = st.window.newest().map_or(SafePointId(0), |s| s.id);
+        let held: BTreeSet<SafePointId> = st
             .views
             .values()
             .filter(|v| v.dropped.is_none())
             .map(|v| v.at)
             .chain(st.window.pins.iter().copied())
             .collect();
-        let unheld: Vec<u64> = st
+        let unheld: Vec<SafePointId> = st
             .window
             .safe_points
             .iter()
@@ -155,7 +155,7 @@ impl<S: Store> Volume<S> {
     /// Releases the pin of the oldest pinned safe point but the newest, with a notice.
     /// Returns whether there was one.
     fn release_oldest_pin(&self, st: &mut State) -> bool {
-        let newest = st.window.newest().map_or(0, |s| s.id);
+        let newest = st.window.newest().map_or(SafePointId(0), |s| s.id);
         let pin = st.window.pins.iter().copied().find(|id| *id != newest);
         let Some(id) = pin else {
             return false;
@@ -192,7 +192,7 @@ impl<S: Store> Volume<S> {
 /// Drops the view of the oldest safe point but the newest (its reads fail from now on),
 /// with a notice. Returns whether there was one.
 fn drop_oldest_view(st: &mut State) -> bool {
-    let newest = st.window.newest().map_or(0, |s| s.id);
+    let newest = st.window.newest().map_or(SafePointId(0), |s| s.id);
     let view = st
         .views
         .iter_mut()

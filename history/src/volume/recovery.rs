@@ -17,7 +17,7 @@ use crate::format::{
     SUPER_MAGIC, SUPER_OFFSETS,
 };
 use crate::journal;
-use crate::window::{SafePoint, Trigger, Window};
+use crate::window::{SafePoint, SafePointId, Trigger, Window};
 use crate::{Clock, Error, Host, LogicalPage, PhysPage, Store};
 
 use super::apply::Apply;
@@ -143,9 +143,9 @@ pub fn create<S: Store>(store: &S, opts: &CreateOptions, host: &Host) -> Result<
     ensure_room(store, layout.required_bytes())?;
     let created_ns = host.clock.now_ns();
     let uuid = new_uuid(host, created_ns);
-    let mut window = Window::new(0);
+    let mut window = Window::new(SafePointId(0));
     window.push_safe_point(SafePoint {
-        id: 0,
+        id: SafePointId(0),
         time_ns: created_ns,
         trigger: Trigger::Format,
         label: None,

@@ -2,13 +2,16 @@
 //! what `inspect` and `check` found.
 
 use crate::format::Layout;
-use crate::window::{SafePoint, Window};
+use crate::window::{SafePoint, SafePointId, Window};
 use crate::{LogicalPage, PhysPage, Store};
 
 use super::{ViewId, Volume};
 
-/// Figures for `rewind list` and `rewind stats`.
+/// Figures for `rewind list` and `rewind stats`. With the feature `serde`, the binary puts
+/// them on its control socket and in its JSON output as they are: the field names are keys
+/// there, in this order.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Stats {
     /// Pages the device shows.
     pub logical_pages: u64,
@@ -24,9 +27,9 @@ pub struct Stats {
     /// Reachable safe points.
     pub safe_points: u64,
     /// The oldest reachable safe point.
-    pub oldest_safe_point: Option<u64>,
+    pub oldest_safe_point: Option<SafePointId>,
     /// The newest safe point.
-    pub newest_safe_point: Option<u64>,
+    pub newest_safe_point: Option<SafePointId>,
 }
 
 impl Stats {
@@ -53,12 +56,12 @@ pub enum Notice {
         /// The view.
         view: ViewId,
         /// The safe point it showed.
-        at: u64,
+        at: SafePointId,
     },
     /// A pin was released and its safe point may retire.
     PinReleased {
         /// The safe point.
-        id: u64,
+        id: SafePointId,
     },
 }
 
@@ -145,7 +148,7 @@ pub(super) fn safe_point_infos(w: &Window) -> Vec<SafePointInfo> {
             ),
             held_pages: w
                 .groups
-                .range(sp.id + 1..=w.safe_points.get(i + 1).map_or(w.next_id, |n| n.id))
+                .range(sp.id.next()..=w.safe_points.get(i + 1).map_or(w.next_id, |n| n.id))
                 .map(|(_, g)| pages(g))
                 .sum(),
             pinned: w.pins.contains(&sp.id),

@@ -1,7 +1,7 @@
 //! Time travel: rollback, pins, views, and reading the device as it stood at a safe point.
 
 use crate::journal::Record;
-use crate::window::{Trigger, Window};
+use crate::window::{SafePointId, Trigger, Window};
 use crate::{Error, LogicalPage, PhysPage, Store};
 
 use super::Volume;
@@ -9,7 +9,7 @@ use super::Volume;
 /// A view's state: the safe point it shows, and why it was dropped, if it was.
 pub(super) struct View {
     /// The safe point it shows, held in the window while the view is open.
-    pub(super) at: u64,
+    pub(super) at: SafePointId,
     /// Why reclaim dropped it (its reads fail from then on), or `None`.
     pub(super) dropped: Option<String>,
 }
@@ -20,7 +20,7 @@ pub struct ViewId(pub(super) u64);
 
 /// Refuses a safe point that has left the history window (or never was in it), saying
 /// what the window holds.
-fn require_in_window(w: &Window, id: u64) -> Result<(), Error> {
+fn require_in_window(w: &Window, id: SafePointId) -> Result<(), Error> {
     if w.contains(id) {
         return Ok(());
     }
@@ -43,7 +43,7 @@ impl<S: Store> Volume<S> {
     /// Makes safe point `to` the live state again. Metadata only: no data is copied. The
     /// state being left becomes a safe point of its own (returned), so the rollback can be
     /// undone by rolling back to it while the window holds it. Durable when it returns.
-    pub fn rollback(&self, to: u64) -> Result<u64, Error> {
+    pub fn rollback(&self, to: SafePointId) -> Result<SafePointId, Error> {
         let mut c = self.commit.lock();
         let before = {
             let mut st = self.state.lock();
@@ -57,7 +57,7 @@ impl<S: Store> Volume<S> {
     }
 
     /// The physical page `l` read from at safe point `at` (`None`: zeros), for views.
-    pub fn resolve_at(&self, l: LogicalPage, at: u64) -> Result<Option<PhysPage>, Error> {
+    pub fn resolve_at(&self, l: LogicalPage, at: SafePointId) -> Result<Option<PhysPage>, Error> {
         self.check_in_range(l)?;
         let st = self.state.lock();
         require_in_window(&st.window, at)?;
@@ -65,13 +65,18 @@ impl<S: Store> Volume<S> {
     }
 
     /// Reads page `l` as it was at safe point `at`, through the store (tests and tools).
-    pub fn read_page_at(&self, l: LogicalPage, at: u64, buf: &mut [u8]) -> Result<(), Error> {
+    pub fn read_page_at(
+        &self,
+        l: LogicalPage,
+        at: SafePointId,
+        buf: &mut [u8],
+    ) -> Result<(), Error> {
         self.read_phys(self.resolve_at(l, at)?, buf)
     }
 
     /// Pins safe point `id` (or unpins it): a pinned safe point is kept from retirement
     /// until views and other pins have given way. Durable when it returns.
-    pub fn pin(&self, id: u64, pinned: bool) -> Result<(), Error> {
+    pub fn pin(&self, id: SafePointId, pinned: bool) -> Result<(), Error> {
         let mut c = self.commit.lock();
         {
             let mut st = self.state.lock();
@@ -86,7 +91,7 @@ impl<S: Store> Volume<S> {
 
     /// Opens a view of safe point `at`: it holds `at` in the window until `close_view`, or
     /// until reclaim drops it because views and pins hold the whole history area.
-    pub fn open_view(&self, at: u64) -> Result<ViewId, Error> {
+    pub fn open_view(&self, at: SafePointId) -> Result<ViewId, Error> {
         let mut st = self.state.lock();
         require_in_window(&st.window, at)?;
         let n = st.next_view;
@@ -106,7 +111,7 @@ impl<S: Store> Volume<S> {
         self.check_in_range(l)?;
         let st = self.state.lock();
         let view = st.views.get(&v.0).ok_or_else(|| Error::ViewDropped {
-            at: 0,
+            at: SafePointId(0),
             why: "the view was closed".into(),
         })?;
         if let Some(why) = &view.dropped {
@@ -120,7 +125,7 @@ impl<S: Store> Volume<S> {
 
     /// The physical page `l` read from at safe point `at` of window `w`: its history entry
     /// after `at`, or, when it has not changed since, its live page.
-    fn page_at(&self, w: &Window, l: LogicalPage, at: u64) -> Option<PhysPage> {
+    fn page_at(&self, w: &Window, l: LogicalPage, at: SafePointId) -> Option<PhysPage> {
         match w.page_at(l, at) {
             Some(then) => then,
             None => self.map.get(l).phys,
