@@ -98,8 +98,9 @@ Examples:
 
 Columns: ID, TIME (local), TRIGGER (format, flush, idle, user, reclaim, rollback), LABEL,
 CHANGED (data first written in the epoch the safe point closed; '-' for the oldest, whose
-epoch is gone), HELD (history that goes when the safe point leaves the window) and, when
-any safe point is pinned or shown by a view, KEPT BY.";
+epoch is gone), HELD (the history made after the safe point, until the next one: over the
+window these add up to the history in use; older safe points may read some of it too) and,
+when any safe point is pinned or shown by a view, KEPT BY.";
 
 const DEL_EXAMPLES: &str = "\
 Examples:

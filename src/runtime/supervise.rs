@@ -8,7 +8,7 @@
 //! - live: ping the daemon over its control socket (the heartbeat) with a `--timeout`; after
 //!   `--misses` failed pings in a row the daemon counts as hung: SIGKILL, then recover.
 //!
-//! Limits: at most [`RECOVERIES_MAX`] recoveries in [`RECOVERY_WINDOW`]; past that the
+//! Limits: at most `RECOVERIES_MAX` recoveries in `RECOVERY_WINDOW`; past that the
 //! supervisor gives up and exits (the device stays quiesced for `rewind recover`), so a
 //! daemon that dies at once every time does not loop forever.
 
