@@ -1,6 +1,6 @@
 #!/bin/bash
 # The README's main job, on a fresh Debian machine: install what is missing, build
-# rewind, and serve an 8 GiB image created with the defaults as /dev/ublkbN, with ext4 on
+# rewind, and serve an 8 GiB (sparse) image as /dev/ublkbN, with ext4 on
 # it (ci/scenarios/demo.sh). Where the kernel has no ublk_drv this runs in the qemu guest.
 set -euo pipefail
 CI_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

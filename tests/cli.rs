@@ -342,3 +342,107 @@ fn view_as_a_user_says_it_needs_root_and_labels_that_read_as_times_are_refused()
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("reads as an age"), "{}", stderr(&o));
 }
+
+/// Bytes the file system has allocated to `path` (`st_blocks` × 512).
+fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+#[test]
+fn create_reserves_the_image_and_sparse_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("full.img");
+    let o = rewind(&["create", img.to_str().unwrap(), "--size", "16M"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    if stderr(&o).contains("cannot preallocate") {
+        println!("skipping: the temporary directory's file system cannot preallocate");
+        return;
+    }
+    let len = std::fs::metadata(&img).unwrap().len();
+    assert!(len > 16 << 20, "{len}");
+    assert!(
+        allocated(&img) >= len,
+        "a created image has {} of its {len} bytes allocated",
+        allocated(&img)
+    );
+    assert!(!stdout(&o).contains("sparse"), "{}", stdout(&o));
+
+    let img = dir.path().join("sparse.img");
+    let o = rewind(&["create", img.to_str().unwrap(), "--size", "16M", "--sparse"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("(sparse)"), "{}", stdout(&o));
+    let len = std::fs::metadata(&img).unwrap().len();
+    assert!(
+        allocated(&img) < len / 2,
+        "a --sparse image has {} of its {len} bytes allocated",
+        allocated(&img)
+    );
+    let o = rewind(&["check", img.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// A tmpfs mounted on a temporary directory of its own, unmounted when dropped.
+struct SmallTmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl SmallTmpfs {
+    /// The mounted tmpfs, or why it could not be mounted.
+    fn mount(size: &str) -> Result<SmallTmpfs, String> {
+        if !is_root() {
+            return Err("not root".into());
+        }
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let o = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .map_err(|e| format!("running mount: {e}"))?;
+        if !o.status.success() {
+            return Err(format!("mount failed: {}", stderr(&o).trim()));
+        }
+        Ok(SmallTmpfs { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+#[test]
+fn create_on_a_full_file_system_says_what_it_needs_and_leaves_nothing() {
+    let fs = match SmallTmpfs::mount("8m") {
+        Ok(fs) => fs,
+        Err(why) => {
+            println!("skipping: cannot mount a small tmpfs to fill ({why})");
+            return;
+        }
+    };
+    let img = fs.path().join("disk.img");
+    let p = img.to_str().unwrap();
+    // 16 MiB of device, 64 MiB of history and the metadata: far more than 8 MiB.
+    let o = rewind(&["create", p, "--size", "16M"]);
+    assert!(!o.status.success(), "a create that cannot fit succeeded");
+    let e = stderr(&o);
+    assert!(e.contains("ENOSPC"), "{e}");
+    assert!(e.contains("8 MiB free"), "{e}");
+    assert!(
+        e.contains("the image needs ") && e.contains("MiB more"),
+        "{e}"
+    );
+    assert!(e.contains("--sparse"), "{e}");
+    assert_eq!(e.trim_end().lines().count(), 1, "{e}");
+    assert!(!img.exists(), "a failed create left its file behind");
+
+    // Sparse, it fits: only the metadata is written.
+    let o = rewind(&["create", p, "--size", "16M", "--sparse"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(rewind(&["check", p]).status.success());
+}

@@ -56,6 +56,17 @@ rm -f "$WORKDIR/foreign.img"
 
 expect_refusal "size not a page multiple" "4096|page" "$REWIND" create "$WORKDIR/odd.img" --size 10000
 
+# A preallocated image larger than the file system is refused with what it needs and what
+# is free, and its file removed. Only on a tmpfs (the guest's /tmp), which refuses at once
+# a reservation larger than itself; a disk would fill up first.
+if grep -q "^tmpfs $SCRATCH tmpfs " /proc/mounts; then
+    expect_refusal "image larger than the free space" "ENOSPC.*--sparse" \
+        "$REWIND" create "$WORKDIR/huge.img" --size 64G
+    [[ ! -e $WORKDIR/huge.img ]] || die "the refused create left huge.img behind"
+else
+    say "(not checked: an image larger than the file system; $SCRATCH is not a tmpfs)"
+fi
+
 dev=$(add_dev "$img")
 expect_refusal "second daemon on the same image" "in use" "$REWIND" add "$img"
 del_dev "$dev"

@@ -1,7 +1,8 @@
 #!/bin/bash
-# demo: the README's main job. An 8 GiB image created with the defaults, served as
-# /dev/ublkbN, an ext4 filesystem on it, a file written and read back, the device listed,
-# then stopped and served again with the file still there.
+# demo: the README's main job. An 8 GiB image served as /dev/ublkbN, an ext4 filesystem on
+# it, a file written and read back, the device listed, then stopped and served again with
+# the file still there. The image is sparse: preallocated, its 10 GiB would not fit the
+# guest's tmpfs /tmp (75% of its memory).
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
@@ -9,9 +10,11 @@ img=$WORKDIR/disk.img
 mnt=$WORKDIR/mnt
 mkdir -p "$mnt"
 
-dev=$(add_dev "$img" --size 8G)
+dev=$(add_dev "$img" --size 8G --sparse)
 say "rewind list:"
-rewind list
+list=$(rewind list)
+echo "$list"
+grep -q "sparse image" <<<"$list" || die "rewind list does not say the image is sparse"
 mkfs.ext4 -q -F "$dev" || die "mkfs.ext4 $dev failed"
 mount -t ext4 "$dev" "$mnt" || die "mount $dev failed"
 head -c 10485760 /dev/urandom >"$mnt/hello.bin"

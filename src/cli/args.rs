@@ -21,7 +21,7 @@ the device can be read or rolled back as it stood at any safe point of the recen
 
 const EXAMPLES: &str = "\
 Examples:
-  Serve a new 10 GiB image (created sparse) with 2.5 GiB of history:
+  Serve a new 10 GiB image (its space reserved) with 2.5 GiB of history:
     rewind add /var/lib/rewind/vm.img --size 10G --history 2560M
   Format a block device, then serve it:
     rewind create /dev/sdb --size 900G --history 100G
@@ -44,10 +44,17 @@ Examples:
   rewind create vm.img --size 20G --history 8G
   rewind create /dev/sdb --size 900G --history 100G
   rewind create vm.img --size 20G --force          # reformat: its data and history are lost
+  rewind create vm.img --size 20G --sparse         # take host space only as it is written
 
 The image holds the device, the history area and some metadata, so it is a little larger
-than --size plus --history. A regular file is created (sparse) or grown as needed; a
-block device must be large enough.";
+than --size plus --history. A regular file is created or grown as needed, and its whole
+size is reserved on the host file system (fallocate), so a write to the device never
+fails for lack of host space. --sparse saves that space until the device writes it, at a
+price: a write may then fail (the device returns an I/O error) when the host file system
+is full, and each first write into a hole makes the host file system allocate on the
+write path, which is slower (io_uring often hands such writes to kernel worker threads). On a
+file system that cannot preallocate (some FUSE ones) the image is sparse, with a warning.
+A block device must be large enough; --sparse does not apply to it.";
 
 const ADD_EXAMPLES: &str = "\
 Examples:
@@ -56,6 +63,7 @@ Examples:
   rewind add /dev/sdb -n 7              # as /dev/ublkb7
   rewind add vm.img --foreground        # serve here; Ctrl-C stops the device cleanly
   rewind add vm.img --idle 10 --coalesce 1000   # fewer, coarser safe points
+  rewind add vm.img --size 20G --sparse # a new image that takes host space as written
 
 `add` needs root and the ublk driver (modprobe ublk_drv; Linux 6.0+). It starts a daemon
 in the background, waits until the device is live and prints its path as the last line.
@@ -215,6 +223,10 @@ pub struct CreateArgs {
     /// Format even if IMAGE already holds a rewind image (its data and history are lost)
     #[arg(long)]
     pub force: bool,
+    /// Do not reserve the image file's space: it takes host space as it is written, and a
+    /// write fails if the host file system is full (see below)
+    #[arg(long)]
+    pub sparse: bool,
 }
 
 /// `rewind add`.
@@ -228,6 +240,11 @@ pub struct AddArgs {
     /// Size of the history area for a new image [default: 25% of --size, at least 64M]
     #[arg(long, value_name = "SIZE", value_parser = parse_page_multiple)]
     pub history: Option<u64>,
+    /// Create a new image file sparse instead of reserving its space: it takes host space as
+    /// it is written, and a write fails if the host file system is full (see `rewind create
+    /// --help`)
+    #[arg(long)]
+    pub sparse: bool,
     /// I/O queues, one thread each [default: number of CPUs, at most 4]
     #[arg(long, short = 'q', value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=QUEUES_MAX))]

@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use crate::cli::args::AddArgs;
 use crate::cli::image;
 use crate::cli::render::{device_table, print_json, stats_text};
+use crate::daemon::backing::Allocation;
 use crate::daemon::report::Reporter;
 use crate::daemon::serve::{self as daemon, ServeOptions};
 use crate::ipc::control::ControlRequest;
@@ -39,14 +40,20 @@ pub fn add_command(args: &AddArgs) -> Result<()> {
     }
     let image = std::path::absolute(&args.image)
         .with_context(|| format!("resolving {}", args.image.display()))?;
-    let existed = image.exists();
-    let layout = image::prepare_for_add(&image, args.size, args.history)?;
-    if !existed {
-        eprintln!(
-            "rewind: created {}: {}",
+    let allocation = Allocation::chosen(args.sparse);
+    let (layout, created) = image::prepare_for_add(&image, args.size, args.history, allocation)?;
+    match created {
+        Some(got) => eprintln!(
+            "rewind: created {}: {}{}",
             image.display(),
-            describe_layout(&layout)
-        );
+            describe_layout(&layout),
+            image::sparse_suffix(got)
+        ),
+        None if args.sparse => eprintln!(
+            "rewind: --sparse has no effect: {} exists and is served as it is",
+            image.display()
+        ),
+        None => {}
     }
     let mut serve = ServeOptions {
         image,

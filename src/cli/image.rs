@@ -2,6 +2,10 @@
 //! check`, and what `rewind add` makes of its image before it starts a daemon (formatting a
 //! missing one, checking an existing one against the sizes given).
 //!
+//! A new image file is preallocated (`fallocate`) unless `--sparse` asks otherwise: see
+//! `daemon::backing::Allocation`. A file system that cannot preallocate gets a sparse image
+//! and a warning that says so.
+//!
 //! Bad input changes nothing: a size that does not fit, an image that already holds rewind
 //! data (without `--force`), or an image in use is refused before a byte is written, and a
 //! file `create` made for a format that then failed is removed again.
@@ -14,7 +18,7 @@ use rewind_history::format::Superblock;
 use rewind_history::{CreateOptions, Error as EngineError, Layout};
 
 use crate::cli::render::print_json;
-use crate::daemon::backing::{BackingKind, FileStore};
+use crate::daemon::backing::{Allocation, BackingKind, FileStore};
 use crate::size::{describe_layout, history_bytes, human, human_exact};
 
 /// What a backing store holds.
@@ -41,9 +45,15 @@ pub fn identify(store: &FileStore) -> Result<Contents> {
 }
 
 /// Formats `path` as an empty rewind image: creates a regular file if it is missing and
-/// grows a file that is too small. Refuses an image that already holds a rewind superblock
-/// unless `force`.
-pub fn format(path: &Path, opts: &CreateOptions, force: bool) -> Result<Layout> {
+/// grows a file that is too small, reserving its bytes as `allocation` says. Refuses an
+/// image that already holds a rewind superblock unless `force`. Returns the layout and the
+/// allocation the file got (`Sparse` when its file system cannot preallocate).
+pub fn format(
+    path: &Path,
+    opts: &CreateOptions,
+    force: bool,
+    allocation: Allocation,
+) -> Result<(Layout, Allocation)> {
     let layout = Layout::for_create(opts).context("checking the sizes")?;
     let created = match OpenOptions::new().write(true).create_new(true).open(path) {
         Ok(_) => true,
@@ -52,7 +62,7 @@ pub fn format(path: &Path, opts: &CreateOptions, force: bool) -> Result<Layout> 
             return Err(e).with_context(|| format!("creating {}", path.display()));
         }
     };
-    let result = format_existing(path, opts, &layout, force);
+    let result = format_existing(path, opts, &layout, force, allocation);
     if result.is_err() && created {
         // Leave nothing behind for a create that failed.
         let _ = std::fs::remove_file(path);
@@ -65,24 +75,11 @@ fn format_existing(
     opts: &CreateOptions,
     layout: &Layout,
     force: bool,
-) -> Result<Layout> {
+    allocation: Allocation,
+) -> Result<(Layout, Allocation)> {
     let mut store = FileStore::open(path)?;
     if !force {
-        match identify(&store) {
-            Ok(Contents::Foreign) => {}
-            Ok(Contents::Rewind(sb)) => bail!(
-                "{} already holds a rewind image ({}); formatting it would destroy its data \
-                 and history: give --force to format it anyway",
-                path.display(),
-                describe_layout(&sb.layout())
-            ),
-            Err(e) => {
-                return Err(e.context(format!(
-                    "{} holds a damaged rewind superblock; give --force to format it anyway",
-                    path.display()
-                )))
-            }
-        }
+        refuse_rewind_contents(&store)?;
     }
     let need = layout.required_bytes();
     if store.kind() == BackingKind::BlockDevice && rewind_history::Store::len(&store) < need {
@@ -96,33 +93,80 @@ fn format_existing(
             human(need)
         );
     }
-    store.ensure_len(need)?;
+    let got = store.ensure_len(need, allocation)?;
+    if got != allocation {
+        log::warn!(
+            "{}: its file system cannot preallocate (fallocate: EOPNOTSUPP), so the image is \
+             sparse: a write to the device may fail with ENOSPC if that file system fills up",
+            path.display()
+        );
+    }
     let made = rewind_history::create(&store, opts, &crate::host::this_host())
         .with_context(|| format!("formatting {}", path.display()))?;
     debug_assert_eq!(&made, layout);
-    Ok(made)
+    Ok((made, got))
+}
+
+/// Refuses a store that holds a rewind image, or a damaged rewind superblock: formatting
+/// it needs `--force`.
+fn refuse_rewind_contents(store: &FileStore) -> Result<()> {
+    let path = store.path();
+    match identify(store) {
+        Ok(Contents::Foreign) => Ok(()),
+        Ok(Contents::Rewind(sb)) => bail!(
+            "{} already holds a rewind image ({}); formatting it would destroy its data \
+             and history: give --force to format it anyway",
+            path.display(),
+            describe_layout(&sb.layout())
+        ),
+        Err(e) => Err(e.context(format!(
+            "{} holds a damaged rewind superblock; give --force to format it anyway",
+            path.display()
+        ))),
+    }
+}
+
+/// ` (sparse)` after the description of a sparse image, nothing otherwise.
+pub fn sparse_suffix(allocation: Allocation) -> &'static str {
+    match allocation {
+        Allocation::Preallocated => "",
+        Allocation::Sparse => " (sparse)",
+    }
 }
 
 /// `rewind create`.
-pub fn create_command(image: &Path, size: u64, history: Option<u64>, force: bool) -> Result<()> {
+pub fn create_command(
+    image: &Path,
+    size: u64,
+    history: Option<u64>,
+    force: bool,
+    allocation: Allocation,
+) -> Result<()> {
     let opts = CreateOptions {
         size,
         history,
         journal: None,
     };
-    let layout = format(image, &opts, force)?;
+    let (layout, got) = format(image, &opts, force, allocation)?;
     println!(
-        "formatted {}: {}",
+        "formatted {}: {}{}",
         image.display(),
-        describe_layout(&layout)
+        describe_layout(&layout),
+        sparse_suffix(got)
     );
     Ok(())
 }
 
 /// What `rewind add` does with its image before starting a daemon: formats a missing image
-/// (which needs `size`), or checks an existing one against `size` and `history` if given.
-/// Returns the image's layout.
-pub fn prepare_for_add(image: &Path, size: Option<u64>, history: Option<u64>) -> Result<Layout> {
+/// (which needs `size`; its file is reserved as `allocation` says), or checks an existing
+/// one against `size` and `history` if given. Returns the image's layout and, if it created
+/// the image, the allocation its file got.
+pub fn prepare_for_add(
+    image: &Path,
+    size: Option<u64>,
+    history: Option<u64>,
+    allocation: Allocation,
+) -> Result<(Layout, Option<Allocation>)> {
     if !image.exists() {
         let Some(size) = size else {
             bail!(
@@ -136,9 +180,8 @@ pub fn prepare_for_add(image: &Path, size: Option<u64>, history: Option<u64>) ->
             history,
             journal: None,
         };
-        let layout = format(image, &opts, false)?;
-        log::info!("created {}: {}", image.display(), describe_layout(&layout));
-        return Ok(layout);
+        let (layout, got) = format(image, &opts, false, allocation)?;
+        return Ok((layout, Some(got)));
     }
     let store = FileStore::open(image)?;
     let sb = match identify(&store)? {
@@ -174,7 +217,7 @@ pub fn prepare_for_add(image: &Path, size: Option<u64>, history: Option<u64>) ->
             );
         }
     }
-    Ok(layout)
+    Ok((layout, None))
 }
 
 /// `rewind check IMAGE`: checks all metadata of an image no daemon serves, writing nothing.
@@ -259,20 +302,24 @@ mod tests {
     fn create_refuses_to_overwrite_an_image_without_force() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("a.img");
-        let layout = format(&path, &opts(4 * MIB), false).expect("first format");
+        let (layout, _) =
+            format(&path, &opts(4 * MIB), false, Allocation::Preallocated).expect("first format");
         assert_eq!(layout.device_bytes(), 4 * MIB);
         assert!(std::fs::metadata(&path).expect("stat").len() >= layout.required_bytes());
 
-        let e = format(&path, &opts(8 * MIB), false).unwrap_err();
+        let e = format(&path, &opts(8 * MIB), false, Allocation::Preallocated).unwrap_err();
         let msg = format!("{e:#}");
         assert!(msg.contains("already holds a rewind image"), "{msg}");
         assert!(msg.contains("--force"), "{msg}");
         // Nothing changed: it still opens as the 4 MiB image.
-        let l = prepare_for_add(&path, None, None).expect("still the old image");
+        let (l, created) = prepare_for_add(&path, None, None, Allocation::Preallocated)
+            .expect("still the old image");
+        assert_eq!(created, None);
         assert_eq!(l.device_bytes(), 4 * MIB);
 
-        format(&path, &opts(8 * MIB), true).expect("forced format");
-        let l = prepare_for_add(&path, Some(8 * MIB), None).expect("the new image");
+        format(&path, &opts(8 * MIB), true, Allocation::Preallocated).expect("forced format");
+        let (l, _) = prepare_for_add(&path, Some(8 * MIB), None, Allocation::Preallocated)
+            .expect("the new image");
         assert_eq!(l.device_bytes(), 8 * MIB);
     }
 
@@ -285,7 +332,7 @@ mod tests {
             history: Some(4096), // below the engine's minimum
             journal: None,
         };
-        assert!(format(&path, &bad, false).is_err());
+        assert!(format(&path, &bad, false, Allocation::Preallocated).is_err());
         assert!(!path.exists());
     }
 
@@ -293,22 +340,23 @@ mod tests {
     fn add_checks_what_it_is_given() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("c.img");
-        let e = prepare_for_add(&path, None, None).unwrap_err();
+        let e = prepare_for_add(&path, None, None, Allocation::Preallocated).unwrap_err();
         assert!(
             format!("{e:#}").contains("does not exist; give --size"),
             "{e:#}"
         );
 
-        format(&path, &opts(4 * MIB), false).expect("format");
-        let e = prepare_for_add(&path, Some(8 * MIB), None).unwrap_err();
+        format(&path, &opts(4 * MIB), false, Allocation::Preallocated).expect("format");
+        let e = prepare_for_add(&path, Some(8 * MIB), None, Allocation::Preallocated).unwrap_err();
         assert!(format!("{e:#}").contains("not 8M as --size asks"), "{e:#}");
-        let e = prepare_for_add(&path, None, Some(2 * MIB)).unwrap_err();
+        let e = prepare_for_add(&path, None, Some(2 * MIB), Allocation::Preallocated).unwrap_err();
         assert!(format!("{e:#}").contains("--history"), "{e:#}");
-        prepare_for_add(&path, Some(4 * MIB), Some(MIB)).expect("matching sizes");
+        prepare_for_add(&path, Some(4 * MIB), Some(MIB), Allocation::Preallocated)
+            .expect("matching sizes");
 
         let foreign = dir.path().join("d.img");
         std::fs::write(&foreign, vec![7u8; 64 << 10]).expect("write");
-        let e = prepare_for_add(&foreign, None, None).unwrap_err();
+        let e = prepare_for_add(&foreign, None, None, Allocation::Preallocated).unwrap_err();
         assert!(format!("{e:#}").contains("not a rewind image"), "{e:#}");
     }
 
@@ -316,14 +364,14 @@ mod tests {
     fn image_in_use_is_refused() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("e.img");
-        format(&path, &opts(4 * MIB), false).expect("format");
+        format(&path, &opts(4 * MIB), false, Allocation::Preallocated).expect("format");
         let _held = FileStore::open(&path).expect("hold the lock");
-        let e = prepare_for_add(&path, None, None).unwrap_err();
+        let e = prepare_for_add(&path, None, None, Allocation::Preallocated).unwrap_err();
         assert!(
             format!("{e:#}").contains("in use by another rewind daemon"),
             "{e:#}"
         );
-        let e = format(&path, &opts(4 * MIB), true).unwrap_err();
+        let e = format(&path, &opts(4 * MIB), true, Allocation::Preallocated).unwrap_err();
         assert!(
             format!("{e:#}").contains("in use by another rewind daemon"),
             "{e:#}"

@@ -10,6 +10,7 @@ pub mod render;
 use anyhow::Result;
 
 use crate::cli::args::{Cli, Command, ServeArgs};
+use crate::daemon::backing::Allocation;
 use crate::daemon::report::Reporter;
 use crate::daemon::serve::{self as daemon, ServeOptions};
 use crate::runtime::supervise;
@@ -40,7 +41,13 @@ pub fn init_logging(command: &Command) {
 /// Runs the command `cli` names.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Create(a) => image::create_command(&a.image, a.size, a.history, a.force),
+        Command::Create(a) => image::create_command(
+            &a.image,
+            a.size,
+            a.history,
+            a.force,
+            Allocation::chosen(a.sparse),
+        ),
         Command::Add(a) => device::add_command(&a),
         Command::Del(a) => device::del_command(a.id, a.all),
         Command::List(a) => device::list_command(a.json),

@@ -234,6 +234,9 @@ pub fn safe_point_line(sp: &SafePointRecord, tz: &TimeZone) -> String {
 /// value.
 pub fn stats_text(s: &DeviceStats, tz: &TimeZone) -> String {
     let mut lines = vec![("device", s.device.clone())];
+    if let Some(warning) = s.host_full_warning() {
+        lines.push(("warning", warning));
+    }
     lines.extend(space_lines(s));
     lines.extend(window_lines(s, tz));
     lines.extend(pacing_lines(s));
@@ -251,14 +254,7 @@ pub fn stats_text(s: &DeviceStats, tz: &TimeZone) -> String {
 /// `rewind stats`: the image, and how its space is used.
 fn space_lines(s: &DeviceStats) -> [(&'static str, String); 4] {
     [
-        (
-            "image",
-            format!(
-                "{} ({})",
-                s.image,
-                if s.direct_io { "O_DIRECT" } else { "buffered" }
-            ),
-        ),
+        ("image", image_line(s)),
         (
             "size",
             format!(
@@ -286,6 +282,21 @@ fn space_lines(s: &DeviceStats) -> [(&'static str, String); 4] {
             ),
         ),
     ]
+}
+
+/// `rewind stats`: the image, its data path, and how much of it is allocated when it is
+/// sparse.
+fn image_line(s: &DeviceStats) -> String {
+    let path = if s.direct_io { "O_DIRECT" } else { "buffered" };
+    match (s.image_sparse(), s.image_allocated_bytes, s.image_bytes) {
+        (Some(true), Some(allocated), Some(len)) => format!(
+            "{} ({path}; sparse: {} of {} allocated)",
+            s.image,
+            human(allocated),
+            human(len)
+        ),
+        _ => format!("{} ({path})", s.image),
+    }
 }
 
 /// `rewind stats`: the safe points of the window, and when they were made.
@@ -512,6 +523,27 @@ coalesce     off: every flush makes a safe point
 daemon       pid 42
 ";
         assert_eq!(text, expected, "\n{text}");
+    }
+
+    #[test]
+    fn stats_warn_of_a_full_host_and_show_a_sparse_image() {
+        let s = DeviceStats {
+            host_full_errors: 2,
+            image_allocated_bytes: Some(300 << 20),
+            ..sample_stats()
+        };
+        let text = stats_text(&s, &TimeZone::UTC);
+        let head: Vec<&str> = text.lines().take(3).collect();
+        assert_eq!(
+            head,
+            [
+                "device       /dev/ublkb3",
+                "warning      host filesystem full (ENOSPC): writes failing (2 refused since \
+                 the daemon started)",
+                "image        /tmp/a.img (O_DIRECT; sparse: 300 MiB of 1.3 GiB allocated)",
+            ],
+            "\n{text}"
+        );
     }
 
     #[test]

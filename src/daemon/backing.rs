@@ -11,6 +11,13 @@
 //! Durability does not depend on which: `fdatasync` on the buffered descriptor flushes the
 //! file's dirty pages and the device cache whichever descriptor wrote them.
 //!
+//! Space: `rewind create` reserves a regular file's bytes with `fallocate`
+//! ([`FileStore::ensure_len`] with [`Allocation::Preallocated`]), so a redirected write never
+//! lands in a hole nor meets a full host file system; with `--sparse`, or on a file system that
+//! cannot preallocate, the file is sparse. Whatever the image, the store counts the writes and
+//! syncs the host refused with ENOSPC ([`FileStore::host_full_errors`]): its own, and the data
+//! path's, which the queues report ([`FileStore::note_host_full`]).
+//!
 //! Exclusion: the buffered descriptor holds an exclusive `flock` for the store's lifetime,
 //! so a second daemon (or `rewind create`) on the same image fails at once with a clear
 //! error instead of corrupting it. A block device is also opened `O_EXCL`, which the kernel
@@ -18,11 +25,18 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rewind_history::{Store, PAGE_SIZE};
+
+use crate::size::human;
+
+/// Times `fallocate` is called again after a signal interrupted it (it keeps what it had
+/// allocated, so each call goes further) before reserving fails.
+const FALLOCATE_RETRIES_MAX: u32 = 16;
 
 /// Why a backing store could not be opened or resized.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +65,19 @@ pub enum BackingError {
         /// Bytes needed.
         need: u64,
     },
+    /// The host file system has too little space free to reserve the image (ENOSPC).
+    #[error("{} cannot be reserved: its file system has {} free and the image needs {} more \
+             (ENOSPC); free some space, give a smaller --size or --history, or give --sparse \
+             (the image then takes space as it is written, and writes fail if the file system \
+             fills up)", .path.display(), human(*.free), human(*.need))]
+    HostFull {
+        /// The image file.
+        path: PathBuf,
+        /// Bytes that were still to be allocated.
+        need: u64,
+        /// Bytes free for this user on its file system when the reservation failed.
+        free: u64,
+    },
     /// A system call failed.
     #[error("{what} {}", .path.display())]
     Io {
@@ -70,6 +97,28 @@ impl BackingError {
             what,
             path: path.to_path_buf(),
             source,
+        }
+    }
+}
+
+/// How a regular image file gets its bytes (a block device has all of its own).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Allocation {
+    /// Reserved on the host file system (`fallocate`): writes never fill a hole and never
+    /// meet a full file system.
+    Preallocated,
+    /// Sparse: space is taken as pages are first written, so a write may fail with ENOSPC
+    /// when the host file system is full.
+    Sparse,
+}
+
+impl Allocation {
+    /// `Sparse` if `sparse` (`--sparse`), else `Preallocated`.
+    pub fn chosen(sparse: bool) -> Allocation {
+        if sparse {
+            Allocation::Sparse
+        } else {
+            Allocation::Preallocated
         }
     }
 }
@@ -94,6 +143,8 @@ pub struct FileStore {
     direct: Option<File>,
     /// Size in bytes, read once at open: nothing else resizes a locked image.
     len: u64,
+    /// Writes and syncs of this image the host file system refused with ENOSPC.
+    host_full_errors: AtomicU64,
 }
 
 // BLKGETSIZE64 = _IOR(0x12, 114, size_t): the size of a block device in bytes. The `libc`
@@ -229,6 +280,7 @@ impl FileStore {
             file,
             direct: None,
             len,
+            host_full_errors: AtomicU64::new(0),
         })
     }
 
@@ -256,6 +308,7 @@ impl FileStore {
             file,
             direct,
             len,
+            host_full_errors: AtomicU64::new(0),
         })
     }
 
@@ -317,27 +370,150 @@ impl FileStore {
         }
     }
 
-    /// Makes the store at least `bytes` long: grows a regular file (sparse), checks a block
-    /// device. Never shrinks.
-    pub fn ensure_len(&mut self, bytes: u64) -> Result<(), BackingError> {
-        if self.len >= bytes {
-            return Ok(());
-        }
-        match self.kind {
-            BackingKind::File => {
-                self.file
-                    .set_len(bytes)
-                    .map_err(BackingError::io("resizing", &self.path))?;
-                self.len = bytes;
-                Ok(())
+    /// Makes the store at least `bytes` long: checks a block device; grows a regular file
+    /// and, when `want` is `Preallocated`, reserves its first `bytes` (`fallocate`: holes get
+    /// blocks, data stays). Never shrinks. Returns what the file got: `Sparse` when the file
+    /// system cannot preallocate (EOPNOTSUPP), which the caller should say. On failure a
+    /// file it grew gets its old length back.
+    pub fn ensure_len(&mut self, bytes: u64, want: Allocation) -> Result<Allocation, BackingError> {
+        if self.kind == BackingKind::BlockDevice {
+            if self.len < bytes {
+                return Err(BackingError::DeviceTooSmall {
+                    path: self.path.clone(),
+                    have: self.len,
+                    need: bytes,
+                });
             }
-            BackingKind::BlockDevice => Err(BackingError::DeviceTooSmall {
-                path: self.path.clone(),
-                have: self.len,
-                need: bytes,
-            }),
+            return Ok(Allocation::Preallocated);
+        }
+        if want == Allocation::Preallocated {
+            let allocated = self.allocated_bytes().unwrap_or(0);
+            match fallocate(&self.file, bytes) {
+                Ok(()) => {
+                    self.len = self.len.max(bytes);
+                    return Ok(Allocation::Preallocated);
+                }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOSYS)) => {}
+                Err(e) => {
+                    self.restore_len();
+                    return Err(self.reserve_error(e, bytes.saturating_sub(allocated)));
+                }
+            }
+        }
+        if self.len < bytes {
+            self.file
+                .set_len(bytes)
+                .map_err(BackingError::io("resizing", &self.path))?;
+            self.len = bytes;
+        }
+        Ok(Allocation::Sparse)
+    }
+
+    /// Gives the file its length of before a failed `fallocate`, which may have grown it.
+    fn restore_len(&self) {
+        let grown = self.file.metadata().is_ok_and(|m| m.len() > self.len);
+        if grown {
+            if let Err(e) = self.file.set_len(self.len) {
+                log::warn!(
+                    "{}: giving it back its length of {} bytes: {e}",
+                    self.path.display(),
+                    self.len
+                );
+            }
         }
     }
+
+    /// The error for a reservation of `need` more bytes that failed with `e`.
+    fn reserve_error(&self, e: io::Error, need: u64) -> BackingError {
+        if e.raw_os_error() != Some(libc::ENOSPC) {
+            return BackingError::io("reserving space for", &self.path)(e);
+        }
+        match free_bytes(&self.file) {
+            Ok(free) => BackingError::HostFull {
+                path: self.path.clone(),
+                need,
+                free,
+            },
+            Err(_) => BackingError::io("reserving space for", &self.path)(e),
+        }
+    }
+
+    /// Bytes the host file system has allocated to a regular image file (`st_blocks`
+    /// × 512): less than its length when it is sparse. `None` for a block device, or when
+    /// the file cannot be looked at.
+    pub fn allocated_bytes(&self) -> Option<u64> {
+        if self.kind != BackingKind::File {
+            return None;
+        }
+        self.file.metadata().ok().map(|m| m.blocks() * 512)
+    }
+
+    /// Counts a write to the image that the host file system refused with ENOSPC (the queues
+    /// report their data writes here); the first one is logged with what to do.
+    pub fn note_host_full(&self) {
+        let before = self.host_full_errors.fetch_add(1, Ordering::Relaxed);
+        if before == 0 {
+            log::error!(
+                "{}: host filesystem full (ENOSPC): writes failing; free space on the file \
+                 system that holds the image (`rewind list` and `rewind stats` say so until \
+                 the daemon restarts)",
+                self.path.display()
+            );
+        }
+    }
+
+    /// Writes and syncs of the image the host file system refused with ENOSPC since the
+    /// store was opened.
+    pub fn host_full_errors(&self) -> u64 {
+        self.host_full_errors.load(Ordering::Relaxed)
+    }
+
+    /// Passes `result` on, counting an ENOSPC.
+    fn count_host_full<T>(&self, result: io::Result<T>) -> io::Result<T> {
+        if let Err(e) = &result {
+            if e.raw_os_error() == Some(libc::ENOSPC) {
+                self.note_host_full();
+            }
+        }
+        result
+    }
+}
+
+/// Allocates the first `len` bytes of `file` (`fallocate` mode 0: the size grows to `len`
+/// if shorter, holes get zeroed blocks, data stays), calling again when a signal
+/// interrupts it.
+fn fallocate(file: &File, len: u64) -> io::Result<()> {
+    let len = libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    let mut retries = 0;
+    loop {
+        // SAFETY: fallocate only reads its integer arguments; the descriptor stays open for
+        // the call, `file` being borrowed.
+        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted || retries == FALLOCATE_RETRIES_MAX {
+            return Err(e);
+        }
+        retries += 1;
+    }
+}
+
+/// Bytes free for an unprivileged user on the file system that holds `file`.
+fn free_bytes(file: &File) -> io::Result<u64> {
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: fstatvfs writes one statvfs through the pointer, which points at `st`, live on
+    // this frame; it is read only after the call succeeded.
+    let rc = unsafe { libc::fstatvfs(file.as_raw_fd(), st.as_mut_ptr()) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstatvfs succeeded, so it initialized `st`.
+    let st = unsafe { st.assume_init() };
+    // The field types differ between architectures.
+    #[allow(clippy::unnecessary_cast)]
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 impl Store for FileStore {
@@ -351,11 +527,11 @@ impl Store for FileStore {
     }
 
     fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
-        self.file.write_all_at(buf, offset)
+        self.count_host_full(self.file.write_all_at(buf, offset))
     }
 
     fn sync(&self) -> io::Result<()> {
-        self.file.sync_data()
+        self.count_host_full(self.file.sync_data())
     }
 }
 
@@ -487,11 +663,42 @@ mod tests {
     fn ensure_len_grows_a_file_only() {
         let (_dir, path) = temp_image(4096);
         let mut store = FileStore::open(&path).expect("open");
-        store.ensure_len(1 << 20).expect("grow");
+        let got = store.ensure_len(1 << 20, Allocation::Sparse).expect("grow");
+        assert_eq!(got, Allocation::Sparse);
         assert_eq!(store.len(), 1 << 20);
         assert_eq!(std::fs::metadata(&path).expect("stat").len(), 1 << 20);
-        store.ensure_len(4096).expect("no shrink");
+        assert!(
+            store.allocated_bytes().expect("a file") < 1 << 20,
+            "a sparse file took all its space"
+        );
+        store
+            .ensure_len(4096, Allocation::Sparse)
+            .expect("no shrink");
         assert_eq!(store.len(), 1 << 20);
+    }
+
+    #[test]
+    fn ensure_len_preallocates_the_whole_file() {
+        let (_dir, path) = temp_image(4096);
+        let mut store = FileStore::open(&path).expect("open");
+        store.write_at(0, &[7u8; 4096]).expect("write");
+        match store.ensure_len(4 << 20, Allocation::Preallocated) {
+            Ok(Allocation::Preallocated) => {}
+            Ok(Allocation::Sparse) => {
+                println!("skipping: the temporary directory's file system cannot preallocate");
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        }
+        assert_eq!(store.len(), 4 << 20);
+        assert_eq!(std::fs::metadata(&path).expect("stat").len(), 4 << 20);
+        assert!(store.allocated_bytes().expect("a file") >= 4 << 20);
+        let mut back = [0u8; 4096];
+        store.read_at(0, &mut back).expect("read");
+        assert_eq!(back, [7u8; 4096], "preallocating changed the data");
+        assert_eq!(store.host_full_errors(), 0);
+        store.note_host_full();
+        assert_eq!(store.host_full_errors(), 1);
     }
 
     #[test]

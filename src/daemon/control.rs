@@ -279,6 +279,8 @@ fn device_stats(volume: &Volume<FileStore>, about: &DeviceStats, views: &Views) 
             .map(|i| i.safe_point.id)
             .collect(),
         views: views.records(),
+        image_allocated_bytes: volume.store().allocated_bytes(),
+        host_full_errors: volume.store().host_full_errors(),
         ..about.clone()
     }
 }

@@ -340,6 +340,9 @@ impl Device {
             coalesce_ms: opts.coalesce_ms,
             pinned: Vec::new(),
             views: Vec::new(),
+            image_bytes: Some(rewind_history::Store::len(volume.store())),
+            image_allocated_bytes: None,
+            host_full_errors: 0,
         }
     }
 

@@ -20,7 +20,9 @@
 //! (`--on-crash queue`, the default) relies on that, and with `stop` the next `rewind add`
 //! finds those writes in the journal.
 //!
-//! Every write and discard the engine takes is counted by the pacer, for idle safe points.
+//! Every write and discard the engine takes is counted by the pacer, for idle safe points. A
+//! data write the host file system refuses with ENOSPC (a sparse image on a full file system)
+//! is counted by the backing store, which `rewind list` and `rewind stats` report.
 //!
 //! A view (`rewind view`) is served by the same code as a read-only device: its reads
 //! resolve through `Volume::resolve_view` (and fail with `-EIO` once reclaim dropped the
@@ -464,6 +466,9 @@ async fn handle(
     match result {
         Ok(bytes) => bytes,
         Err(failure) => {
+            if failure.is_host_full() {
+                ctx.volume.store().note_host_full();
+            }
             ctx.errors.report(
                 ctx.qid,
                 format_args!("tag {tag}: {request:?} failed: {failure}"),
@@ -481,6 +486,14 @@ enum Failure {
         offset: u64,
         errno: i32,
     },
+}
+
+impl Failure {
+    /// True for a data write the host file system refused for lack of space (ENOSPC). The
+    /// store counts those of its own metadata writes itself.
+    fn is_host_full(&self) -> bool {
+        matches!(self, Failure::Data { write: true, errno, .. } if *errno == libc::ENOSPC)
+    }
 }
 
 impl fmt::Display for Failure {

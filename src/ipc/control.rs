@@ -163,6 +163,38 @@ pub struct DeviceStats {
     /// The view devices this daemon serves.
     #[serde(default)]
     pub views: Vec<ViewRecord>,
+    /// The length of the image file or block device, bytes (absent from older daemons).
+    #[serde(default)]
+    pub image_bytes: Option<u64>,
+    /// Bytes the host file system has allocated to an image file (`st_blocks` × 512), read
+    /// at each answer: below `image_bytes` the image is sparse. Null for a block device.
+    #[serde(default)]
+    pub image_allocated_bytes: Option<u64>,
+    /// Writes and syncs of the image the host file system refused with ENOSPC since the
+    /// daemon started (data and metadata); 0: none.
+    #[serde(default)]
+    pub host_full_errors: u64,
+}
+
+impl DeviceStats {
+    /// What `rewind list` and `rewind stats` say when the host file system refused writes
+    /// of the image for lack of space.
+    pub fn host_full_warning(&self) -> Option<String> {
+        (self.host_full_errors > 0).then(|| {
+            format!(
+                "host filesystem full (ENOSPC): writes failing ({} refused since the daemon \
+                 started)",
+                self.host_full_errors
+            )
+        })
+    }
+
+    /// True when the image file has fewer bytes allocated than its length (created with
+    /// `--sparse`, or on a file system that cannot preallocate); `None` when not known (a
+    /// block device, an older daemon).
+    pub fn image_sparse(&self) -> Option<bool> {
+        Some(self.image_allocated_bytes? < self.image_bytes?)
+    }
 }
 
 /// The reply to one request.
@@ -314,6 +346,9 @@ pub fn sample_stats() -> DeviceStats {
         coalesce_ms: 100,
         pinned: vec![],
         views: vec![],
+        image_bytes: Some(1_409_286_144),
+        image_allocated_bytes: Some(1_409_286_144),
+        host_full_errors: 0,
     }
 }
 
@@ -393,7 +428,9 @@ mod tests {
                 r#""oldest_safe_point_time_ns":1700000000000000000,"#,
                 r#""newest_safe_point_time_ns":1700000001000000000,"idle_secs":2,"#,
                 r#""coalesce_ms":100,"pinned":[0],"#,
-                r#""views":[{"device_id":4,"device":"/dev/ublkb4","at":1,"dropped":null}]}"#,
+                r#""views":[{"device_id":4,"device":"/dev/ublkb4","at":1,"dropped":null}],"#,
+                r#""image_bytes":1409286144,"image_allocated_bytes":1409286144,"#,
+                r#""host_full_errors":0}"#,
             )
         );
         assert_eq!(serde_json::from_str::<DeviceStats>(&text).unwrap(), s);
@@ -462,11 +499,34 @@ mod tests {
             "newest_safe_point_time_ns",
             "idle_secs",
             "coalesce_ms",
+            "image_bytes",
+            "image_allocated_bytes",
+            "host_full_errors",
         ] {
             v.as_object_mut().unwrap().remove(k);
         }
         let s: DeviceStats = serde_json::from_value(v).unwrap();
         assert_eq!(s.oldest_safe_point_time_ns, None);
         assert_eq!(s.idle_secs, 0);
+        assert_eq!((s.host_full_errors, s.host_full_warning()), (0, None));
+        assert_eq!(s.image_sparse(), None);
+    }
+
+    #[test]
+    fn a_full_host_and_a_sparse_image_are_told() {
+        let mut s = sample_stats();
+        assert_eq!(
+            (s.host_full_warning(), s.image_sparse()),
+            (None, Some(false))
+        );
+        s.host_full_errors = 3;
+        s.image_allocated_bytes = Some(1 << 20);
+        assert_eq!(
+            s.host_full_warning().as_deref(),
+            Some("host filesystem full (ENOSPC): writes failing (3 refused since the daemon started)")
+        );
+        assert_eq!(s.image_sparse(), Some(true));
+        s.image_allocated_bytes = None; // a block device
+        assert_eq!(s.image_sparse(), None);
     }
 }

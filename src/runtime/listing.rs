@@ -21,7 +21,8 @@ pub struct ListedDevice {
     pub device: String,
     /// The image.
     pub image: String,
-    /// `live`, `dead`, ..., or what went wrong asking.
+    /// `live`, `dead`, ..., or what went wrong asking; for a live device, followed by what
+    /// its daemon warns of (a full host file system) and `sparse image` when it is one.
     pub state: String,
     /// The daemon's pid, as the kernel knows it.
     pub pid: Option<i32>,
@@ -111,6 +112,14 @@ fn live_row(mut row: ListedDevice, kernel: Option<(u16, i32)>) -> ListedDevice {
         );
     } else if row.pid.is_some_and(process_alive) {
         row.stats = daemon_stats(id, &mut row.state);
+        if let Some(s) = &row.stats {
+            if let Some(warning) = s.host_full_warning() {
+                row.state = format!("{}, {warning}", row.state);
+            }
+            if s.image_sparse() == Some(true) {
+                row.state = format!("{}, sparse image", row.state);
+            }
+        }
     } else if row.pid.is_some() {
         row.state = format!("{}, no daemon", row.state);
     }
