@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion};
-use rewind_history::{create, CreateOptions, Layout, LogicalPage, MemStore, Store, Volume};
+use rewind_history::{
+    create, CreateOptions, Durability, Layout, LogicalPage, MemStore, Store, Volume,
+};
 
 const PAGES: u64 = 16_384; // 64 MiB device
 
@@ -69,6 +71,12 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("rewind_volume", |b| {
         b.iter(|| write_volume(&vol, 1, &mut seed, black_box(&page), 0))
+    });
+    // `--on-crash stop`: no journal write before a write completes.
+    let flushed = volume();
+    flushed.set_durability(Durability::FlushedWrites);
+    g.bench_function("rewind_volume_flushed_writes", |b| {
+        b.iter(|| write_volume(&flushed, 1, &mut seed, black_box(&page), 0))
     });
     g.finish();
     let mut buf = vec![0u8; 4096];

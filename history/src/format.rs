@@ -6,11 +6,11 @@
 //!   copy with the highest generation wins, so a torn superblock write falls back to the other;
 //! - a checkpoint slot is only overwritten when the superblock points at the other one;
 //! - a journal block that holds committed (synced) records is never rewritten within its lap
-//!   of the ring. The blocks of records not yet committed are written UNSYNCED as records
-//!   come, the last of them again (same sequence) each time it takes another record, then
-//!   rewritten once, synced, by the commit that takes them; a commit always starts a fresh
-//!   block. So a torn write can only damage blocks of records not yet committed, never
-//!   committed ones;
+//!   of the ring. With `Durability::CompletedWrites` the blocks of records not yet committed
+//!   are written UNSYNCED as records come, the last of them again (same sequence) each time
+//!   it takes another record; the commit that takes them writes them (again) once, synced; a
+//!   commit always starts a fresh block. So a torn write can only damage blocks of records
+//!   not yet committed, never committed ones;
 //! - all integers are little-endian.
 
 use zerocopy::little_endian::{U16, U32, U64};

@@ -1,12 +1,14 @@
 //! The journal: a ring of 512-byte blocks holding the metadata changes (remaps, safe points,
 //! retirements, pins, rollbacks) since the checkpoint.
 //!
-//! Records reach the journal twice. As soon as a write completes its record is written
-//! *unsynced* (flag `UNSYNCED`, no sync): a daemon killed then loses nothing the kernel was
-//! told is written, because the host's page cache keeps both the data and the record. A
-//! commit then rewrites the same blocks as synced, after syncing the data they point at. An
-//! unsynced block is trusted only within the boot that wrote it (the superblock records the
-//! boot id): after a power cut its data pages may never have reached the disk.
+//! Records reach the journal once or twice. With `Durability::CompletedWrites` (the
+//! default), before a write completes its record is written *unsynced* (flag `UNSYNCED`, no
+//! sync): a daemon killed then loses nothing the kernel was told is written, because the
+//! host's page cache keeps both the data and the record. A commit then (re)writes the same
+//! blocks as synced, after syncing the data they point at; with `FlushedWrites` that is the
+//! only write. An unsynced block is trusted only within the boot that wrote it (the
+//! superblock records the boot id): after a power cut its data pages may never have reached
+//! the disk.
 //!
 //! Invariants:
 //! - a commit always starts a fresh block and never rewrites a block that holds synced
@@ -178,7 +180,8 @@ impl Record {
 pub type Block = [u8; JOURNAL_BLOCK as usize];
 
 /// The records not yet synced, packed into blocks as they come so each write's record can
-/// be written at once (`unsynced`) and the whole run again at commit (`take_synced`).
+/// be written at once (`unsynced`, with `Durability::CompletedWrites`) and the whole run at
+/// commit (`take_synced`).
 #[derive(Debug, Default)]
 pub struct Pending {
     /// The slots of each block.

@@ -36,7 +36,7 @@ pub use host::{Clock, Host, SystemClock};
 pub use rewind_remap::{LogicalPage, PhysPage, Stream};
 pub use store::{MemStore, Store};
 pub use volume::{
-    check, create, inspect, read_superblock, CheckReport, Inspection, Notice, ReadTracker,
-    SafePointInfo, Stats, ViewId, Volume,
+    check, create, inspect, read_superblock, CheckReport, Durability, Inspection, Notice,
+    ReadTracker, SafePointInfo, Stats, ViewId, Volume,
 };
 pub use window::{SafePoint, SafePointId, Trigger};

@@ -5,7 +5,8 @@
 //! test can ask for the image a power cut would leave: each 512-byte sector holds its durable
 //! content or the content of some prefix of the pending writes that touched it, chosen at
 //! random per sector. That covers dropped writes, writes reordered against each other, and
-//! writes torn at sector granularity. Hooks let a test take such images at every sync.
+//! writes torn at sector granularity. Hooks let a test take such images, or the image a
+//! killed process leaves (`kill_image`: every write, synced or not), at every sync and write.
 //!
 //! Simulated runs also open images as a fixed host with a simulated clock (`host`), so
 //! nothing in them depends on the machine they run on.
@@ -157,6 +158,17 @@ impl SimStore {
                 image[lo as usize..hi as usize]
                     .copy_from_slice(&data[(lo - off) as usize..(hi - off) as usize]);
             }
+        }
+        image
+    }
+
+    /// The image a process killed now leaves, its machine running on: every write so far,
+    /// synced or not (the host's page cache keeps them).
+    pub fn kill_image(&self) -> Vec<u8> {
+        let inner = self.inner.lock();
+        let mut image = inner.durable.clone();
+        for (off, data) in &inner.pending {
+            image[*off as usize..*off as usize + data.len()].copy_from_slice(data);
         }
         image
     }

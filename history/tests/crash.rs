@@ -1,9 +1,13 @@
-//! Crash tests: power cuts at every sync and at random writes of random workloads, each
-//! checked against a model of what must survive.
+//! Crash tests: power cuts and killed daemons at every sync and at random writes of random
+//! workloads, each checked against a model of what must survive. Every workload runs with
+//! both durabilities of the volume.
 //!
 //! The contract (DESIGN.md): after a crash the device is the last durable safe point plus
 //! at most a prefix of later writes in the order they were recorded; no page is torn;
-//! metadata opens cleanly. A flush that had not returned is not durable; one that returned is.
+//! metadata opens cleanly. A flush that had not returned is not durable; one that returned
+//! is. A killed daemon (the machine running on, so every write so far is in the host's page
+//! cache) is such a crash too; with `Durability::CompletedWrites` it also loses no write
+//! that completed.
 //!
 //! `REWIND_CRASH_SEEDS=N` runs N workloads (default 24; a longer run is one variable away).
 
@@ -12,8 +16,8 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use rewind_history::sim::{self, Event, Rng, SimStore};
 use rewind_history::{
-    create, CreateOptions, Host, Layout, LogicalPage, MemStore, SafePointId, Store, Stream,
-    Trigger, Volume,
+    create, CreateOptions, Durability, Host, Layout, LogicalPage, MemStore, SafePointId, Store,
+    Stream, Trigger, Volume,
 };
 
 const PAGES: u64 = 96;
@@ -30,7 +34,13 @@ struct Model {
     live: Device,
     durable: Device,
     since: Vec<(u64, Option<(u8, u32)>)>,
-    checked: u64,
+    /// Of `since`, how many changes were made by requests that have completed (the others
+    /// are in flight).
+    completed: usize,
+    /// Power cuts checked.
+    cuts: u64,
+    /// Killed daemons checked.
+    kills: u64,
     /// The device at each safe point the workload made.
     snapshots: std::collections::HashMap<SafePointId, Device>,
     /// The safe point durably pinned: reclaim must retire around it.
@@ -40,9 +50,44 @@ struct Model {
 impl Model {
     /// Safe point `id` was made and is durable: it holds the device as it is live.
     fn made_safe_point(&mut self, id: SafePointId) {
+        self.snapshots.insert(id, self.live.clone());
+        self.all_durable();
+    }
+
+    /// Everything written so far is durable (a safe point, a rollback, a clean close).
+    fn all_durable(&mut self) {
         self.durable = self.live.clone();
         self.since.clear();
-        self.snapshots.insert(id, self.live.clone());
+        self.completed = 0;
+    }
+}
+
+/// How an image was left: what opens it, and how many of the model's later changes it must
+/// hold at least.
+#[derive(Clone, Copy, Debug)]
+enum Crash {
+    /// The next boot trusts no unsynced journal block; no change since the last durable
+    /// safe point has to be there.
+    PowerCut,
+    /// A new daemon of the same boot: with `CompletedWrites` every completed change has to
+    /// be there.
+    Kill(Durability),
+}
+
+impl Crash {
+    fn boot(self) -> u64 {
+        match self {
+            Crash::PowerCut => NEXT_BOOT,
+            Crash::Kill(_) => BOOT,
+        }
+    }
+
+    /// How many of the changes since the last durable safe point must survive.
+    fn kept(self, m: &Model) -> usize {
+        match self {
+            Crash::Kill(Durability::CompletedWrites) => m.completed,
+            Crash::PowerCut | Crash::Kill(Durability::FlushedWrites) => 0,
+        }
     }
 }
 
@@ -80,12 +125,11 @@ fn read_device(vol: &Volume<Arc<MemStore>>) -> Result<Device, String> {
         .collect()
 }
 
-/// Opens a crash image and checks it against the model.
-fn check_image(image: Vec<u8>, m: &Model) -> Result<(), String> {
+/// Opens an image left by `crash` and checks it against the model.
+fn check_image(image: Vec<u8>, m: &Model, crash: Crash) -> Result<(), String> {
     let store = Arc::new(MemStore::from_bytes(image));
-    // A power cut: the next boot trusts no unsynced journal block.
-    let vol =
-        Volume::open(store, &sim::host(NEXT_BOOT)).map_err(|e| format!("open after crash: {e}"))?;
+    let vol = Volume::open(store, &sim::host(crash.boot()))
+        .map_err(|e| format!("open after a {crash:?}: {e}"))?;
     let got = read_device(&vol)?;
     // Durable safe points of the window still read back exactly (the three newest the
     // model knows, to keep thousands of crash points quick).
@@ -123,22 +167,29 @@ fn check_image(image: Vec<u8>, m: &Model) -> Result<(), String> {
             }
         }
     }
+    let kept = crash.kept(m);
     let mut candidate = m.durable.clone();
+    for &(l, v) in &m.since[..kept] {
+        candidate[l as usize] = v;
+    }
     if candidate == got {
         return Ok(());
     }
-    for &(l, v) in &m.since {
+    for &(l, v) in &m.since[kept..] {
         candidate[l as usize] = v;
         if candidate == got {
             return Ok(());
         }
     }
-    Err("device is not the last durable safe point plus a prefix of later writes".into())
+    Err(format!(
+        "after a {crash:?} the device is not the last durable safe point plus a prefix of \
+         later writes holding the {kept} completed ones"
+    ))
 }
 
-/// Runs workload `seed`, checking two crash images at every sync and at one write in four;
-/// returns how many it checked.
-fn run_workload(seed: u64) -> u64 {
+/// Runs workload `seed` on a volume of `durability`, checking two power cuts and a killed
+/// daemon at every sync and at one write in four; returns the model, which counts them.
+fn run_workload(seed: u64, durability: Durability) -> Model {
     let opts = CreateOptions {
         size: PAGES * PAGE as u64,
         history: Some(256 * PAGE as u64),
@@ -155,13 +206,16 @@ fn run_workload(seed: u64) -> u64 {
         ..Model::default()
     }));
     let failure: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
-    check_crash_points(&store, seed, model.clone(), failure.clone());
+    let what = format!("seed {seed}, {durability:?}");
+    check_crash_points(&store, seed, durability, model.clone(), failure.clone());
     let vol = Volume::open(store.clone(), &host).unwrap();
+    vol.set_durability(durability);
     let mut w = Workload {
         stream: vol.stream(0, 1),
         vol: Some(vol),
         store,
         host,
+        durability,
         model: model.clone(),
         rng: Rng(seed),
         serial: 0,
@@ -174,22 +228,25 @@ fn run_workload(seed: u64) -> u64 {
         let notices = w.vol().take_notices();
         assert!(
             notices.is_empty(),
-            "seed {seed}: reclaim gave up a pin: {notices:?}"
+            "{what}: reclaim gave up a pin: {notices:?}"
         );
     }
-    let checked = model.lock().checked;
-    checked
+    drop(w);
+    let model = std::mem::take(&mut *model.lock());
+    model
 }
 
-/// Makes every sync of `store` a crash point, and one write in four: two crash images of
-/// each are checked against `model`; the first failure goes to `failure`, and checking
-/// stops there.
+/// Makes every sync of `store` a crash point, and one write in four: two power cuts and a
+/// killed daemon (of a volume of `durability`) at each are checked against `model`; the
+/// first failure goes to `failure`, and checking stops there.
 fn check_crash_points(
     store: &SimStore,
     seed: u64,
+    durability: Durability,
     model: Arc<Mutex<Model>>,
     failure: Arc<Mutex<Option<String>>>,
 ) {
+    let what = format!("seed {seed}, {durability:?}");
     let mut rng = Rng(seed ^ 0xc0ffee);
     store.set_hook(move |s, event| {
         // Every sync is a crash point; so is one write in four. After a failure, stop.
@@ -197,13 +254,17 @@ fn check_crash_points(
             return;
         }
         let mut m = model.lock();
-        for _ in 0..2 {
-            let image = s.crash_image(&mut rng);
-            if let Err(e) = check_image(image, &m) {
-                failure.lock().get_or_insert(format!("seed {seed}: {e}"));
+        let check = |image: Vec<u8>, m: &Model, crash: Crash| {
+            if let Err(e) = check_image(image, m, crash) {
+                failure.lock().get_or_insert(format!("{what}: {e}"));
             }
-            m.checked += 1;
+        };
+        for _ in 0..2 {
+            check(s.crash_image(&mut rng), &m, Crash::PowerCut);
+            m.cuts += 1;
         }
+        check(s.kill_image(), &m, Crash::Kill(durability));
+        m.kills += 1;
     });
 }
 
@@ -212,6 +273,8 @@ fn check_crash_points(
 struct Workload {
     store: Arc<SimStore>,
     host: Host,
+    /// Set on the volume at every open.
+    durability: Durability,
     model: Arc<Mutex<Model>>,
     /// `None` only while it is reopened.
     vol: Option<Volume<Arc<SimStore>>>,
@@ -274,7 +337,9 @@ impl Workload {
             let vol = self.vol.as_ref().unwrap();
             vol.write_page(&mut self.stream, LogicalPage(l), &page_data(l, val))
                 .unwrap();
-            self.model.lock().live[l as usize] = Some(val);
+            let mut m = self.model.lock();
+            m.live[l as usize] = Some(val);
+            m.completed = m.since.len();
         }
     }
 
@@ -293,6 +358,7 @@ impl Workload {
         for i in l..l + n {
             m.live[i as usize] = None;
         }
+        m.completed = m.since.len();
     }
 
     fn safe_point(&mut self, trigger: Trigger, label: Option<String>) {
@@ -328,34 +394,38 @@ impl Workload {
         let live = m.live.clone();
         m.snapshots.insert(before, live);
         m.live = m.snapshots[&to].clone();
-        m.durable = m.live.clone();
-        m.since.clear();
+        m.all_durable();
     }
 
     /// Closes the volume cleanly (everything durable) and opens it again.
     fn reopen(&mut self) {
         self.vol.take().unwrap().close().unwrap();
-        {
-            let mut m = self.model.lock();
-            m.durable = m.live.clone();
-            m.since.clear();
-        }
+        self.model.lock().all_durable();
         let vol = Volume::open(self.store.clone(), &self.host).unwrap();
+        vol.set_durability(self.durability);
         self.stream = vol.stream(0, 1);
         self.vol = Some(vol);
     }
 }
 
 #[test]
-fn power_cuts_at_every_sync_and_random_writes_keep_the_contract() {
+fn power_cuts_and_killed_daemons_at_every_sync_and_random_writes_keep_the_contract() {
     let seeds: u64 = std::env::var("REWIND_CRASH_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(24);
-    let mut total = 0;
-    for seed in 0..seeds {
-        total += run_workload(seed);
+    let (mut cuts, mut kills) = (0, 0);
+    for durability in [Durability::CompletedWrites, Durability::FlushedWrites] {
+        for seed in 0..seeds {
+            let m = run_workload(seed, durability);
+            assert!(m.cuts > 50, "seed {seed}, {durability:?}: {} cuts", m.cuts);
+            cuts += m.cuts;
+            kills += m.kills;
+        }
     }
-    println!("crash points checked: {total} over {seeds} workloads");
-    assert!(total > seeds * 50, "too few crash points: {total}");
+    println!(
+        "crash points checked: {} over {seeds} workloads in each durability ({cuts} power \
+         cuts, {kills} killed daemons)",
+        cuts + kills
+    );
 }

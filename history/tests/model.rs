@@ -3,16 +3,19 @@
 //! the device at every safe point.
 //!
 //! The store is in memory and every store write is durable at once, so a "crash" (dropping
-//! the volume without `close`) loses exactly the records no commit wrote. The contract then
-//! says the device is the last flushed state plus a prefix of the later writes, in order:
-//! that is what `check_after_crash` asserts.
+//! the volume without `close`, then opening it in the same boot: a killed daemon) loses
+//! exactly the records that never reached the journal. What `check_after_crash` asserts
+//! depends on the volume's `Durability`, and every workload runs in both: with
+//! `CompletedWrites` the device is exactly as it was (no completed write is lost); with
+//! `FlushedWrites` it is the last flushed state plus a prefix of the later writes, in
+//! order, as after a power cut.
 
 use std::sync::Arc;
 
 use proptest::prelude::*;
 use rewind_history::{
-    create, sim, CreateOptions, Error, Host, LogicalPage, MemStore, Notice, SafePointId, ViewId,
-    Volume, PAGE_SIZE,
+    create, sim, CreateOptions, Durability, Error, Host, LogicalPage, MemStore, Notice,
+    SafePointId, ViewId, Volume, PAGE_SIZE,
 };
 
 const PAGES: u64 = 96;
@@ -20,6 +23,8 @@ const PAGES: u64 = 96;
 const BOOT: u64 = 1;
 /// The boot after a power cut.
 const NEXT_BOOT: u64 = 3;
+/// Each workload runs in both: a device that outlives its daemon, one that dies with it.
+const DURABILITIES: [Durability; 2] = [Durability::CompletedWrites, Durability::FlushedWrites];
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -85,6 +90,8 @@ struct Harness {
     store: Arc<MemStore>,
     /// Creates, opens and reads the image (boot `BOOT`, a simulated clock).
     host: Host,
+    /// Set on the volume at every open.
+    durability: Durability,
     vol: Option<Volume<Arc<MemStore>>>,
     stream: rewind_history::Stream,
     live: Device,
@@ -102,7 +109,12 @@ struct Harness {
 }
 
 impl Harness {
+    /// A harness whose volume keeps every completed write across a crash, as a volume opens.
     fn new(history_pages: u64, journal_blocks: u64) -> Harness {
+        Harness::in_mode(history_pages, journal_blocks, Durability::CompletedWrites)
+    }
+
+    fn in_mode(history_pages: u64, journal_blocks: u64, durability: Durability) -> Harness {
         let opts = CreateOptions {
             size: PAGES * PAGE_SIZE,
             history: Some(history_pages * PAGE_SIZE),
@@ -113,10 +125,12 @@ impl Harness {
         let host = sim::host(BOOT);
         create(&store, &opts, &host).unwrap();
         let vol = Volume::open(store.clone(), &host).unwrap();
+        vol.set_durability(durability);
         let stream = vol.stream(0, 1);
         Harness {
             store,
             host,
+            durability,
             vol: Some(vol),
             stream,
             live: vec![None; PAGES as usize],
@@ -178,7 +192,8 @@ impl Harness {
                 assert_eq!(
                     decode(l, &buf),
                     want[l as usize],
-                    "page {l} of the view of {at}"
+                    "page {l} of the view of {at} ({:?})",
+                    self.durability
                 );
             }
         }
@@ -210,7 +225,8 @@ impl Harness {
             assert_eq!(
                 decode(l, &buf),
                 want[l as usize],
-                "page {l} at safe point {at}"
+                "page {l} at safe point {at} ({:?})",
+                self.durability
             );
         }
     }
@@ -337,6 +353,7 @@ impl Harness {
 
     fn reopen(&mut self) {
         let vol = Volume::open(self.store.clone(), &self.host).unwrap();
+        vol.set_durability(self.durability);
         self.stream = vol.stream(0, 1);
         self.vol = Some(vol);
     }
@@ -354,12 +371,20 @@ impl Harness {
     fn check_live(&self) {
         let got = self.read_device();
         for (l, (g, w)) in got.iter().zip(&self.live).enumerate() {
-            assert_eq!(g, w, "page {l}");
+            assert_eq!(g, w, "page {l} ({:?})", self.durability);
         }
     }
 
+    /// After a killed daemon: with `CompletedWrites` the device is as it was; with
+    /// `FlushedWrites` it is the last flush plus a prefix of the later writes (all of them
+    /// when a full buffer committed them, none when nothing did).
     fn check_after_crash(&mut self) {
         let got: Device = self.read_device();
+        if self.durability == Durability::CompletedWrites {
+            for (l, (g, w)) in got.iter().zip(&self.live).enumerate() {
+                assert_eq!(g, w, "page {l}: a killed daemon lost a completed write");
+            }
+        }
         let mut candidate = self.durable.clone();
         let mut matched = candidate == got;
         for &(l, v) in &self.since {
@@ -371,7 +396,9 @@ impl Harness {
         }
         assert!(
             matched,
-            "after a crash the device is not the last flush plus a prefix of later writes"
+            "after a crash the device is not the last flush plus a prefix of later writes \
+             ({:?})",
+            self.durability
         );
         self.live = got.clone();
         self.durable = got;
@@ -384,62 +411,70 @@ proptest! {
 
     #[test]
     fn device_matches_the_model(ops in prop::collection::vec(op(), 1..300)) {
-        let mut h = Harness::new(256, 64);
-        for op in &ops {
-            h.run(op);
+        for durability in DURABILITIES {
+            let mut h = Harness::in_mode(256, 64, durability);
+            for op in &ops {
+                h.run(op);
+                h.check_live();
+                h.check_holds();
+            }
+            h.vol.take().unwrap().close().unwrap();
+            h.reopen();
             h.check_live();
-            h.check_holds();
         }
-        h.vol.take().unwrap().close().unwrap();
-        h.reopen();
-        h.check_live();
     }
 
     /// A small journal forces checkpoints and ring wraps; a history area barely larger than
     /// the device forces reclaim to retire safe points and close epochs.
     #[test]
     fn reclaim_and_checkpoints_keep_the_data(ops in prop::collection::vec(op(), 1..400)) {
-        let mut h = Harness::new(256, 16);
-        for op in &ops {
-            h.run(op);
-            h.check_holds();
+        for durability in DURABILITIES {
+            let mut h = Harness::in_mode(256, 16, durability);
+            for op in &ops {
+                h.run(op);
+                h.check_holds();
+            }
+            h.check_live();
+            let stats = h.vol().stats();
+            prop_assert!(stats.safe_points >= 1);
+            // Every page is free, history or live, once: exact only without rollbacks, which
+            // make a history page live again (one page, two references).
+            if !ops.iter().any(|o| matches!(o, Op::Rollback(_))) {
+                prop_assert_eq!(
+                    stats.free_pages + stats.history_pages + h.live.iter().filter(|v| v.is_some()).count() as u64,
+                    stats.physical_pages
+                );
+            }
+            // The reopen inside `run` recounts every reference and checks each page belongs
+            // to one logical page; do it once more at the end.
+            h.run(&Op::Reopen);
+            h.check_live();
         }
-        h.check_live();
-        let stats = h.vol().stats();
-        prop_assert!(stats.safe_points >= 1);
-        // Every page is free, history or live, once: exact only without rollbacks, which
-        // make a history page live again (one page, two references).
-        if !ops.iter().any(|o| matches!(o, Op::Rollback(_))) {
-            prop_assert_eq!(
-                stats.free_pages + stats.history_pages + h.live.iter().filter(|v| v.is_some()).count() as u64,
-                stats.physical_pages
-            );
-        }
-        // The reopen inside `run` recounts every reference and checks each page belongs to
-        // one logical page; do it once more at the end.
-        h.run(&Op::Reopen);
-        h.check_live();
     }
 }
 
 #[test]
 fn overwriting_the_device_many_times_never_runs_out_of_space() {
-    let mut h = Harness::new(256, 32);
-    for round in 0..20u8 {
-        for l in 0..PAGES {
-            h.run(&Op::Write(l, round.wrapping_mul(7).wrapping_add(1)));
+    for durability in DURABILITIES {
+        let mut h = Harness::in_mode(256, 32, durability);
+        for round in 0..20u8 {
+            for l in 0..PAGES {
+                h.run(&Op::Write(l, round.wrapping_mul(7).wrapping_add(1)));
+            }
+            if round % 3 == 0 {
+                h.run(&Op::Flush);
+            }
         }
-        if round % 3 == 0 {
-            h.run(&Op::Flush);
-        }
+        h.check_live();
+        assert!(h.vol().stats().safe_points >= 1);
     }
-    h.check_live();
-    assert!(h.vol().stats().safe_points >= 1);
 }
 
-#[test]
-fn a_killed_daemon_loses_no_completed_write_but_a_power_cut_may() {
-    let mut h = Harness::new(256, 64);
+/// Writes since the last flush, then the daemon killed: what comes back in the same boot (a
+/// new daemon) and after a power cut (another boot), for `durability`. Returns the harness
+/// with the volume reopened in the same boot, the flushed state and the completed one.
+fn kill_after_unflushed_writes(durability: Durability) -> (Harness, Device, Device) {
+    let mut h = Harness::in_mode(256, 64, durability);
     h.run(&Op::Write(1, 1));
     h.run(&Op::Flush);
     h.run(&Op::Write(1, 2));
@@ -448,16 +483,26 @@ fn a_killed_daemon_loses_no_completed_write_but_a_power_cut_may() {
     let flushed = h.durable.clone();
     let completed = h.live.clone();
     assert_ne!(flushed, completed);
-    // No flush since: only the unsynced journal blocks know of the later writes.
     drop(h.vol.take());
     let image = h.store.contents();
-    // Another boot (a power cut) trusts none of them: the device is the flushed state.
+    // Another boot (a power cut) trusts no unsynced journal block: the flushed state.
     let other = Arc::new(MemStore::from_bytes(image));
     h.vol = Some(Volume::open(other, &sim::host(NEXT_BOOT)).unwrap());
-    assert_eq!(h.read_device(), flushed);
-    // The same boot (the daemon was killed): every completed write is there.
+    assert_eq!(
+        h.read_device(),
+        flushed,
+        "after a power cut ({durability:?})"
+    );
     drop(h.vol.take());
     h.reopen();
+    (h, flushed, completed)
+}
+
+#[test]
+fn a_killed_daemon_loses_no_completed_write_but_a_power_cut_may() {
+    let (mut h, _, completed) = kill_after_unflushed_writes(Durability::CompletedWrites);
+    // The same boot (the daemon was killed): every completed write is there, from the
+    // unsynced journal blocks.
     assert_eq!(h.read_device(), completed);
     // The new daemon made them durable at once: now even another boot sees them.
     drop(h.vol.take());
@@ -465,6 +510,69 @@ fn a_killed_daemon_loses_no_completed_write_but_a_power_cut_may() {
     let later = Volume::open(Arc::new(MemStore::from_bytes(image)), &sim::host(NEXT_BOOT)).unwrap();
     h.vol = Some(later);
     assert_eq!(h.read_device(), completed);
+}
+
+#[test]
+fn with_flushed_writes_a_killed_daemon_loses_the_unflushed_writes_and_no_flushed_one() {
+    let (mut h, flushed, _) = kill_after_unflushed_writes(Durability::FlushedWrites);
+    // No commit ran since the flush, so none of the later writes reached the journal: the
+    // kill lost them all, as a power cut does; the flushed write is there.
+    assert_eq!(h.read_device(), flushed);
+    assert_eq!(h.read_device()[1], Some(1));
+    // A write that a flush followed survives the next kill.
+    h.run(&Op::Write(5, 7));
+    h.run(&Op::Flush);
+    h.run(&Op::Write(6, 8));
+    drop(h.vol.take());
+    h.reopen();
+    let got = h.read_device();
+    assert_eq!((got[5], got[6]), (Some(7), None));
+}
+
+/// The byte ranges where `a` and `b` differ, as (first, end) pairs.
+fn changed_ranges(a: &[u8], b: &[u8]) -> Vec<(usize, usize)> {
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    for i in (0..a.len()).filter(|&i| a[i] != b[i]) {
+        match out.last_mut() {
+            Some(r) if r.1 == i => r.1 = i + 1,
+            _ => out.push((i, i + 1)),
+        }
+    }
+    out
+}
+
+#[test]
+fn only_completed_writes_put_the_record_in_the_journal_before_the_write_completes() {
+    for durability in DURABILITIES {
+        let mut h = Harness::in_mode(256, 64, durability);
+        h.run(&Op::Write(3, 1));
+        h.run(&Op::Flush);
+        let before = h.store.contents();
+        h.run(&Op::Write(4, 2));
+        let after = h.store.contents();
+        let vol = h.vol();
+        let page = vol
+            .layout()
+            .page_offset(vol.resolve(LogicalPage(4)).unwrap().unwrap()) as usize;
+        let outside: Vec<(usize, usize)> = changed_ranges(&before, &after)
+            .into_iter()
+            .filter(|&(first, end)| first < page || end > page + PAGE_SIZE as usize)
+            .collect();
+        match durability {
+            // The data page, and the journal block that records it.
+            Durability::CompletedWrites => assert!(!outside.is_empty(), "no record written"),
+            // The data page only: the record waits for the next commit.
+            Durability::FlushedWrites => assert!(outside.is_empty(), "wrote {outside:?}"),
+        }
+        // A flush makes the write durable in both.
+        h.run(&Op::Flush);
+        drop(h.vol.take());
+        let image = h.store.contents();
+        h.vol = Some(
+            Volume::open(Arc::new(MemStore::from_bytes(image)), &sim::host(NEXT_BOOT)).unwrap(),
+        );
+        assert_eq!(h.read_device()[4], Some(2), "{durability:?}");
+    }
 }
 
 #[test]

@@ -72,11 +72,16 @@ If the daemon fails, `add` prints why and exits non-zero.
 If the daemon dies (kill -9, a crash), by default (--on-crash queue) the device stays
 and its I/O waits: `rewind recover -n ID` starts a new daemon that takes it over and
 reissues the waiting I/O, so programs using the device see a pause, not an error. For
-that, every write is journaled before it completes. With --supervise a supervisor does
-the recovery by itself, and also kills and recovers a daemon that stops answering its
-heartbeat. --on-crash stop: the device fails its I/O and goes when the daemon dies (no
-recovery: `rewind del`, then `rewind add` again, which recovers the image from its
-journal).";
+that, every write is journaled before it completes, so none that completed is lost. With
+--supervise a supervisor does the recovery by itself, and also kills and recovers a
+daemon that stops answering its heartbeat.
+
+--on-crash stop: the device fails its I/O and goes when the daemon dies (no recovery:
+`rewind del`, then `rewind add` again, which recovers the image from its journal). A
+write completes without waiting for its journal record, as on a disk with a volatile
+write cache: only a flush (fsync) or a FUA write makes writes durable, and the daemon's
+death, like a power cut, loses the writes since the last flush. One journal write per
+request less.";
 
 const RECOVER_EXAMPLES: &str = "\
 Examples:
@@ -193,10 +198,12 @@ pub enum Command {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum OnCrashArg {
     /// The device stays; its I/O waits until `rewind recover` (or the supervisor) starts a
-    /// new daemon, which reissues it: no error reaches the programs using the device
+    /// new daemon, which reissues it: no error reaches the programs using the device, and no
+    /// completed write is lost (each is journaled before it completes)
     #[default]
     Queue,
-    /// The device fails its I/O and stops; no recovery (`rewind del`, then `rewind add`)
+    /// The device fails its I/O and stops; no recovery (`rewind del`, then `rewind add`).
+    /// Only a flush makes writes durable: the daemon's death loses the writes since the last
     Stop,
 }
 

@@ -1,7 +1,9 @@
 //! The daemon's life: serves one image as one ublk device until the device is deleted.
 //!
 //! Start: open and lock the image, recover it (`Volume::open`), add the ublk device (or take
-//! over a quiesced one), bind the control socket, write the pid file, start the safe point
+//! over a quiesced one) and tell the engine what a completed write must survive (all of
+//! them when the device outlives this daemon: `OnCrash::durability`), bind the control
+//! socket, write the pid file, start the safe point
 //! ticker and the queues; once the kernel reports the device live, tell the `rewind add` (or
 //! `rewind recover`) that started us (a line on a pipe) or print the device path
 //! (foreground).
@@ -166,6 +168,9 @@ fn serve_volume(
     // Deletes the device when dropped (libublk's handle for an added device does), after
     // the runtime files below are gone: the id is free for a new device after that.
     let device = Device::add_or_recover(opts)?;
+    // Before the queues start: what a completed write must survive follows from whether
+    // the device outlives this daemon.
+    volume.set_durability(device.on_crash.durability());
     let stop = Arc::new(AtomicBool::new(false));
     spawn_signal_thread(signals, device.id, stop.clone())?;
     paths::ensure_run_dir().with_context(|| format!("creating {}", paths::RUN_DIR))?;
@@ -292,9 +297,14 @@ impl Device {
             device.nr_queues,
             info.queue_depth,
             match on_crash {
-                OnCrash::Queue =>
-                    "I/O waits for `rewind recover` (writes are journaled before they complete)",
-                OnCrash::Stop => "the device fails its I/O and stops",
+                OnCrash::Queue => {
+                    "I/O waits for `rewind recover` (a write completes once its journal \
+                     record is written, so none that completed is lost)"
+                }
+                OnCrash::Stop => {
+                    "the device fails its I/O and stops (a write completes before its journal \
+                     record is written: the writes since the last flush are lost)"
+                }
             }
         );
         Ok(device)

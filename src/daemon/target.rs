@@ -14,11 +14,12 @@
 //!   when the previous safe point is recent (synchronous on the queue thread for now);
 //! - DISCARD and WRITE_ZEROES: `discard`, after which the pages read as zeros.
 //!
-//! A write or discard completes only after the engine wrote its record to the journal
-//! (unsynced: the host's page cache keeps it), whatever `--on-crash` says, so a `kill -9` of
-//! the daemon loses nothing the kernel was told is done: a device that outlives its daemon
-//! (`--on-crash queue`, the default) relies on that, and with `stop` the next `rewind add`
-//! finds those writes in the journal.
+//! When a write or discard completes, its record is where the engine's durability puts it,
+//! which the daemon sets from `--on-crash` (`OnCrash::durability`): for a device that
+//! outlives its daemon (`queue`, the default), written to the journal (unsynced: the host's
+//! page cache keeps it), so a `kill -9` of the daemon loses nothing the kernel was told is
+//! done; for one that dies with it (`stop`), still in memory, so the daemon's death loses,
+//! like a power cut, what no FLUSH made durable. FLUSH and FUA commit in both.
 //!
 //! Every write and discard the engine takes is counted by the pacer, for idle safe points. A
 //! data write the host file system refuses with ENOSPC (a sparse image on a full file system)

@@ -1,9 +1,10 @@
 //! What a daemon leaves for others to find about its device: rewind's data in the json
 //! libublk exports for the device (which tells rewind's devices from other ublk targets),
-//! the daemon's pid file, and the `--on-crash` policy both record.
+//! the daemon's pid file, and the `--on-crash` policy both record (and the durability of a
+//! completed write it asks of the engine).
 
 use libublk::sys;
-use rewind_history::SafePointId;
+use rewind_history::{Durability, SafePointId};
 
 /// What the daemon stores in the device's exported json, under the key `rewind`, so that
 /// `rewind list`, `rewind del` and `rewind recover` can tell rewind's devices from other
@@ -45,14 +46,17 @@ pub const TARGET_DATA_KEY: &str = "rewind";
 pub enum OnCrash {
     /// User recovery with reissue: the device is quiesced, new and in-flight I/O waits
     /// until `rewind recover` starts a new daemon, which reissues it. The application sees
-    /// a pause, no error.
+    /// a pause, no error. For that, a write completes only once its journal record is
+    /// written (unsynced, `Durability::CompletedWrites`): the new daemon finds every write
+    /// the kernel was told is done.
     #[default]
     Queue,
     /// No recovery: the kernel fails the device's I/O and removes its disk; the image is
-    /// recovered by the next `rewind add` (after `rewind del`). The write path is the same
-    /// as with `Queue`: a write completes once its journal record is written, so after the
-    /// daemon's death `rewind add` finds every completed write (a power cut, in either
-    /// mode, loses what no FLUSH made durable).
+    /// recovered by the next `rewind add` (after `rewind del`). A write completes without
+    /// its journal record (`Durability::FlushedWrites`), as on a disk with a volatile write
+    /// cache: only a FLUSH (or a FUA write) makes writes durable, and the daemon's death,
+    /// like a power cut, loses the writes since the last FLUSH (a prefix of them may
+    /// survive). The device goes with its daemon, so nobody reads it in between.
     Stop,
 }
 
@@ -76,10 +80,20 @@ impl OnCrash {
     }
 
     /// True when the device outlives its daemon: the kernel's page cache above the device
-    /// keeps what it wrote, so a completed write must survive the daemon's death (the
-    /// engine's unsynced journal blocks see to it).
+    /// keeps what it wrote, so a completed write must survive the daemon's death (see
+    /// [`OnCrash::durability`]).
     pub fn survives_daemon(self) -> bool {
         self != OnCrash::Stop
+    }
+
+    /// What the engine must make of a completed write under this policy: survive the
+    /// daemon's death when the device outlives it, else only what a flush made durable.
+    pub fn durability(self) -> Durability {
+        if self.survives_daemon() {
+            Durability::CompletedWrites
+        } else {
+            Durability::FlushedWrites
+        }
     }
 }
 
@@ -101,4 +115,16 @@ pub struct PidFile {
     pub image: String,
     /// Its log.
     pub log: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_that_outlives_its_daemon_keeps_every_completed_write() {
+        assert_eq!(OnCrash::Queue.durability(), Durability::CompletedWrites);
+        assert_eq!(OnCrash::Stop.durability(), Durability::FlushedWrites);
+        assert_eq!(OnCrash::default().durability(), Durability::CompletedWrites);
+    }
 }

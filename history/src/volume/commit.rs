@@ -1,6 +1,7 @@
 //! The commit protocol: safe points close epochs, unsynced journal writes keep a killed
-//! daemon's acknowledged writes, and commits make records durable (data sync, journal write,
-//! journal sync, and a checkpoint when the journal since the last one passes half the ring).
+//! daemon's completed writes (`Durability::CompletedWrites`), and commits make records
+//! durable (data sync, journal write, journal sync, and a checkpoint when the journal since
+//! the last one passes half the ring).
 
 use std::sync::atomic::Ordering;
 
@@ -76,16 +77,19 @@ impl<S: Store> Volume<S> {
         Ok(id)
     }
 
-    /// Hands the records a request just queued (under `st`) to the journal before the
-    /// request completes: written unsynced, or committed at once when more are buffered
-    /// than one commit may take.
+    /// What becomes of the records a request just queued (under `st`), before the request
+    /// completes: committed at once when more are buffered than one commit may take; else
+    /// written unsynced with `Durability::CompletedWrites`, or left for the next commit
+    /// with `FlushedWrites`.
     pub(super) fn journal_queued(&self, st: MutexGuard<'_, State>) -> Result<(), Error> {
         let full = st.pending.len() > self.commit_threshold;
         drop(st);
         if full {
             self.commit(false)
-        } else {
+        } else if self.record_before_complete.load(Ordering::Relaxed) {
             self.write_unsynced()
+        } else {
+            Ok(())
         }
     }
 

@@ -50,8 +50,9 @@ impl<S: Store> Volume<S> {
         self.alloc.release(p);
     }
 
-    /// Makes the pages written by `allocate` + data write live; their records reach the
-    /// journal before this returns (`journal_queued`).
+    /// Makes the pages written by `allocate` + data write live. Their records reach the
+    /// journal before this returns with `Durability::CompletedWrites`, at the next commit
+    /// with `FlushedWrites` (`journal_queued`).
     pub fn commit_writes(&self, pages: &[(LogicalPage, PhysPage)]) -> Result<(), Error> {
         let mut st = self.state.lock();
         for &(l, p) in pages {
@@ -65,7 +66,7 @@ impl<S: Store> Volume<S> {
     }
 
     /// Makes `count` pages from `first` read as zeros and frees their pages once no safe
-    /// point needs them.
+    /// point needs them. Its records reach the journal as a write's do (`commit_writes`).
     pub fn discard(&self, first: LogicalPage, count: u64) -> Result<(), Error> {
         if count == 0 {
             return Ok(());

@@ -23,9 +23,13 @@
 //!   syncs the store first); an unsynced block may come first, which is why only the boot
 //!   that wrote it trusts it; a checkpoint is durable before the superblock points at it.
 //!
-//! A write's record is also written to the journal unsynced before `commit_writes` returns
-//! (see `journal`), so a daemon that dies loses no acknowledged write; a power cut loses
-//! what no flush made durable, as the device's volatile write cache promises.
+//! What a completed write survives is the caller's choice ([`Durability`]). By default
+//! (`CompletedWrites`) its record is also written to the journal unsynced before
+//! `commit_writes` returns (see `journal`), so a process that dies loses no completed write.
+//! With `FlushedWrites` the record stays in memory until a commit: only a flush (or FUA)
+//! makes writes durable, and the death of the process, like a power cut, loses what no flush
+//! made durable, as the device's volatile write cache allows. A power cut loses that in
+//! either mode.
 //!
 //! Locks: `commit` serializes commits (journal position, superblock); `tail` orders the
 //! writes of pending journal blocks; `state` guards the window and the records not yet
@@ -59,6 +63,24 @@ pub use report::{CheckReport, Inspection, Notice, SafePointInfo, Stats};
 pub use travel::ViewId;
 
 use travel::View;
+
+/// What a completed write survives, besides a flush (which makes everything before it
+/// durable whatever this says): the choice of `Volume::set_durability`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// Each write's (and discard's) journal record is written, unsynced, before
+    /// `commit_writes` (`discard`) returns: a process that dies loses no completed write
+    /// (the host's page cache keeps what it wrote); a power cut loses what no flush made
+    /// durable. One journal write per request more. For a device that outlives its daemon
+    /// (`--on-crash queue`).
+    #[default]
+    CompletedWrites,
+    /// Records stay in memory until a commit (a flush, a safe point, a full buffer): only
+    /// a flush makes writes durable, as on a disk with a volatile write cache. A process that
+    /// dies loses, like a power cut, the writes since the last flush, except a prefix of them
+    /// that a commit took. For a device that dies with its daemon (`--on-crash stop`).
+    FlushedWrites,
+}
 
 /// What requests change under the `state` lock: held for memory work only.
 struct State {
@@ -107,6 +129,9 @@ pub struct Volume<S: Store> {
     /// Set when a metadata write failed: the in-memory state is then ahead of the disk, so
     /// every later request fails rather than pretend.
     failed: AtomicBool,
+    /// `Durability::CompletedWrites`: write each request's records (unsynced) before it
+    /// completes. Read on every write; a change applies from the next request.
+    record_before_complete: AtomicBool,
     /// Pages freed by durable records, by the round they were freed in, waiting for the
     /// reads that may still target them.
     quarantine: Mutex<Vec<(u64, Vec<PhysPage>)>>,
@@ -130,6 +155,23 @@ impl<S: Store> Volume<S> {
     /// The backing store.
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    /// Sets what a completed write survives from the next request on; a volume opens with
+    /// `Durability::CompletedWrites`. A change at any time is safe: records not yet
+    /// written go out with the next request (`CompletedWrites`) or the next commit.
+    pub fn set_durability(&self, durability: Durability) {
+        let record = durability == Durability::CompletedWrites;
+        self.record_before_complete.store(record, Ordering::Relaxed);
+    }
+
+    /// What a completed write survives (`set_durability`).
+    pub fn durability(&self) -> Durability {
+        if self.record_before_complete.load(Ordering::Relaxed) {
+            Durability::CompletedWrites
+        } else {
+            Durability::FlushedWrites
+        }
     }
 
     /// Refuses an I/O on a page past the end of the device, and every I/O once a metadata

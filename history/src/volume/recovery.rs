@@ -445,6 +445,7 @@ impl<S: Store> Volume<S> {
             commit: Mutex::new(CommitState { sb, next_seq }),
             tail: Mutex::new(()),
             failed: AtomicBool::new(false),
+            record_before_complete: AtomicBool::new(true),
             quarantine: Mutex::new(Vec::new()),
             free_round: AtomicU64::new(0),
             readers: Mutex::new(Vec::new()),
