@@ -20,7 +20,7 @@ cd "$REPO"
 
 SCENARIOS=(fio-verify ext4-files mixed-bs discard bad-input safepoints rollback-offline rollback-live
     recover-fio recover-ext4 recover-del recover-rollback recover-supervise
-    view-fio view-ext4 history-full)
+    view-fio view-ext4 history-full host-full on-crash-stop demo)
 
 CARGO=(cargo)
 if [[ $(id -u) -eq 0 && -n ${SUDO_USER:-} && $SUDO_USER != root ]]; then
