@@ -262,6 +262,20 @@ alive() {
     [[ -n $st && $st != Z && $st != X ]]
 }
 
+# wait_exited PID [SECONDS]: until PID (a daemon just killed with kill -9) has exited; fails
+# after SECONDS (default 30). SIGKILL is not instant: the process first finishes its
+# syscall and tears down its threads, io_uring and memory, which on a loaded emulated
+# machine has taken seconds. Until then the kernel still has its device live and `rewind
+# recover` refuses ("live, served by its daemon: nothing to recover"), as the supervisor
+# knows (it waits the same way before recovering).
+wait_exited() {
+    local pid=$1 limit=${2:-30} start=$SECONDS
+    while alive "$pid"; do
+        [[ $((SECONDS - start)) -lt $limit ]] || die "pid $pid still there ${limit}s after kill -9"
+        sleep 0.05
+    done
+}
+
 # kernel_io_errors: the kernel's I/O error lines since the scenario started.
 kernel_io_errors() {
     dmesg 2>/dev/null | awk -v s="$KSTART" '{t = $0; sub(/^\[ */, "", t); sub(/\].*/, "", t)
