@@ -2,15 +2,18 @@
 # Run end-to-end scenarios (ci/scenarios/NAME.sh) against the real kernel ublk driver.
 #
 # The development machines have no ublk_drv and cannot load modules, so by default the
-# scenarios run in a throw-away guest: Debian's 6.12 cloud kernel (fetched by ci/setup.sh)
-# under qemu TCG, with a busybox initramfs built here holding the rewind binary, fio,
-# e2fsprogs and the scenario scripts. On a host that has /dev/ublk-control (or can modprobe
-# ublk_drv) they run directly on the host instead, as root.
+# scenarios run in a throw-away guest: one of the Debian cloud kernels that ci/setup.sh
+# fetches (--kernel 6.12, the default, or 6.18) under qemu TCG, with a busybox initramfs
+# built here holding the rewind binary, fio, e2fsprogs and the scenario scripts. On a host
+# that has /dev/ublk-control (or can modprobe ublk_drv) they run directly on the host
+# instead, as root, unless --kernel or --guest asks for the guest.
 #
-# Every scenario reports "SCENARIO <name> PASS" or "SCENARIO <name> FAIL rc=<n>"; this
-# script exits 0 only if every requested scenario reported PASS, and ends with the line
-#   guest: N passed, M failed
-# All output is also kept in ci/work/guest-<timestamp>.log.
+# Every scenario reports "SCENARIO <name> PASS", "SCENARIO <name> SKIP <why>" (it needs
+# what this kernel lacks: skip_scenario in ci/scenarios/lib.sh) or "SCENARIO <name> FAIL
+# rc=<n>"; this script exits 0 only if no requested scenario failed (a skipped one is not
+# a failure, nor counted as passed), and ends with the line
+#   guest: N passed, M failed, K skipped (kernel <uname -r of the kernel they ran on>)
+# All output is also kept in ci/work/guest-<timestamp>-<kernel>.log.
 set -euo pipefail
 
 # All of it is one { ... } block: bash reads the block whole before running it, so editing
@@ -36,6 +39,9 @@ usage: ci/guest.sh [options] SCENARIO...
 Runs ci/scenarios/SCENARIO.sh for each SCENARIO, in one guest boot.
 
 options:
+  --kernel SERIES    guest kernel: 6.12 (the default: Debian 12's cloud kernel) or 6.18
+                     (the LTS cloud kernel of Debian 13's trixie-backports), as fetched by
+                     ci/setup.sh into ci/work/kernel/SERIES; given, it implies --guest
   --bin PATH         rewind binary to test (default: target/release/rewind in the repo)
   --mem SIZE         guest memory, qemu syntax (default: 4G)
   --smp N            guest vCPUs (default: 2)
@@ -59,6 +65,8 @@ die() {
 }
 
 BIN="$REPO/target/release/rewind"
+KERNEL=6.12
+KERNEL_GIVEN=0
 MEM=4G
 SMP=2
 ACCEL=tcg
@@ -69,6 +77,7 @@ ENVS=()
 SCENARIOS=()
 while [[ $# -gt 0 ]]; do
     case $1 in
+    --kernel) KERNEL=${2:?--kernel needs a series, 6.12 or 6.18}; KERNEL_GIVEN=1; shift 2 ;;
     --bin) BIN=${2:?--bin needs a path}; shift 2 ;;
     --mem) MEM=${2:?--mem needs a size}; shift 2 ;;
     --smp) SMP=${2:?--smp needs a number}; shift 2 ;;
@@ -86,6 +95,8 @@ done
 [[ ${#SCENARIOS[@]} -gt 0 ]] || { usage >&2; die "no scenario given"; }
 [[ $TIMEOUT =~ ^[0-9]+$ ]] || die "--timeout wants whole seconds, got '$TIMEOUT'"
 [[ $SMP =~ ^[0-9]+$ ]] || die "--smp wants a number, got '$SMP'"
+# Any series ci/setup.sh extracted will do; 6.12 and 6.18 are the ones it fetches.
+[[ $KERNEL =~ ^[0-9]+\.[0-9]+$ ]] || die "--kernel wants a series such as 6.12 or 6.18, got '$KERNEL'"
 for i in "${!SCENARIOS[@]}"; do
     s=${SCENARIOS[$i]%.sh}
     s=${s##*/}
@@ -112,26 +123,39 @@ if [[ ! -x $BIN ]]; then
     BIN=""
 fi
 
+# Host mode when the host itself can serve ublk devices and no guest kernel was asked for.
+MODE=guest
+if [[ $FORCE_HOST -eq 1 ]]; then
+    [[ $FORCE_GUEST -eq 0 ]] || die "--guest and --host exclude each other"
+    [[ $KERNEL_GIVEN -eq 0 ]] || die "--kernel chooses a guest kernel: it excludes --host"
+    MODE=host
+elif [[ $FORCE_GUEST -eq 0 && $KERNEL_GIVEN -eq 0 ]]; then
+    if [[ -c /dev/ublk-control ]] ||
+        { [[ $(id -u) -eq 0 ]] && modprobe ublk_drv 2>/dev/null && [[ -c /dev/ublk-control ]]; }; then
+        MODE=host
+    fi
+fi
+# The kernel the scenarios run on, as uname -r names it (the guest's directory under
+# ci/work/kernel is named so by ci/setup.sh).
+if [[ $MODE == guest ]]; then
+    KDIR="$WORK/kernel/$KERNEL"
+    [[ -f $KDIR/vmlinuz && -f $KDIR/modules.load ]] ||
+        die "no guest kernel $KERNEL in $KDIR: run ci/setup.sh first"
+    KRELEASE=$(basename "$(readlink -f "$KDIR")")
+    LOG_TAG=$KERNEL
+else
+    KRELEASE=$(uname -r)
+    LOG_TAG=host
+fi
+
 mkdir -p "$WORK"
-LOG="$WORK/guest-$(date +%Y%m%d-%H%M%S).log"
+LOG="$WORK/guest-$(date +%Y%m%d-%H%M%S)-$LOG_TAG.log"
 # Two runs started in the same second (they may run side by side) get their own logs.
 if [[ -e $LOG ]]; then LOG="${LOG%.log}-$$.log"; fi
 : >"$LOG"
 # Keep the 30 newest logs.
 find "$WORK" -maxdepth 1 -name 'guest-*.log' -printf '%T@ %p\n' | sort -rn | tail -n +31 |
     cut -d' ' -f2- | xargs -r rm -f
-
-# Host mode when the host itself can serve ublk devices.
-MODE=guest
-if [[ $FORCE_HOST -eq 1 ]]; then
-    [[ $FORCE_GUEST -eq 0 ]] || die "--guest and --host exclude each other"
-    MODE=host
-elif [[ $FORCE_GUEST -eq 0 ]]; then
-    if [[ -c /dev/ublk-control ]] ||
-        { [[ $(id -u) -eq 0 ]] && modprobe ublk_drv 2>/dev/null && [[ -c /dev/ublk-control ]]; }; then
-        MODE=host
-    fi
-fi
 
 STAGE=""
 INITRD=""
@@ -221,6 +245,7 @@ build_initramfs() {
 
     cp "$kdir"/modules/*.ko "$STAGE/lib/modules/ci/" 2>/dev/null || true
     cp "$kdir/modules.load" "$STAGE/lib/modules/ci/"
+    if [[ -f $kdir/modules.chains ]]; then cp "$kdir/modules.chains" "$STAGE/lib/modules/ci/"; fi
 
     cp "$CI_DIR/guest/init" "$STAGE/init"
     cp "$CI_DIR/guest/run-scenarios.sh" "$STAGE/ci/"
@@ -240,16 +265,14 @@ build_initramfs() {
 }
 
 run_guest() {
-    local kdir="$WORK/kernel/current"
-    [[ -f $kdir/vmlinuz && -f $kdir/modules.load ]] ||
-        die "no guest kernel in $kdir: run ci/setup.sh first"
+    local kdir=$KDIR
     command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not found: run ci/setup.sh"
     INITRD=$(mktemp "$WORK/initramfs-XXXXXX.cpio")
     build_initramfs "$kdir" "$INITRD"
 
     local list
     list=$(IFS=,; echo "${SCENARIOS[*]}")
-    say "booting $(readlink "$kdir") under qemu $ACCEL (${SMP} vCPUs, $MEM), timeout ${TIMEOUT}s: ${SCENARIOS[*]}"
+    say "booting $KRELEASE (--kernel $KERNEL) under qemu $ACCEL (${SMP} vCPUs, $MEM), timeout ${TIMEOUT}s: ${SCENARIOS[*]}"
     local qemu=(
         qemu-system-x86_64 -accel "$ACCEL" -machine q35 -cpu max -smp "$SMP" -m "$MEM"
         -kernel "$kdir/vmlinuz" -initrd "$INITRD"
@@ -307,7 +330,7 @@ RUN_SECONDS=0
 RUN_RC=0
 {
     say "log: $LOG"
-    say "mode: $MODE, binary: ${BIN:-none}"
+    say "mode: $MODE, kernel: $KRELEASE, binary: ${BIN:-none}"
 } | tee -a "$LOG"
 if [[ $MODE == guest ]]; then run_guest; else run_host; fi
 
@@ -323,15 +346,19 @@ if [[ $MODE == guest ]]; then run_guest; else run_host; fi
 } | tee -a "$LOG"
 
 # A scenario that reported more than once (it should not) is judged by its last report.
-results=$(tr -d '\r' <"$LOG" | grep -E '^SCENARIO [^ ]+ (PASS|FAIL rc=[0-9]+)$' || true)
+results=$(tr -d '\r' <"$LOG" | grep -E '^SCENARIO [^ ]+ (PASS|SKIP .+|FAIL rc=[0-9]+)$' || true)
 passed=0
 failed=0
+skipped=0
 verdicts=()
 for s in "${SCENARIOS[@]}"; do
     line=$(grep -E "^SCENARIO $s " <<<"$results" | tail -n 1 || true)
     if [[ $line == "SCENARIO $s PASS" ]]; then
         passed=$((passed + 1))
         verdicts+=("$s: PASS")
+    elif [[ $line == "SCENARIO $s SKIP "* ]]; then
+        skipped=$((skipped + 1))
+        verdicts+=("$s: SKIP (${line#"SCENARIO $s SKIP "})")
     elif [[ -n $line ]]; then
         failed=$((failed + 1))
         verdicts+=("$s: FAIL (${line##* })")
@@ -341,13 +368,14 @@ for s in "${SCENARIOS[@]}"; do
     fi
 done
 printf 'guest.sh: %s\n' "${verdicts[@]}" | tee -a "$LOG"
+summary="guest: $passed passed, $failed failed, $skipped skipped (kernel $KRELEASE)"
 if [[ $failed -eq 0 && $RUN_RC -ne 0 ]]; then
     # Everything reported PASS but qemu (or the host runner) ended badly: do not trust it.
-    say "all scenarios reported PASS but the run exited with rc=$RUN_RC: failing" | tee -a "$LOG"
-    echo "guest: $passed passed, $failed failed" | tee -a "$LOG"
+    say "no scenario reported FAIL but the run exited with rc=$RUN_RC: failing" | tee -a "$LOG"
+    echo "$summary" | tee -a "$LOG"
     exit 1
 fi
-echo "guest: $passed passed, $failed failed" | tee -a "$LOG"
+echo "$summary" | tee -a "$LOG"
 [[ $failed -eq 0 ]]
 }
 exit

@@ -1,15 +1,25 @@
 #!/bin/bash
 # Prepare a Debian bookworm machine (run as root) for the end-to-end tests:
 #   1. install the apt packages the harness and the build need;
-#   2. fetch the newest Debian 6.12 cloud kernel and extract, decompressed, its
-#      vmlinuz and the modules the test guest loads (see GUEST_MODULES).
+#   2. fetch the two guest kernels and extract, decompressed, their vmlinuz and the modules
+#      the test guest loads (see GUEST_MODULES and EXTRA_MODULES):
+#        6.12  the newest Debian 12 cloud kernel, from this machine's own apt sources
+#              (bookworm-security);
+#        6.18  the newest 6.18 LTS cloud kernel of Debian 13's trixie-backports, through a
+#              private apt configuration in ci/work/apt-trixie (this machine's apt sources
+#              and state are left alone), from $DEBIAN_MIRROR (default
+#              http://deb.debian.org/debian).
 # Idempotent: packages already present and a kernel already extracted are left alone.
 # Needs root only to install packages.
 #
-# Result: ci/work/kernel/current -> <kernel version>/ holding
+# Result, per kernel: ci/work/kernel/<series> -> <kernel version>/ (series 6.12, 6.18; and
+# ci/work/kernel/current -> the 6.12 one) holding
 #   vmlinuz            the kernel that guest.sh boots under qemu TCG
 #   modules/*.ko       decompressed modules (insmod cannot read .ko.xz without kmod)
-#   modules.load       their file names, in the order they must be insmod'ed
+#   modules.load       the file names of GUEST_MODULES and their dependencies, in the order
+#                      they must be insmod'ed; the guest loads them at boot
+#   modules.chains     one line per module of GUEST_MODULES and EXTRA_MODULES: its name, then
+#                      the files to insmod for it, dependencies first (none: built in)
 #   modules.builtin    copied from the package, for reference
 set -euo pipefail
 
@@ -21,10 +31,13 @@ KERNEL_DIR="$CI_DIR/work/kernel"
 # and resolving their dependencies; g++: libFuzzer, which cargo fuzz builds from C++.
 PACKAGES=(qemu-system-x86 busybox-static cpio fio e2fsprogs libclang-dev zstd xz-utils kmod g++)
 
-# Modules the guest needs. Whatever of these (and of their dependencies) is built into the
-# kernel is skipped; the rest is extracted. ext4 is listed although the Debian cloud kernel
-# has it built in, so a kernel where it is a module still works.
+# Modules the guest loads at boot. Whatever of these (and of their dependencies) is built
+# into the kernel is skipped; the rest is extracted. ext4 is listed although the Debian
+# cloud kernel has it built in, so a kernel where it is a module still works.
 GUEST_MODULES=(ublk_drv loop ext4)
+# Modules extracted too, but loaded only by the scenarios that want them (load_module in
+# ci/scenarios/lib.sh): baselines for benchmarks.
+EXTRA_MODULES=(null_blk dm-thin-pool dm-snapshot dm-log-writes)
 
 say() { printf 'setup: %s\n' "$*"; }
 die() { printf 'setup: ERROR: %s\n' "$*" >&2; exit 1; }
@@ -71,15 +84,71 @@ else
     fi
 fi
 
-# ---------------------------------------------------------------- kernel
-# The package names carry the kernel ABI (linux-image-6.12.117+deb12-cloud-amd64); the
-# -unsigned flavour has the same vmlinuz without the secure-boot signature, which qemu's
-# direct kernel boot does not care about. Prefer it, fall back to the signed one.
+# ---------------------------------------------------------------- trixie's apt
+# The 6.18 kernel comes from Debian 13's trixie-backports, which this bookworm machine's apt
+# sources do not (and must not) carry. So apt gets a configuration of its own for it: its
+# own sources list, state (package lists) and cache under ci/work/apt-trixie, an empty dpkg
+# status, no sources.list.d and no pinning from /etc/apt. The rest of /etc/apt/apt.conf.d
+# (a proxy, say) still applies. Signatures are checked as for any apt source: the
+# InRelease file must carry a good signature from a key in the Debian archive keyring.
+TRIXIE_APT="$CI_DIR/work/apt-trixie"
+DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+ARCHIVE_KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
+TRIXIE_APT_OPTS=(
+    -o "Dir::Etc::SourceList=$TRIXIE_APT/sources.list"
+    -o Dir::Etc::SourceParts=/dev/null
+    -o Dir::Etc::Preferences=/dev/null
+    -o Dir::Etc::PreferencesParts=/dev/null
+    -o "Dir::State=$TRIXIE_APT/state"
+    -o "Dir::State::status=$TRIXIE_APT/status"
+    -o "Dir::Cache=$TRIXIE_APT/cache"
+    -o Acquire::Languages=none
+)
+TRIXIE_SOURCE="deb [signed-by=$ARCHIVE_KEYRING] $DEBIAN_MIRROR trixie-backports main"
+
+# trixie's Release files are signed with both the bookworm and the trixie archive keys.
+# bookworm's debian-archive-keyring has the trixie keys from version 2023.3+deb12u2 on (it
+# then also ships them one per file, which is what is checked here); an older one is
+# upgraded, so that trixie-backports stays verifiable after the bookworm key retires.
+trixie_keyring() {
+    [[ -f /usr/share/keyrings/debian-archive-trixie-automatic.gpg && -f $ARCHIVE_KEYRING ]] &&
+        return 0
+    [[ $(id -u) -eq 0 ]] ||
+        die "$ARCHIVE_KEYRING lacks Debian 13's keys: run as root to upgrade debian-archive-keyring"
+    say "upgrading debian-archive-keyring (it lacks Debian 13's keys)"
+    apt_update
+    apt-get install -y -qq debian-archive-keyring || die "apt-get install debian-archive-keyring failed"
+    [[ -f /usr/share/keyrings/debian-archive-trixie-automatic.gpg ]] ||
+        die "debian-archive-keyring $(dpkg-query -W -f='${Version}' debian-archive-keyring) has no trixie keys; 2023.3+deb12u2 or later has"
+}
+
+trixie_apt_updated=0
+trixie_apt_update() {
+    [[ $trixie_apt_updated -eq 0 ]] || return 0
+    trixie_keyring
+    mkdir -p "$TRIXIE_APT/state/lists/partial" "$TRIXIE_APT/cache/archives/partial"
+    : >"$TRIXIE_APT/status"
+    echo "$TRIXIE_SOURCE" >"$TRIXIE_APT/sources.list"
+    say "apt-get update (trixie-backports, private configuration in $TRIXIE_APT)"
+    # --error-on=any: a list that failed to download or to verify is an error, not a warning.
+    apt-get "${TRIXIE_APT_OPTS[@]}" -o APT::Sandbox::User=root -qq --error-on=any update ||
+        die "apt-get update of trixie-backports failed"
+    trixie_apt_updated=1
+}
+
+# ---------------------------------------------------------------- kernels
+# find_kernel_pkg SERIES [APT OPTIONS...]: sets KVER and KPKG to the newest
+# linux-image-SERIES.*-cloud-amd64 that apt knows (empty if none). The package names carry
+# the kernel ABI (linux-image-6.12.117+deb12-cloud-amd64); bookworm also has a -unsigned
+# flavour, with the same vmlinuz without the secure-boot signature, which qemu's direct
+# kernel boot does not care about. Prefer it, fall back to the signed one.
 KVER="" KPKG=""
 find_kernel_pkg() {
-    local names
-    names=$(apt-cache pkgnames linux-image-6.12. 2>/dev/null |
-        grep -E '^linux-image-6\.12\.[0-9]+\+deb[0-9]+-cloud-amd64(-unsigned)?$') || return 0
+    local series=$1 names
+    shift
+    KVER="" KPKG=""
+    names=$(apt-cache "$@" pkgnames "linux-image-$series." 2>/dev/null |
+        grep -E "^linux-image-${series//./\\.}\.[0-9]+\+deb[0-9]+-cloud-amd64(-unsigned)?\$") || return 0
     KVER=$(sed -E 's/^linux-image-//; s/-unsigned$//' <<<"$names" | sort -uV | tail -n 1)
     if grep -qxF "linux-image-$KVER-unsigned" <<<"$names"; then
         KPKG="linux-image-$KVER-unsigned"
@@ -88,91 +157,139 @@ find_kernel_pkg() {
     fi
 }
 
-find_kernel_pkg
-if [[ -z $KVER ]]; then
-    apt_update
-    find_kernel_pkg
-fi
-[[ -n $KVER ]] ||
-    die "apt-cache knows no linux-image-6.12.*-cloud-amd64 package: is bookworm-security in the apt sources?"
-
-DEST="$KERNEL_DIR/$KVER"
-if [[ -f $DEST/.complete ]]; then
-    say "kernel $KVER: already extracted in $DEST"
-    ln -sfn "$KVER" "$KERNEL_DIR/current"
-    exit 0
-fi
-
-say "kernel $KVER: fetching $KPKG"
-mkdir -p "$KERNEL_DIR"
-# apt-get download drops root privileges to the _apt user unless told otherwise, and that
-# user cannot write into the repository.
-DEB=$(find "$KERNEL_DIR" -maxdepth 1 -name "${KPKG}_*.deb" -print -quit)
-if [[ -z $DEB ]]; then
-    if ! (cd "$KERNEL_DIR" && apt-get download -q -o APT::Sandbox::User=root "$KPKG"); then
-        [[ $apt_updated -eq 0 ]] || die "apt-get download $KPKG failed"
-        apt_update
-        (cd "$KERNEL_DIR" && apt-get download -q -o APT::Sandbox::User=root "$KPKG") ||
-            die "apt-get download $KPKG failed"
-    fi
+# download_kernel_pkg [APT OPTIONS...]: apt-get download $KPKG into $KERNEL_DIR unless its
+# .deb is there already; sets DEB. apt-get download drops root privileges to the _apt user
+# unless told otherwise, and that user cannot write into the repository.
+DEB=""
+download_kernel_pkg() {
     DEB=$(find "$KERNEL_DIR" -maxdepth 1 -name "${KPKG}_*.deb" -print -quit)
-fi
-[[ -n $DEB ]] || die "downloaded package for $KPKG not found in $KERNEL_DIR"
+    [[ -z $DEB ]] || return 0
+    say "kernel $KVER: fetching $KPKG"
+    (cd "$KERNEL_DIR" && apt-get "$@" -o APT::Sandbox::User=root -q download "$KPKG") || return 1
+    DEB=$(find "$KERNEL_DIR" -maxdepth 1 -name "${KPKG}_*.deb" -print -quit)
+    [[ -n $DEB ]] || die "downloaded package for $KPKG not found in $KERNEL_DIR"
+}
 
-TMP=$(mktemp -d "$KERNEL_DIR/.extract.XXXXXX")
-trap 'rm -rf "$TMP"' EXIT
-say "extracting $(basename "$DEB")"
-dpkg-deb -x "$DEB" "$TMP/root"
-MODROOT="$TMP/root/lib/modules/$KVER"
-[[ -f $TMP/root/boot/vmlinuz-$KVER ]] || die "no /boot/vmlinuz-$KVER in $DEB"
-[[ -d $MODROOT ]] || die "no /lib/modules/$KVER in $DEB"
+# What an extracted kernel was extracted with, kept in its .complete: a kernel extracted
+# for other module lists is extracted again (from the .deb, if still there).
+STAMP="modules: ${GUEST_MODULES[*]}; extra: ${EXTRA_MODULES[*]}"
 
-# The package ships no modules.dep (the postinst runs depmod); build it in the scratch tree
-# so modprobe can tell us, per module, "builtin" or the insmod chain in order.
-depmod -b "$TMP/root" "$KVER"
+# extract_kernel DEST: unpack $DEB, decompress vmlinuz and the modules into DEST.
+extract_kernel() {
+    local dest=$1 tmp modroot m deps kind path name ko chain
+    tmp=$(mktemp -d "$KERNEL_DIR/.extract.XXXXXX")
+    # shellcheck disable=SC2064 # expand now: tmp is local
+    trap "rm -rf '$tmp'" EXIT
+    say "extracting $(basename "$DEB")"
+    dpkg-deb -x "$DEB" "$tmp/root"
+    [[ -f $tmp/root/boot/vmlinuz-$KVER ]] || die "no /boot/vmlinuz-$KVER in $DEB"
+    # bookworm's packages put the modules in /lib/modules, trixie's (merged /usr) in
+    # /usr/lib/modules; depmod and modprobe -d look in <root>/lib/modules.
+    if [[ ! -e $tmp/root/lib && -d $tmp/root/usr/lib/modules ]]; then
+        ln -s usr/lib "$tmp/root/lib"
+    fi
+    modroot="$tmp/root/lib/modules/$KVER"
+    [[ -d $modroot ]] || die "no /lib/modules/$KVER or /usr/lib/modules/$KVER in $DEB"
 
-rm -rf "$TMP/out"
-mkdir -p "$TMP/out/modules"
-cp "$TMP/root/boot/vmlinuz-$KVER" "$TMP/out/vmlinuz"
-cp "$MODROOT/modules.builtin" "$TMP/out/modules.builtin"
-: >"$TMP/out/modules.load"
-for m in "${GUEST_MODULES[@]}"; do
-    deps=$(modprobe -d "$TMP/root" -S "$KVER" --show-depends "$m" 2>&1) ||
-        die "module $m: $deps"
-    while read -r kind path _; do
-        case $kind in
-        builtin)
-            say "module $path: built into the kernel"
-            ;;
-        insmod)
+    # The package ships no modules.dep (the postinst runs depmod); build it in the scratch
+    # tree so modprobe can tell us, per module, "builtin" or the insmod chain in order.
+    depmod -b "$tmp/root" "$KVER"
+
+    mkdir -p "$tmp/out/modules"
+    cp "$tmp/root/boot/vmlinuz-$KVER" "$tmp/out/vmlinuz"
+    cp "$modroot/modules.builtin" "$tmp/out/modules.builtin"
+    : >"$tmp/out/modules.load"
+    : >"$tmp/out/modules.chains"
+    for m in "${GUEST_MODULES[@]}" "${EXTRA_MODULES[@]}"; do
+        deps=$(modprobe -d "$tmp/root" -S "$KVER" --show-depends "$m" 2>&1) ||
+            die "module $m: $deps"
+        chain=()
+        while read -r kind path _; do
+            case $kind in
+            builtin)
+                say "module $path: built into the kernel"
+                continue
+                ;;
+            insmod) ;;
+            *) die "module $m: unexpected modprobe output: $kind $path" ;;
+            esac
             name=$(basename "$path")
             ko=${name%.xz}
             ko=${ko%.zst}
             ko=${ko%.gz}
-            grep -qxF "$ko" "$TMP/out/modules.load" && continue
+            chain+=("$ko")
+            [[ ! -e $tmp/out/modules/$ko ]] || continue
             case $name in
-            *.ko.xz) xz -dc "$path" >"$TMP/out/modules/$ko" ;;
-            *.ko.zst) zstd -qdc "$path" >"$TMP/out/modules/$ko" ;;
-            *.ko.gz) gzip -dc "$path" >"$TMP/out/modules/$ko" ;;
-            *.ko) cp "$path" "$TMP/out/modules/$ko" ;;
+            *.ko.xz) xz -dc "$path" >"$tmp/out/modules/$ko" ;;
+            *.ko.zst) zstd -qdc "$path" >"$tmp/out/modules/$ko" ;;
+            *.ko.gz) gzip -dc "$path" >"$tmp/out/modules/$ko" ;;
+            *.ko) cp "$path" "$tmp/out/modules/$ko" ;;
             *) die "unexpected module file $path" ;;
             esac
-            echo "$ko" >>"$TMP/out/modules.load"
             if [[ ${ko%.ko} == "$m" ]]; then
                 say "module $m: extracted"
             else
                 say "module ${ko%.ko}: extracted (dependency of $m)"
             fi
-            ;;
-        *)
-            die "module $m: unexpected modprobe output: $kind $path"
-            ;;
-        esac
-    done <<<"$deps"
-done
+        done <<<"$deps"
+        echo "$m${chain[*]:+ ${chain[*]}}" >>"$tmp/out/modules.chains"
+        if [[ " ${GUEST_MODULES[*]} " == *" $m "* ]]; then
+            for ko in "${chain[@]}"; do
+                grep -qxF "$ko" "$tmp/out/modules.load" || echo "$ko" >>"$tmp/out/modules.load"
+            done
+        fi
+    done
 
-touch "$TMP/out/.complete"
-rm -rf "$DEST"
-mv "$TMP/out" "$DEST"
+    echo "$STAMP" >"$tmp/out/.complete"
+    rm -rf "$dest"
+    mv "$tmp/out" "$dest"
+    rm -rf "$tmp"
+    trap - EXIT
+}
+
+# get_kernel SERIES UPDATE WHERE [APT OPTIONS...]: make ci/work/kernel/SERIES the newest
+# linux-image-SERIES.*-cloud-amd64 that apt (with those options) knows. UPDATE is the
+# command that refreshes those package lists, WHERE names them in messages. The lists are
+# only refreshed when apt knows no such kernel or its download fails (the .deb may have
+# left the mirror): a kernel already extracted costs no network.
+get_kernel() {
+    local series=$1 update=$2 where=$3 dest
+    shift 3
+    find_kernel_pkg "$series" "$@"
+    if [[ -z $KVER ]]; then
+        $update
+        find_kernel_pkg "$series" "$@"
+    fi
+    [[ -n $KVER ]] || die "apt knows no linux-image-$series.*-cloud-amd64 package in $where"
+
+    dest="$KERNEL_DIR/$KVER"
+    if [[ -f $dest/.complete && $(<"$dest/.complete") == "$STAMP" ]]; then
+        say "kernel $series: $KVER already extracted in $dest"
+    else
+        mkdir -p "$KERNEL_DIR"
+        if ! download_kernel_pkg "$@"; then
+            $update
+            find_kernel_pkg "$series" "$@"
+            [[ -n $KVER ]] || die "apt knows no linux-image-$series.*-cloud-amd64 package in $where"
+            dest="$KERNEL_DIR/$KVER"
+            download_kernel_pkg "$@" || die "apt-get download $KPKG failed"
+        fi
+        extract_kernel "$dest"
+        # Older downloads of this series are of no further use.
+        find "$KERNEL_DIR" -maxdepth 1 -name "linux-image-$series.*.deb" ! -name "${KPKG}_*" -delete
+        say "kernel $series: $KVER ready in $dest (load order: $(tr '\n' ' ' <"$dest/modules.load"))"
+    fi
+    ln -sfn "$KVER" "$KERNEL_DIR/$series"
+}
+
+# The 6.12 kernel comes from this machine's apt sources (bookworm-security).
+get_kernel 6.12 apt_update "this machine's apt sources (is bookworm-security there?)"
+# Older scripts and habits know the 6.12 kernel as "current".
 ln -sfn "$KVER" "$KERNEL_DIR/current"
-say "kernel $KVER ready in $DEST (load order: $(tr '\n' ' ' <"$DEST/modules.load"))"
+
+# The 6.18 kernel comes from trixie-backports, through the private configuration. Its
+# package lists are fetched first if there are none yet (or the mirror changed).
+if [[ ! -f $TRIXIE_APT/sources.list || $(<"$TRIXIE_APT/sources.list") != "$TRIXIE_SOURCE" ]]; then
+    trixie_apt_update
+fi
+get_kernel 6.18 trixie_apt_update "trixie-backports" "${TRIXIE_APT_OPTS[@]}"

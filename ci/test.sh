@@ -1,11 +1,14 @@
 #!/bin/bash
 # The project's test command (`sudo ci/test.sh`; CI runs it through .ci/run):
-#   setup (apt packages, guest kernel) -> cargo fmt --check -> cargo clippy -D warnings
-#   -> cargo test (debug) -> fuzzing (ci/fuzz.sh: 20 s per target; a longer run is
-#   `ci/fuzz.sh --seconds 600`) -> cargo build --release -> end-to-end scenarios in the guest.
+#   setup (apt packages, the two guest kernels) -> cargo fmt --check -> cargo clippy -D
+#   warnings -> cargo test (debug) -> fuzzing (ci/fuzz.sh: 20 s per target; a longer run is
+#   `ci/fuzz.sh --seconds 600`) -> cargo build --release -> every end-to-end scenario in a
+#   guest on the 6.12 kernel (step guest-6.12), then all again in a guest on the 6.18 LTS
+#   kernel (step guest-6.18): two boots, one after the other.
 # Every step runs even if an earlier one failed, except the end-to-end scenarios, which
-# need the release build; the exit status is non-zero if any step failed. Needs no
-# terminal: every step reads /dev/null.
+# need the release build; the exit status is non-zero if any step failed (a scenario
+# skipped on a kernel that lacks what it needs is not a failure). Needs no terminal: every
+# step reads /dev/null.
 #
 # Started through sudo, cargo runs as the invoking user (with their toolchain, and
 # target/ stays theirs); only setup needs root.
@@ -21,6 +24,9 @@ cd "$REPO"
 SCENARIOS=(fio-verify ext4-files mixed-bs discard bad-input safepoints rollback-offline rollback-live
     recover-fio recover-ext4 recover-del recover-rollback recover-supervise
     view-fio view-ext4 history-full host-full on-crash-stop demo)
+# The guest kernels (ci/setup.sh fetches both): all the scenarios run on each, one boot
+# each, a step each.
+KERNELS=(6.12 6.18)
 
 CARGO=(cargo)
 if [[ $(id -u) -eq 0 && -n ${SUDO_USER:-} && $SUDO_USER != root ]]; then
@@ -76,9 +82,13 @@ step clippy "${CARGO[@]}" clippy --workspace --all-targets -- -D warnings || tru
 step test "${CARGO[@]}" test --workspace || true
 step fuzz "$CI_DIR/fuzz.sh" || true
 if step build-release "${CARGO[@]}" build --release; then
-    step guest "$CI_DIR/guest.sh" --bin "$RELEASE_BIN" "${SCENARIOS[@]}" || true
+    for k in "${KERNELS[@]}"; do
+        step "guest-$k" "$CI_DIR/guest.sh" --kernel "$k" --bin "$RELEASE_BIN" "${SCENARIOS[@]}" || true
+    done
 else
-    skip guest "needs the release build"
+    for k in "${KERNELS[@]}"; do
+        skip "guest-$k" "needs the release build"
+    done
 fi
 
 echo

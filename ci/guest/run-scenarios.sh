@@ -1,7 +1,9 @@
 #!/bin/bash
 # Runs scenarios one after the other and reports each as one machine-parsable line,
-#   SCENARIO <name> PASS   or   SCENARIO <name> FAIL rc=<n>
-# which ci/guest.sh collects. Used inside the guest (from /init) and, on hosts that have
+#   SCENARIO <name> PASS   or   SCENARIO <name> SKIP <why>   or   SCENARIO <name> FAIL rc=<n>
+# which ci/guest.sh collects. A scenario is skipped when it ends through skip_scenario
+# (ci/scenarios/lib.sh): exit status 77 and its reason in $SCENARIO_SKIP_FILE; a 77
+# without a reason is a failure like any other. Used inside the guest (from /init) and, on hosts that have
 # ublk, directly on the host. Scenario scripts are found next to this runner in the guest
 # (/ci/scenarios) or in ci/scenarios in the repository.
 #
@@ -18,11 +20,14 @@ if [[ -f $here/env ]]; then
     . "$here/env"
 fi
 
+kernel=$(uname -r)
 for name in "$@"; do
     script=$SCENARIO_DIR/$name.sh
     echo
-    echo "=================== scenario $name: start (uptime $(cut -d' ' -f1 /proc/uptime)s) ==================="
+    echo "=================== scenario $name: start on kernel $kernel (uptime $(cut -d' ' -f1 /proc/uptime)s) ==================="
     start=$SECONDS
+    SCENARIO_SKIP_FILE=$(mktemp "${TMPDIR:-/tmp}/skip-$name.XXXXXX")
+    export SCENARIO_SKIP_FILE
     if [[ -f $script ]]; then
         # stdin from /dev/null: nothing in a scenario may wait for input.
         bash "$script" </dev/null 2>&1
@@ -37,8 +42,12 @@ for name in "$@"; do
         mkdir -p "$REWIND_LOG_DIR/logs-$name"
         mv "$REWIND_LOG_DIR"/rewind-*.log "$REWIND_LOG_DIR/logs-$name/"
     fi
+    skip_reason=$(head -n 1 "$SCENARIO_SKIP_FILE" 2>/dev/null)
+    rm -f "$SCENARIO_SKIP_FILE"
     if [[ $rc -eq 0 ]]; then
         echo "SCENARIO $name PASS"
+    elif [[ $rc -eq 77 && -n $skip_reason ]]; then
+        echo "SCENARIO $name SKIP $skip_reason"
     else
         echo "SCENARIO $name FAIL rc=$rc"
     fi

@@ -5,16 +5,22 @@
 # same shell either way; the other tools may be busybox (guest) or GNU (host), so only
 # options both understand are used.
 #
-# Environment (set by ci/guest/init or ci/guest.sh):
+# Environment (set by ci/guest/init, ci/guest/run-scenarios.sh or ci/guest.sh):
 #   SCRATCH         where image files go (tmpfs /tmp in the guest)
 #   REWIND_LOG_DIR  where the daemon writes rewind-*.log; printed when a scenario fails
 #   REWIND          the rewind command (default: rewind from PATH)
 #   FIO_ENGINE      force a fio ioengine instead of probing io_uring, then libaio
+#   SCENARIO_SKIP_FILE  where skip_scenario leaves its reason for the runner
+#   CI_IN_GUEST     1 in the test guest
 set -euo pipefail
 # -E: the ERR trap below also fires inside functions and $(...).
 set -E
 
 SCENARIO=$(basename "$0" .sh)
+# The kernel the scenario runs on: KERNEL_RELEASE as uname -r prints it
+# (6.18.15+deb13-cloud-amd64), KERNEL_VERSION its major.minor (6.18).
+KERNEL_RELEASE=$(uname -r)
+KERNEL_VERSION=$(sed -E 's/^([0-9]+\.[0-9]+).*/\1/' <<<"$KERNEL_RELEASE")
 # Kernel time at the start, to show only this scenario's kernel messages on failure.
 KSTART=$(cut -d' ' -f1 /proc/uptime)
 SCRATCH=${SCRATCH:-/tmp}
@@ -47,6 +53,57 @@ on_err() {
         "$SCENARIO" "$SECONDS" "$1" "${BASH_SOURCE[1]##*/}" "$2" "$3" >&2
 }
 trap 'on_err $? $LINENO "$BASH_COMMAND"' ERR
+
+# kernel_at_least X.Y: true if the running kernel is version X.Y or newer.
+kernel_at_least() {
+    local want_major=${1%%.*} want_minor=${1#*.}
+    local have_major=${KERNEL_VERSION%%.*} have_minor=${KERNEL_VERSION#*.}
+    [[ $have_major -gt $want_major || ($have_major -eq $want_major && $have_minor -ge $want_minor) ]]
+}
+
+# skip_scenario REASON: end the scenario here, reported as "SCENARIO <name> SKIP REASON":
+# counted as skipped, never as passed. For what this kernel (or host) cannot do, not for
+# failures. Exit status 77, which alone (without the reason) the runner counts as a FAIL.
+SKIPPED=0
+skip_scenario() {
+    say "SKIP: $1"
+    if [[ -n ${SCENARIO_SKIP_FILE:-} ]]; then printf '%s\n' "$1" >"$SCENARIO_SKIP_FILE"; fi
+    SKIPPED=1
+    exit 77
+}
+
+# needs_kernel X.Y [WHAT]: skip the scenario ("skipped on 6.12: needs 6.16") unless the
+# kernel is X.Y or newer. WHAT, if given, says what of X.Y it needs (UBLK_F_QUIESCE).
+needs_kernel() {
+    kernel_at_least "$1" || skip_scenario "skipped on $KERNEL_VERSION: needs $1${2:+ ($2)}"
+}
+
+# load_module NAME [PARAM=VALUE...]: load kernel module NAME (null_blk, dm-thin-pool,
+# dm-snapshot, dm-log-writes: the EXTRA_MODULES of ci/setup.sh) and what it depends on,
+# NAME itself with the given parameters (null_blk nr_devices=0). In the guest, insmod of
+# the decompressed files setup extracted, in their order; on a host, modprobe.
+load_module() {
+    local m=$1 chain ko
+    shift
+    if [[ ${CI_IN_GUEST:-0} != 1 ]]; then
+        modprobe "$m" "$@" || die "modprobe $m failed"
+        return 0
+    fi
+    chain=$(awk -v m="$m" '$1 == m { $1 = ""; print; found = 1 } END { exit !found }' \
+        /lib/modules/ci/modules.chains) ||
+        die "module $m: not extracted for this kernel (EXTRA_MODULES in ci/setup.sh)"
+    for ko in $chain; do
+        ko=${ko%.ko}
+        # /sys/module names a loaded module with _ for -.
+        [[ -d /sys/module/${ko//-/_} ]] && continue
+        if [[ $ko == "$m" ]]; then
+            insmod "/lib/modules/ci/$ko.ko" "$@" || die "insmod $ko.ko $* failed"
+        else
+            insmod "/lib/modules/ci/$ko.ko" || die "insmod $ko.ko (for $m) failed"
+        fi
+    done
+    say "module $m loaded"
+}
 
 # type -P: the binary, not the rewind() wrapper function below.
 have_rewind() { type -P "$REWIND" >/dev/null 2>&1; }
@@ -205,6 +262,20 @@ alive() {
     [[ -n $st && $st != Z && $st != X ]]
 }
 
+# wait_exited PID [SECONDS]: until PID (a daemon just killed with kill -9) has exited; fails
+# after SECONDS (default 30). SIGKILL is not instant: the process first finishes its
+# syscall and tears down its threads, io_uring and memory, which on a loaded emulated
+# machine has taken seconds. Until then the kernel still has its device live and `rewind
+# recover` refuses ("live, served by its daemon: nothing to recover"), as the supervisor
+# knows (it waits the same way before recovering).
+wait_exited() {
+    local pid=$1 limit=${2:-30} start=$SECONDS
+    while alive "$pid"; do
+        [[ $((SECONDS - start)) -lt $limit ]] || die "pid $pid still there ${limit}s after kill -9"
+        sleep 0.05
+    done
+}
+
 # kernel_io_errors: the kernel's I/O error lines since the scenario started.
 kernel_io_errors() {
     dmesg 2>/dev/null | awk -v s="$KSTART" '{t = $0; sub(/^\[ */, "", t); sub(/\].*/, "", t)
@@ -230,7 +301,7 @@ on_exit() {
     local rc=$? id dev mnt
     set +e
     trap - ERR EXIT
-    if [[ $rc -ne 0 ]]; then
+    if [[ $rc -ne 0 && ! ($rc -eq 77 && $SKIPPED -eq 1) ]]; then
         say "---------- FAILED (rc=$rc): diagnostics ----------"
         if have_rewind; then
             say "rewind list:"

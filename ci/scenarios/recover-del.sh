@@ -45,7 +45,9 @@ id=${dev#/dev/ublkb}
 fio "${job[@]}" --filename="$dev" >"$STATE/fio2.out" 2>&1 &
 fpid=$!
 sleep 3
-kill -9 "$(daemon_pid "$id")"
+pid=$(daemon_pid "$id")
+kill -9 "$pid"
+wait_exited "$pid"
 sleep 1
 list=$(rewind list)
 echo "$list"

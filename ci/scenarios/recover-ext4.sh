@@ -56,6 +56,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
     pid=$(daemon_pid "$id")
     kill -9 "$pid"
     t0=$(now_s)
+    wait_exited "$pid"
     rewind recover -n "$id" >/dev/null || die "round $r: rewind recover -n $id failed"
     ms=$(ms_between "$t0" "$(now_s)")
     times+=("$ms")

@@ -34,6 +34,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
     [[ -n $pid ]] || die "round $r: no daemon pid for $dev"
     kill -9 "$pid"
     t0=$(now_s)
+    wait_exited "$pid"
     # Waits in the quiesced device, completes once the new daemon serves it.
     (dd if="$dev" of=/dev/null bs=4k count=1 skip=$((RANDOM % (size / 4096))) iflag=direct \
         2>"$STATE/probe.err" && now_s >"$STATE/probe.t") &

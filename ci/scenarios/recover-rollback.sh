@@ -31,7 +31,9 @@ for ((r = 1; r <= ROUNDS; r++)); do
     # daemon's part of the rollback.
     delay_us=$(((r - 1) * 1000000 / ROUNDS + RANDOM % 50000))
     usleep "$delay_us"
-    kill -9 "$(daemon_pid "$id")"
+    pid=$(daemon_pid "$id")
+    kill -9 "$pid"
+    wait_exited "$pid"
     wait "$rb" || true
     rewind recover -n "$id" >/dev/null || die "round $r: rewind recover failed"
     got=$(devsum)
@@ -55,7 +57,9 @@ for _ in 1 2; do
     sleep 6
     alive "$fpid" || break
     stats=$(rewind stats -n "$id" | grep -E '^(history|safe points)' | tr -s ' ' | tr '\n' ';')
-    kill -9 "$(daemon_pid "$id")"
+    pid=$(daemon_pid "$id")
+    kill -9 "$pid"
+    wait_exited "$pid"
     rewind recover -n "$id" >/dev/null || die "recover during reclaim failed"
     say "killed during reclaim ($stats) and recovered"
 done
