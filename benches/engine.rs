@@ -4,14 +4,14 @@
 //! `cargo bench --bench engine` prints criterion's figures, then one summary table measured
 //! in the same run.
 
+mod common;
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion};
-use rewind_history::{
-    create, CreateOptions, Durability, Layout, LogicalPage, MemStore, Store, Volume,
-};
+use rewind_history::{CreateOptions, Layout, LogicalPage, MemStore, Store, Volume};
 
 const PAGES: u64 = 16_384; // 64 MiB device
 
@@ -22,17 +22,11 @@ fn volume() -> Volume<Arc<MemStore>> {
         journal: None,
     };
     let layout = Layout::for_create(&opts).expect("layout");
-    let store = Arc::new(MemStore::new(layout.required_bytes()));
-    create(&store, &opts, &rewind::host::this_host()).expect("create");
-    Volume::open(store, &rewind::host::this_host()).expect("open")
+    common::open_volume(Arc::new(MemStore::new(layout.required_bytes())), &opts)
 }
 
-/// A cheap pseudo-random page sequence, the same for both sides.
 fn next(x: &mut u64) -> u64 {
-    *x ^= *x << 13;
-    *x ^= *x >> 7;
-    *x ^= *x << 17;
-    *x % PAGES
+    common::next_page(x, PAGES)
 }
 
 fn write_plain(store: &MemStore, data_offset: u64, n: u64, seed: &mut u64, page: &[u8]) {
@@ -73,11 +67,6 @@ fn bench(c: &mut Criterion) {
         b.iter(|| write_volume(&vol, 1, &mut seed, black_box(&page), 0))
     });
     // `--on-crash stop`: no journal write before a write completes.
-    let flushed = volume();
-    flushed.set_durability(Durability::FlushedWrites);
-    g.bench_function("rewind_volume_flushed_writes", |b| {
-        b.iter(|| write_volume(&flushed, 1, &mut seed, black_box(&page), 0))
-    });
     g.finish();
     let mut buf = vec![0u8; 4096];
     let mut g = c.benchmark_group("read_4k_random");

@@ -5,12 +5,14 @@
 //!
 //! `cargo bench --bench history`
 
+mod common;
+
 use std::hint::black_box;
 use std::io;
 use std::time::Instant;
 
 use criterion::{criterion_group, Criterion};
-use rewind_history::{create, CreateOptions, LogicalPage, SafePointId, Store, Trigger, Volume};
+use rewind_history::{CreateOptions, LogicalPage, SafePointId, Store, Trigger, Volume};
 
 const PAGES: u64 = 1 << 20; // 4 GiB device: 1 Mi logical pages
 
@@ -109,8 +111,7 @@ fn setup() -> (Volume<MetaStore>, SafePointId, SafePointId) {
             len: layout.required_bytes(),
         },
     };
-    create(&store, &opts, &rewind::host::this_host()).expect("create");
-    let vol = Volume::open(store, &rewind::host::this_host()).expect("open");
+    let vol = common::open_volume(store, &opts);
     write_all(&vol);
     let a = vol.safe_point(Trigger::User, Some("a".into())).expect("a");
     let rss_before = rss();

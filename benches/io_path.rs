@@ -8,6 +8,8 @@
 //! figures, then one summary table: medians of interleaved repetitions, `ns/op` and
 //! `x baseline`.
 
+mod common;
+
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Barrier;
@@ -16,8 +18,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, Criterion};
 use rewind_history::format::{JOURNAL_BLOCK, JOURNAL_OFFSET};
 use rewind_history::{
-    create, CreateOptions, Durability, Layout, LogicalPage, MemStore, PhysPage, Store, Volume,
-    PAGE_SIZE,
+    CreateOptions, Durability, Layout, LogicalPage, MemStore, PhysPage, Store, Volume, PAGE_SIZE,
 };
 
 const PAGES: u64 = 16_384; // 64 MiB device
@@ -30,12 +31,8 @@ const SUMMARY_OPS: u64 = 200_000;
 /// Interleaved repetitions in the summary; the table shows their medians.
 const SUMMARY_REPS: usize = 5;
 
-/// A cheap pseudo-random logical page (xorshift64), the same sequence for both sides.
 fn next(x: &mut u64) -> u64 {
-    *x ^= *x << 13;
-    *x ^= *x >> 7;
-    *x ^= *x << 17;
-    *x % PAGES
+    common::next_page(x, PAGES)
 }
 
 /// A store of `len` bytes with every page already touched, so first writes in a timed loop
@@ -60,8 +57,7 @@ fn volume(durability: Durability) -> Volume<MemStore> {
     };
     let layout = Layout::for_create(&opts).expect("layout");
     let store = prefaulted_store(layout.required_bytes());
-    create(&store, &opts, &rewind::host::this_host()).expect("create");
-    let vol = Volume::open(store, &rewind::host::this_host()).expect("open");
+    let vol = common::open_volume(store, &opts);
     vol.set_durability(durability);
     vol
 }

@@ -165,11 +165,10 @@ impl SimStore {
     /// The image a process killed now leaves, its machine running on: every write so far,
     /// synced or not (the host's page cache keeps them).
     pub fn kill_image(&self) -> Vec<u8> {
-        let inner = self.inner.lock();
-        let mut image = inner.durable.clone();
-        for (off, data) in &inner.pending {
-            image[*off as usize..*off as usize + data.len()].copy_from_slice(data);
-        }
+        // What reads see is exactly that: the durable bytes with every pending write over them.
+        let mut image = vec![0; self.len() as usize];
+        self.read_at(0, &mut image)
+            .expect("a read of the whole store is in range");
         image
     }
 

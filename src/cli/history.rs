@@ -151,11 +151,12 @@ fn change_image<T>(
         Err(BackingError::InUse { .. }) => bail!(served_elsewhere(image)),
         Err(e) => return Err(e.into()),
     };
-    let found = rewind_history::inspect(&store, &crate::host::this_host())
+    let host = crate::host::this_host();
+    let found = rewind_history::inspect(&store, &host)
         .with_context(|| format!("reading the history of {}", image.display()))?;
     let window: Vec<SafePointRecord> = found.safe_points.iter().map(Into::into).collect();
     let chosen = find_safe_point(&window, at)?.clone();
-    let vol = rewind_history::Volume::open(store, &crate::host::this_host())
+    let vol = rewind_history::Volume::open(store, &host)
         .with_context(|| format!("opening {}", image.display()))?;
     let out = change(&vol, &chosen)?;
     vol.close()

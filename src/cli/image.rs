@@ -94,7 +94,9 @@ fn format_existing(
         );
     }
     let got = store.ensure_len(need, allocation)?;
-    if got != allocation {
+    // A block device reports itself preallocated whatever was asked: only a file that was to
+    // be preallocated and came out sparse is worth a warning.
+    if allocation == Allocation::Preallocated && got == Allocation::Sparse {
         log::warn!(
             "{}: its file system cannot preallocate (fallocate: EOPNOTSUPP), so the image is \
              sparse: a write to the device may fail with ENOSPC if that file system fills up",
