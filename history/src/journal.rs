@@ -190,6 +190,8 @@ pub struct Pending {
     /// The next `unsynced` hands out the blocks from here on: those that changed since the
     /// last call, and the last block it handed out, which may have taken more records.
     dirty_from: usize,
+    /// A record came since the last `unsynced`: without one it has nothing to hand out.
+    dirty: bool,
     /// Reused for each record's slots: `push` is on every write's path.
     scratch: Vec<Slot>,
 }
@@ -210,6 +212,7 @@ impl Pending {
             }
         }
         self.records += 1;
+        self.dirty = true;
     }
 
     /// Records pending.
@@ -219,12 +222,18 @@ impl Pending {
 
     /// The blocks that changed since the last call, sealed unsynced, numbered from
     /// `first_seq` (the sequence of the first pending block): (sequence of the first, blocks).
+    /// None when no record came since: the queues of a device each record their pass, and
+    /// one may find its records already written by another's.
     pub fn unsynced(
         &mut self,
         first_seq: JournalSeq,
         uuid: u64,
         session: u32,
     ) -> (JournalSeq, Vec<Block>) {
+        if !self.dirty {
+            return (first_seq, Vec::new());
+        }
+        self.dirty = false;
         let from = self.dirty_from.min(self.blocks.len());
         let out = self.blocks[from..]
             .iter()

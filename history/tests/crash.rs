@@ -289,11 +289,12 @@ impl Workload {
         self.vol.as_ref().unwrap()
     }
 
-    /// One random step: writes, a discard, a safe point, a rollback, a pin or an unpin, or
-    /// a clean close and reopen.
+    /// One random step: writes (alone or as a queue's group commit), a discard, a safe
+    /// point, a rollback, a pin or an unpin, or a clean close and reopen.
     fn step(&mut self) {
         match self.rng.below(20) {
-            0..=8 => self.write(),
+            0..=6 => self.write(),
+            7 | 8 => self.write_group(),
             9 => self.discard(),
             10..=13 => self.safe_point(Trigger::Flush, None),
             14 => self.safe_point(Trigger::User, Some(format!("label-{}", self.serial))),
@@ -341,6 +342,44 @@ impl Workload {
             m.live[l as usize] = Some(val);
             m.completed = m.since.len();
         }
+    }
+
+    /// The requests of one pass over a queue's ring, as the daemon serves them: up to 6
+    /// writes and a discard staged, their data written in between, then recorded together
+    /// (`record_staged`); none completes before that.
+    fn write_group(&mut self) {
+        let n = 1 + self.rng.below(6);
+        let mut staged = Vec::new();
+        for _ in 0..n {
+            let l = self.rng.below(PAGES);
+            self.serial += 1;
+            let val = (self.rng.below(255) as u8 + 1, self.serial);
+            // In flight from here until recorded.
+            self.model.lock().since.push((l, Some(val)));
+            let vol = self.vol.as_ref().unwrap();
+            let p = vol.allocate(&mut self.stream, LogicalPage(l)).unwrap();
+            let offset = vol.layout().page_offset(p);
+            vol.store().write_at(offset, &page_data(l, val)).unwrap();
+            vol.stage_writes(&[(LogicalPage(l), p)]).unwrap();
+            staged.push((l, Some(val)));
+        }
+        if self.rng.below(3) == 0 {
+            let l = self.rng.below(PAGES);
+            let n = (1 + self.rng.below(4)).min(PAGES - l);
+            let mut m = self.model.lock();
+            for i in l..l + n {
+                m.since.push((i, None));
+                staged.push((i, None));
+            }
+            drop(m);
+            self.vol().stage_discard(LogicalPage(l), n).unwrap();
+        }
+        self.vol().record_staged().unwrap();
+        let mut m = self.model.lock();
+        for (l, v) in staged {
+            m.live[l as usize] = v;
+        }
+        m.completed = m.since.len();
     }
 
     /// Discards up to 12 pages.

@@ -238,6 +238,7 @@ pub fn stats_text(s: &DeviceStats, tz: &TimeZone) -> String {
         lines.push(("warning", warning));
     }
     lines.extend(space_lines(s));
+    lines.extend(written_line(s));
     lines.extend(window_lines(s, tz));
     lines.extend(pacing_lines(s));
     lines.extend(kept_lines(s));
@@ -282,6 +283,19 @@ fn space_lines(s: &DeviceStats) -> [(&'static str, String); 4] {
             ),
         ),
     ]
+}
+
+/// `rewind stats`: what the daemon wrote to the image, when it says (older daemons do not).
+fn written_line(s: &DeviceStats) -> Option<(&'static str, String)> {
+    let (data, metadata) = (s.image_data_bytes_written?, s.image_metadata_bytes_written?);
+    Some((
+        "written",
+        format!(
+            "{} of data, {} of metadata to the image since the daemon started",
+            human(data),
+            human(metadata)
+        ),
+    ))
 }
 
 /// `rewind stats`: the image, its data path, and how much of it is allocated when it is
@@ -533,6 +547,10 @@ daemon       pid 42
             ..sample_stats()
         };
         let text = stats_text(&s, &TimeZone::UTC);
+        assert!(
+            !text.contains("written"),
+            "an older daemon says nothing\n{text}"
+        );
         let head: Vec<&str> = text.lines().take(3).collect();
         assert_eq!(
             head,
@@ -542,6 +560,23 @@ daemon       pid 42
                  the daemon started)",
                 "image        /tmp/a.img (O_DIRECT; sparse: 300 MiB of 1.3 GiB allocated)",
             ],
+            "\n{text}"
+        );
+    }
+
+    #[test]
+    fn stats_tell_what_the_daemon_wrote() {
+        let s = DeviceStats {
+            image_data_bytes_written: Some(3 << 30),
+            image_metadata_bytes_written: Some(5 << 20),
+            ..sample_stats()
+        };
+        let text = stats_text(&s, &TimeZone::UTC);
+        assert!(
+            text.contains(
+                "\nwritten      3 GiB of data, 5 MiB of metadata to the image since the daemon \
+                 started\n"
+            ),
             "\n{text}"
         );
     }

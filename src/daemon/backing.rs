@@ -145,6 +145,10 @@ pub struct FileStore {
     len: u64,
     /// Writes and syncs of this image the host file system refused with ENOSPC.
     host_full_errors: AtomicU64,
+    /// Bytes written to the image since it was opened: the data the queues wrote
+    /// (`note_data_written`), and the metadata written through `Store::write_at`.
+    data_bytes_written: AtomicU64,
+    metadata_bytes_written: AtomicU64,
 }
 
 // BLKGETSIZE64 = _IOR(0x12, 114, size_t): the size of a block device in bytes. The `libc`
@@ -281,6 +285,8 @@ impl FileStore {
             direct: None,
             len,
             host_full_errors: AtomicU64::new(0),
+            data_bytes_written: AtomicU64::new(0),
+            metadata_bytes_written: AtomicU64::new(0),
         })
     }
 
@@ -309,6 +315,8 @@ impl FileStore {
             direct,
             len,
             host_full_errors: AtomicU64::new(0),
+            data_bytes_written: AtomicU64::new(0),
+            metadata_bytes_written: AtomicU64::new(0),
         })
     }
 
@@ -468,6 +476,21 @@ impl FileStore {
         self.host_full_errors.load(Ordering::Relaxed)
     }
 
+    /// Counts `bytes` of data the queues wrote to the image (through their own rings).
+    pub fn note_data_written(&self, bytes: u64) {
+        self.data_bytes_written.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes of data and of metadata (journal, checkpoints, superblock) written to the image
+    /// since it was opened: with what the device was asked to write, the write
+    /// amplification.
+    pub fn bytes_written(&self) -> (u64, u64) {
+        (
+            self.data_bytes_written.load(Ordering::Relaxed),
+            self.metadata_bytes_written.load(Ordering::Relaxed),
+        )
+    }
+
     /// Passes `result` on, counting an ENOSPC.
     fn count_host_full<T>(&self, result: io::Result<T>) -> io::Result<T> {
         if let Err(e) = &result {
@@ -527,7 +550,10 @@ impl Store for FileStore {
     }
 
     fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
-        self.count_host_full(self.file.write_all_at(buf, offset))
+        self.count_host_full(self.file.write_all_at(buf, offset))?;
+        self.metadata_bytes_written
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        Ok(())
     }
 
     fn sync(&self) -> io::Result<()> {

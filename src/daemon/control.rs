@@ -281,6 +281,8 @@ fn device_stats(volume: &Volume<FileStore>, about: &DeviceStats, views: &Views) 
         views: views.records(),
         image_allocated_bytes: volume.store().allocated_bytes(),
         host_full_errors: volume.store().host_full_errors(),
+        image_data_bytes_written: Some(volume.store().bytes_written().0),
+        image_metadata_bytes_written: Some(volume.store().bytes_written().1),
         ..about.clone()
     }
 }

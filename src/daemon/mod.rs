@@ -8,6 +8,8 @@
 
 pub mod backing;
 pub mod control;
+pub mod flusher;
+pub mod group_commit;
 pub mod pacing;
 pub mod report;
 pub mod serve;

@@ -25,6 +25,7 @@ use rewind_history::{Volume, PAGE_SIZE};
 
 use crate::daemon::backing::{describe_owner, BackingError, FileStore};
 use crate::daemon::control::{self, Answers};
+use crate::daemon::flusher::Flusher;
 use crate::daemon::pacing::{Pacer, Policy};
 use crate::daemon::report::Reporter;
 use crate::daemon::signals::{block_stop_signals, spawn_signal_thread};
@@ -191,7 +192,14 @@ fn serve_volume(
     control::start_server(listener, move |request| answers.answer(request))
         .context("starting the control socket thread")?;
     let pid_guard = write_pid_file(device.id, opts)?;
-    let target = Arc::new(Target::new(volume.clone(), pacer.clone(), device.nr_queues));
+    let flusher = Flusher::start(Arc::downgrade(volume), pacer.clone())
+        .context("starting the flusher thread")?;
+    let target = Arc::new(Target::new(
+        volume.clone(),
+        pacer.clone(),
+        Some(flusher),
+        device.nr_queues,
+    ));
     // Stopped (and joined) when dropped, on every way out below.
     let ticker = pacer
         .start_ticker(Arc::downgrade(volume))
@@ -353,6 +361,8 @@ impl Device {
             image_bytes: Some(rewind_history::Store::len(volume.store())),
             image_allocated_bytes: None,
             host_full_errors: 0,
+            image_data_bytes_written: None,
+            image_metadata_bytes_written: None,
         }
     }
 

@@ -6,13 +6,17 @@
 //! - READ: resolve each logical page, zero-fill the pages that resolve to nothing, read runs
 //!   of consecutive physical pages with one uring Read each;
 //! - WRITE: allocate a physical page per logical page, write runs of consecutive physical
-//!   pages with one uring Write each, then `commit_writes` once for the request (and `flush`
-//!   for FUA). If a page cannot be allocated or the data not written, every allocated page
-//!   is abandoned and the request fails (after a failed `commit_writes` they are kept: see
-//!   `write`);
-//! - FLUSH: through the [`Pacer`], which commits and makes a safe point, or only commits
-//!   when the previous safe point is recent (synchronous on the queue thread for now);
-//! - DISCARD and WRITE_ZEROES: `discard`, after which the pages read as zeros.
+//!   pages with one uring Write each, then stage the request's remaps in the engine
+//!   (`stage_writes`) and wait for the pass's group commit (`group_commit`): when the tasks
+//!   of this pass over the ring have run, one `record_staged` records every request they
+//!   staged. A FUA write then flushes. If a page cannot be allocated or the data not written,
+//!   every allocated page is abandoned and the request fails (after a failed staging they
+//!   are kept: see `write`);
+//! - FLUSH: a commit by the flusher thread (`flusher`), through the [`Pacer`], which makes a
+//!   safe point or, when the previous one is recent, only commits; the task waits for it
+//!   with a read of an eventfd on this queue's ring, so no sync runs on a queue thread;
+//! - DISCARD and WRITE_ZEROES: staged (`stage_discard`) and recorded like a write; the pages
+//!   read as zeros afterwards.
 //!
 //! When a write or discard completes, its record is where the engine's durability puts it,
 //! which the daemon sets from `--on-crash` (`OnCrash::durability`): for a device that
@@ -52,6 +56,8 @@ use parking_lot::Mutex;
 use rewind_history::{LogicalPage, PhysPage, ReadTracker, Stream, ViewId, Volume, PAGE_SIZE};
 
 use crate::daemon::backing::FileStore;
+use crate::daemon::flusher::Flusher;
+use crate::daemon::group_commit::Group;
 use crate::daemon::pacing::Pacer;
 use crate::daemon::ublk::{describe_ublk_error, IO_BUF_BYTES};
 
@@ -232,6 +238,8 @@ pub fn group_runs(pages: &[Option<PhysPage>], out: &mut Vec<Run>) {
 pub struct Target {
     volume: Arc<Volume<FileStore>>,
     pacer: Arc<Pacer>,
+    /// Runs the commits of FLUSH and FUA; `None` for a view, which has neither.
+    flusher: Option<Flusher>,
     nr_queues: u16,
     /// Set for a view device: reads show this view, writes are refused.
     view: Option<ViewId>,
@@ -239,11 +247,18 @@ pub struct Target {
 }
 
 impl Target {
-    /// A target serving `volume` with `nr_queues` queues.
-    pub fn new(volume: Arc<Volume<FileStore>>, pacer: Arc<Pacer>, nr_queues: u16) -> Target {
+    /// A target serving `volume` with `nr_queues` queues; `flusher` runs its flushes (a
+    /// view has none).
+    pub fn new(
+        volume: Arc<Volume<FileStore>>,
+        pacer: Arc<Pacer>,
+        flusher: Option<Flusher>,
+        nr_queues: u16,
+    ) -> Target {
         Target {
             volume,
             pacer,
+            flusher,
             nr_queues,
             view: None,
             setup_failure: Mutex::new(None),
@@ -314,6 +329,8 @@ impl Target {
             reads: self.volume.read_tracker(),
             errors: ErrorLog::default(),
             view: self.view,
+            flusher: self.flusher.as_ref(),
+            group: Group::default(),
         });
         let exe = Rc::new(smol::LocalExecutor::new());
         let mut tasks = Vec::new();
@@ -331,8 +348,16 @@ impl Target {
             }));
         }
         let exe2 = exe.clone();
+        let ctx2 = ctx.clone();
         smol::block_on(exe.run(async move {
-            let run_ops = || while exe2.try_tick() {};
+            // Run the tasks as far as they go; if some staged writes, record them all with
+            // one journal write (group commit) and let those tasks complete.
+            let run_ops = || loop {
+                while exe2.try_tick() {}
+                if !ctx2.group.record(ctx2.volume) {
+                    break;
+                }
+            };
             let done = || tasks.iter().all(|t| t.is_finished());
             if let Err(e) =
                 libublk::wait_and_handle_io_events(&queue, Some(QUEUE_IDLE_SECS), run_ops, done)
@@ -378,6 +403,9 @@ struct QueueCtx<'a> {
     reads: ReadTracker,
     errors: ErrorLog,
     view: Option<ViewId>,
+    flusher: Option<&'a Flusher>,
+    /// The writes and discards staged in this pass over the ring.
+    group: Group,
 }
 
 /// Per-task vectors, reused from request to request.
@@ -450,19 +478,8 @@ async fn handle(
         IoRequest::Write { first, pages, fua } => {
             write(q, ctx, first, pages, fua, buf, scratch).await
         }
-        IoRequest::Flush => ctx
-            .pacer
-            .flush(ctx.volume)
-            .map(|()| 0)
-            .map_err(|e| Failure::Engine("flush", e)),
-        IoRequest::Discard { first, pages } => ctx
-            .volume
-            .discard(first, pages)
-            .map_err(|e| Failure::Engine("discard", e))
-            .map(|()| {
-                ctx.pacer.wrote();
-                0
-            }),
+        IoRequest::Flush => flush(q, ctx).await.map(|()| 0),
+        IoRequest::Discard { first, pages } => discard(ctx, first, pages).await.map(|()| 0),
     };
     match result {
         Ok(bytes) => bytes,
@@ -482,6 +499,8 @@ async fn handle(
 /// Why a request failed; the kernel sees `-EIO` for all of them.
 enum Failure {
     Engine(&'static str, rewind_history::Error),
+    /// A failure shared by the requests of a group commit or a flush.
+    Shared(String),
     Data {
         write: bool,
         offset: u64,
@@ -501,6 +520,7 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Failure::Engine(what, e) => write!(f, "{what}: {e}"),
+            Failure::Shared(why) => f.write_str(why),
             Failure::Data {
                 write,
                 offset,
@@ -688,19 +708,68 @@ async fn write(
         abandon_all(volume, &scratch.claimed);
         return Err(f);
     }
+    volume.store().note_data_written((pages * PAGE) as u64);
     // The pages are not given back if this fails: the engine may already map some of them
     // (it fails after applying when its journal write fails), and a leaked page is safer
     // than one handed out twice. The volume refuses further I/O after such a failure.
     volume
-        .commit_writes(&scratch.claimed)
-        .map_err(|e| Failure::Engine("commit_writes", e))?;
+        .stage_writes(&scratch.claimed)
+        .map_err(|e| Failure::Engine("stage_writes", e))?;
+    ctx.group.recorded().await.map_err(Failure::Shared)?;
     ctx.pacer.wrote();
     if fua {
-        ctx.pacer
-            .flush(volume)
-            .map_err(|e| Failure::Engine("flush after a FUA write", e))?;
+        flush(q, ctx).await?;
     }
     Ok((pages * PAGE) as i32)
+}
+
+/// DISCARD and WRITE_ZEROES: staged, then recorded with the pass's group commit.
+async fn discard(ctx: &QueueCtx<'_>, first: LogicalPage, pages: u64) -> Result<(), Failure> {
+    ctx.volume
+        .stage_discard(first, pages)
+        .map_err(|e| Failure::Engine("discard", e))?;
+    ctx.group.recorded().await.map_err(Failure::Shared)?;
+    ctx.pacer.wrote();
+    Ok(())
+}
+
+/// FLUSH (and the end of a FUA write): asks the flusher for a commit and waits for it with a
+/// read of the ticket's eventfd on this queue's ring, so the queue serves its other requests
+/// meanwhile.
+async fn flush(q: &UblkQueue<'_>, ctx: &QueueCtx<'_>) -> Result<(), Failure> {
+    let Some(flusher) = ctx.flusher else {
+        return Err(Failure::Shared(
+            "a flush reached a target without a flusher".into(),
+        ));
+    };
+    let ticket = flusher
+        .ask()
+        .map_err(|e| Failure::Shared(format!("asking for a flush: {e}")))?;
+    let mut event = [0u8; 8];
+    loop {
+        let sqe = opcode::Read::new(
+            types::Fd(ticket.event_fd()),
+            event.as_mut_ptr(),
+            event.len() as u32,
+        )
+        .build();
+        let res = q.ublk_submit_sqe(sqe).await;
+        if res == -libc::EINTR || res == -libc::EAGAIN {
+            continue;
+        }
+        if res < 0 {
+            return Err(Failure::Shared(format!(
+                "waiting for a flush: {}",
+                std::io::Error::from_raw_os_error(-res)
+            )));
+        }
+        break;
+    }
+    match ticket.outcome() {
+        Some(Ok(())) => Ok(()),
+        Some(Err(why)) => Err(Failure::Shared(format!("flush: {why}"))),
+        None => Err(Failure::Shared("flush: woken without an outcome".into())),
+    }
 }
 
 fn abandon_all(volume: &Volume<FileStore>, claimed: &[(LogicalPage, PhysPage)]) {

@@ -130,7 +130,7 @@ impl Views {
             ..self.data.clone()
         };
         let target =
-            Arc::new(Target::new(volume.clone(), pacer.clone(), VIEW_QUEUES).with_view(view));
+            Arc::new(Target::new(volume.clone(), pacer.clone(), None, VIEW_QUEUES).with_view(view));
         let weak_views = Arc::downgrade(self);
         let weak_volume = Arc::downgrade(volume);
         let thread = std::thread::Builder::new()

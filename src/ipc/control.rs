@@ -174,6 +174,13 @@ pub struct DeviceStats {
     /// daemon started (data and metadata); 0: none.
     #[serde(default)]
     pub host_full_errors: u64,
+    /// Bytes of data the daemon wrote to the image since it started (absent from older
+    /// daemons).
+    #[serde(default)]
+    pub image_data_bytes_written: Option<u64>,
+    /// Bytes of metadata (journal, checkpoints, superblock) it wrote since it started.
+    #[serde(default)]
+    pub image_metadata_bytes_written: Option<u64>,
 }
 
 impl DeviceStats {
@@ -349,6 +356,8 @@ pub fn sample_stats() -> DeviceStats {
         image_bytes: Some(1_409_286_144),
         image_allocated_bytes: Some(1_409_286_144),
         host_full_errors: 0,
+        image_data_bytes_written: None,
+        image_metadata_bytes_written: None,
     }
 }
 
@@ -430,7 +439,8 @@ mod tests {
                 r#""coalesce_ms":100,"pinned":[0],"#,
                 r#""views":[{"device_id":4,"device":"/dev/ublkb4","at":1,"dropped":null}],"#,
                 r#""image_bytes":1409286144,"image_allocated_bytes":1409286144,"#,
-                r#""host_full_errors":0}"#,
+                r#""host_full_errors":0,"image_data_bytes_written":null,"#,
+                r#""image_metadata_bytes_written":null}"#,
             )
         );
         assert_eq!(serde_json::from_str::<DeviceStats>(&text).unwrap(), s);
@@ -502,6 +512,8 @@ mod tests {
             "image_bytes",
             "image_allocated_bytes",
             "host_full_errors",
+            "image_data_bytes_written",
+            "image_metadata_bytes_written",
         ] {
             v.as_object_mut().unwrap().remove(k);
         }

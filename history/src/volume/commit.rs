@@ -77,25 +77,28 @@ impl<S: Store> Volume<S> {
         Ok(id)
     }
 
-    /// What becomes of the records a request just queued (under `st`), before the request
-    /// completes: committed at once when more are buffered than one commit may take; else
-    /// written unsynced with `Durability::CompletedWrites`, or left for the next commit
-    /// with `FlushedWrites`.
-    pub(super) fn journal_queued(&self, st: MutexGuard<'_, State>) -> Result<(), Error> {
+    /// Commits at once when a request just queued (under `st`) more records than one commit
+    /// may take; else they wait for `record_staged` or the next commit.
+    pub(super) fn commit_if_full(&self, st: MutexGuard<'_, State>) -> Result<(), Error> {
         let full = st.pending.len() > self.commit_threshold;
         drop(st);
         if full {
             self.commit(false)
-        } else if self.record_before_complete.load(Ordering::Relaxed) {
-            self.write_unsynced()
         } else {
             Ok(())
         }
     }
 
-    /// Writes the records not yet in the journal as unsynced blocks, so they survive the
-    /// daemon's death (not a power cut) before the writes they record are acknowledged.
-    fn write_unsynced(&self) -> Result<(), Error> {
+    /// Puts the records of the requests staged so far (`stage_writes`, `stage_discard`)
+    /// where the durability wants them before those requests complete: with
+    /// `Durability::CompletedWrites`, in the journal, unsynced, so they survive the
+    /// daemon's death (not a power cut); with `FlushedWrites`, nowhere yet (the next commit
+    /// takes them). One journal write, of the blocks that changed, for every request staged
+    /// since the last call, from any thread.
+    pub fn record_staged(&self) -> Result<(), Error> {
+        if !self.record_before_complete.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         self.refuse_if_failed()?;
         let _tail = self.tail.lock();
         let (seq, blocks) = {

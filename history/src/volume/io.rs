@@ -50,10 +50,25 @@ impl<S: Store> Volume<S> {
         self.alloc.release(p);
     }
 
-    /// Makes the pages written by `allocate` + data write live. Their records reach the
-    /// journal before this returns with `Durability::CompletedWrites`, at the next commit
-    /// with `FlushedWrites` (`journal_queued`).
+    /// Makes the pages written by `allocate` + data write live: `stage_writes`, then
+    /// `record_staged`.
     pub fn commit_writes(&self, pages: &[(LogicalPage, PhysPage)]) -> Result<(), Error> {
+        self.stage_writes(pages)?;
+        self.record_staged()
+    }
+
+    /// Makes `count` pages from `first` read as zeros and frees their pages once no safe
+    /// point needs them: `stage_discard`, then `record_staged`.
+    pub fn discard(&self, first: LogicalPage, count: u64) -> Result<(), Error> {
+        self.stage_discard(first, count)?;
+        self.record_staged()
+    }
+
+    /// Makes the pages written by `allocate` + data write live in memory and queues their
+    /// records. The request completes only after a `record_staged` that began after this
+    /// returned: the daemon stages the writes of one pass of a queue's ring and records
+    /// them with one journal write (group commit).
+    pub fn stage_writes(&self, pages: &[(LogicalPage, PhysPage)]) -> Result<(), Error> {
         let mut st = self.state.lock();
         for &(l, p) in pages {
             self.check_in_range(l)?;
@@ -62,12 +77,11 @@ impl<S: Store> Volume<S> {
         for &(l, p) in pages {
             self.apply_locked(&mut st, Record::Write { l, p })?;
         }
-        self.journal_queued(st)
+        self.commit_if_full(st)
     }
 
-    /// Makes `count` pages from `first` read as zeros and frees their pages once no safe
-    /// point needs them. Its records reach the journal as a write's do (`commit_writes`).
-    pub fn discard(&self, first: LogicalPage, count: u64) -> Result<(), Error> {
+    /// `stage_writes` for a discard of `count` pages from `first`.
+    pub fn stage_discard(&self, first: LogicalPage, count: u64) -> Result<(), Error> {
         if count == 0 {
             return Ok(());
         }
@@ -86,7 +100,7 @@ impl<S: Store> Volume<S> {
             self.apply_locked(&mut st, r)?;
             l += u64::from(n);
         }
-        self.journal_queued(st)
+        self.commit_if_full(st)
     }
 
     /// Fills `buf` with physical page `p`, or zeros.

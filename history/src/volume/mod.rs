@@ -6,8 +6,10 @@
 //! `recovery` (create, open, close, check, inspect) and `report` (the figures).
 //!
 //! Write path: `allocate` claims a free physical page (the logical page's home if free, else
-//! from the caller's stream), the caller writes the data there, then `commit_writes` switches
-//! the remap table and queues a journal record. `flush` closes the epoch with a safe point and
+//! from the caller's stream), the caller writes the data there, then `stage_writes` switches
+//! the remap table and queues a journal record, and `record_staged` puts the records of every
+//! request staged so far where the durability wants them before those requests complete
+//! (`commit_writes` does both, for one request). `flush` closes the epoch with a safe point and
 //! commits: data sync, journal write, journal sync (and a checkpoint when the journal since
 //! the last one passes half the ring). A data page is only ever written while it is free,
 //! never in place, so a crash leaves every logical page old or new.
@@ -24,8 +26,8 @@
 //!   that wrote it trusts it; a checkpoint is durable before the superblock points at it.
 //!
 //! What a completed write survives is the caller's choice ([`Durability`]). By default
-//! (`CompletedWrites`) its record is also written to the journal unsynced before
-//! `commit_writes` returns (see `journal`), so a process that dies loses no completed write.
+//! (`CompletedWrites`) its record is also written to the journal unsynced by `record_staged`
+//! before it completes (see `journal`), so a process that dies loses no completed write.
 //! With `FlushedWrites` the record stays in memory until a commit: only a flush (or FUA)
 //! makes writes durable, and the death of the process, like a power cut, loses what no flush
 //! made durable, as the device's volatile write cache allows. A power cut loses that in
@@ -68,10 +70,10 @@ use travel::View;
 /// durable whatever this says): the choice of `Volume::set_durability`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Durability {
-    /// Each write's (and discard's) journal record is written, unsynced, before
-    /// `commit_writes` (`discard`) returns: a process that dies loses no completed write
-    /// (the host's page cache keeps what it wrote); a power cut loses what no flush made
-    /// durable. One journal write per request more. For a device that outlives its daemon
+    /// Each write's (and discard's) journal record is written, unsynced, by `record_staged`
+    /// before the request completes: a process that dies loses no completed write (the
+    /// host's page cache keeps what it wrote); a power cut loses what no flush made durable.
+    /// One journal write more per `record_staged` (a pass of a queue's ring). For a device that outlives its daemon
     /// (`--on-crash queue`).
     #[default]
     CompletedWrites,

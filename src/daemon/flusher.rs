@@ -1,0 +1,197 @@
+//! The flusher: the thread that runs the commits FLUSH and FUA ask for, so that a queue
+//! thread never waits on a sync, a journal write or a checkpoint; while one commit runs,
+//! the queue keeps serving its other requests.
+//!
+//! A queue task asks with [`Flusher::ask`] and gets a [`Ticket`]: an eventfd that the thread
+//! writes once the commit that covers the request is done, and which the task reads through
+//! its queue's io_uring, so the wait is one more op on the ring (the queue thread sleeps in
+//! the ring, never on a lock or a condition variable). Flushes that arrive while a commit runs
+//! wait for the next one, and all of them, from every queue, share it: one data sync and one
+//! journal sync for a burst of flushes. A commit taken later than the request is always
+//! enough: it covers every write completed before the request (each one's record is in the
+//! engine before the write completes).
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::thread::JoinHandle;
+
+use parking_lot::{Condvar, Mutex};
+use rewind_history::Volume;
+
+use crate::daemon::backing::FileStore;
+use crate::daemon::pacing::Pacer;
+
+/// One request's wait for its commit.
+pub struct Ticket {
+    /// Written (with 1) when `outcome` is set.
+    event: OwnedFd,
+    outcome: OnceLock<Result<(), String>>,
+}
+
+impl Ticket {
+    fn new() -> std::io::Result<Ticket> {
+        // SAFETY: eventfd takes two integers and returns a new descriptor or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Ticket {
+            // SAFETY: `fd` is a descriptor we just opened and nothing else owns.
+            event: unsafe { OwnedFd::from_raw_fd(fd) },
+            outcome: OnceLock::new(),
+        })
+    }
+
+    /// The eventfd to read (8 bytes) for the end of the wait. It stays open as long as the
+    /// ticket: hold the ticket until the read completes.
+    pub fn event_fd(&self) -> RawFd {
+        self.event.as_raw_fd()
+    }
+
+    /// The commit's outcome, once the eventfd was written; `None` before.
+    pub fn outcome(&self) -> Option<Result<(), String>> {
+        self.outcome.get().cloned()
+    }
+
+    fn finish(&self, outcome: Result<(), String>) {
+        let _ = self.outcome.set(outcome);
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live array to a descriptor this ticket owns. An
+        // eventfd write of 1 fails only when its counter would overflow, which one write per
+        // ticket cannot do.
+        unsafe { libc::write(self.event.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+    }
+}
+
+struct Shared {
+    waiting: Mutex<Vec<Arc<Ticket>>>,
+    wake: Condvar,
+    stop: AtomicBool,
+}
+
+/// The flusher thread of one device; stopped and joined when dropped.
+pub struct Flusher {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Flusher {
+    /// Starts the thread. It flushes through `pacer` (which decides whether a flush makes a
+    /// safe point) and holds `volume` only during a commit.
+    pub fn start(volume: Weak<Volume<FileStore>>, pacer: Arc<Pacer>) -> std::io::Result<Flusher> {
+        let shared = Arc::new(Shared {
+            waiting: Mutex::new(Vec::new()),
+            wake: Condvar::new(),
+            stop: AtomicBool::new(false),
+        });
+        let theirs = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("rewind-flusher".into())
+            .spawn(move || run(&theirs, &volume, &pacer))?;
+        Ok(Flusher {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Asks for a commit of every write completed so far; the ticket tells when it is done.
+    pub fn ask(&self) -> std::io::Result<Arc<Ticket>> {
+        let ticket = Arc::new(Ticket::new()?);
+        if self.shared.stop.load(Ordering::SeqCst) {
+            ticket.finish(Err("the daemon is stopping".into()));
+            return Ok(ticket);
+        }
+        self.shared.waiting.lock().push(ticket.clone());
+        self.shared.wake.notify_one();
+        Ok(ticket)
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.wake.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The thread: takes every waiting ticket, commits once for them all, answers them.
+fn run(shared: &Shared, volume: &Weak<Volume<FileStore>>, pacer: &Pacer) {
+    loop {
+        let tickets = {
+            let mut waiting = shared.waiting.lock();
+            while waiting.is_empty() && !shared.stop.load(Ordering::SeqCst) {
+                shared.wake.wait(&mut waiting);
+            }
+            std::mem::take(&mut *waiting)
+        };
+        if tickets.is_empty() {
+            // Stopping, and nobody waits.
+            return;
+        }
+        let outcome = match volume.upgrade() {
+            Some(v) => pacer.flush(&v).map_err(|e| e.to_string()),
+            None => Err("the device is closing".into()),
+        };
+        if let Err(e) = &outcome {
+            log::error!("flush of {} requests failed: {e}", tickets.len());
+        }
+        for t in tickets {
+            t.finish(outcome.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::backing::formatted_image;
+    use crate::daemon::pacing::Policy;
+    use rewind_history::LogicalPage;
+
+    fn read_event(fd: RawFd) -> u64 {
+        let mut b = [0u8; 8];
+        // SAFETY: reads 8 bytes into a live array.
+        let n = unsafe { libc::read(fd, b.as_mut_ptr().cast(), b.len()) };
+        assert_eq!(n, 8);
+        u64::from_ne_bytes(b)
+    }
+
+    #[test]
+    fn tickets_are_answered_after_a_commit_that_covers_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = formatted_image(&dir.path().join("a.img"), 4 << 20);
+        let volume = Arc::new(Volume::open(store, &crate::host::this_host()).unwrap());
+        let pacer = Arc::new(Pacer::new(Policy::new(0, 0)));
+        let flusher = Flusher::start(Arc::downgrade(&volume), pacer).unwrap();
+        let mut stream = volume.stream(0, 1);
+        volume
+            .write_page(&mut stream, LogicalPage(3), &[7u8; 4096])
+            .unwrap();
+        let before = volume.safe_points().len();
+        let tickets: Vec<_> = (0..4).map(|_| flusher.ask().unwrap()).collect();
+        for t in &tickets {
+            assert_eq!(read_event(t.event_fd()), 1);
+            assert_eq!(t.outcome(), Some(Ok(())));
+        }
+        // The write is in a safe point now: the flush made one (no coalescing).
+        assert!(volume.safe_points().len() > before);
+        drop(flusher);
+    }
+
+    #[test]
+    fn a_ticket_after_the_volume_is_gone_fails_and_is_still_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = formatted_image(&dir.path().join("a.img"), 4 << 20);
+        let volume = Arc::new(Volume::open(store, &crate::host::this_host()).unwrap());
+        let pacer = Arc::new(Pacer::new(Policy::new(0, 0)));
+        let flusher = Flusher::start(Arc::downgrade(&volume), pacer).unwrap();
+        drop(volume);
+        let t = flusher.ask().unwrap();
+        assert_eq!(read_event(t.event_fd()), 1);
+        assert!(t.outcome().unwrap().is_err());
+    }
+}
