@@ -252,7 +252,7 @@ pub struct AddArgs {
     /// --help`)
     #[arg(long)]
     pub sparse: bool,
-    /// I/O queues, one thread each [default: number of CPUs, at most 4]
+    /// I/O queues, one thread each [default: one per 4 CPUs, 1 to 4]
     #[arg(long, short = 'q', value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=QUEUES_MAX))]
     pub queues: Option<u16>,
