@@ -53,7 +53,10 @@ use libublk::io::{UblkDev, UblkQueue};
 use libublk::uring_async::UblkUringOpFuture;
 use libublk::{sys, BufDesc, UblkError};
 use parking_lot::Mutex;
-use rewind_history::{LogicalPage, PhysPage, ReadTracker, Stream, ViewId, Volume, PAGE_SIZE};
+use rewind_history::{
+    LogicalPage, PhysPage, ReadTracker, Stream, ViewId, Volume, ALLOCATE_ATTEMPTS,
+    ALLOCATE_RETRY_DELAY, PAGE_SIZE,
+};
 
 use crate::daemon::backing::FileStore;
 use crate::daemon::flusher::Flusher;
@@ -683,17 +686,13 @@ async fn write(
 ) -> Result<i32, Failure> {
     let volume = ctx.volume;
     scratch.claimed.clear();
-    {
-        let mut stream = ctx.stream.borrow_mut();
-        for i in 0..pages {
-            let l = LogicalPage(first.0 + i as u64);
-            match volume.allocate(&mut stream, l) {
-                Ok(p) => scratch.claimed.push((l, p)),
-                Err(e) => {
-                    drop(stream);
-                    abandon_all(volume, &scratch.claimed);
-                    return Err(Failure::Engine("allocate", e));
-                }
+    for i in 0..pages {
+        let l = LogicalPage(first.0 + i as u64);
+        match allocate(q, ctx, l).await {
+            Ok(p) => scratch.claimed.push((l, p)),
+            Err(e) => {
+                abandon_all(volume, &scratch.claimed);
+                return Err(Failure::Engine("allocate", e));
             }
         }
     }
@@ -770,6 +769,30 @@ async fn flush(q: &UblkQueue<'_>, ctx: &QueueCtx<'_>) -> Result<(), Failure> {
         Some(Err(why)) => Err(Failure::Shared(format!("flush: {why}"))),
         None => Err(Failure::Shared("flush: woken without an outcome".into())),
     }
+}
+
+/// Claims the page `l`'s data is to be written into. When every page is in use for a
+/// moment (claimed by writes or held for reads in flight), waits for one with a timeout op
+/// on the ring, never a sleep, so the queue's other requests go on meanwhile.
+async fn allocate(
+    q: &UblkQueue<'_>,
+    ctx: &QueueCtx<'_>,
+    l: LogicalPage,
+) -> Result<PhysPage, rewind_history::Error> {
+    let delay = types::Timespec::from(ALLOCATE_RETRY_DELAY);
+    for attempt in 0..ALLOCATE_ATTEMPTS {
+        // The stream is borrowed for the engine call only, never across the wait.
+        if let Some(p) = ctx.volume.try_allocate(&mut ctx.stream.borrow_mut(), l)? {
+            return Ok(p);
+        }
+        if attempt > 0 {
+            // The result is -ETIME when the time is up; nothing else can end it early but
+            // the ring going away, after which the next try fails anyway.
+            q.ublk_submit_sqe(opcode::Timeout::new(&delay).build())
+                .await;
+        }
+    }
+    Err(rewind_history::Error::NoSpace)
 }
 
 fn abandon_all(volume: &Volume<FileStore>, claimed: &[(LogicalPage, PhysPage)]) {

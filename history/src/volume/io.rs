@@ -7,6 +7,11 @@ use crate::{Error, LogicalPage, PhysPage, Store, Stream};
 
 use super::Volume;
 
+/// Tries an allocation makes before it fails with `Error::NoSpace` when every page stays in
+/// use, and the wait between two.
+pub const ALLOCATE_ATTEMPTS: u32 = 1000;
+pub const ALLOCATE_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(1);
+
 impl<S: Store> Volume<S> {
     /// The stream for queue `index` of `count`: each starts at its own share of the history
     /// area, so queues allocate from different places.
@@ -23,26 +28,37 @@ impl<S: Store> Volume<S> {
     }
 
     /// Claims the page `l`'s next data is to be written into. May reclaim history first.
+    /// When every page is in use (claimed by writes in flight, or quarantined for reads in
+    /// flight, which finish soon) it waits for one, sleeping: tests and tools. The daemon
+    /// calls `try_allocate` and waits on its ring instead.
     pub fn allocate(&self, stream: &mut Stream, l: LogicalPage) -> Result<PhysPage, Error> {
-        self.check_in_range(l)?;
-        let home = PhysPage(l.0 as u32);
-        for attempt in 0..1000 {
-            if self.alloc.free_pages() < self.low_water {
-                self.release_quarantine();
-                if self.alloc.free_pages() < self.low_water {
-                    self.reclaim()?;
-                }
-            }
-            if let Some(p) = self.alloc.allocate(stream, Some(home)) {
+        for attempt in 0..ALLOCATE_ATTEMPTS {
+            if let Some(p) = self.try_allocate(stream, l)? {
                 return Ok(p);
             }
             if attempt > 0 {
-                // Every page is in use, claimed by writes in flight, or quarantined for reads
-                // in flight: those finish soon.
-                std::thread::sleep(std::time::Duration::from_millis(1));
+                std::thread::sleep(ALLOCATE_RETRY_DELAY);
             }
         }
         Err(Error::NoSpace)
+    }
+
+    /// `allocate` without waiting: `None` when no page is free now; try again after
+    /// `ALLOCATE_RETRY_DELAY`, and give up with `Error::NoSpace` after `ALLOCATE_ATTEMPTS`.
+    pub fn try_allocate(
+        &self,
+        stream: &mut Stream,
+        l: LogicalPage,
+    ) -> Result<Option<PhysPage>, Error> {
+        self.check_in_range(l)?;
+        let home = PhysPage(l.0 as u32);
+        if self.alloc.free_pages() < self.low_water {
+            self.release_quarantine();
+            if self.alloc.free_pages() < self.low_water {
+                self.reclaim()?;
+            }
+        }
+        Ok(self.alloc.allocate(stream, Some(home)))
     }
 
     /// Gives back a page whose data write failed.
