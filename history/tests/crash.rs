@@ -350,6 +350,7 @@ impl Workload {
     fn write_group(&mut self) {
         let n = 1 + self.rng.below(6);
         let mut staged = Vec::new();
+        let mut commit_due = false;
         for _ in 0..n {
             let l = self.rng.below(PAGES);
             self.serial += 1;
@@ -360,7 +361,7 @@ impl Workload {
             let p = vol.allocate(&mut self.stream, LogicalPage(l)).unwrap();
             let offset = vol.layout().page_offset(p);
             vol.store().write_at(offset, &page_data(l, val)).unwrap();
-            vol.stage_writes(&[(LogicalPage(l), p)]).unwrap();
+            commit_due |= vol.stage_writes(&[(LogicalPage(l), p)]).unwrap();
             staged.push((l, Some(val)));
         }
         if self.rng.below(3) == 0 {
@@ -372,9 +373,13 @@ impl Workload {
                 staged.push((i, None));
             }
             drop(m);
-            self.vol().stage_discard(LogicalPage(l), n).unwrap();
+            commit_due |= self.vol().stage_discard(LogicalPage(l), n).unwrap();
         }
         self.vol().record_staged().unwrap();
+        if commit_due {
+            // The daemon's flusher makes it soon after; here, at once.
+            self.vol().commit(false).unwrap();
+        }
         let mut m = self.model.lock();
         for (l, v) in staged {
             m.live[l as usize] = v;

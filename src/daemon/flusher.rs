@@ -65,9 +65,18 @@ impl Ticket {
 }
 
 struct Shared {
-    waiting: Mutex<Vec<Arc<Ticket>>>,
+    waiting: Mutex<Waiting>,
     wake: Condvar,
     stop: AtomicBool,
+}
+
+/// What the thread is asked for.
+#[derive(Default)]
+struct Waiting {
+    /// Flushes waiting for a commit.
+    tickets: Vec<Arc<Ticket>>,
+    /// A commit is due though no flush waits (`commit_soon`).
+    commit_due: bool,
 }
 
 /// The flusher thread of one device; stopped and joined when dropped.
@@ -81,7 +90,7 @@ impl Flusher {
     /// safe point) and holds `volume` only during a commit.
     pub fn start(volume: Weak<Volume<FileStore>>, pacer: Arc<Pacer>) -> std::io::Result<Flusher> {
         let shared = Arc::new(Shared {
-            waiting: Mutex::new(Vec::new()),
+            waiting: Mutex::new(Waiting::default()),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
         });
@@ -102,9 +111,16 @@ impl Flusher {
             ticket.finish(Err("the daemon is stopping".into()));
             return Ok(ticket);
         }
-        self.shared.waiting.lock().push(ticket.clone());
+        self.shared.waiting.lock().tickets.push(ticket.clone());
         self.shared.wake.notify_one();
         Ok(ticket)
+    }
+
+    /// Has a commit made soon, with nobody waiting for it: the engine's records came near
+    /// what one commit should take (`Volume::stage_writes`).
+    pub fn commit_soon(&self) {
+        self.shared.waiting.lock().commit_due = true;
+        self.shared.wake.notify_one();
     }
 }
 
@@ -118,26 +134,34 @@ impl Drop for Flusher {
     }
 }
 
-/// The thread: takes every waiting ticket, commits once for them all, answers them.
+/// The thread: takes every waiting ticket, commits once for them all (a flush, through the
+/// pacer; a plain commit when none waits), answers them.
 fn run(shared: &Shared, volume: &Weak<Volume<FileStore>>, pacer: &Pacer) {
     loop {
-        let tickets = {
+        let Waiting {
+            tickets,
+            commit_due,
+        } = {
             let mut waiting = shared.waiting.lock();
-            while waiting.is_empty() && !shared.stop.load(Ordering::SeqCst) {
+            while waiting.tickets.is_empty()
+                && !waiting.commit_due
+                && !shared.stop.load(Ordering::SeqCst)
+            {
                 shared.wake.wait(&mut waiting);
             }
             std::mem::take(&mut *waiting)
         };
-        if tickets.is_empty() {
+        if tickets.is_empty() && !commit_due {
             // Stopping, and nobody waits.
             return;
         }
         let outcome = match volume.upgrade() {
+            Some(v) if tickets.is_empty() => v.commit(false).map_err(|e| e.to_string()),
             Some(v) => pacer.flush(&v).map_err(|e| e.to_string()),
             None => Err("the device is closing".into()),
         };
         if let Err(e) = &outcome {
-            log::error!("flush of {} requests failed: {e}", tickets.len());
+            log::error!("commit for {} flushes failed: {e}", tickets.len());
         }
         for t in tickets {
             t.finish(outcome.clone());

@@ -711,9 +711,10 @@ async fn write(
     // The pages are not given back if this fails: the engine may already map some of them
     // (it fails after applying when its journal write fails), and a leaked page is safer
     // than one handed out twice. The volume refuses further I/O after such a failure.
-    volume
+    let commit_due = volume
         .stage_writes(&scratch.claimed)
         .map_err(|e| Failure::Engine("stage_writes", e))?;
+    commit_soon_if(ctx, commit_due);
     ctx.group.recorded().await.map_err(Failure::Shared)?;
     ctx.pacer.wrote();
     if fua {
@@ -724,12 +725,23 @@ async fn write(
 
 /// DISCARD and WRITE_ZEROES: staged, then recorded with the pass's group commit.
 async fn discard(ctx: &QueueCtx<'_>, first: LogicalPage, pages: u64) -> Result<(), Failure> {
-    ctx.volume
+    let commit_due = ctx
+        .volume
         .stage_discard(first, pages)
         .map_err(|e| Failure::Engine("discard", e))?;
+    commit_soon_if(ctx, commit_due);
     ctx.group.recorded().await.map_err(Failure::Shared)?;
     ctx.pacer.wrote();
     Ok(())
+}
+
+/// Has the flusher commit soon when the engine says a commit is due: the journal records
+/// pending came near what one commit should take. (Past twice that the engine commits on
+/// the spot.)
+fn commit_soon_if(ctx: &QueueCtx<'_>, due: bool) {
+    if let (true, Some(flusher)) = (due, ctx.flusher) {
+        flusher.commit_soon();
+    }
 }
 
 /// FLUSH (and the end of a FUA write): asks the flusher for a commit and waits for it with a

@@ -77,16 +77,18 @@ impl<S: Store> Volume<S> {
         Ok(id)
     }
 
-    /// Commits at once when a request just queued (under `st`) more records than one commit
-    /// may take; else they wait for `record_staged` or the next commit.
-    pub(super) fn commit_if_full(&self, st: MutexGuard<'_, State>) -> Result<(), Error> {
-        let full = st.pending.len() > self.commit_threshold;
+    /// After a request queued its records (under `st`): whether a commit is due, its
+    /// records being more than one commit should take. The caller commits then, or has a
+    /// commit made soon (the daemon's flusher); past twice that, this commits at once, so
+    /// the journal never runs out of room while the commit is late.
+    pub(super) fn commit_due(&self, st: MutexGuard<'_, State>) -> Result<bool, Error> {
+        let pending = st.pending.len();
         drop(st);
-        if full {
-            self.commit(false)
-        } else {
-            Ok(())
+        if pending > 2 * self.commit_threshold {
+            self.commit(false)?;
+            return Ok(false);
         }
+        Ok(pending > self.commit_threshold)
     }
 
     /// Puts the records of the requests staged so far (`stage_writes`, `stage_discard`)

@@ -69,22 +69,27 @@ impl<S: Store> Volume<S> {
     /// Makes the pages written by `allocate` + data write live: `stage_writes`, then
     /// `record_staged`.
     pub fn commit_writes(&self, pages: &[(LogicalPage, PhysPage)]) -> Result<(), Error> {
-        self.stage_writes(pages)?;
+        if self.stage_writes(pages)? {
+            self.commit(false)?;
+        }
         self.record_staged()
     }
 
     /// Makes `count` pages from `first` read as zeros and frees their pages once no safe
     /// point needs them: `stage_discard`, then `record_staged`.
     pub fn discard(&self, first: LogicalPage, count: u64) -> Result<(), Error> {
-        self.stage_discard(first, count)?;
+        if self.stage_discard(first, count)? {
+            self.commit(false)?;
+        }
         self.record_staged()
     }
 
     /// Makes the pages written by `allocate` + data write live in memory and queues their
     /// records. The request completes only after a `record_staged` that began after this
     /// returned: the daemon stages the writes of one pass of a queue's ring and records
-    /// them with one journal write (group commit).
-    pub fn stage_writes(&self, pages: &[(LogicalPage, PhysPage)]) -> Result<(), Error> {
+    /// them with one journal write (group commit). Returns true when a commit is due: the
+    /// caller makes one, now or soon (`commit_due`).
+    pub fn stage_writes(&self, pages: &[(LogicalPage, PhysPage)]) -> Result<bool, Error> {
         let mut st = self.state.lock();
         for &(l, p) in pages {
             self.check_in_range(l)?;
@@ -93,13 +98,13 @@ impl<S: Store> Volume<S> {
         for &(l, p) in pages {
             self.apply_locked(&mut st, Record::Write { l, p })?;
         }
-        self.commit_if_full(st)
+        self.commit_due(st)
     }
 
     /// `stage_writes` for a discard of `count` pages from `first`.
-    pub fn stage_discard(&self, first: LogicalPage, count: u64) -> Result<(), Error> {
+    pub fn stage_discard(&self, first: LogicalPage, count: u64) -> Result<bool, Error> {
         if count == 0 {
-            return Ok(());
+            return Ok(false);
         }
         self.check_in_range(first)?;
         self.check_in_range(LogicalPage(first.0 + count - 1))?;
@@ -116,7 +121,7 @@ impl<S: Store> Volume<S> {
             self.apply_locked(&mut st, r)?;
             l += u64::from(n);
         }
-        self.commit_if_full(st)
+        self.commit_due(st)
     }
 
     /// Fills `buf` with physical page `p`, or zeros.
