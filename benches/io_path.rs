@@ -289,6 +289,42 @@ fn write_case<'a>(f: &'a Fixture, vol: &'a Volume<MemStore>, mode: &str) -> Case
     }
 }
 
+/// Writes a queue's ring pass holds at QD32: the daemon records them with one journal write.
+const GROUP: u64 = 32;
+
+/// `write_case` as the daemon serves writes (CompletedWrites): `allocate` + `stage_writes`
+/// per write, one `record_staged` per `GROUP` writes (group commit); ns per write.
+fn grouped_write_case(f: &Fixture) -> Case<'_> {
+    let vol = &f.completed;
+    let page = vec![0xa5u8; PAGE_SIZE as usize];
+    let data = f.mixed.layout().data_offset;
+    let (mut sb, mut se) = (SEED, SEED);
+    let mut s = vol.stream(0, 1);
+    let mut staged = 0u64;
+    Case {
+        name: "write_4k_grouped".into(),
+        baseline: Box::new(move |n| {
+            timed(n, || {
+                let off = data + next(&mut sb) * PAGE_SIZE;
+                f.plain.write_at(off, black_box(&page)).expect("write");
+            })
+        }),
+        engine: Box::new(move |n| {
+            timed(n, || {
+                let l = LogicalPage(next(&mut se));
+                let p = vol.allocate(&mut s, l).expect("allocate");
+                if vol.stage_writes(&[(l, p)]).expect("stage") {
+                    vol.commit(false).expect("commit");
+                }
+                staged += 1;
+                if staged % GROUP == 0 {
+                    vol.record_staged().expect("record");
+                }
+            })
+        }),
+    }
+}
+
 fn cases(f: &Fixture) -> Vec<Case<'_>> {
     let mut all = vec![resolve_case(f)];
     all.extend([1, 2, 4].map(|t| allocate_case(f, t)));
@@ -296,6 +332,7 @@ fn cases(f: &Fixture) -> Vec<Case<'_>> {
     all.push(journal_case(f, &f.completed, "completed"));
     all.push(write_case(f, &f.flushed, "flushed"));
     all.push(write_case(f, &f.completed, "completed"));
+    all.push(grouped_write_case(f));
     all
 }
 
@@ -310,7 +347,7 @@ fn bench(c: &mut Criterion) {
 }
 
 /// What each row times: the engine's side | the baseline's side.
-const LEGEND: [&str; 17] = [
+const LEGEND: [&str; 19] = [
     "  resolve               Volume::resolve of a random page | a Vec<u64> read at that index",
     "  allocate_N_thread(s)  N threads, each with its own Stream: allocate + abandon of a",
     "                        random page; ns per allocation on each thread (wall time /",
@@ -324,6 +361,8 @@ const LEGEND: [&str; 17] = [
     "  write_4k_MODE         allocate + commit_writes for a random 4 KiB write, the data write",
     "                        left out: the engine's whole per-write cost | MemStore::write_at",
     "                        of the 4 KiB page (what a loop target does)",
+    "  write_4k_grouped      write_4k_completed as the daemon does it: one record_staged (a",
+    "                        journal write) per 32 writes, a QD32 ring pass | the same",
     "  The engine rows include the commits (and reclaim) the engine does by itself when its",
     "  record buffer fills or free pages run low; nothing flushes, so no safe point is made",
     "  but by reclaim. ns/op and x baseline are medians over the repetitions; on a busy",
