@@ -317,7 +317,7 @@ fn grouped_write_case(f: &Fixture) -> Case<'_> {
                     vol.commit(false).expect("commit");
                 }
                 staged += 1;
-                if staged % GROUP == 0 {
+                if staged.is_multiple_of(GROUP) {
                     vol.record_staged().expect("record");
                 }
             })
