@@ -196,7 +196,25 @@ impl Harness {
                     self.durability
                 );
             }
+            // A whole request's pages at once, as the daemon resolves them, agree with the
+            // pages one by one.
+            let mut run = Vec::new();
+            self.vol()
+                .resolve_view_pages(v, LogicalPage(0), PAGES as usize, &mut run)
+                .unwrap();
+            let one_by_one: Vec<_> = (0..PAGES)
+                .map(|l| self.vol().resolve_view(v, LogicalPage(l)).unwrap())
+                .collect();
+            assert_eq!(run, one_by_one, "view of {at}");
         }
+        let mut run = Vec::new();
+        self.vol()
+            .resolve_pages(LogicalPage(0), PAGES as usize, &mut run)
+            .unwrap();
+        let one_by_one: Vec<_> = (0..PAGES)
+            .map(|l| self.vol().resolve(LogicalPage(l)).unwrap())
+            .collect();
+        assert_eq!(run, one_by_one, "live pages");
     }
 
     /// Safe points in the window whose content the model knows (reclaim makes others).

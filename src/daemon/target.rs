@@ -30,7 +30,7 @@
 //! is counted by the backing store, which `rewind list` and `rewind stats` report.
 //!
 //! A view (`rewind view`) is served by the same code as a read-only device: its reads
-//! resolve through `Volume::resolve_view` (and fail with `-EIO` once reclaim dropped the
+//! resolve through `Volume::resolve_view_pages` (and fail with `-EIO` once reclaim dropped the
 //! view); the kernel refuses writes to it (read-only attribute), and any that arrive anyway
 //! fail with `-EROFS`.
 //!
@@ -628,15 +628,13 @@ async fn read(
     let generation = ctx.reads.begin(ctx.volume);
     let result = async {
         scratch.phys.clear();
-        for i in 0..pages {
-            let l = LogicalPage(first.0 + i as u64);
-            let p = match ctx.view {
-                Some(v) => ctx.volume.resolve_view(v, l),
-                None => ctx.volume.resolve(l),
-            }
-            .map_err(|e| Failure::Engine("resolve", e))?;
-            scratch.phys.push(p);
+        match ctx.view {
+            Some(v) => ctx
+                .volume
+                .resolve_view_pages(v, first, pages, &mut scratch.phys),
+            None => ctx.volume.resolve_pages(first, pages, &mut scratch.phys),
         }
+        .map_err(|e| Failure::Engine("resolve", e))?;
         scratch.runs.clear();
         group_runs(&scratch.phys, &mut scratch.runs);
         // Zero the holes first: once the reads are submitted the buffer is the kernel's.

@@ -27,6 +27,22 @@ impl<S: Store> Volume<S> {
         Ok(self.map.get(l).phys)
     }
 
+    /// `resolve` of `count` pages from `first`, appended to `out`.
+    pub fn resolve_pages(
+        &self,
+        first: LogicalPage,
+        count: usize,
+        out: &mut Vec<Option<PhysPage>>,
+    ) -> Result<(), Error> {
+        if count == 0 {
+            return Ok(());
+        }
+        self.check_in_range(first)?;
+        self.check_in_range(LogicalPage(first.0 + count as u64 - 1))?;
+        out.extend((0..count as u64).map(|i| self.map.get(LogicalPage(first.0 + i)).phys));
+        Ok(())
+    }
+
     /// Claims the page `l`'s next data is to be written into. May reclaim history first.
     /// When every page is in use (claimed by writes in flight, or quarantined for reads in
     /// flight, which finish soon) it waits for one, sleeping: tests and tools. The daemon

@@ -108,7 +108,25 @@ impl<S: Store> Volume<S> {
     /// The physical page `l` read from at the view's safe point (`None`: zeros), or
     /// `Error::ViewDropped` once the view gave way to the live device.
     pub fn resolve_view(&self, v: ViewId, l: LogicalPage) -> Result<Option<PhysPage>, Error> {
-        self.check_in_range(l)?;
+        let mut out = Vec::with_capacity(1);
+        self.resolve_view_pages(v, l, 1, &mut out)?;
+        Ok(out[0])
+    }
+
+    /// `resolve_view` of `count` pages from `first`, appended to `out`: one look at the
+    /// window for a whole request.
+    pub fn resolve_view_pages(
+        &self,
+        v: ViewId,
+        first: LogicalPage,
+        count: usize,
+        out: &mut Vec<Option<PhysPage>>,
+    ) -> Result<(), Error> {
+        if count == 0 {
+            return Ok(());
+        }
+        self.check_in_range(first)?;
+        self.check_in_range(LogicalPage(first.0 + count as u64 - 1))?;
         let st = self.state.lock();
         let view = st.views.get(&v.0).ok_or_else(|| Error::ViewDropped {
             at: SafePointId(0),
@@ -120,7 +138,11 @@ impl<S: Store> Volume<S> {
                 why: why.clone(),
             });
         }
-        Ok(self.page_at(&st.window, l, view.at))
+        let at = view.at;
+        out.extend(
+            (0..count as u64).map(|i| self.page_at(&st.window, LogicalPage(first.0 + i), at)),
+        );
+        Ok(())
     }
 
     /// The physical page `l` read from at safe point `at` of window `w`: its history entry
