@@ -65,6 +65,7 @@ pub fn add_command(args: &AddArgs) -> Result<()> {
         coalesce_ms: args.coalesce,
         on_crash,
         recover: false,
+        data_path: args.data_path.wanted(),
     };
     if args.foreground {
         return daemon::serve(&serve, Reporter::Stdout);

@@ -20,6 +20,7 @@
 use rewind_history::{SafePointId, Stats};
 use serde::{Deserialize, Serialize};
 
+use crate::ipc::device::DataPath;
 use crate::selector::Candidate;
 
 /// A command to the daemon.
@@ -174,6 +175,10 @@ pub struct DeviceStats {
     /// daemon started (data and metadata); 0: none.
     #[serde(default)]
     pub host_full_errors: u64,
+    /// How request data moves between the kernel and the image (absent from older daemons,
+    /// which only had the copy path).
+    #[serde(default)]
+    pub data_path: Option<DataPath>,
 }
 
 impl DeviceStats {
@@ -349,6 +354,7 @@ pub fn sample_stats() -> DeviceStats {
         image_bytes: Some(1_409_286_144),
         image_allocated_bytes: Some(1_409_286_144),
         host_full_errors: 0,
+        data_path: Some(DataPath::ZeroCopy),
     }
 }
 
@@ -430,7 +436,7 @@ mod tests {
                 r#""coalesce_ms":100,"pinned":[0],"#,
                 r#""views":[{"device_id":4,"device":"/dev/ublkb4","at":1,"dropped":null}],"#,
                 r#""image_bytes":1409286144,"image_allocated_bytes":1409286144,"#,
-                r#""host_full_errors":0}"#,
+                r#""host_full_errors":0,"data_path":"zero-copy"}"#,
             )
         );
         assert_eq!(serde_json::from_str::<DeviceStats>(&text).unwrap(), s);
