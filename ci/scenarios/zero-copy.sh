@@ -9,7 +9,7 @@
 # skipped. With zero copy: fio randwrite with mixed block sizes and crc32c verification,
 # from the live daemon and after a restart; pages never written read as zeros, alone and
 # within requests that also carry written pages (a zero copy read fills those holes from
-# /dev/zero, not in a buffer of the daemon); a view of a safe point verifies as it stood.
+# /dev/zero, not in a buffer of the daemon); a view of a safe point reads as it stood.
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
@@ -107,6 +107,12 @@ job=(--name=zero-copy --ioengine="$FIO_ENGINE" --direct=1 --iodepth=32
 say "randwrite with mixed block sizes, then verify"
 run_fio "${job[@]}" --filename="$dev"
 rewind safepoint -n "$id" --label mixed || die "rewind safepoint failed"
+# range_sum DEV: sha256 of the range fio wrote with mixed sizes, read from DEV.
+range_sum() {
+    blockdev --flushbufs "$1"
+    dd if="$1" bs=1M skip=4 count=$((SIZE_MIB / 2 - 4)) 2>/dev/null | sha256sum | cut -d' ' -f1
+}
+sum_mixed=$(range_sum "$dev")
 say "overwriting the start of that range after the safe point"
 run_fio --name=over --filename="$dev" --ioengine="$FIO_ENGINE" --direct=1 --iodepth=16 \
     --rw=randwrite --bs=4k --offset=4M --size=16M --verify=pattern \
@@ -117,8 +123,9 @@ view=$(rewind view -n "$id" --at mixed) || die "rewind view --at mixed failed"
 echo "${view#/dev/ublkb}" >>"$STATE/ublk"
 wait_for_dev "$view"
 expect_listed "$view" zero-copy
-say "the view verifies the mixed writes as they stood at the safe point"
-run_fio "${job[@]}" --filename="$view" --verify_only --readonly
+say "the view reads the mixed writes as they stood at the safe point"
+[[ $(range_sum "$view") == "$sum_mixed" ]] || die "the view differs from the device at the safe point"
+[[ $(range_sum "$dev") != "$sum_mixed" ]] || die "the overwrite changed nothing: the view check proves nothing"
 check_holes "$view"
 del_dev "$view"
 
