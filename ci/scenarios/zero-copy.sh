@@ -65,6 +65,7 @@ if [[ $want == copy ]]; then
     fi
     cat "$err"
     grep -q "UBLK_F_AUTO_BUF_REG" "$err" || die "rewind add --data-path zero-copy did not say why it failed"
+    [[ ! -e $WORKDIR/zc.img ]] || die "the refused rewind add --data-path zero-copy created its image"
     del_dev "$dev"
     needs_kernel 6.16 "UBLK_F_AUTO_BUF_REG"
 fi

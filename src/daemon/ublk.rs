@@ -51,7 +51,8 @@ pub fn choose_data_path(wanted: Option<DataPath>) -> anyhow::Result<DataPath> {
         None if available => Ok(DataPath::ZeroCopy),
         None => Ok(DataPath::Copy),
         Some(DataPath::ZeroCopy) if !available => anyhow::bail!(
-            "--data-path zero-copy: this kernel's ublk driver has no zero copy              (UBLK_F_AUTO_BUF_REG, Linux 6.16 and later); use --data-path auto or copy"
+            "--data-path zero-copy: this kernel's ublk driver has no zero copy \
+             (UBLK_F_AUTO_BUF_REG, Linux 6.16 and later); use --data-path auto or copy"
         ),
         Some(path) => Ok(path),
     }
