@@ -7,7 +7,8 @@
 # across runs. Each test runs BENCH_REPS times per device; the table shows medians.
 #
 # Environment (ci/bench.sh passes them with --env):
-#   BENCH_TARGETS   devices to measure, in order (default "loop rewind")
+#   BENCH_TARGETS   devices to measure, in order (default "loop rewind"); rewind-copy is
+#                   rewind with --data-path copy (the same as rewind on kernels before 6.16)
 #   BENCH_SIZE_MIB  device and image size (default 1024)
 #   BENCH_RUNTIME   measured seconds per run (default 20), after BENCH_RAMP (default 5)
 #   BENCH_REPS      repetitions per test and device (default 3)
@@ -57,8 +58,12 @@ setup_target() {
         dev=$(add_dev "$img" --size "${SIZE_MIB}M")
         say "[rewind] $dev over $img"
         ;;
+    rewind-copy)
+        dev=$(add_dev "$img" --size "${SIZE_MIB}M" --data-path copy)
+        say "[rewind-copy] $dev over $img"
+        ;;
     *)
-        die "unknown bench target '$name' (known: loop rewind)"
+        die "unknown bench target '$name' (known: loop rewind rewind-copy)"
         ;;
     esac
     DEVS[$name]=$dev
@@ -73,7 +78,7 @@ teardown_target() {
     local name=$1
     case $name in
     loop) loop_detach "${DEVS[$name]}" ;;
-    rewind) del_dev "${DEVS[$name]}" ;;
+    rewind | rewind-copy) del_dev "${DEVS[$name]}" ;;
     esac
     rm -f "${IMGS[$name]}"
 }
@@ -119,7 +124,10 @@ median() {
 }
 
 say "all runs (IOPS):"
-awk '{printf "    %-8s %-10s rep %s: %s\n", $1, $2, $3, $4}' "$results"
+awk '{printf "    %-11s %-10s rep %s: %s\n", $1, $2, $3, $4}' "$results"
+for target in $TARGETS; do
+    for t in "${TESTS[@]}"; do echo "BENCH target=$target test=$t median_iops=$(median "$target" "$t")"; done
+done
 echo
 printf '%-10s %16s %18s %14s\n' test "loop IOPS (med)" "rewind IOPS (med)" "rewind/loop"
 for t in "${TESTS[@]}"; do

@@ -64,6 +64,7 @@ Examples:
   rewind add vm.img --foreground        # serve here; Ctrl-C stops the device cleanly
   rewind add vm.img --idle 10 --coalesce 1000   # fewer, coarser safe points
   rewind add vm.img --size 20G --sparse # a new image that takes host space as written
+  rewind add vm.img --data-path copy    # no zero copy, even where the kernel has it
 
 `add` needs root and the ublk driver (modprobe ublk_drv; Linux 6.0+). It starts a daemon
 in the background, waits until the device is live and prints its path as the last line.
@@ -81,7 +82,14 @@ daemon that stops answering its heartbeat.
 write completes without waiting for its journal record, as on a disk with a volatile
 write cache: only a flush (fsync) or a FUA write makes writes durable, and the daemon's
 death, like a power cut, loses the writes since the last flush. One journal write per
-request less.";
+request less.
+
+Data path: on Linux 6.16 and later (ublk's UBLK_F_AUTO_BUF_REG) the daemon reads the
+image straight into the pages of a read request and writes a write request's pages
+straight to the image: no copy through the daemon, and no buffer per request. Older
+kernels copy each request's data to or from a buffer of the daemon. --data-path auto (the
+default) takes zero copy where the kernel offers it; `rewind list` and `rewind stats`
+show which path a device uses.";
 
 const RECOVER_EXAMPLES: &str = "\
 Examples:
@@ -216,6 +224,32 @@ impl From<OnCrashArg> for crate::ipc::device::OnCrash {
     }
 }
 
+/// How request data moves between the kernel and the image.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum DataPathArg {
+    /// Zero copy where the kernel has it (Linux 6.16 and later), else copy
+    #[default]
+    Auto,
+    /// The kernel copies each request's data to or from a buffer of the daemon: works on
+    /// every kernel, costs a copy of every byte read or written and 512 KiB of memory per
+    /// request in flight
+    Copy,
+    /// The image is read into and written from the request's own pages, without a copy
+    /// (ublk's UBLK_F_AUTO_BUF_REG); fails on a kernel older than 6.16
+    ZeroCopy,
+}
+
+impl DataPathArg {
+    /// The data path asked for; `None`: the best the kernel offers.
+    pub fn wanted(self) -> Option<crate::ipc::device::DataPath> {
+        match self {
+            DataPathArg::Auto => None,
+            DataPathArg::Copy => Some(crate::ipc::device::DataPath::Copy),
+            DataPathArg::ZeroCopy => Some(crate::ipc::device::DataPath::ZeroCopy),
+        }
+    }
+}
+
 /// `rewind create`.
 #[derive(Debug, Args)]
 pub struct CreateArgs {
@@ -282,6 +316,10 @@ pub struct AddArgs {
     /// its heartbeat (needs --on-crash queue)
     #[arg(long, conflicts_with = "foreground")]
     pub supervise: bool,
+    /// How request data moves between the kernel and the image; `rewind list` and `rewind
+    /// stats` show which one a device uses, `rewind recover` keeps it
+    #[arg(long, value_name = "PATH", value_enum, default_value_t = DataPathArg::Auto)]
+    pub data_path: DataPathArg,
 }
 
 /// `rewind recover`.
@@ -539,11 +577,16 @@ pub struct ServeArgs {
     /// Take over device --number, left quiesced by a daemon that died
     #[arg(long, requires = "id")]
     pub recover: bool,
+    /// How request data moves between the kernel and the image (a device taken over keeps
+    /// its own)
+    #[arg(long, value_enum, default_value_t = DataPathArg::Auto)]
+    pub data_path: DataPathArg,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ipc::device::DataPath;
     use clap::error::ErrorKind;
     use clap::CommandFactory;
 
@@ -592,6 +635,7 @@ mod tests {
                 assert_eq!((a.idle, a.coalesce), (2, 100));
                 assert_eq!(a.on_crash, OnCrashArg::Queue);
                 assert!(!a.supervise);
+                assert_eq!(a.data_path, DataPathArg::Auto);
             }
             other => panic!("{other:?}"),
         }
@@ -602,6 +646,15 @@ mod tests {
             Command::Add(a) => assert_eq!((a.on_crash, a.supervise), (OnCrashArg::Stop, true)),
             other => panic!("{other:?}"),
         }
+        match parse(&["add", "a.img", "--data-path", "zero-copy"])
+            .unwrap()
+            .command
+        {
+            Command::Add(a) => assert_eq!(a.data_path.wanted(), Some(DataPath::ZeroCopy)),
+            other => panic!("{other:?}"),
+        }
+        let e = parse(&["add", "a.img", "--data-path", "fast"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidValue);
         let e = parse(&["add", "a.img", "--on-crash", "later"]).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidValue);
         let e = parse(&["add", "a.img", "--supervise", "--foreground"]).unwrap_err();

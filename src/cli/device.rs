@@ -15,6 +15,7 @@ use crate::cli::render::{device_table, print_json, stats_text};
 use crate::daemon::backing::Allocation;
 use crate::daemon::report::Reporter;
 use crate::daemon::serve::{self as daemon, ServeOptions};
+use crate::daemon::ublk::choose_data_path;
 use crate::ipc::control::ControlRequest;
 use crate::ipc::device::OnCrash;
 use crate::ipc::paths;
@@ -38,6 +39,9 @@ pub fn add_command(args: &AddArgs) -> Result<()> {
             on_crash.name()
         );
     }
+    // The daemon chooses again when it adds the device; asked here too, a data path the
+    // kernel lacks is refused before any image is created.
+    choose_data_path(args.data_path.wanted())?;
     let image = std::path::absolute(&args.image)
         .with_context(|| format!("resolving {}", args.image.display()))?;
     let allocation = Allocation::chosen(args.sparse);
@@ -65,6 +69,7 @@ pub fn add_command(args: &AddArgs) -> Result<()> {
         coalesce_ms: args.coalesce,
         on_crash,
         recover: false,
+        data_path: args.data_path.wanted(),
     };
     if args.foreground {
         return daemon::serve(&serve, Reporter::Stdout);

@@ -100,13 +100,14 @@ fn serve_options(a: ServeArgs) -> ServeOptions {
         coalesce_ms: a.coalesce,
         on_crash: a.on_crash.into(),
         recover: a.recover,
+        data_path: a.data_path.wanted(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ipc::device::OnCrash;
+    use crate::ipc::device::{DataPath, OnCrash};
     use crate::runtime::launch::serve_args;
     use clap::Parser;
     use std::path::PathBuf;
@@ -123,6 +124,7 @@ mod tests {
             coalesce_ms: 1000,
             on_crash: OnCrash::Stop,
             recover: false,
+            data_path: None,
         };
         let recover = ServeOptions {
             id: Some(7),
@@ -130,7 +132,15 @@ mod tests {
             recover: true,
             ..add.clone()
         };
-        for opts in [add, recover] {
+        let copy = ServeOptions {
+            data_path: Some(DataPath::Copy),
+            ..add.clone()
+        };
+        let zero_copy = ServeOptions {
+            data_path: Some(DataPath::ZeroCopy),
+            ..add.clone()
+        };
+        for opts in [add, recover, copy, zero_copy] {
             let log = opts.log.clone().unwrap();
             let args = serve_args(&opts, 5, &log);
             let cli = Cli::try_parse_from(std::iter::once("rewind".into()).chain(args))

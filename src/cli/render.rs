@@ -9,6 +9,7 @@ use rewind_history::SafePointId;
 use serde::Serialize;
 
 use crate::ipc::control::{DeviceStats, SafePointRecord};
+use crate::ipc::device::DataPath;
 use crate::runtime::listing::ListedDevice;
 use crate::size::human;
 use crate::time::{local_time, rfc3339};
@@ -138,6 +139,7 @@ pub fn device_table(devices: &[ListedDevice]) -> Vec<String> {
         "DEVICE".into(),
         "SIZE".into(),
         "HISTORY USED/TOTAL".into(),
+        "DATA PATH".into(),
         "STATE".into(),
         "IMAGE".into(),
     ]];
@@ -147,11 +149,12 @@ pub fn device_table(devices: &[ListedDevice]) -> Vec<String> {
             d.device.clone(),
             size_column(&d.stats),
             history_column(&d.stats),
+            d.data_path.map_or("?", DataPath::name).into(),
             d.state.clone(),
             d.image.clone(),
         ]);
     }
-    table(&rows, [false; 6])
+    table(&rows, [false; 7])
 }
 
 fn history_column(stats: &Option<DeviceStats>) -> String {
@@ -238,6 +241,9 @@ pub fn stats_text(s: &DeviceStats, tz: &TimeZone) -> String {
         lines.push(("warning", warning));
     }
     lines.extend(space_lines(s));
+    if let Some(path) = s.data_path {
+        lines.push(("data path", describe_data_path(path).into()));
+    }
     lines.extend(written_line(s));
     lines.extend(window_lines(s, tz));
     lines.extend(pacing_lines(s));
@@ -250,6 +256,16 @@ pub fn stats_text(s: &DeviceStats, tz: &TimeZone) -> String {
         .iter()
         .map(|(name, value)| format!("{name:<12} {value}\n"))
         .collect()
+}
+
+/// `rewind stats`: how request data moves between the kernel and the image.
+fn describe_data_path(path: DataPath) -> &'static str {
+    match path {
+        DataPath::ZeroCopy => {
+            "zero copy: the image is read into and written from the kernel's pages"
+        }
+        DataPath::Copy => "copy: request data goes through the daemon's buffers",
+    }
 }
 
 /// `rewind stats`: the image, and how its space is used.
@@ -530,6 +546,7 @@ image        /tmp/a.img (O_DIRECT)
 size         1 GiB (262144 pages of 4096 bytes)
 history      21.6 MiB used of 256 MiB (8.4%)
 free         234.4 MiB (60000 pages)
+data path    zero copy: the image is read into and written from the kernel's pages
 safe points  14 (oldest 3, newest 16)
 window       2023-11-14 22:13:20 to 2023-11-14 22:14:20
 idle         a safe point after 2 s without writes
@@ -548,8 +565,8 @@ daemon       pid 42
         };
         let text = stats_text(&s, &TimeZone::UTC);
         assert!(
-            !text.contains("written"),
-            "an older daemon says nothing\n{text}"
+            !text.contains("\nwritten "),
+            "an older daemon says nothing of what it wrote\n{text}"
         );
         let head: Vec<&str> = text.lines().take(3).collect();
         assert_eq!(
@@ -595,6 +612,7 @@ daemon       pid 42
             supervisor: None,
             view_of: None,
             view_at: None,
+            data_path: Some(DataPath::ZeroCopy),
         };
         let dead = ListedDevice {
             id: 12,
@@ -602,13 +620,14 @@ daemon       pid 42
             state: "quiesced, daemon dead: needs `rewind recover -n 12`".into(),
             stats: None,
             needs_recover: true,
+            data_path: Some(DataPath::Copy),
             ..live.clone()
         };
         let lines = device_table(&[live, dead]);
         let expected = [
-            "ID  DEVICE        SIZE   HISTORY USED/TOTAL  STATE                                                IMAGE",
-            "0   /dev/ublkb0   1 GiB  40 KiB / 256 MiB    live                                                 /tmp/a.img",
-            "12  /dev/ublkb12  ?      ?                   quiesced, daemon dead: needs `rewind recover -n 12`  /tmp/a.img",
+            "ID  DEVICE        SIZE   HISTORY USED/TOTAL  DATA PATH  STATE                                                IMAGE",
+            "0   /dev/ublkb0   1 GiB  40 KiB / 256 MiB    zero-copy  live                                                 /tmp/a.img",
+            "12  /dev/ublkb12  ?      ?                   copy       quiesced, daemon dead: needs `rewind recover -n 12`  /tmp/a.img",
         ];
         assert_eq!(lines, expected, "\n{}", lines.join("\n"));
     }
@@ -635,7 +654,7 @@ daemon       pid 42
             ..sample_stats()
         };
         let text = stats_text(&s, &TimeZone::UTC);
-        let tail: Vec<&str> = text.lines().skip(9).collect();
+        let tail: Vec<&str> = text.lines().skip(10).collect();
         assert_eq!(
             tail,
             [

@@ -311,6 +311,7 @@ mod tests {
             idle_secs: None,
             coalesce_ms: None,
             view: None,
+            data_path: None,
         };
         let answers = Answers::new(
             &volume,

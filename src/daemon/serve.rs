@@ -33,7 +33,7 @@ use crate::daemon::target::Target;
 use crate::daemon::ublk::{self, describe_ublk_error};
 use crate::daemon::views::{self, Views};
 use crate::ipc::control::DeviceStats;
-use crate::ipc::device::{OnCrash, PidFile, TargetData, TARGET_DATA_KEY};
+use crate::ipc::device::{DataPath, OnCrash, PidFile, TargetData, TARGET_DATA_KEY};
 use crate::ipc::paths;
 use crate::size::describe_layout;
 
@@ -62,6 +62,9 @@ pub struct ServeOptions {
     pub on_crash: OnCrash,
     /// Take over device `id`, left quiesced by a daemon that died, instead of adding one.
     pub recover: bool,
+    /// The data path asked for (`None`: zero copy where the kernel has it); a device taken
+    /// over keeps the one it was added with.
+    pub data_path: Option<DataPath>,
 }
 
 /// Serves `opts.image` until the device is deleted or a signal stops it.
@@ -268,6 +271,8 @@ struct Device {
     nr_queues: u16,
     /// What the kernel does with its I/O if this daemon dies, from the device's flags.
     on_crash: OnCrash,
+    /// How request data moves, from the device's flags.
+    data_path: DataPath,
     /// `/dev/ublkbN`.
     path: String,
 }
@@ -282,7 +287,8 @@ impl Device {
             };
             ublk::recover_device(id)?
         } else {
-            ublk::add_device(opts.id, opts.queues, opts.depth, opts.on_crash)?
+            let data_path = ublk::choose_data_path(opts.data_path)?;
+            ublk::add_device(opts.id, opts.queues, opts.depth, opts.on_crash, data_path)?
         };
         let info = ctrl.dev_info();
         // The kernel's flags decide, for a device taken over as for a new one.
@@ -295,15 +301,20 @@ impl Device {
             id: info.dev_id,
             nr_queues: info.nr_hw_queues,
             on_crash,
+            data_path: DataPath::of_device_flags(info.flags),
             path: paths::device_path(info.dev_id).display().to_string(),
             ctrl,
         };
         log::info!(
-            "{} ublk device {}: {} queues of depth {}; if this daemon dies: {}",
+            "{} ublk device {}: {} queues of depth {}, {}; if this daemon dies: {}",
             if opts.recover { "recovering" } else { "added" },
             device.id,
             device.nr_queues,
             info.queue_depth,
+            match device.data_path {
+                DataPath::ZeroCopy => "zero copy (the kernel's request pages go to the image)",
+                DataPath::Copy => "copying request data through the daemon's buffers",
+            },
             match on_crash {
                 OnCrash::Queue => {
                     "I/O waits for `rewind recover` (a write completes once its journal \
@@ -331,6 +342,7 @@ impl Device {
             idle_secs: Some(opts.idle_secs),
             coalesce_ms: Some(opts.coalesce_ms),
             view: None,
+            data_path: Some(self.data_path),
         }
     }
 
@@ -363,6 +375,7 @@ impl Device {
             host_full_errors: 0,
             image_data_bytes_written: None,
             image_metadata_bytes_written: None,
+            data_path: Some(self.data_path),
         }
     }
 

@@ -3,10 +3,10 @@
 //! One thread per queue (libublk spawns them), each with its own io_uring that carries both
 //! the ublk commands and the data I/O on the image; one async task per tag on a
 //! `smol::LocalExecutor`. A request goes:
-//! - READ: resolve each logical page, zero-fill the pages that resolve to nothing, read runs
-//!   of consecutive physical pages with one uring Read each;
+//! - READ: resolve each logical page, fill the pages that resolve to nothing with zeros,
+//!   read runs of consecutive physical pages with one uring read each;
 //! - WRITE: allocate a physical page per logical page, write runs of consecutive physical
-//!   pages with one uring Write each, then stage the request's remaps in the engine
+//!   pages with one uring write each, then stage the request's remaps in the engine
 //!   (`stage_writes`) and wait for the pass's group commit (`group_commit`): when the tasks
 //!   of this pass over the ring have run, one `record_staged` records every request they
 //!   staged. A FUA write then flushes. If a page cannot be allocated or the data not written,
@@ -17,6 +17,20 @@
 //!   with a read of an eventfd on this queue's ring, so no sync runs on a queue thread;
 //! - DISCARD and WRITE_ZEROES: staged (`stage_discard`) and recorded like a write; the pages
 //!   read as zeros afterwards.
+//!
+//! The data path (`DataPath`, from the device's ublk flags) decides where the data of a
+//! read or write is, [`RequestBuf`], and so how its uring ops address it, [`BufAddr`]:
+//! - copy: each tag has a buffer in this process; the driver copies a write's data into it
+//!   before the daemon sees the request and a read's data out of it when the daemon
+//!   completes it. Ops are plain `Read`/`Write` at addresses in that buffer, and holes are
+//!   zeroed in it with `fill` before the reads go out;
+//! - zero copy (`UBLK_F_AUTO_BUF_REG`): there is no buffer in this process. Before handing a
+//!   request to the daemon the driver registers the request's own pages in the queue ring's
+//!   buffer table at the tag's index, and unregisters them when the request completes. Ops
+//!   are `ReadFixed`/`WriteFixed` of that buffer at offsets into the request, so the image
+//!   is read into, and written from, the pages of the kernel's request directly. The
+//!   daemon cannot touch those pages, so holes are read from `/dev/zero`, a fixed file of
+//!   the ring like the image.
 //!
 //! When a write or discard completes, its record is where the engine's durability puts it,
 //! which the daemon sets from `--on-crash` (`OnCrash::durability`): for a device that
@@ -39,11 +53,14 @@
 //!   is refused with `-EINVAL` rather than rounded;
 //! - a task never completes its ublk command while a uring op on its buffer is in flight:
 //!   every submitted op is awaited before the task looks at the result, error or not, since
-//!   the kernel writes into (or reads from) the buffer until the op's completion;
+//!   the kernel writes into (or reads from) the buffer until the op's completion (with zero
+//!   copy, the buffer is the request's pages, which completing the command gives back);
 //! - engine errors become `-EIO` and a log line; nothing on the I/O path panics.
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -63,6 +80,7 @@ use crate::daemon::flusher::Flusher;
 use crate::daemon::group_commit::Group;
 use crate::daemon::pacing::Pacer;
 use crate::daemon::ublk::{describe_ublk_error, IO_BUF_BYTES};
+use crate::ipc::device::DataPath;
 
 /// Largest DISCARD or WRITE_ZEROES request the kernel sends.
 const MAX_DISCARD_BYTES: u64 = 1 << 30;
@@ -70,6 +88,10 @@ const MAX_DISCARD_BYTES: u64 = 1 << 30;
 /// `/dev/ublkcN`, which libublk registers first.
 const DATA_FILE_INDEX: u32 = 1;
 const DATA_FILE: types::Fixed = types::Fixed(DATA_FILE_INDEX);
+/// The index of `/dev/zero` among a queue ring's fixed files, registered on the zero copy
+/// path only: holes of a read are filled from it.
+const ZERO_FILE_INDEX: u32 = 2;
+const ZERO_FILE: types::Fixed = types::Fixed(ZERO_FILE_INDEX);
 /// Times a data op that returned `EAGAIN` or `EINTR` is resubmitted before the request fails.
 const IO_RETRIES_MAX: u32 = 4;
 /// Errors of one queue logged one by one; after that only every 1000th, so a failed image
@@ -246,6 +268,9 @@ pub struct Target {
     nr_queues: u16,
     /// Set for a view device: reads show this view, writes are refused.
     view: Option<ViewId>,
+    /// `/dev/zero`, opened by `init` for a zero copy device: the queue rings register its
+    /// descriptor, which must stay open as long as they may.
+    zeros: Mutex<Option<File>>,
     setup_failure: Mutex<Option<String>>,
 }
 
@@ -264,6 +289,7 @@ impl Target {
             flusher,
             nr_queues,
             view: None,
+            zeros: Mutex::new(None),
             setup_failure: Mutex::new(None),
         }
     }
@@ -279,9 +305,11 @@ impl Target {
         self.setup_failure.lock().clone()
     }
 
-    /// libublk's target init: registers the image's data descriptor as a fixed file, sets the
-    /// size and parameters, and stores `target_json` in the device's exported json.
+    /// libublk's target init: registers the image's data descriptor as a fixed file (and
+    /// `/dev/zero` for a zero copy device), sets the size and parameters, and stores
+    /// `target_json` in the device's exported json.
     pub fn init(&self, dev: &mut UblkDev, target_json: serde_json::Value) -> Result<(), UblkError> {
+        let zero_copy = DataPath::of_device_flags(dev.dev_info.flags) == DataPath::ZeroCopy;
         let tgt = &mut dev.tgt;
         if tgt.nr_fds != DATA_FILE_INDEX as i32 {
             log::error!(
@@ -292,6 +320,15 @@ impl Target {
         }
         tgt.fds[DATA_FILE_INDEX as usize] = self.volume.store().data_fd();
         tgt.nr_fds += 1;
+        if zero_copy {
+            let zeros = File::open("/dev/zero").map_err(|e| {
+                log::error!("opening /dev/zero, which zero copy reads holes from: {e}");
+                UblkError::IOError(e)
+            })?;
+            tgt.fds[ZERO_FILE_INDEX as usize] = zeros.as_raw_fd();
+            tgt.nr_fds += 1;
+            *self.zeros.lock() = Some(zeros);
+        }
         let device_bytes = self.volume.layout().device_bytes();
         tgt.dev_size = device_bytes;
         tgt.params = match self.view {
@@ -420,26 +457,76 @@ struct Scratch {
     inflight: Vec<(Transfer, UblkUringOpFuture)>,
 }
 
+/// Where the data of a tag's requests is, by data path.
+enum RequestBuf {
+    /// Copy: the tag's buffer in this process, which the driver copies a request's data
+    /// into (a write) or out of (a read).
+    Copy(IoBuf<u8>),
+    /// Zero copy: the driver registers each request's own pages in the queue ring's buffer
+    /// table at this slot (the tag's) while the request is the daemon's.
+    Registered(sys::ublk_auto_buf_reg),
+}
+
+impl RequestBuf {
+    /// The buffer of `tag` on queue `q`, for the data path the device was added with.
+    fn new(q: &UblkQueue<'_>, tag: u16) -> RequestBuf {
+        match DataPath::of_device_flags(q.dev.dev_info.flags) {
+            DataPath::Copy => {
+                RequestBuf::Copy(IoBuf::new(q.dev.dev_info.max_io_buf_bytes as usize))
+            }
+            DataPath::ZeroCopy => RequestBuf::Registered(sys::ublk_auto_buf_reg {
+                index: tag,
+                // If the registration fails, the driver hands the request over flagged
+                // (UBLK_IO_F_NEED_REG_BUF) instead of failing it unseen: `handle` logs it.
+                flags: sys::UBLK_AUTO_BUF_REG_FALLBACK as u8,
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// What the tag's ublk commands tell the driver about the buffer.
+    fn desc(&self) -> BufDesc<'_> {
+        match self {
+            RequestBuf::Copy(b) => BufDesc::Slice(b.as_slice()),
+            RequestBuf::Registered(reg) => BufDesc::AutoReg(*reg),
+        }
+    }
+
+    /// The buffer libublk registers for the tag, on the copy path.
+    fn io_buf(&self) -> Option<&IoBuf<u8>> {
+        match self {
+            RequestBuf::Copy(b) => Some(b),
+            RequestBuf::Registered(_) => None,
+        }
+    }
+
+    /// How the uring ops of the current request address its data.
+    fn addr(&mut self) -> BufAddr {
+        match self {
+            RequestBuf::Copy(b) => BufAddr::Mapped(b.as_mut_ptr()),
+            RequestBuf::Registered(reg) => BufAddr::Registered(reg.index),
+        }
+    }
+}
+
 /// The life of one tag: fetch a request, handle it, commit the result and fetch the next,
 /// until the queue goes down.
 async fn io_task(q: &UblkQueue<'_>, tag: u16, ctx: &QueueCtx<'_>) -> Result<(), UblkError> {
-    let buf_bytes = q.dev.dev_info.max_io_buf_bytes as usize;
-    let mut buf = IoBuf::<u8>::new(buf_bytes);
-    let pages_max = buf_bytes / PAGE;
+    let pages_max = q.dev.dev_info.max_io_buf_bytes as usize / PAGE;
     let mut scratch = Scratch {
         phys: Vec::with_capacity(pages_max),
         runs: Vec::with_capacity(pages_max),
         claimed: Vec::with_capacity(pages_max),
         inflight: Vec::with_capacity(pages_max),
     };
-    q.submit_io_prep_cmd(tag, BufDesc::Slice(buf.as_slice()), -1, Some(&buf))
+    let mut buf = RequestBuf::new(q, tag);
+    q.submit_io_prep_cmd(tag, buf.desc(), -1, buf.io_buf())
         .await?;
     loop {
         // A copy: the descriptor lives in memory the driver rewrites for the next request.
         let iod = *q.get_iod(tag);
         let res = handle(q, tag, ctx, &iod, &mut buf, &mut scratch).await;
-        q.submit_io_commit_cmd(tag, BufDesc::Slice(buf.as_slice()), res)
-            .await?;
+        q.submit_io_commit_cmd(tag, buf.desc(), res).await?;
     }
 }
 
@@ -449,10 +536,11 @@ async fn handle(
     tag: u16,
     ctx: &QueueCtx<'_>,
     iod: &sys::ublksrv_io_desc,
-    buf: &mut IoBuf<u8>,
+    buf: &mut RequestBuf,
     scratch: &mut Scratch,
 ) -> i32 {
-    let request = match decode(iod.op_flags, iod.start_sector, iod.nr_sectors, buf.len()) {
+    let buf_bytes = q.dev.dev_info.max_io_buf_bytes as usize;
+    let request = match decode(iod.op_flags, iod.start_sector, iod.nr_sectors, buf_bytes) {
         Ok(r) => r,
         Err(errno) => {
             ctx.errors.report(
@@ -468,6 +556,18 @@ async fn handle(
             return errno;
         }
     };
+    if iod.op_flags & sys::UBLK_IO_F_NEED_REG_BUF != 0 {
+        // Zero copy, and the driver could not register the request's pages: the data ops
+        // would have no buffer to address.
+        ctx.errors.report(
+            ctx.qid,
+            format_args!(
+                "tag {tag}: {request:?} failed: the driver could not register the request's \
+                 pages for zero copy"
+            ),
+        );
+        return -libc::EIO;
+    }
     let result = match request {
         IoRequest::Read { first, pages } => read(q, ctx, first, pages, buf, scratch).await,
         IoRequest::Flush if ctx.view.is_some() => Ok(0),
@@ -509,6 +609,10 @@ enum Failure {
         offset: u64,
         errno: i32,
     },
+    /// Reading a hole's zeros from `/dev/zero` (zero copy) failed.
+    Zeros {
+        errno: i32,
+    },
 }
 
 impl Failure {
@@ -516,6 +620,15 @@ impl Failure {
     /// store counts those of its own metadata writes itself.
     fn is_host_full(&self) -> bool {
         matches!(self, Failure::Data { write: true, errno, .. } if *errno == libc::ENOSPC)
+    }
+}
+
+/// An op's errno in words; 0 is an op that transferred nothing.
+fn describe_errno(errno: i32) -> String {
+    if errno == 0 {
+        "unexpected end of file".to_string()
+    } else {
+        std::io::Error::from_raw_os_error(errno).to_string()
     }
 }
 
@@ -532,41 +645,86 @@ impl fmt::Display for Failure {
                 f,
                 "{} the image at byte {offset}: {}",
                 if *write { "writing" } else { "reading" },
-                if *errno == 0 {
-                    "unexpected end of file".to_string()
-                } else {
-                    std::io::Error::from_raw_os_error(*errno).to_string()
-                }
+                describe_errno(*errno)
+            ),
+            Failure::Zeros { errno } => write!(
+                f,
+                "reading zeros for unmapped pages from /dev/zero: {}",
+                describe_errno(*errno)
             ),
         }
     }
 }
 
-/// One data op on the image: `len` bytes between the tag's buffer at `ptr` and the image at
-/// `offset`.
+/// How a request's uring ops address its data (see [`RequestBuf`]).
+#[derive(Clone, Copy)]
+enum BufAddr {
+    /// Copy: the tag's buffer, which starts here.
+    Mapped(*mut u8),
+    /// Zero copy: the request's pages, registered at this index of the ring's buffer table.
+    Registered(u16),
+}
+
+/// The other end of a data op.
+#[derive(Clone, Copy)]
+enum Peer {
+    /// The image, at this byte offset.
+    Image(u64),
+    /// `/dev/zero`, for the holes of a zero copy read.
+    Zeros,
+}
+
+/// One data op: `len` bytes between the request's data, `at` bytes into it, and `peer`.
 #[derive(Clone, Copy)]
 struct Transfer {
     write: bool,
-    ptr: *mut u8,
+    buf: BufAddr,
+    at: usize,
     len: usize,
-    offset: u64,
+    peer: Peer,
 }
 
 impl Transfer {
     /// The SQE for the part of the transfer after its first `done` bytes.
     fn sqe(&self, done: usize) -> squeue::Entry {
-        let ptr = self.ptr.wrapping_add(done);
-        // At most one buffer (512 KiB), so it fits.
+        let at = self.at + done;
+        // At most one request (512 KiB), so it fits.
         let len = (self.len - done) as u32;
-        let offset = self.offset + done as u64;
-        if self.write {
-            opcode::Write::new(DATA_FILE, ptr, len)
+        let (file, offset) = match self.peer {
+            Peer::Image(offset) => (DATA_FILE, offset + done as u64),
+            // /dev/zero has no position to read from.
+            Peer::Zeros => (ZERO_FILE, 0),
+        };
+        match (self.buf, self.write) {
+            (BufAddr::Mapped(base), false) => opcode::Read::new(file, base.wrapping_add(at), len)
                 .offset(offset)
-                .build()
-        } else {
-            opcode::Read::new(DATA_FILE, ptr, len)
+                .build(),
+            (BufAddr::Mapped(base), true) => opcode::Write::new(file, base.wrapping_add(at), len)
                 .offset(offset)
-                .build()
+                .build(),
+            // A buffer the driver registered is addressed by the offset into it.
+            (BufAddr::Registered(index), false) => {
+                opcode::ReadFixed::new(file, at as *mut u8, len, index)
+                    .offset(offset)
+                    .build()
+            }
+            (BufAddr::Registered(index), true) => {
+                opcode::WriteFixed::new(file, at as *const u8, len, index)
+                    .offset(offset)
+                    .build()
+            }
+        }
+    }
+
+    /// The failure of the transfer after `done` bytes, the op having returned `-errno`.
+    fn failure(&self, done: usize, errno: i32) -> Failure {
+        match self.peer {
+            Peer::Image(offset) => Failure::Data {
+                write: self.write,
+                offset: offset + done as u64,
+                errno,
+            },
+            Peer::Zeros => Failure::Zeros { errno },
         }
     }
 }
@@ -604,25 +762,21 @@ async fn finish_transfer(
             retries += 1;
         } else {
             // 0: the image ends before the layout says it does.
-            return Err(Failure::Data {
-                write: t.write,
-                offset: t.offset + done as u64,
-                errno: -res,
-            });
+            return Err(t.failure(done, -res));
         }
         op = q.ublk_submit_sqe(t.sqe(done));
     }
 }
 
-/// READ: resolves each page (through the view, for a view device), zero-fills the pages
-/// that resolve to nothing and reads each run of consecutive physical pages with one op.
-/// The read tracker keeps the resolved pages from being reused until their data is in.
+/// READ: resolves each page (through the view, for a view device), fills the pages that
+/// resolve to nothing with zeros and reads each run of consecutive physical pages with one
+/// op. The read tracker keeps the resolved pages from being reused until their data is in.
 async fn read(
     q: &UblkQueue<'_>,
     ctx: &QueueCtx<'_>,
     first: LogicalPage,
     pages: usize,
-    buf: &mut IoBuf<u8>,
+    buf: &mut RequestBuf,
     scratch: &mut Scratch,
 ) -> Result<i32, Failure> {
     let generation = ctx.reads.begin(ctx.volume);
@@ -637,11 +791,14 @@ async fn read(
         .map_err(|e| Failure::Engine("resolve", e))?;
         scratch.runs.clear();
         group_runs(&scratch.phys, &mut scratch.runs);
-        // Zero the holes first: once the reads are submitted the buffer is the kernel's.
-        for run in scratch.runs.iter().filter(|r| r.phys.is_none()) {
-            buf.as_mut_slice()[run.index * PAGE..(run.index + run.count) * PAGE].fill(0);
+        // The copy path zeroes the holes in its buffer, first: once the reads are submitted
+        // the buffer is the kernel's. Zero copy reads them from /dev/zero (`submit_runs`).
+        if let RequestBuf::Copy(b) = buf {
+            for run in scratch.runs.iter().filter(|r| r.phys.is_none()) {
+                b.as_mut_slice()[run.index * PAGE..(run.index + run.count) * PAGE].fill(0);
+            }
         }
-        submit_runs(q, ctx.volume.layout(), buf, scratch, false);
+        submit_runs(q, ctx.volume.layout(), buf.addr(), scratch, false);
         run_transfers(q, scratch).await?;
         Ok((pages * PAGE) as i32)
     }
@@ -651,25 +808,30 @@ async fn read(
 }
 
 /// Submits one uring read or write per run of consecutive physical pages in
-/// `scratch.runs` (holes are skipped), between `buf` and the backing store.
+/// `scratch.runs`, between the request's data (addressed by `buf`) and the image; for a
+/// zero copy read also one read per hole, from `/dev/zero`. The copy path's holes are
+/// zeroed before (`read`); a write has none.
 fn submit_runs(
     q: &UblkQueue<'_>,
     layout: &rewind_history::Layout,
-    buf: &mut IoBuf<u8>,
+    buf: BufAddr,
     scratch: &mut Scratch,
     write: bool,
 ) {
-    let base = buf.as_mut_ptr();
     for run in scratch.runs.iter() {
-        if let Some(p) = run.phys {
-            let t = Transfer {
-                write,
-                ptr: base.wrapping_add(run.index * PAGE),
-                len: run.count * PAGE,
-                offset: layout.page_offset(p),
-            };
-            scratch.inflight.push((t, q.ublk_submit_sqe(t.sqe(0))));
-        }
+        let peer = match run.phys {
+            Some(p) => Peer::Image(layout.page_offset(p)),
+            None if !write && matches!(buf, BufAddr::Registered(_)) => Peer::Zeros,
+            None => continue,
+        };
+        let t = Transfer {
+            write,
+            buf,
+            at: run.index * PAGE,
+            len: run.count * PAGE,
+            peer,
+        };
+        scratch.inflight.push((t, q.ublk_submit_sqe(t.sqe(0))));
     }
 }
 
@@ -679,7 +841,7 @@ async fn write(
     first: LogicalPage,
     pages: usize,
     fua: bool,
-    buf: &mut IoBuf<u8>,
+    buf: &mut RequestBuf,
     scratch: &mut Scratch,
 ) -> Result<i32, Failure> {
     let volume = ctx.volume;
@@ -700,14 +862,14 @@ async fn write(
         .extend(scratch.claimed.iter().map(|&(_, p)| Some(p)));
     scratch.runs.clear();
     group_runs(&scratch.phys, &mut scratch.runs);
-    submit_runs(q, volume.layout(), buf, scratch, true);
+    submit_runs(q, volume.layout(), buf.addr(), scratch, true);
     if let Err(f) = run_transfers(q, scratch).await {
         abandon_all(volume, &scratch.claimed);
         return Err(f);
     }
     volume.store().note_data_written((pages * PAGE) as u64);
     // The pages are not given back if this fails: the engine may already map some of them
-    // (it fails after applying when its journal write fails), and a leaked page is safer
+    // (it fails after applying when a commit it makes fails), and a leaked page is safer
     // than one handed out twice. The volume refuses further I/O after such a failure.
     let commit_due = volume
         .stage_writes(&scratch.claimed)

@@ -4,7 +4,7 @@
 use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
 use libublk::{sys, UblkError, UblkFlags};
 
-use crate::ipc::device::OnCrash;
+use crate::ipc::device::{DataPath, OnCrash};
 
 /// The target name ublk records for rewind's devices (`rewind list` recognizes them by the
 /// `TargetData` in their json, not by this name).
@@ -36,13 +36,36 @@ pub fn ublk_errno(e: &UblkError) -> Option<i32> {
     }
 }
 
+/// True when the ublk driver registers request buffers with the server's io_uring by
+/// itself (`UBLK_F_AUTO_BUF_REG`, Linux 6.16 and later), which zero copy needs. A driver
+/// too old to report its features (before 6.5) has no zero copy either.
+pub fn driver_has_zero_copy() -> bool {
+    UblkCtrl::get_features().is_some_and(|f| f & u64::from(sys::UBLK_F_AUTO_BUF_REG) != 0)
+}
+
+/// The data path for a new device: `wanted`, or zero copy where the driver has it when
+/// `wanted` is `None`. Asking for zero copy on a driver without it is an error.
+pub fn choose_data_path(wanted: Option<DataPath>) -> anyhow::Result<DataPath> {
+    let available = driver_has_zero_copy();
+    match wanted {
+        None if available => Ok(DataPath::ZeroCopy),
+        None => Ok(DataPath::Copy),
+        Some(DataPath::ZeroCopy) if !available => anyhow::bail!(
+            "--data-path zero-copy: this kernel's ublk driver has no zero copy \
+             (UBLK_F_AUTO_BUF_REG, Linux 6.16 and later); use --data-path auto or copy"
+        ),
+        Some(path) => Ok(path),
+    }
+}
+
 /// Adds a ublk device for rewind: `id` or the first free one, `queues` queues of `depth`,
-/// with the ublk flags of `on_crash`.
+/// with the ublk flags of `on_crash` and `data_path`.
 pub fn add_device(
     id: Option<u32>,
     queues: u16,
     depth: u16,
     on_crash: OnCrash,
+    data_path: DataPath,
 ) -> anyhow::Result<UblkCtrl> {
     let id_arg = match id {
         Some(n) => i32::try_from(n).map_err(|_| anyhow::anyhow!("device id {n} is too large"))?,
@@ -54,7 +77,7 @@ pub fn add_device(
         .nr_queues(queues)
         .depth(depth)
         .io_buf_bytes(IO_BUF_BYTES)
-        .ctrl_flags(on_crash.ublk_flags())
+        .ctrl_flags(on_crash.ublk_flags() | data_path.ublk_flags())
         .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
         .build()
         .map_err(|e| {
@@ -77,6 +100,9 @@ pub fn add_device(
 /// daemon's descriptors are gone (libublk retries while it answers EBUSY, up to 30 s).
 /// Serving it then (`run_target`) ends with END_USER_RECOVERY instead of START_DEV, and
 /// the queued I/O is reissued to the new queues.
+///
+/// The handle reads the device's flags back from the kernel, so the new queues are set up
+/// as the device was added: with user recovery, and with zero copy if it had it.
 ///
 /// Unlike the handle of [`add_device`], this one does not delete the device when dropped:
 /// the daemon deletes it itself once it is stopped.

@@ -28,7 +28,7 @@ use crate::daemon::pacing::Pacer;
 use crate::daemon::target::Target;
 use crate::daemon::ublk::{add_device, describe_ublk_error, stop_device};
 use crate::ipc::control::ViewRecord;
-use crate::ipc::device::{OnCrash, TargetData, ViewOf, TARGET_DATA_KEY};
+use crate::ipc::device::{DataPath, OnCrash, TargetData, ViewOf, TARGET_DATA_KEY};
 use crate::ipc::paths;
 
 /// Queues of a view device: reads only, a few at a time are plenty.
@@ -228,7 +228,9 @@ fn serve_view(
     view: ViewId,
 ) {
     let at = data.view.as_ref().map_or(SafePointId(0), |v| v.at);
-    let ctrl = match add_device(None, VIEW_QUEUES, VIEW_DEPTH, OnCrash::Stop) {
+    // The live device's data path: the driver has it.
+    let data_path = data.data_path.unwrap_or(DataPath::Copy);
+    let ctrl = match add_device(None, VIEW_QUEUES, VIEW_DEPTH, OnCrash::Stop, data_path) {
         Ok(c) => c,
         Err(e) => {
             let _ = tx.send(Err(format!("{e:#}")));

@@ -20,6 +20,7 @@
 use rewind_history::{SafePointId, Stats};
 use serde::{Deserialize, Serialize};
 
+use crate::ipc::device::DataPath;
 use crate::selector::Candidate;
 
 /// A command to the daemon.
@@ -181,6 +182,10 @@ pub struct DeviceStats {
     /// Bytes of metadata (journal, checkpoints, superblock) it wrote since it started.
     #[serde(default)]
     pub image_metadata_bytes_written: Option<u64>,
+    /// How request data moves between the kernel and the image (absent from older daemons,
+    /// which only had the copy path).
+    #[serde(default)]
+    pub data_path: Option<DataPath>,
 }
 
 impl DeviceStats {
@@ -358,6 +363,7 @@ pub fn sample_stats() -> DeviceStats {
         host_full_errors: 0,
         image_data_bytes_written: None,
         image_metadata_bytes_written: None,
+        data_path: Some(DataPath::ZeroCopy),
     }
 }
 
@@ -440,7 +446,7 @@ mod tests {
                 r#""views":[{"device_id":4,"device":"/dev/ublkb4","at":1,"dropped":null}],"#,
                 r#""image_bytes":1409286144,"image_allocated_bytes":1409286144,"#,
                 r#""host_full_errors":0,"image_data_bytes_written":null,"#,
-                r#""image_metadata_bytes_written":null}"#,
+                r#""image_metadata_bytes_written":null,"data_path":"zero-copy"}"#,
             )
         );
         assert_eq!(serde_json::from_str::<DeviceStats>(&text).unwrap(), s);
@@ -514,6 +520,7 @@ mod tests {
             "host_full_errors",
             "image_data_bytes_written",
             "image_metadata_bytes_written",
+            "data_path",
         ] {
             v.as_object_mut().unwrap().remove(k);
         }
@@ -522,6 +529,7 @@ mod tests {
         assert_eq!(s.idle_secs, 0);
         assert_eq!((s.host_full_errors, s.host_full_warning()), (0, None));
         assert_eq!(s.image_sparse(), None);
+        assert_eq!(s.data_path, None);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! What a daemon leaves for others to find about its device: rewind's data in the json
 //! libublk exports for the device (which tells rewind's devices from other ublk targets),
-//! the daemon's pid file, and the `--on-crash` policy both record (and the durability of a
-//! completed write it asks of the engine).
+//! the daemon's pid file, the `--on-crash` policy both record (and the durability of a
+//! completed write it asks of the engine), and the data path between the kernel and the
+//! image (`--data-path`).
 
 use libublk::sys;
 use rewind_history::{Durability, SafePointId};
@@ -35,6 +36,10 @@ pub struct TargetData {
     /// point. Such a device lives only as long as that device's daemon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub view: Option<ViewOf>,
+    /// How request data moves between the kernel and the image (absent from older daemons'
+    /// json, which only had the copy path).
+    #[serde(default)]
+    pub data_path: Option<DataPath>,
 }
 
 /// The json key of [`TargetData`] in libublk's `target_data`.
@@ -97,6 +102,58 @@ impl OnCrash {
     }
 }
 
+/// How a request's data moves between the kernel and the image (`rewind add --data-path`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataPath {
+    /// The daemon has a buffer per request in flight; the kernel copies the data of a write
+    /// into it and the data of a read out of it. Every ublk driver does this.
+    Copy,
+    /// The kernel lends the request's own pages to the daemon's io_uring (ublk's
+    /// `UBLK_F_AUTO_BUF_REG`, Linux 6.16 and later): the image is read into them and
+    /// written from them directly, with no copy and no buffer in the daemon.
+    ZeroCopy,
+}
+
+impl DataPath {
+    /// The name `--data-path` takes and the json shows.
+    pub fn name(self) -> &'static str {
+        match self {
+            DataPath::Copy => "copy",
+            DataPath::ZeroCopy => "zero-copy",
+        }
+    }
+
+    /// The ublk device flags for this data path. Zero copy asks for automatic buffer
+    /// registration and, with it, the driver's zero copy support, which lets the daemon
+    /// register a buffer itself should the automatic registration fail.
+    pub fn ublk_flags(self) -> u64 {
+        match self {
+            DataPath::Copy => 0,
+            DataPath::ZeroCopy => {
+                u64::from(sys::UBLK_F_AUTO_BUF_REG | sys::UBLK_F_SUPPORT_ZERO_COPY)
+            }
+        }
+    }
+
+    /// The data path of a device with ublk flags `flags`, as the kernel reports them: a
+    /// driver without automatic buffer registration drops the flag, so this is the path the
+    /// device really has.
+    pub fn of_device_flags(flags: u64) -> DataPath {
+        if flags & u64::from(sys::UBLK_F_AUTO_BUF_REG) != 0 {
+            DataPath::ZeroCopy
+        } else {
+            DataPath::Copy
+        }
+    }
+}
+
+impl std::fmt::Display for DataPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Which device a view shows, in the view device's exported json.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ViewOf {
@@ -126,5 +183,28 @@ mod tests {
         assert_eq!(OnCrash::Queue.durability(), Durability::CompletedWrites);
         assert_eq!(OnCrash::Stop.durability(), Durability::FlushedWrites);
         assert_eq!(OnCrash::default().durability(), Durability::CompletedWrites);
+    }
+
+    #[test]
+    fn the_data_path_follows_the_flags_the_kernel_kept() {
+        for path in [DataPath::Copy, DataPath::ZeroCopy] {
+            let flags = path.ublk_flags() | OnCrash::Queue.ublk_flags();
+            assert_eq!(DataPath::of_device_flags(flags), path);
+        }
+        // A driver without zero copy clears the flags it does not know.
+        assert_eq!(
+            DataPath::of_device_flags(u64::from(sys::UBLK_F_USER_RECOVERY)),
+            DataPath::Copy
+        );
+        assert_eq!(
+            serde_json::to_string(&DataPath::ZeroCopy).unwrap(),
+            r#""zero-copy""#
+        );
+        assert_eq!(serde_json::to_string(&DataPath::Copy).unwrap(), r#""copy""#);
+        // An older daemon's json has no data path.
+        let old = r#"{"image":"/a.img","direct_io":true,"socket":"/run/rewind/ublkb0.sock",
+                      "log":null,"version":"0.1.0"}"#;
+        let data: TargetData = serde_json::from_str(old).unwrap();
+        assert_eq!(data.data_path, None);
     }
 }

@@ -76,6 +76,8 @@ pub fn recover_device(id: u32) -> Result<String> {
         coalesce_ms: found.data.coalesce_ms.unwrap_or(COALESCE_MS_DEFAULT),
         on_crash: OnCrash::Queue,
         recover: true,
+        // The kernel kept the device's flags, and with them its data path.
+        data_path: None,
     };
     start_daemon(&serve, &log)
 }
@@ -123,6 +125,9 @@ pub fn serve_args(opts: &ServeOptions, status_fd: RawFd, log: &Path) -> Vec<OsSt
     option("--idle", opts.idle_secs.to_string().into());
     option("--coalesce", opts.coalesce_ms.to_string().into());
     option("--on-crash", opts.on_crash.name().into());
+    if let Some(path) = opts.data_path {
+        option("--data-path", path.name().into());
+    }
     if let Some(id) = opts.id {
         option("--number", id.to_string().into());
     }

@@ -5,7 +5,7 @@ use rewind_history::SafePointId;
 use serde::Serialize;
 
 use crate::ipc::control::{ControlRequest, DeviceStats};
-use crate::ipc::device::{TargetData, ViewOf};
+use crate::ipc::device::{DataPath, TargetData, ViewOf};
 use crate::ipc::paths;
 use crate::runtime::client::{self, STATS_TIMEOUT};
 use crate::runtime::registry::{
@@ -38,6 +38,9 @@ pub struct ListedDevice {
     pub view_of: Option<u32>,
     /// For a view: the safe point it shows.
     pub view_at: Option<SafePointId>,
+    /// How request data moves between the kernel and the image, as the daemon recorded it
+    /// when it added the device (unknown for devices of older daemons).
+    pub data_path: Option<DataPath>,
 }
 
 /// Device `id`, whose daemon recorded `data`, as `rewind list` shows it.
@@ -59,6 +62,7 @@ fn listed(id: u32, data: TargetData) -> ListedDevice {
         supervisor: None,
         view_of: None,
         view_at: None,
+        data_path: data.data_path,
     };
     match &data.view {
         Some(of) => view_row(row, of),
