@@ -193,7 +193,8 @@ def markdown(config, targets, results, end, kernel_label):
         for t in config["targets"]:
             tr = targets[t]
             if tr["state"] != "ready":
-                out.append(f"| {tr['label']} | {tr['state']}: {tr['detail']} |" + " |" * 11)
+                why = tr["detail"] if tr["detail"].startswith(tr["state"]) else f"{tr['state']}: {tr['detail']}"
+                out.append(f"| {tr['label']} | {why} |" + " |" * 10)
                 continue
             r = results[t][w]
             if w == "randrw":
