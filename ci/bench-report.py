@@ -155,10 +155,11 @@ def fmt(x, digits=0):
 def markdown(config, targets, results, end, kernel_label):
     out = []
     out.append(f"## Kernel {config['kernel']}\n")
+    warm = f"after a {config['warmup_s']} s warm-up" if config["warmup_s"] else "without warm-up"
     out.append(f"{config['cpus']} vCPUs (qemu TCG), {config['mem_mib']} MiB; every device "
                f"{config['size_mib']} MiB over a file on the guest's tmpfs; fio {config['engine']}, "
                f"direct=1; {config['ramp_s']} s ramp + {config['runtime_s']} s per run; "
-               f"{config['reps']} interleaved repetitions after a {config['warmup_s']} s warm-up; "
+               f"{config['reps']} interleaved repetition{'' if config['reps'] == 1 else 's'} {warm}; "
                f"rewind: {config['rewind']}; rublk: {config['rublk']}."
                + (f" Guest run: {end['seconds']} s." if end else " The run did NOT finish (no end record)."))
     out.append("")

@@ -139,11 +139,12 @@ read -r -a W_LIST <<<"${WORKLOADS//,/ }"
 has_target() { [[ " ${T_LIST[*]} " == *" $1 "* ]]; }
 
 # ------------------------------------------------------------------ estimate
-# Calibrated on this project's machines (qemu TCG, 2 vCPUs): a run takes its ramp and
-# runtime plus about 2 s (fio's start, the figures read before and after, thin-snap's and
-# dm-snap's snapshot work); a prefill about 1 s per 100 MiB plus 3 s of setup; the boot and
-# initramfs about 30 s.
-RUN_OVERHEAD=2
+# Calibrated on this project's machines (qemu TCG, 2 vCPUs; a smoke run took 5.3 s per
+# run of 2 + 2 s, and 359 s in all against 414 s estimated): a run takes its ramp and
+# runtime plus about 1.5 s (fio's start, the figures read before and after, thin-snap's and
+# dm-snap's snapshot work); a target's setup and prefill 3 s plus 1 s per 100 MiB; the
+# boot and initramfs about 30 s. In tenths of a second.
+RUN_OVERHEAD_DS=15
 # targets_on SERIES: how many of the targets run on that kernel (rublk-zc needs 6.16).
 targets_on() {
     local n=${#T_LIST[@]}
@@ -153,11 +154,11 @@ targets_on() {
 estimate() {
     local n w=${#W_LIST[@]}
     n=$(targets_on "$1")
-    local s=30
-    s=$((s + n * (3 + SIZE_MIB / 100)))
-    if [[ $WARMUP -gt 0 ]]; then s=$((s + n * (WARMUP + RUN_OVERHEAD))); fi
-    s=$((s + REPS * w * n * (RAMP + RUNTIME + RUN_OVERHEAD)))
-    echo "$s"
+    local ds=300
+    ds=$((ds + n * (30 + SIZE_MIB / 10)))
+    if [[ $WARMUP -gt 0 ]]; then ds=$((ds + n * (WARMUP * 10 + RUN_OVERHEAD_DS))); fi
+    ds=$((ds + REPS * w * n * ((RAMP + RUNTIME) * 10 + RUN_OVERHEAD_DS)))
+    echo $(((ds + 9) / 10))
 }
 
 # Guest memory: the backing files live on the guest's tmpfs (75% of its RAM), so it must
