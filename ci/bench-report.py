@@ -246,7 +246,7 @@ def plot(config, targets, results, png):
         script = f"""
 set terminal pngcairo size 1400,640 font ",11"
 set output '{png}'
-set title "{config['kernel']}: median of {config['reps']} runs relative to {label}, per workload (higher is better)\\n{config['size_mib']} MiB devices, {config['runtime_s']} s runs, qemu TCG with {config['cpus']} vCPUs: compare ratios, not absolute figures"
+set title "{config['kernel']}: median of {config['reps']} run(s) relative to {label}, per workload (higher is better)\\n{config['size_mib']} MiB devices, {config['runtime_s']} s runs, qemu TCG with {config['cpus']} vCPUs: compare ratios, not absolute figures"
 set style data histograms
 set style histogram clustered gap 1
 set style fill solid 0.9 border -1
