@@ -50,6 +50,10 @@ options:
   --timeout SECONDS  limit for the whole boot (or host run); qemu is killed after it
                      (default: 1800)
   --env NAME=VALUE   export NAME=VALUE to the scenarios (repeatable)
+  --with NAME=PATH   also put the host executable PATH into the guest as /usr/bin/NAME,
+                     with the shared libraries it needs (repeatable); ci/bench.sh adds
+                     rublk and dmsetup this way. Without it the guest holds only the tools
+                     every scenario needs.
   --guest            use the qemu guest even if this host has ublk
   --host             run on this host without checking that it has ublk (as root)
   -h, --help         this text
@@ -74,6 +78,7 @@ TIMEOUT=1800
 FORCE_GUEST=0
 FORCE_HOST=0
 ENVS=()
+WITHS=()
 SCENARIOS=()
 while [[ $# -gt 0 ]]; do
     case $1 in
@@ -84,6 +89,7 @@ while [[ $# -gt 0 ]]; do
     --accel) ACCEL=${2:?--accel needs an argument}; shift 2 ;;
     --timeout) TIMEOUT=${2:?--timeout needs seconds}; shift 2 ;;
     --env) ENVS+=("${2:?--env needs NAME=VALUE}"); shift 2 ;;
+    --with) WITHS+=("${2:?--with needs NAME=PATH}"); shift 2 ;;
     --guest) FORCE_GUEST=1; shift ;;
     --host) FORCE_HOST=1; shift ;;
     -h | --help) usage; exit 0 ;;
@@ -111,6 +117,10 @@ for i in "${!SCENARIOS[@]}"; do
 done
 for e in "${ENVS[@]}"; do
     [[ $e =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "--env wants NAME=VALUE, got '$e'"
+done
+for w in "${WITHS[@]}"; do
+    [[ $w =~ ^[A-Za-z0-9_.-]+= ]] || die "--with wants NAME=PATH (NAME: letters, digits, . - _), got '$w'"
+    [[ -f ${w#*=} && -x ${w#*=} ]] || die "--with $w: ${w#*=} is not an executable file"
 done
 # A relative --bin is taken from the current directory if it is there, else from the repo root.
 if [[ $BIN != /* ]]; then
@@ -233,6 +243,11 @@ build_initramfs() {
     if [[ -n $BIN ]]; then
         copy_with_libs "$BIN" /usr/bin/rewind
     fi
+    local w
+    for w in "${WITHS[@]}"; do
+        copy_with_libs "${w#*=}" "/usr/bin/${w%%=*}"
+        say "initramfs: /usr/bin/${w%%=*} from ${w#*=}"
+    done
 
     # Without /etc/ld.so.cache the loader only searches its built-in directories; build a
     # cache for the tree so libraries in other directories are found too.
@@ -317,6 +332,8 @@ run_host() {
     bindir="$scratch/bin"
     mkdir -p "$bindir"
     if [[ -n $BIN ]]; then ln -s "$BIN" "$bindir/rewind"; fi
+    local w
+    for w in "${WITHS[@]}"; do ln -sf "$(realpath "${w#*=}")" "$bindir/${w%%=*}"; done
     say "running on the host (it has ublk), scratch $scratch, timeout ${TIMEOUT}s: ${SCENARIOS[*]}"
     timeout -k 10 "$TIMEOUT" env "${ENVS[@]}" PATH="$bindir:$PATH" SCRATCH="$scratch" \
         REWIND_LOG_DIR="$scratch" bash "$CI_DIR/guest/run-scenarios.sh" "${SCENARIOS[@]}" \

@@ -12,6 +12,13 @@
 # Idempotent: packages already present and a kernel already extracted are left alone.
 # Needs root only to install packages.
 #
+# With --bench (ci/bench.sh passes it), also what the benchmark needs beyond the tests:
+#   3. the apt packages of BENCH_PACKAGES: dmsetup (for the device-mapper targets, copied
+#      into the guest), gnuplot-nox (the plot), python3 (the report);
+#   4. rublk (the version RUBLK_VERSION names), the peer ublk server, built with `cargo install` into
+#      ci/work/rublk/bin/rublk unless that binary is already this version.
+# CI (ci/test.sh) runs it without --bench: none of that is installed or built then.
+#
 # Result, per kernel: ci/work/kernel/<series> -> <kernel version>/ (series 6.12, 6.18; and
 # ci/work/kernel/current -> the 6.12 one) holding
 #   vmlinuz            the kernel that guest.sh boots under qemu TCG
@@ -23,6 +30,18 @@
 #   modules.builtin    copied from the package, for reference
 set -euo pipefail
 
+BENCH=0
+for arg in "$@"; do
+    case $arg in
+    --bench) BENCH=1 ;;
+    -h | --help)
+        awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "${BASH_SOURCE[0]}"
+        exit 0
+        ;;
+    *) printf 'setup: ERROR: unknown argument %s (known: --bench, --help)\n' "$arg" >&2; exit 2 ;;
+    esac
+done
+
 CI_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 KERNEL_DIR="$CI_DIR/work/kernel"
 
@@ -30,6 +49,12 @@ KERNEL_DIR="$CI_DIR/work/kernel"
 # tests; libclang-dev: bindgen in libublk's build; zstd, xz-utils, kmod: unpacking modules
 # and resolving their dependencies; g++: libFuzzer, which cargo fuzz builds from C++.
 PACKAGES=(qemu-system-x86 busybox-static cpio fio e2fsprogs libclang-dev zstd xz-utils kmod g++)
+# With --bench: dmsetup goes into the guest (dm-thin, dm-snapshot); gnuplot-nox draws the
+# plot and python3 writes the report on the host.
+BENCH_PACKAGES=(dmsetup gnuplot-nox python3)
+# The rublk release the benchmark builds (crates.io); its loop target is the peer.
+RUBLK_VERSION=0.2.15
+RUBLK_ROOT="$CI_DIR/work/rublk"
 
 # Modules the guest loads at boot. Whatever of these (and of their dependencies) is built
 # into the kernel is skipped; the rest is extracted. ext4 is listed although the Debian
@@ -58,6 +83,7 @@ installed() {
 }
 
 # ---------------------------------------------------------------- packages
+if [[ $BENCH -eq 1 ]]; then PACKAGES+=("${BENCH_PACKAGES[@]}"); fi
 missing=()
 for p in "${PACKAGES[@]}"; do
     installed "$p" || missing+=("$p")
@@ -293,3 +319,29 @@ if [[ ! -f $TRIXIE_APT/sources.list || $(<"$TRIXIE_APT/sources.list") != "$TRIXI
     trixie_apt_update
 fi
 get_kernel 6.18 trixie_apt_update "trixie-backports" "${TRIXIE_APT_OPTS[@]}"
+
+# ---------------------------------------------------------------- rublk (--bench)
+# cargo install builds it from crates.io with the versions of its own Cargo.lock (--locked),
+# without its default features (they pull in OpenCL for a vram target the benchmark does
+# not use). Its build needs libclang-dev (bindgen), which PACKAGES has.
+install_rublk() {
+    local bin="$RUBLK_ROOT/bin/rublk" have cargo d
+    have=$("$bin" --version 2>/dev/null | awk '{print $2}') || have=""
+    if [[ $have == "$RUBLK_VERSION" ]]; then
+        say "rublk $RUBLK_VERSION: already installed in $bin"
+        return 0
+    fi
+    cargo=$(command -v cargo) || cargo=""
+    for d in "${CARGO_HOME:-$HOME/.cargo}/bin" /root/.cargo/bin; do
+        if [[ -z $cargo && -x $d/cargo ]]; then cargo=$d/cargo; fi
+    done
+    [[ -n $cargo ]] || die "rublk: cargo not found (install Rust with rustup), needed to build rublk"
+    say "rublk: cargo install rublk --version $RUBLK_VERSION --no-default-features --locked --root $RUBLK_ROOT${have:+ (replacing $have)} (a few minutes)"
+    mkdir -p "$RUBLK_ROOT"
+    "$cargo" install rublk --version "$RUBLK_VERSION" --no-default-features --locked \
+        --root "$RUBLK_ROOT" || die "cargo install rublk $RUBLK_VERSION failed"
+    have=$("$bin" --version 2>/dev/null | awk '{print $2}') || have=""
+    [[ $have == "$RUBLK_VERSION" ]] || die "rublk: $bin reports version '$have' after installing $RUBLK_VERSION"
+    say "rublk $RUBLK_VERSION: installed in $bin"
+}
+if [[ $BENCH -eq 1 ]]; then install_rublk; fi
