@@ -264,21 +264,28 @@ fn journal_case<'a>(f: &'a Fixture, vol: &'a Volume<MemStore>, mode: &str) -> Ca
     }
 }
 
+/// The baseline of the write cases: a random 4 KiB page written into a plain store, as a
+/// loop target does.
+fn plain_write_baseline(f: &Fixture) -> Timed<'_> {
+    let page = vec![0xa5u8; PAGE_SIZE as usize];
+    let data = f.mixed.layout().data_offset;
+    let mut seed = SEED;
+    Box::new(move |n| {
+        timed(n, || {
+            let off = data + next(&mut seed) * PAGE_SIZE;
+            f.plain.write_at(off, black_box(&page)).expect("write");
+        })
+    })
+}
+
 /// The engine's whole share of a random 4 KiB write, `allocate` + `commit_writes` (the data
 /// write left out), vs writing the page into a plain store, as a loop target does.
 fn write_case<'a>(f: &'a Fixture, vol: &'a Volume<MemStore>, mode: &str) -> Case<'a> {
-    let page = vec![0xa5u8; PAGE_SIZE as usize];
-    let data = f.mixed.layout().data_offset;
-    let (mut sb, mut se) = (SEED, SEED);
+    let mut se = SEED;
     let mut s = vol.stream(0, 1);
     Case {
         name: format!("write_4k_{mode}"),
-        baseline: Box::new(move |n| {
-            timed(n, || {
-                let off = data + next(&mut sb) * PAGE_SIZE;
-                f.plain.write_at(off, black_box(&page)).expect("write");
-            })
-        }),
+        baseline: plain_write_baseline(f),
         engine: Box::new(move |n| {
             timed(n, || {
                 let l = LogicalPage(next(&mut se));
@@ -296,19 +303,12 @@ const GROUP: u64 = 32;
 /// per write, one `record_staged` per `GROUP` writes (group commit); ns per write.
 fn grouped_write_case(f: &Fixture) -> Case<'_> {
     let vol = &f.completed;
-    let page = vec![0xa5u8; PAGE_SIZE as usize];
-    let data = f.mixed.layout().data_offset;
-    let (mut sb, mut se) = (SEED, SEED);
+    let mut se = SEED;
     let mut s = vol.stream(0, 1);
     let mut staged = 0u64;
     Case {
         name: "write_4k_grouped".into(),
-        baseline: Box::new(move |n| {
-            timed(n, || {
-                let off = data + next(&mut sb) * PAGE_SIZE;
-                f.plain.write_at(off, black_box(&page)).expect("write");
-            })
-        }),
+        baseline: plain_write_baseline(f),
         engine: Box::new(move |n| {
             timed(n, || {
                 let l = LogicalPage(next(&mut se));

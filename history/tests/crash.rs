@@ -376,15 +376,18 @@ impl Workload {
             commit_due |= self.vol().stage_discard(LogicalPage(l), n).unwrap();
         }
         self.vol().record_staged().unwrap();
+        // Complete, as the daemon does right after recording.
+        {
+            let mut m = self.model.lock();
+            for (l, v) in staged {
+                m.live[l as usize] = v;
+            }
+            m.completed = m.since.len();
+        }
         if commit_due {
             // The daemon's flusher makes it soon after; here, at once.
             self.vol().commit(false).unwrap();
         }
-        let mut m = self.model.lock();
-        for (l, v) in staged {
-            m.live[l as usize] = v;
-        }
-        m.completed = m.since.len();
     }
 
     /// Discards up to 12 pages.
@@ -471,5 +474,58 @@ fn power_cuts_and_killed_daemons_at_every_sync_and_random_writes_keep_the_contra
         "crash points checked: {} over {seeds} workloads in each durability ({cuts} power \
          cuts, {kills} killed daemons)",
         cuts + kills
+    );
+}
+
+/// A write staged while a commit on another thread is under way: the commit takes its
+/// record with the others, and syncs the data before it writes them. A `record_staged`
+/// then finds nothing left to write and its request completes; a daemon killed before the
+/// commit's journal write must still have the write (with `CompletedWrites`).
+#[test]
+fn a_write_recorded_while_a_commit_syncs_the_data_survives_a_kill() {
+    let opts = CreateOptions {
+        size: PAGES * PAGE as u64,
+        history: Some(256 * PAGE as u64),
+        journal: Some(32 * 512),
+    };
+    let layout = Layout::for_create(&opts).unwrap();
+    let store = Arc::new(SimStore::new(layout.required_bytes()));
+    let host = sim::host(BOOT);
+    create(&store, &opts, &host).unwrap();
+    store.sync().unwrap();
+    let vol = Arc::new(Volume::open(store.clone(), &host).unwrap());
+    let mut stream = vol.stream(0, 1);
+    let l = LogicalPage(5);
+    let val = (0xab, 1);
+    let p = vol.allocate(&mut stream, l).unwrap();
+    store
+        .write_at(vol.layout().page_offset(p), &page_data(5, val))
+        .unwrap();
+    assert!(!vol.stage_writes(&[(l, p)]).unwrap());
+    // At the commit's first sync (the data's), another thread records what is staged, as
+    // a queue does at the end of its ring pass, and its request completes: the image of a
+    // daemon killed right then is taken.
+    let image = Arc::new(Mutex::new(None));
+    let (theirs, vol2) = (image.clone(), vol.clone());
+    let mut fired = false;
+    store.set_hook(move |s, event| {
+        if event == Event::Sync && !std::mem::replace(&mut fired, true) {
+            let v = vol2.clone();
+            std::thread::spawn(move || v.record_staged())
+                .join()
+                .unwrap()
+                .unwrap();
+            *theirs.lock() = Some(s.kill_image());
+        }
+    });
+    vol.commit(false).unwrap();
+    let image = image.lock().take().expect("the commit synced");
+    let after = Volume::open(Arc::new(MemStore::from_bytes(image)), &sim::host(BOOT)).unwrap();
+    let mut buf = vec![0u8; PAGE];
+    after.read_page(l, &mut buf).unwrap();
+    assert_eq!(
+        decode(5, &buf),
+        Ok(Some(val)),
+        "the completed write was lost"
     );
 }

@@ -269,6 +269,7 @@ fn device_stats(volume: &Volume<FileStore>, about: &DeviceStats, views: &Views) 
     let engine = volume.stats();
     let infos = volume.safe_point_infos();
     let safe_points: Vec<_> = infos.iter().map(|i| &i.safe_point).collect();
+    let (data_written, metadata_written) = volume.store().bytes_written();
     DeviceStats {
         engine,
         oldest_safe_point_time_ns: safe_points.first().map(|sp| sp.time_ns),
@@ -281,8 +282,8 @@ fn device_stats(volume: &Volume<FileStore>, about: &DeviceStats, views: &Views) 
         views: views.records(),
         image_allocated_bytes: volume.store().allocated_bytes(),
         host_full_errors: volume.store().host_full_errors(),
-        image_data_bytes_written: Some(volume.store().bytes_written().0),
-        image_metadata_bytes_written: Some(volume.store().bytes_written().1),
+        image_data_bytes_written: Some(data_written),
+        image_metadata_bytes_written: Some(metadata_written),
         ..about.clone()
     }
 }

@@ -1,6 +1,8 @@
-//! The flusher: the thread that runs the commits FLUSH and FUA ask for, so that a queue
-//! thread never waits on a sync, a journal write or a checkpoint; while one commit runs,
-//! the queue keeps serving its other requests.
+//! The flusher: the thread that runs the commits FLUSH and FUA ask for, and the commits a
+//! full record buffer calls for, so that a queue thread never waits on a sync or a
+//! checkpoint for them; while one commit runs, the queue keeps serving its other requests.
+//! (A queue thread still writes its pass's journal records, unsynced, and commits itself
+//! when the buffer reaches twice the threshold, or when reclaim needs one to free pages.)
 //!
 //! A queue task asks with [`Flusher::ask`] and gets a [`Ticket`]: an eventfd that the thread
 //! writes once the commit that covers the request is done, and which the task reads through
@@ -12,6 +14,7 @@
 //! engine before the write completes).
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::thread::JoinHandle;
@@ -155,11 +158,14 @@ fn run(shared: &Shared, volume: &Weak<Volume<FileStore>>, pacer: &Pacer) {
             // Stopping, and nobody waits.
             return;
         }
-        let outcome = match volume.upgrade() {
+        // A panic in the engine must not leave the tickets unanswered: their queues would
+        // wait for them forever. (The panic itself goes to the log.)
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| match volume.upgrade() {
             Some(v) if tickets.is_empty() => v.commit(false).map_err(|e| e.to_string()),
             Some(v) => pacer.flush(&v).map_err(|e| e.to_string()),
             None => Err("the device is closing".into()),
-        };
+        }))
+        .unwrap_or_else(|_| Err("the commit panicked (see the log above)".into()));
         if let Err(e) = &outcome {
             log::error!("commit for {} flushes failed: {e}", tickets.len());
         }

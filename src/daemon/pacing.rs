@@ -11,8 +11,9 @@
 //! - idle: when nothing has been written for `idle` and something was written since the
 //!   newest safe point, the ticker makes an idle safe point.
 //!
-//! What counts: a write or discard counts when the engine has it (after `commit_writes` or
-//! `discard`), from any queue. `covered` is the write count the newest safe point is known
+//! What counts: a write or discard counts when the engine has it and its record is where
+//! the durability wants it (after `stage_writes` or `stage_discard` and the pass's
+//! `record_staged`), from any queue. `covered` is the write count the newest safe point is known
 //! to include; it is read before a safe point is made, so it can only lag (an extra safe
 //! point later), never run ahead (a write left out of every safe point).
 //!

@@ -125,8 +125,9 @@ impl DataPath {
     }
 
     /// The ublk device flags for this data path. Zero copy asks for automatic buffer
-    /// registration and, with it, the driver's zero copy support, which lets the daemon
-    /// register a buffer itself should the automatic registration fail.
+    /// registration together with the driver's zero copy support, as rublk's `-z` does.
+    /// Should the automatic registration of a request's pages fail, the daemon fails that
+    /// request (with a log line); it does not register buffers itself.
     pub fn ublk_flags(self) -> u64 {
         match self {
             DataPath::Copy => 0,

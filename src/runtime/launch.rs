@@ -42,10 +42,11 @@ const LOG_TAIL_LINES: usize = 10;
 /// One queue per 4 CPUs, at least 1 and at most 4. A queue thread serves the requests of the
 /// CPUs its queue is mapped to, so with a queue per CPU it competes for that CPU with the
 /// application submitting there, and every request switches between the two; with fewer
-/// queues than CPUs the scheduler runs the queue threads beside the submitters. Measured on
-/// 2 vCPUs (BENCHMARKS.md): one queue served 4 KiB random reads and writes 1.2-2x faster
-/// than two. More than 4 cost memory (a 512 KiB buffer per tag) and spread one writer's
-/// stream for little gain.
+/// queues than CPUs the scheduler runs the queue threads beside the submitters. Measured
+/// with fio in a 2-vCPU guest (6.12, QD32, interleaved runs): one queue served 4 KiB random
+/// writes 1.7x and reads 1.9x faster than two; rublk shows the same (BENCHMARKS.md). More
+/// than 4 cost memory (a 512 KiB buffer per tag) and spread one writer's stream for little
+/// gain.
 pub fn default_queues() -> u16 {
     std::thread::available_parallelism().map_or(1, |n| queues_for_cpus(n.get()))
 }

@@ -9,7 +9,7 @@ use parking_lot::MutexGuard;
 use zerocopy::little_endian::{U32, U64};
 
 use crate::checkpoint::{self, Snapshot};
-use crate::format::{MAX_LABEL, MAX_SAFE_POINTS};
+use crate::format::{JournalSeq, MAX_LABEL, MAX_SAFE_POINTS};
 use crate::journal::{self, Record};
 use crate::window::{SafePoint, SafePointId, Trigger};
 use crate::{Error, Store};
@@ -97,17 +97,30 @@ impl<S: Store> Volume<S> {
     /// daemon's death (not a power cut); with `FlushedWrites`, nowhere yet (the next commit
     /// takes them). One journal write, of the blocks that changed, for every request staged
     /// since the last call, from any thread.
+    ///
+    /// Another thread may have written this caller's records already (another queue's
+    /// `record_staged`, or a commit, which writes the unsynced blocks first for this very
+    /// reason); finding nothing to write then means they are in the journal, unless that
+    /// write failed, which the failure check after taking `tail` catches.
     pub fn record_staged(&self) -> Result<(), Error> {
         if !self.record_before_complete.load(Ordering::Relaxed) {
             return Ok(());
         }
-        self.refuse_if_failed()?;
         let _tail = self.tail.lock();
-        let (seq, blocks) = {
+        self.refuse_if_failed()?;
+        let unsynced = {
             let mut st = self.state.lock();
             let first = st.first_seq;
             st.pending.unsynced(first, self.uuid, self.session)
         };
+        self.write_unsynced(unsynced)
+    }
+
+    /// Writes blocks `Pending::unsynced` handed out; the caller holds `tail`.
+    fn write_unsynced(
+        &self,
+        (seq, blocks): (JournalSeq, Vec<journal::Block>),
+    ) -> Result<(), Error> {
         if blocks.is_empty() {
             return Ok(());
         }
@@ -134,7 +147,8 @@ impl<S: Store> Volume<S> {
         force_checkpoint: bool,
     ) -> Result<(), Error> {
         self.refuse_if_failed()?;
-        let (blocks, frees, snapshot) = {
+        let tail = self.tail.lock();
+        let (unsynced, blocks, frees, snapshot) = {
             let mut st = self.state.lock();
             // The unsynced copies of the pending blocks went to the sequences from
             // `first_seq`: the synced ones must land on the same blocks.
@@ -143,6 +157,15 @@ impl<S: Store> Volume<S> {
                 "pending journal blocks start at sequence {}, the commit writes from {}",
                 st.first_seq, c.next_seq
             );
+            // Records staged and not yet recorded: a `record_staged` after this finds them
+            // taken and lets their requests complete, maybe long before this commit's
+            // journal write (the data sync comes first). So with `CompletedWrites` they are
+            // written unsynced now, as `record_staged` would have.
+            let unsynced = if self.record_before_complete.load(Ordering::Relaxed) {
+                st.pending.unsynced(c.next_seq, self.uuid, self.session)
+            } else {
+                (c.next_seq, Vec::new())
+            };
             let blocks = st.pending.take_synced(c.next_seq, self.uuid, self.session);
             let frees = std::mem::take(&mut st.pending_free);
             let after = c.next_seq + blocks.len() as u64;
@@ -154,8 +177,10 @@ impl<S: Store> Volume<S> {
                     window: st.window.clone(),
                     journal_seq: after,
                 });
-            (blocks, frees, snapshot)
+            (unsynced, blocks, frees, snapshot)
         };
+        self.write_unsynced(unsynced)?;
+        drop(tail);
         if blocks.is_empty() && snapshot.is_none() {
             // Pages are freed only by records: with no block to write, no page may wait.
             assert!(

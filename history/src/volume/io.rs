@@ -34,11 +34,7 @@ impl<S: Store> Volume<S> {
         count: usize,
         out: &mut Vec<Option<PhysPage>>,
     ) -> Result<(), Error> {
-        if count == 0 {
-            return Ok(());
-        }
-        self.check_in_range(first)?;
-        self.check_in_range(LogicalPage(first.0 + count as u64 - 1))?;
+        self.check_run_in_range(first, count as u64)?;
         out.extend((0..count as u64).map(|i| self.map.get(LogicalPage(first.0 + i)).phys));
         Ok(())
     }
@@ -122,8 +118,7 @@ impl<S: Store> Volume<S> {
         if count == 0 {
             return Ok(false);
         }
-        self.check_in_range(first)?;
-        self.check_in_range(LogicalPage(first.0 + count - 1))?;
+        self.check_run_in_range(first, count)?;
         let mut st = self.state.lock();
         let mut l = first.0;
         let end = first.0 + count;

@@ -126,8 +126,9 @@ pub struct Volume<S: Store> {
     tail: Mutex<()>,
     /// Below this many free pages, allocation reclaims first.
     low_water: u64,
-    /// Records buffered beyond this are committed without waiting for a flush, so one commit
-    /// always fits the journal.
+    /// Records buffered beyond this call for a commit without waiting for a flush (made
+    /// soon by the caller, or at once past twice this: `commit_due`), so one commit always
+    /// fits the journal.
     commit_threshold: usize,
     /// Set when a metadata write failed: the in-memory state is then ahead of the disk, so
     /// every later request fails rather than pretend.
@@ -188,6 +189,23 @@ impl<S: Store> Volume<S> {
             });
         }
         Ok(())
+    }
+
+    /// `check_in_range` for the `count` pages from `first` (none: nothing to refuse but a
+    /// failed volume).
+    fn check_run_in_range(&self, first: LogicalPage, count: u64) -> Result<(), Error> {
+        self.refuse_if_failed()?;
+        match count.checked_sub(1).and_then(|n| first.0.checked_add(n)) {
+            None if count == 0 => Ok(()),
+            None => Err(Error::OutOfRange {
+                page: u64::MAX,
+                pages: self.layout.logical_pages,
+            }),
+            Some(last) => {
+                self.check_in_range(first)?;
+                self.check_in_range(LogicalPage(last))
+            }
+        }
     }
 
     /// Refuses every request once a metadata write failed: the state in memory is then

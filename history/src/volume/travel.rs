@@ -125,8 +125,7 @@ impl<S: Store> Volume<S> {
         if count == 0 {
             return Ok(());
         }
-        self.check_in_range(first)?;
-        self.check_in_range(LogicalPage(first.0 + count as u64 - 1))?;
+        self.check_run_in_range(first, count as u64)?;
         let st = self.state.lock();
         let view = st.views.get(&v.0).ok_or_else(|| Error::ViewDropped {
             at: SafePointId(0),
