@@ -58,6 +58,15 @@ pub fn choose_data_path(wanted: Option<DataPath>) -> anyhow::Result<DataPath> {
     }
 }
 
+/// Where the queue threads run: each on one CPU of those its queue serves (libublk picks
+/// it), not floating over all of them. With a queue serving several CPUs (1 queue per 4
+/// CPUs by default), a floating queue thread keeps meeting the submitters on their CPUs and
+/// migrating; pinned, it runs beside them. Measured with fio in a 2-vCPU guest (6.18, QD32,
+/// 3 interleaved runs, medians): pinned, 4 KiB random reads 22% and writes 7% faster.
+fn queue_placement() -> UblkFlags {
+    UblkFlags::UBLK_DEV_F_SINGLE_CPU_AFFINITY
+}
+
 /// Adds a ublk device for rewind: `id` or the first free one, `queues` queues of `depth`,
 /// with the ublk flags of `on_crash` and `data_path`.
 pub fn add_device(
@@ -78,7 +87,7 @@ pub fn add_device(
         .depth(depth)
         .io_buf_bytes(IO_BUF_BYTES)
         .ctrl_flags(on_crash.ublk_flags() | data_path.ublk_flags())
-        .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
+        .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV | queue_placement())
         .build()
         .map_err(|e| {
             let why = describe_ublk_error(&e);
@@ -125,7 +134,7 @@ pub fn recover_device(id: u32) -> anyhow::Result<UblkCtrl> {
         info.max_io_buf_bytes,
         0,
         0,
-        UblkFlags::UBLK_DEV_F_RECOVER_DEV,
+        UblkFlags::UBLK_DEV_F_RECOVER_DEV | queue_placement(),
     )
     .map_err(|e| {
         anyhow::anyhow!(
