@@ -187,9 +187,8 @@ fn check_image(image: Vec<u8>, m: &Model, crash: Crash) -> Result<(), String> {
     ))
 }
 
-/// Runs workload `seed` on a volume of `durability`, checking two power cuts and a killed
-/// daemon at every sync and at one write in four; returns the model, which counts them.
-fn run_workload(seed: u64, durability: Durability) -> Model {
+/// A simulated store formatted for the workloads (in the boot they run in), synced.
+fn formatted_store() -> (Arc<SimStore>, Host) {
     let opts = CreateOptions {
         size: PAGES * PAGE as u64,
         history: Some(256 * PAGE as u64),
@@ -200,6 +199,13 @@ fn run_workload(seed: u64, durability: Durability) -> Model {
     let host = sim::host(BOOT);
     create(&store, &opts, &host).unwrap();
     store.sync().unwrap();
+    (store, host)
+}
+
+/// Runs workload `seed` on a volume of `durability`, checking two power cuts and a killed
+/// daemon at every sync and at one write in four; returns the model, which counts them.
+fn run_workload(seed: u64, durability: Durability) -> Model {
+    let (store, host) = formatted_store();
     let model = Arc::new(Mutex::new(Model {
         live: vec![None; PAGES as usize],
         durable: vec![None; PAGES as usize],
@@ -483,16 +489,7 @@ fn power_cuts_and_killed_daemons_at_every_sync_and_random_writes_keep_the_contra
 /// commit's journal write must still have the write (with `CompletedWrites`).
 #[test]
 fn a_write_recorded_while_a_commit_syncs_the_data_survives_a_kill() {
-    let opts = CreateOptions {
-        size: PAGES * PAGE as u64,
-        history: Some(256 * PAGE as u64),
-        journal: Some(32 * 512),
-    };
-    let layout = Layout::for_create(&opts).unwrap();
-    let store = Arc::new(SimStore::new(layout.required_bytes()));
-    let host = sim::host(BOOT);
-    create(&store, &opts, &host).unwrap();
-    store.sync().unwrap();
+    let (store, host) = formatted_store();
     let vol = Arc::new(Volume::open(store.clone(), &host).unwrap());
     let mut stream = vol.stream(0, 1);
     let l = LogicalPage(5);
