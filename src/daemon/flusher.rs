@@ -129,7 +129,12 @@ impl Flusher {
 
 impl Drop for Flusher {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
+        {
+            // Under the lock: the thread checks `stop` under it before it waits, so the
+            // wake-up below cannot fall between its check and its wait.
+            let _waiting = self.shared.waiting.lock();
+            self.shared.stop.store(true, Ordering::SeqCst);
+        }
         self.shared.wake.notify_one();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
