@@ -195,13 +195,20 @@ mod tests {
         u64::from_ne_bytes(b)
     }
 
-    #[test]
-    fn tickets_are_answered_after_a_commit_that_covers_them() {
+    /// A volume on a fresh image (in a directory kept as long as the returned guard) and a
+    /// flusher for it that makes a safe point at every flush.
+    fn volume_and_flusher() -> (tempfile::TempDir, Arc<Volume<FileStore>>, Flusher) {
         let dir = tempfile::tempdir().unwrap();
         let store = formatted_image(&dir.path().join("a.img"), 4 << 20);
         let volume = Arc::new(Volume::open(store, &crate::host::this_host()).unwrap());
         let pacer = Arc::new(Pacer::new(Policy::new(0, 0)));
         let flusher = Flusher::start(Arc::downgrade(&volume), pacer).unwrap();
+        (dir, volume, flusher)
+    }
+
+    #[test]
+    fn tickets_are_answered_after_a_commit_that_covers_them() {
+        let (_dir, volume, flusher) = volume_and_flusher();
         let mut stream = volume.stream(0, 1);
         volume
             .write_page(&mut stream, LogicalPage(3), &[7u8; 4096])
@@ -219,11 +226,7 @@ mod tests {
 
     #[test]
     fn a_ticket_after_the_volume_is_gone_fails_and_is_still_answered() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = formatted_image(&dir.path().join("a.img"), 4 << 20);
-        let volume = Arc::new(Volume::open(store, &crate::host::this_host()).unwrap());
-        let pacer = Arc::new(Pacer::new(Policy::new(0, 0)));
-        let flusher = Flusher::start(Arc::downgrade(&volume), pacer).unwrap();
+        let (_dir, volume, flusher) = volume_and_flusher();
         drop(volume);
         let t = flusher.ask().unwrap();
         assert_eq!(read_event(t.event_fd()), 1);
