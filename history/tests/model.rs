@@ -262,8 +262,16 @@ impl Harness {
         match *op {
             Op::Write(l, v) => self.write(l, v),
             Op::WriteRun(l, v, n) => {
-                for i in l..(l + n).min(PAGES) {
-                    self.write(i, v);
+                // One request, as the daemon makes it of a multi-page write.
+                let end = (l + n).min(PAGES);
+                let data: Vec<u8> = (l..end).flat_map(|i| page_data(i, v)).collect();
+                let mut s = self.stream.clone();
+                self.vol()
+                    .write_pages(&mut s, LogicalPage(l), &data)
+                    .unwrap();
+                self.stream = s;
+                for i in l..end {
+                    self.set(i, Some(v));
                 }
             }
             Op::Discard(l, n) => {
@@ -722,4 +730,31 @@ fn inspect_reads_the_window_of_a_closed_or_crashed_image_without_writing() {
     assert_eq!(labelled.changed_pages, Some(6));
     // Page 1 was rewritten after it: its old page is what this safe point alone holds.
     assert_eq!(labelled.held_pages, 1);
+}
+
+#[test]
+fn a_multi_page_write_lands_in_one_extent_at_home_then_in_the_history_area() {
+    let h = Harness::new(256, 64);
+    let vol = h.vol.as_ref().unwrap();
+    let layout = *vol.layout();
+    let mut s = vol.stream(0, 1);
+    let extent = |first: u64, n: u64| -> Vec<u64> {
+        (first..first + n)
+            .map(|l| u64::from(vol.resolve(LogicalPage(l)).unwrap().unwrap().0))
+            .collect()
+    };
+    let data: Vec<u8> = (10..26).flat_map(|l| page_data(l, 1)).collect();
+    vol.write_pages(&mut s, LogicalPage(10), &data).unwrap();
+    assert_eq!(extent(10, 16), (10..26).collect::<Vec<_>>(), "at home");
+    // Rewritten after a safe point: the home pages keep the history, so the new data goes
+    // to one extent of the history area.
+    vol.flush().unwrap();
+    let data: Vec<u8> = (10..26).flat_map(|l| page_data(l, 2)).collect();
+    vol.write_pages(&mut s, LogicalPage(10), &data).unwrap();
+    let now = extent(10, 16);
+    assert!(
+        now[0] >= layout.logical_pages,
+        "in the history area: {now:?}"
+    );
+    assert_eq!(now, (now[0]..now[0] + 16).collect::<Vec<_>>(), "one extent");
 }

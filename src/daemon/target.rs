@@ -846,25 +846,23 @@ async fn write(
 ) -> Result<i32, Failure> {
     let volume = ctx.volume;
     scratch.claimed.clear();
-    for i in 0..pages {
-        let l = LogicalPage(first.0 + i as u64);
-        match allocate(q, ctx, l).await {
-            Ok(p) => scratch.claimed.push((l, p)),
-            Err(e) => {
-                abandon_all(volume, &scratch.claimed);
-                return Err(Failure::Engine("allocate", e));
-            }
-        }
-    }
     scratch.phys.clear();
-    scratch
-        .phys
-        .extend(scratch.claimed.iter().map(|&(_, p)| Some(p)));
+    if let Err(e) = allocate(q, ctx, first, pages, &mut scratch.phys).await {
+        abandon_all(volume, scratch.phys.iter().flatten().copied());
+        return Err(Failure::Engine("allocate", e));
+    }
+    scratch.claimed.extend(
+        scratch
+            .phys
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (LogicalPage(first.0 + i as u64), p.expect("allocated"))),
+    );
     scratch.runs.clear();
     group_runs(&scratch.phys, &mut scratch.runs);
     submit_runs(q, volume.layout(), buf.addr(), scratch, true);
     if let Err(f) = run_transfers(q, scratch).await {
-        abandon_all(volume, &scratch.claimed);
+        abandon_all(volume, scratch.claimed.iter().map(|&(_, p)| p));
         return Err(f);
     }
     volume.store().note_data_written((pages * PAGE) as u64);
@@ -943,32 +941,53 @@ async fn flush(q: &UblkQueue<'_>, ctx: &QueueCtx<'_>) -> Result<(), Failure> {
     }
 }
 
-/// Claims the page `l`'s data is to be written into. When every page is in use for a
-/// moment (claimed by writes or held for reads in flight), waits for one with a timeout op
-/// on the ring, never a sleep, so the queue's other requests go on meanwhile.
+/// Claims the pages the `pages` pages from `first` are to be written into, appended to
+/// `out` in order, in as few extents as the engine finds (`try_allocate_run`). When every
+/// page is in use for a moment (claimed by writes or held for reads in flight), waits for
+/// one with a timeout op on the ring, never a sleep, so the queue's other requests go on
+/// meanwhile. On an error, `out` holds the pages claimed so far.
 async fn allocate(
     q: &UblkQueue<'_>,
     ctx: &QueueCtx<'_>,
-    l: LogicalPage,
-) -> Result<PhysPage, rewind_history::Error> {
+    first: LogicalPage,
+    pages: usize,
+    out: &mut Vec<Option<PhysPage>>,
+) -> Result<(), rewind_history::Error> {
     let delay = types::Timespec::from(ALLOCATE_RETRY_DELAY);
-    for attempt in 0..ALLOCATE_ATTEMPTS {
+    let mut run = Vec::with_capacity(pages);
+    let mut waits = 0;
+    while out.len() < pages {
+        let l = LogicalPage(first.0 + out.len() as u64);
+        run.clear();
         // The stream is borrowed for the engine call only, never across the wait.
-        if let Some(p) = ctx.volume.try_allocate(&mut ctx.stream.borrow_mut(), l)? {
-            return Ok(p);
+        let got = ctx.volume.try_allocate_run(
+            &mut ctx.stream.borrow_mut(),
+            l,
+            pages - out.len(),
+            &mut run,
+        );
+        out.extend(run.iter().copied().map(Some));
+        if got? > 0 {
+            waits = 0;
+            continue;
         }
-        if attempt > 0 {
+        waits += 1;
+        if waits >= ALLOCATE_ATTEMPTS {
+            return Err(rewind_history::Error::NoSpace);
+        }
+        if waits > 1 {
             // The result is -ETIME when the time is up; nothing else can end it early but
             // the ring going away, after which the next try fails anyway.
             q.ublk_submit_sqe(opcode::Timeout::new(&delay).build())
                 .await;
         }
     }
-    Err(rewind_history::Error::NoSpace)
+    Ok(())
 }
 
-fn abandon_all(volume: &Volume<FileStore>, claimed: &[(LogicalPage, PhysPage)]) {
-    for &(_, p) in claimed {
+/// Gives back the pages of a write that failed.
+fn abandon_all(volume: &Volume<FileStore>, pages: impl IntoIterator<Item = PhysPage>) {
+    for p in pages {
         volume.abandon(p);
     }
 }

@@ -13,12 +13,14 @@ pub const ALLOCATE_ATTEMPTS: u32 = 1000;
 pub const ALLOCATE_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(1);
 
 impl<S: Store> Volume<S> {
-    /// The stream for queue `index` of `count`: each starts at its own share of the history
-    /// area, so queues allocate from different places.
+    /// The stream for queue `index` of `count`: it allocates from the history area, each
+    /// queue starting at its own share of it, so queues allocate from different places and
+    /// the home pages of other logical pages stay free for them while the area has room.
     pub fn stream(&self, index: u32, count: u32) -> Stream {
-        let area = self.layout.physical_pages - self.layout.logical_pages;
-        let start = self.layout.logical_pages + area * u64::from(index) / u64::from(count.max(1));
-        self.alloc.stream(start as u32)
+        let (lo, hi) = (self.layout.logical_pages, self.layout.physical_pages);
+        let start = lo + (hi - lo) * u64::from(index) / u64::from(count.max(1));
+        // Physical page numbers are u32 (the layout checks it).
+        self.alloc.stream_in(start as u32, lo as u32..hi as u32)
     }
 
     /// The physical page `l` reads from now; `None` reads as zeros.
@@ -71,6 +73,55 @@ impl<S: Store> Volume<S> {
             }
         }
         Ok(self.alloc.allocate(stream, Some(home)))
+    }
+
+    /// `try_allocate` for the `count` pages from `first` of one write, as one extent where
+    /// it can: claims pages for `first`, `first + 1`, ... that are consecutive on the store,
+    /// appends them to `out` and returns how many (at least 1, at most `count`; 0 when no
+    /// page is free now, as `try_allocate`'s `None`, or `count` is 0). The caller calls
+    /// again for the rest.
+    ///
+    /// The pages are the home pages while those are free (an unfragmented device stays laid
+    /// out as identity), else the first free run long enough after the stream's cursor, else
+    /// one page as `try_allocate` gives it. A sequential rewrite thus lands in few extents,
+    /// written and later read with one op each, even where free pages are scattered.
+    pub fn try_allocate_run(
+        &self,
+        stream: &mut Stream,
+        first: LogicalPage,
+        count: usize,
+        out: &mut Vec<PhysPage>,
+    ) -> Result<usize, Error> {
+        let want = count.min(u32::MAX as usize) as u32;
+        if want == 0 {
+            return Ok(0);
+        }
+        self.check_run_in_range(first, u64::from(want))?;
+        let Some(one) = self.try_allocate(stream, first)? else {
+            return Ok(0);
+        };
+        out.push(one);
+        if want == 1 {
+            return Ok(1);
+        }
+        if one.0 as u64 == first.0 {
+            // At home: go on at home while the home pages are free.
+            let more = (1..want)
+                .take_while(|&i| self.alloc.claim(PhysPage(one.0 + i)))
+                .inspect(|&i| out.push(PhysPage(one.0 + i)))
+                .count();
+            return Ok(1 + more);
+        }
+        // Not at home: a run for the whole write, if one is free, instead of this page.
+        match self.alloc.allocate_run(stream, want) {
+            Some((p, n)) => {
+                self.alloc.release(one);
+                out.pop();
+                out.extend((0..n).map(|i| PhysPage(p.0 + i)));
+                Ok(n as usize)
+            }
+            None => Ok(1),
+        }
     }
 
     /// Gives back a page whose data write failed.
@@ -161,11 +212,56 @@ impl<S: Store> Volume<S> {
         data: &[u8],
     ) -> Result<(), Error> {
         assert_eq!(data.len() as u64, PAGE_SIZE);
-        let p = self.allocate(stream, l)?;
-        if let Err(e) = self.store.write_at(self.layout.page_offset(p), data) {
-            self.abandon(p);
-            return Err(Error::io("writing a data page")(e));
+        self.write_pages(stream, l, data)
+    }
+
+    /// Writes `data`, whole pages, from page `first` through the store, as one request:
+    /// allocated by `try_allocate_run` (waiting, sleeping, while no page is free), written,
+    /// then made live together (tests and tools; the daemon writes via io_uring).
+    pub fn write_pages(
+        &self,
+        stream: &mut Stream,
+        first: LogicalPage,
+        data: &[u8],
+    ) -> Result<(), Error> {
+        assert!(
+            (data.len() as u64).is_multiple_of(PAGE_SIZE),
+            "a write of part of a page"
+        );
+        let count = data.len() / PAGE_SIZE as usize;
+        let mut phys = Vec::with_capacity(count);
+        let give_back = |phys: &[PhysPage]| phys.iter().for_each(|&p| self.abandon(p));
+        let mut waits = 0;
+        while phys.len() < count {
+            let l = LogicalPage(first.0 + phys.len() as u64);
+            match self.try_allocate_run(stream, l, count - phys.len(), &mut phys) {
+                Ok(0) if waits + 1 >= ALLOCATE_ATTEMPTS => {
+                    give_back(&phys);
+                    return Err(Error::NoSpace);
+                }
+                Ok(0) => {
+                    waits += 1;
+                    if waits > 1 {
+                        std::thread::sleep(ALLOCATE_RETRY_DELAY);
+                    }
+                }
+                Ok(_) => waits = 0,
+                Err(e) => {
+                    give_back(&phys);
+                    return Err(e);
+                }
+            }
         }
-        self.commit_writes(&[(l, p)])
+        for (p, page) in phys.iter().zip(data.chunks(PAGE_SIZE as usize)) {
+            if let Err(e) = self.store.write_at(self.layout.page_offset(*p), page) {
+                give_back(&phys);
+                return Err(Error::io("writing a data page")(e));
+            }
+        }
+        let pages: Vec<_> = (first.0..)
+            .map(LogicalPage)
+            .zip(phys.iter().copied())
+            .collect();
+        self.commit_writes(&pages)
     }
 }
