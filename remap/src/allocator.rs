@@ -11,8 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::PhysPage;
 
 /// Words of the bitmap `allocate_run` looks through for a free run (64 pages each): 256 MiB
-/// of 4 KiB pages, a bounded cost per request however large and fragmented the device.
+/// of 4 KiB pages, a bounded cost per request however large the device.
 const SCAN_WORDS: u64 = 1024;
+/// Free runs too short for the request that `allocate_run` measures before it gives up: a
+/// bounded cost however fragmented the free pages are.
+const SCAN_RUNS: u32 = 32;
 
 /// The free/used state of every physical page.
 pub struct PageAllocator {
@@ -22,16 +25,10 @@ pub struct PageAllocator {
     free: AtomicU64,
 }
 
-/// A cursor one I/O queue allocates from, within an area of the physical pages it prefers
-/// (the history area, so the home pages of other logical pages stay free for them).
+/// A cursor one I/O queue allocates from.
 #[derive(Clone, Debug)]
 pub struct Stream {
     next: u32,
-    /// The area, `lo..hi`; the cursor wraps within it.
-    lo: u32,
-    hi: u32,
-    /// The cursor over every page, for when the area is full.
-    spill: u32,
 }
 
 impl PageAllocator {
@@ -60,25 +57,14 @@ impl PageAllocator {
         self.free.load(Ordering::Relaxed)
     }
 
-    /// A stream over every page that starts its scan at `start`.
+    /// A stream that starts its scan at `start`.
     pub fn stream(&self, start: u32) -> Stream {
-        self.stream_in(start, 0..self.pages)
-    }
-
-    /// A stream that prefers the pages of `area` and starts its scan at `start` (moved into
-    /// the area if outside it). An empty area, or one past the last page, is every page.
-    pub fn stream_in(&self, start: u32, area: std::ops::Range<u32>) -> Stream {
-        let (lo, hi) = if area.start < area.end.min(self.pages) {
-            (area.start, area.end.min(self.pages))
-        } else {
-            (0, self.pages)
-        };
-        let next = if (lo..hi).contains(&start) { start } else { lo };
         Stream {
-            next,
-            lo,
-            hi,
-            spill: next,
+            next: if self.pages == 0 {
+                0
+            } else {
+                start % self.pages
+            },
         }
     }
 
@@ -116,114 +102,85 @@ impl PageAllocator {
     }
 
     /// Claims a free page: `home` if it is free, else the next free page after the stream's
-    /// cursor in its area, else (the area full) the first free page anywhere. `None` when
-    /// every page is used.
+    /// cursor. `None` when every page is used.
     pub fn allocate(&self, stream: &mut Stream, home: Option<PhysPage>) -> Option<PhysPage> {
         if let Some(h) = home {
             if h.0 < self.pages && self.claim(h) {
                 return Some(h);
             }
         }
-        if let Some(p) = self.claim_first_free(stream.next, stream.lo, stream.hi) {
-            stream.next = if p.0 + 1 == stream.hi {
-                stream.lo
-            } else {
-                p.0 + 1
-            };
-            return Some(p);
-        }
-        if (stream.lo, stream.hi) == (0, self.pages) {
+        if self.pages == 0 {
             return None;
         }
-        let p = self.claim_first_free(stream.spill, 0, self.pages)?;
-        stream.spill = (p.0 + 1) % self.pages;
-        Some(p)
-    }
-
-    /// Claims the first free page of `lo..hi` at or after `from`, wrapping to `lo`.
-    fn claim_first_free(&self, from: u32, lo: u32, hi: u32) -> Option<PhysPage> {
-        if lo >= hi {
-            return None;
-        }
-        let (first_word, last_word) = (lo as usize / 64, (hi as usize - 1) / 64);
-        // Bits of word `w` inside `lo..hi`.
-        let in_area = |w: usize| {
-            let mut m = !0u64;
-            if w == first_word {
-                m &= !0u64 << (lo % 64);
-            }
-            if w == last_word && !hi.is_multiple_of(64) {
-                m &= !(!0u64 << (hi % 64));
-            }
-            m
-        };
-        let mut w = from as usize / 64;
+        let nwords = self.words.len();
+        let mut w = (stream.next / 64) as usize;
         // Skip the bits below the cursor in its first word, so consecutive allocations ascend.
-        let mut mask = in_area(w) & (!0u64 << (from % 64));
-        // One more word than the area has, so the first word is seen again whole.
-        for _ in 0..=(last_word - first_word + 1) {
+        let mut mask = !0u64 << (stream.next % 64);
+        // One more word than the bitmap has, so the first word is seen again whole.
+        for _ in 0..=nwords {
             loop {
                 let word = self.words[w].load(Ordering::Acquire);
                 let candidates = !word & mask;
                 if candidates == 0 {
                     break;
                 }
-                let p = PhysPage(w as u32 * 64 + candidates.trailing_zeros());
+                let bit = candidates.trailing_zeros();
+                let p = PhysPage(w as u32 * 64 + bit);
                 if self.claim(p) {
+                    stream.next = (p.0 + 1) % self.pages;
                     return Some(p);
                 }
                 // Another stream took it between our load and claim: look again.
             }
-            w = if w == last_word { first_word } else { w + 1 };
-            mask = in_area(w);
+            w = (w + 1) % nwords;
+            mask = !0;
         }
         None
     }
 
     /// Claims up to `want` consecutive pages at or after the stream's cursor: the first run
-    /// of `want` free pages within the next `SCAN_WORDS` words of the bitmap (wrapping), so a
-    /// multi-page write lands in one extent and is one data op, then read back as one. Returns
-    /// the run's first page and length, which is shorter than `want` only when another stream
-    /// claimed a page of it meanwhile; `None` when no run that long is free in the window
-    /// (the caller then allocates page by page, `allocate`).
+    /// of `want` free pages it meets (wrapping), so a multi-page write lands in one extent
+    /// and is one data op, then read back as one. Returns the run's first page and length,
+    /// which is shorter than `want` only when another stream claimed a page of it meanwhile;
+    /// `None` when it finds no run that long (the caller then allocates page by page).
+    ///
+    /// The search is bounded, so that a fragmented bitmap costs little: it looks at most
+    /// `SCAN_WORDS` words ahead and measures at most `SCAN_RUNS` free runs that turn out too
+    /// short.
     pub fn allocate_run(&self, stream: &mut Stream, want: u32) -> Option<(PhysPage, u32)> {
-        let (lo, hi) = (stream.lo, stream.hi);
-        if want == 0 || want > hi - lo {
+        if want == 0 || want > self.pages {
             return None;
         }
-        let span = u64::from(hi - lo);
-        let scan = (SCAN_WORDS * 64).min(span);
-        // `p` counts pages scanned from the cursor; `pos` is where that is in the area.
-        let mut p = u64::from(stream.next - lo);
-        let end = p + scan;
-        while p < end {
-            let pos = lo + (p % span) as u32;
+        let pages = u64::from(self.pages);
+        // `p` counts pages looked at from the cursor; `pos` is where that is in the bitmap.
+        let mut p = u64::from(stream.next);
+        let end = p + (SCAN_WORDS * 64).min(pages);
+        let mut short_runs = 0;
+        while p < end && short_runs < SCAN_RUNS {
+            let pos = (p % pages) as u32;
             let (w, _) = Self::locate(PhysPage(pos));
             let candidates = !self.words[w].load(Ordering::Acquire) & (!0u64 << (pos % 64));
             if candidates == 0 {
-                // Nothing free in the rest of this word (or of the area, which wraps).
-                p += u64::from((64 - pos % 64).min(hi - pos));
+                // Nothing free in the rest of this word. (Bits past the last page are used,
+                // so the last word ends here too and the next position wraps to 0.)
+                p += u64::from((64 - pos % 64).min(self.pages - pos));
                 continue;
             }
             let at = w as u32 * 64 + candidates.trailing_zeros();
             p += u64::from(at - pos);
-            if at >= hi {
-                // The free bit is past the area's end, in its last word: wrap.
-                p += u64::from(hi - pos);
-                continue;
-            }
-            let free = self.free_run(at, want.min(hi - at));
+            let free = self.free_run(at, want);
             if free >= want {
                 let got = self.claim_run(PhysPage(at), want);
                 if got > 0 {
-                    stream.next = if at + got == hi { lo } else { at + got };
+                    stream.next = (at + got) % self.pages;
                     return Some((PhysPage(at), got));
                 }
                 p += 1;
             } else {
-                // The run from `at` is too short: skip it and the used page that ends it
-                // (or wrap, if the area ends it).
-                p += u64::from((free + 1).min(hi - at));
+                // Too short: skip it and the used page that ends it (or wrap, if the bitmap
+                // ends it).
+                short_runs += 1;
+                p += u64::from((free + 1).min(self.pages - at));
             }
         }
         None
@@ -316,35 +273,27 @@ mod tests {
     }
 
     #[test]
-    fn a_stream_keeps_to_its_area_until_the_area_is_full() {
-        let a = PageAllocator::new(100);
-        let mut s = a.stream_in(90, 80..100);
-        let got: Vec<u32> = (0..20)
-            .map(|_| a.allocate(&mut s, None).unwrap().0)
-            .collect();
-        assert_eq!(
-            got,
-            (90..100).chain(80..90).collect::<Vec<_>>(),
-            "wraps in the area"
-        );
-        // The area is full: any free page, from the stream's own cursor.
-        assert_eq!(a.allocate(&mut s, None), Some(PhysPage(0)));
+    fn a_fragmented_bitmap_gives_up_soon_and_single_pages_still_come() {
+        let a = PageAllocator::new(64 * 64);
+        // Every other page used: free runs of one page only, then a free run of 8 far off.
+        for p in 0..64 * 32 {
+            if p % 2 == 0 || p >= 64 * 32 - 8 {
+                assert!(a.claim(PhysPage(p)));
+            }
+        }
+        for p in 64 * 32..64 * 64 {
+            assert!(a.claim(PhysPage(p)));
+        }
+        for p in 64 * 40..64 * 40 + 8 {
+            a.release(PhysPage(p));
+        }
+        let mut s = a.stream(0);
+        // The run of 8 lies past SCAN_RUNS short runs: not found.
+        assert_eq!(a.allocate_run(&mut s, 8), None);
         assert_eq!(a.allocate(&mut s, None), Some(PhysPage(1)));
-        // Room in the area again: it is preferred.
-        a.release(PhysPage(85));
-        assert_eq!(a.allocate(&mut s, None), Some(PhysPage(85)));
-        assert_eq!(a.allocate(&mut s, None), Some(PhysPage(2)));
-        // Runs come from the area only.
-        a.release(PhysPage(86));
-        a.release(PhysPage(87));
-        assert_eq!(a.allocate_run(&mut s, 3), None);
-        assert_eq!(a.allocate_run(&mut s, 2), Some((PhysPage(86), 2)));
-        // An empty area is every page; a start outside the area starts at its beginning.
-        let b = PageAllocator::new(10);
-        let mut t = b.stream_in(5, 3..3);
-        assert_eq!(b.allocate(&mut t, None), Some(PhysPage(5)));
-        let mut u = b.stream_in(1, 4..8);
-        assert_eq!(b.allocate(&mut u, None), Some(PhysPage(4)));
+        // From right before it, it is.
+        let mut t = a.stream(64 * 40 - 3);
+        assert_eq!(a.allocate_run(&mut t, 8), Some((PhysPage(64 * 40), 8)));
     }
 
     #[test]

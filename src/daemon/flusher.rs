@@ -1,8 +1,8 @@
-//! The flusher: the thread that runs the commits FLUSH and FUA ask for, and the commits a
-//! full record buffer calls for, so that a queue thread never waits on a sync or a
-//! checkpoint for them; while one commit runs, the queue keeps serving its other requests.
-//! (A queue thread still writes its pass's journal records, unsynced, and commits itself
-//! when the buffer reaches twice the threshold, or when reclaim needs one to free pages.)
+//! The flusher: the thread that runs the commits FLUSH and FUA ask for, the commits a full
+//! record buffer calls for, and reclaim when free pages run low, so that a queue thread
+//! never waits on a sync, a checkpoint or the commit lock for them; meanwhile the queue
+//! keeps serving its other requests. (A queue thread still writes its pass's journal
+//! records, unsynced, and commits itself when the buffer reaches twice the threshold.)
 //!
 //! A queue task asks with [`Flusher::ask`] and gets a [`Ticket`]: an eventfd that the thread
 //! writes once the commit that covers the request is done, and which the task reads through
@@ -71,6 +71,10 @@ struct Shared {
     waiting: Mutex<Waiting>,
     wake: Condvar,
     stop: AtomicBool,
+    /// Set by `commit_soon` and `reclaim_soon` until the thread takes their request: the
+    /// queues ask on every write while it is due, and only the first asking takes the lock.
+    commit_asked: AtomicBool,
+    reclaim_asked: AtomicBool,
 }
 
 /// What the thread is asked for.
@@ -80,6 +84,14 @@ struct Waiting {
     tickets: Vec<Arc<Ticket>>,
     /// A commit is due though no flush waits (`commit_soon`).
     commit_due: bool,
+    /// Free pages run low (`reclaim_soon`).
+    reclaim_due: bool,
+}
+
+impl Waiting {
+    fn is_empty(&self) -> bool {
+        self.tickets.is_empty() && !self.commit_due && !self.reclaim_due
+    }
 }
 
 /// The flusher thread of one device; stopped and joined when dropped.
@@ -96,6 +108,8 @@ impl Flusher {
             waiting: Mutex::new(Waiting::default()),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
+            commit_asked: AtomicBool::new(false),
+            reclaim_asked: AtomicBool::new(false),
         });
         let theirs = shared.clone();
         let thread = std::thread::Builder::new()
@@ -122,8 +136,19 @@ impl Flusher {
     /// Has a commit made soon, with nobody waiting for it: the engine's records came near
     /// what one commit should take (`Volume::stage_writes`).
     pub fn commit_soon(&self) {
-        self.shared.waiting.lock().commit_due = true;
-        self.shared.wake.notify_one();
+        if !self.shared.commit_asked.swap(true, Ordering::AcqRel) {
+            self.shared.waiting.lock().commit_due = true;
+            self.shared.wake.notify_one();
+        }
+    }
+
+    /// Has reclaim run soon: free pages are below the low water mark
+    /// (`Volume::reclaim_due`). A write that finds no free page waits on its ring meanwhile.
+    pub fn reclaim_soon(&self) {
+        if !self.shared.reclaim_asked.swap(true, Ordering::AcqRel) {
+            self.shared.waiting.lock().reclaim_due = true;
+            self.shared.wake.notify_one();
+        }
     }
 }
 
@@ -142,26 +167,34 @@ impl Drop for Flusher {
     }
 }
 
-/// The thread: takes every waiting ticket, commits once for them all (a flush, through the
-/// pacer; a plain commit when none waits), answers them.
+/// The thread: reclaims if asked, then takes every waiting ticket, commits once for them
+/// all (a flush, through the pacer; a plain commit when none waits), answers them.
 fn run(shared: &Shared, volume: &Weak<Volume<FileStore>>, pacer: &Pacer) {
     loop {
+        let asked = {
+            let mut waiting = shared.waiting.lock();
+            while waiting.is_empty() && !shared.stop.load(Ordering::SeqCst) {
+                shared.wake.wait(&mut waiting);
+            }
+            // Cleared under the lock, as taken: a request after this asks anew.
+            shared.commit_asked.store(false, Ordering::Release);
+            shared.reclaim_asked.store(false, Ordering::Release);
+            std::mem::take(&mut *waiting)
+        };
+        if asked.is_empty() {
+            // Stopping, and nobody waits.
+            return;
+        }
+        if asked.reclaim_due {
+            reclaim(volume);
+        }
         let Waiting {
             tickets,
             commit_due,
-        } = {
-            let mut waiting = shared.waiting.lock();
-            while waiting.tickets.is_empty()
-                && !waiting.commit_due
-                && !shared.stop.load(Ordering::SeqCst)
-            {
-                shared.wake.wait(&mut waiting);
-            }
-            std::mem::take(&mut *waiting)
-        };
+            ..
+        } = asked;
         if tickets.is_empty() && !commit_due {
-            // Stopping, and nobody waits.
-            return;
+            continue;
         }
         // A panic in the engine must not leave the tickets unanswered: their queues would
         // wait for them forever. (The panic itself goes to the log.)
@@ -177,6 +210,19 @@ fn run(shared: &Shared, volume: &Weak<Volume<FileStore>>, pacer: &Pacer) {
         for t in tickets {
             t.finish(outcome.clone());
         }
+    }
+}
+
+/// Reclaim for the queues, on this thread. A failure goes to the log; the volume then
+/// refuses I/O, which the queues report.
+fn reclaim(volume: &Weak<Volume<FileStore>>) {
+    let Some(v) = volume.upgrade() else {
+        return;
+    };
+    match std::panic::catch_unwind(AssertUnwindSafe(|| v.reclaim_if_low())) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => log::error!("reclaiming history for new writes failed: {e}"),
+        Err(_) => log::error!("reclaiming history panicked (see the log above)"),
     }
 }
 
@@ -221,6 +267,48 @@ mod tests {
         }
         // The write is in a safe point now: the flush made one (no coalescing).
         assert!(volume.safe_points().len() > before);
+        drop(flusher);
+    }
+
+    #[test]
+    fn reclaim_soon_frees_pages_on_the_flusher_thread() {
+        let (_dir, volume, flusher) = volume_and_flusher();
+        let mut stream = volume.stream(0, 1);
+        let mut pages = Vec::new();
+        // Overwrites with a safe point now and then, allocated as the queues do (no reclaim
+        // on this thread), until free pages run low: the history holds the rest.
+        let mut n = 0u64;
+        while !volume.reclaim_due() {
+            pages.clear();
+            let l = LogicalPage(n % 64);
+            assert_eq!(
+                volume
+                    .try_allocate_run(&mut stream, l, 1, &mut pages)
+                    .unwrap(),
+                1
+            );
+            volume.commit_writes(&[(l, pages[0])]).unwrap();
+            n += 1;
+            if n.is_multiple_of(64) {
+                volume.flush().unwrap();
+            }
+        }
+        let before = volume.safe_points().len();
+        flusher.reclaim_soon();
+        flusher.reclaim_soon(); // asked twice before it runs: one reclaim
+                                // Not a timing assertion: the wait is for the event, with a generous limit.
+        let start = std::time::Instant::now();
+        while volume.reclaim_due() {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(60),
+                "the flusher did not reclaim"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(
+            volume.safe_points().len() < before,
+            "reclaim retired no safe point"
+        );
         drop(flusher);
     }
 

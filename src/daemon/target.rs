@@ -71,8 +71,7 @@ use libublk::uring_async::UblkUringOpFuture;
 use libublk::{sys, BufDesc, UblkError};
 use parking_lot::Mutex;
 use rewind_history::{
-    LogicalPage, PhysPage, ReadTracker, Stream, ViewId, Volume, ALLOCATE_ATTEMPTS,
-    ALLOCATE_RETRY_DELAY, PAGE_SIZE,
+    LogicalPage, PhysPage, ReadTracker, Stream, ViewId, Volume, ALLOCATE_RETRY_DELAY, PAGE_SIZE,
 };
 
 use crate::daemon::backing::FileStore;
@@ -92,6 +91,10 @@ const DATA_FILE: types::Fixed = types::Fixed(DATA_FILE_INDEX);
 /// path only: holes of a read are filled from it.
 const ZERO_FILE_INDEX: u32 = 2;
 const ZERO_FILE: types::Fixed = types::Fixed(ZERO_FILE_INDEX);
+/// Waits of `ALLOCATE_RETRY_DELAY` (1 ms) a write makes for a free page before it fails
+/// with no space: 10 s, longer than the engine's own (1 s), since here the pages come from
+/// the flusher's reclaim, which may first wait for a commit with a checkpoint.
+const ALLOCATE_WAITS_MAX: u32 = 10_000;
 /// Times a data op that returned `EAGAIN` or `EINTR` is resubmitted before the request fails.
 const IO_RETRIES_MAX: u32 = 4;
 /// Errors of one queue logged one by one; after that only every 1000th, so a failed image
@@ -942,10 +945,12 @@ async fn flush(q: &UblkQueue<'_>, ctx: &QueueCtx<'_>) -> Result<(), Failure> {
 }
 
 /// Claims the pages the `pages` pages from `first` are to be written into, appended to
-/// `out` in order, in as few extents as the engine finds (`try_allocate_run`). When every
-/// page is in use for a moment (claimed by writes or held for reads in flight), waits for
-/// one with a timeout op on the ring, never a sleep, so the queue's other requests go on
-/// meanwhile. On an error, `out` holds the pages claimed so far.
+/// `out` in order, in as few extents as the engine finds (`try_allocate_run`). Free pages
+/// below the low water mark are the flusher's to reclaim (`reclaim_soon`); when every page
+/// is in use for a moment (claimed by writes, held for reads in flight, or waiting for that
+/// reclaim), waits for one with a timeout op on the ring, never a sleep or a lock, so the
+/// queue's other requests go on meanwhile. On an error, `out` holds the pages claimed so
+/// far.
 async fn allocate(
     q: &UblkQueue<'_>,
     ctx: &QueueCtx<'_>,
@@ -957,6 +962,13 @@ async fn allocate(
     let mut run = Vec::with_capacity(pages);
     let mut waits = 0;
     while out.len() < pages {
+        if ctx.volume.reclaim_due() {
+            match ctx.flusher {
+                Some(flusher) => flusher.reclaim_soon(),
+                // Every writable target has a flusher; this is only for safety.
+                None => ctx.volume.reclaim_if_low()?,
+            }
+        }
         let l = LogicalPage(first.0 + out.len() as u64);
         run.clear();
         // The stream is borrowed for the engine call only, never across the wait.
@@ -972,7 +984,7 @@ async fn allocate(
             continue;
         }
         waits += 1;
-        if waits >= ALLOCATE_ATTEMPTS {
+        if waits >= ALLOCATE_WAITS_MAX {
             return Err(rewind_history::Error::NoSpace);
         }
         if waits > 1 {

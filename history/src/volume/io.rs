@@ -13,14 +13,12 @@ pub const ALLOCATE_ATTEMPTS: u32 = 1000;
 pub const ALLOCATE_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(1);
 
 impl<S: Store> Volume<S> {
-    /// The stream for queue `index` of `count`: it allocates from the history area, each
-    /// queue starting at its own share of it, so queues allocate from different places and
-    /// the home pages of other logical pages stay free for them while the area has room.
+    /// The stream for queue `index` of `count`: each starts at its own share of the history
+    /// area, so queues allocate from different places.
     pub fn stream(&self, index: u32, count: u32) -> Stream {
-        let (lo, hi) = (self.layout.logical_pages, self.layout.physical_pages);
-        let start = lo + (hi - lo) * u64::from(index) / u64::from(count.max(1));
-        // Physical page numbers are u32 (the layout checks it).
-        self.alloc.stream_in(start as u32, lo as u32..hi as u32)
+        let area = self.layout.physical_pages - self.layout.logical_pages;
+        let start = self.layout.logical_pages + area * u64::from(index) / u64::from(count.max(1));
+        self.alloc.stream(start as u32)
     }
 
     /// The physical page `l` reads from now; `None` reads as zeros.
@@ -41,12 +39,14 @@ impl<S: Store> Volume<S> {
         Ok(())
     }
 
-    /// Claims the page `l`'s next data is to be written into. May reclaim history first.
-    /// When every page is in use (claimed by writes in flight, or quarantined for reads in
-    /// flight, which finish soon) it waits for one, sleeping: tests and tools. The daemon
-    /// calls `try_allocate` and waits on its ring instead.
+    /// Claims the page `l`'s next data is to be written into. May reclaim history first
+    /// (`reclaim_if_low`). When every page is in use (claimed by writes in flight, or
+    /// quarantined for reads in flight, which finish soon) it waits for one, sleeping: tests
+    /// and tools. The daemon calls `try_allocate_run`, has its flusher thread reclaim, and
+    /// waits on its ring instead.
     pub fn allocate(&self, stream: &mut Stream, l: LogicalPage) -> Result<PhysPage, Error> {
         for attempt in 0..ALLOCATE_ATTEMPTS {
+            self.reclaim_if_low()?;
             if let Some(p) = self.try_allocate(stream, l)? {
                 return Ok(p);
             }
@@ -57,8 +57,29 @@ impl<S: Store> Volume<S> {
         Err(Error::NoSpace)
     }
 
-    /// `allocate` without waiting: `None` when no page is free now; try again after
-    /// `ALLOCATE_RETRY_DELAY`, and give up with `Error::NoSpace` after `ALLOCATE_ATTEMPTS`.
+    /// True when free pages are below the low water mark: a `reclaim_if_low` would retire
+    /// history now. Cheap: the I/O path asks it on every allocation.
+    pub fn reclaim_due(&self) -> bool {
+        self.alloc.free_pages() < self.low_water
+    }
+
+    /// Frees pages while they are below the low water mark: the quarantined pages no read
+    /// needs any more, then history (the oldest safe points first, see `retire_until`) and a
+    /// commit that makes the freed pages reusable. Waits for a commit in progress and
+    /// commits: not for a queue thread, which leaves it to the daemon's flusher thread.
+    pub fn reclaim_if_low(&self) -> Result<(), Error> {
+        if self.reclaim_due() {
+            self.release_quarantine();
+            if self.reclaim_due() {
+                self.reclaim()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `allocate` without waiting and without reclaiming (see `reclaim_if_low`): `None`
+    /// when no page is free now; try again after `ALLOCATE_RETRY_DELAY`, and give up with
+    /// `Error::NoSpace` after `ALLOCATE_ATTEMPTS`.
     pub fn try_allocate(
         &self,
         stream: &mut Stream,
@@ -66,11 +87,9 @@ impl<S: Store> Volume<S> {
     ) -> Result<Option<PhysPage>, Error> {
         self.check_in_range(l)?;
         let home = PhysPage(l.0 as u32);
-        if self.alloc.free_pages() < self.low_water {
+        if self.reclaim_due() {
+            // Cheap, and it may be enough: the pages a commit freed, once no read needs them.
             self.release_quarantine();
-            if self.alloc.free_pages() < self.low_water {
-                self.reclaim()?;
-            }
         }
         Ok(self.alloc.allocate(stream, Some(home)))
     }
@@ -82,8 +101,9 @@ impl<S: Store> Volume<S> {
     /// again for the rest.
     ///
     /// The pages are the home pages while those are free (an unfragmented device stays laid
-    /// out as identity), else the first free run long enough after the stream's cursor, else
-    /// one page as `try_allocate` gives it. A sequential rewrite thus lands in few extents,
+    /// out as identity), else the first free run long enough after the stream's cursor
+    /// (`PageAllocator::allocate_run`, a bounded search), else one page as `try_allocate`
+    /// gives it. A sequential rewrite thus lands in few extents,
     /// written and later read with one op each, even where free pages are scattered.
     pub fn try_allocate_run(
         &self,
@@ -234,7 +254,10 @@ impl<S: Store> Volume<S> {
         let mut waits = 0;
         while phys.len() < count {
             let l = LogicalPage(first.0 + phys.len() as u64);
-            match self.try_allocate_run(stream, l, count - phys.len(), &mut phys) {
+            let tried = self
+                .reclaim_if_low()
+                .and_then(|()| self.try_allocate_run(stream, l, count - phys.len(), &mut phys));
+            match tried {
                 Ok(0) if waits + 1 >= ALLOCATE_ATTEMPTS => {
                     give_back(&phys);
                     return Err(Error::NoSpace);
