@@ -5,8 +5,10 @@
 //! `smol::LocalExecutor`. A request goes:
 //! - READ: resolve each logical page, fill the pages that resolve to nothing with zeros,
 //!   read runs of consecutive physical pages with one uring read each;
-//! - WRITE: allocate a physical page per logical page, write runs of consecutive physical
-//!   pages with one uring write each, then stage the request's remaps in the engine
+//! - WRITE: claim physical pages for the request's pages, in as few extents as the engine
+//!   finds (`try_allocate_run`; reclaim, when free pages run low, is the flusher's), write
+//!   runs of consecutive physical pages with one uring write each, then stage the request's
+//!   remaps in the engine
 //!   (`stage_writes`) and wait for the pass's group commit (`group_commit`): when the tasks
 //!   of this pass over the ring have run, one `record_staged` records every request they
 //!   staged. A FUA write then flushes. If a page cannot be allocated or the data not written,

@@ -19,13 +19,16 @@ use super::{Notice, State, ViewId, Volume};
 pub struct ReadTracker {
     /// The oldest round of this queue's reads in flight, shared with `Volume::readers`.
     oldest: Arc<AtomicU64>,
-    /// Reads in flight by the round they began in.
-    inflight: std::cell::RefCell<std::collections::BTreeMap<u64, u32>>,
+    /// Reads in flight by the round they began in, oldest first. Rounds only grow, and one
+    /// thread begins its reads one after another, so a new round goes at the back; an
+    /// entry whose reads all ended leaves once it is at the front. A deque, not a map: no
+    /// allocation per read once it has grown.
+    inflight: std::cell::RefCell<std::collections::VecDeque<(u64, u32)>>,
 }
 
 impl ReadTracker {
     fn publish(&self) {
-        let min = self.inflight.borrow().keys().next().copied();
+        let min = self.inflight.borrow().front().map(|&(round, _)| round);
         self.oldest.store(min.unwrap_or(u64::MAX), Ordering::SeqCst);
     }
 
@@ -33,7 +36,13 @@ impl ReadTracker {
     /// data has arrived.
     pub fn begin<S: Store>(&self, vol: &Volume<S>) -> u64 {
         let round = vol.free_round.load(Ordering::SeqCst);
-        *self.inflight.borrow_mut().entry(round).or_default() += 1;
+        {
+            let mut inflight = self.inflight.borrow_mut();
+            match inflight.back_mut() {
+                Some((r, n)) if *r == round => *n += 1,
+                _ => inflight.push_back((round, 1)),
+            }
+        }
         self.publish();
         // Our round is visible before we load the map: a commit that misses it has
         // switched the map before we look (see `release_quarantine`).
@@ -43,14 +52,15 @@ impl ReadTracker {
 
     /// The read begun in `round` is done.
     pub fn end(&self, round: u64) {
-        let mut m = self.inflight.borrow_mut();
-        if let Some(n) = m.get_mut(&round) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&round);
+        {
+            let mut inflight = self.inflight.borrow_mut();
+            if let Some((_, n)) = inflight.iter_mut().find(|(r, _)| *r == round) {
+                *n = n.saturating_sub(1);
+            }
+            while inflight.front().is_some_and(|&(_, n)| n == 0) {
+                inflight.pop_front();
             }
         }
-        drop(m);
         self.publish();
     }
 }
@@ -208,4 +218,38 @@ fn drop_oldest_view(st: &mut State) -> bool {
     };
     st.notices.push(notice);
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{create, CreateOptions, Layout, MemStore, PAGE_SIZE};
+
+    #[test]
+    fn the_oldest_read_in_flight_is_published_until_it_ends_in_any_order() {
+        let opts = CreateOptions {
+            size: 64 * PAGE_SIZE,
+            history: Some(1 << 20),
+            journal: None,
+        };
+        let store = MemStore::new(Layout::for_create(&opts).unwrap().required_bytes());
+        let host = crate::sim::host(1);
+        create(&store, &opts, &host).unwrap();
+        let vol = Volume::open(store, &host).unwrap();
+        let t = vol.read_tracker();
+        let oldest = || t.oldest.load(Ordering::SeqCst);
+        let a = t.begin(&vol);
+        // A commit that freed pages starts a new round.
+        vol.free_round.fetch_add(1, Ordering::SeqCst);
+        let b = t.begin(&vol);
+        let c = t.begin(&vol);
+        assert_eq!((oldest(), b), (a, a + 1));
+        t.end(b);
+        assert_eq!(oldest(), a, "a later read ending first keeps the oldest");
+        t.end(a);
+        assert_eq!(oldest(), c);
+        t.end(c);
+        assert_eq!(oldest(), u64::MAX);
+        assert!(t.inflight.borrow().is_empty());
+    }
 }
