@@ -102,7 +102,7 @@ pub struct Flusher {
 
 impl Flusher {
     /// Starts the thread. It flushes through `pacer` (which decides whether a flush makes a
-    /// safe point) and holds `volume` only during a commit.
+    /// safe point) and holds `volume` only during a commit or a reclaim.
     pub fn start(volume: Weak<Volume<FileStore>>, pacer: Arc<Pacer>) -> std::io::Result<Flusher> {
         let shared = Arc::new(Shared {
             waiting: Mutex::new(Waiting::default()),
@@ -294,9 +294,10 @@ mod tests {
             }
         }
         let before = volume.safe_points().len();
+        // Asked twice: the second asking is a no-op or a second, harmless, reclaim.
         flusher.reclaim_soon();
-        flusher.reclaim_soon(); // asked twice before it runs: one reclaim
-                                // Not a timing assertion: the wait is for the event, with a generous limit.
+        flusher.reclaim_soon();
+        // Not a timing assertion: the wait is for the event, with a generous limit.
         let start = std::time::Instant::now();
         while volume.reclaim_due() {
             assert!(

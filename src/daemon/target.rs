@@ -94,9 +94,11 @@ const DATA_FILE: types::Fixed = types::Fixed(DATA_FILE_INDEX);
 const ZERO_FILE_INDEX: u32 = 2;
 const ZERO_FILE: types::Fixed = types::Fixed(ZERO_FILE_INDEX);
 /// Waits of `ALLOCATE_RETRY_DELAY` (1 ms) a write makes for a free page before it fails
-/// with no space: 10 s, longer than the engine's own (1 s), since here the pages come from
-/// the flusher's reclaim, which may first wait for a commit with a checkpoint.
-const ALLOCATE_WAITS_MAX: u32 = 10_000;
+/// with no space: 60 s, far longer than the engine's own (1 s, for tools that reclaim
+/// inline), since here the pages come from the flusher's reclaim, which may first wait for
+/// a commit in progress and then commit itself, each with syncs of slow storage. Only a
+/// device whose every page is live or claimed by writes in flight waits that long.
+const ALLOCATE_WAITS_MAX: u32 = 60_000;
 /// Times a data op that returned `EAGAIN` or `EINTR` is resubmitted before the request fails.
 const IO_RETRIES_MAX: u32 = 4;
 /// Errors of one queue logged one by one; after that only every 1000th, so a failed image
@@ -950,9 +952,9 @@ async fn flush(q: &UblkQueue<'_>, ctx: &QueueCtx<'_>) -> Result<(), Failure> {
 /// `out` in order, in as few extents as the engine finds (`try_allocate_run`). Free pages
 /// below the low water mark are the flusher's to reclaim (`reclaim_soon`); when every page
 /// is in use for a moment (claimed by writes, held for reads in flight, or waiting for that
-/// reclaim), waits for one with a timeout op on the ring, never a sleep or a lock, so the
-/// queue's other requests go on meanwhile. On an error, `out` holds the pages claimed so
-/// far.
+/// reclaim), waits for one with a timeout op on the ring, never a sleep or the commit lock,
+/// so the queue's other requests go on meanwhile. On an error, `out` holds the pages
+/// claimed so far.
 async fn allocate(
     q: &UblkQueue<'_>,
     ctx: &QueueCtx<'_>,

@@ -63,10 +63,11 @@ impl<S: Store> Volume<S> {
         self.alloc.free_pages() < self.low_water
     }
 
-    /// Frees pages while they are below the low water mark: the quarantined pages no read
-    /// needs any more, then history (the oldest safe points first, see `retire_until`) and a
-    /// commit that makes the freed pages reusable. Waits for a commit in progress and
-    /// commits: not for a queue thread, which leaves it to the daemon's flusher thread.
+    /// If free pages are below the low water mark, frees some: the quarantined pages no
+    /// read needs any more, then, if still below, history up to twice the mark (the oldest
+    /// safe points first, see `retire_until`) and a commit that makes the freed pages
+    /// reusable. Waits for a commit in progress and commits: not for a queue thread, which
+    /// leaves it to the daemon's flusher thread.
     pub fn reclaim_if_low(&self) -> Result<(), Error> {
         if self.reclaim_due() {
             self.release_quarantine();
@@ -77,9 +78,10 @@ impl<S: Store> Volume<S> {
         Ok(())
     }
 
-    /// `allocate` without waiting and without reclaiming (see `reclaim_if_low`): `None`
-    /// when no page is free now; try again after `ALLOCATE_RETRY_DELAY`, and give up with
-    /// `Error::NoSpace` after `ALLOCATE_ATTEMPTS`.
+    /// `allocate` without waiting and without reclaiming: `None` when no page is free now.
+    /// The caller has pages reclaimed (`reclaim_if_low`, here or on another thread) and
+    /// tries again after a wait (`ALLOCATE_RETRY_DELAY`), giving up at some point with
+    /// `Error::NoSpace` (`allocate`: after `ALLOCATE_ATTEMPTS`).
     pub fn try_allocate(
         &self,
         stream: &mut Stream,
@@ -103,8 +105,8 @@ impl<S: Store> Volume<S> {
     /// The pages are the home pages while those are free (an unfragmented device stays laid
     /// out as identity), else the first free run long enough after the stream's cursor
     /// (`PageAllocator::allocate_run`, a bounded search), else one page as `try_allocate`
-    /// gives it. A sequential rewrite thus lands in few extents,
-    /// written and later read with one op each, even where free pages are scattered.
+    /// gives it. A sequential rewrite thus lands in few extents, written and later read
+    /// with one op each, wherever free runs that long exist.
     pub fn try_allocate_run(
         &self,
         stream: &mut Stream,
@@ -117,30 +119,31 @@ impl<S: Store> Volume<S> {
             return Ok(0);
         }
         self.check_run_in_range(first, u64::from(want))?;
-        let Some(one) = self.try_allocate(stream, first)? else {
-            return Ok(0);
-        };
-        out.push(one);
-        if want == 1 {
-            return Ok(1);
+        if self.reclaim_due() {
+            self.release_quarantine();
         }
-        if one.0 as u64 == first.0 {
+        let home = PhysPage(first.0 as u32);
+        if self.alloc.claim(home) {
             // At home: go on at home while the home pages are free.
+            out.push(home);
             let more = (1..want)
-                .take_while(|&i| self.alloc.claim(PhysPage(one.0 + i)))
-                .inspect(|&i| out.push(PhysPage(one.0 + i)))
+                .take_while(|&i| self.alloc.claim(PhysPage(home.0 + i)))
+                .inspect(|&i| out.push(PhysPage(home.0 + i)))
                 .count();
             return Ok(1 + more);
         }
-        // Not at home: a run for the whole write, if one is free, instead of this page.
-        match self.alloc.allocate_run(stream, want) {
-            Some((p, n)) => {
-                self.alloc.release(one);
-                out.pop();
+        if want > 1 {
+            if let Some((p, n)) = self.alloc.allocate_run(stream, want) {
                 out.extend((0..n).map(|i| PhysPage(p.0 + i)));
-                Ok(n as usize)
+                return Ok(n as usize);
             }
-            None => Ok(1),
+        }
+        match self.alloc.allocate(stream, None) {
+            Some(p) => {
+                out.push(p);
+                Ok(1)
+            }
+            None => Ok(0),
         }
     }
 

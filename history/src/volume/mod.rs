@@ -124,7 +124,7 @@ pub struct Volume<S: Store> {
     /// Orders writes of pending journal blocks: an unsynced write of a block never lands
     /// after the commit's synced write of it. Taken before `state`, after `commit`.
     tail: Mutex<()>,
-    /// Below this many free pages, allocation reclaims first.
+    /// Below this many free pages, reclaim is due (`reclaim_due`, `reclaim_if_low`).
     low_water: u64,
     /// Records buffered beyond this call for a commit without waiting for a flush (made
     /// soon by the caller, or at once past twice this: `commit_due`), so one commit always
