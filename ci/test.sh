@@ -1,5 +1,5 @@
 #!/bin/bash
-# The project's test command (`sudo ci/test.sh`; CI runs it through .ci/run):
+# The project's test command (`ci/test.sh` as root, or `sudo ci/test.sh`; CI runs it through .ci/run):
 #   setup (apt packages, the two guest kernels) -> cargo fmt --check -> cargo clippy -D
 #   warnings -> cargo test (debug) -> fuzzing (ci/fuzz.sh: 20 s per target; a longer run is
 #   `ci/fuzz.sh --seconds 600`) -> cargo build --release -> every end-to-end scenario in a
