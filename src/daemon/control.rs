@@ -1,13 +1,17 @@
 //! The daemon's control server: binds the device's control socket and answers each request
 //! (the wire format is `ipc::control`) on a thread of its own, with [`Answers`].
 //!
-//! One thread serves the socket, one connection at a time, with a time limit on each read so
-//! a stuck client cannot hold it.
+//! One thread accepts connections and each is served on a thread of its own, so a slow
+//! command (opening a view waits for its device) never holds up another, least of all the
+//! supervisor's pings: a busy daemon is not taken for a hung one. At most
+//! `MAX_CONNECTIONS` are served at once (more are told the daemon is busy), and each read
+//! has a time limit so a stuck client cannot hold its thread.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -23,6 +27,8 @@ use crate::selector::check_label;
 const MAX_LINE_BYTES: u64 = 64 << 10;
 /// How long the server waits for a client's next line before dropping it.
 const SERVER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; one more is answered with an error and closed.
+const MAX_CONNECTIONS: usize = 32;
 
 /// Binds the control socket at `path`, replacing a stale one left by a daemon that died
 /// (ublk device ids are unique while a device exists, so no live daemon can own it).
@@ -38,25 +44,23 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Serves `listener` on a new thread until the process exits, answering each request with
-/// `handler`.
+/// Serves `listener` on a new thread until the process exits, each connection on a thread
+/// of its own, answering each request with `handler`.
 pub fn start_server<H>(
     listener: UnixListener,
     handler: H,
 ) -> io::Result<std::thread::JoinHandle<()>>
 where
-    H: Fn(&ControlRequest) -> Response + Send + 'static,
+    H: Fn(&ControlRequest) -> Response + Send + Sync + 'static,
 {
+    let handler = Arc::new(handler);
+    let serving = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("rewind-control".into())
         .spawn(move || {
             for conn in listener.incoming() {
                 match conn {
-                    Ok(stream) => {
-                        if let Err(e) = serve_connection(stream, &handler) {
-                            log::debug!("control connection ended: {e}");
-                        }
-                    }
+                    Ok(stream) => serve_on_a_thread(stream, &handler, &serving),
                     Err(e) => {
                         log::warn!("control socket accept failed: {e}");
                         // Do not spin on a persistent error (e.g. out of descriptors).
@@ -65,6 +69,45 @@ where
                 }
             }
         })
+}
+
+/// Serves `stream` on a new thread, or answers it with an error when `MAX_CONNECTIONS` are
+/// served already (`serving` counts them).
+fn serve_on_a_thread<H>(stream: UnixStream, handler: &Arc<H>, serving: &Arc<AtomicUsize>)
+where
+    H: Fn(&ControlRequest) -> Response + Send + Sync + 'static,
+{
+    if serving.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+        serving.fetch_sub(1, Ordering::AcqRel);
+        let busy = format!("the daemon is busy: {MAX_CONNECTIONS} control connections open");
+        log::warn!("refused a control connection: {busy}");
+        let _ = stream.set_write_timeout(Some(SERVER_READ_TIMEOUT));
+        let _ = write_line(&mut &stream, &Response::error(busy));
+        return;
+    }
+    let slot = Slot(serving.clone());
+    let handler = handler.clone();
+    let spawned = std::thread::Builder::new()
+        .name("rewind-ctl-conn".into())
+        .spawn(move || {
+            let _slot = slot;
+            if let Err(e) = serve_connection(stream, &*handler) {
+                log::debug!("control connection ended: {e}");
+            }
+        });
+    // If no thread started, the closure and its slot are dropped: the count is right.
+    if let Err(e) = spawned {
+        log::warn!("could not start a thread for a control connection: {e}");
+    }
+}
+
+/// One connection served: gives its place back when dropped, even by a panic.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 fn serve_connection<H>(stream: UnixStream, handler: &H) -> io::Result<()>

@@ -168,6 +168,44 @@ mod tests {
     }
 
     #[test]
+    fn a_ping_is_answered_while_a_slow_command_runs() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("t.sock");
+        let listener = bind(&path).expect("bind");
+        // The slow command (here `log`) runs until the test lets it finish.
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let released = std::sync::Mutex::new(released);
+        let (started, running) = std::sync::mpsc::channel::<()>();
+        let started = std::sync::Mutex::new(started);
+        start_server(listener, move |r: &ControlRequest| match r {
+            ControlRequest::Log => {
+                started.lock().unwrap().send(()).expect("started");
+                released.lock().unwrap().recv().expect("released");
+                Response::error("slow command done")
+            }
+            ControlRequest::Ping => Response::pong(7),
+            _ => Response::error("not in this test"),
+        })
+        .expect("serve");
+        let slow_path = path.clone();
+        let slow = std::thread::spawn(move || {
+            request(&slow_path, &ControlRequest::Log, Duration::from_secs(60))
+        });
+        running.recv().expect("the slow command started");
+        // Served one connection at a time, the ping would wait for the slow command and
+        // time out: the supervisor would take a busy daemon for a hung one.
+        for _ in 0..3 {
+            let pong = request(&path, &ControlRequest::Ping, Duration::from_secs(20))
+                .expect("a ping while the slow command runs");
+            assert_eq!(pong.pid, Some(7));
+        }
+        assert!(!slow.is_finished(), "the slow command ended early");
+        release.send(()).expect("release");
+        let done = slow.join().expect("slow client").expect("slow reply");
+        assert_eq!(done.error.as_deref(), Some("slow command done"));
+    }
+
+    #[test]
     fn stale_socket_is_replaced_and_absent_daemon_is_clear() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("t.sock");
