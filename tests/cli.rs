@@ -446,3 +446,39 @@ fn create_on_a_full_file_system_says_what_it_needs_and_leaves_nothing() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(rewind(&["check", p]).status.success());
 }
+
+#[test]
+fn completions_and_man_pages_come_from_the_binary() {
+    for shell in ["bash", "zsh", "fish"] {
+        let o = rewind(&["completions", shell]);
+        assert!(o.status.success(), "{shell}: {}", stderr(&o));
+        assert!(
+            stdout(&o).contains("rollback"),
+            "{shell} completes no rollback"
+        );
+    }
+    let o = rewind(&["completions", "tcsh"]);
+    assert!(!o.status.success(), "an unknown shell is refused");
+    assert!(stderr(&o).contains("possible values"), "{}", stderr(&o));
+
+    let o = rewind(&["man"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains(".TH rewind 1"), "{}", stdout(&o));
+    let dir = tempfile::tempdir().unwrap();
+    let man1 = dir.path().join("man1");
+    let o = rewind(&["man", "--dir", man1.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for page in [
+        "rewind.1",
+        "rewind-add.1",
+        "rewind-rollback.1",
+        "rewind-view.1",
+    ] {
+        let text = std::fs::read_to_string(man1.join(page)).expect(page);
+        assert!(text.contains(".SH NAME"), "{page}");
+        assert!(
+            stdout(&o).contains(page),
+            "{page} is not in the list printed"
+        );
+    }
+}

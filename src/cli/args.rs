@@ -194,6 +194,12 @@ pub enum Command {
     /// Let a pinned safe point retire again
     #[command(after_help = PIN_EXAMPLES)]
     Unpin(PinArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    #[command(after_help = COMPLETIONS_EXAMPLES)]
+    Completions(CompletionsArgs),
+    /// Print the man page, or write one per command into a directory
+    #[command(after_help = MAN_EXAMPLES)]
+    Man(ManArgs),
     /// The daemon behind `rewind add` (internal)
     #[command(name = "__serve", hide = true)]
     Serve(ServeArgs),
@@ -529,6 +535,34 @@ pub struct ListArgs {
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,
+}
+
+const COMPLETIONS_EXAMPLES: &str = "\
+Examples:
+  rewind completions bash > /etc/bash_completion.d/rewind
+  rewind completions zsh > /usr/local/share/zsh/site-functions/_rewind
+  rewind completions fish > ~/.config/fish/completions/rewind.fish";
+
+/// `rewind completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+const MAN_EXAMPLES: &str = "\
+Examples:
+  rewind man | man -l -                       # read it now
+  rewind man --dir /usr/local/share/man/man1  # rewind.1 and rewind-add.1, ... for `man rewind-add`";
+
+/// `rewind man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write rewind.1 and one rewind-COMMAND.1 per command into this directory (created if
+    /// missing) instead of printing rewind.1
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<std::path::PathBuf>,
 }
 
 /// `rewind stats`.

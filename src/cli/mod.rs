@@ -1,8 +1,9 @@
 //! The command line: [`args`] parses it with clap, [`run`] hands each command to its file
-//! ([`image`], [`device`], [`history`]), and [`render`] prints what they found.
+//! ([`image`], [`device`], [`history`], [`docs`]), and [`render`] prints what they found.
 
 pub mod args;
 pub mod device;
+pub mod docs;
 pub mod history;
 pub mod image;
 pub mod render;
@@ -75,6 +76,8 @@ pub fn run(cli: Cli) -> Result<()> {
             (None, Some(image)) => history::rollback_image_command(&image, &a.to, a.json),
             (None, None) => unreachable!("clap requires -n or IMAGE"),
         },
+        Command::Completions(a) => docs::completions(a.shell),
+        Command::Man(a) => docs::man(a.dir.as_deref()),
         Command::Serve(a) => serve_command(a),
     }
 }
