@@ -482,3 +482,28 @@ fn completions_and_man_pages_come_from_the_binary() {
         );
     }
 }
+
+#[test]
+fn logs_of_an_image_prints_the_end_of_its_daemons_log() {
+    // `rewind()` points REWIND_LOG_DIR at the temporary directory.
+    let name = format!("logs-test-{}.img", std::process::id());
+    let log = std::env::temp_dir().join(format!("rewind-{name}.log"));
+    let lines: Vec<String> = (1..=80).map(|i| format!("line {i}")).collect();
+    std::fs::write(&log, lines.join("\n") + "\n").unwrap();
+    let o = rewind(&["logs", &name, "--lines", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "line 78\nline 79\nline 80\n");
+    let o = rewind(&["logs", &name]);
+    assert_eq!(stdout(&o).lines().count(), 50, "50 lines by default");
+    std::fs::remove_file(&log).unwrap();
+
+    let o = rewind(&["logs", &name]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("no daemon has logged there"),
+        "{}",
+        stderr(&o)
+    );
+    let o = rewind(&["logs"]);
+    assert!(!o.status.success(), "neither -n nor an image");
+}

@@ -194,6 +194,9 @@ pub enum Command {
     /// Let a pinned safe point retire again
     #[command(after_help = PIN_EXAMPLES)]
     Unpin(PinArgs),
+    /// Show the daemon's own log (the history window is `rewind log`)
+    #[command(after_help = LOGS_EXAMPLES)]
+    Logs(LogsArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     #[command(after_help = COMPLETIONS_EXAMPLES)]
     Completions(CompletionsArgs),
@@ -535,6 +538,34 @@ pub struct ListArgs {
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,
+}
+
+const LOGS_EXAMPLES: &str = "\
+Examples:
+  rewind logs -n 0                 # the last 50 lines of the log of /dev/ublkb0's daemon
+  rewind logs -n 0 --lines 200 -f  # more, then what it logs from now on (Ctrl-C ends it)
+  rewind logs disk.img             # the log of the daemon that served disk.img last
+
+Each daemon logs to $REWIND_LOG_DIR, else /var/log/rewind, else /tmp, as rewind-IMAGE.log;
+RUST_LOG=debug before `rewind add` makes it say more. Under systemd (JOURNAL_STREAM set),
+a daemon in the foreground logs with syslog priorities, for the journal.";
+
+/// `rewind logs`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("source").required(true).args(["id", "image"])))]
+pub struct LogsArgs {
+    /// The device: /dev/ublkbID (its daemon need not be running)
+    #[arg(short = 'n', long = "number", value_name = "ID")]
+    pub id: Option<u32>,
+    /// The image whose daemon's log to show
+    #[arg(value_name = "IMAGE")]
+    pub image: Option<PathBuf>,
+    /// How many of the last lines to print
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    pub lines: usize,
+    /// Go on printing what is logged, until interrupted
+    #[arg(short = 'f', long)]
+    pub follow: bool,
 }
 
 const COMPLETIONS_EXAMPLES: &str = "\

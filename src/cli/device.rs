@@ -5,6 +5,7 @@
 //! (`--foreground`) or starts a daemon in the background (`runtime::launch`) and prints the
 //! device path as the last line of its stdout, or the daemon's error.
 
+use std::io::{Read, Write};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -23,7 +24,8 @@ use crate::runtime::client::{ask, STATS_TIMEOUT};
 use crate::runtime::launch::{default_queues, recover_device, start_daemon, start_supervisor};
 use crate::runtime::listing::rewind_devices;
 use crate::runtime::registry::{
-    check_daemon_access, check_ublk_access, device_exists, rewind_ids_views_first, UBLK_CONTROL,
+    check_daemon_access, check_ublk_access, device_exists, rewind_ids_views_first, target_data,
+    UBLK_CONTROL,
 };
 use crate::runtime::removal::delete;
 use crate::size::describe_layout;
@@ -106,6 +108,75 @@ fn parse_device_id(device: &str) -> Result<u32> {
         .with_context(|| format!("the daemon reported {device:?}, not /dev/ublkbN"))
 }
 
+/// `rewind logs`: the last `lines` lines of the log of device `id`'s daemon (as it recorded
+/// it when it added the device) or of the daemon of `image`, then, with `follow`, what is
+/// appended to it until interrupted.
+pub fn logs_command(
+    id: Option<u32>,
+    image: Option<&Path>,
+    lines: usize,
+    follow: bool,
+) -> Result<()> {
+    let path = match (id, image) {
+        (Some(id), _) => {
+            let data = target_data(id).with_context(|| {
+                format!(
+                    "/dev/ublkb{id} is not a rewind device (see `rewind list`); for a stopped \
+                     image, give its path: `rewind logs IMAGE`"
+                )
+            })?;
+            data.log
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| paths::log_path(Path::new(&data.image)))
+        }
+        (None, Some(image)) => paths::log_path(image),
+        (None, None) => bail!("give -n ID or an image"),
+    };
+    let mut file = std::fs::File::open(&path).with_context(|| {
+        format!(
+            "opening the daemon's log {}: no daemon has logged there yet, or $REWIND_LOG_DIR \
+             differs from the daemon's",
+            path.display()
+        )
+    })?;
+    let mut out = std::io::stdout().lock();
+    let mut text = Vec::new();
+    file.read_to_end(&mut text)
+        .with_context(|| format!("reading {}", path.display()))?;
+    out.write_all(last_lines(&text, lines))?;
+    out.flush()?;
+    if !follow {
+        return Ok(());
+    }
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        let mut more = Vec::new();
+        file.read_to_end(&mut more)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if !more.is_empty() {
+            out.write_all(&more)?;
+            out.flush()?;
+        }
+    }
+}
+
+/// The end of `text` that holds its last `n` lines.
+fn last_lines(text: &[u8], n: usize) -> &[u8] {
+    if n == 0 {
+        return &[];
+    }
+    // The newline that ends the text ends its last line; it starts none.
+    let body = text.strip_suffix(b"\n").unwrap_or(text);
+    let start = body
+        .iter()
+        .enumerate()
+        .rev()
+        .filter(|&(_, &b)| b == b'\n')
+        .nth(n - 1)
+        .map_or(0, |(i, _)| i + 1);
+    &text[start..]
+}
+
 /// `rewind del`.
 pub fn del_command(id: Option<u32>, all: bool) -> Result<()> {
     check_ublk_access("rewind del")?;
@@ -174,4 +245,25 @@ pub fn stats_command(id: u32, json: bool) -> Result<()> {
     }
     print!("{}", stats_text(&s, &jiff::tz::TimeZone::system()));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::last_lines;
+
+    #[test]
+    fn last_lines_keeps_whole_lines_from_the_end() {
+        let text = b"one\ntwo\nthree\n";
+        assert_eq!(last_lines(text, 2), b"two\nthree\n");
+        assert_eq!(last_lines(text, 3), &text[..]);
+        assert_eq!(last_lines(text, 10), &text[..]);
+        assert_eq!(last_lines(text, 1), b"three\n");
+        assert_eq!(last_lines(text, 0), b"");
+        assert_eq!(
+            last_lines(b"no newline at the end", 1),
+            b"no newline at the end"
+        );
+        assert_eq!(last_lines(b"a\nb", 1), b"b");
+        assert_eq!(last_lines(b"", 5), b"");
+    }
 }

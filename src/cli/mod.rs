@@ -8,6 +8,8 @@ pub mod history;
 pub mod image;
 pub mod render;
 
+use std::path::Path;
+
 use anyhow::Result;
 
 use crate::cli::args::{Cli, Command, ServeArgs};
@@ -31,12 +33,54 @@ pub fn init_logging(command: &Command) {
     let default = if daemon { "info" } else { "warn" };
     let mut builder =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default));
-    if daemon {
+    if daemon && stderr_is_the_journal() {
+        // The journal stamps each line itself and reads its priority from a `<N>` prefix.
+        builder.format(|buf, record| {
+            use std::io::Write;
+            writeln!(
+                buf,
+                "<{}>{}: {}",
+                syslog_priority(record.level()),
+                record.target(),
+                record.args()
+            )
+        });
+    } else if daemon {
         builder.format_timestamp_millis();
     } else {
         builder.format_timestamp(None).format_target(false);
     }
     builder.init();
+}
+
+/// True when standard error is the systemd journal: `JOURNAL_STREAM` (set by systemd for a
+/// service whose output it collects) names the device and inode that stderr is.
+fn stderr_is_the_journal() -> bool {
+    std::env::var_os("JOURNAL_STREAM")
+        .is_some_and(|s| names_the_file(&s.to_string_lossy(), Path::new("/proc/self/fd/2")))
+}
+
+/// True when `stream` ("DEVICE:INODE", as in `JOURNAL_STREAM`) names what `path` is. For a
+/// descriptor's `/proc/self/fd/N` (a socket, for the journal) stat follows it.
+fn names_the_file(stream: &str, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some((dev, ino)) = stream.split_once(':') else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata(path) else {
+        return false;
+    };
+    dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
+}
+
+/// The syslog priority of a log level, as the journal reads it.
+fn syslog_priority(level: log::Level) -> u8 {
+    match level {
+        log::Level::Error => 3,
+        log::Level::Warn => 4,
+        log::Level::Info => 6,
+        log::Level::Debug | log::Level::Trace => 7,
+    }
 }
 
 /// Runs the command `cli` names.
@@ -76,6 +120,7 @@ pub fn run(cli: Cli) -> Result<()> {
             (None, Some(image)) => history::rollback_image_command(&image, &a.to, a.json),
             (None, None) => unreachable!("clap requires -n or IMAGE"),
         },
+        Command::Logs(a) => device::logs_command(a.id, a.image.as_deref(), a.lines, a.follow),
         Command::Completions(a) => docs::completions(a.shell),
         Command::Man(a) => docs::man(a.dir.as_deref()),
         Command::Serve(a) => serve_command(a),
@@ -111,6 +156,23 @@ fn serve_options(a: ServeArgs) -> ServeOptions {
 mod tests {
     use super::*;
     use crate::ipc::device::{DataPath, OnCrash};
+
+    #[test]
+    fn journal_stream_is_matched_by_device_and_inode() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, b"").unwrap();
+        std::fs::write(&b, b"").unwrap();
+        let meta = std::fs::metadata(&a).unwrap();
+        let stream = format!("{}:{}", meta.dev(), meta.ino());
+        assert!(names_the_file(&stream, &a));
+        assert!(!names_the_file(&stream, &b), "another inode");
+        assert!(!names_the_file("garbage", &a));
+        assert!(!names_the_file(&stream, &dir.path().join("missing")));
+        assert_eq!(syslog_priority(log::Level::Error), 3);
+        assert_eq!(syslog_priority(log::Level::Info), 6);
+    }
     use crate::runtime::launch::serve_args;
     use clap::Parser;
     use std::path::PathBuf;
