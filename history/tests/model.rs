@@ -227,6 +227,35 @@ impl Harness {
             .collect()
     }
 
+    /// `diff` between safe point `a` and `b` (`None`: live) names every page whose
+    /// contents the model says differ, in well-formed extents.
+    fn check_diff(&self, a: SafePointId, b: Option<SafePointId>) {
+        let extents = self.vol().diff(a, b).unwrap();
+        let mut listed = vec![false; PAGES as usize];
+        let mut end = None;
+        for &(first, n) in &extents {
+            assert!(n > 0, "an empty extent: {extents:?}");
+            assert!(
+                end.is_none_or(|e| first.0 > e),
+                "extents out of order or touching: {extents:?}"
+            );
+            end = Some(first.0 + n);
+            for l in first.0..first.0 + n {
+                listed[l as usize] = true;
+            }
+        }
+        let then = &self.snapshots[&a];
+        let now = b.map_or(&self.live, |b| &self.snapshots[&b]);
+        for l in 0..PAGES as usize {
+            assert!(
+                then[l] == now[l] || listed[l],
+                "page {l} differs between {a} and {b:?} ({:?} vs {:?}) but diff has {extents:?}",
+                then[l],
+                now[l]
+            );
+        }
+    }
+
     fn made_safe_point(&mut self, id: SafePointId) {
         self.snapshots.insert(id, self.live.clone());
         self.durable = self.live.clone();
@@ -291,6 +320,9 @@ impl Harness {
             Op::View(k) => {
                 if let Some(at) = self.pick_known(k) {
                     self.check_view(at);
+                    self.check_diff(at, None);
+                    let other = self.pick_known(k / 7);
+                    self.check_diff(at, other);
                 }
             }
             Op::Pin(k) => self.pin(k, true),
@@ -759,4 +791,45 @@ fn a_multi_page_write_lands_in_one_extent_at_home_then_in_the_history_area() {
     let data: Vec<u8> = (10..26).flat_map(|l| page_data(l, 3)).collect();
     vol.write_pages(&mut s, LogicalPage(10), &data).unwrap();
     assert_eq!(extent(10, 16), (start + 16..start + 32).collect::<Vec<_>>());
+}
+
+#[test]
+fn diff_names_exactly_the_pages_written_between_two_safe_points() {
+    let h = Harness::new(256, 64);
+    let vol = h.vol.as_ref().unwrap();
+    let mut s = vol.stream(0, 1);
+    let write = |s: &mut rewind_history::Stream, first: u64, n: u64, v: u8| {
+        let data: Vec<u8> = (first..first + n).flat_map(|l| page_data(l, v)).collect();
+        vol.write_pages(s, LogicalPage(first), &data).unwrap();
+    };
+    write(&mut s, 0, 40, 1);
+    let a = vol.safe_point(rewind_history::Trigger::User, None).unwrap();
+    write(&mut s, 3, 2, 2);
+    write(&mut s, 10, 5, 2);
+    vol.discard(LogicalPage(30), 2).unwrap();
+    write(&mut s, 60, 1, 2); // never written before: zeros at `a`
+    let b = vol.safe_point(rewind_history::Trigger::User, None).unwrap();
+    write(&mut s, 12, 4, 3);
+    let pages = |e: Vec<(LogicalPage, u64)>| -> Vec<(u64, u64)> {
+        e.into_iter().map(|(l, n)| (l.0, n)).collect()
+    };
+    assert_eq!(
+        pages(vol.diff(a, Some(b)).unwrap()),
+        [(3, 2), (10, 5), (30, 2), (60, 1)]
+    );
+    assert_eq!(
+        pages(vol.diff(b, Some(a)).unwrap()),
+        pages(vol.diff(a, Some(b)).unwrap())
+    );
+    assert_eq!(pages(vol.diff(b, None).unwrap()), [(12, 4)]);
+    assert_eq!(
+        pages(vol.diff(a, None).unwrap()),
+        [(3, 2), (10, 6), (30, 2), (60, 1)]
+    );
+    assert!(vol.diff(b, Some(b)).unwrap().is_empty());
+    let err = vol.diff(SafePointId(999), None).unwrap_err();
+    assert!(
+        err.to_string().contains("not in the history window"),
+        "{err}"
+    );
 }

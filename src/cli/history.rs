@@ -1,6 +1,6 @@
 //! The commands on a device's history: `rewind safepoint`, `rewind log`, `rewind rollback`,
-//! `rewind view`, `rewind pin` and `rewind unpin`, on a served device (through its daemon)
-//! or, where it makes sense, on an image no daemon serves.
+//! `rewind view`, `rewind diff`, `rewind pin` and `rewind unpin`, on a served device
+//! (through its daemon) or, where it makes sense, on an image no daemon serves.
 
 use std::path::Path;
 use std::time::Duration;
@@ -11,14 +11,16 @@ use rewind_history::SafePointId;
 use serde::Serialize;
 
 use crate::cli::render::{
-    label_suffix, log_footer, log_table, print_json, safe_point_line, JsonSafePoint, WindowSummary,
+    label_suffix, log_footer, log_table, print_json, safe_point_line, table, JsonSafePoint,
+    WindowSummary,
 };
 use crate::daemon::backing::{BackingError, FileStore};
-use crate::ipc::control::{ControlRequest, SafePointRecord};
+use crate::ipc::control::{ControlRequest, Extent, SafePointRecord};
 use crate::ipc::paths;
 use crate::runtime::client::ask;
 use crate::runtime::registry;
 use crate::selector::find_safe_point;
+use crate::size::human;
 use crate::time::{local_time, rfc3339};
 
 /// How long `rewind safepoint` waits: the daemon syncs the image before it answers, which
@@ -316,6 +318,76 @@ pub fn view_command(id: u32, at: &str, json: bool) -> Result<()> {
             view.device_id
         );
         println!("{}", view.device);
+    }
+    Ok(())
+}
+
+/// How long `rewind diff` waits: the daemon walks the history after the older point.
+const DIFF_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Serialize)]
+struct DiffJson {
+    from: SafePointId,
+    /// `None`: the live device.
+    to: Option<SafePointId>,
+    extents: Vec<Extent>,
+    changed_bytes: u64,
+}
+
+/// `rewind diff -n ID --from X --to Y`: the byte ranges of device `id` that changed between
+/// safe points X and Y (`now`: the live device), as the daemon finds them in its metadata.
+pub fn diff_command(id: u32, from: &str, to: &str, json: bool) -> Result<()> {
+    let shown = paths::device_path(id).display().to_string();
+    let from = device_safe_point("rewind diff", id, from)?;
+    let to = match to {
+        "now" => None,
+        at => Some(device_safe_point("rewind diff", id, at)?),
+    };
+    let request = ControlRequest::Diff {
+        from: from.id,
+        to: to.as_ref().map(|t| t.id),
+    };
+    let extents = match ask("rewind diff", id, &request, DIFF_TIMEOUT)? {
+        Ok(reply) => reply
+            .extents
+            .context("the daemon answered without the extents")?,
+        Err(why) => bail!("no diff of {shown}: {why}"),
+    };
+    let changed_bytes = extents.iter().map(|e| e.length).sum();
+    if json {
+        return print_json(&DiffJson {
+            from: from.id,
+            to: to.as_ref().map(|t| t.id),
+            extents,
+            changed_bytes,
+        });
+    }
+    let tz = TimeZone::system();
+    let name = |sp: &SafePointRecord| {
+        format!(
+            "safe point {} ({}{})",
+            sp.id,
+            local_time(sp.time_ns, &tz),
+            label_suffix(sp.label.as_deref())
+        )
+    };
+    eprintln!(
+        "rewind: {shown}: {} changed in {} extent{} between {} and {}",
+        human(changed_bytes),
+        extents.len(),
+        if extents.len() == 1 { "" } else { "s" },
+        name(&from),
+        to.as_ref().map_or_else(|| "now".to_string(), name)
+    );
+    let rows: Vec<[String; 2]> = std::iter::once(["OFFSET".to_string(), "LENGTH".to_string()])
+        .chain(
+            extents
+                .iter()
+                .map(|e| [e.offset.to_string(), e.length.to_string()]),
+        )
+        .collect();
+    for line in table(&rows, [true, true]) {
+        println!("{line}");
     }
     Ok(())
 }

@@ -113,6 +113,7 @@ pub fn run(cli: Cli) -> Result<()> {
             misses: a.misses,
         }),
         Command::View(a) => history::view_command(a.id, &a.at, a.json),
+        Command::Diff(a) => history::diff_command(a.id, &a.from, &a.to, a.json),
         Command::Pin(a) => history::pin_command(a.id, a.image.as_deref(), &a.at, true, a.json),
         Command::Unpin(a) => history::pin_command(a.id, a.image.as_deref(), &a.at, false, a.json),
         Command::Rollback(a) => match (a.id, a.image) {

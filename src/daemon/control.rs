@@ -20,7 +20,7 @@ use rewind_history::{SafePointId, Volume};
 use crate::daemon::backing::FileStore;
 use crate::daemon::pacing::Pacer;
 use crate::daemon::views::Views;
-use crate::ipc::control::{ControlRequest, DeviceStats, Response, SafePointRecord};
+use crate::ipc::control::{ControlRequest, DeviceStats, Extent, Response, SafePointRecord};
 use crate::selector::check_label;
 
 /// Longest request line accepted, so a client cannot make the daemon buffer without end.
@@ -207,6 +207,7 @@ impl Answers {
                 Err(why) => Response::error(why),
             },
             ControlRequest::Pin { id, pinned } => pin(&volume, *id, *pinned),
+            ControlRequest::Diff { from, to } => diff(&volume, *from, *to),
         }
     }
 
@@ -293,6 +294,23 @@ fn rollback(volume: &Volume<FileStore>, to: SafePointId) -> Response {
     }
 }
 
+/// `diff`: the extents that changed between `from` and `to` (`None`: live), in bytes.
+fn diff(volume: &Volume<FileStore>, from: SafePointId, to: Option<SafePointId>) -> Response {
+    let page = rewind_history::PAGE_SIZE;
+    match volume.diff(from, to) {
+        Ok(extents) => Response::diff(
+            extents
+                .into_iter()
+                .map(|(first, pages)| Extent {
+                    offset: first.0 * page,
+                    length: pages * page,
+                })
+                .collect(),
+        ),
+        Err(e) => Response::error(e.to_string()),
+    }
+}
+
 /// `pin`: keeps safe point `id` from retiring (`pinned`), or lets it retire again.
 fn pin(volume: &Volume<FileStore>, id: SafePointId, pinned: bool) -> Response {
     match volume.pin(id, pinned) {
@@ -369,6 +387,34 @@ mod tests {
     fn error(r: Response) -> String {
         assert!(!r.ok, "{r:?}");
         r.error.expect("a reason")
+    }
+
+    #[test]
+    fn diff_answers_the_changed_bytes() {
+        let (_dir, volume, answers) = answers();
+        let from = answers
+            .answer(&ControlRequest::SafePoint { label: None })
+            .safe_point
+            .expect("a safe point")
+            .id;
+        let mut stream = volume.stream(0, 1);
+        let data = vec![5u8; 3 * 4096];
+        volume
+            .write_pages(&mut stream, rewind_history::LogicalPage(7), &data)
+            .unwrap();
+        let r = answers.answer(&ControlRequest::Diff { from, to: None });
+        assert_eq!(
+            r.extents.expect("extents"),
+            [Extent {
+                offset: 7 * 4096,
+                length: 3 * 4096
+            }]
+        );
+        let r = answers.answer(&ControlRequest::Diff {
+            from: SafePointId(77),
+            to: None,
+        });
+        assert!(error(r).contains("not in the history window"));
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //! - `{"cmd":"open_view","at":12}`: adds a read-only device showing safe point 12 and
 //!   answers with it (`view`); `{"cmd":"close_view","device":1}` removes it;
 //! - `{"cmd":"pin","id":12,"pinned":true}`: pins (or unpins) a safe point, durably;
+//! - `{"cmd":"diff","from":12,"to":15}` (`to` optional: the live device): the logical
+//!   extents that changed between them, in bytes (`extents`);
 //! - `{"cmd":"ping"}`: the heartbeat of `rewind add --supervise`; answers `pid` once the
 //!   engine's state lock could be taken, so a daemon stuck in its engine does not answer.
 //!
@@ -55,6 +57,15 @@ pub enum ControlRequest {
     CloseView {
         /// The view's ublk device id.
         device: u32,
+    },
+    /// The extents that changed between safe points `from` and `to` (`None`: the live
+    /// device now), from metadata only.
+    Diff {
+        /// One safe point.
+        from: SafePointId,
+        /// The other; the live device when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<SafePointId>,
     },
     /// Keep safe point `id` from retiring (`pinned`), or let it retire again.
     Pin {
@@ -235,6 +246,18 @@ pub struct Response {
     /// The answer to `open_view`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub view: Option<ViewRecord>,
+    /// The answer to `diff`: ascending, not touching.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extents: Option<Vec<Extent>>,
+}
+
+/// A run of the device's bytes, as `diff` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extent {
+    /// The first byte.
+    pub offset: u64,
+    /// Bytes, a whole number of pages.
+    pub length: u64,
 }
 
 impl Response {
@@ -248,6 +271,7 @@ impl Response {
             undo: None,
             pid: None,
             view: None,
+            extents: None,
         }
     }
 
@@ -294,6 +318,14 @@ impl Response {
     pub fn view(view: ViewRecord) -> Response {
         Response {
             view: Some(view),
+            ..Response::ok()
+        }
+    }
+
+    /// The answer to `diff`.
+    pub fn diff(extents: Vec<Extent>) -> Response {
+        Response {
+            extents: Some(extents),
             ..Response::ok()
         }
     }

@@ -56,6 +56,51 @@ impl<S: Store> Volume<S> {
         Ok(before)
     }
 
+    /// The logical extents (first page, page count; ascending, not touching) that may read
+    /// differently at safe points `a` and `b` (`None`: the live device now), in either order,
+    /// from the metadata alone: a page is in one where it reads from a different physical
+    /// page at the two, or from a page at one and as zeros at the other. A page rewritten
+    /// with the same bytes counts as changed; a page not written between them never does.
+    pub fn diff(
+        &self,
+        a: SafePointId,
+        b: Option<SafePointId>,
+    ) -> Result<Vec<(LogicalPage, u64)>, Error> {
+        let st = self.state.lock();
+        let w = &st.window;
+        require_in_window(w, a)?;
+        if let Some(b) = b {
+            require_in_window(w, b)?;
+        }
+        // The older of the two; the newer is `b`, or the live device.
+        let (older, newer) = match b {
+            Some(b) if b < a => (b, Some(a)),
+            _ => (a, b),
+        };
+        let mut changed: Vec<LogicalPage> = w
+            .changed_since(older)
+            .into_iter()
+            .filter(|&(l, then)| {
+                let now = match newer {
+                    Some(n) => self.page_at(w, l, n),
+                    None => self.map.get(l).phys,
+                };
+                then != now
+            })
+            .map(|(l, _)| l)
+            .collect();
+        drop(st);
+        changed.sort_unstable();
+        let mut extents: Vec<(LogicalPage, u64)> = Vec::new();
+        for l in changed {
+            match extents.last_mut() {
+                Some((first, n)) if first.0 + *n == l.0 => *n += 1,
+                _ => extents.push((l, 1)),
+            }
+        }
+        Ok(extents)
+    }
+
     /// The physical page `l` read from at safe point `at` (`None`: zeros), for views.
     pub fn resolve_at(&self, l: LogicalPage, at: SafePointId) -> Result<Option<PhysPage>, Error> {
         self.check_in_range(l)?;
