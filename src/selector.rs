@@ -106,6 +106,13 @@ fn looks_like_time(text: &str) -> bool {
 
 /// Why `label` cannot be a label because it reads as a safe point id, age or time.
 fn label_ambiguity(label: &str) -> Option<String> {
+    if label == "now" {
+        return Some(
+            "the label 'now' would read as the live device (`rewind diff --to now`); choose \
+             another"
+                .to_string(),
+        );
+    }
     if label.bytes().all(|b| b.is_ascii_digit()) {
         return Some(format!(
             "the label '{label}' is only digits, which would read as a safe point id; \
@@ -361,11 +368,19 @@ mod tests {
             ("2026-11-24", "time"),
             ("2026-11-24-nightly", "time"),
             ("123", "safe point id"),
+            ("now", "live device"),
         ] {
             let e = parse_label(label).unwrap_err();
             assert!(e.contains(why), "{label}: {e}");
         }
-        for ok in ["v10:42", "nightly-2026-11-24", "5min", "m", "2026-release"] {
+        for ok in [
+            "v10:42",
+            "nightly-2026-11-24",
+            "5min",
+            "m",
+            "2026-release",
+            "nowhere",
+        ] {
             assert!(parse_label(ok).is_ok(), "{ok}");
         }
     }
