@@ -497,7 +497,7 @@ const DIFF_EXAMPLES: &str = concat!(
     "Examples:
   rewind diff -n 0 --from before-upgrade           # what changed since: offset and length
   rewind diff -n 0 --from 1041 --to 1180 --json    # between two safe points, for scripts
-  rewind diff -n 0 --from 5m --json | jq .changed_bytes   # bytes written in five minutes
+  rewind diff -n 0 --from 5m --json | jq .changed_bytes   # bytes that differ from 5m ago
 
 ",
     selectors_help!(),

@@ -139,25 +139,32 @@ pub fn logs_command(
             path.display()
         )
     })?;
-    let mut out = std::io::stdout().lock();
     let mut text = Vec::new();
     file.read_to_end(&mut text)
         .with_context(|| format!("reading {}", path.display()))?;
-    out.write_all(last_lines(&text, lines))?;
-    out.flush()?;
-    if !follow {
-        return Ok(());
-    }
-    loop {
-        std::thread::sleep(std::time::Duration::from_millis(250));
-        let mut more = Vec::new();
-        file.read_to_end(&mut more)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if !more.is_empty() {
-            out.write_all(&more)?;
-            out.flush()?;
+    let printed = print_log(last_lines(&text, lines)).and_then(|()| {
+        if !follow {
+            return Ok(());
         }
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(250));
+            let mut more = Vec::new();
+            file.read_to_end(&mut more)?;
+            print_log(&more)?;
+        }
+    });
+    match printed {
+        // The reader went away (`| head`): that ends it, as for `tail`.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.with_context(|| format!("printing {}", path.display())),
     }
+}
+
+/// Writes `text` to stdout now.
+fn print_log(text: &[u8]) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text)?;
+    out.flush()
 }
 
 /// The end of `text` that holds its last `n` lines.

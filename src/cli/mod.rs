@@ -18,8 +18,9 @@ use crate::daemon::report::Reporter;
 use crate::daemon::serve::{self as daemon, ServeOptions};
 use crate::runtime::supervise;
 
-/// Sets up logging for `command`: the daemon and the supervisor log at info by default with
-/// timestamps (their log is a file); the other commands only warn. RUST_LOG overrides both.
+/// Sets up logging for `command`: the daemon and the supervisor log at info by default, with
+/// timestamps (their log is a file) or, when stderr is the journal, with syslog priorities
+/// instead; the other commands only warn. RUST_LOG overrides both.
 pub fn init_logging(command: &Command) {
     let daemon = matches!(
         command,

@@ -4,8 +4,9 @@
 //! One thread accepts connections and each is served on a thread of its own, so a slow
 //! command (opening a view waits for its device) never holds up another, least of all the
 //! supervisor's pings: a busy daemon is not taken for a hung one. At most
-//! `MAX_CONNECTIONS` are served at once (more are told the daemon is busy), and each read
-//! has a time limit so a stuck client cannot hold its thread.
+//! `MAX_CONNECTIONS` are served at once; more are answered `Response::busy`, which the
+//! supervisor counts as a heartbeat. Each read has a time limit, so a client that stops
+//! sending cannot hold its thread.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -27,8 +28,8 @@ use crate::selector::check_label;
 const MAX_LINE_BYTES: u64 = 64 << 10;
 /// How long the server waits for a client's next line before dropping it.
 const SERVER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections served at once; one more is answered with an error and closed.
-const MAX_CONNECTIONS: usize = 32;
+/// Connections served at once; one more is answered `Response::busy` and closed.
+pub const MAX_CONNECTIONS: usize = 32;
 
 /// Binds the control socket at `path`, replacing a stale one left by a daemon that died
 /// (ublk device ids are unique while a device exists, so no live daemon can own it).
@@ -79,10 +80,9 @@ where
 {
     if serving.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
         serving.fetch_sub(1, Ordering::AcqRel);
-        let busy = format!("the daemon is busy: {MAX_CONNECTIONS} control connections open");
-        log::warn!("refused a control connection: {busy}");
+        log::warn!("refused a control connection: {MAX_CONNECTIONS} are open");
         let _ = stream.set_write_timeout(Some(SERVER_READ_TIMEOUT));
-        let _ = write_line(&mut &stream, &Response::error(busy));
+        let _ = write_line(&mut &stream, &Response::busy(MAX_CONNECTIONS));
         return;
     }
     let slot = Slot(serving.clone());
@@ -294,10 +294,19 @@ fn rollback(volume: &Volume<FileStore>, to: SafePointId) -> Response {
     }
 }
 
+/// Most extents a `diff` answer lists, so its line stays well under what a client reads
+/// (`client::MAX_REPLY_BYTES`, 32 MiB; an extent takes about 40 bytes).
+const DIFF_EXTENTS_MAX: usize = 500_000;
+
 /// `diff`: the extents that changed between `from` and `to` (`None`: live), in bytes.
 fn diff(volume: &Volume<FileStore>, from: SafePointId, to: Option<SafePointId>) -> Response {
     let page = rewind_history::PAGE_SIZE;
     match volume.diff(from, to) {
+        Ok(extents) if extents.len() > DIFF_EXTENTS_MAX => Response::error(format!(
+            "{} extents differ, more than the {DIFF_EXTENTS_MAX} one answer lists; \
+             compare safe points closer together",
+            extents.len()
+        )),
         Ok(extents) => Response::diff(
             extents
                 .into_iter()

@@ -25,6 +25,9 @@ use serde::{Deserialize, Serialize};
 use crate::ipc::device::DataPath;
 use crate::selector::Candidate;
 
+/// How `Response::busy` begins.
+const BUSY: &str = "the daemon is busy";
+
 /// A command to the daemon.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
@@ -282,6 +285,17 @@ impl Response {
             error: Some(why.into()),
             ..Response::ok()
         }
+    }
+
+    /// The answer of a daemon that serves as many control connections as it may: it is
+    /// alive, just busy (the supervisor counts it as a heartbeat, see `is_busy`).
+    pub fn busy(open: usize) -> Response {
+        Response::error(format!("{BUSY}: {open} control connections open"))
+    }
+
+    /// True for `busy`'s answer.
+    pub fn is_busy(&self) -> bool {
+        !self.ok && self.error.as_deref().is_some_and(|e| e.starts_with(BUSY))
     }
 
     /// The answer to `stats`.

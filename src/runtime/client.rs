@@ -206,6 +206,60 @@ mod tests {
     }
 
     #[test]
+    fn past_the_connection_limit_a_client_is_told_the_daemon_is_busy() {
+        use crate::daemon::control::MAX_CONNECTIONS;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("t.sock");
+        let listener = bind(&path).expect("bind");
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let released = std::sync::Mutex::new(released);
+        let (started, running) = std::sync::mpsc::channel::<()>();
+        let started = std::sync::Mutex::new(started);
+        start_server(listener, move |r: &ControlRequest| match r {
+            ControlRequest::Log => {
+                started.lock().unwrap().send(()).expect("started");
+                released.lock().unwrap().recv().expect("released");
+                Response::error("slow command done")
+            }
+            ControlRequest::Ping => Response::pong(7),
+            _ => Response::error("not in this test"),
+        })
+        .expect("serve");
+        let slow: Vec<_> = (0..MAX_CONNECTIONS)
+            .map(|_| {
+                let p = path.clone();
+                std::thread::spawn(move || {
+                    request(&p, &ControlRequest::Log, Duration::from_secs(60))
+                })
+            })
+            .collect();
+        for _ in 0..MAX_CONNECTIONS {
+            running.recv().expect("a slow command started");
+        }
+        let busy = request(&path, &ControlRequest::Ping, Duration::from_secs(20))
+            .expect("an answer past the limit");
+        assert!(busy.is_busy(), "{busy:?}");
+        for _ in 0..MAX_CONNECTIONS {
+            release.send(()).expect("release");
+        }
+        for s in slow {
+            s.join().expect("slow client").expect("slow reply");
+        }
+        // The slots are given back (each as its thread sees its client go): a ping is
+        // served again. The loop waits for that event, with a generous limit.
+        let mut pong = Response::busy(MAX_CONNECTIONS);
+        for _ in 0..200 {
+            pong = request(&path, &ControlRequest::Ping, Duration::from_secs(20))
+                .expect("a ping after the slow commands");
+            if !pong.is_busy() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(pong.pid, Some(7), "{pong:?}");
+    }
+
+    #[test]
     fn stale_socket_is_replaced_and_absent_daemon_is_clear() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("t.sock");

@@ -135,7 +135,8 @@ fn look(opts: &Options, missed: &mut u32) -> Result<Look> {
         return Ok(Look::Fine);
     }
     match client::request(&paths::socket_path(id), &ControlRequest::Ping, opts.timeout) {
-        Ok(r) if r.ok => {
+        // Busy (every control connection taken) is alive: it accepted and answered.
+        Ok(r) if r.ok || r.is_busy() => {
             if *missed > 0 {
                 log::info!("the daemon of /dev/ublkb{id} answers again");
             }
