@@ -167,12 +167,18 @@ mod tests {
         assert!(second.ok);
     }
 
-    #[test]
-    fn a_ping_is_answered_while_a_slow_command_runs() {
+    /// A control server at the returned path whose `log` is a slow command: each sends on
+    /// `running` when it starts, then waits for a message on `release`; `ping` answers
+    /// pid 7 at once.
+    fn slow_server() -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        std::sync::mpsc::Sender<()>,
+        std::sync::mpsc::Receiver<()>,
+    ) {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("t.sock");
         let listener = bind(&path).expect("bind");
-        // The slow command (here `log`) runs until the test lets it finish.
         let (release, released) = std::sync::mpsc::channel::<()>();
         let released = std::sync::Mutex::new(released);
         let (started, running) = std::sync::mpsc::channel::<()>();
@@ -187,6 +193,12 @@ mod tests {
             _ => Response::error("not in this test"),
         })
         .expect("serve");
+        (dir, path, release, running)
+    }
+
+    #[test]
+    fn a_ping_is_answered_while_a_slow_command_runs() {
+        let (_dir, path, release, running) = slow_server();
         let slow_path = path.clone();
         let slow = std::thread::spawn(move || {
             request(&slow_path, &ControlRequest::Log, Duration::from_secs(60))
@@ -208,23 +220,7 @@ mod tests {
     #[test]
     fn past_the_connection_limit_a_client_is_told_the_daemon_is_busy() {
         use crate::daemon::control::MAX_CONNECTIONS;
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("t.sock");
-        let listener = bind(&path).expect("bind");
-        let (release, released) = std::sync::mpsc::channel::<()>();
-        let released = std::sync::Mutex::new(released);
-        let (started, running) = std::sync::mpsc::channel::<()>();
-        let started = std::sync::Mutex::new(started);
-        start_server(listener, move |r: &ControlRequest| match r {
-            ControlRequest::Log => {
-                started.lock().unwrap().send(()).expect("started");
-                released.lock().unwrap().recv().expect("released");
-                Response::error("slow command done")
-            }
-            ControlRequest::Ping => Response::pong(7),
-            _ => Response::error("not in this test"),
-        })
-        .expect("serve");
+        let (_dir, path, release, running) = slow_server();
         let slow: Vec<_> = (0..MAX_CONNECTIONS)
             .map(|_| {
                 let p = path.clone();
