@@ -458,6 +458,8 @@ struct QueueCtx<'a> {
 /// Per-task vectors, reused from request to request.
 #[derive(Default)]
 struct Scratch {
+    /// The pages a write claimed, in order.
+    claims: Vec<PhysPage>,
     phys: Vec<Option<PhysPage>>,
     runs: Vec<Run>,
     claimed: Vec<(LogicalPage, PhysPage)>,
@@ -521,6 +523,7 @@ impl RequestBuf {
 async fn io_task(q: &UblkQueue<'_>, tag: u16, ctx: &QueueCtx<'_>) -> Result<(), UblkError> {
     let pages_max = q.dev.dev_info.max_io_buf_bytes as usize / PAGE;
     let mut scratch = Scratch {
+        claims: Vec::with_capacity(pages_max),
         phys: Vec::with_capacity(pages_max),
         runs: Vec::with_capacity(pages_max),
         claimed: Vec::with_capacity(pages_max),
@@ -852,18 +855,20 @@ async fn write(
     scratch: &mut Scratch,
 ) -> Result<i32, Failure> {
     let volume = ctx.volume;
-    scratch.claimed.clear();
-    scratch.phys.clear();
-    if let Err(e) = allocate(q, ctx, first, pages, &mut scratch.phys).await {
-        abandon_all(volume, scratch.phys.iter().flatten().copied());
+    scratch.claims.clear();
+    if let Err(e) = allocate(q, ctx, first, pages, &mut scratch.claims).await {
+        abandon_all(volume, scratch.claims.iter().copied());
         return Err(Failure::Engine("allocate", e));
     }
+    scratch.phys.clear();
+    scratch
+        .phys
+        .extend(scratch.claims.iter().copied().map(Some));
+    scratch.claimed.clear();
     scratch.claimed.extend(
-        scratch
-            .phys
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (LogicalPage(first.0 + i as u64), p.expect("allocated"))),
+        (first.0..)
+            .map(LogicalPage)
+            .zip(scratch.claims.iter().copied()),
     );
     scratch.runs.clear();
     group_runs(&scratch.phys, &mut scratch.runs);
@@ -960,10 +965,9 @@ async fn allocate(
     ctx: &QueueCtx<'_>,
     first: LogicalPage,
     pages: usize,
-    out: &mut Vec<Option<PhysPage>>,
+    out: &mut Vec<PhysPage>,
 ) -> Result<(), rewind_history::Error> {
     let delay = types::Timespec::from(ALLOCATE_RETRY_DELAY);
-    let mut run = Vec::with_capacity(pages);
     let mut waits = 0;
     while out.len() < pages {
         if ctx.volume.reclaim_due() {
@@ -974,16 +978,11 @@ async fn allocate(
             }
         }
         let l = LogicalPage(first.0 + out.len() as u64);
-        run.clear();
         // The stream is borrowed for the engine call only, never across the wait.
-        let got = ctx.volume.try_allocate_run(
-            &mut ctx.stream.borrow_mut(),
-            l,
-            pages - out.len(),
-            &mut run,
-        );
-        out.extend(run.iter().copied().map(Some));
-        if got? > 0 {
+        let got =
+            ctx.volume
+                .try_allocate_run(&mut ctx.stream.borrow_mut(), l, pages - out.len(), out)?;
+        if got > 0 {
             waits = 0;
             continue;
         }

@@ -45,10 +45,11 @@ impl<S: Store> Volume<S> {
     /// and tools. The daemon calls `try_allocate_run`, has its flusher thread reclaim, and
     /// waits on its ring instead.
     pub fn allocate(&self, stream: &mut Stream, l: LogicalPage) -> Result<PhysPage, Error> {
+        let mut one = Vec::with_capacity(1);
         for attempt in 0..ALLOCATE_ATTEMPTS {
             self.reclaim_if_low()?;
-            if let Some(p) = self.try_allocate(stream, l)? {
-                return Ok(p);
+            if self.try_allocate_run(stream, l, 1, &mut one)? == 1 {
+                return Ok(one[0]);
             }
             if attempt > 0 {
                 std::thread::sleep(ALLOCATE_RETRY_DELAY);
@@ -78,34 +79,19 @@ impl<S: Store> Volume<S> {
         Ok(())
     }
 
-    /// `allocate` without waiting and without reclaiming: `None` when no page is free now.
-    /// The caller has pages reclaimed (`reclaim_if_low`, here or on another thread) and
-    /// tries again after a wait (`ALLOCATE_RETRY_DELAY`), giving up at some point with
-    /// `Error::NoSpace` (`allocate`: after `ALLOCATE_ATTEMPTS`).
-    pub fn try_allocate(
-        &self,
-        stream: &mut Stream,
-        l: LogicalPage,
-    ) -> Result<Option<PhysPage>, Error> {
-        self.check_in_range(l)?;
-        let home = PhysPage(l.0 as u32);
-        if self.reclaim_due() {
-            // Cheap, and it may be enough: the pages a commit freed, once no read needs them.
-            self.release_quarantine();
-        }
-        Ok(self.alloc.allocate(stream, Some(home)))
-    }
-
-    /// `try_allocate` for the `count` pages from `first` of one write, as one extent where
-    /// it can: claims pages for `first`, `first + 1`, ... that are consecutive on the store,
-    /// appends them to `out` and returns how many (at least 1, at most `count`; 0 when no
-    /// page is free now, as `try_allocate`'s `None`, or `count` is 0). The caller calls
-    /// again for the rest.
+    /// Claims the pages the `count` pages from `first` of one write are to be written into,
+    /// as one extent where it can, without waiting and without reclaiming: claims pages for
+    /// `first`, `first + 1`, ... that are consecutive on the store, appends them to `out` and
+    /// returns how many (at least 1, at most `count`; 0 when no page is free now, or `count`
+    /// is 0). The caller calls again for the rest; when none is free, it has pages
+    /// reclaimed (`reclaim_if_low`, here or on another thread) and tries again after
+    /// `ALLOCATE_RETRY_DELAY`, giving up at some point with `Error::NoSpace` (`allocate`:
+    /// after `ALLOCATE_ATTEMPTS`).
     ///
     /// The pages are the home pages while those are free (an unfragmented device stays laid
     /// out as identity), else the first free run long enough after the stream's cursor
-    /// (`PageAllocator::allocate_run`, a bounded search), else one page as `try_allocate`
-    /// gives it. A sequential rewrite thus lands in few extents, written and later read
+    /// (`PageAllocator::allocate_run`, a bounded search), else the next free page after
+    /// it. A sequential rewrite thus lands in few extents, written and later read
     /// with one op each, wherever free runs that long exist.
     pub fn try_allocate_run(
         &self,
@@ -120,6 +106,7 @@ impl<S: Store> Volume<S> {
         }
         self.check_run_in_range(first, u64::from(want))?;
         if self.reclaim_due() {
+            // Cheap, and it may be enough: the pages a commit freed, once no read needs them.
             self.release_quarantine();
         }
         let home = PhysPage(first.0 as u32);
