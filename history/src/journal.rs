@@ -220,6 +220,11 @@ impl Pending {
         self.records
     }
 
+    /// The blocks those records fill: what `take_synced` would hand out.
+    pub fn blocks(&self) -> usize {
+        self.blocks.len()
+    }
+
     /// The blocks that changed since the last call, sealed unsynced, numbered from
     /// `first_seq` (the sequence of the first pending block): (sequence of the first, blocks).
     /// None when no record came since: the queues of a device each record their pass, and

@@ -37,6 +37,7 @@ pub use rewind_remap::{LogicalPage, PhysPage, Stream};
 pub use store::{MemStore, Store};
 pub use volume::{
     check, create, inspect, read_superblock, CheckReport, Durability, Inspection, Notice,
-    ReadTracker, SafePointInfo, Stats, ViewId, Volume, ALLOCATE_ATTEMPTS, ALLOCATE_RETRY_DELAY,
+    ReadTracker, SafePointInfo, StagedCommit, Stats, ViewId, Volume, ALLOCATE_ATTEMPTS,
+    ALLOCATE_RETRY_DELAY,
 };
 pub use window::{SafePoint, SafePointId, Trigger};

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use rewind_history::{
     create, sim, CreateOptions, Durability, Error, Host, LogicalPage, MemStore, Notice,
-    SafePointId, ViewId, Volume, PAGE_SIZE,
+    SafePointId, Store, ViewId, Volume, PAGE_SIZE,
 };
 
 const PAGES: u64 = 96;
@@ -32,6 +32,8 @@ enum Op {
     WriteRun(u64, u8, u64),
     Discard(u64, u64),
     Flush,
+    /// A FLUSH whose commit the caller makes, as a daemon's queue does on its ring.
+    StagedFlush,
     Label,
     Rollback(usize),
     View(usize),
@@ -49,6 +51,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..PAGES, any::<u8>(), 1..16u64).prop_map(|(l, v, n)| Op::WriteRun(l, v, n)),
         1 => (0..PAGES, 1..24u64).prop_map(|(l, n)| Op::Discard(l, n)),
         2 => Just(Op::Flush),
+        1 => Just(Op::StagedFlush),
         1 => Just(Op::Label),
         1 => any::<usize>().prop_map(Op::Rollback),
         1 => any::<usize>().prop_map(Op::View),
@@ -311,6 +314,7 @@ impl Harness {
                 }
             }
             Op::Flush => self.safe_point(rewind_history::Trigger::Flush, None),
+            Op::StagedFlush => self.staged_flush(),
             Op::Label => {
                 self.labels += 1;
                 let label = format!("label-{}", self.labels);
@@ -355,6 +359,33 @@ impl Harness {
 
     fn safe_point(&mut self, trigger: rewind_history::Trigger, label: Option<String>) {
         let id = self.vol().safe_point(trigger, label).unwrap();
+        self.made_safe_point(id);
+    }
+
+    /// `safe_point` for a FLUSH, with the commit's steps (data sync, journal writes, sync)
+    /// done here through the store, as a daemon's queue does them on its ring; through
+    /// `commit` when the engine leaves the commit to a thread that may wait.
+    fn staged_flush(&mut self) {
+        let vol = self.vol();
+        let id = vol
+            .mark_safe_point(rewind_history::Trigger::Flush, None)
+            .unwrap();
+        match vol.try_begin_commit().unwrap() {
+            None => vol.commit(false).unwrap(),
+            Some(staged) => {
+                let steps = {
+                    let writes = staged.journal_writes();
+                    (|| {
+                        vol.store().sync()?;
+                        for (offset, bytes) in writes {
+                            vol.store().write_at(offset, bytes)?;
+                        }
+                        vol.store().sync()
+                    })()
+                };
+                staged.finish(steps).unwrap();
+            }
+        }
         self.made_safe_point(id);
     }
 

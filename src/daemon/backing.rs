@@ -378,6 +378,12 @@ impl FileStore {
         }
     }
 
+    /// The descriptor the `Store` methods write metadata (the journal) through, for a
+    /// queue's io_uring to do the same (`ring_commit`). It stays open as long as the store.
+    pub fn metadata_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
     /// Makes the store at least `bytes` long: checks a block device; grows a regular file
     /// and, when `want` is `Preallocated`, reserves its first `bytes` (`fallocate`: holes get
     /// blocks, data stays). Never shrinks. Returns what the file got: `Sparse` when the file
@@ -479,6 +485,12 @@ impl FileStore {
     /// Counts `bytes` of data the queues wrote to the image (through their own rings).
     pub fn note_data_written(&self, bytes: u64) {
         self.data_bytes_written.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Counts `bytes` of metadata written through `metadata_fd` on a queue's ring.
+    pub fn note_metadata_written(&self, bytes: u64) {
+        self.metadata_bytes_written
+            .fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Bytes of data and of metadata (journal, checkpoints, superblock) written to the image

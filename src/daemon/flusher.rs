@@ -1,8 +1,9 @@
-//! The flusher: the thread that runs the commits FLUSH and FUA ask for, the commits a full
-//! record buffer calls for, and reclaim when free pages run low, so that a queue thread
-//! never waits on a sync, a checkpoint or the commit lock for them; meanwhile the queue
-//! keeps serving its other requests. (A queue thread still writes its pass's journal
-//! records, unsynced, and commits itself when the buffer reaches twice the threshold.)
+//! The flusher: the thread that runs the commits the queues leave to it (a FLUSH's when
+//! another commit is under way or a checkpoint is due, see `ring_commit`), the commits a
+//! full record buffer calls for, and reclaim when free pages run low, so that a queue
+//! thread never waits on a sync, a checkpoint or the commit lock for them; meanwhile the
+//! queue keeps serving its other requests. (A queue thread still writes its pass's journal
+//! records, unsynced.)
 //!
 //! A queue task asks with [`Flusher::ask`] and gets a [`Ticket`]: an eventfd that the thread
 //! writes once the commit that covers the request is done, and which the task reads through
@@ -11,7 +12,7 @@
 //! wait for the next one, and all of them, from every queue, share it: one data sync and one
 //! journal sync for a burst of flushes. A commit taken later than the request is always
 //! enough: it covers every write completed before the request (each one's record is in the
-//! engine before the write completes).
+//! engine before the write completes). Waiting tickets are answered before a reclaim runs.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::panic::AssertUnwindSafe;
@@ -23,7 +24,6 @@ use parking_lot::{Condvar, Mutex};
 use rewind_history::Volume;
 
 use crate::daemon::backing::FileStore;
-use crate::daemon::pacing::Pacer;
 
 /// One request's wait for its commit.
 pub struct Ticket {
@@ -101,9 +101,8 @@ pub struct Flusher {
 }
 
 impl Flusher {
-    /// Starts the thread. It flushes through `pacer` (which decides whether a flush makes a
-    /// safe point) and holds `volume` only during a commit or a reclaim.
-    pub fn start(volume: Weak<Volume<FileStore>>, pacer: Arc<Pacer>) -> std::io::Result<Flusher> {
+    /// Starts the thread. It holds `volume` only during a commit or a reclaim.
+    pub fn start(volume: Weak<Volume<FileStore>>) -> std::io::Result<Flusher> {
         let shared = Arc::new(Shared {
             waiting: Mutex::new(Waiting::default()),
             wake: Condvar::new(),
@@ -114,7 +113,7 @@ impl Flusher {
         let theirs = shared.clone();
         let thread = std::thread::Builder::new()
             .name("rewind-flusher".into())
-            .spawn(move || run(&theirs, &volume, &pacer))?;
+            .spawn(move || run(&theirs, &volume))?;
         Ok(Flusher {
             shared,
             thread: Some(thread),
@@ -167,9 +166,10 @@ impl Drop for Flusher {
     }
 }
 
-/// The thread: reclaims if asked, then takes every waiting ticket, commits once for them
-/// all (a flush, through the pacer; a plain commit when none waits), answers them.
-fn run(shared: &Shared, volume: &Weak<Volume<FileStore>>, pacer: &Pacer) {
+/// The thread: takes every waiting ticket, commits once for them all, answers them; then
+/// reclaims if asked (after: a FLUSH waits for the commit, while a write that needs a page
+/// usually finds one still free above the low water mark).
+fn run(shared: &Shared, volume: &Weak<Volume<FileStore>>) {
     loop {
         let asked = {
             let mut waiting = shared.waiting.lock();
@@ -185,31 +185,35 @@ fn run(shared: &Shared, volume: &Weak<Volume<FileStore>>, pacer: &Pacer) {
             // Stopping, and nobody waits.
             return;
         }
-        if asked.reclaim_due {
-            reclaim(volume);
-        }
         let Waiting {
             tickets,
             commit_due,
-            ..
+            reclaim_due,
         } = asked;
-        if tickets.is_empty() && !commit_due {
-            continue;
+        if !tickets.is_empty() || commit_due {
+            commit(volume, tickets);
         }
-        // A panic in the engine must not leave the tickets unanswered: their queues would
-        // wait for them forever. (The panic itself goes to the log.)
-        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| match volume.upgrade() {
-            Some(v) if tickets.is_empty() => v.commit(false).map_err(|e| e.to_string()),
-            Some(v) => pacer.flush(&v).map_err(|e| e.to_string()),
-            None => Err("the device is closing".into()),
-        }))
-        .unwrap_or_else(|_| Err("the commit panicked (see the log above)".into()));
-        if let Err(e) = &outcome {
-            log::error!("commit for {} flushes failed: {e}", tickets.len());
+        if reclaim_due {
+            reclaim(volume);
         }
-        for t in tickets {
-            t.finish(outcome.clone());
-        }
+    }
+}
+
+/// One commit for every ticket in `tickets` (or for none, when the record buffer asked),
+/// then their answers.
+fn commit(volume: &Weak<Volume<FileStore>>, tickets: Vec<Arc<Ticket>>) {
+    // A panic in the engine must not leave the tickets unanswered: their queues would
+    // wait for them forever. (The panic itself goes to the log.)
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| match volume.upgrade() {
+        Some(v) => v.commit(false).map_err(|e| e.to_string()),
+        None => Err("the device is closing".into()),
+    }))
+    .unwrap_or_else(|_| Err("the commit panicked (see the log above)".into()));
+    if let Err(e) = &outcome {
+        log::error!("commit for {} flushes failed: {e}", tickets.len());
+    }
+    for t in tickets {
+        t.finish(outcome.clone());
     }
 }
 
@@ -230,8 +234,7 @@ fn reclaim(volume: &Weak<Volume<FileStore>>) {
 mod tests {
     use super::*;
     use crate::daemon::backing::formatted_image;
-    use crate::daemon::pacing::Policy;
-    use rewind_history::LogicalPage;
+    use rewind_history::{Durability, LogicalPage};
 
     fn read_event(fd: RawFd) -> u64 {
         let mut b = [0u8; 8];
@@ -241,32 +244,43 @@ mod tests {
         u64::from_ne_bytes(b)
     }
 
-    /// A volume on a fresh image (in a directory kept as long as the returned guard) and a
-    /// flusher for it that makes a safe point at every flush.
+    /// A volume on a fresh image (`a.img`, in a directory kept as long as the returned
+    /// guard) and a flusher for it.
     fn volume_and_flusher() -> (tempfile::TempDir, Arc<Volume<FileStore>>, Flusher) {
         let dir = tempfile::tempdir().unwrap();
         let store = formatted_image(&dir.path().join("a.img"), 4 << 20);
         let volume = Arc::new(Volume::open(store, &crate::host::this_host()).unwrap());
-        let pacer = Arc::new(Pacer::new(Policy::new(0, 0)));
-        let flusher = Flusher::start(Arc::downgrade(&volume), pacer).unwrap();
+        let flusher = Flusher::start(Arc::downgrade(&volume)).unwrap();
         (dir, volume, flusher)
+    }
+
+    /// Page `l` of a copy of the image as it is on disk now, opened as a new volume.
+    fn page_on_disk(dir: &tempfile::TempDir, copy: &str, l: LogicalPage) -> Vec<u8> {
+        let path = dir.path().join(copy);
+        std::fs::copy(dir.path().join("a.img"), &path).unwrap();
+        let store = FileStore::open(&path).unwrap();
+        let volume = Volume::open(store, &crate::host::this_host()).unwrap();
+        let mut page = vec![0u8; 4096];
+        volume.read_page(l, &mut page).unwrap();
+        page
     }
 
     #[test]
     fn tickets_are_answered_after_a_commit_that_covers_them() {
-        let (_dir, volume, flusher) = volume_and_flusher();
+        let (dir, volume, flusher) = volume_and_flusher();
+        // Records stay in memory until a commit: only the flusher's can put the write on
+        // disk.
+        volume.set_durability(Durability::FlushedWrites);
         let mut stream = volume.stream(0, 1);
-        volume
-            .write_page(&mut stream, LogicalPage(3), &[7u8; 4096])
-            .unwrap();
-        let before = volume.safe_points().len();
+        let l = LogicalPage(3);
+        volume.write_page(&mut stream, l, &[7u8; 4096]).unwrap();
+        assert_eq!(page_on_disk(&dir, "before.img", l), vec![0u8; 4096]);
         let tickets: Vec<_> = (0..4).map(|_| flusher.ask().unwrap()).collect();
         for t in &tickets {
             assert_eq!(read_event(t.event_fd()), 1);
             assert_eq!(t.outcome(), Some(Ok(())));
         }
-        // The write is in a safe point now: the flush made one (no coalescing).
-        assert!(volume.safe_points().len() > before);
+        assert_eq!(page_on_disk(&dir, "after.img", l), vec![7u8; 4096]);
         drop(flusher);
     }
 

@@ -12,6 +12,7 @@ pub mod flusher;
 pub mod group_commit;
 pub mod pacing;
 pub mod report;
+pub mod ring_commit;
 pub mod serve;
 pub mod signals;
 pub mod target;

@@ -76,6 +76,17 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// A FLUSH between `Pacer::begin_flush` and `Pacer::end_flush`: what was read before the
+/// engine acted.
+#[must_use = "a FLUSH begun is ended with Pacer::end_flush once its commit is done"]
+pub struct PacedFlush {
+    deferred: u64,
+    writes: u64,
+    now: u64,
+    /// A safe point was marked (not coalesced).
+    safe_point: bool,
+}
+
 /// What the queues, the control socket and the ticker share; see the module docs.
 pub struct Pacer {
     policy: Policy,
@@ -139,8 +150,27 @@ impl Pacer {
         self.flush_at(volume, self.now_ns())
     }
 
-    /// [`Pacer::flush`] at time `now`.
+    /// [`Pacer::flush`] at time `now`: `begin_flush_at`, the commit, `end_flush`.
     pub fn flush_at<S: Store>(&self, volume: &Volume<S>, now: u64) -> Result<(), Error> {
+        let paced = self.begin_flush_at(volume, now)?;
+        volume.commit(false)?;
+        self.end_flush(paced);
+        Ok(())
+    }
+
+    /// A FLUSH whose commit the caller makes (the daemon's queues, on their ring): marks a
+    /// safe point in the engine unless one was made less than `coalesce` ago. Once the
+    /// commit is done, the caller hands the result to `end_flush`.
+    pub fn begin_flush<S: Store>(&self, volume: &Volume<S>) -> Result<PacedFlush, Error> {
+        self.begin_flush_at(volume, self.now_ns())
+    }
+
+    /// [`Pacer::begin_flush`] at time `now`.
+    pub fn begin_flush_at<S: Store>(
+        &self,
+        volume: &Volume<S>,
+        now: u64,
+    ) -> Result<PacedFlush, Error> {
         // Read before the engine acts: a write counted here is in what it commits.
         let deferred = self.deferred.load(Ordering::SeqCst);
         let writes = self.writes.load(Ordering::SeqCst);
@@ -149,19 +179,30 @@ impl Pacer {
             .policy
             .coalesce
             .is_some_and(|c| last != 0 && now.saturating_sub(last) < nanos(c));
-        if within {
-            // Durable all the same: `commit` syncs the data, then the records.
-            volume.commit(false)?;
-            self.deferred.store(writes + 1, Ordering::SeqCst);
-        } else {
-            volume.safe_point(Trigger::Flush, None)?;
-            self.made_safe_point(writes, now);
-            // An earlier coalesced FLUSH is covered by this safe point.
-            let _ = self
-                .deferred
-                .compare_exchange(deferred, 0, Ordering::SeqCst, Ordering::SeqCst);
+        if !within {
+            volume.mark_safe_point(Trigger::Flush, None)?;
         }
-        Ok(())
+        Ok(PacedFlush {
+            deferred,
+            writes,
+            now,
+            safe_point: !within,
+        })
+    }
+
+    /// After the commit of a FLUSH begun with `begin_flush`: what it made durable counts.
+    pub fn end_flush(&self, f: PacedFlush) {
+        if f.safe_point {
+            self.made_safe_point(f.writes, f.now);
+            // An earlier coalesced FLUSH is covered by this safe point.
+            let _ =
+                self.deferred
+                    .compare_exchange(f.deferred, 0, Ordering::SeqCst, Ordering::SeqCst);
+        } else {
+            // Durable all the same (the commit synced the data, then the records), and
+            // its state is to become a safe point once `coalesce` has passed.
+            self.deferred.store(f.writes + 1, Ordering::SeqCst);
+        }
     }
 
     /// An explicit safe point (`rewind safepoint`); returns its id.

@@ -195,8 +195,7 @@ fn serve_volume(
     control::start_server(listener, move |request| answers.answer(request))
         .context("starting the control socket thread")?;
     let pid_guard = write_pid_file(device.id, opts)?;
-    let flusher = Flusher::start(Arc::downgrade(volume), pacer.clone())
-        .context("starting the flusher thread")?;
+    let flusher = Flusher::start(Arc::downgrade(volume)).context("starting the flusher thread")?;
     let target = Arc::new(Target::new(
         volume.clone(),
         pacer.clone(),

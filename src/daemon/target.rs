@@ -14,9 +14,11 @@
 //!   staged. A FUA write then flushes. If a page cannot be allocated or the data not written,
 //!   every allocated page is abandoned and the request fails (after a failed staging they
 //!   are kept: see `write`);
-//! - FLUSH: a commit by the flusher thread (`flusher`), through the [`Pacer`], which makes a
-//!   safe point or, when the previous one is recent, only commits; the task waits for it
-//!   with a read of an eventfd on this queue's ring, so no sync runs on a queue thread;
+//! - FLUSH: the [`Pacer`] marks a safe point or, when the previous one is recent, only
+//!   coalesces; then a commit on this queue's ring (`ring_commit`: a data sync, the journal
+//!   write and a sync, linked), or, when another commit is under way or a checkpoint is
+//!   due, one by the flusher thread (`flusher`), which the task waits for with a read of an
+//!   eventfd on this queue's ring. No sync runs on a queue thread;
 //! - DISCARD and WRITE_ZEROES: staged (`stage_discard`) and recorded like a write; the pages
 //!   read as zeros afterwards.
 //!
@@ -80,6 +82,7 @@ use crate::daemon::backing::FileStore;
 use crate::daemon::flusher::Flusher;
 use crate::daemon::group_commit::Group;
 use crate::daemon::pacing::Pacer;
+use crate::daemon::ring_commit;
 use crate::daemon::ublk::{describe_ublk_error, IO_BUF_BYTES};
 use crate::ipc::device::DataPath;
 
@@ -914,10 +917,28 @@ fn commit_soon_if(ctx: &QueueCtx<'_>, due: bool) {
     }
 }
 
-/// FLUSH (and the end of a FUA write): asks the flusher for a commit and waits for it with a
-/// read of the ticket's eventfd on this queue's ring, so the queue serves its other requests
-/// meanwhile.
+/// FLUSH (and the end of a FUA write): the pacer marks a safe point (or coalesces), then
+/// the commit runs on this queue's ring (`ring_commit`), or, when the engine leaves it to
+/// the flusher, the flusher makes it and this waits with a read of the ticket's eventfd on
+/// the ring. Either way the queue serves its other requests meanwhile.
 async fn flush(q: &UblkQueue<'_>, ctx: &QueueCtx<'_>) -> Result<(), Failure> {
+    let paced = ctx
+        .pacer
+        .begin_flush(ctx.volume)
+        .map_err(|e| Failure::Engine("flush", e))?;
+    let on_ring = ring_commit::commit(q, ctx.volume)
+        .await
+        .map_err(|e| Failure::Engine("flush", e))?;
+    if !on_ring {
+        flusher_commit(q, ctx).await?;
+    }
+    ctx.pacer.end_flush(paced);
+    Ok(())
+}
+
+/// Asks the flusher for a commit and waits for it with a read of the ticket's eventfd on
+/// this queue's ring.
+async fn flusher_commit(q: &UblkQueue<'_>, ctx: &QueueCtx<'_>) -> Result<(), Failure> {
     let Some(flusher) = ctx.flusher else {
         return Err(Failure::Shared(
             "a flush reached a target without a flusher".into(),

@@ -12,7 +12,7 @@ use crate::checkpoint::{self, Snapshot};
 use crate::format::{JournalSeq, MAX_LABEL, MAX_SAFE_POINTS};
 use crate::journal::{self, Record};
 use crate::window::{SafePoint, SafePointId, Trigger};
-use crate::{Error, Store};
+use crate::{Error, PhysPage, Store};
 
 use super::recovery::write_superblock;
 use super::{CommitState, State, Volume};
@@ -31,6 +31,19 @@ impl<S: Store> Volume<S> {
         trigger: Trigger,
         label: Option<String>,
     ) -> Result<SafePointId, Error> {
+        let id = self.mark_safe_point(trigger, label)?;
+        self.commit(false)?;
+        Ok(id)
+    }
+
+    /// `safe_point` without the commit: the safe point is made in memory and durable with
+    /// the next commit, which the caller makes (`commit`, or on its own ring through
+    /// `try_begin_commit`).
+    pub fn mark_safe_point(
+        &self,
+        trigger: Trigger,
+        label: Option<String>,
+    ) -> Result<SafePointId, Error> {
         if let Some(l) = &label {
             if l.len() > MAX_LABEL {
                 return Err(Error::BadOption(format!(
@@ -39,24 +52,20 @@ impl<S: Store> Volume<S> {
                 )));
             }
         }
-        let id = {
-            let mut st = self.state.lock();
-            let open = st.window.next_id;
-            let dirty = st.window.groups.contains_key(&open);
-            // Flush and idle points mark a state; with nothing written since the newest
-            // safe point, that one already is it.
-            if dirty || !matches!(trigger, Trigger::Flush | Trigger::Idle) {
-                self.close_epoch(&mut st, trigger, label)?;
-                self.retire_until(&mut st, false, |st, _| {
-                    (st.window.safe_points.len() as u64) < MAX_SAFE_POINTS
-                });
-                open
-            } else {
-                st.window.newest().map_or(SafePointId(0), |s| s.id)
-            }
-        };
-        self.commit(false)?;
-        Ok(id)
+        let mut st = self.state.lock();
+        let open = st.window.next_id;
+        let dirty = st.window.groups.contains_key(&open);
+        // Flush and idle points mark a state; with nothing written since the newest safe
+        // point, that one already is it.
+        if dirty || !matches!(trigger, Trigger::Flush | Trigger::Idle) {
+            self.close_epoch(&mut st, trigger, label)?;
+            self.retire_until(&mut st, false, |st, _| {
+                (st.window.safe_points.len() as u64) < MAX_SAFE_POINTS
+            });
+            Ok(open)
+        } else {
+            Ok(st.window.newest().map_or(SafePointId(0), |s| s.id))
+        }
     }
 
     /// Closes the open epoch with a safe point made now; returns its id.
@@ -79,14 +88,19 @@ impl<S: Store> Volume<S> {
 
     /// After a request queued its records (under `st`): whether a commit is due, its
     /// records being more than one commit should take. The caller commits then, or has a
-    /// commit made soon (the daemon's flusher); past twice that, this commits at once, so
-    /// the journal never runs out of room while the commit is late.
+    /// commit made soon (the daemon's flusher); past twice that, this commits at once
+    /// unless a commit is under way, so the journal never runs out of room while the
+    /// commit is late.
     pub(super) fn commit_due(&self, st: MutexGuard<'_, State>) -> Result<bool, Error> {
         let pending = st.pending.len();
         drop(st);
         if pending > 2 * self.commit_threshold {
-            self.commit(false)?;
-            return Ok(false);
+            // Never waits for a commit under way: that may be a queue's on its ring, whose
+            // thread is this one. The caller then has the next commit made soon.
+            if let Some(mut c) = self.commit.try_lock() {
+                self.commit_locked(&mut c, false)?;
+                return Ok(false);
+            }
         }
         Ok(pending > self.commit_threshold)
     }
@@ -140,15 +154,33 @@ impl<S: Store> Volume<S> {
     }
 
     /// `commit` with the `commit` lock held: takes the pending records and the pages they
-    /// freed, writes them (`write_commit`), then quarantines those pages.
+    /// freed (`take_pending`), writes them (`write_commit`), then quarantines those pages.
     pub(super) fn commit_locked(
         &self,
         c: &mut CommitState,
         force_checkpoint: bool,
     ) -> Result<(), Error> {
         self.refuse_if_failed()?;
+        let rule = if force_checkpoint {
+            Checkpoint::Now
+        } else {
+            Checkpoint::IfDue
+        };
+        let Some(taken) = self.take_pending(c, rule)? else {
+            unreachable!("a commit that may checkpoint always takes the pending records");
+        };
+        let written = self.write_commit(c, &taken.blocks, taken.snapshot.as_ref());
+        self.fail_on_error(written)?;
+        self.free_taken(taken.frees);
+        Ok(())
+    }
+
+    /// Takes the pending records (sealed as synced blocks from `c.next_seq`), the pages
+    /// they freed and, if `rule` wants one, the snapshot for a checkpoint. With
+    /// `Checkpoint::Never`, takes nothing and returns `None` when a checkpoint is due.
+    fn take_pending(&self, c: &CommitState, rule: Checkpoint) -> Result<Option<Taken>, Error> {
         let tail = self.tail.lock();
-        let (unsynced, blocks, frees, snapshot) = {
+        let (unsynced, taken) = {
             let mut st = self.state.lock();
             // The unsynced copies of the pending blocks went to the sequences from
             // `first_seq`: the synced ones must land on the same blocks.
@@ -157,6 +189,14 @@ impl<S: Store> Volume<S> {
                 "pending journal blocks start at sequence {}, the commit writes from {}",
                 st.first_seq, c.next_seq
             );
+            let after = c.next_seq + st.pending.blocks() as u64;
+            let used = after - c.sb.replay_from();
+            let checkpoint = match rule {
+                Checkpoint::Now => true,
+                Checkpoint::IfDue => used > self.layout.journal_blocks / 2,
+                Checkpoint::Never if used > self.layout.journal_blocks / 2 => return Ok(None),
+                Checkpoint::Never => false,
+            };
             // Records staged and not yet recorded: a `record_staged` after this finds them
             // taken and lets their requests complete, maybe long before this commit's
             // journal write (the data sync comes first). So with `CompletedWrites` they are
@@ -167,37 +207,58 @@ impl<S: Store> Volume<S> {
                 (c.next_seq, Vec::new())
             };
             let blocks = st.pending.take_synced(c.next_seq, self.uuid, self.session);
-            let frees = std::mem::take(&mut st.pending_free);
-            let after = c.next_seq + blocks.len() as u64;
             st.first_seq = after;
-            let used = after - c.sb.replay_from();
-            let snapshot =
-                (force_checkpoint || used > self.layout.journal_blocks / 2).then(|| Snapshot {
+            let taken = Taken {
+                blocks,
+                frees: std::mem::take(&mut st.pending_free),
+                snapshot: checkpoint.then(|| Snapshot {
                     map: self.map.snapshot(),
                     window: st.window.clone(),
                     journal_seq: after,
-                });
-            (unsynced, blocks, frees, snapshot)
+                }),
+            };
+            (unsynced, taken)
         };
         self.write_unsynced(unsynced)?;
         drop(tail);
-        if blocks.is_empty() && snapshot.is_none() {
+        if taken.blocks.is_empty() {
             // Pages are freed only by records: with no block to write, no page may wait.
             assert!(
-                frees.is_empty(),
+                taken.frees.is_empty(),
                 "{} pages freed by no journal record (the first: {:?})",
-                frees.len(),
-                &frees[..frees.len().min(8)]
+                taken.frees.len(),
+                &taken.frees[..taken.frees.len().min(8)]
             );
-            return Ok(());
         }
-        self.fail_on_error(self.write_commit(c, &blocks, snapshot.as_ref()))?;
+        Ok(Some(taken))
+    }
+
+    /// After the commit that took them: the pages its records freed wait in quarantine for
+    /// the reads in flight that may still target them.
+    fn free_taken(&self, frees: Vec<PhysPage>) {
         if !frees.is_empty() {
             let round = self.free_round.fetch_add(1, Ordering::SeqCst);
             self.quarantine.lock().push((round, frees));
         }
         self.release_quarantine();
-        Ok(())
+    }
+
+    /// Begins a commit whose I/O the caller does (see [`StagedCommit`]), for a thread that
+    /// must not wait for a sync or a lock: `None` when another commit is under way or a
+    /// checkpoint is due, both of which are for a thread that may wait (`commit`).
+    pub fn try_begin_commit(&self) -> Result<Option<StagedCommit<'_, S>>, Error> {
+        let Some(c) = self.commit.try_lock() else {
+            return Ok(None);
+        };
+        self.refuse_if_failed()?;
+        let taken = self.take_pending(&c, Checkpoint::Never)?;
+        Ok(taken.map(|t| StagedCommit {
+            volume: self,
+            c,
+            blocks: t.blocks,
+            frees: t.frees,
+            finished: false,
+        }))
     }
 
     /// Steps 1 and 2 of the commit protocol (FORMAT.md): sync the data, write the pending
@@ -211,11 +272,7 @@ impl<S: Store> Volume<S> {
         if !blocks.is_empty() {
             // The data the records point at must be durable before the records are.
             self.store.sync().map_err(Error::io("syncing data"))?;
-            {
-                // After any unsynced write of these blocks that began before we took them.
-                let _tail = self.tail.lock();
-                journal::write_blocks(&self.store, &self.layout, c.next_seq, blocks)?;
-            }
+            journal::write_blocks(&self.store, &self.layout, c.next_seq, blocks)?;
             self.store
                 .sync()
                 .map_err(Error::io("syncing the journal"))?;
@@ -251,5 +308,96 @@ impl<S: Store> Volume<S> {
         c.sb.ckpt_journal_seq = U64::new(s.journal_seq.0);
         c.sb.ckpt_session = U32::new(self.session);
         write_superblock(&self.store, &mut c.sb)
+    }
+}
+
+/// Whether a commit writes a checkpoint.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Checkpoint {
+    /// Yes (`commit(true)`).
+    Now,
+    /// When the journal since the last one passes half the ring.
+    IfDue,
+    /// No: a commit on a queue's ring, which leaves a due checkpoint to a commit that may
+    /// wait for it (and takes nothing then).
+    Never,
+}
+
+/// What a commit took from the state.
+struct Taken {
+    blocks: Vec<journal::Block>,
+    frees: Vec<PhysPage>,
+    snapshot: Option<Snapshot>,
+}
+
+/// A commit whose I/O the caller submits itself, so that it never waits for a sync: the
+/// daemon's queues run the commit a FLUSH needs on their own io_uring. From
+/// [`Volume::try_begin_commit`], which took the pending records; the caller then, in this
+/// order, each step only after the one before completed (an io_uring link chain does):
+/// 1. syncs the data (`fdatasync` of the store): the data the records point at must be
+///    durable before the records are;
+/// 2. writes each of [`StagedCommit::journal_writes`];
+/// 3. syncs again;
+///
+/// and hands the outcome to [`StagedCommit::finish`]. With no journal write, there is
+/// nothing to sync either. It holds the commit lock until finished: other commits wait, or
+/// (`try_begin_commit`, `commit_due`) do not wait and leave it to the next.
+#[must_use = "a staged commit holds the commit lock and must be finished"]
+pub struct StagedCommit<'a, S: Store> {
+    volume: &'a Volume<S>,
+    c: MutexGuard<'a, CommitState>,
+    blocks: Vec<journal::Block>,
+    frees: Vec<PhysPage>,
+    finished: bool,
+}
+
+impl<S: Store> StagedCommit<'_, S> {
+    /// The journal writes of step 2: (byte offset in the store, bytes). At most two, as
+    /// the blocks may wrap around the end of the ring. Empty when nothing was pending.
+    pub fn journal_writes(&self) -> Vec<(u64, &[u8])> {
+        let layout = &self.volume.layout;
+        let mut out = Vec::with_capacity(2);
+        let mut i = 0;
+        while i < self.blocks.len() {
+            let seq = self.c.next_seq + i as u64;
+            let n = (layout.journal_blocks_to_ring_end(seq) as usize).min(self.blocks.len() - i);
+            out.push((
+                layout.journal_block_offset(seq),
+                self.blocks[i..i + n].as_flattened(),
+            ));
+            i += n;
+        }
+        out
+    }
+
+    /// Ends the commit with the outcome of the caller's steps. When they failed, they are
+    /// done once more through the store (`Store::sync`, `Store::write_at`; the same blocks
+    /// at the same places, so a partial first try does no harm), and only if that fails
+    /// too does the commit fail, and with it the volume, as any failed commit does.
+    pub fn finish(mut self, steps: std::io::Result<()>) -> Result<(), Error> {
+        self.finished = true;
+        let v = self.volume;
+        if !self.blocks.is_empty() {
+            let done = match steps {
+                Ok(()) => {
+                    self.c.next_seq += self.blocks.len() as u64;
+                    Ok(())
+                }
+                Err(_) => v.write_commit(&mut self.c, &self.blocks, None),
+            };
+            v.fail_on_error(done)?;
+        }
+        v.free_taken(std::mem::take(&mut self.frees));
+        Ok(())
+    }
+}
+
+impl<S: Store> Drop for StagedCommit<'_, S> {
+    /// Dropped unfinished (a panic on the way): the records it took are nowhere durable
+    /// and the journal position is behind them, so the volume refuses further I/O.
+    fn drop(&mut self) {
+        if !self.finished {
+            self.volume.failed.store(true, Ordering::Relaxed);
+        }
     }
 }
