@@ -37,7 +37,7 @@ pub use rewind_remap::{LogicalPage, PhysPage, Stream};
 pub use store::{MemStore, Store};
 pub use volume::{
     check, create, inspect, read_superblock, CheckReport, Durability, Inspection, Notice,
-    ReadTracker, SafePointInfo, StagedCommit, Stats, ViewId, Volume, ALLOCATE_ATTEMPTS,
+    ReadTracker, SafePointInfo, StagedCommit, Stats, Steps, ViewId, Volume, ALLOCATE_ATTEMPTS,
     ALLOCATE_RETRY_DELAY,
 };
 pub use window::{SafePoint, SafePointId, Trigger};

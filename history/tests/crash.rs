@@ -16,8 +16,8 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use rewind_history::sim::{self, Event, Rng, SimStore};
 use rewind_history::{
-    create, CreateOptions, Durability, Host, Layout, LogicalPage, MemStore, SafePointId, Store,
-    Stream, Trigger, Volume,
+    create, CreateOptions, Durability, Host, Layout, LogicalPage, MemStore, SafePointId, Steps,
+    Store, Stream, Trigger, Volume,
 };
 
 const PAGES: u64 = 96;
@@ -423,12 +423,19 @@ impl Workload {
 
     /// A FLUSH as a daemon's queue makes it on its ring: the safe point marked, then the
     /// commit's steps done by the caller (`StagedCommit`), or by `commit` when the engine
-    /// leaves it to a thread that may wait. One time in four the caller's steps stop half
-    /// way through a journal write and fail, which `finish` has to make good.
+    /// leaves it to a thread that may wait. Meanwhile the queue serves other requests: up
+    /// to two page writes complete between the steps and `finish`, on this same thread,
+    /// outside the safe point. One time in four the caller's steps stop half way through
+    /// a journal write and fail, which `finish` has to make good.
     fn staged_flush(&mut self) {
         let cut_short = self.rng.below(4) == 0;
-        let vol = self.vol();
+        let meanwhile = self.rng.below(3);
+        let vol = self.vol.as_ref().unwrap();
         let id = vol.mark_safe_point(Trigger::Flush, None).unwrap();
+        let (at_mark, since_at_mark) = {
+            let m = self.model.lock();
+            (m.live.clone(), m.since.len())
+        };
         match vol.try_begin_commit().unwrap() {
             None => vol.commit(false).unwrap(),
             Some(staged) => {
@@ -446,10 +453,30 @@ impl Workload {
                         vol.store().sync()
                     })()
                 };
+                for _ in 0..meanwhile {
+                    let l = self.rng.below(PAGES);
+                    self.serial += 1;
+                    let val = (self.rng.below(255) as u8 + 1, self.serial);
+                    self.model.lock().since.push((l, Some(val)));
+                    vol.write_page(&mut self.stream, LogicalPage(l), &page_data(l, val))
+                        .unwrap();
+                    let mut m = self.model.lock();
+                    m.live[l as usize] = Some(val);
+                    m.completed = m.since.len();
+                }
+                let steps = match steps {
+                    Ok(()) => Steps::Done,
+                    Err(e) => Steps::NotDone(e),
+                };
                 staged.finish(steps).unwrap();
             }
         }
-        self.model.lock().made_safe_point(id);
+        // Durable now: the device as it was at the mark; the writes since are not.
+        let mut m = self.model.lock();
+        m.snapshots.insert(id, at_mark.clone());
+        m.durable = at_mark;
+        m.since.drain(..since_at_mark);
+        m.completed = m.since.len();
     }
 
     /// Rolls back to a safe point the model knows, if the window still holds one.

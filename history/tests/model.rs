@@ -15,7 +15,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use rewind_history::{
     create, sim, CreateOptions, Durability, Error, Host, LogicalPage, MemStore, Notice,
-    SafePointId, Store, ViewId, Volume, PAGE_SIZE,
+    SafePointId, Steps, Store, ViewId, Volume, PAGE_SIZE,
 };
 
 const PAGES: u64 = 96;
@@ -382,6 +382,10 @@ impl Harness {
                         }
                         vol.store().sync()
                     })()
+                };
+                let steps = match steps {
+                    Ok(()) => Steps::Done,
+                    Err(e) => Steps::NotDone(e),
                 };
                 staged.finish(steps).unwrap();
             }
@@ -863,4 +867,30 @@ fn diff_names_exactly_the_pages_written_between_two_safe_points() {
         err.to_string().contains("not in the history window"),
         "{err}"
     );
+}
+
+#[test]
+fn a_staged_commit_keeps_other_commits_out_and_a_failed_sync_fails_the_volume() {
+    let mut h = Harness::new(256, 64);
+    h.run(&Op::Write(3, 1));
+    let vol = h.vol.as_ref().unwrap();
+    let staged = vol.try_begin_commit().unwrap().expect("a commit to stage");
+    // Another thread may not begin one meanwhile; this thread's own writes go on (without
+    // waiting for a commit, which would never come).
+    std::thread::scope(|s| {
+        s.spawn(|| assert!(vol.try_begin_commit().unwrap().is_none()));
+    });
+    let mut stream = vol.stream(0, 1);
+    for i in 0..4 {
+        vol.write_page(&mut stream, LogicalPage(10 + i), &page_data(10 + i, 2))
+            .unwrap();
+    }
+    // The kernel reports a writeback error once: a sync that failed is not tried again,
+    // and the volume refuses everything after.
+    let eio = std::io::Error::from_raw_os_error(5); // EIO
+    assert!(staged.finish(Steps::SyncFailed(eio)).is_err());
+    assert!(vol
+        .write_page(&mut stream, LogicalPage(20), &page_data(20, 3))
+        .is_err());
+    assert!(vol.commit(false).is_err());
 }

@@ -1,9 +1,10 @@
 //! The flusher: the thread that runs the commits the queues leave to it (a FLUSH's when
 //! another commit is under way or a checkpoint is due, see `ring_commit`), the commits a
 //! full record buffer calls for, and reclaim when free pages run low, so that a queue
-//! thread never waits on a sync, a checkpoint or the commit lock for them; meanwhile the
+//! thread does not wait on a sync, a checkpoint or the commit lock for them; meanwhile the
 //! queue keeps serving its other requests. (A queue thread still writes its pass's journal
-//! records, unsynced.)
+//! records, unsynced, and commits itself when the records pending reach twice what a
+//! commit should take: the flusher is then behind, and the writers wait for it.)
 //!
 //! A queue task asks with [`Flusher::ask`] and gets a [`Ticket`]: an eventfd that the thread
 //! writes once the commit that covers the request is done, and which the task reads through

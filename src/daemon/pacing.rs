@@ -179,14 +179,21 @@ impl Pacer {
             .policy
             .coalesce
             .is_some_and(|c| last != 0 && now.saturating_sub(last) < nanos(c));
-        if !within {
+        // Flushes of several queues (or tags) run at once: the first to claim the time
+        // makes the safe point, the others coalesce with it.
+        let claimed = !within
+            && self
+                .last_safe_point_ns
+                .compare_exchange(last, now.max(last), Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok();
+        if claimed {
             volume.mark_safe_point(Trigger::Flush, None)?;
         }
         Ok(PacedFlush {
             deferred,
             writes,
             now,
-            safe_point: !within,
+            safe_point: claimed,
         })
     }
 

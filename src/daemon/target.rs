@@ -18,7 +18,9 @@
 //!   coalesces; then a commit on this queue's ring (`ring_commit`: a data sync, the journal
 //!   write and a sync, linked), or, when another commit is under way or a checkpoint is
 //!   due, one by the flusher thread (`flusher`), which the task waits for with a read of an
-//!   eventfd on this queue's ring. No sync runs on a queue thread;
+//!   eventfd on this queue's ring. A FLUSH never blocks the queue thread (the one sync a
+//!   queue thread still makes is backpressure: the engine commits on the spot when the
+//!   flusher falls behind by twice a commit's records, see `commit_soon_if`);
 //! - DISCARD and WRITE_ZEROES: staged (`stage_discard`) and recorded like a write; the pages
 //!   read as zeros afterwards.
 //!

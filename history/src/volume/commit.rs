@@ -89,20 +89,26 @@ impl<S: Store> Volume<S> {
     /// After a request queued its records (under `st`): whether a commit is due, its
     /// records being more than one commit should take. The caller commits then, or has a
     /// commit made soon (the daemon's flusher); past twice that, this commits at once
-    /// unless a commit is under way, so the journal never runs out of room while the
-    /// commit is late.
+    /// (waiting for a commit under way), so the journal never runs out of room while the
+    /// commit is late. Except on a thread whose own staged commit is under way
+    /// (`StagedCommit`): waiting for it there would never end, so this leaves the commit
+    /// to the requests after it ends, and says none is due.
     pub(super) fn commit_due(&self, st: MutexGuard<'_, State>) -> Result<bool, Error> {
         let pending = st.pending.len();
         drop(st);
+        if self.staged_on_this_thread() {
+            return Ok(false);
+        }
         if pending > 2 * self.commit_threshold {
-            // Never waits for a commit under way: that may be a queue's on its ring, whose
-            // thread is this one. The caller then has the next commit made soon.
-            if let Some(mut c) = self.commit.try_lock() {
-                self.commit_locked(&mut c, false)?;
-                return Ok(false);
-            }
+            self.commit(false)?;
+            return Ok(false);
         }
         Ok(pending > self.commit_threshold)
+    }
+
+    /// Whether a `StagedCommit` begun on this thread is under way.
+    fn staged_on_this_thread(&self) -> bool {
+        self.staged_by.load(Ordering::Relaxed) == this_thread()
     }
 
     /// Puts the records of the requests staged so far (`stage_writes`, `stage_discard`)
@@ -252,6 +258,9 @@ impl<S: Store> Volume<S> {
         };
         self.refuse_if_failed()?;
         let taken = self.take_pending(&c, Checkpoint::Never)?;
+        if taken.is_some() {
+            self.staged_by.store(this_thread(), Ordering::Relaxed);
+        }
         Ok(taken.map(|t| StagedCommit {
             volume: self,
             c,
@@ -370,26 +379,40 @@ impl<S: Store> StagedCommit<'_, S> {
         out
     }
 
-    /// Ends the commit with the outcome of the caller's steps. When they failed, they are
-    /// done once more through the store (`Store::sync`, `Store::write_at`; the same blocks
-    /// at the same places, so a partial first try does no harm), and only if that fails
-    /// too does the commit fail, and with it the volume, as any failed commit does.
-    pub fn finish(mut self, steps: std::io::Result<()>) -> Result<(), Error> {
+    /// Ends the commit with the outcome of the caller's steps. When they were not all done
+    /// but no sync failed (`Steps::NotDone`), they are done once more through the store
+    /// (`Store::sync`, `Store::write_at`; the same blocks at the same places, so a partial
+    /// first try does no harm). A failed sync is never tried again: the kernel reports a
+    /// writeback error once, so a second sync would succeed over lost data; the commit fails
+    /// then, and with it the volume, as after any failed commit.
+    pub fn finish(mut self, steps: Steps) -> Result<(), Error> {
         self.finished = true;
         let v = self.volume;
-        if !self.blocks.is_empty() {
-            let done = match steps {
-                Ok(()) => {
-                    self.c.next_seq += self.blocks.len() as u64;
-                    Ok(())
-                }
-                Err(_) => v.write_commit(&mut self.c, &self.blocks, None),
-            };
-            v.fail_on_error(done)?;
-        }
+        v.staged_by.store(0, Ordering::Relaxed);
+        let done = match steps {
+            Steps::Done => {
+                self.c.next_seq += self.blocks.len() as u64;
+                Ok(())
+            }
+            Steps::NotDone(_) => v.write_commit(&mut self.c, &self.blocks, None),
+            Steps::SyncFailed(e) => Err(Error::io("syncing a commit on the queue's ring")(e)),
+        };
+        v.fail_on_error(done)?;
         v.free_taken(std::mem::take(&mut self.frees));
         Ok(())
     }
+}
+
+/// How the caller's steps of a [`StagedCommit`] went.
+#[derive(Debug)]
+pub enum Steps {
+    /// All done, in order.
+    Done,
+    /// Not all done, and no sync failed: a write failed or came short, or the steps could
+    /// not be submitted.
+    NotDone(std::io::Error),
+    /// A sync failed.
+    SyncFailed(std::io::Error),
 }
 
 impl<S: Store> Drop for StagedCommit<'_, S> {
@@ -397,7 +420,15 @@ impl<S: Store> Drop for StagedCommit<'_, S> {
     /// and the journal position is behind them, so the volume refuses further I/O.
     fn drop(&mut self) {
         if !self.finished {
+            self.volume.staged_by.store(0, Ordering::Relaxed);
             self.volume.failed.store(true, Ordering::Relaxed);
         }
     }
+}
+
+/// A number for the calling thread, never 0, unique among live threads (the address of a
+/// thread-local).
+fn this_thread() -> usize {
+    thread_local!(static MARK: u8 = const { 0 });
+    MARK.with(|m| m as *const u8 as usize)
 }

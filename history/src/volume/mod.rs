@@ -49,7 +49,7 @@ mod report;
 mod travel;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -59,7 +59,7 @@ use crate::format::{JournalSeq, Layout, Superblock};
 use crate::journal;
 use crate::{Clock, Error, LogicalPage, PhysPage, Store};
 
-pub use commit::StagedCommit;
+pub use commit::{StagedCommit, Steps};
 pub use io::{ALLOCATE_ATTEMPTS, ALLOCATE_RETRY_DELAY};
 pub use reclaim::ReadTracker;
 pub use recovery::{check, create, inspect, read_superblock};
@@ -131,6 +131,8 @@ pub struct Volume<S: Store> {
     /// soon by the caller, or at once past twice this: `commit_due`), so one commit always
     /// fits the journal.
     commit_threshold: usize,
+    /// The thread whose `StagedCommit` is under way (`commit::this_thread`), 0 when none.
+    staged_by: AtomicUsize,
     /// Set when a metadata write failed: the in-memory state is then ahead of the disk, so
     /// every later request fails rather than pretend.
     failed: AtomicBool,

@@ -3,7 +3,7 @@
 //! `check` and `inspect`, which load an image without writing to it.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -444,6 +444,7 @@ impl<S: Store> Volume<S> {
             }),
             commit: Mutex::new(CommitState { sb, next_seq }),
             tail: Mutex::new(()),
+            staged_by: AtomicUsize::new(0),
             failed: AtomicBool::new(false),
             record_before_complete: AtomicBool::new(true),
             quarantine: Mutex::new(Vec::new()),
