@@ -193,6 +193,10 @@ pub enum Command {
     /// List the byte ranges that changed between two safe points, or since one
     #[command(after_help = DIFF_EXAMPLES)]
     Diff(DiffArgs),
+    /// Find the first bad safe point: run a command against views of the safe points
+    /// between a good one and a bad one
+    #[command(after_help = BISECT_EXAMPLES)]
+    Bisect(BisectArgs),
     /// Keep a safe point from retiring when the history area fills up
     #[command(after_help = PIN_EXAMPLES)]
     Pin(PinArgs),
@@ -493,6 +497,29 @@ points retire first; if pins and views hold everything, views are dropped, then 
 oldest pins are released (the log says so) rather than fail writes to the live device."
 );
 
+const BISECT_EXAMPLES: &str = concat!(
+    "Examples:
+  # when did /etc/fstab go missing? (mount -o ro,noload: a view of a mounted ext4 has a
+  # journal to replay, and a view is read only)
+  rewind bisect -n 0 --good before-upgrade -- sh -c \
+    'mount -o ro,noload \"$REWIND_VIEW\" /mnt/b || exit 125; test -f /mnt/b/etc/fstab; r=$?; umount /mnt/b; exit $r'
+  rewind bisect -n 0 --good 09:00 --bad 1180 --json -- ./check.sh   # between two points
+
+",
+    selectors_help!(),
+    "
+
+Each step opens a read-only view of one safe point (as `rewind view`), runs COMMAND with
+REWIND_VIEW=/dev/ublkbN (the view), REWIND_SAFE_POINT (its id) and REWIND_DEVICE (the
+live device) in its environment, then deletes the view, whatever the command did. The exit
+status judges the safe point, as in `git bisect run`: 0 good, 125 cannot tell (skipped),
+1-127 bad; 128 or more (a crash) or a signal stops the search. The safe points between
+--good and --bad are searched in about log2(N) steps, assuming every safe point before the
+first bad one is good. The answer, the first bad safe point's id, goes to standard output;
+the steps go to standard error. With --bad now the live device is taken as bad without a
+test: if no safe point is bad, the change came after the newest. Ctrl-C stops the
+command and the search, and deletes the view.");
+
 const DIFF_EXAMPLES: &str = concat!(
     "Examples:
   rewind diff -n 0 --from before-upgrade           # what changed since: offset and length
@@ -508,6 +535,28 @@ other pages at the two points (or zeros at one), so a page rewritten with the sa
 is listed and a page not written between them never is. Ranges are in bytes, ascending,
 whole pages, and never touch; --to defaults to the live device (`now`)."
 );
+
+/// `rewind bisect`.
+#[derive(Debug, Args)]
+pub struct BisectArgs {
+    /// The live device: /dev/ublkbID
+    #[arg(short = 'n', long = "number", value_name = "ID")]
+    pub id: u32,
+    /// A safe point known good (see below)
+    #[arg(long, value_name = SELECTOR_VALUE_NAME)]
+    pub good: String,
+    /// A safe point known bad, or `now`: the live device (not tested)
+    #[arg(long, value_name = SELECTOR_VALUE_NAME, default_value = "now")]
+    pub bad: String,
+    /// Print JSON: {good, bad, steps: [{safe_point, time, label, view, verdict, status}],
+    /// first_bad, maybe_first_bad}
+    #[arg(long)]
+    pub json: bool,
+    /// The test, after --: exit 0 good, 125 cannot tell, 1-127 bad; REWIND_VIEW names the
+    /// view device, REWIND_SAFE_POINT its safe point
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
 
 /// `rewind diff`.
 #[derive(Debug, Args)]
@@ -925,6 +974,32 @@ mod tests {
                 all: false
             })
         ));
+    }
+
+    #[test]
+    fn bisect_arguments() {
+        match parse(&[
+            "bisect", "-n", "2", "--good", "before", "--", "sh", "-c", "exit 1",
+        ])
+        .unwrap()
+        .command
+        {
+            Command::Bisect(a) => {
+                assert_eq!(
+                    (a.id, a.good.as_str(), a.bad.as_str()),
+                    (2, "before", "now")
+                );
+                assert_eq!(a.command, ["sh", "-c", "exit 1"]);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        // The command is required, and comes after --.
+        for args in [
+            &["bisect", "-n", "2", "--good", "1"][..],
+            &["bisect", "-n", "2", "--good", "1", "sh"],
+        ] {
+            assert!(parse(args).is_err(), "{args:?} parsed");
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The commands on a device's history: `rewind safepoint`, `rewind log`, `rewind rollback`,
-//! `rewind view`, `rewind diff`, `rewind pin` and `rewind unpin`, on a served device
+//! `rewind view`, `rewind diff`, `rewind pin` and `rewind unpin` (`rewind bisect` has its
+//! own room, `bisect`), on a served device
 //! (through its daemon) or, where it makes sense, on an image no daemon serves.
 
 use std::path::Path;
@@ -15,7 +16,7 @@ use crate::cli::render::{
     WindowSummary,
 };
 use crate::daemon::backing::{BackingError, FileStore};
-use crate::ipc::control::{ControlRequest, Extent, SafePointRecord};
+use crate::ipc::control::{ControlRequest, Extent, SafePointRecord, ViewRecord};
 use crate::ipc::paths;
 use crate::runtime::client::ask;
 use crate::runtime::registry;
@@ -249,13 +250,18 @@ pub fn rollback_device_command(id: u32, to: &str, json: bool) -> Result<()> {
 /// The safe point `at` names in the history window of device `id`, asking its daemon for
 /// the window (for `command`).
 fn device_safe_point(command: &str, id: u32, at: &str) -> Result<SafePointRecord> {
+    let window = device_window(command, id)?;
+    Ok(find_safe_point(&window, at)?.clone())
+}
+
+/// The safe points of device `id`, oldest first, from its daemon (for `command`).
+pub fn device_window(command: &str, id: u32) -> Result<Vec<SafePointRecord>> {
     let shown = paths::device_path(id).display().to_string();
     let reply = match ask(command, id, &ControlRequest::Log, LOG_TIMEOUT)? {
         Ok(reply) => reply,
         Err(why) => bail!("reading the history of {shown}: {why}"),
     };
-    let window = reply.safe_points.unwrap_or_default();
-    Ok(find_safe_point(&window, at)?.clone())
+    Ok(reply.safe_points.unwrap_or_default())
 }
 
 /// How long `rewind view` waits for the daemon to add the view device.
@@ -276,26 +282,7 @@ struct ViewJson {
 pub fn view_command(id: u32, at: &str, json: bool) -> Result<()> {
     let shown = paths::device_path(id).display().to_string();
     let chosen = device_safe_point("rewind view", id, at)?;
-    let reply = match ask(
-        "rewind view",
-        id,
-        &ControlRequest::OpenView { at: chosen.id },
-        VIEW_TIMEOUT,
-    )? {
-        Ok(reply) => reply,
-        Err(why) => bail!("no view of {shown} at safe point {}: {why}", chosen.id),
-    };
-    let view = reply
-        .view
-        .context("the daemon opened a view but did not say which device")?;
-    // The node appears through devtmpfs a moment after the device goes live.
-    let path = Path::new(&view.device);
-    for _ in 0..100 {
-        if path.exists() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let view = open_view(id, &chosen)?;
     let tz = TimeZone::system();
     if json {
         let j = ViewJson {
@@ -320,6 +307,29 @@ pub fn view_command(id: u32, at: &str, json: bool) -> Result<()> {
         println!("{}", view.device);
     }
     Ok(())
+}
+
+/// Asks the daemon of device `id` for a view of safe point `at`; returns it once its device
+/// node is there.
+pub fn open_view(id: u32, at: &SafePointRecord) -> Result<ViewRecord> {
+    let shown = paths::device_path(id).display().to_string();
+    let request = ControlRequest::OpenView { at: at.id };
+    let reply = match ask("rewind view", id, &request, VIEW_TIMEOUT)? {
+        Ok(reply) => reply,
+        Err(why) => bail!("no view of {shown} at safe point {}: {why}", at.id),
+    };
+    let view = reply
+        .view
+        .context("the daemon opened a view but did not say which device")?;
+    // The node appears through devtmpfs a moment after the device goes live.
+    let path = Path::new(&view.device);
+    for _ in 0..100 {
+        if path.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(view)
 }
 
 /// How long `rewind diff` waits: the daemon walks the history after the older point.

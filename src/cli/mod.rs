@@ -2,6 +2,7 @@
 //! ([`image`], [`device`], [`history`], [`docs`]), and [`render`] prints what they found.
 
 pub mod args;
+pub mod bisect;
 pub mod device;
 pub mod docs;
 pub mod history;
@@ -115,6 +116,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }),
         Command::View(a) => history::view_command(a.id, &a.at, a.json),
         Command::Diff(a) => history::diff_command(a.id, &a.from, &a.to, a.json),
+        Command::Bisect(a) => bisect::bisect_command(a.id, &a.good, &a.bad, &a.command, a.json),
         Command::Pin(a) => history::pin_command(a.id, a.image.as_deref(), &a.at, true, a.json),
         Command::Unpin(a) => history::pin_command(a.id, a.image.as_deref(), &a.at, false, a.json),
         Command::Rollback(a) => match (a.id, a.image) {
