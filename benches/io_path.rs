@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, Criterion};
 use rewind_history::format::{JOURNAL_BLOCK, JOURNAL_OFFSET};
 use rewind_history::{
-    CreateOptions, Durability, Layout, LogicalPage, MemStore, PhysPage, Store, Volume, PAGE_SIZE,
+    CommitDue, CreateOptions, Durability, Layout, LogicalPage, MemStore, PhysPage, Store, Volume,
+    PAGE_SIZE,
 };
 
 const PAGES: u64 = 16_384; // 64 MiB device
@@ -313,7 +314,7 @@ fn grouped_write_case(f: &Fixture) -> Case<'_> {
             timed(n, || {
                 let l = LogicalPage(next(&mut se));
                 let p = vol.allocate(&mut s, l).expect("allocate");
-                if vol.stage_writes(&[(l, p)]).expect("stage") {
+                if vol.stage_writes(&[(l, p)]).expect("stage") != CommitDue::No {
                     vol.commit(false).expect("commit");
                 }
                 staged += 1;

@@ -59,8 +59,9 @@ EOF
 chmod +x "$WORKDIR/check.sh"
 
 say "rewind bisect -n $id --good round-1 --json -- check.sh"
-rewind bisect -n "$id" --good round-1 --json -- "$WORKDIR/check.sh" >"$WORKDIR/out.json" \
-    2>"$WORKDIR/err" || die "rewind bisect failed: $(cat "$WORKDIR/err")"
+# Its own time limit: each step opens a view, mounts it and deletes it.
+timeout 900 "$REWIND" bisect -n "$id" --good round-1 --json -- "$WORKDIR/check.sh" \
+    >"$WORKDIR/out.json" 2>"$WORKDIR/err" || die "rewind bisect failed: $(cat "$WORKDIR/err")"
 cat "$WORKDIR/err"
 cat "$WORKDIR/out.json"
 answer=$(tr -d ' \n' <"$WORKDIR/out.json" | sed -n 's/.*"first_bad":\([0-9]*\).*/\1/p')
@@ -105,15 +106,22 @@ grep -q "exited with 200" "$WORKDIR/err" || die "the error does not name the exi
 no_views "a crashed command"
 
 say "SIGINT stops the search once the command ends, and deletes the view"
-rewind bisect -n "$id" --good round-1 -- sleep 3 2>"$WORKDIR/err" &
+# The binary itself, not lib.sh's rewind() wrapper: $! must be bisect's own pid.
+"$REWIND" bisect -n "$id" --good round-1 -- sleep 3 2>"$WORKDIR/err-int" &
 pid=$!
-sleep 2
+# Once step 1's command runs, bisect's handler is in (a background job starts with SIGINT
+# ignored, so a signal before that would be lost).
+start=$SECONDS
+until grep -q "step 1 " "$WORKDIR/err-int"; do
+    [[ $((SECONDS - start)) -lt 120 ]] || die "bisect did not reach step 1 in 120s"
+    sleep 0.2
+done
 kill -INT "$pid"
 rc=0
 wait "$pid" || rc=$?
-cat "$WORKDIR/err"
+cat "$WORKDIR/err-int"
 [[ $rc -ne 0 ]] || die "rewind bisect ended with 0 after SIGINT"
-grep -q "interrupted" "$WORKDIR/err" || die "the error does not say interrupted"
+grep -q "interrupted" "$WORKDIR/err-int" || die "the error does not say interrupted"
 no_views "SIGINT"
 
 umount "$mnt"

@@ -36,8 +36,8 @@ pub use host::{Clock, Host, SystemClock};
 pub use rewind_remap::{LogicalPage, PhysPage, Stream};
 pub use store::{MemStore, Store};
 pub use volume::{
-    check, create, inspect, read_superblock, CheckReport, Durability, Inspection, Notice,
-    ReadTracker, SafePointInfo, StagedCommit, Stats, Steps, ViewId, Volume, ALLOCATE_ATTEMPTS,
-    ALLOCATE_RETRY_DELAY,
+    check, create, inspect, read_superblock, CheckReport, CommitDue, Durability, Inspection,
+    Notice, ReadTracker, SafePointInfo, StagedCommit, Stats, Steps, ViewId, Volume,
+    ALLOCATE_ATTEMPTS, ALLOCATE_RETRY_DELAY,
 };
 pub use window::{SafePoint, SafePointId, Trigger};

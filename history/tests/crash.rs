@@ -16,8 +16,8 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use rewind_history::sim::{self, Event, Rng, SimStore};
 use rewind_history::{
-    create, CreateOptions, Durability, Host, Layout, LogicalPage, MemStore, SafePointId, Steps,
-    Store, Stream, Trigger, Volume,
+    create, CommitDue, CreateOptions, Durability, Host, Layout, LogicalPage, MemStore, SafePointId,
+    Steps, Store, Stream, Trigger, Volume,
 };
 
 const PAGES: u64 = 96;
@@ -359,6 +359,7 @@ impl Workload {
         let n = 1 + self.rng.below(6);
         let mut staged = Vec::new();
         let mut commit_due = false;
+        let due = |d: CommitDue| d != CommitDue::No;
         for _ in 0..n {
             let l = self.rng.below(PAGES);
             self.serial += 1;
@@ -369,7 +370,7 @@ impl Workload {
             let p = vol.allocate(&mut self.stream, LogicalPage(l)).unwrap();
             let offset = vol.layout().page_offset(p);
             vol.store().write_at(offset, &page_data(l, val)).unwrap();
-            commit_due |= vol.stage_writes(&[(LogicalPage(l), p)]).unwrap();
+            commit_due |= due(vol.stage_writes(&[(LogicalPage(l), p)]).unwrap());
             staged.push((l, Some(val)));
         }
         if self.rng.below(3) == 0 {
@@ -381,7 +382,7 @@ impl Workload {
                 staged.push((i, None));
             }
             drop(m);
-            commit_due |= self.vol().stage_discard(LogicalPage(l), n).unwrap();
+            commit_due |= due(self.vol().stage_discard(LogicalPage(l), n).unwrap());
         }
         self.vol().record_staged().unwrap();
         // Complete, as the daemon does right after recording.
@@ -558,7 +559,7 @@ fn a_write_recorded_while_a_commit_syncs_the_data_survives_a_kill() {
     store
         .write_at(vol.layout().page_offset(p), &page_data(5, val))
         .unwrap();
-    assert!(!vol.stage_writes(&[(l, p)]).unwrap());
+    assert_eq!(vol.stage_writes(&[(l, p)]).unwrap(), CommitDue::No);
     // At the commit's first sync (the data's), another thread records what is staged, as
     // a queue does at the end of its ring pass, and its request completes: the image of a
     // daemon killed right then is taken.

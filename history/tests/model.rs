@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use rewind_history::{
-    create, sim, CreateOptions, Durability, Error, Host, LogicalPage, MemStore, Notice,
+    create, sim, CommitDue, CreateOptions, Durability, Error, Host, LogicalPage, MemStore, Notice,
     SafePointId, Steps, Store, ViewId, Volume, PAGE_SIZE,
 };
 
@@ -893,4 +893,38 @@ fn a_staged_commit_keeps_other_commits_out_and_a_failed_sync_fails_the_volume() 
         .write_page(&mut stream, LogicalPage(20), &page_data(20, 3))
         .is_err());
     assert!(vol.commit(false).is_err());
+}
+
+#[test]
+fn past_twice_a_commits_records_the_thread_of_a_staged_commit_is_told_to_wait() {
+    // A 16-block journal: a commit should take 60 records, twice that is 120.
+    let mut h = Harness::new(1024, 16);
+    h.run(&Op::Write(0, 1));
+    let vol = h.vol.as_ref().unwrap();
+    let staged = vol.try_begin_commit().unwrap().expect("a commit to stage");
+    let mut stream = vol.stream(0, 1);
+    let mut dues = Vec::new();
+    for n in 0..130u64 {
+        let l = LogicalPage(n % PAGES);
+        let p = vol.allocate(&mut stream, l).unwrap();
+        let v = (n / PAGES) as u8 + 2;
+        vol.store()
+            .write_at(vol.layout().page_offset(p), &page_data(l.0, v))
+            .unwrap();
+        dues.push(vol.stage_writes(&[(l, p)]).unwrap());
+        vol.record_staged().unwrap();
+    }
+    // Never a commit on the spot (it would wait for this thread's own staged commit
+    // forever): a commit soon past 60 records, a wait past 120.
+    assert_eq!(dues[..60], [CommitDue::No; 60]);
+    assert!(dues[60..120].iter().all(|&d| d == CommitDue::Soon));
+    assert!(dues[120..].iter().all(|&d| d == CommitDue::Wait));
+    staged
+        .finish(Steps::NotDone(std::io::Error::other("not tried")))
+        .unwrap();
+    // The commit the waiting writes wait for, made elsewhere in the daemon.
+    vol.commit(false).unwrap();
+    let mut page = vec![0u8; PAGE_SIZE as usize];
+    vol.read_page(LogicalPage(129 % PAGES), &mut page).unwrap();
+    assert_eq!(decode(129 % PAGES, &page), Some(3));
 }

@@ -513,12 +513,13 @@ Each step opens a read-only view of one safe point (as `rewind view`), runs COMM
 REWIND_VIEW=/dev/ublkbN (the view), REWIND_SAFE_POINT (its id) and REWIND_DEVICE (the
 live device) in its environment, then deletes the view, whatever the command did. The exit
 status judges the safe point, as in `git bisect run`: 0 good, 125 cannot tell (skipped),
-1-127 bad; 128 or more (a crash) or a signal stops the search. The safe points between
+1-127 bad; 126 and 127 (cannot run), 128 or more (a crash) or a signal stop the search. The safe points between
 --good and --bad are searched in about log2(N) steps, assuming every safe point before the
 first bad one is good. The answer, the first bad safe point's id, goes to standard output;
-the steps go to standard error. With --bad now the live device is taken as bad without a
-test: if no safe point is bad, the change came after the newest. Ctrl-C stops the
-command and the search, and deletes the view.");
+the steps and the command's own output go to standard error. With --bad now the live
+device is taken as bad without a test: if no safe point is bad, the change came after the
+newest. Ctrl-C (SIGINT or SIGTERM) stops the command and the search, and deletes the
+view.");
 
 const DIFF_EXAMPLES: &str = concat!(
     "Examples:

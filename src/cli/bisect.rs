@@ -4,9 +4,10 @@
 //!
 //! The search (`search`) is apart from the views and the command (`Bisect::test`), so it is
 //! tested on its own. Every view is deleted once its command ends, whatever happens: a
-//! failed command, an error, or Ctrl-C, which the command gets too and after which bisect
-//! cleans up and stops.
+//! failed command, an error, or SIGINT or SIGTERM (Ctrl-C), which bisect passes on to the
+//! command before it cleans up and stops.
 
+use std::os::fd::AsFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -154,14 +155,19 @@ impl Bisect<'_> {
     /// Shows `sp` as a view, runs the command against it, deletes the view.
     fn test(&mut self, sp: &SafePointRecord, left: u32) -> Result<Verdict> {
         let step = self.steps.len() + 1;
-        if INTERRUPTED.load(Ordering::SeqCst) {
-            bail!("interrupted before step {step}");
-        }
+        stop_if_interrupted(step)?;
         let view = match open_view(self.id, sp) {
             Ok(v) => v,
             Err(e) => {
+                // Reclaim may have retired the safe point since the search began: it is
+                // skipped then. Any other failure (the daemon gone, a timeout) ends the
+                // search.
+                let window = device_window("rewind bisect", self.id)?;
+                if window.iter().any(|w| w.id == sp.id) {
+                    return Err(e.context(format!("step {step}")));
+                }
                 eprintln!(
-                    "rewind: step {step}: {}: skipped, no view: {e:#}",
+                    "rewind: step {step}: {}: skipped, retired from the window",
                     self.describe(sp)
                 );
                 self.record(sp, None, Verdict::Skip, None);
@@ -173,23 +179,27 @@ impl Bisect<'_> {
             self.describe(sp),
             view.device
         );
-        let status = Command::new(&self.command[0])
-            .args(&self.command[1..])
-            .env("REWIND_VIEW", &view.device)
-            .env("REWIND_SAFE_POINT", sp.id.0.to_string())
-            .env("REWIND_DEVICE", paths::device_path(self.id))
-            .status();
-        // The view goes whatever the command did; a failure to delete it is reported, and
-        // ends the run: the next view would pile up beside it.
+        let ran = stop_if_interrupted(step).and_then(|()| self.run(sp, &view.device));
+        // The view goes whatever the command did.
         let deleted = delete_view_patiently(view.device_id);
-        let status = status.with_context(|| format!("running {}", self.command[0]))?;
-        deleted?;
-        if INTERRUPTED.load(Ordering::SeqCst) {
-            bail!("interrupted at step {step}; its view is deleted");
-        }
+        let status = match (ran, deleted) {
+            (Ok(status), Ok(())) => status,
+            (Err(e), Ok(())) => return Err(e),
+            (Ok(_), Err(d)) => return Err(d),
+            (Err(e), Err(d)) => return Err(e.context(format!("and then: {d:#}"))),
+        };
+        stop_if_interrupted(step)?;
         let verdict = match status.code() {
             Some(0) => Verdict::Good,
             Some(SKIP_STATUS) => Verdict::Skip,
+            Some(c @ (126 | 127)) => bail!(
+                "the command could not be run (exit {c}: {}); stopping",
+                if c == 126 {
+                    "not executable"
+                } else {
+                    "not found"
+                }
+            ),
             Some(c) if (1..128).contains(&c) => Verdict::Bad,
             Some(c) => bail!(
                 "the command exited with {c} at {} (128 or more: it crashed or was \
@@ -214,6 +224,37 @@ impl Bisect<'_> {
         Ok(verdict)
     }
 
+    /// Runs the command against view `device` of `sp`, its output on standard error (the
+    /// answer alone goes to standard output); passes SIGINT or SIGTERM that bisect gets on
+    /// to it as SIGTERM.
+    fn run(&self, sp: &SafePointRecord, device: &str) -> Result<std::process::ExitStatus> {
+        let stdout = std::io::stderr()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicating standard error")?;
+        let mut child = Command::new(&self.command[0])
+            .args(&self.command[1..])
+            .env("REWIND_VIEW", device)
+            .env("REWIND_SAFE_POINT", sp.id.0.to_string())
+            .env("REWIND_DEVICE", paths::device_path(self.id))
+            .stdout(stdout)
+            .spawn()
+            .with_context(|| format!("running {}", self.command[0]))?;
+        let mut passed_on = false;
+        loop {
+            if let Some(status) = child.try_wait().context("waiting for the command")? {
+                return Ok(status);
+            }
+            if INTERRUPTED.load(Ordering::SeqCst) && !passed_on {
+                passed_on = true;
+                // SAFETY: kill takes a pid and a signal number; the child is not reaped
+                // yet, so its pid is still its own.
+                unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn record(
         &mut self,
         sp: &SafePointRecord,
@@ -230,6 +271,14 @@ impl Bisect<'_> {
             status,
         });
     }
+}
+
+/// Ends the search if SIGINT or SIGTERM came, before step `step` or during it.
+fn stop_if_interrupted(step: usize) -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted at step {step}; no view is left");
+    }
+    Ok(())
 }
 
 /// Deletes view device `id`, trying again for a while if it is still in use (a command
@@ -311,13 +360,17 @@ pub fn bisect_command(
     let first_bad = candidates.get(found.first_bad).or(bad.as_ref());
     let maybe: Vec<&SafePointRecord> = found.maybe.iter().map(|&i| &candidates[i]).collect();
     if json {
-        return print_json(&BisectJson {
+        print_json(&BisectJson {
             good: good.id.0,
             bad: bad.as_ref().map(|b| b.id.0),
             steps: run.steps,
             first_bad: first_bad.map(|sp| sp.id.0),
             maybe_first_bad: maybe.iter().map(|sp| sp.id.0).collect(),
-        });
+        })?;
+        if first_bad.is_none() && !maybe.is_empty() {
+            bail!("no answer: no safe point was found bad, and some could not be judged");
+        }
+        return Ok(());
     }
     match first_bad {
         Some(sp) => {
@@ -340,6 +393,9 @@ pub fn bisect_command(
             if ids.len() == 1 { "" } else { "s" },
             ids.join(", ")
         );
+        if first_bad.is_none() {
+            bail!("no answer: no safe point was found bad, and some could not be judged");
+        }
     }
     Ok(())
 }

@@ -174,18 +174,27 @@ impl Pacer {
         // Read before the engine acts: a write counted here is in what it commits.
         let deferred = self.deferred.load(Ordering::SeqCst);
         let writes = self.writes.load(Ordering::SeqCst);
-        let last = self.last_safe_point_ns.load(Ordering::SeqCst);
-        let within = self
-            .policy
-            .coalesce
-            .is_some_and(|c| last != 0 && now.saturating_sub(last) < nanos(c));
         // Flushes of several queues (or tags) run at once: the first to claim the time
         // makes the safe point, the others coalesce with it.
-        let claimed = !within
-            && self
-                .last_safe_point_ns
-                .compare_exchange(last, now.max(last), Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok();
+        let mut last = self.last_safe_point_ns.load(Ordering::SeqCst);
+        let claimed = loop {
+            let within = self
+                .policy
+                .coalesce
+                .is_some_and(|c| last != 0 && now.saturating_sub(last) < nanos(c));
+            if within {
+                break false;
+            }
+            match self.last_safe_point_ns.compare_exchange(
+                last,
+                now.max(last),
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => break true,
+                Err(moved) => last = moved,
+            }
+        };
         if claimed {
             volume.mark_safe_point(Trigger::Flush, None)?;
         }

@@ -127,6 +127,10 @@ async fn run_steps(q: &UblkQueue<'_>, ops: Vec<(squeue::Entry, Op)>) -> Steps {
 fn failure(res: i32, op: Op) -> Option<Steps> {
     match op {
         Op::Sync if res == 0 => None,
+        // Cancelled or interrupted, not run: no writeback error was reported.
+        Op::Sync if res == -libc::ECANCELED || res == -libc::EINTR => {
+            Some(Steps::NotDone(io::Error::from_raw_os_error(-res)))
+        }
         Op::Sync => Some(Steps::SyncFailed(io::Error::from_raw_os_error(-res))),
         Op::Write(len) if usize::try_from(res).ok() == Some(len) => None,
         Op::Write(_) if res < 0 => Some(Steps::NotDone(io::Error::from_raw_os_error(-res))),

@@ -20,7 +20,7 @@
 //!   due, one by the flusher thread (`flusher`), which the task waits for with a read of an
 //!   eventfd on this queue's ring. A FLUSH never blocks the queue thread (the one sync a
 //!   queue thread still makes is backpressure: the engine commits on the spot when the
-//!   flusher falls behind by twice a commit's records, see `commit_soon_if`);
+//!   flusher falls behind by twice a commit's records, see `commit_as_due`);
 //! - DISCARD and WRITE_ZEROES: staged (`stage_discard`) and recorded like a write; the pages
 //!   read as zeros afterwards.
 //!
@@ -77,7 +77,8 @@ use libublk::uring_async::UblkUringOpFuture;
 use libublk::{sys, BufDesc, UblkError};
 use parking_lot::Mutex;
 use rewind_history::{
-    LogicalPage, PhysPage, ReadTracker, Stream, ViewId, Volume, ALLOCATE_RETRY_DELAY, PAGE_SIZE,
+    CommitDue, LogicalPage, PhysPage, ReadTracker, Stream, ViewId, Volume, ALLOCATE_RETRY_DELAY,
+    PAGE_SIZE,
 };
 
 use crate::daemon::backing::FileStore;
@@ -597,7 +598,7 @@ async fn handle(
             write(q, ctx, first, pages, fua, buf, scratch).await
         }
         IoRequest::Flush => flush(q, ctx).await.map(|()| 0),
-        IoRequest::Discard { first, pages } => discard(ctx, first, pages).await.map(|()| 0),
+        IoRequest::Discard { first, pages } => discard(q, ctx, first, pages).await.map(|()| 0),
     };
     match result {
         Ok(bytes) => bytes,
@@ -886,11 +887,11 @@ async fn write(
     // The pages are not given back if this fails: the engine may already map some of them
     // (it fails after applying when a commit it makes fails), and a leaked page is safer
     // than one handed out twice. The volume refuses further I/O after such a failure.
-    let commit_due = volume
+    let due = volume
         .stage_writes(&scratch.claimed)
         .map_err(|e| Failure::Engine("stage_writes", e))?;
-    commit_soon_if(ctx, commit_due);
     ctx.group.recorded().await.map_err(Failure::Shared)?;
+    commit_as_due(q, ctx, due).await?;
     ctx.pacer.wrote();
     if fua {
         flush(q, ctx).await?;
@@ -899,23 +900,39 @@ async fn write(
 }
 
 /// DISCARD and WRITE_ZEROES: staged, then recorded with the pass's group commit.
-async fn discard(ctx: &QueueCtx<'_>, first: LogicalPage, pages: u64) -> Result<(), Failure> {
-    let commit_due = ctx
+async fn discard(
+    q: &UblkQueue<'_>,
+    ctx: &QueueCtx<'_>,
+    first: LogicalPage,
+    pages: u64,
+) -> Result<(), Failure> {
+    let due = ctx
         .volume
         .stage_discard(first, pages)
         .map_err(|e| Failure::Engine("discard", e))?;
-    commit_soon_if(ctx, commit_due);
     ctx.group.recorded().await.map_err(Failure::Shared)?;
+    commit_as_due(q, ctx, due).await?;
     ctx.pacer.wrote();
     Ok(())
 }
 
-/// Has the flusher commit soon when the engine says a commit is due: the journal records
-/// pending came near what one commit should take. (Past twice that the engine commits on
-/// the spot.)
-fn commit_soon_if(ctx: &QueueCtx<'_>, due: bool) {
-    if let (true, Some(flusher)) = (due, ctx.flusher) {
-        flusher.commit_soon();
+/// What the engine asked for after a staging: a commit soon, by the flusher, when the
+/// journal records pending came near what one commit should take. Past twice that the
+/// engine commits on the spot, except while this thread's own commit on the ring is under
+/// way: then the request waits (on the ring) for the flusher's commit of its records.
+async fn commit_as_due(
+    q: &UblkQueue<'_>,
+    ctx: &QueueCtx<'_>,
+    due: CommitDue,
+) -> Result<(), Failure> {
+    match (due, ctx.flusher) {
+        (CommitDue::No, _) => Ok(()),
+        (CommitDue::Soon, Some(flusher)) => {
+            flusher.commit_soon();
+            Ok(())
+        }
+        (CommitDue::Soon, None) => Ok(()),
+        (CommitDue::Wait, _) => flusher_commit(q, ctx).await,
     }
 }
 

@@ -91,19 +91,23 @@ impl<S: Store> Volume<S> {
     /// commit made soon (the daemon's flusher); past twice that, this commits at once
     /// (waiting for a commit under way), so the journal never runs out of room while the
     /// commit is late. Except on a thread whose own staged commit is under way
-    /// (`StagedCommit`): waiting for it there would never end, so this leaves the commit
-    /// to the requests after it ends, and says none is due.
-    pub(super) fn commit_due(&self, st: MutexGuard<'_, State>) -> Result<bool, Error> {
+    /// (`StagedCommit`), where waiting for it would never end: past twice that, the
+    /// request waits instead, without blocking its thread (`CommitDue::Wait`).
+    pub(super) fn commit_due(&self, st: MutexGuard<'_, State>) -> Result<CommitDue, Error> {
         let pending = st.pending.len();
         drop(st);
-        if self.staged_on_this_thread() {
-            return Ok(false);
-        }
         if pending > 2 * self.commit_threshold {
+            if self.staged_on_this_thread() {
+                return Ok(CommitDue::Wait);
+            }
             self.commit(false)?;
-            return Ok(false);
+            return Ok(CommitDue::No);
         }
-        Ok(pending > self.commit_threshold)
+        Ok(if pending > self.commit_threshold {
+            CommitDue::Soon
+        } else {
+            CommitDue::No
+        })
     }
 
     /// Whether a `StagedCommit` begun on this thread is under way.
@@ -431,4 +435,18 @@ impl<S: Store> Drop for StagedCommit<'_, S> {
 fn this_thread() -> usize {
     thread_local!(static MARK: u8 = const { 0 });
     MARK.with(|m| m as *const u8 as usize)
+}
+
+/// What a request's staging asks of its caller (`Volume::stage_writes`, `stage_discard`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommitDue {
+    /// Nothing.
+    No,
+    /// A commit soon: the records pending passed what one commit should take. The request
+    /// need not wait for it.
+    Soon,
+    /// The records pending passed twice that while this thread's own staged commit is under
+    /// way: the request completes only after a commit made elsewhere (the daemon's
+    /// flusher) took its records, so the journal never runs out of room.
+    Wait,
 }

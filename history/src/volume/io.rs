@@ -5,7 +5,7 @@ use crate::format::PAGE_SIZE;
 use crate::journal::Record;
 use crate::{Error, LogicalPage, PhysPage, Store, Stream};
 
-use super::Volume;
+use super::{CommitDue, Volume};
 
 /// Tries an allocation makes before it fails with `Error::NoSpace` when every page stays in
 /// use, and the wait between two.
@@ -142,27 +142,35 @@ impl<S: Store> Volume<S> {
     /// Makes the pages written by `allocate` + data write live: `stage_writes`, then
     /// `record_staged`.
     pub fn commit_writes(&self, pages: &[(LogicalPage, PhysPage)]) -> Result<(), Error> {
-        if self.stage_writes(pages)? {
-            self.commit(false)?;
-        }
+        let due = self.stage_writes(pages)?;
+        self.commit_if(due)?;
         self.record_staged()
+    }
+
+    /// After a staging on this thread, outside the daemon: commits when one is due, unless
+    /// this thread's own staged commit is under way (`CommitDue::Wait`), which takes these
+    /// records' turn: its `finish` comes first.
+    fn commit_if(&self, due: CommitDue) -> Result<(), Error> {
+        match due {
+            CommitDue::Soon => self.commit(false),
+            CommitDue::No | CommitDue::Wait => Ok(()),
+        }
     }
 
     /// Makes `count` pages from `first` read as zeros and frees their pages once no safe
     /// point needs them: `stage_discard`, then `record_staged`.
     pub fn discard(&self, first: LogicalPage, count: u64) -> Result<(), Error> {
-        if self.stage_discard(first, count)? {
-            self.commit(false)?;
-        }
+        let due = self.stage_discard(first, count)?;
+        self.commit_if(due)?;
         self.record_staged()
     }
 
     /// Makes the pages written by `allocate` + data write live in memory and queues their
     /// records. The request completes only after a `record_staged` that began after this
     /// returned: the daemon stages the writes of one pass of a queue's ring and records
-    /// them with one journal write (group commit). Returns true when a commit is due: the
-    /// caller makes one, now or soon (`commit_due`).
-    pub fn stage_writes(&self, pages: &[(LogicalPage, PhysPage)]) -> Result<bool, Error> {
+    /// them with one journal write (group commit). Returns whether a commit is due: the
+    /// caller makes one, now or soon, or waits for one (`commit_due`).
+    pub fn stage_writes(&self, pages: &[(LogicalPage, PhysPage)]) -> Result<CommitDue, Error> {
         let mut st = self.state.lock();
         for &(l, p) in pages {
             self.check_in_range(l)?;
@@ -175,9 +183,9 @@ impl<S: Store> Volume<S> {
     }
 
     /// `stage_writes` for a discard of `count` pages from `first`.
-    pub fn stage_discard(&self, first: LogicalPage, count: u64) -> Result<bool, Error> {
+    pub fn stage_discard(&self, first: LogicalPage, count: u64) -> Result<CommitDue, Error> {
         if count == 0 {
-            return Ok(false);
+            return Ok(CommitDue::No);
         }
         self.check_run_in_range(first, count)?;
         let mut st = self.state.lock();

@@ -59,7 +59,7 @@ use crate::format::{JournalSeq, Layout, Superblock};
 use crate::journal;
 use crate::{Clock, Error, LogicalPage, PhysPage, Store};
 
-pub use commit::{StagedCommit, Steps};
+pub use commit::{CommitDue, StagedCommit, Steps};
 pub use io::{ALLOCATE_ATTEMPTS, ALLOCATE_RETRY_DELAY};
 pub use reclaim::ReadTracker;
 pub use recovery::{check, create, inspect, read_superblock};
