@@ -106,8 +106,9 @@ grep -q "exited with 200" "$WORKDIR/err" || die "the error does not name the exi
 no_views "a crashed command"
 
 say "SIGINT stops the search once the command ends, and deletes the view"
-# The binary itself, not lib.sh's rewind() wrapper: $! must be bisect's own pid.
-"$REWIND" bisect -n "$id" --good round-1 -- sleep 3 2>"$WORKDIR/err-int" &
+# $! must be bisect's own pid: the binary itself, not lib.sh's rewind() wrapper, and
+# exec'd (with traps set, bash runs a background command as the child of a subshell).
+(exec "$REWIND" bisect -n "$id" --good round-1 -- sleep 3 2>"$WORKDIR/err-int") &
 pid=$!
 # Once step 1's command runs, bisect's handler is in (a background job starts with SIGINT
 # ignored, so a signal before that would be lost).
