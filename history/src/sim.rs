@@ -231,3 +231,28 @@ impl Store for SimStore {
         Ok(())
     }
 }
+
+/// Does the caller's steps of `staged` through `store`, as a daemon's queue does them on
+/// its ring: a sync, the journal writes, a sync. With `cut_short`, stops half way through
+/// the first journal write and reports it not done, which `finish` has to make good.
+pub fn staged_steps<S: Store>(
+    store: &S,
+    staged: &crate::StagedCommit<'_, S>,
+    cut_short: bool,
+) -> crate::Steps {
+    let steps = (|| {
+        store.sync()?;
+        for (offset, bytes) in staged.journal_writes() {
+            if cut_short {
+                store.write_at(offset, &bytes[..bytes.len() / 2])?;
+                return Err(io::Error::other("cut short"));
+            }
+            store.write_at(offset, bytes)?;
+        }
+        store.sync()
+    })();
+    match steps {
+        Ok(()) => crate::Steps::Done,
+        Err(e) => crate::Steps::NotDone(e),
+    }
+}

@@ -440,20 +440,7 @@ impl Workload {
         match vol.try_begin_commit().unwrap() {
             None => vol.commit(false).unwrap(),
             Some(staged) => {
-                let steps = {
-                    let writes = staged.journal_writes();
-                    (|| {
-                        vol.store().sync()?;
-                        for (offset, bytes) in writes {
-                            if cut_short {
-                                vol.store().write_at(offset, &bytes[..bytes.len() / 2])?;
-                                return Err(std::io::Error::other("cut short"));
-                            }
-                            vol.store().write_at(offset, bytes)?;
-                        }
-                        vol.store().sync()
-                    })()
-                };
+                let steps = sim::staged_steps(vol.store(), &staged, cut_short);
                 for _ in 0..meanwhile {
                     let l = self.rng.below(PAGES);
                     self.serial += 1;
@@ -465,10 +452,6 @@ impl Workload {
                     m.live[l as usize] = Some(val);
                     m.completed = m.since.len();
                 }
-                let steps = match steps {
-                    Ok(()) => Steps::Done,
-                    Err(e) => Steps::NotDone(e),
-                };
                 staged.finish(steps).unwrap();
             }
         }

@@ -373,20 +373,7 @@ impl Harness {
         match vol.try_begin_commit().unwrap() {
             None => vol.commit(false).unwrap(),
             Some(staged) => {
-                let steps = {
-                    let writes = staged.journal_writes();
-                    (|| {
-                        vol.store().sync()?;
-                        for (offset, bytes) in writes {
-                            vol.store().write_at(offset, bytes)?;
-                        }
-                        vol.store().sync()
-                    })()
-                };
-                let steps = match steps {
-                    Ok(()) => Steps::Done,
-                    Err(e) => Steps::NotDone(e),
-                };
+                let steps = sim::staged_steps(vol.store(), &staged, false);
                 staged.finish(steps).unwrap();
             }
         }
