@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use rewind_history::sim::{self, Event, Rng, SimStore};
 use rewind_history::{
     create, CommitDue, CreateOptions, Durability, Host, Layout, LogicalPage, MemStore, SafePointId,
-    Steps, Store, Stream, Trigger, Volume,
+    Store, Stream, Trigger, Volume,
 };
 
 const PAGES: u64 = 96;

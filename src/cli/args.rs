@@ -77,7 +77,10 @@ and its I/O waits: `rewind recover -n ID` starts a new daemon that takes it over
 reissues the waiting I/O, so programs using the device see a pause, not an error. For
 that, every write is journaled before it completes, so none that completed is lost. With
 --supervise a supervisor does the recovery by itself, and also kills and recovers a
-daemon that stops answering its heartbeat.
+daemon that stops answering its heartbeat. `rewind add` of the image of such a waiting
+device recovers it too (what a service manager restarting `rewind add --foreground`
+does; see `rewind install-units`). Run by systemd (NOTIFY_SOCKET set), the daemon tells it
+when the device is live and pings its watchdog (WATCHDOG_USEC) while its engine answers.
 
 --on-crash stop: the device fails its I/O and goes when the daemon dies (no recovery:
 `rewind del`, then `rewind add` again, which recovers the image from its journal). A
@@ -212,6 +215,9 @@ pub enum Command {
     /// Print the man page, or write one per command into a directory
     #[command(after_help = MAN_EXAMPLES)]
     Man(ManArgs),
+    /// Install the systemd unit rewind@.service, shell completions and man pages
+    #[command(name = "install-units", after_help = INSTALL_EXAMPLES)]
+    InstallUnits(InstallUnitsArgs),
     /// The daemon behind `rewind add` (internal)
     #[command(name = "__serve", hide = true)]
     Serve(ServeArgs),
@@ -674,6 +680,30 @@ const MAN_EXAMPLES: &str = "\
 Examples:
   rewind man | man -l -                       # read it now
   rewind man --dir /usr/local/share/man/man1  # rewind.1 and rewind-add.1, ... for `man rewind-add`";
+
+const INSTALL_EXAMPLES: &str = "\
+Examples:
+  rewind install-units && systemctl daemon-reload
+  rewind create /var/lib/rewind/vm1.img --size 64G
+  systemctl enable --now rewind@$(systemd-escape --path /var/lib/rewind/vm1.img).service
+  systemctl status 'rewind@var-lib-rewind-vm1.img'    # Status: serving /dev/ublkb0
+  rewind install-units --root /tmp/pkg                 # into a staging tree, for a package
+
+Writes /etc/systemd/system/rewind@.service (running this rewind binary, by its full path),
+bash, zsh and fish completions, and the man pages (/usr/local/share/man/man1). The unit runs
+`rewind add IMAGE --foreground` as a Type=notify service: ready once the device is live, a
+watchdog ping every 15 s while the engine answers (WatchdogSec=30), restarted on failure,
+which recovers the device (its I/O waits meanwhile). `systemctl stop` and `rewind del`
+both stop the device cleanly. Options for `rewind add` go in /etc/rewind/INSTANCE.conf as
+REWIND_ADD_OPTS=\"--idle 5 --coalesce 50\".";
+
+/// `rewind install-units`.
+#[derive(Debug, Args)]
+pub struct InstallUnitsArgs {
+    /// Install under this directory instead of / (a staging tree for a package)
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub root: std::path::PathBuf,
+}
 
 /// `rewind man`.
 #[derive(Debug, Args)]

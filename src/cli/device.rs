@@ -21,11 +21,13 @@ use crate::ipc::control::ControlRequest;
 use crate::ipc::device::OnCrash;
 use crate::ipc::paths;
 use crate::runtime::client::{ask, STATS_TIMEOUT};
-use crate::runtime::launch::{default_queues, recover_device, start_daemon, start_supervisor};
+use crate::runtime::launch::{
+    default_queues, prepare_recovery, recover_device, start_daemon, start_supervisor,
+};
 use crate::runtime::listing::rewind_devices;
 use crate::runtime::registry::{
     check_daemon_access, check_ublk_access, device_exists, rewind_ids_views_first, target_data,
-    UBLK_CONTROL,
+    waiting_device, UBLK_CONTROL,
 };
 use crate::runtime::removal::delete;
 use crate::size::describe_layout;
@@ -46,6 +48,17 @@ pub fn add_command(args: &AddArgs) -> Result<()> {
     choose_data_path(args.data_path.wanted())?;
     let image = std::path::absolute(&args.image)
         .with_context(|| format!("resolving {}", args.image.display()))?;
+    // A device whose daemon died waits for a new one (--on-crash queue): adding its image
+    // again recovers it, as a service manager that restarts `rewind add --foreground`
+    // expects.
+    if let Some(id) = waiting_device(&image) {
+        eprintln!(
+            "rewind: {} is the image of /dev/ublkb{id}, whose daemon died: recovering it",
+            image.display()
+        );
+        let serve = prepare_recovery(id)?;
+        return start(args, serve);
+    }
     let allocation = Allocation::chosen(args.sparse);
     let (layout, created) = image::prepare_for_add(&image, args.size, args.history, allocation)?;
     match created {
@@ -61,7 +74,7 @@ pub fn add_command(args: &AddArgs) -> Result<()> {
         ),
         None => {}
     }
-    let mut serve = ServeOptions {
+    let serve = ServeOptions {
         image,
         id: args.id,
         queues: args.queues.unwrap_or_else(default_queues),
@@ -73,11 +86,19 @@ pub fn add_command(args: &AddArgs) -> Result<()> {
         recover: false,
         data_path: args.data_path.wanted(),
     };
+    start(args, serve)
+}
+
+/// Serves `serve` in this process (`--foreground`), or starts its daemon (and with
+/// `--supervise` its supervisor) and prints the device.
+fn start(args: &AddArgs, mut serve: ServeOptions) -> Result<()> {
     if args.foreground {
         return daemon::serve(&serve, Reporter::Stdout);
     }
-    let log = paths::log_path(&serve.image);
-    serve.log = Some(log.clone());
+    let log = serve
+        .log
+        .get_or_insert_with(|| paths::log_path(&serve.image))
+        .clone();
     let device = start_daemon(&serve, &log)?;
     if args.supervise {
         let id = parse_device_id(&device)?;

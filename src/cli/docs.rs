@@ -15,6 +15,13 @@ pub fn completions(shell: clap_complete::Shell) -> Result<()> {
     Ok(())
 }
 
+/// The completion script for `shell`.
+pub fn completion_script(shell: clap_complete::Shell) -> Vec<u8> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut completed(), "rewind", &mut script);
+    script
+}
+
 /// What the shell completes: `rewind` with the commands a user runs (the generators would
 /// offer the hidden internal ones too).
 fn completed() -> clap::Command {
@@ -32,25 +39,30 @@ fn completed() -> clap::Command {
 /// Prints `rewind.1`, or writes it and one `rewind-COMMAND.1` per visible command into
 /// `dir`.
 pub fn man(dir: Option<&Path>) -> Result<()> {
-    let cmd = Cli::command();
     let Some(dir) = dir else {
         let mut out = std::io::stdout().lock();
-        clap_mangen::Man::new(cmd).render(&mut out)?;
+        clap_mangen::Man::new(Cli::command()).render(&mut out)?;
         return Ok(out.flush()?);
     };
+    for path in write_man_pages(dir)? {
+        println!("{}", path.display());
+    }
+    Ok(())
+}
+
+/// Writes `rewind.1` and one `rewind-COMMAND.1` per visible command into `dir` (created if
+/// missing); returns their paths.
+pub fn write_man_pages(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut written = Vec::new();
-    for (name, page) in pages(cmd) {
+    for (name, page) in pages(Cli::command()) {
         let path = dir.join(format!("{name}.1"));
         let mut bytes = Vec::new();
         clap_mangen::Man::new(page).render(&mut bytes)?;
         std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
         written.push(path);
     }
-    for path in &written {
-        println!("{}", path.display());
-    }
-    Ok(())
+    Ok(written)
 }
 
 /// The pages: `rewind` itself, then `rewind-COMMAND` for each command a user can run (the
@@ -76,14 +88,7 @@ mod tests {
 
     #[test]
     fn completions_offer_the_commands_a_user_runs_and_not_the_internal_ones() {
-        let mut script = Vec::new();
-        clap_complete::generate(
-            clap_complete::Shell::Bash,
-            &mut completed(),
-            "rewind",
-            &mut script,
-        );
-        let script = String::from_utf8(script).unwrap();
+        let script = String::from_utf8(completion_script(clap_complete::Shell::Bash)).unwrap();
         for word in ["rollback", "view", "--data-path", "--on-crash"] {
             assert!(script.contains(word), "{word} is not completed");
         }

@@ -10,6 +10,7 @@ pub mod backing;
 pub mod control;
 pub mod flusher;
 pub mod group_commit;
+pub mod notify;
 pub mod pacing;
 pub mod report;
 pub mod ring_commit;

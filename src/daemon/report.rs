@@ -55,9 +55,10 @@ impl Reporter {
         }
     }
 
-    /// The device is live at `device`.
+    /// The device is live at `device`; also told to a service manager (`notify`).
     pub fn live(&self, device: &str) {
         self.send(&Status::Live(device.to_string()));
+        crate::daemon::notify::ready(device);
     }
 
     /// Serving failed before the device went live (a no-op once it was reported live).

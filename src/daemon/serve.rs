@@ -26,6 +26,7 @@ use rewind_history::{Volume, PAGE_SIZE};
 use crate::daemon::backing::{describe_owner, BackingError, FileStore};
 use crate::daemon::control::{self, Answers};
 use crate::daemon::flusher::Flusher;
+use crate::daemon::notify;
 use crate::daemon::pacing::{Pacer, Policy};
 use crate::daemon::report::Reporter;
 use crate::daemon::signals::{block_stop_signals, spawn_signal_thread};
@@ -206,7 +207,11 @@ fn serve_volume(
     let ticker = pacer
         .start_ticker(Arc::downgrade(volume))
         .context("starting the safe point ticker")?;
+    let watchdog_stop = Arc::new(AtomicBool::new(false));
+    notify::spawn_watchdog(Arc::downgrade(volume), watchdog_stop.clone());
     let run = device.run(&target, &target_data, reporter, &stop, opts.recover);
+    watchdog_stop.store(true, Ordering::SeqCst);
+    notify::stopping();
     // The views go with the live device: they hold the volume.
     views.close_all();
     drop(ticker);

@@ -58,6 +58,14 @@ fn queues_for_cpus(cpus: usize) -> u16 {
 /// Starts a daemon that takes over device `id` and waits until it is live; returns the
 /// device path. Used by `rewind recover` and the supervisor.
 pub fn recover_device(id: u32) -> Result<String> {
+    let serve = prepare_recovery(id)?;
+    let log = serve.log.clone().expect("prepare_recovery sets the log");
+    start_daemon(&serve, &log)
+}
+
+/// Checks that device `id` waits for a new daemon, deletes the views its dead daemon left,
+/// and returns the options of the daemon that takes it over (its log included).
+pub fn prepare_recovery(id: u32) -> Result<ServeOptions> {
     let found = recoverable(id)?;
     // Views end with their daemon; the new daemon starts without them.
     delete_stale_views(id);
@@ -80,7 +88,7 @@ pub fn recover_device(id: u32) -> Result<String> {
         // The kernel kept the device's flags, and with them its data path.
         data_path: None,
     };
-    start_daemon(&serve, &log)
+    Ok(serve)
 }
 
 /// Starts `rewind __supervise -n ID` in its own session, logging to `log`; returns its pid.

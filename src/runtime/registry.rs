@@ -278,6 +278,19 @@ pub fn device_serving(image: &Path) -> Option<u32> {
     })
 }
 
+/// The rewind device (not a view) of `image` that waits for a new daemon, its own having
+/// died, if there is one.
+pub fn waiting_device(image: &Path) -> Option<u32> {
+    let want = std::fs::canonicalize(image).ok()?;
+    ublk_ids().into_iter().find(|&id| {
+        target_data(id)
+            .filter(|d| d.view.is_none())
+            .and_then(|d| std::fs::canonicalize(d.image).ok())
+            .is_some_and(|p| p == want)
+            && kernel_view(id).is_ok_and(|(state, pid)| needs_recovery(state, pid))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
