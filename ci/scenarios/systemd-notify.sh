@@ -18,9 +18,15 @@ img=$WORKDIR/disk.img
 sock=$WORKDIR/notify.sock
 notes=$WORKDIR/notes
 rewind create "$img" --size 64M >/dev/null
-notify-listen "$sock" >"$notes" &
+# exec: $! must be the listener's own pid (with traps set, bash runs a background command
+# under a subshell).
+(exec notify-listen "$sock" >"$notes") &
 listener=$!
-until [[ -S $sock ]]; do sleep 0.1; done
+start=$SECONDS
+until [[ -S $sock ]]; do
+    [[ $((SECONDS - start)) -lt 30 ]] || die "notify-listen made no socket in 30s"
+    sleep 0.1
+done
 
 # start_unit: what systemd does for ExecStart, with WatchdogSec=2. The pid after exec is
 # the subshell's, which is the daemon's: WATCHDOG_PID names it, as systemd does.
@@ -56,6 +62,8 @@ wait_count "WATCHDOG=1" 3
 
 say "hung (SIGSTOP): no ping"
 kill -STOP "$unit"
+# A ping sent just before the stop may reach the listener's output a moment later.
+sleep 0.5
 before=$(count "WATCHDOG=1")
 sleep 3
 after=$(count "WATCHDOG=1")
@@ -83,6 +91,8 @@ wait "$unit" || rc=$?
 say "SIGTERM (systemctl stop): the same"
 start_unit
 wait_count "READY=1" 3
+dev=$(sed -n 's/.*STATUS=serving //p' "$notes" | tail -1)
+echo "${dev#/dev/ublkb}" >"$STATE/ublk"
 kill -TERM "$unit"
 rc=0
 wait "$unit" || rc=$?

@@ -689,13 +689,14 @@ Examples:
   systemctl status 'rewind@var-lib-rewind-vm1.img'    # Status: serving /dev/ublkb0
   rewind install-units --root /tmp/pkg                 # into a staging tree, for a package
 
-Writes /etc/systemd/system/rewind@.service (running this rewind binary, by its full path),
-bash, zsh and fish completions, and the man pages (/usr/local/share/man/man1). The unit runs
-`rewind add IMAGE --foreground` as a Type=notify service: ready once the device is live, a
-watchdog ping every 15 s while the engine answers (WatchdogSec=30), restarted on failure,
-which recovers the device (its I/O waits meanwhile). `systemctl stop` and `rewind del`
-both stop the device cleanly. Options for `rewind add` go in /etc/rewind/INSTANCE.conf as
-REWIND_ADD_OPTS=\"--idle 5 --coalesce 50\".";
+Writes /etc/systemd/system/rewind@.service (running this rewind binary, by its full path,
+or --binary), bash, zsh and fish completions and the man pages, under /usr/local/share;
+files already there are replaced. The unit runs `rewind add IMAGE --foreground` as a
+Type=notify service: ready once the device is live, a watchdog ping every 15 s while the
+engine answers (WatchdogSec=30), restarted when it fails, which recovers the device (its
+I/O waits meanwhile). `systemctl stop` and `rewind del` both stop the device cleanly.
+Options for `rewind add` go in /etc/rewind/INSTANCE.conf, INSTANCE being the escaped path
+(`systemd-escape --path IMAGE`), as REWIND_ADD_OPTS=\"--idle 5 --coalesce 50\".";
 
 /// `rewind install-units`.
 #[derive(Debug, Args)]
@@ -703,6 +704,9 @@ pub struct InstallUnitsArgs {
     /// Install under this directory instead of / (a staging tree for a package)
     #[arg(long, value_name = "DIR", default_value = "/")]
     pub root: std::path::PathBuf,
+    /// The rewind the unit runs [default: this one, by its full path]
+    #[arg(long, value_name = "PATH")]
+    pub binary: Option<std::path::PathBuf>,
 }
 
 /// `rewind man`.

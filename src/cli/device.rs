@@ -26,8 +26,8 @@ use crate::runtime::launch::{
 };
 use crate::runtime::listing::rewind_devices;
 use crate::runtime::registry::{
-    check_daemon_access, check_ublk_access, device_exists, rewind_ids_views_first, target_data,
-    waiting_device, UBLK_CONTROL,
+    check_daemon_access, check_ublk_access, device_exists, rewind_ids_views_first, supervisor_pid,
+    target_data, waiting_device, UBLK_CONTROL,
 };
 use crate::runtime::removal::delete;
 use crate::size::describe_layout;
@@ -52,12 +52,7 @@ pub fn add_command(args: &AddArgs) -> Result<()> {
     // again recovers it, as a service manager that restarts `rewind add --foreground`
     // expects.
     if let Some(id) = waiting_device(&image) {
-        eprintln!(
-            "rewind: {} is the image of /dev/ublkb{id}, whose daemon died: recovering it",
-            image.display()
-        );
-        let serve = prepare_recovery(id)?;
-        return start(args, serve);
+        return recover_waiting(args, &image, id);
     }
     let allocation = Allocation::chosen(args.sparse);
     let (layout, created) = image::prepare_for_add(&image, args.size, args.history, allocation)?;
@@ -86,6 +81,42 @@ pub fn add_command(args: &AddArgs) -> Result<()> {
         recover: false,
         data_path: args.data_path.wanted(),
     };
+    start(args, serve)
+}
+
+/// `rewind add` of `image`, whose device `id` waits for a new daemon: recovers it, with
+/// the options the device was added with (the kernel's and the dead daemon's record).
+fn recover_waiting(args: &AddArgs, image: &Path, id: u32) -> Result<()> {
+    let device = format!("/dev/ublkb{id}");
+    if let Some(pid) = supervisor_pid(id) {
+        bail!(
+            "{} is the image of {device}, whose daemon died; its supervisor (pid {pid}) is              recovering it",
+            image.display()
+        );
+    }
+    if args.id.is_some_and(|n| n != id) {
+        bail!(
+            "{} is the image of {device}, whose daemon died: -n {} cannot serve it;              `rewind add` without -n (or `rewind recover -n {id}`) recovers it",
+            image.display(),
+            args.id.unwrap_or_default()
+        );
+    }
+    if !OnCrash::from(args.on_crash).survives_daemon() {
+        bail!(
+            "{} is the image of {device}, whose daemon died: recovering it keeps              --on-crash queue; `rewind del -n {id}` first to add it with --on-crash stop",
+            image.display()
+        );
+    }
+    eprintln!(
+        "rewind: {} is the image of {device}, whose daemon died: recovering it, with the          options it was added with",
+        image.display()
+    );
+    let mut serve = prepare_recovery(id)?;
+    if args.foreground {
+        // This process logs to its stderr (the journal, under systemd), not to the file
+        // the dead daemon wrote.
+        serve.log = None;
+    }
     start(args, serve)
 }
 

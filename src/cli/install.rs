@@ -16,7 +16,7 @@ const MAN_DIR: &str = "usr/local/share/man/man1";
 const COMPLETIONS: [(clap_complete::Shell, &str); 3] = [
     (
         clap_complete::Shell::Bash,
-        "usr/share/bash-completion/completions/rewind",
+        "usr/local/share/bash-completion/completions/rewind",
     ),
     (
         clap_complete::Shell::Zsh,
@@ -24,13 +24,19 @@ const COMPLETIONS: [(clap_complete::Shell, &str); 3] = [
     ),
     (
         clap_complete::Shell::Fish,
-        "usr/share/fish/vendor_completions.d/rewind.fish",
+        "usr/local/share/fish/vendor_completions.d/rewind.fish",
     ),
 ];
 
-/// The unit's text for the rewind at `binary`.
+/// The unit's text for the rewind at `binary` (quoted for systemd if it has a space).
 pub fn unit_text(binary: &Path) -> String {
-    UNIT.replace("@BINARY@", &binary.display().to_string())
+    let path = binary.display().to_string();
+    let path = if path.contains(char::is_whitespace) {
+        format!("\"{path}\"")
+    } else {
+        path
+    };
+    UNIT.replace("@BINARY@", &path)
 }
 
 /// Writes the unit (running `binary`), the completions and the man pages under `root`;
@@ -57,11 +63,14 @@ pub fn install(root: &Path, binary: &Path) -> Result<Vec<PathBuf>> {
     Ok(written)
 }
 
-/// `rewind install-units [--root DIR]`.
-pub fn install_units_command(root: &Path) -> Result<()> {
-    let binary = std::env::current_exe()
-        .and_then(std::fs::canonicalize)
-        .context("finding this rewind's own path, for the unit to run")?;
+/// `rewind install-units [--root DIR] [--binary PATH]`.
+pub fn install_units_command(root: &Path, binary: Option<&Path>) -> Result<()> {
+    let binary = match binary {
+        Some(b) => b.to_path_buf(),
+        None => std::env::current_exe()
+            .and_then(std::fs::canonicalize)
+            .context("finding this rewind's own path, for the unit to run")?,
+    };
     let written = install(root, &binary)?;
     for path in &written {
         println!("{}", path.display());
@@ -88,7 +97,7 @@ mod tests {
             "ExecStart=/opt/bin/rewind add %f --foreground $REWIND_ADD_OPTS",
             "WatchdogSec=30",
             "Restart=on-failure",
-            "KillMode=process",
+            "StartLimitIntervalSec=0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
@@ -96,6 +105,8 @@ mod tests {
             );
         }
         assert!(!text.contains("@BINARY@"));
+        let spaced = unit_text(Path::new("/opt/my tools/rewind"));
+        assert!(spaced.contains("ExecStart=\"/opt/my tools/rewind\" add %f"));
     }
 
     #[test]
@@ -104,9 +115,9 @@ mod tests {
         let written = install(root.path(), Path::new("/usr/bin/rewind")).unwrap();
         for want in [
             "etc/systemd/system/rewind@.service",
-            "usr/share/bash-completion/completions/rewind",
+            "usr/local/share/bash-completion/completions/rewind",
             "usr/local/share/zsh/site-functions/_rewind",
-            "usr/share/fish/vendor_completions.d/rewind.fish",
+            "usr/local/share/fish/vendor_completions.d/rewind.fish",
             "usr/local/share/man/man1/rewind.1",
             "usr/local/share/man/man1/rewind-add.1",
         ] {

@@ -117,7 +117,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }),
         Command::View(a) => history::view_command(a.id, &a.at, a.json),
         Command::Diff(a) => history::diff_command(a.id, &a.from, &a.to, a.json),
-        Command::InstallUnits(a) => install::install_units_command(&a.root),
+        Command::InstallUnits(a) => install::install_units_command(&a.root, a.binary.as_deref()),
         Command::Bisect(a) => bisect::bisect_command(a.id, &a.good, &a.bad, &a.command, a.json),
         Command::Pin(a) => history::pin_command(a.id, a.image.as_deref(), &a.at, true, a.json),
         Command::Unpin(a) => history::pin_command(a.id, a.image.as_deref(), &a.at, false, a.json),

@@ -9,10 +9,10 @@
 //! unit, which recovers the device (`rewind add` of an image whose device waits for a new
 //! daemon recovers it).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use rewind_history::Volume;
 use sd_notify::NotifyState;
 
@@ -28,11 +28,6 @@ pub fn ready(device: &str) {
     ]);
 }
 
-/// The daemon is stopping (a stop signal, or `rewind del`).
-pub fn stopping() {
-    send(&[NotifyState::Stopping]);
-}
-
 fn send(state: &[NotifyState]) {
     // Not fatal: the service manager may be gone, and the device serves on either way.
     if let Err(e) = sd_notify::notify(false, state) {
@@ -40,31 +35,59 @@ fn send(state: &[NotifyState]) {
     }
 }
 
-/// Starts the watchdog thread if the service manager asked for one; it ends when `stop` is
-/// set or the volume is gone.
-pub fn spawn_watchdog(volume: Weak<Volume<FileStore>>, stop: Arc<AtomicBool>) {
-    let mut usec = 0;
-    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
-        return;
-    }
-    let every = Duration::from_micros(usec) / 2;
-    log::info!("watchdog: a ping every {every:?} while the engine answers");
-    let spawned = std::thread::Builder::new()
-        .name("rewind-watchdog".into())
-        .spawn(move || {
-            while !stop.load(Ordering::SeqCst) {
-                let Some(v) = volume.upgrade() else {
-                    return;
-                };
-                // Takes the state lock: blocks here, and pings no more, if the engine is
-                // stuck.
-                let _ = v.stats();
-                drop(v);
-                send(&[NotifyState::Watchdog]);
-                std::thread::sleep(every);
+/// The watchdog pings, if the service manager asked for them: started before the device
+/// goes live, ended by `stopping`.
+pub struct Watchdog {
+    /// Set once STOPPING=1 is sent; held from the check to the ping, so no ping follows
+    /// STOPPING=1 (a late one would arm the watchdog again during the stop).
+    stopped: Arc<Mutex<bool>>,
+}
+
+impl Watchdog {
+    /// Starts the watchdog thread if the service manager asked for one (`WATCHDOG_USEC`);
+    /// it ends with `stopping` or when the volume is gone.
+    pub fn start(volume: Weak<Volume<FileStore>>) -> Watchdog {
+        let stopped = Arc::new(Mutex::new(false));
+        let mut usec = 0;
+        if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
+            let every = Duration::from_micros(usec) / 2;
+            log::info!("watchdog: a ping every {every:?} while the engine answers");
+            let theirs = stopped.clone();
+            let spawned = std::thread::Builder::new()
+                .name("rewind-watchdog".into())
+                .spawn(move || ping(&volume, &theirs, every));
+            if let Err(e) = spawned {
+                log::error!("starting the watchdog thread: {e}; systemd will restart the daemon");
             }
-        });
-    if let Err(e) = spawned {
-        log::error!("starting the watchdog thread: {e}; systemd will restart the daemon");
+        }
+        Watchdog { stopped }
+    }
+
+    /// The daemon is stopping (a stop signal, or `rewind del`): STOPPING=1, and no ping
+    /// after it.
+    pub fn stopping(&self) {
+        let mut stopped = self.stopped.lock();
+        *stopped = true;
+        send(&[NotifyState::Stopping]);
+    }
+}
+
+/// The watchdog thread: every `every`, reads the engine's figures, which takes its state
+/// lock (so a stuck engine stops the pings), then pings.
+fn ping(volume: &Weak<Volume<FileStore>>, stopped: &Mutex<bool>, every: Duration) {
+    loop {
+        let Some(v) = volume.upgrade() else {
+            return;
+        };
+        let _ = v.stats();
+        drop(v);
+        {
+            let stopped = stopped.lock();
+            if *stopped {
+                return;
+            }
+            send(&[NotifyState::Watchdog]);
+        }
+        std::thread::sleep(every);
     }
 }

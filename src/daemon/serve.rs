@@ -207,11 +207,9 @@ fn serve_volume(
     let ticker = pacer
         .start_ticker(Arc::downgrade(volume))
         .context("starting the safe point ticker")?;
-    let watchdog_stop = Arc::new(AtomicBool::new(false));
-    notify::spawn_watchdog(Arc::downgrade(volume), watchdog_stop.clone());
+    let watchdog = notify::Watchdog::start(Arc::downgrade(volume));
     let run = device.run(&target, &target_data, reporter, &stop, opts.recover);
-    watchdog_stop.store(true, Ordering::SeqCst);
-    notify::stopping();
+    watchdog.stopping();
     // The views go with the live device: they hold the volume.
     views.close_all();
     drop(ticker);

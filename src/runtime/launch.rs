@@ -160,6 +160,11 @@ fn spawn_detached(
         .with_context(|| format!("finding this program to start the {what}"))?;
     let mut cmd = Command::new(exe);
     cmd.args(args)
+        // A background daemon is no service's main process: it must not tell the service
+        // manager of whatever started it that it is ready (`daemon::notify`).
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
         .stdin(Stdio::null())
         .stdout(
             log_file
