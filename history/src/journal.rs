@@ -308,23 +308,35 @@ pub fn write_blocks<S: Store>(
     store: &S,
     layout: &Layout,
     first_seq: JournalSeq,
-    blocks: &[[u8; JOURNAL_BLOCK as usize]],
+    blocks: &[Block],
 ) -> Result<(), Error> {
+    for (offset, bytes) in block_writes(layout, first_seq, blocks) {
+        store
+            .write_at(offset, bytes)
+            .map_err(Error::io("writing the journal"))?;
+    }
+    Ok(())
+}
+
+/// Where `blocks`, from sequence `first_seq`, go in the store: (byte offset, bytes), one
+/// write per run contiguous up to the end of the ring, so at most two.
+pub fn block_writes<'b>(
+    layout: &Layout,
+    first_seq: JournalSeq,
+    blocks: &'b [Block],
+) -> Vec<(u64, &'b [u8])> {
+    let mut out = Vec::with_capacity(2);
     let mut i = 0;
     while i < blocks.len() {
         let seq = first_seq + i as u64;
-        // Contiguous up to the end of the ring.
-        let room = layout.journal_blocks_to_ring_end(seq) as usize;
-        let n = room.min(blocks.len() - i);
-        store
-            .write_at(
-                layout.journal_block_offset(seq),
-                blocks[i..i + n].as_flattened(),
-            )
-            .map_err(Error::io("writing the journal"))?;
+        let n = (layout.journal_blocks_to_ring_end(seq) as usize).min(blocks.len() - i);
+        out.push((
+            layout.journal_block_offset(seq),
+            blocks[i..i + n].as_flattened(),
+        ));
         i += n;
     }
-    Ok(())
+    out
 }
 
 /// Where replay stopped.

@@ -17,12 +17,12 @@ use jiff::tz::TimeZone;
 use serde::Serialize;
 
 use crate::cli::history::{device_window, open_view};
-use crate::cli::render::{label_suffix, print_json};
+use crate::cli::render::{print_json, safe_point_line};
 use crate::ipc::control::SafePointRecord;
 use crate::ipc::paths;
 use crate::runtime::removal;
 use crate::selector::find_safe_point;
-use crate::time::{local_time, rfc3339};
+use crate::time::rfc3339;
 
 /// The command's exit status that means "cannot tell at this safe point" (as git bisect).
 const SKIP_STATUS: i32 = 125;
@@ -144,12 +144,7 @@ struct Bisect<'a> {
 
 impl Bisect<'_> {
     fn describe(&self, sp: &SafePointRecord) -> String {
-        format!(
-            "safe point {} ({}{})",
-            sp.id,
-            local_time(sp.time_ns, &self.tz),
-            label_suffix(sp.label.as_deref())
-        )
+        safe_point_line(sp, &self.tz)
     }
 
     /// Shows `sp` as a view, runs the command against it, deletes the view.

@@ -373,14 +373,7 @@ pub fn diff_command(id: u32, from: &str, to: &str, json: bool) -> Result<()> {
         });
     }
     let tz = TimeZone::system();
-    let name = |sp: &SafePointRecord| {
-        format!(
-            "safe point {} ({}{})",
-            sp.id,
-            local_time(sp.time_ns, &tz),
-            label_suffix(sp.label.as_deref())
-        )
-    };
+    let name = |sp: &SafePointRecord| safe_point_line(sp, &tz);
     eprintln!(
         "rewind: {shown}: {} changed in {} extent{} between {} and {}",
         human(changed_bytes),

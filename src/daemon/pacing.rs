@@ -144,13 +144,9 @@ impl Pacer {
         self.last_safe_point_ns.fetch_max(now, Ordering::SeqCst);
     }
 
-    /// FLUSH (or the end of a FUA write): every write completed before it is durable when
-    /// this returns Ok; a safe point is made unless one was made less than `coalesce` ago.
-    pub fn flush<S: Store>(&self, volume: &Volume<S>) -> Result<(), Error> {
-        self.flush_at(volume, self.now_ns())
-    }
-
-    /// [`Pacer::flush`] at time `now`: `begin_flush_at`, the commit, `end_flush`.
+    /// A FLUSH at time `now` with the engine's own commit: `begin_flush_at`, `commit`,
+    /// `end_flush`, as the daemon's queues do with the commit on their ring.
+    #[cfg(test)]
     pub fn flush_at<S: Store>(&self, volume: &Volume<S>, now: u64) -> Result<(), Error> {
         let paced = self.begin_flush_at(volume, now)?;
         volume.commit(false)?;
@@ -533,7 +529,7 @@ mod tests {
             v.write_page(&mut s, LogicalPage(flushes % 512), &data)
                 .unwrap();
             p.wrote();
-            p.flush(&v).unwrap();
+            p.flush_at(&v, p.now_ns()).unwrap();
             flushes += 1;
             std::thread::sleep(Duration::from_millis(1));
         }

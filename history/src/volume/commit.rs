@@ -368,19 +368,7 @@ impl<S: Store> StagedCommit<'_, S> {
     /// The journal writes of step 2: (byte offset in the store, bytes). At most two, as
     /// the blocks may wrap around the end of the ring. Empty when nothing was pending.
     pub fn journal_writes(&self) -> Vec<(u64, &[u8])> {
-        let layout = &self.volume.layout;
-        let mut out = Vec::with_capacity(2);
-        let mut i = 0;
-        while i < self.blocks.len() {
-            let seq = self.c.next_seq + i as u64;
-            let n = (layout.journal_blocks_to_ring_end(seq) as usize).min(self.blocks.len() - i);
-            out.push((
-                layout.journal_block_offset(seq),
-                self.blocks[i..i + n].as_flattened(),
-            ));
-            i += n;
-        }
-        out
+        journal::block_writes(&self.volume.layout, self.c.next_seq, &self.blocks)
     }
 
     /// Ends the commit with the outcome of the caller's steps. When they were not all done
