@@ -3,6 +3,7 @@
 #
 # Targets, each a block device over a backing file of the same size on the guest's /tmp:
 #   rewind     rewind at its defaults (rewind add IMG --size SIZE)
+#   rewind-stop  the same with --on-crash stop (no journal record before a write completes)
 #   rewind-copy  the same with --data-path copy, where the default is zero copy (6.16+; skipped
 #              on 6.12, where the default is copy already)
 #   rublk      rublk's loop target at its defaults (rublk add loop -f FILE: 1 queue)
@@ -72,7 +73,7 @@ die() {
 }
 usage() { awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "${BASH_SOURCE[0]}"; }
 
-ALL_TARGETS=(rewind rewind-copy rublk rublk-zc rublk-q loop thin thin-snap dm-snap)
+ALL_TARGETS=(rewind rewind-copy rewind-stop rublk rublk-zc rublk-q loop thin thin-snap dm-snap)
 ALL_WORKLOADS=(randwrite randread fsync32 seqwrite seqread randrw lat)
 
 KERNEL=6.18
@@ -174,7 +175,7 @@ if [[ -z $MEM ]]; then
     need=0
     for t in "${T_LIST[@]}"; do
         case $t in
-        rewind | rewind-copy) need=$((need + SIZE_MIB + (SIZE_MIB / 4 > 64 ? SIZE_MIB / 4 : 64) + SIZE_MIB / 50)) ;;
+        rewind | rewind-copy | rewind-stop) need=$((need + SIZE_MIB + (SIZE_MIB / 4 > 64 ? SIZE_MIB / 4 : 64) + SIZE_MIB / 50)) ;;
         thin) need=$((need + SIZE_MIB + 96)) ;;
         thin-snap) need=$((need + 3 * SIZE_MIB + 96)) ;;
         dm-snap) need=$((need + 2 * SIZE_MIB + SIZE_MIB / 128 + 4)) ;;

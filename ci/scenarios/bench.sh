@@ -10,6 +10,8 @@
 #   rewind     rewind add IMG --size SIZE, at its defaults
 #   rewind-copy  the same with --data-path copy: where the default is zero copy (6.16+),
 #              what zero copy gains; skipped where the default is copy already
+#   rewind-stop  the same with --on-crash stop: no journal record before a write completes,
+#              so what the per-write record of the default (--on-crash queue) costs
 #   rublk      rublk add loop -f FILE, at its defaults (1 queue, depth 128, direct I/O)
 #   rublk-zc   the same with -z (zero copy, UBLK_F_AUTO_BUF_REG): kernel 6.16 or later
 #   rublk-q    the same with -q N, N = the queues rewind chose (its default: one per 4 CPUs);
@@ -53,7 +55,7 @@
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
-ALL_TARGETS=(rewind rewind-copy rublk rublk-zc rublk-q loop thin thin-snap dm-snap)
+ALL_TARGETS=(rewind rewind-copy rewind-stop rublk rublk-zc rublk-q loop thin thin-snap dm-snap)
 ALL_WORKLOADS=(randwrite randread fsync32 seqwrite seqread randrw lat)
 read -r -a TARGETS <<<"${BENCH_TARGETS:-${ALL_TARGETS[*]}}"
 read -r -a WORKLOADS <<<"${BENCH_WORKLOADS:-${ALL_WORKLOADS[*]}}"
@@ -511,7 +513,7 @@ say "kernel $KERNEL_RELEASE, $NCPU CPUs, $(awk '/MemTotal/ {print int($2/1024)}'
 need=0
 for t in "${TARGETS[@]}"; do
     case $t in
-    rewind | rewind-copy) need=$((need + SIZE + (SIZE / 4 > 64 << 20 ? SIZE / 4 : 64 << 20) + SIZE / 50)) ;;
+    rewind | rewind-copy | rewind-stop) need=$((need + SIZE + (SIZE / 4 > 64 << 20 ? SIZE / 4 : 64 << 20) + SIZE / 50)) ;;
     thin) need=$((need + SIZE + (64 << 20) + (32 << 20))) ;;
     thin-snap) need=$((need + (SNAP_KEEP + 1) * SIZE + (64 << 20) + (32 << 20))) ;;
     dm-snap) need=$((need + 2 * SIZE + SIZE / 128 + (4 << 20))) ;;
@@ -538,6 +540,7 @@ setup() {
             setup_rewind rewind-copy --data-path copy || rc=$?
         fi
         ;;
+    rewind-stop) setup_rewind rewind-stop --on-crash stop || rc=$? ;;
     rublk) setup_rublk rublk || rc=$? ;;
     rublk-zc)
         if kernel_at_least 6.16; then

@@ -104,6 +104,19 @@ Examples:
 The image, options and log are those the dead daemon served the device with. The new
 daemon replays the image's journal, so every write that had completed is there.";
 
+const UPGRADE_EXAMPLES: &str = "\
+Examples:
+  cp rewind-new /usr/local/bin/rewind   # install the new binary (a new file, renamed over)
+  rewind upgrade -n 0                   # /dev/ublkb0 is served by it from now on
+  rewind upgrade -n 0 --binary /opt/rewind-0.2/rewind --json
+
+The daemon makes every write durable, then replaces itself with the new binary (same
+pid), which takes the device over as `rewind recover` does: the kernel holds the device's
+I/O for the moment between the two (the pause it prints), no program using the device sees
+an error, and no completed write is lost. Needs a device added with --on-crash queue (the
+default) and no views open. A supervisor (--supervise) is restarted from the new binary;
+under systemd the unit keeps running, as the pid does not change.";
+
 const SAFEPOINT_EXAMPLES: &str = "\
 Examples:
   rewind safepoint -n 0                          # prints: safe point 12 at 2025-06-01 10:42:07
@@ -187,6 +200,9 @@ pub enum Command {
     /// Start a new daemon for a device whose daemon died; its waiting I/O resumes
     #[command(after_help = RECOVER_EXAMPLES)]
     Recover(RecoverArgs),
+    /// Hand a live device to the rewind binary installed now, without taking it down
+    #[command(after_help = UPGRADE_EXAMPLES)]
+    Upgrade(UpgradeArgs),
     /// Make a past safe point the live state of an image again (metadata only, undoable)
     #[command(after_help = ROLLBACK_EXAMPLES)]
     Rollback(RollbackArgs),
@@ -352,6 +368,20 @@ pub struct RecoverArgs {
     /// The device whose daemon died: /dev/ublkbID
     #[arg(short = 'n', long = "number", value_name = "ID")]
     pub id: u32,
+}
+
+/// `rewind upgrade`.
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    /// The device: /dev/ublkbID
+    #[arg(short = 'n', long = "number", value_name = "ID")]
+    pub id: u32,
+    /// The rewind binary to hand the device to [default: this one]
+    #[arg(long, value_name = "PATH")]
+    pub binary: Option<PathBuf>,
+    /// Print what was done as JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `rewind __supervise`: what `rewind add --supervise` passes to the supervisor.
@@ -730,7 +760,7 @@ pub struct StatsArgs {
 }
 
 /// `rewind __serve`: what `rewind add` and `rewind recover` pass to the daemon they start
-/// (`runtime::launch::serve_args`).
+/// (`ServeOptions::args`).
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// The image, absolute

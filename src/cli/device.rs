@@ -1,5 +1,5 @@
-//! The commands on devices: `rewind add`, `rewind del`, `rewind list`, `rewind stats` and
-//! `rewind recover`.
+//! The commands on devices: `rewind add`, `rewind del`, `rewind list`, `rewind stats`,
+//! `rewind recover` and `rewind upgrade`.
 //!
 //! `rewind add` checks and prepares the image here, then serves it in this process
 //! (`--foreground`) or starts a daemon in the background (`runtime::launch`) and prints the
@@ -30,6 +30,7 @@ use crate::runtime::registry::{
     target_data, waiting_device, UBLK_CONTROL,
 };
 use crate::runtime::removal::delete;
+use crate::runtime::upgrade;
 use crate::size::describe_layout;
 
 /// `rewind add`.
@@ -133,7 +134,7 @@ fn start(args: &AddArgs, mut serve: ServeOptions) -> Result<()> {
     let device = start_daemon(&serve, &log)?;
     if args.supervise {
         let id = parse_device_id(&device)?;
-        let pid = start_supervisor(id, &log)?;
+        let pid = start_supervisor(id, &log, None)?;
         eprintln!(
             "rewind: supervisor of {device}: pid {pid} (log: {})",
             log.display()
@@ -149,6 +150,28 @@ pub fn recover_command(id: u32) -> Result<()> {
     check_ublk_access("rewind recover")?;
     let device = recover_device(id)?;
     println!("{device}");
+    Ok(())
+}
+
+/// `rewind upgrade -n ID`: hands the device to `binary` (default: this program) and says
+/// what serves it now and how long its I/O waited.
+pub fn upgrade_command(id: u32, binary: Option<&Path>, json: bool) -> Result<()> {
+    check_ublk_access("rewind upgrade")?;
+    let done = upgrade::upgrade(id, binary)?;
+    if json {
+        return print_json(&done);
+    }
+    println!(
+        "{}: {} -> {} ({}), pid {}, I/O paused {} ms{}",
+        done.device,
+        done.from_version,
+        done.to_version,
+        done.binary.display(),
+        done.pid,
+        done.pause_ms,
+        done.supervisor
+            .map_or(String::new(), |pid| format!(", new supervisor pid {pid}"))
+    );
     Ok(())
 }
 

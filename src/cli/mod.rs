@@ -109,6 +109,7 @@ pub fn run(cli: Cli) -> Result<()> {
         },
         Command::Check(a) => image::check_command(&a.image, a.json),
         Command::Recover(a) => device::recover_command(a.id),
+        Command::Upgrade(a) => device::upgrade_command(a.id, a.binary.as_deref(), a.json),
         Command::Supervise(a) => supervise::run(&supervise::Options {
             id: a.id,
             interval: std::time::Duration::from_secs(a.interval),
@@ -142,7 +143,7 @@ fn serve_command(a: ServeArgs) -> Result<()> {
     daemon::serve(&serve_options(a), reporter)
 }
 
-/// What `rewind __serve` was asked to serve: the inverse of `launch::serve_args`.
+/// What `rewind __serve` was asked to serve: the inverse of `ServeOptions::args`.
 fn serve_options(a: ServeArgs) -> ServeOptions {
     ServeOptions {
         image: a.image,
@@ -179,7 +180,6 @@ mod tests {
         assert_eq!(syslog_priority(log::Level::Error), 3);
         assert_eq!(syslog_priority(log::Level::Info), 6);
     }
-    use crate::runtime::launch::serve_args;
     use clap::Parser;
     use std::path::PathBuf;
 
@@ -213,7 +213,7 @@ mod tests {
         };
         for opts in [add, recover, copy, zero_copy] {
             let log = opts.log.clone().unwrap();
-            let args = serve_args(&opts, 5, &log);
+            let args = opts.args(Some(5), Some(&log));
             let cli = Cli::try_parse_from(std::iter::once("rewind".into()).chain(args))
                 .expect("__serve parses its arguments");
             let Command::Serve(a) = cli.command else {

@@ -11,7 +11,7 @@
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -19,6 +19,7 @@ use std::time::Duration;
 use rewind_history::{SafePointId, Volume};
 
 use crate::daemon::backing::FileStore;
+use crate::daemon::handover::Handover;
 use crate::daemon::pacing::Pacer;
 use crate::daemon::views::Views;
 use crate::ipc::control::{ControlRequest, DeviceStats, Extent, Response, SafePointRecord};
@@ -45,14 +46,32 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
+/// A response, and what the daemon does once it is sent.
+pub struct Answer {
+    /// What the client reads.
+    pub response: Response,
+    /// Run on the connection's thread after the response is written (or failed to be).
+    pub then: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl From<Response> for Answer {
+    fn from(response: Response) -> Answer {
+        Answer {
+            response,
+            then: None,
+        }
+    }
+}
+
 /// Serves `listener` on a new thread until the process exits, each connection on a thread
 /// of its own, answering each request with `handler`.
-pub fn start_server<H>(
+pub fn start_server<H, A>(
     listener: UnixListener,
     handler: H,
 ) -> io::Result<std::thread::JoinHandle<()>>
 where
-    H: Fn(&ControlRequest) -> Response + Send + Sync + 'static,
+    H: Fn(&ControlRequest) -> A + Send + Sync + 'static,
+    A: Into<Answer>,
 {
     let handler = Arc::new(handler);
     let serving = Arc::new(AtomicUsize::new(0));
@@ -74,9 +93,10 @@ where
 
 /// Serves `stream` on a new thread, or answers it with an error when `MAX_CONNECTIONS` are
 /// served already (`serving` counts them).
-fn serve_on_a_thread<H>(stream: UnixStream, handler: &Arc<H>, serving: &Arc<AtomicUsize>)
+fn serve_on_a_thread<H, A>(stream: UnixStream, handler: &Arc<H>, serving: &Arc<AtomicUsize>)
 where
-    H: Fn(&ControlRequest) -> Response + Send + Sync + 'static,
+    H: Fn(&ControlRequest) -> A + Send + Sync + 'static,
+    A: Into<Answer>,
 {
     if serving.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
         serving.fetch_sub(1, Ordering::AcqRel);
@@ -110,9 +130,10 @@ impl Drop for Slot {
     }
 }
 
-fn serve_connection<H>(stream: UnixStream, handler: &H) -> io::Result<()>
+fn serve_connection<H, A>(stream: UnixStream, handler: &H) -> io::Result<()>
 where
-    H: Fn(&ControlRequest) -> Response,
+    H: Fn(&ControlRequest) -> A,
+    A: Into<Answer>,
 {
     stream.set_read_timeout(Some(SERVER_READ_TIMEOUT))?;
     stream.set_write_timeout(Some(SERVER_READ_TIMEOUT))?;
@@ -134,11 +155,15 @@ where
         if line.trim().is_empty() {
             continue;
         }
-        let response = match serde_json::from_str::<ControlRequest>(&line) {
-            Ok(request) => handler(&request),
-            Err(e) => Response::error(format!("bad request: {e}")),
+        let answer: Answer = match serde_json::from_str::<ControlRequest>(&line) {
+            Ok(request) => handler(&request).into(),
+            Err(e) => Response::error(format!("bad request: {e}")).into(),
         };
-        write_line(&mut writer, &response)?;
+        let written = write_line(&mut writer, &answer.response);
+        if let Some(then) = answer.then {
+            then();
+        }
+        written?;
     }
 }
 
@@ -159,6 +184,10 @@ pub struct Answers {
     views: Arc<Views>,
     /// The figures that do not change; [`device_stats`] fills in the others.
     about: DeviceStats,
+    /// Handing the device to another binary (`handover`).
+    handover: Arc<Handover>,
+    /// When this program started serving, for `ping` (ns since the Unix epoch).
+    serving_since_ns: u64,
 }
 
 impl Answers {
@@ -168,12 +197,33 @@ impl Answers {
         pacer: Arc<Pacer>,
         views: Arc<Views>,
         about: DeviceStats,
+        handover: Handover,
     ) -> Answers {
         Answers {
             volume: Arc::downgrade(volume),
             pacer,
             views,
             about,
+            handover: Arc::new(handover),
+            serving_since_ns: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+        }
+    }
+
+    /// The answer to `request`, with what follows it: a handover replaces this program
+    /// once its answer is sent.
+    pub fn reply(&self, request: &ControlRequest) -> Answer {
+        let response = self.answer(request);
+        match request {
+            ControlRequest::Handover { exe } if response.ok => {
+                let (handover, exe) = (self.handover.clone(), PathBuf::from(exe));
+                Answer {
+                    response,
+                    then: Some(Box::new(move || handover.exec(&exe))),
+                }
+            }
+            _ => response.into(),
         }
     }
 
@@ -182,6 +232,9 @@ impl Answers {
         let Some(volume) = self.volume.upgrade() else {
             return Response::error("the device is shutting down");
         };
+        if self.handover.underway() {
+            return Response::error("the device is being handed over to a new binary");
+        }
         // Views dropped since the last look show as such in the answer.
         self.views.absorb_notices(&volume);
         match request {
@@ -192,7 +245,7 @@ impl Answers {
                 // Takes the engine's state lock: a daemon whose engine is stuck does not
                 // answer, which is what the supervisor's heartbeat wants to know.
                 let _ = volume.stats();
-                Response::pong(self.about.pid)
+                Response::pong(self.about.pid, self.serving_since_ns)
             }
             ControlRequest::Rollback { to } => rollback(&volume, *to),
             ControlRequest::OpenView { at } => match self.views.open(&volume, &self.pacer, *at) {
@@ -208,7 +261,22 @@ impl Answers {
             },
             ControlRequest::Pin { id, pinned } => pin(&volume, *id, *pinned),
             ControlRequest::Diff { from, to } => diff(&volume, *from, *to),
+            ControlRequest::Handover { exe } => self.handover(&volume, Path::new(exe)),
         }
+    }
+
+    /// `handover`: begins it and makes what was written durable; the exec follows the
+    /// answer (`reply`).
+    fn handover(&self, volume: &Volume<FileStore>, exe: &Path) -> Response {
+        let views: Vec<String> = self.views.records().into_iter().map(|v| v.device).collect();
+        if let Err(why) = self.handover.begin(exe, &views) {
+            return Response::error(why);
+        }
+        if let Err(e) = volume.commit(false) {
+            self.handover.abandon();
+            return Response::error(format!("making the writes durable first: {e}"));
+        }
+        Response::pong(self.about.pid, self.serving_since_ns)
     }
 
     fn stats(&self, volume: &Volume<FileStore>) -> DeviceStats {
@@ -389,6 +457,7 @@ mod tests {
             Arc::new(Pacer::new(Policy::new(0, 0))),
             Views::new(3, data),
             sample_stats(),
+            Handover::new(Vec::new(), None),
         );
         (dir, volume, answers)
     }

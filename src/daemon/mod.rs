@@ -1,8 +1,8 @@
 //! Serving one image as one ublk device until the device is deleted: [`serve`] runs it, the
 //! ublk target and its queues ([`target`], [`ublk`]) move the data, the backing store
 //! ([`backing`]) holds it, [`pacing`] decides when the daemon makes safe points of its own,
-//! [`views`] serves read-only devices of past safe points, and [`control`] answers the
-//! control socket.
+//! [`views`] serves read-only devices of past safe points, [`control`] answers the
+//! control socket, and [`handover`] hands the device to another binary (`rewind upgrade`).
 //!
 //! Uses only the leaves (`ipc`, `selector`, `size`, `time`) and the engine.
 
@@ -10,6 +10,7 @@ pub mod backing;
 pub mod control;
 pub mod flusher;
 pub mod group_commit;
+pub mod handover;
 pub mod notify;
 pub mod pacing;
 pub mod report;

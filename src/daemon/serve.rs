@@ -13,7 +13,9 @@
 //! and the volume is closed with a final checkpoint, all before the process exits, so
 //! `rewind del` can wait for the exit to know the image is clean.
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::os::unix::io::RawFd;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +28,7 @@ use rewind_history::{Volume, PAGE_SIZE};
 use crate::daemon::backing::{describe_owner, BackingError, FileStore};
 use crate::daemon::control::{self, Answers};
 use crate::daemon::flusher::Flusher;
+use crate::daemon::handover::Handover;
 use crate::daemon::notify;
 use crate::daemon::pacing::{Pacer, Policy};
 use crate::daemon::report::Reporter;
@@ -66,6 +69,40 @@ pub struct ServeOptions {
     /// The data path asked for (`None`: zero copy where the kernel has it); a device taken
     /// over keeps the one it was added with.
     pub data_path: Option<DataPath>,
+}
+
+impl ServeOptions {
+    /// The arguments of `rewind __serve` for these options, reporting on descriptor
+    /// `status_fd` (if any) and logging to `log` (if any); `cli::serve_options` reads them
+    /// back. `rewind add` and `recover` start the daemon with them, a handover execs them.
+    pub fn args(&self, status_fd: Option<RawFd>, log: Option<&Path>) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec!["__serve".into(), self.image.clone().into()];
+        let mut option = |name: &str, value: OsString| {
+            args.push(name.into());
+            args.push(value);
+        };
+        option("--queues", self.queues.to_string().into());
+        option("--depth", self.depth.to_string().into());
+        if let Some(fd) = status_fd {
+            option("--status-fd", fd.to_string().into());
+        }
+        if let Some(log) = log {
+            option("--log", log.into());
+        }
+        option("--idle", self.idle_secs.to_string().into());
+        option("--coalesce", self.coalesce_ms.to_string().into());
+        option("--on-crash", self.on_crash.name().into());
+        if let Some(path) = self.data_path {
+            option("--data-path", path.name().into());
+        }
+        if let Some(id) = self.id {
+            option("--number", id.to_string().into());
+        }
+        if self.recover {
+            args.push("--recover".into());
+        }
+        args
+    }
 }
 
 /// Serves `opts.image` until the device is deleted or a signal stops it.
@@ -192,8 +229,9 @@ fn serve_volume(
         pacer.clone(),
         views.clone(),
         device.fixed_stats(opts, volume, direct_io),
+        device.handover(opts),
     );
-    control::start_server(listener, move |request| answers.answer(request))
+    control::start_server(listener, move |request| answers.reply(request))
         .context("starting the control socket thread")?;
     let pid_guard = write_pid_file(device.id, opts)?;
     let flusher = Flusher::start(Arc::downgrade(volume)).context("starting the flusher thread")?;
@@ -271,6 +309,7 @@ struct Device {
     ctrl: UblkCtrl,
     id: u32,
     nr_queues: u16,
+    depth: u16,
     /// What the kernel does with its I/O if this daemon dies, from the device's flags.
     on_crash: OnCrash,
     /// How request data moves, from the device's flags.
@@ -302,6 +341,7 @@ impl Device {
         let device = Device {
             id: info.dev_id,
             nr_queues: info.nr_hw_queues,
+            depth: info.queue_depth,
             on_crash,
             data_path: DataPath::of_device_flags(info.flags),
             path: paths::device_path(info.dev_id).display().to_string(),
@@ -346,6 +386,30 @@ impl Device {
             view: None,
             data_path: Some(self.data_path),
         }
+    }
+
+    /// What handing this device to another binary execs: `rewind __serve --recover` of it
+    /// with these options, the kernel's queues and depth, and this daemon's log.
+    fn handover(&self, opts: &ServeOptions) -> Handover {
+        let refused = (self.on_crash != OnCrash::Queue).then(|| {
+            format!(
+                "{} was added with --on-crash {}: without this daemon its I/O would fail; \
+                 `rewind del -n {}` and `rewind add` it again with the new binary",
+                self.path,
+                self.on_crash.name(),
+                self.id
+            )
+        });
+        let takeover = ServeOptions {
+            id: Some(self.id),
+            queues: self.nr_queues,
+            depth: self.depth,
+            on_crash: self.on_crash,
+            recover: true,
+            data_path: Some(self.data_path),
+            ..opts.clone()
+        };
+        Handover::new(takeover.args(None, opts.log.as_deref()), refused)
     }
 
     /// The device's figures that do not change while it is served, with the engine's as

@@ -77,6 +77,14 @@ pub enum ControlRequest {
         /// Pin or unpin.
         pinned: bool,
     },
+    /// Hand the device to the rewind binary `exe` (`rewind upgrade`): make everything
+    /// written durable, answer, then replace this process with `exe`, which takes the device
+    /// over as `rewind recover` would (same pid; the kernel holds the device's I/O
+    /// meanwhile).
+    Handover {
+        /// The binary, absolute.
+        exe: String,
+    },
 }
 
 /// A view device as its daemon reports it.
@@ -246,6 +254,10 @@ pub struct Response {
     /// The answer to `ping`: the daemon's pid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+    /// The answer to `ping`: when the program answering started serving (ns since the
+    /// Unix epoch). A handover keeps the pid and changes this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving_since_ns: Option<u64>,
     /// The answer to `open_view`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub view: Option<ViewRecord>,
@@ -273,6 +285,7 @@ impl Response {
             safe_points: None,
             undo: None,
             pid: None,
+            serving_since_ns: None,
             view: None,
             extents: None,
         }
@@ -316,9 +329,10 @@ impl Response {
     }
 
     /// The answer to `ping`.
-    pub fn pong(pid: u32) -> Response {
+    pub fn pong(pid: u32, serving_since_ns: u64) -> Response {
         Response {
             pid: Some(pid),
+            serving_since_ns: Some(serving_since_ns),
             ..Response::ok()
         }
     }
@@ -456,8 +470,15 @@ mod tests {
             r#"{"cmd":"ping"}"#
         );
         assert_eq!(
-            serde_json::to_string(&Response::pong(7)).unwrap(),
-            r#"{"ok":true,"pid":7}"#
+            serde_json::to_string(&Response::pong(7, 9)).unwrap(),
+            r#"{"ok":true,"pid":7,"serving_since_ns":9}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&ControlRequest::Handover {
+                exe: "/usr/local/bin/rewind".into()
+            })
+            .unwrap(),
+            r#"{"cmd":"handover","exe":"/usr/local/bin/rewind"}"#
         );
         assert_eq!(
             serde_json::to_string(&Response::error("nope")).unwrap(),

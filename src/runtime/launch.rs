@@ -91,15 +91,16 @@ pub fn prepare_recovery(id: u32) -> Result<ServeOptions> {
     Ok(serve)
 }
 
-/// Starts `rewind __supervise -n ID` in its own session, logging to `log`; returns its pid.
-pub fn start_supervisor(id: u32, log: &Path) -> Result<u32> {
+/// Starts `rewind __supervise -n ID` of `exe` (default: this program) in its own session,
+/// logging to `log`; returns its pid.
+pub fn start_supervisor(id: u32, log: &Path, exe: Option<&Path>) -> Result<u32> {
     let log_file = open_log(log)?;
     let args: [OsString; 3] = [
         "__supervise".into(),
         "--number".into(),
         id.to_string().into(),
     ];
-    let child = spawn_detached(&args, log_file, None, "supervisor")?;
+    let child = spawn_detached(exe, &args, log_file, None, "supervisor")?;
     Ok(child.id())
 }
 
@@ -109,7 +110,8 @@ pub fn start_daemon(opts: &ServeOptions, log: &Path) -> Result<String> {
     let (read_end, write_end) = status_pipe()?;
     let status_fd = write_end.as_raw_fd();
     let child = spawn_detached(
-        &serve_args(opts, status_fd, log),
+        None,
+        &opts.args(Some(status_fd), Some(log)),
         log_file,
         Some(status_fd),
         "daemon",
@@ -119,45 +121,22 @@ pub fn start_daemon(opts: &ServeOptions, log: &Path) -> Result<String> {
     wait_for_status(child, read_end, opts, log)
 }
 
-/// The arguments of `rewind __serve` for `opts`, reporting on descriptor `status_fd` and
-/// logging to `log` (`cli::serve_options` reads them back).
-pub fn serve_args(opts: &ServeOptions, status_fd: RawFd, log: &Path) -> Vec<OsString> {
-    let mut args: Vec<OsString> = vec!["__serve".into(), opts.image.clone().into()];
-    let mut option = |name: &str, value: OsString| {
-        args.push(name.into());
-        args.push(value);
-    };
-    option("--queues", opts.queues.to_string().into());
-    option("--depth", opts.depth.to_string().into());
-    option("--status-fd", status_fd.to_string().into());
-    option("--log", log.into());
-    option("--idle", opts.idle_secs.to_string().into());
-    option("--coalesce", opts.coalesce_ms.to_string().into());
-    option("--on-crash", opts.on_crash.name().into());
-    if let Some(path) = opts.data_path {
-        option("--data-path", path.name().into());
-    }
-    if let Some(id) = opts.id {
-        option("--number", id.to_string().into());
-    }
-    if opts.recover {
-        args.push("--recover".into());
-    }
-    args
-}
-
-/// Starts this program again with `args` in a session of its own (`setsid`, so no
+/// Starts `exe` (default: this program) with `args` in a session of its own (`setsid`, so no
 /// terminal's signals reach it), stdin from /dev/null, stdout and stderr appended to
 /// `log_file`. Descriptor `keep_fd`, if given, stays open across exec; every other
 /// descriptor of this process is close-on-exec. `what` names the child in errors.
 fn spawn_detached(
+    exe: Option<&Path>,
     args: &[OsString],
     log_file: File,
     keep_fd: Option<RawFd>,
     what: &str,
 ) -> Result<Child> {
-    let exe = std::env::current_exe()
-        .with_context(|| format!("finding this program to start the {what}"))?;
+    let exe = match exe {
+        Some(exe) => exe.to_path_buf(),
+        None => std::env::current_exe()
+            .with_context(|| format!("finding this program to start the {what}"))?,
+    };
     let mut cmd = Command::new(exe);
     cmd.args(args)
         // A background daemon is no service's main process: it must not tell the service

@@ -1,7 +1,7 @@
 //! What the command line needs to know and do about the machine: the rewind devices the
 //! kernel has and what their daemons recorded ([`registry`], [`listing`]), asking a daemon
-//! ([`client`]), deleting devices ([`removal`]), starting daemons ([`launch`]) and keeping
-//! one running ([`supervise`]).
+//! ([`client`]), deleting devices ([`removal`]), starting daemons ([`launch`]), keeping
+//! one running ([`supervise`]) and handing one to a new binary ([`upgrade`]).
 //!
 //! Uses the daemon's room for ublk control (`daemon::ublk`) and for what a daemon is
 //! started with; the daemon uses nothing here.
@@ -12,3 +12,4 @@ pub mod listing;
 pub mod registry;
 pub mod removal;
 pub mod supervise;
+pub mod upgrade;

@@ -24,7 +24,7 @@ const EXIT_WAIT_NOTICE: Duration = Duration::from_secs(3);
 
 /// Stops device `id`'s supervisor, if one runs, so it does not recover a device being
 /// deleted.
-fn stop_supervisor(id: u32) {
+pub fn stop_supervisor(id: u32) {
     let Some(pid) = supervisor_pid(id) else {
         return;
     };

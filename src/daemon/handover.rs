@@ -1,0 +1,162 @@
+//! Handing the device to another rewind binary (`rewind upgrade`).
+//!
+//! The daemon makes what was written durable (a commit), answers the request, and replaces
+//! itself with the new binary (`execve`: the same pid) run as `rewind __serve --recover`,
+//! which takes the device over as `rewind recover` does. This is the kernel's user recovery,
+//! the path a `kill -9` takes, entered on purpose: from the moment the old program's
+//! queues are gone until the new one's are live the kernel holds the device's I/O; a request
+//! the old program had not completed is reissued to the new one, and every write it did
+//! complete has its journal record written, so none is lost and no program using the device
+//! sees an error. It needs a device added with `--on-crash queue`.
+//!
+//! Keeping the pid keeps what others know of the daemon: a service manager's main process
+//! (`rewind@.service`, whose `NOTIFY_SOCKET` the new program inherits and tells it is ready
+//! again), the pid file, the kernel's record. The log descriptors carry over too; every
+//! other descriptor is close-on-exec, which is how the kernel learns that the old queues
+//! are gone.
+
+use std::ffi::{CString, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// What a handover of this daemon's device needs, and whether one is under way.
+pub struct Handover {
+    /// The arguments (after the program name) that take this device over.
+    args: Vec<OsString>,
+    /// Why this device cannot be handed over, if it cannot.
+    refused: Option<String>,
+    /// Set once a handover was answered, until the exec (or its failure): every other
+    /// request is refused meanwhile, so a ping answered after a handover is the new
+    /// program's, or the old one's again after a failed exec.
+    underway: AtomicBool,
+}
+
+impl Handover {
+    /// A handover that runs `rewind` with `args`; `refused`: why there can be none.
+    pub fn new(args: Vec<OsString>, refused: Option<String>) -> Handover {
+        Handover {
+            args,
+            refused,
+            underway: AtomicBool::new(false),
+        }
+    }
+
+    /// True from an accepted handover until its exec failed.
+    pub fn underway(&self) -> bool {
+        self.underway.load(Ordering::SeqCst)
+    }
+
+    /// Checks that the device can go to `exe` now; `views` are the view devices open (they
+    /// end with this program, so they are closed first, by the user). On success a handover
+    /// is under way: the caller commits, answers, then calls [`Handover::exec`].
+    pub fn begin(&self, exe: &Path, views: &[String]) -> Result<(), String> {
+        if let Some(why) = &self.refused {
+            return Err(why.clone());
+        }
+        if !views.is_empty() {
+            return Err(format!(
+                "views of this device are open ({}): they end with the program serving them; \
+                 close them first (`rewind del -n ID` for each)",
+                views.join(", ")
+            ));
+        }
+        if !exe.is_absolute() {
+            return Err(format!(
+                "{}: the binary must be named by an absolute path",
+                exe.display()
+            ));
+        }
+        if self.underway.swap(true, Ordering::SeqCst) {
+            return Err("a handover is under way already".into());
+        }
+        Ok(())
+    }
+
+    /// Gives up a handover that was begun: the daemon serves on.
+    pub fn abandon(&self) {
+        self.underway.store(false, Ordering::SeqCst);
+    }
+
+    /// Replaces this process with `exe` taking the device over. Returns only if that
+    /// failed, having logged why; the daemon then serves on.
+    pub fn exec(&self, exe: &Path) {
+        log::info!(
+            "handing the device over to {} (same pid {})",
+            exe.display(),
+            std::process::id()
+        );
+        // Whatever the log buffers must be out before the program goes.
+        log::logger().flush();
+        let error = execv(exe, &self.args);
+        log::error!(
+            "handing the device over to {}: {error}; this daemon serves on",
+            exe.display()
+        );
+        self.abandon();
+    }
+}
+
+/// `execv(exe, [exe, args...])`; returns only on failure.
+fn execv(exe: &Path, args: &[OsString]) -> std::io::Error {
+    let to_c = |s: &[u8]| CString::new(s).map_err(std::io::Error::other);
+    let program = match to_c(exe.as_os_str().as_bytes()) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let mut argv = vec![program.clone()];
+    for a in args {
+        match to_c(a.as_bytes()) {
+            Ok(c) => argv.push(c),
+            Err(e) => return e,
+        }
+    }
+    let mut pointers: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
+    pointers.push(std::ptr::null());
+    // SAFETY: `program` and every pointer in `pointers` point into CStrings that live
+    // until after the call, and the array ends with a null pointer, as execv requires. On
+    // success it does not return; on failure it changed nothing.
+    unsafe { libc::execv(program.as_ptr(), pointers.as_ptr()) };
+    std::io::Error::last_os_error()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_handover_is_refused_with_the_reason_and_begun_once() {
+        let stop = Handover::new(Vec::new(), Some("added with --on-crash stop".into()));
+        assert_eq!(
+            stop.begin(Path::new("/bin/true"), &[]).unwrap_err(),
+            "added with --on-crash stop"
+        );
+        let h = Handover::new(Vec::new(), None);
+        let views = ["/dev/ublkb3".to_string()];
+        assert!(h
+            .begin(Path::new("/bin/true"), &views)
+            .unwrap_err()
+            .contains("/dev/ublkb3"));
+        assert!(h
+            .begin(Path::new("rewind"), &[])
+            .unwrap_err()
+            .contains("absolute"));
+        assert!(!h.underway());
+        h.begin(Path::new("/bin/true"), &[]).unwrap();
+        assert!(h.underway());
+        assert!(
+            h.begin(Path::new("/bin/true"), &[]).is_err(),
+            "one at a time"
+        );
+        h.abandon();
+        assert!(!h.underway());
+    }
+
+    #[test]
+    fn a_failed_exec_returns_and_ends_the_handover() {
+        let h = Handover::new(vec!["--version".into()], None);
+        h.begin(Path::new("/nonexistent/rewind"), &[]).unwrap();
+        h.exec(Path::new("/nonexistent/rewind"));
+        assert!(!h.underway(), "the daemon serves on after a failed exec");
+    }
+}
