@@ -106,8 +106,9 @@ daemon replays the image's journal, so every write that had completed is there."
 
 const UPGRADE_EXAMPLES: &str = "\
 Examples:
-  cp rewind-new /usr/local/bin/rewind   # install the new binary (a new file, renamed over)
-  rewind upgrade -n 0                   # /dev/ublkb0 is served by it from now on
+  install rewind-new /usr/local/bin/rewind  # a new file in the old one's place (cp would
+                                            # fail: the running daemon's text file is busy)
+  rewind upgrade -n 0                       # /dev/ublkb0 is served by it from now on
   rewind upgrade -n 0 --binary /opt/rewind-0.2/rewind --json
 
 The daemon makes every write durable, then replaces itself with the new binary (same
@@ -252,6 +253,7 @@ pub enum OnCrashArg {
     Queue,
     /// The device fails its I/O and stops; no recovery (`rewind del`, then `rewind add`).
     /// Only a flush makes writes durable: the daemon's death loses the writes since the last
+    /// flush
     Stop,
 }
 
@@ -349,7 +351,9 @@ pub struct AddArgs {
     #[arg(long, value_name = "MS", default_value_t = COALESCE_MS_DEFAULT,
           value_parser = clap::value_parser!(u64).range(0..=COALESCE_MS_MAX))]
     pub coalesce: u64,
-    /// What happens to the device's I/O if its daemon dies
+    /// What happens to the device's I/O if its daemon dies. (A third way, failing the
+    /// waiting I/O but keeping the device for a later recovery, is not offered: it needs
+    /// the kernel's UBLK_F_USER_RECOVERY_FAIL_IO, Linux 6.13+, which libublk 0.4.8 refuses.)
     #[arg(long, value_name = "WHAT", value_enum, default_value_t = OnCrashArg::Queue)]
     pub on_crash: OnCrashArg,
     /// Start a supervisor that recovers the device when its daemon dies or stops answering
