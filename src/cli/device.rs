@@ -200,9 +200,7 @@ pub fn logs_command(
                      image, give its path: `rewind logs IMAGE`"
                 )
             })?;
-            data.log
-                .map(std::path::PathBuf::from)
-                .unwrap_or_else(|| paths::log_path(Path::new(&data.image)))
+            data.log_path()
         }
         (None, Some(image)) => paths::log_path(image),
         (None, None) => bail!("give -n ID or an image"),

@@ -211,6 +211,15 @@ mod tests {
             data_path: Some(DataPath::ZeroCopy),
             ..add.clone()
         };
+        // A handover's: no status pipe, and no log for a daemon that logs to stderr.
+        let handover = ServeOptions {
+            log: None,
+            id: Some(2),
+            on_crash: OnCrash::Queue,
+            recover: true,
+            data_path: Some(DataPath::ZeroCopy),
+            ..add.clone()
+        };
         for opts in [add, recover, copy, zero_copy] {
             let log = opts.log.clone().unwrap();
             let args = opts.args(Some(5), Some(&log));
@@ -222,5 +231,13 @@ mod tests {
             assert_eq!(a.status_fd, Some(5));
             assert_eq!(serve_options(a), opts);
         }
+        let args = handover.args(None, None);
+        let cli = Cli::try_parse_from(std::iter::once("rewind".into()).chain(args))
+            .expect("__serve parses a handover's arguments");
+        let Command::Serve(a) = cli.command else {
+            panic!("not __serve: {:?}", cli.command);
+        };
+        assert_eq!(a.status_fd, None);
+        assert_eq!(serve_options(a), handover);
     }
 }

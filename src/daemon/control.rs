@@ -16,13 +16,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use parking_lot::RwLock;
 use rewind_history::{SafePointId, Volume};
 
 use crate::daemon::backing::FileStore;
 use crate::daemon::handover::Handover;
 use crate::daemon::pacing::Pacer;
 use crate::daemon::views::Views;
-use crate::ipc::control::{ControlRequest, DeviceStats, Extent, Response, SafePointRecord};
+use crate::ipc::control::{
+    ControlRequest, DeviceStats, Extent, Response, SafePointRecord, ViewRecord,
+};
 use crate::selector::check_label;
 
 /// Longest request line accepted, so a client cannot make the daemon buffer without end.
@@ -186,6 +189,9 @@ pub struct Answers {
     about: DeviceStats,
     /// Handing the device to another binary (`handover`).
     handover: Arc<Handover>,
+    /// Held (shared) while a view opens and (exclusive) while a handover begins, so no view
+    /// opens unseen by a handover, which would end it.
+    opening: RwLock<()>,
     /// When this program started serving, for `ping` (ns since the Unix epoch).
     serving_since_ns: u64,
 }
@@ -197,14 +203,15 @@ impl Answers {
         pacer: Arc<Pacer>,
         views: Arc<Views>,
         about: DeviceStats,
-        handover: Handover,
+        handover: Arc<Handover>,
     ) -> Answers {
         Answers {
             volume: Arc::downgrade(volume),
             pacer,
             views,
             about,
-            handover: Arc::new(handover),
+            handover,
+            opening: RwLock::new(()),
             serving_since_ns: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64),
@@ -248,7 +255,7 @@ impl Answers {
                 Response::pong(self.about.pid, self.serving_since_ns)
             }
             ControlRequest::Rollback { to } => rollback(&volume, *to),
-            ControlRequest::OpenView { at } => match self.views.open(&volume, &self.pacer, *at) {
+            ControlRequest::OpenView { at } => match self.open_view(&volume, *at) {
                 Ok(view) => Response::view(view),
                 Err(why) => {
                     log::warn!("opening a view of safe point {at}: {why}");
@@ -265,11 +272,29 @@ impl Answers {
         }
     }
 
+    /// `open_view`, unless a handover began.
+    fn open_view(
+        &self,
+        volume: &Arc<Volume<FileStore>>,
+        at: SafePointId,
+    ) -> Result<ViewRecord, String> {
+        let _opening = self.opening.read();
+        if self.handover.underway() {
+            return Err("the device is being handed over to a new binary".into());
+        }
+        self.views.open(volume, &self.pacer, at)
+    }
+
     /// `handover`: begins it and makes what was written durable; the exec follows the
     /// answer (`reply`).
     fn handover(&self, volume: &Volume<FileStore>, exe: &Path) -> Response {
-        let views: Vec<String> = self.views.records().into_iter().map(|v| v.device).collect();
-        if let Err(why) = self.handover.begin(exe, &views) {
+        let begun = {
+            let _no_view_opens = self.opening.write();
+            self.handover.begin(exe, || {
+                self.views.records().into_iter().map(|v| v.device).collect()
+            })
+        };
+        if let Err(why) = begun {
             return Response::error(why);
         }
         if let Err(e) = volume.commit(false) {
@@ -457,7 +482,11 @@ mod tests {
             Arc::new(Pacer::new(Policy::new(0, 0))),
             Views::new(3, data),
             sample_stats(),
-            Handover::new(Vec::new(), None),
+            Arc::new(Handover::new(
+                Vec::new(),
+                None,
+                Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            )),
         );
         (dir, volume, answers)
     }

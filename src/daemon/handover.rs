@@ -12,13 +12,16 @@
 //! Keeping the pid keeps what others know of the daemon: a service manager's main process
 //! (`rewind@.service`, whose `NOTIFY_SOCKET` the new program inherits and tells it is ready
 //! again), the pid file, the kernel's record. The log descriptors carry over too; every
-//! other descriptor is close-on-exec, which is how the kernel learns that the old queues
-//! are gone.
+//! other descriptor is close-on-exec once the device is live (only then is a handover
+//! taken), which is how the kernel learns that the old queues are gone. Just before the
+//! exec the daemon pings the service manager's watchdog, so the new program has a whole
+//! interval to take over.
 
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// What a handover of this daemon's device needs, and whether one is under way.
 pub struct Handover {
@@ -26,20 +29,34 @@ pub struct Handover {
     args: Vec<OsString>,
     /// Why this device cannot be handed over, if it cannot.
     refused: Option<String>,
-    /// Set once a handover was answered, until the exec (or its failure): every other
-    /// request is refused meanwhile, so a ping answered after a handover is the new
-    /// program's, or the old one's again after a failed exec.
+    /// True while the device is live and served here: not before (the status pipe of the
+    /// `rewind add` waiting for it is still open, and the kernel has no device to recover
+    /// yet), not once it stops.
+    serving: AtomicBool,
+    /// Set when a signal stops the daemon: the stop closes the image, an exec would not.
+    stop: Arc<AtomicBool>,
+    /// Set from the start of a handover until the exec (or its failure, or a failed
+    /// commit): every other request is refused meanwhile, so a ping answered after a
+    /// handover is the new program's, or the old one's again after a failure.
     underway: AtomicBool,
 }
 
 impl Handover {
-    /// A handover that runs `rewind` with `args`; `refused`: why there can be none.
-    pub fn new(args: Vec<OsString>, refused: Option<String>) -> Handover {
+    /// A handover that runs `rewind` with `args`; `refused`: why there can be none; `stop`:
+    /// set when the daemon stops.
+    pub fn new(args: Vec<OsString>, refused: Option<String>, stop: Arc<AtomicBool>) -> Handover {
         Handover {
             args,
             refused,
+            serving: AtomicBool::new(false),
+            stop,
             underway: AtomicBool::new(false),
         }
+    }
+
+    /// The device is live and served here (`true`), or no longer (`false`).
+    pub fn set_serving(&self, serving: bool) {
+        self.serving.store(serving, Ordering::SeqCst);
     }
 
     /// True from an accepted handover until its exec failed.
@@ -47,19 +64,16 @@ impl Handover {
         self.underway.load(Ordering::SeqCst)
     }
 
-    /// Checks that the device can go to `exe` now; `views` are the view devices open (they
-    /// end with this program, so they are closed first, by the user). On success a handover
-    /// is under way: the caller commits, answers, then calls [`Handover::exec`].
-    pub fn begin(&self, exe: &Path, views: &[String]) -> Result<(), String> {
+    /// Checks that the device can go to `exe` now and begins the handover; `views` gives
+    /// the view devices open once it has begun (they end with this program, so the user
+    /// closes them first; the caller keeps new ones from opening meanwhile). On success the
+    /// caller commits, answers, then calls [`Handover::exec`].
+    pub fn begin<V>(&self, exe: &Path, views: V) -> Result<(), String>
+    where
+        V: FnOnce() -> Vec<String>,
+    {
         if let Some(why) = &self.refused {
             return Err(why.clone());
-        }
-        if !views.is_empty() {
-            return Err(format!(
-                "views of this device are open ({}): they end with the program serving them; \
-                 close them first (`rewind del -n ID` for each)",
-                views.join(", ")
-            ));
         }
         if !exe.is_absolute() {
             return Err(format!(
@@ -67,8 +81,20 @@ impl Handover {
                 exe.display()
             ));
         }
+        if !self.serving.load(Ordering::SeqCst) || self.stop.load(Ordering::SeqCst) {
+            return Err("the device is not being served now (it is starting or stopping)".into());
+        }
         if self.underway.swap(true, Ordering::SeqCst) {
             return Err("a handover is under way already".into());
+        }
+        let views = views();
+        if !views.is_empty() {
+            self.abandon();
+            return Err(format!(
+                "views of this device are open ({}): they end with the program serving them; \
+                 close them first (`rewind del -n ID` for each)",
+                views.join(", ")
+            ));
         }
         Ok(())
     }
@@ -86,6 +112,7 @@ impl Handover {
             exe.display(),
             std::process::id()
         );
+        crate::daemon::notify::handing_over(exe);
         // Whatever the log buffers must be out before the program goes.
         log::logger().flush();
         let error = execv(exe, &self.args);
@@ -124,28 +151,39 @@ fn execv(exe: &Path, args: &[OsString]) -> std::io::Error {
 mod tests {
     use super::*;
 
+    fn serving(refused: Option<&str>) -> Handover {
+        let h = Handover::new(
+            Vec::new(),
+            refused.map(String::from),
+            Arc::new(AtomicBool::new(false)),
+        );
+        h.set_serving(true);
+        h
+    }
+
     #[test]
     fn a_handover_is_refused_with_the_reason_and_begun_once() {
-        let stop = Handover::new(Vec::new(), Some("added with --on-crash stop".into()));
+        let none = Vec::new;
+        let stop = serving(Some("added with --on-crash stop"));
         assert_eq!(
-            stop.begin(Path::new("/bin/true"), &[]).unwrap_err(),
+            stop.begin(Path::new("/bin/true"), none).unwrap_err(),
             "added with --on-crash stop"
         );
-        let h = Handover::new(Vec::new(), None);
-        let views = ["/dev/ublkb3".to_string()];
+        let h = serving(None);
+        let views = || vec!["/dev/ublkb3".to_string()];
         assert!(h
-            .begin(Path::new("/bin/true"), &views)
+            .begin(Path::new("/bin/true"), views)
             .unwrap_err()
             .contains("/dev/ublkb3"));
+        assert!(!h.underway(), "a refusal ends what it began");
         assert!(h
-            .begin(Path::new("rewind"), &[])
+            .begin(Path::new("rewind"), none)
             .unwrap_err()
             .contains("absolute"));
-        assert!(!h.underway());
-        h.begin(Path::new("/bin/true"), &[]).unwrap();
+        h.begin(Path::new("/bin/true"), none).unwrap();
         assert!(h.underway());
         assert!(
-            h.begin(Path::new("/bin/true"), &[]).is_err(),
+            h.begin(Path::new("/bin/true"), none).is_err(),
             "one at a time"
         );
         h.abandon();
@@ -153,9 +191,32 @@ mod tests {
     }
 
     #[test]
+    fn only_a_device_being_served_is_handed_over() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let h = Handover::new(Vec::new(), None, stop.clone());
+        assert!(
+            h.begin(Path::new("/bin/true"), Vec::new).is_err(),
+            "not live yet"
+        );
+        h.set_serving(true);
+        stop.store(true, Ordering::SeqCst);
+        assert!(
+            h.begin(Path::new("/bin/true"), Vec::new).is_err(),
+            "stopping"
+        );
+        stop.store(false, Ordering::SeqCst);
+        h.begin(Path::new("/bin/true"), Vec::new).unwrap();
+    }
+
+    #[test]
     fn a_failed_exec_returns_and_ends_the_handover() {
-        let h = Handover::new(vec!["--version".into()], None);
-        h.begin(Path::new("/nonexistent/rewind"), &[]).unwrap();
+        let h = Handover::new(
+            vec!["--version".into()],
+            None,
+            Arc::new(AtomicBool::new(false)),
+        );
+        h.set_serving(true);
+        h.begin(Path::new("/nonexistent/rewind"), Vec::new).unwrap();
         h.exec(Path::new("/nonexistent/rewind"));
         assert!(!h.underway(), "the daemon serves on after a failed exec");
     }

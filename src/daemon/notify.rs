@@ -28,6 +28,13 @@ pub fn ready(device: &str) {
     ]);
 }
 
+/// The daemon is about to exec `exe` (`rewind upgrade`): a watchdog ping now gives the new
+/// program a whole interval to take the device over and ping in turn.
+pub fn handing_over(exe: &std::path::Path) {
+    let status = format!("handing the device over to {}", exe.display());
+    send(&[NotifyState::Watchdog, NotifyState::Status(&status)]);
+}
+
 fn send(state: &[NotifyState]) {
     // Not fatal: the service manager may be gone, and the device serves on either way.
     if let Err(e) = sd_notify::notify(false, state) {

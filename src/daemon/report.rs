@@ -29,6 +29,12 @@ impl Reporter {
             return Err(std::io::Error::last_os_error())
                 .with_context(|| format!("status descriptor {fd}"));
         }
+        // Kept from the programs this one may exec (`daemon::handover`): the starter waits
+        // for the pipe's end. SAFETY: F_SETFD only changes the descriptor's flags.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } == -1 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("status descriptor {fd}"));
+        }
         // SAFETY: the descriptor is open (checked above) and was made for this process by
         // the `rewind add` (or `recover`) that started it and passed its number; nothing
         // else in this process uses it, so the File may own and close it.

@@ -224,12 +224,13 @@ fn serve_volume(
     let target_data = device.target_data(opts, direct_io);
     let views = Views::new(device.id, target_data.clone());
     spawn_notice_thread(Arc::downgrade(volume), Arc::downgrade(&views))?;
+    let handover = Arc::new(device.handover(opts, stop.clone()));
     let answers = Answers::new(
         volume,
         pacer.clone(),
         views.clone(),
         device.fixed_stats(opts, volume, direct_io),
-        device.handover(opts),
+        handover.clone(),
     );
     control::start_server(listener, move |request| answers.reply(request))
         .context("starting the control socket thread")?;
@@ -246,7 +247,15 @@ fn serve_volume(
         .start_ticker(Arc::downgrade(volume))
         .context("starting the safe point ticker")?;
     let watchdog = notify::Watchdog::start(Arc::downgrade(volume));
-    let run = device.run(&target, &target_data, reporter, &stop, opts.recover);
+    let run = device.run(
+        &target,
+        &target_data,
+        reporter,
+        &stop,
+        &handover,
+        opts.recover,
+    );
+    handover.set_serving(false);
     watchdog.stopping();
     // The views go with the live device: they hold the volume.
     views.close_all();
@@ -390,7 +399,7 @@ impl Device {
 
     /// What handing this device to another binary execs: `rewind __serve --recover` of it
     /// with these options, the kernel's queues and depth, and this daemon's log.
-    fn handover(&self, opts: &ServeOptions) -> Handover {
+    fn handover(&self, opts: &ServeOptions, stop: Arc<AtomicBool>) -> Handover {
         let refused = (self.on_crash != OnCrash::Queue).then(|| {
             format!(
                 "{} was added with --on-crash {}: without this daemon its I/O would fail; \
@@ -409,7 +418,7 @@ impl Device {
             data_path: Some(self.data_path),
             ..opts.clone()
         };
-        Handover::new(takeover.args(None, opts.log.as_deref()), refused)
+        Handover::new(takeover.args(None, opts.log.as_deref()), refused, stop)
     }
 
     /// The device's figures that do not change while it is served, with the engine's as
@@ -454,6 +463,7 @@ impl Device {
         data: &TargetData,
         reporter: &Arc<Reporter>,
         stop: &Arc<AtomicBool>,
+        handover: &Arc<Handover>,
         recovering: bool,
     ) -> Result<()> {
         let target_json = serde_json::json!({ TARGET_DATA_KEY: data });
@@ -461,6 +471,7 @@ impl Device {
         let live_reporter = reporter.clone();
         let live_stop = stop.clone();
         let live_device = self.path.clone();
+        let live_handover = handover.clone();
         let process_start = started_at();
         let run = self.ctrl.run_target(
             |dev: &mut UblkDev| target.init(dev, target_json),
@@ -479,6 +490,9 @@ impl Device {
                     }
                 );
                 live_reporter.live(&live_device);
+                // The status pipe is closed now: nothing but the log descriptors survives
+                // an exec.
+                live_handover.set_serving(true);
                 if live_stop.load(Ordering::SeqCst) {
                     // A stop signal came while the device was starting, when STOP_DEV had
                     // no effect yet: stop it now.

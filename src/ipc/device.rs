@@ -42,6 +42,16 @@ pub struct TargetData {
     pub data_path: Option<DataPath>,
 }
 
+impl TargetData {
+    /// The daemon's log: the one it recorded, else where a daemon of its image logs.
+    pub fn log_path(&self) -> std::path::PathBuf {
+        self.log.as_ref().map_or_else(
+            || crate::ipc::paths::log_path(std::path::Path::new(&self.image)),
+            std::path::PathBuf::from,
+        )
+    }
+}
+
 /// The json key of [`TargetData`] in libublk's `target_data`.
 pub const TARGET_DATA_KEY: &str = "rewind";
 

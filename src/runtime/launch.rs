@@ -69,12 +69,7 @@ pub fn prepare_recovery(id: u32) -> Result<ServeOptions> {
     let found = recoverable(id)?;
     // Views end with their daemon; the new daemon starts without them.
     delete_stale_views(id);
-    let log = found
-        .data
-        .log
-        .as_ref()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| paths::log_path(Path::new(&found.data.image)));
+    let log = found.data.log_path();
     let serve = ServeOptions {
         image: PathBuf::from(&found.data.image),
         id: Some(id),

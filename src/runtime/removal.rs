@@ -37,6 +37,18 @@ pub fn stop_supervisor(id: u32) {
     while process_alive(pid) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
+    if process_alive(pid) {
+        // A supervisor left running would recover the device behind the caller's back.
+        log::warn!("the supervisor (pid {pid}) of /dev/ublkb{id} ignored SIGTERM: SIGKILL");
+        // SAFETY: as above.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while process_alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     let _ = std::fs::remove_file(paths::supervisor_pid_path(id));
 }
 

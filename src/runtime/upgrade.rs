@@ -52,8 +52,9 @@ pub struct Upgraded {
     pub from_version: String,
     /// What serves it now (`binary --version`).
     pub to_version: String,
-    /// From the daemon's answer to the new program serving the device: the longest the
-    /// device's I/O waited.
+    /// From the daemon's answer until the new program serves the device. The kernel holds
+    /// the device's I/O from the exec, right after the answer, until then; a request the
+    /// old program had taken but not finished waited from its start.
     pub pause_ms: u64,
     /// The new supervisor's pid, where the device had one.
     pub supervisor: Option<u32>,
@@ -91,16 +92,28 @@ pub fn upgrade(id: u32, binary: Option<&Path>) -> Result<Upgraded> {
     if supervised {
         stop_supervisor(id);
     }
-    let handed = hand_over(&socket, &binary, &device, pid, before);
+    let handed = hand_over(id, &socket, &binary, pid, before);
+    // The old program serves on after a refusal or a failed exec, the new one once it took
+    // over: either way the device is supervised again, from the new binary. A device that
+    // waits for `rewind recover` is left to the user.
     let supervisor = match (supervised, &handed) {
-        // The old program serves on after a refusal or a failed exec, and the new one once
-        // it took over: either way the device is supervised again, from the new binary.
         (true, Ok(_) | Err(Refused::ServesOn(_))) => {
-            Some(launch::start_supervisor(id, &log_of(&data), Some(&binary))?)
+            match launch::start_supervisor(id, &data.log_path(), Some(&binary)) {
+                Ok(pid) => Some(pid),
+                Err(e) => {
+                    log::warn!("restarting the supervisor of {device}: {e:#}");
+                    None
+                }
+            }
         }
         _ => None,
     };
-    let pause = handed.map_err(Refused::into_error)?;
+    let pause = handed.map_err(|r| match r {
+        Refused::Waits(e) if supervised => {
+            e.context(format!("its supervisor is stopped too; `rewind add {} --supervise` after the recovery starts one", data.image))
+        }
+        Refused::ServesOn(e) | Refused::Waits(e) => e,
+    })?;
     Ok(Upgraded {
         id,
         device,
@@ -108,7 +121,7 @@ pub fn upgrade(id: u32, binary: Option<&Path>) -> Result<Upgraded> {
         binary,
         from_version: format!("rewind {}", data.version),
         to_version,
-        pause_ms: pause.as_millis() as u64,
+        pause_ms: u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
         supervisor,
     })
 }
@@ -121,23 +134,16 @@ enum Refused {
     Waits(anyhow::Error),
 }
 
-impl Refused {
-    fn into_error(self) -> anyhow::Error {
-        match self {
-            Refused::ServesOn(e) | Refused::Waits(e) => e,
-        }
-    }
-}
-
-/// Asks the daemon at `socket` (pid `pid`, serving since `before`) to hand over to
-/// `binary`, and waits for the new program; returns the pause.
+/// Asks the daemon of device `id` at `socket` (pid `pid`, serving since `before`) to hand
+/// over to `binary`, and waits for the new program; returns the pause.
 fn hand_over(
+    id: u32,
     socket: &Path,
     binary: &Path,
-    device: &str,
     pid: i32,
     before: u64,
 ) -> Result<Duration, Refused> {
+    let device = paths::device_path(id).display().to_string();
     let request = ControlRequest::Handover {
         exe: binary.display().to_string(),
     };
@@ -149,17 +155,16 @@ fn hand_over(
                 r.error.unwrap_or_default()
             )))
         }
-        // The exec may beat the answer to the socket: the waiting below tells.
-        Err(ClientError::BadReply { .. }) => {}
-        Err(e) => return Err(Refused::ServesOn(e.into())),
+        Err(e @ ClientError::Connect { .. }) => return Err(Refused::ServesOn(e.into())),
+        // Sent, but no answer in time (a slow commit) or none at all: the handover may go
+        // on. The waiting below tells which program serves in the end.
+        Err(e) => log::warn!("{e}; waiting to see whether the handover goes on"),
     }
     let started = Instant::now();
-    let id = device.trim_start_matches("/dev/ublkb");
-    // Since when the daemon looks gone. An exec from a thread other than the main one
-    // shows the process as a zombie for a moment: only a lasting absence counts.
+    // Since when the daemon looks gone, as it must for a while before it counts as dead.
     let mut gone_since: Option<Instant> = None;
     loop {
-        if process_alive(pid) {
+        if !exited(pid) {
             gone_since = None;
         } else if gone_since.get_or_insert_with(Instant::now).elapsed() > GONE_FOR {
             return Err(Refused::Waits(anyhow::anyhow!(
@@ -168,21 +173,16 @@ fn hand_over(
                 binary.display()
             )));
         }
-        if let Ok(since) = serving_since(socket) {
-            if since == before {
+        match client::request(socket, &ControlRequest::Ping, PING_TIMEOUT) {
+            // An older program says nothing of when it started: another program all the same.
+            Ok(r) if r.ok && r.serving_since_ns == Some(before) => {
                 return Err(Refused::ServesOn(anyhow::anyhow!(
                     "the daemon of {device} could not start {} (its log says why): it serves on",
                     binary.display()
                 )));
             }
-            let live = id
-                .parse()
-                .ok()
-                .and_then(|id| kernel_view(id).ok())
-                .is_some_and(|(state, _)| u32::from(state) == sys::UBLK_S_DEV_LIVE);
-            if live {
-                return Ok(started.elapsed());
-            }
+            Ok(r) if r.ok && live(id) => return Ok(started.elapsed()),
+            _ => {}
         }
         if started.elapsed() > TAKEOVER_TIMEOUT {
             return Err(Refused::Waits(anyhow::anyhow!(
@@ -191,6 +191,24 @@ fn hand_over(
             )));
         }
         std::thread::sleep(POLL);
+    }
+}
+
+/// True when the kernel has device `id` live.
+fn live(id: u32) -> bool {
+    kernel_view(id).is_ok_and(|(state, _)| u32::from(state) == sys::UBLK_S_DEV_LIVE)
+}
+
+/// True once process `pid` has exited. A process that execs from a thread other than its
+/// main one shows as a zombie until its other threads are gone (which a thread in a long
+/// sync can take a while to be): only a zombie with no thread left counts.
+fn exited(pid: i32) -> bool {
+    if process_alive(pid) {
+        return false;
+    }
+    match std::fs::read_dir(format!("/proc/{pid}/task")) {
+        Ok(tasks) => tasks.count() <= 1,
+        Err(_) => true,
     }
 }
 
@@ -222,12 +240,4 @@ fn version_of(binary: &Path) -> Result<String> {
         );
     }
     Ok(text)
-}
-
-/// The log the device's daemon writes, where the supervisor logs too.
-fn log_of(data: &crate::ipc::device::TargetData) -> PathBuf {
-    data.log
-        .as_ref()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| paths::log_path(Path::new(&data.image)))
 }
