@@ -282,6 +282,24 @@ kernel_io_errors() {
         if (t + 0 >= s + 0) print}' | grep -Ei 'I/O error|blk_update_request|hung task' || true
 }
 
+# wait_fio_round PID OUT BYTES: waits for fio PID, a write-then-verify run started in the
+# background with --output-format=normal,terse into OUT, and checks that it wrote and
+# verified exactly BYTES with no error.
+wait_fio_round() {
+    local rc=0
+    wait "$1" || rc=$?
+    check_fio "$2" "$rc" >/dev/null
+    fio_expect write "$3"
+    fio_expect read "$3"
+}
+
+# no_kernel_io_errors: fails if the kernel logged I/O errors since the scenario started.
+no_kernel_io_errors() {
+    local errors
+    errors=$(kernel_io_errors)
+    [[ -z $errors ]] || die "the kernel logged I/O errors: $errors"
+}
+
 # fio_expect read|write BYTES: the last run_fio read (or wrote) exactly BYTES. Guards
 # against a verification pass that passes because it verified nothing.
 fio_expect() {

@@ -68,8 +68,7 @@ wait "$wpid" || die "the writer failed: $(cat "$STATE/writer.err" 2>/dev/null)"
 n=$(check_files "at the end")
 umount "$mnt"
 e2fsck -fn "$dev" || die "e2fsck -fn $dev found problems after $ROUNDS recoveries"
-errors=$(kernel_io_errors)
-[[ -z $errors ]] || die "the kernel logged I/O errors: $errors"
+no_kernel_io_errors
 del_dev "$dev"
 say "recovery times (ms, kill -9 to rewind recover returning): ${times[*]}; median $(median "${times[@]}") ms"
 say "$ROUNDS recoveries under an fsyncing writer: $n files intact, e2fsck clean, no I/O error"

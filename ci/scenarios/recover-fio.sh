@@ -45,19 +45,14 @@ for ((r = 1; r <= ROUNDS; r++)); do
     wait "$probe" || die "round $r: the read waiting during the recovery failed: $(cat "$STATE/probe.err")"
     ms=$(ms_between "$t0" "$(cat "$STATE/probe.t")")
     times+=("$ms")
-    rc=0
-    wait "$fpid" || rc=$?
-    check_fio "$out" "$rc" >/dev/null
-    fio_expect write "$size"
-    fio_expect read "$size"
+    wait_fio_round "$fpid" "$out" "$size"
     [[ $(daemon_pid "$id") != "$pid" ]] || die "round $r: the pid file still names the killed daemon"
     say "round $r/$ROUNDS: killed pid $pid; I/O flowed again after ${ms} ms" \
         "(rewind recover returned after $(ms_between "$t0" "$t_rec") ms); fio wrote and verified" \
         "$((size >> 20)) MiB with no error"
 done
 
-errors=$(kernel_io_errors)
-[[ -z $errors ]] || die "the kernel logged I/O errors: $errors"
+no_kernel_io_errors
 
 say "final verify pass of the last round's blocks"
 run_fio "${job[@]}" --randseed="$ROUNDS" --verify_only

@@ -67,8 +67,7 @@ rc=0
 wait "$fpid" || rc=$?
 check_fio "$STATE/fio.out" "$rc" >/dev/null
 say "fio wrote $((FIO_WRITE_KIB >> 10)) MiB (history area 64 MiB) and verified it with no error"
-errors=$(kernel_io_errors)
-[[ -z $errors ]] || die "the kernel logged I/O errors: $errors"
+no_kernel_io_errors
 del_dev "$dev"
 "$REWIND" check "$img" || die "rewind check found problems"
 say "kills during rollback and reclaim: recovered every time, image clean"

@@ -68,8 +68,7 @@ sleep 3
 touch "$STATE/stop"
 wait "$floop" || die "fio failed: run $(cat "$STATE/fio.failed"): $(grep -Em 3 "$FIO_ERRORS|error" "$STATE/fio-$(cut -d' ' -f1 "$STATE/fio.failed").out" | tr '\n' ' ')"
 say "$(cat "$STATE/fio.done") fio write+verify runs passed across both recoveries"
-errors=$(kernel_io_errors)
-[[ -z $errors ]] || die "the kernel logged I/O errors: $errors"
+no_kernel_io_errors
 del_dev "$dev"
 ! alive "$sup" || die "the supervisor (pid $sup) survived rewind del"
 grep -E "supervisor|recovered|heartbeat" "$log" | tail -n 8

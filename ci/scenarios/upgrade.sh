@@ -56,17 +56,12 @@ for ((r = 1; r <= ROUNDS; r++)); do
     [[ $(runs "$pid") == "$to" ]] || die "round $r: pid $pid runs $(runs "$pid"), not $to"
     [[ $(daemon_pid "$id") == "$pid" ]] || die "round $r: the pid file names $(daemon_pid "$id")"
     pauses+=("$ms")
-    rc=0
-    wait "$fpid" || rc=$?
-    check_fio "$out" "$rc" >/dev/null
-    fio_expect write "$size"
-    fio_expect read "$size"
+    wait_fio_round "$fpid" "$out" "$size"
     say "round $r/$ROUNDS: pid $pid now runs $to; I/O paused ${ms} ms; fio wrote and verified" \
         "$SIZE_MIB MiB with no error"
 done
 
-errors=$(kernel_io_errors)
-[[ -z $errors ]] || die "the kernel logged I/O errors: $errors"
+no_kernel_io_errors
 say "final verify pass of the last round's blocks"
 run_fio "${job[@]}" --randseed="$ROUNDS" --verify_only
 fio_expect read "$size"

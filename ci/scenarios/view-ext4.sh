@@ -72,6 +72,5 @@ del_dev "$now_view"
 umount "$mnt"
 e2fsck -fn "$dev" || die "e2fsck of the live device found problems"
 del_dev "$dev"
-errors=$(kernel_io_errors)
-[[ -z $errors ]] || die "kernel I/O errors: $errors"
+no_kernel_io_errors
 say "files back from a view found by time; the live filesystem untouched"

@@ -88,6 +88,5 @@ del_dev "$dev"
 [[ ! -b $view_b ]] || die "$view_b outlived its live device"
 grep -vx "${view_b#/dev/ublkb}" "$STATE/ublk" >"$STATE/ublk.new" || true
 mv "$STATE/ublk.new" "$STATE/ublk"
-errors=$(kernel_io_errors)
-[[ -z $errors ]] || die "kernel I/O errors: $errors"
+no_kernel_io_errors
 say "views at a and b were exact, read only, listed; deleting them left the live device be"
