@@ -59,7 +59,7 @@ impl Handover {
         self.serving.store(serving, Ordering::SeqCst);
     }
 
-    /// True from an accepted handover until its exec failed.
+    /// True from the start of a handover until it is given up (a failed commit or exec).
     pub fn underway(&self) -> bool {
         self.underway.load(Ordering::SeqCst)
     }

@@ -109,9 +109,11 @@ pub fn upgrade(id: u32, binary: Option<&Path>) -> Result<Upgraded> {
         _ => None,
     };
     let pause = handed.map_err(|r| match r {
-        Refused::Waits(e) if supervised => {
-            e.context(format!("its supervisor is stopped too; `rewind add {} --supervise` after the recovery starts one", data.image))
-        }
+        Refused::Waits(e) if supervised => anyhow::anyhow!(
+            "{e:#}; its supervisor is stopped too (`rewind add {} --supervise` once the \
+             device is recovered starts one)",
+            data.image
+        ),
         Refused::ServesOn(e) | Refused::Waits(e) => e,
     })?;
     Ok(Upgraded {
