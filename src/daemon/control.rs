@@ -17,7 +17,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::RwLock;
-use rewind_history::{SafePointId, Volume};
+use rewind_history::{Clock, SafePointId, SystemClock, Volume};
 
 use crate::daemon::backing::FileStore;
 use crate::daemon::handover::Handover;
@@ -212,9 +212,7 @@ impl Answers {
             about,
             handover,
             opening: RwLock::new(()),
-            serving_since_ns: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64),
+            serving_since_ns: SystemClock.now_ns(),
         }
     }
 

@@ -124,7 +124,11 @@ impl Handover {
     }
 }
 
-/// `execv(exe, [exe, args...])`; returns only on failure.
+/// `execv(exe, [exe, args...])`; returns only on failure. Not `CommandExt::exec`: std
+/// unblocks every signal before it execs, and the daemon's stop signals must stay blocked
+/// (its signal thread takes them with `sigwait`): arriving meanwhile, they would kill it
+/// mid-handover, or for good on this thread if the exec fails. Blocked, they wait for the
+/// new program, which blocks them too.
 fn execv(exe: &Path, args: &[OsString]) -> std::io::Error {
     let to_c = |s: &[u8]| CString::new(s).map_err(std::io::Error::other);
     let program = match to_c(exe.as_os_str().as_bytes()) {

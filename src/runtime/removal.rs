@@ -23,33 +23,31 @@ const EXIT_WAIT: Duration = Duration::from_secs(30);
 const EXIT_WAIT_NOTICE: Duration = Duration::from_secs(3);
 
 /// Stops device `id`'s supervisor, if one runs, so it does not recover a device being
-/// deleted.
+/// deleted (or handed over): SIGTERM, then SIGKILL if it is still there 5 s later.
 pub fn stop_supervisor(id: u32) {
     let Some(pid) = supervisor_pid(id) else {
         return;
     };
+    if !signal_and_wait(pid, libc::SIGTERM) {
+        // A supervisor left running would recover the device behind the caller's back.
+        log::warn!("the supervisor (pid {pid}) of /dev/ublkb{id} ignored SIGTERM: SIGKILL");
+        signal_and_wait(pid, libc::SIGKILL);
+    }
+    let _ = std::fs::remove_file(paths::supervisor_pid_path(id));
+}
+
+/// Sends `signal` to `pid` and waits up to 5 s for it to be gone; returns whether it is.
+fn signal_and_wait(pid: i32, signal: libc::c_int) -> bool {
     // SAFETY: kill only sends a signal; the pid was read from the supervisor's pid file
     // and checked to be a live process.
     unsafe {
-        libc::kill(pid, libc::SIGTERM);
+        libc::kill(pid, signal);
     }
     let deadline = Instant::now() + Duration::from_secs(5);
     while process_alive(pid) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    if process_alive(pid) {
-        // A supervisor left running would recover the device behind the caller's back.
-        log::warn!("the supervisor (pid {pid}) of /dev/ublkb{id} ignored SIGTERM: SIGKILL");
-        // SAFETY: as above.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while process_alive(pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    let _ = std::fs::remove_file(paths::supervisor_pid_path(id));
+    !process_alive(pid)
 }
 
 /// Stops device `id`, waits for its daemon to close the image and exit, and deletes the
