@@ -159,6 +159,12 @@ impl<S: Store> Volume<S> {
         &self.layout
     }
 
+    /// The image's uuid: it tells this image from any other, and from an earlier format of
+    /// the same store.
+    pub fn uuid(&self) -> u64 {
+        self.uuid
+    }
+
     /// The backing store.
     pub fn store(&self) -> &S {
         &self.store

@@ -410,6 +410,16 @@ impl<S: Store> Volume<S> {
         Ok(vol)
     }
 
+    /// Opens a formatted store to read its history without serving it or writing a byte
+    /// (`rewind export IMAGE`): the state `check` and `inspect` see, with views and reads at
+    /// safe points. Any request that would write fails with the store's error; drop it
+    /// rather than `close` it.
+    pub fn open_read_only(store: S, host: &Host) -> Result<Volume<S>, Error> {
+        let loaded = Self::load(&store, host.boot_id)?;
+        let session = loaded.sb.session.get();
+        Ok(Self::serve(store, loaded, session, host.clock.clone()))
+    }
+
     /// The volume serving what `load` rebuilt, in session `session`.
     fn serve(store: S, loaded: Loaded, session: u32, clock: Arc<dyn Clock>) -> Volume<S> {
         let Loaded {

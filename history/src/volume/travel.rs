@@ -4,7 +4,7 @@ use crate::journal::Record;
 use crate::window::{SafePointId, Trigger, Window};
 use crate::{Error, LogicalPage, PhysPage, Store};
 
-use super::Volume;
+use super::{State, Volume};
 
 /// A view's state: the safe point it shows, and why it was dropped, if it was.
 pub(super) struct View {
@@ -36,6 +36,21 @@ fn describe_window(w: &Window) -> String {
         (Some(o), Some(n)) if o.id == n.id => format!("safe point {}", o.id),
         (Some(o), Some(n)) => format!("safe points {} to {}", o.id, n.id),
         _ => "no safe point".into(),
+    }
+}
+
+/// The safe point view `v` shows, or why it shows nothing any more.
+fn live_view(st: &State, v: ViewId) -> Result<SafePointId, Error> {
+    let view = st.views.get(&v.0).ok_or_else(|| Error::ViewDropped {
+        at: SafePointId(0),
+        why: "the view was closed".into(),
+    })?;
+    match &view.dropped {
+        Some(why) => Err(Error::ViewDropped {
+            at: view.at,
+            why: why.clone(),
+        }),
+        None => Ok(view.at),
     }
 }
 
@@ -172,21 +187,18 @@ impl<S: Store> Volume<S> {
         }
         self.check_run_in_range(first, count as u64)?;
         let st = self.state.lock();
-        let view = st.views.get(&v.0).ok_or_else(|| Error::ViewDropped {
-            at: SafePointId(0),
-            why: "the view was closed".into(),
-        })?;
-        if let Some(why) = &view.dropped {
-            return Err(Error::ViewDropped {
-                at: view.at,
-                why: why.clone(),
-            });
-        }
-        let at = view.at;
+        let at = live_view(&st, v)?;
         out.extend(
             (0..count as u64).map(|i| self.page_at(&st.window, LogicalPage(first.0 + i), at)),
         );
         Ok(())
+    }
+
+    /// Fails once view `v` was closed or dropped, as its reads do. A reader that resolved
+    /// pages of a view without a read tracker calls this after reading them: the view was
+    /// still open then, so no page it resolved had been freed and written again.
+    pub fn check_view(&self, v: ViewId) -> Result<(), Error> {
+        live_view(&self.state.lock(), v).map(|_| ())
     }
 
     /// The physical page `l` read from at safe point `at` of window `w`: its history entry

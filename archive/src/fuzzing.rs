@@ -1,0 +1,47 @@
+//! The fuzz target's entry point (`fuzz/fuzz_targets/archive.rs`): any bytes as an archive.
+
+use std::io::Cursor;
+
+use crate::{restore, verify, Directory, PageSink};
+
+/// A sink that checks every page it is given is inside the device, and keeps nothing.
+struct Bounds(u64);
+
+impl PageSink for Bounds {
+    fn write_pages(&mut self, first: u64, data: &[u8]) -> std::io::Result<()> {
+        let pages = data.len() as u64 / rewind_history::PAGE_SIZE;
+        assert!(first + pages <= self.0, "a restore wrote past the device");
+        Ok(())
+    }
+
+    fn zero_pages(&mut self, first: u64, count: u64) -> std::io::Result<()> {
+        assert!(first + count <= self.0, "a restore zeroed past the device");
+        Ok(())
+    }
+}
+
+/// Reads `data` as an archive: its directory, then every record (`verify`), then a restore
+/// of each safe point. Checks that none panics, that only errors come back, and that an
+/// archive `verify` accepts restores at every one of its safe points.
+pub fn archive(data: &[u8]) {
+    let mut r = Cursor::new(data);
+    let Ok(dir) = Directory::read(&mut r) else {
+        return;
+    };
+    let verified = verify(&mut r, &dir, &mut |_| {}).is_ok();
+    for sp in dir.safe_points.clone() {
+        let mut r = Cursor::new(data);
+        let d = Directory::read(&mut r).expect("read once already");
+        let mut chain = [(d, r)];
+        let restored = restore(
+            &mut chain,
+            sp.id,
+            true,
+            &mut Bounds(dir.logical_pages),
+            &mut |_| {},
+        );
+        if verified && dir.base.is_none() {
+            restored.expect("a verified full archive restores at each of its safe points");
+        }
+    }
+}
