@@ -64,10 +64,10 @@ impl<'v, S: Store> Export<'v, S> {
             opts.to.or(window.last().map(|s| s.id)),
         );
         let (Some(from), Some(to)) = (from, to) else {
-            return Err(Error::Usage("the history window is empty".into()));
+            return Err(Error::Refused("the history window is empty".into()));
         };
         if from > to || (opts.incremental && from == to) {
-            return Err(Error::Usage(format!(
+            return Err(Error::Refused(format!(
                 "nothing to export from safe point {from} to {to}: {}",
                 if from > to {
                     "the first comes after the last"
@@ -97,7 +97,7 @@ impl<'v, S: Store> Export<'v, S> {
             export.held.push(vol.open_view(sp.id)?);
         }
         if chosen.first().map(|s| s.id) != Some(from) || chosen.last().map(|s| s.id) != Some(to) {
-            return Err(Error::Usage(format!(
+            return Err(Error::Refused(format!(
                 "safe points {from} and {to} must both be in the history window"
             )));
         }
@@ -187,13 +187,18 @@ impl<'v, S: Store> Export<'v, S> {
         Ok(())
     }
 
-    /// Writes the archive to `out`, calling `progress` with the bytes written so far.
-    pub fn write(&self, out: &mut dyn Write, progress: &mut dyn FnMut(u64)) -> Result<(), Error> {
+    /// Writes the archive to `out`, calling `progress` with the bytes written so far after
+    /// each record; an error `progress` returns ends the export with it.
+    pub fn write(
+        &self,
+        out: &mut dyn Write,
+        progress: &mut dyn FnMut(u64) -> Result<(), Error>,
+    ) -> Result<(), Error> {
         let head = self.directory.encode();
         out.write_all(&head)
             .map_err(Error::io("writing the archive"))?;
         let mut written = head.len() as u64;
-        progress(written);
+        progress(written)?;
         let mut buf = Vec::new();
         for (index, e) in self.directory.extents.iter().enumerate() {
             if e.kind != Kind::Data {
@@ -207,7 +212,7 @@ impl<'v, S: Store> Export<'v, S> {
                 out.write_all(&buf)
                     .map_err(Error::io("writing the archive"))?;
                 written += buf.len() as u64;
-                progress(written);
+                progress(written)?;
                 at += n;
             }
         }

@@ -51,9 +51,10 @@ pub enum Error {
     /// Written by a newer rewind.
     #[error("archive version {0} is newer than this rewind reads ({v}); upgrade rewind", v = format::VERSION)]
     NewerVersion(u32),
-    /// Archives given together that do not follow each other, or a safe point they lack.
+    /// Asked for what cannot be done: archives given together that do not follow each
+    /// other, a safe point they lack, a window with nothing in it, an export stopped.
     #[error("{0}")]
-    Usage(String),
+    Refused(String),
     /// The engine refused (a safe point outside the window, a view dropped by reclaim).
     #[error(transparent)]
     Engine(#[from] rewind_history::Error),

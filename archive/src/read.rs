@@ -164,24 +164,24 @@ pub fn verify(
 /// one before, of one image; returns the archive and segment that hold safe point `at`.
 fn locate(chain: &[&Directory], at: SafePointId) -> Result<(usize, usize), Error> {
     let Some(first) = chain.first() else {
-        return Err(Error::Usage("no archive given".into()));
+        return Err(Error::Refused("no archive given".into()));
     };
     if let Some(b) = first.base {
-        return Err(Error::Usage(format!(
+        return Err(Error::Refused(format!(
             "the first archive is incremental (it holds the changes after safe point {b}): give the archive that ends at {b} before it"
         )));
     }
     for (k, pair) in chain.windows(2).enumerate() {
         let (a, b) = (pair[0], pair[1]);
         if b.source_uuid != a.source_uuid || b.logical_pages != a.logical_pages {
-            return Err(Error::Usage(format!(
+            return Err(Error::Refused(format!(
                 "archive {} is of another image than archive {}",
                 k + 2,
                 k + 1
             )));
         }
         if b.base != Some(a.last()) {
-            return Err(Error::Usage(format!(
+            return Err(Error::Refused(format!(
                 "archive {} does not continue archive {}: it {}, and archive {} ends at safe point {}",
                 k + 2,
                 k + 1,
@@ -199,7 +199,7 @@ fn locate(chain: &[&Directory], at: SafePointId) -> Result<(usize, usize), Error
             return Ok((k, i));
         }
     }
-    Err(Error::Usage(format!(
+    Err(Error::Refused(format!(
         "safe point {at} is in none of the archives (they hold {})",
         chain
             .iter()

@@ -78,7 +78,7 @@ fn image_at(vol: &Volume<Arc<MemStore>>, at: SafePointId) -> Vec<u8> {
 fn export(vol: &Volume<Arc<MemStore>>, opts: ExportOptions) -> Vec<u8> {
     let e = Export::plan(vol, opts).unwrap();
     let mut out = Vec::new();
-    e.write(&mut out, &mut |_| {}).unwrap();
+    e.write(&mut out, &mut |_| Ok(())).unwrap();
     assert_eq!(out.len() as u64, e.directory().total_bytes());
     out
 }

@@ -217,6 +217,15 @@ pub enum Command {
     /// between a good one and a bad one
     #[command(after_help = BISECT_EXAMPLES)]
     Bisect(BisectArgs),
+    /// Write a window of history to an archive file or stream (full or incremental)
+    #[command(after_help = EXPORT_EXAMPLES)]
+    Export(ExportArgs),
+    /// Restore one safe point of an archive (or a chain of them) to a raw image or device
+    #[command(after_help = IMPORT_EXAMPLES)]
+    Import(ImportArgs),
+    /// List or verify archives made by `rewind export`
+    #[command(subcommand)]
+    Archive(ArchiveCommand),
     /// Keep a safe point from retiring when the history area fills up
     #[command(after_help = PIN_EXAMPLES)]
     Pin(PinArgs),
@@ -614,6 +623,126 @@ pub struct DiffArgs {
     /// Print JSON: {from, to, extents: [{offset, length}], changed_bytes}
     #[arg(long)]
     pub json: bool,
+}
+
+const EXPORT_EXAMPLES: &str = concat!(
+    "\
+Examples:
+  rewind export -n 0 -o vm.rwa                          # the whole window
+  rewind export -n 0 --from before-upgrade --to 1180 -o - | ssh backup 'cat > vm-1180.rwa'
+  rewind export -n 0 --from 1180 --incremental -o vm-1300.rwa   # what changed after 1180
+  rewind export vm.img -o vm.rwa                        # an image no daemon serves
+
+An archive holds a window of safe points: their times and labels, and for each the pages
+that changed since the one before; a full archive (the default) also holds every page of
+the device at its first safe point, so it restores alone. With --incremental it holds only
+the changes after --from, and continues the archive that ends at --from: `rewind import`
+takes them together, in order. Every page is checksummed; `rewind archive verify` checks
+an archive without restoring it.
+
+The export holds its safe points (as a view does) while it runs, so the window does not
+move under it; if the history area fills up meanwhile, reclaim may take them back, which
+ends the export with an error. Safe points are made by flushes, idle gaps and `rewind
+safepoint`: make one first to export the state of now. A file is written under a
+temporary name and appears only when complete.
+
+",
+    selectors_help!()
+);
+
+const IMPORT_EXAMPLES: &str = concat!(
+    "\
+Examples:
+  rewind import vm.rwa -o restored.img                  # the newest safe point it holds
+  rewind import vm.rwa --at 1100 -o restored.img
+  rewind import vm-1180.rwa vm-1300.rwa --at 1250 -o restored.img   # a chain, in order
+  ssh backup cat vm.rwa | rewind import - --at before-upgrade -o /dev/vdb
+
+The output is a raw image of the device as it read at that safe point: a new file (written
+under a temporary name, renamed when complete), or a block device at least as large,
+written in place (pages that read as zeros are zeroed). Each archive is read once, front
+to back, and only as far as the safe point needs. Every page is checked against its
+checksum before it is written: a truncated, reordered or damaged archive is refused with
+an error (a block device then holds a partial restore; a file is not created).
+
+",
+    selectors_help!()
+);
+
+/// `rewind export`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("source").required(true).args(["id", "image"])))]
+pub struct ExportArgs {
+    /// The device: /dev/ublkbID (its daemon writes the archive)
+    #[arg(short = 'n', long = "number", value_name = "ID")]
+    pub id: Option<u32>,
+    /// An image no daemon serves, read without writing
+    #[arg(value_name = "IMAGE")]
+    pub image: Option<PathBuf>,
+    /// The first safe point (default: the oldest in the window; see below)
+    #[arg(long, value_name = SELECTOR_VALUE_NAME)]
+    pub from: Option<String>,
+    /// The last safe point (default: the newest)
+    #[arg(long, value_name = SELECTOR_VALUE_NAME)]
+    pub to: Option<String>,
+    /// Only what changed after --from: continues the archive that ends at --from
+    #[arg(long, requires = "from")]
+    pub incremental: bool,
+    /// The archive: a new file, or - for standard output
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: PathBuf,
+    /// Replace FILE if it exists
+    #[arg(long)]
+    pub force: bool,
+    /// Print JSON: {archive, from, to, incremental_after, safe_points, data_pages, zero_pages,
+    /// bytes, seconds}
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `rewind import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The archive, or a full archive followed by the incremental ones that continue it, in
+    /// order (- for standard input, alone)
+    #[arg(value_name = "ARCHIVE", required = true)]
+    pub archives: Vec<PathBuf>,
+    /// The safe point to restore (default: the newest of the last archive; see below)
+    #[arg(long, value_name = SELECTOR_VALUE_NAME)]
+    pub at: Option<String>,
+    /// A new raw image file, or a block device to overwrite
+    #[arg(short = 'o', long = "output", value_name = "IMAGE|DEVICE")]
+    pub output: PathBuf,
+    /// Replace the file if it exists
+    #[arg(long)]
+    pub force: bool,
+    /// Print JSON: {output, at, time, label, data_pages, zero_pages, bytes_read, seconds}
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `rewind archive ...`.
+#[derive(Debug, Subcommand)]
+pub enum ArchiveCommand {
+    /// Show what an archive holds: its safe points, their times, labels and sizes
+    Ls {
+        /// The archive (- for standard input)
+        #[arg(value_name = "ARCHIVE")]
+        archive: PathBuf,
+        /// Print JSON: {source_uuid, device_bytes, incremental_after, bytes, safe_points:
+        /// [{id, time, time_ns, trigger, label, data_bytes, zeroed_bytes}]}
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read archives whole and check every checksum, without restoring anything
+    Verify {
+        /// The archives
+        #[arg(value_name = "ARCHIVE", required = true)]
+        archives: Vec<PathBuf>,
+        /// Print JSON: [{archive, ok, error, records, pages, bytes}]
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `rewind view`.

@@ -1,6 +1,8 @@
 //! The command line: [`args`] parses it with clap, [`run`] hands each command to its file
-//! ([`image`], [`device`], [`history`], [`docs`]), and [`render`] prints what they found.
+//! ([`image`], [`device`], [`history`], [`archive`], [`docs`]), and [`render`] prints what
+//! they found.
 
+pub mod archive;
 pub mod args;
 pub mod bisect;
 pub mod device;
@@ -14,7 +16,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use crate::cli::args::{Cli, Command, ServeArgs};
+use crate::cli::args::{ArchiveCommand, Cli, Command, ServeArgs};
 use crate::daemon::backing::Allocation;
 use crate::daemon::report::Reporter;
 use crate::daemon::serve::{self as daemon, ServeOptions};
@@ -118,6 +120,31 @@ pub fn run(cli: Cli) -> Result<()> {
         }),
         Command::View(a) => history::view_command(a.id, &a.at, a.json),
         Command::Diff(a) => history::diff_command(a.id, &a.from, &a.to, a.json),
+        Command::Export(a) => {
+            let source = match (a.id, a.image.as_deref()) {
+                (Some(id), _) => archive::Source::Device(id),
+                (None, Some(image)) => archive::Source::Image(image),
+                (None, None) => unreachable!("clap requires -n or IMAGE"),
+            };
+            archive::export_command(
+                source,
+                a.from.as_deref(),
+                a.to.as_deref(),
+                a.incremental,
+                &a.output,
+                a.force,
+                a.json,
+            )
+        }
+        Command::Import(a) => {
+            archive::import_command(&a.archives, a.at.as_deref(), &a.output, a.force, a.json)
+        }
+        Command::Archive(ArchiveCommand::Ls { archive, json }) => {
+            archive::ls_command(&archive, json)
+        }
+        Command::Archive(ArchiveCommand::Verify { archives, json }) => {
+            archive::verify_command(&archives, json)
+        }
         Command::InstallUnits(a) => install::install_units_command(&a.root, a.binary.as_deref()),
         Command::Bisect(a) => bisect::bisect_command(a.id, &a.good, &a.bad, &a.command, a.json),
         Command::Pin(a) => history::pin_command(a.id, a.image.as_deref(), &a.at, true, a.json),

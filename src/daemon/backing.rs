@@ -162,7 +162,8 @@ pub struct FileStore {
 compile_error!("BLKGETSIZE64 uses the asm-generic ioctl encoding; add this architecture's");
 const BLKGETSIZE64: libc::c_ulong = (2 << 30) | (8 << 16) | (0x12 << 8) | 114;
 
-fn block_device_len(file: &File) -> io::Result<u64> {
+/// The size of the block device open as `file`, in bytes.
+pub fn block_device_len(file: &File) -> io::Result<u64> {
     let mut bytes: u64 = 0;
     // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points at `bytes`, a
     // live, aligned u64 on this stack frame; the descriptor is open for the call's duration.

@@ -17,9 +17,11 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::RwLock;
+use rewind_archive::ExportOptions;
 use rewind_history::{Clock, SafePointId, SystemClock, Volume};
 
 use crate::daemon::backing::FileStore;
+use crate::daemon::export;
 use crate::daemon::handover::Handover;
 use crate::daemon::pacing::Pacer;
 use crate::daemon::views::Views;
@@ -49,17 +51,25 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// A response, and what the daemon does once it is sent.
-pub struct Answer {
-    /// What the client reads.
-    pub response: Response,
-    /// Run on the connection's thread after the response is written (or failed to be).
-    pub then: Option<Box<dyn FnOnce() + Send>>,
+/// What the daemon does for a request: a response line, maybe followed by more.
+// One per request, moved once: boxing the response would buy nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum Answer {
+    /// A response line.
+    Line {
+        /// What the client reads.
+        response: Response,
+        /// Run on the connection's thread after the response is written (or failed to be).
+        then: Option<Box<dyn FnOnce() + Send>>,
+    },
+    /// Writes its own response line and whatever follows it (an archive) on the
+    /// connection; the connection closes after it.
+    Stream(Box<dyn FnOnce(&mut UnixStream) + Send>),
 }
 
 impl From<Response> for Answer {
     fn from(response: Response) -> Answer {
-        Answer {
+        Answer::Line {
             response,
             then: None,
         }
@@ -162,15 +172,23 @@ where
             Ok(request) => handler(&request).into(),
             Err(e) => Response::error(format!("bad request: {e}")).into(),
         };
-        let written = write_line(&mut writer, &answer.response);
-        if let Some(then) = answer.then {
-            then();
+        match answer {
+            Answer::Line { response, then } => {
+                let written = write_line(&mut writer, &response);
+                if let Some(then) = then {
+                    then();
+                }
+                written?;
+            }
+            Answer::Stream(write) => {
+                write(&mut writer);
+                return Ok(());
+            }
         }
-        written?;
     }
 }
 
-fn write_line(w: &mut impl Write, response: &Response) -> io::Result<()> {
+pub(crate) fn write_line(w: &mut impl Write, response: &Response) -> io::Result<()> {
     let mut text = serde_json::to_string(response).map_err(io::Error::other)?;
     text.push('\n');
     w.write_all(text.as_bytes())?;
@@ -219,17 +237,44 @@ impl Answers {
     /// The answer to `request`, with what follows it: a handover replaces this program
     /// once its answer is sent.
     pub fn reply(&self, request: &ControlRequest) -> Answer {
+        if let ControlRequest::Export {
+            from,
+            to,
+            incremental,
+        } = request
+        {
+            return self.export(ExportOptions {
+                from: *from,
+                to: *to,
+                incremental: *incremental,
+            });
+        }
         let response = self.answer(request);
         match request {
             ControlRequest::Handover { exe } if response.ok => {
                 let (handover, exe) = (self.handover.clone(), PathBuf::from(exe));
-                Answer {
+                Answer::Line {
                     response,
                     then: Some(Box::new(move || handover.exec(&exe))),
                 }
             }
             _ => response.into(),
         }
+    }
+
+    /// `export`: plans the archive and answers on the connection, then writes the archive
+    /// after the answer (`export::stream`).
+    fn export(&self, options: ExportOptions) -> Answer {
+        let Some(volume) = self.volume.upgrade() else {
+            return Response::error("the device is shutting down").into();
+        };
+        if self.handover.underway() {
+            return Response::error("the device is being handed over to a new binary").into();
+        }
+        let handover = self.handover.clone();
+        Answer::Stream(Box::new(move |conn| {
+            export::stream(&volume, options, conn, &|| handover.serving())
+        }))
     }
 
     /// The answer to `request`.
@@ -267,6 +312,9 @@ impl Answers {
             ControlRequest::Pin { id, pinned } => pin(&volume, *id, *pinned),
             ControlRequest::Diff { from, to } => diff(&volume, *from, *to),
             ControlRequest::Handover { exe } => self.handover(&volume, Path::new(exe)),
+            ControlRequest::Export { .. } => {
+                Response::error("an export is answered on a stream of its own (`reply`)")
+            }
         }
     }
 

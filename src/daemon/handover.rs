@@ -59,6 +59,12 @@ impl Handover {
         self.serving.store(serving, Ordering::SeqCst);
     }
 
+    /// True while the device is live and served here, and no stop signal came: work that
+    /// holds the volume long (an export) ends when this turns false, so the volume can close.
+    pub fn serving(&self) -> bool {
+        self.serving.load(Ordering::SeqCst) && !self.stop.load(Ordering::SeqCst)
+    }
+
     /// True from the start of a handover until it is given up (a failed commit or exec).
     pub fn underway(&self) -> bool {
         self.underway.load(Ordering::SeqCst)
@@ -81,7 +87,7 @@ impl Handover {
                 exe.display()
             ));
         }
-        if !self.serving.load(Ordering::SeqCst) || self.stop.load(Ordering::SeqCst) {
+        if !self.serving() {
             return Err("the device is not being served now (it is starting or stopping)".into());
         }
         if self.underway.swap(true, Ordering::SeqCst) {

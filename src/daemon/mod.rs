@@ -2,12 +2,14 @@
 //! ublk target and its queues ([`target`], [`ublk`]) move the data, the backing store
 //! ([`backing`]) holds it, [`pacing`] decides when the daemon makes safe points of its own,
 //! [`views`] serves read-only devices of past safe points, [`control`] answers the
-//! control socket, and [`handover`] hands the device to another binary (`rewind upgrade`).
+//! control socket, [`export`] writes archives of its history for `rewind export`, and
+//! [`handover`] hands the device to another binary (`rewind upgrade`).
 //!
 //! Uses only the leaves (`ipc`, `selector`, `size`, `time`) and the engine.
 
 pub mod backing;
 pub mod control;
+pub mod export;
 pub mod flusher;
 pub mod group_commit;
 pub mod handover;

@@ -77,6 +77,19 @@ pub enum ControlRequest {
         /// Pin or unpin.
         pinned: bool,
     },
+    /// Write an archive of safe points `from` to `to` (`rewind export`): the answer line
+    /// is followed, when it is ok, by the archive's bytes until the connection closes.
+    Export {
+        /// The first safe point; the oldest in the window when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<SafePointId>,
+        /// The last safe point; the newest when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<SafePointId>,
+        /// Only the changes after `from` (an archive that continues one ending at `from`).
+        #[serde(default)]
+        incremental: bool,
+    },
     /// Hand the device to the rewind binary `exe` (`rewind upgrade`): make everything
     /// written durable, answer, then replace this process with `exe`, which takes the device
     /// over as `rewind recover` would (same pid; the kernel holds the device's I/O

@@ -56,6 +56,16 @@ pub fn request(
     request: &ControlRequest,
     timeout: Duration,
 ) -> Result<Response, ClientError> {
+    exchange(path, request, timeout).map(|(reply, _)| reply)
+}
+
+/// `request`, also returning the connection, positioned after the reply line: what the
+/// daemon sends after it (an archive) is read from there.
+fn exchange(
+    path: &Path,
+    request: &ControlRequest,
+    timeout: Duration,
+) -> Result<(Response, BufReader<UnixStream>), ClientError> {
     let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
         path: path.to_path_buf(),
         source,
@@ -75,9 +85,8 @@ pub fn request(
     // the request is written: the write then fails, and the answer waits to be read.
     let sent = (&stream).write_all(line.as_bytes());
     let mut reply = String::new();
-    let read = BufReader::new(&stream)
-        .take(MAX_REPLY_BYTES)
-        .read_line(&mut reply);
+    let mut conn = BufReader::new(stream);
+    let read = (&mut conn).take(MAX_REPLY_BYTES).read_line(&mut reply);
     if reply.is_empty() {
         sent.map_err(exchange)?;
     }
@@ -88,10 +97,11 @@ pub fn request(
             why: "the connection closed without a reply".into(),
         });
     }
-    serde_json::from_str(&reply).map_err(|e| ClientError::BadReply {
+    let reply = serde_json::from_str(&reply).map_err(|e| ClientError::BadReply {
         path: path.to_path_buf(),
         why: e.to_string(),
-    })
+    })?;
+    Ok((reply, conn))
 }
 
 /// Sends `what` to the daemon of device `id` (for `command`, which needs root to reach the
@@ -103,6 +113,17 @@ pub fn ask(
     what: &ControlRequest,
     timeout: Duration,
 ) -> Result<Result<Response, String>> {
+    Ok(ask_for_stream(command, id, what, timeout)?.map(|(reply, _)| reply))
+}
+
+/// `ask`, also returning the connection after the reply line, for a request the daemon
+/// answers with more than a line (`export`). `timeout` applies to each read from it.
+pub fn ask_for_stream(
+    command: &str,
+    id: u32,
+    what: &ControlRequest,
+    timeout: Duration,
+) -> Result<Result<(Response, BufReader<UnixStream>), String>> {
     registry::check_daemon_access(command)?;
     let Some(data) = registry::target_data(id) else {
         bail!(registry::not_rewind(id));
@@ -116,7 +137,7 @@ pub fn ask(
             v.of
         );
     }
-    let reply = match request(&paths::socket_path(id), what, timeout) {
+    let (reply, conn) = match exchange(&paths::socket_path(id), what, timeout) {
         Ok(r) => r,
         Err(e) => {
             if let Ok((state, pid)) = registry::kernel_view(id) {
@@ -133,7 +154,7 @@ pub fn ask(
     if !reply.ok {
         return Ok(Err(reply.error.unwrap_or_else(|| "no reason given".into())));
     }
-    Ok(Ok(reply))
+    Ok(Ok((reply, conn)))
 }
 
 #[cfg(test)]
