@@ -1,9 +1,9 @@
 #!/bin/bash
 # Fuzzes everything rewind reads from disk: ci/fuzz.sh [--seconds N] [TARGET...]
-#   superblock, journal, checkpoint, image (fuzz/fuzz_targets/; inputs and checks are in
-#   history/src/fuzzing.rs). Each runs N seconds (default 20) on a copy of its committed
-#   corpus (fuzz/corpus/TARGET), so CI never grows the corpus. A longer run:
-#   ci/fuzz.sh --seconds 600.
+#   superblock, journal, checkpoint, image, archive (fuzz/fuzz_targets/; inputs and checks
+#   are in history/src/fuzzing.rs and archive/src/fuzzing.rs). Each runs N seconds (default
+#   20) on a copy of its committed corpus (fuzz/corpus/TARGET), so CI never grows the
+#   corpus. A longer run: ci/fuzz.sh --seconds 600.
 # Builds with `cargo +nightly fuzz` (installs cargo-fuzz if missing; without a nightly,
 # tries stable with RUSTC_BOOTSTRAP=1), with debug assertions and overflow checks on.
 # Limits: 1024 MiB of memory (a larger allocation is a finding) and 10 s per input (a
@@ -12,7 +12,7 @@
 # with "fuzz: NOT RUN: reason" when fuzzing cannot run here.
 #
 # A finding: reproduce with `cargo +nightly fuzz run -a TARGET fuzz/artifacts/TARGET/FILE`,
-# fix it in history/ with an error, never a panic, and copy the input to
+# fix it in history/ or archive/ with an error, never a panic, and copy the input to
 # fuzz/corpus/TARGET/regress-<what> so history/tests/fuzz_corpus.rs guards it on stable.
 set -euo pipefail
 
@@ -21,7 +21,7 @@ CI_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$CI_DIR/.." && pwd)
 cd "$REPO"
 
-ALL_TARGETS=(superblock journal checkpoint image)
+ALL_TARGETS=(superblock journal checkpoint image archive)
 seconds=20
 targets=()
 while [[ $# -gt 0 ]]; do

@@ -507,3 +507,76 @@ fn logs_of_an_image_prints_the_end_of_its_daemons_log() {
     let o = rewind(&["logs"]);
     assert!(!o.status.success(), "neither -n nor an image");
 }
+
+#[test]
+fn export_of_an_unserved_image_imports_and_damaged_archives_leave_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let (img, rwa, out) = (at("disk.img"), at("disk.rwa"), at("restored.img"));
+    assert!(rewind(&["create", &img, "--size", "16M", "--sparse"])
+        .status
+        .success());
+    // Two more safe points: a rollback to 0 and its undo point.
+    assert!(rewind(&["rollback", &img, "--to", "0"]).status.success());
+    let before = std::fs::read(&img).unwrap();
+    let o = rewind(&["export", &img, "-o", &rwa, "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        std::fs::read(&img).unwrap() == before,
+        "export wrote to the image"
+    );
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (j["from"].as_u64(), j["safe_points"].as_u64()),
+        (Some(0), Some(2))
+    );
+    let o = rewind(&["archive", "ls", &rwa, "--json"]);
+    let ls: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(ls["device_bytes"], 16 << 20);
+    assert_eq!(ls["safe_points"][1]["trigger"], "rollback");
+    assert!(rewind(&["archive", "verify", &rwa]).status.success());
+    let o = rewind(&["import", &rwa, "--at", "0", "-o", &out]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let restored = std::fs::read(&out).unwrap();
+    assert_eq!(restored.len(), 16 << 20);
+    assert!(
+        restored.iter().all(|b| *b == 0),
+        "the device at safe point 0 is all zeros"
+    );
+    // Refusals: an existing output, a safe point the archive lacks, a truncated archive
+    // (which leaves no output behind), a file that is no archive.
+    let o = rewind(&["import", &rwa, "-o", &out]);
+    assert!(stderr(&o).contains("exists"), "{}", stderr(&o));
+    let o = rewind(&["import", &rwa, "--at", "7", "-o", &at("x.img")]);
+    assert!(
+        stderr(&o).contains("none of the archives"),
+        "{}",
+        stderr(&o)
+    );
+    let bytes = std::fs::read(&rwa).unwrap();
+    std::fs::write(at("cut.rwa"), &bytes[..bytes.len() - 1]).unwrap();
+    let o = rewind(&["import", &at("cut.rwa"), "-o", &at("y.img")]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("truncated"),
+        "{}",
+        stderr(&o)
+    );
+    let o = rewind(&["archive", "verify", &at("cut.rwa")]);
+    assert!(
+        !o.status.success() && stdout(&o).contains("FAILED"),
+        "{}",
+        stdout(&o)
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with('.') || n == "y.img")
+        .collect();
+    assert!(left.is_empty(), "a failed import left {left:?}");
+    let o = rewind(&["archive", "ls", &img]);
+    assert!(
+        stderr(&o).contains("not a rewind archive"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -2,7 +2,7 @@
 
 use std::io::Cursor;
 
-use crate::{restore, verify, Directory, PageSink};
+use crate::{restore, verify, Directory, Error, PageSink};
 
 /// A sink that checks every page it is given is inside the device, and keeps nothing.
 struct Bounds(u64);
@@ -22,13 +22,12 @@ impl PageSink for Bounds {
 
 /// Reads `data` as an archive: its directory, then every record (`verify`), then a restore
 /// of each safe point. Checks that none panics, that only errors come back, and that an
-/// archive `verify` accepts restores at every one of its safe points.
-pub fn archive(data: &[u8]) {
+/// archive `verify` accepts restores at every one of its safe points. Returns what `verify`
+/// said.
+pub fn archive(data: &[u8]) -> Result<(), Error> {
     let mut r = Cursor::new(data);
-    let Ok(dir) = Directory::read(&mut r) else {
-        return;
-    };
-    let verified = verify(&mut r, &dir, &mut |_| {}).is_ok();
+    let dir = Directory::read(&mut r)?;
+    let verified = verify(&mut r, &dir, &mut |_| {}).map(|_| ());
     for sp in dir.safe_points.clone() {
         let mut r = Cursor::new(data);
         let d = Directory::read(&mut r).expect("read once already");
@@ -40,8 +39,9 @@ pub fn archive(data: &[u8]) {
             &mut Bounds(dir.logical_pages),
             &mut |_| {},
         );
-        if verified && dir.base.is_none() {
+        if verified.is_ok() && dir.base.is_none() {
             restored.expect("a verified full archive restores at each of its safe points");
         }
     }
+    verified
 }
