@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! cli  ->  runtime  ->  daemon  ->  rewind-history  ->  rewind-remap
+//!                                  \->  rewind-archive  ->  rewind-history
 //! ```
 //!
 //! - [`cli`]: the command line: its clap definitions, one file per group of commands, and
@@ -13,7 +14,11 @@
 //!   kernel has and what their daemons recorded, the control client, starting daemons and
 //!   supervising them;
 //! - [`daemon`]: serving one image as one ublk device: the target and its queues, the
-//!   backing store, pacing, views, the control server, signals.
+//!   backing store, pacing, views, the control server, exports, signals.
+//!
+//! `rewind-archive` (the archive of `rewind export` and `rewind import`) sits beside the
+//! engine: the daemon exports through it, and `cli` exports an unserved image and imports
+//! through it.
 //!
 //! A room uses the rooms to its right, never one to its left. `cli` also uses `daemon`
 //! directly: `rewind add --foreground` and `__serve` serve in their own process, and the
