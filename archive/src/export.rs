@@ -18,7 +18,9 @@ use rewind_history::{
 };
 
 use crate::directory::Directory;
-use crate::format::{ArchivedSafePoint, Extent, Kind, RecordHeader, RECORD_MAGIC, RECORD_PAGES};
+use crate::format::{
+    ArchivedSafePoint, Extent, Kind, RecordHeader, RECORD_HEADER_BYTES, RECORD_MAGIC, RECORD_PAGES,
+};
 use crate::Error;
 
 /// Pages resolved at a time while planning.
@@ -221,7 +223,8 @@ impl<'v, S: Store> Export<'v, S> {
     }
 
     /// Builds into `buf` the record of the `count` pages from `first` of extent `extent`,
-    /// read through `view`.
+    /// read through `view`: the pages are read into their place in `buf`, then the checksums
+    /// and the header are filled in before them.
     fn record(
         &self,
         view: ViewId,
@@ -233,7 +236,11 @@ impl<'v, S: Store> Export<'v, S> {
         let mut phys = Vec::with_capacity(count as usize);
         self.vol
             .resolve_view_pages(view, LogicalPage(first), count as usize, &mut phys)?;
-        let mut data = vec![0u8; (count * PAGE_SIZE) as usize];
+        let page = PAGE_SIZE as usize;
+        let data_at = RECORD_HEADER_BYTES as usize + 4 * count as usize;
+        buf.clear();
+        buf.resize(data_at + count as usize * page, 0);
+        let data = &mut buf[data_at..];
         let mut i = 0;
         while i < phys.len() {
             let Some(p) = phys[i] else {
@@ -248,17 +255,19 @@ impl<'v, S: Store> Export<'v, S> {
                 .zip(1u32..)
                 .take_while(|(q, k)| **q == Some(PhysPage(p.0 + k)))
                 .count();
-            let bytes = &mut data[i * PAGE_SIZE as usize..(i + run) * PAGE_SIZE as usize];
             self.vol
                 .store()
-                .read_at(self.vol.layout().page_offset(p), bytes)
+                .read_at(
+                    self.vol.layout().page_offset(p),
+                    &mut data[i * page..(i + run) * page],
+                )
                 .map_err(Error::io("reading the image"))?;
             i += run;
         }
         // The view still holds its safe point: none of these pages was freed and reused.
         self.vol.check_view(view)?;
-        let crcs: Vec<u8> = data
-            .chunks_exact(PAGE_SIZE as usize)
+        let crcs: Vec<u8> = buf[data_at..]
+            .chunks_exact(page)
             .flat_map(|page| crc32c::crc32c(page).to_le_bytes())
             .collect();
         let mut h = RecordHeader {
@@ -270,10 +279,8 @@ impl<'v, S: Store> Export<'v, S> {
             pad: U32::new(0),
         };
         h.crc = U32::new(h.compute_crc(&crcs));
-        buf.clear();
-        buf.extend_from_slice(h.as_bytes());
-        buf.extend_from_slice(&crcs);
-        buf.extend_from_slice(&data);
+        buf[..RECORD_HEADER_BYTES as usize].copy_from_slice(h.as_bytes());
+        buf[RECORD_HEADER_BYTES as usize..data_at].copy_from_slice(&crcs);
         Ok(())
     }
 }
