@@ -82,6 +82,11 @@ impl<'v, S: Store> Export<'v, S> {
             .iter()
             .filter(|s| s.id >= from && s.id <= to)
             .collect();
+        if chosen.first().map(|s| s.id) != Some(from) || chosen.last().map(|s| s.id) != Some(to) {
+            return Err(Error::Refused(format!(
+                "safe points {from} and {to} must both be in the history window"
+            )));
+        }
         let mut export = Export {
             vol,
             held: Vec::new(),
@@ -97,11 +102,6 @@ impl<'v, S: Store> Export<'v, S> {
         for sp in &chosen {
             // Fails if `sp` retired since `safe_points`: said in the engine's words.
             export.held.push(vol.open_view(sp.id)?);
-        }
-        if chosen.first().map(|s| s.id) != Some(from) || chosen.last().map(|s| s.id) != Some(to) {
-            return Err(Error::Refused(format!(
-                "safe points {from} and {to} must both be in the history window"
-            )));
         }
         let skip = usize::from(opts.incremental);
         export.segment_views = export.held[skip..].to_vec();
