@@ -2,7 +2,7 @@
 
 use std::io::Cursor;
 
-use crate::{restore, verify, Directory, Error, PageSink};
+use crate::{restore, verify, Base, Directory, Error, PageSink};
 
 /// A sink that checks every page it is given is inside the device, and keeps nothing.
 struct Bounds(u64);
@@ -35,7 +35,7 @@ pub fn archive(data: &[u8]) -> Result<(), Error> {
         let restored = restore(
             &mut chain,
             sp.id,
-            true,
+            Base::Empty { zero_rest: true },
             &mut Bounds(dir.logical_pages),
             &mut |_| {},
         );

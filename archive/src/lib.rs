@@ -27,7 +27,7 @@ mod read;
 pub use directory::{Directory, Segment};
 pub use export::{Export, ExportOptions};
 pub use format::{ArchivedSafePoint, Extent, Kind};
-pub use read::{restore, verify, PageSink, Restored, Verified};
+pub use read::{restore, verify, Base, PageSink, Restored, Verified};
 
 /// Why reading or writing an archive failed.
 #[derive(Debug, thiserror::Error)]

@@ -162,14 +162,27 @@ pub fn verify(
 
 /// Checks that `chain` is a full archive followed by incremental ones, each continuing the
 /// one before, of one image; returns the archive and segment that hold safe point `at`.
-fn locate(chain: &[&Directory], at: SafePointId) -> Result<(usize, usize), Error> {
+fn locate(chain: &[&Directory], at: SafePointId, base: Base) -> Result<(usize, usize), Error> {
     let Some(first) = chain.first() else {
         return Err(Error::Refused("no archive given".into()));
     };
-    if let Some(b) = first.base {
-        return Err(Error::Refused(format!(
-            "the first archive is incremental (it holds the changes after safe point {b}): give the archive that ends at {b} before it"
-        )));
+    match (base, first.base) {
+        (Base::Empty { .. }, None) => {}
+        (Base::Empty { .. }, Some(b)) => {
+            return Err(Error::Refused(format!(
+                "the first archive is incremental (it holds the changes after safe point {b}): give the archive that ends at {b} before it"
+            )))
+        }
+        (Base::Holding(h), Some(b)) if h == b => {}
+        (Base::Holding(h), b) => {
+            return Err(Error::Refused(format!(
+                "the first archive does not continue safe point {h}: it {}",
+                match b {
+                    Some(b) => format!("holds the changes after safe point {b}"),
+                    None => "is a full archive".into(),
+                }
+            )))
+        }
     }
     for (k, pair) in chain.windows(2).enumerate() {
         let (a, b) = (pair[0], pair[1]);
@@ -209,22 +222,39 @@ fn locate(chain: &[&Directory], at: SafePointId) -> Result<(usize, usize), Error
     )))
 }
 
-/// Restores safe point `at` from `chain` (a full archive, then incremental archives each
-/// continuing the one before, each reader past its directory) into `sink`, reading each
-/// archive once, front to back, and only as far as `at` needs. Each page is written once,
-/// from the newest segment at or before `at` that has it; `zero_rest` also zeroes the pages
-/// no such segment has (for a sink that does not start as zeros, a block device). Every
-/// record read is checked before its pages are used: a damaged archive ends the restore
-/// with an error, after which the sink holds a mix and must not be used.
+/// What a sink holds before a restore.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Base {
+    /// Nothing: the chain starts with a full archive, and the pages none of it has read as
+    /// zeros; `zero_rest` zeroes them (for a sink that does not start as zeros, a block
+    /// device).
+    Empty {
+        /// Zero the pages no archive has.
+        zero_rest: bool,
+    },
+    /// Safe point `s` of the image: the chain starts with an incremental archive of the
+    /// changes after `s`, and the pages it lacks keep what the sink holds (a mirror's
+    /// replica).
+    Holding(SafePointId),
+}
+
+/// Restores safe point `at` from `chain` (a full archive, or an incremental one after what
+/// the sink holds per `base`, then incremental archives each continuing the one before,
+/// each reader past its directory) into `sink`, reading each archive once, front to back,
+/// and only as far as `at` needs. Each page is written once, from the newest segment at or
+/// before `at` that has it. Every record read is checked before its pages are used: a
+/// damaged archive ends the restore with an error, after which the sink holds a mix and
+/// must not be used.
 pub fn restore<R: Read>(
     chain: &mut [(Directory, R)],
     at: SafePointId,
-    zero_rest: bool,
+    base: Base,
     sink: &mut dyn PageSink,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Restored, Error> {
     let dirs: Vec<&Directory> = chain.iter().map(|(d, _)| d).collect();
-    let (last, last_segment) = locate(&dirs, at)?;
+    let (last, last_segment) = locate(&dirs, at, base)?;
+    let zero_rest = base == Base::Empty { zero_rest: true };
     let used = |k: usize, e: &Extent| k < last || e.segment as usize <= last_segment;
     // Newest first, so each page goes to the newest extent that has it.
     let mut decided = Ranges::default();

@@ -5,7 +5,7 @@
 use std::io::Cursor;
 use std::sync::Arc;
 
-use rewind_archive::{restore, verify, Directory, Export, ExportOptions, PageSink};
+use rewind_archive::{restore, verify, Base, Directory, Export, ExportOptions, PageSink};
 use rewind_history::{
     create, sim, CreateOptions, LogicalPage, MemStore, SafePointId, Trigger, Volume, PAGE_SIZE,
 };
@@ -92,7 +92,13 @@ fn import(bytes: &[&[u8]], at: SafePointId) -> Result<Vec<u8>, rewind_archive::E
         chain.push((d, r));
     }
     let mut sink = Mem(vec![0xEE; PAGES as usize * PS]);
-    restore(&mut chain, at, true, &mut sink, &mut |_| {})?;
+    restore(
+        &mut chain,
+        at,
+        Base::Empty { zero_rest: true },
+        &mut sink,
+        &mut |_| {},
+    )?;
     Ok(sink.0)
 }
 
@@ -154,6 +160,22 @@ fn a_window_and_an_incremental_chain_restore_each_of_their_safe_points() {
             "safe point {at}"
         );
     }
+    // Applied onto an image that holds its base (a mirror's replica), the incremental
+    // archive alone brings it to each of its safe points; onto another base it is refused.
+    for &at in &all[6..] {
+        let mut r = Cursor::new(&second[..]);
+        let d = Directory::read(&mut r).unwrap();
+        let mut sink = Mem(import(&[&first], b).unwrap());
+        restore(&mut [(d, r)], at, Base::Holding(b), &mut sink, &mut |_| {}).unwrap();
+        assert!(
+            sink.0 == image_at(&vol, at),
+            "safe point {at} applied onto {b}"
+        );
+    }
+    let mut r = Cursor::new(&second[..]);
+    let d = Directory::read(&mut r).unwrap();
+    let mut sink = Mem(import(&[&first], a).unwrap());
+    assert!(restore(&mut [(d, r)], c, Base::Holding(a), &mut sink, &mut |_| {}).is_err());
     // The incremental archive alone, or the chain in the wrong order, is refused.
     assert!(import(&[&second], c).is_err());
     assert!(import(&[&second, &first], a).is_err());

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use jiff::tz::TimeZone;
-use rewind_archive::{ArchivedSafePoint, Directory, Export, ExportOptions, PageSink};
+use rewind_archive::{ArchivedSafePoint, Base, Directory, Export, ExportOptions, PageSink};
 use rewind_history::{SafePointId, Volume, PAGE_SIZE};
 use serde::Serialize;
 
@@ -468,9 +468,15 @@ pub fn import_command(
         opened.drain(..).map(|o| (o.dir, o.reader)).collect();
     let bar = progress_bar(total, "import");
     let mut run = |target: &mut Target| -> Result<rewind_archive::Restored> {
-        rewind_archive::restore(&mut chain, chosen.id, target.device, target, &mut |done| {
-            bar.set_position(done)
-        })
+        rewind_archive::restore(
+            &mut chain,
+            chosen.id,
+            Base::Empty {
+                zero_rest: target.device,
+            },
+            target,
+            &mut |done| bar.set_position(done),
+        )
         .with_context(|| {
             format!(
                 "restoring safe point {} from {}",
