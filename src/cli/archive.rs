@@ -8,7 +8,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, IsTerminal, Read, Write};
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -19,18 +19,13 @@ use serde::Serialize;
 
 use crate::cli::history::device_window;
 use crate::cli::render::{label_suffix, print_json, table};
-use crate::daemon::backing::{BackingError, FileStore};
-use crate::ipc::control::{ControlRequest, SafePointRecord};
-use crate::ipc::paths;
-use crate::runtime::client::ask_for_stream;
+use crate::daemon::backing::{zero_range, BackingError, FileStore};
+use crate::ipc::control::SafePointRecord;
+use crate::runtime::export;
 use crate::runtime::registry;
 use crate::selector::{find_safe_point, Candidate};
 use crate::size::human;
 use crate::time::{local_time, rfc3339};
-
-/// How long `rewind export -n` waits for each read from the daemon: its first answer comes
-/// after it planned the archive (a walk of the history), then the archive streams.
-const EXPORT_READ_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Buffers of the archive's readers and writers.
 const BUF_BYTES: usize = 1 << 20;
@@ -245,73 +240,27 @@ fn export_device(
     incremental: bool,
     out: &Output,
 ) -> Result<Directory> {
-    let device = paths::device_path(id).display().to_string();
     let window = device_window("rewind export", id)?;
     let (from, to) = choose(&window, from, to)?;
-    let request = ControlRequest::Export {
+    let options = ExportOptions {
         from,
         to,
         incremental,
     };
-    let (_, mut conn) = match ask_for_stream("rewind export", id, &request, EXPORT_READ_TIMEOUT)? {
-        Ok(reply) => reply,
-        Err(why) => bail!("no export of {device}: {why}"),
-    };
-    let cut = |e: rewind_archive::Error| {
-        anyhow::anyhow!(
-            "the archive from the daemon of {device} is incomplete ({e}); its log says why: `rewind logs -n {id}`"
-        )
-    };
     let mut dir = None;
     out.write_with(|w| {
-        let mut tee = Tee { r: &mut conn, w };
-        let d = Directory::read(&mut tee).map_err(cut)?;
-        let bar = progress_bar(d.total_bytes(), "export");
-        bar.inc(d.total_bytes() - d.data_bytes());
-        copy_exactly(&mut conn, w, d.data_bytes(), &bar).map_err(|e| {
-            anyhow::anyhow!(
-                "the archive from the daemon of {device} is incomplete: {e}; its log says why: `rewind logs -n {id}`"
-            )
+        let mut bar = None;
+        let d = export::fetch("rewind export", id, options, w, &mut |done, total| {
+            bar.get_or_insert_with(|| progress_bar(total, "export"))
+                .set_position(done)
         })?;
-        bar.finish_and_clear();
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
         dir = Some(d);
         Ok(())
     })?;
     Ok(dir.expect("set by a successful write"))
-}
-
-/// A reader that writes what it reads to `w`: the directory passes through to the output
-/// as it is checked.
-struct Tee<'a, R: Read> {
-    r: &'a mut R,
-    w: &'a mut dyn Write,
-}
-
-impl<R: Read> Read for Tee<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.r.read(buf)?;
-        self.w.write_all(&buf[..n])?;
-        Ok(n)
-    }
-}
-
-/// Copies exactly `n` bytes from `r` to `w`; an early end is an error.
-fn copy_exactly(r: &mut impl Read, w: &mut dyn Write, n: u64, bar: &ProgressBar) -> Result<()> {
-    let mut buf = vec![0u8; BUF_BYTES];
-    let mut left = n;
-    while left > 0 {
-        let want = left.min(buf.len() as u64) as usize;
-        let got = match r.read(&mut buf[..want]) {
-            Ok(0) => bail!("it stopped {} bytes short", left),
-            Ok(got) => got,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e).context("reading the archive"),
-        };
-        w.write_all(&buf[..got]).context("writing the archive")?;
-        left -= got as u64;
-        bar.inc(got as u64);
-    }
-    Ok(())
 }
 
 /// Exports from an image no daemon serves, read-only.
@@ -394,30 +343,8 @@ impl PageSink for Target {
             // A new file reads as zeros, and a restore writes each page once.
             return Ok(());
         }
-        zero_out(&self.file, first * PAGE_SIZE, count * PAGE_SIZE)
+        zero_range(&self.file, first * PAGE_SIZE, count * PAGE_SIZE)
     }
-}
-
-/// Zeroes `len` bytes at `offset` of a block device: BLKZEROOUT, or writes of zeros where
-/// the device does not take it.
-fn zero_out(file: &File, offset: u64, len: u64) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // _IO(0x12, 127): zero a byte range, [start, length].
-    const BLKZEROOUT: libc::c_ulong = 0x127f;
-    let range = [offset, len];
-    // SAFETY: the ioctl reads two u64s from `range`, which lives across the call.
-    let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKZEROOUT, range.as_ptr()) };
-    if rc == 0 {
-        return Ok(());
-    }
-    let zeros = vec![0u8; BUF_BYTES];
-    let mut at = offset;
-    while at < offset + len {
-        let n = (offset + len - at).min(zeros.len() as u64) as usize;
-        file.write_all_at(&zeros[..n], at)?;
-        at += n as u64;
-    }
-    Ok(())
 }
 
 #[derive(Serialize)]

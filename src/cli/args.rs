@@ -223,6 +223,9 @@ pub enum Command {
     /// Restore one safe point of an archive (or a chain of them) to a raw image or device
     #[command(after_help = IMPORT_EXAMPLES)]
     Import(ImportArgs),
+    /// Keep a replica of a device (a raw image file or block device), safe point by safe point
+    #[command(after_help = MIRROR_EXAMPLES)]
+    Mirror(MirrorArgs),
     /// List or verify archives made by `rewind export`
     #[command(subcommand)]
     Archive(ArchiveCommand),
@@ -668,6 +671,58 @@ an error (a block device then holds a partial restore; a file is not created).
 ",
     selectors_help!()
 );
+
+const MIRROR_EXAMPLES: &str = "\
+Examples:
+  rewind mirror -n 0 --to /backup/vm-replica.img         # runs until stopped (Ctrl-C, kill)
+  rewind mirror -n 0 --to /dev/nbd0 --rate 20M           # read at most 20 MiB/s from the device
+  rewind mirror -n 0 --to /backup/vm-replica.img --once  # one step, then exit (cron)
+
+The replica is a raw image of the device as it read at one safe point: a file (made at the
+device's size if missing) or a block device at least as large, which can be mounted
+read-only, copied or served by anything that reads raw images. Each step takes what changed
+between the safe point the replica holds and the device's newest one (through the daemon,
+as `rewind export --incremental` would), or the whole newest one when the replica's safe
+point has left the window. The changes go first to a log beside the mirror's state file
+(synced), then onto the replica (synced), then the state moves on.
+
+A mirror killed or crashed at any point, or a daemon that stops mid-step, leaves either the
+replica as it was, or a replica being brought forward: the state file says so
+(\"applying\") and the next `rewind mirror` of it finishes the step from the log before
+anything else. While that is so, the replica holds a mix of two safe points: do not use it
+until the mirror has run again. `rewind stats -n ID` (and `list --json`) show a running
+mirror: the safe point the replica holds and how far it lags, in safe points and seconds.
+
+The state file: --state, default TARGET.mirror.json beside a file, or
+/var/lib/rewind/mirror-NAME.json for a block device /dev/NAME. It remembers the image it
+mirrors: a mirror of another image into the same replica is refused.";
+
+/// `rewind mirror`.
+#[derive(Debug, Args)]
+pub struct MirrorArgs {
+    /// The device: /dev/ublkbID
+    #[arg(short = 'n', long = "number", value_name = "ID")]
+    pub id: u32,
+    /// The replica: a raw image file or a block device
+    #[arg(long, value_name = "FILE|DEVICE")]
+    pub to: PathBuf,
+    /// The mirror's state file (default: see below)
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
+    /// Read at most this many bytes per second from the device (K, M, G suffixes)
+    #[arg(long, value_name = "BYTES", value_parser = crate::size::parse_size)]
+    pub rate: Option<u64>,
+    /// Seconds between looks for a newer safe point
+    #[arg(long, value_name = "SECONDS", default_value_t = 1)]
+    pub interval: u64,
+    /// One step (finish an interrupted one, or bring the replica to the newest safe
+    /// point), then exit
+    #[arg(long)]
+    pub once: bool,
+    /// Print JSON lines, one per step: {at, lag_safe_points, bytes, full, seconds}
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// `rewind export`.
 #[derive(Debug, Args)]

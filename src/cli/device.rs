@@ -316,9 +316,10 @@ pub fn stats_command(id: u32, json: bool) -> Result<()> {
         Ok(reply) => reply,
         Err(why) => bail!("the daemon of ublk device {id} refused: {why}"),
     };
-    let Some(s) = reply.stats else {
+    let Some(mut s) = reply.stats else {
         bail!("the daemon of ublk device {id} sent no figures");
     };
+    s.mirror = crate::runtime::mirror::running_status(id);
     if json {
         print_json(&s)?;
         return Ok(());

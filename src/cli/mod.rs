@@ -10,6 +10,7 @@ pub mod docs;
 pub mod history;
 pub mod image;
 pub mod install;
+pub mod mirror;
 pub mod render;
 
 use std::path::Path;
@@ -136,6 +137,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 a.json,
             )
         }
+        Command::Mirror(a) => mirror::mirror_command(a),
         Command::Import(a) => {
             archive::import_command(&a.archives, a.at.as_deref(), &a.output, a.force, a.json)
         }

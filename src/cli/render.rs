@@ -8,7 +8,7 @@ use jiff::tz::TimeZone;
 use rewind_history::SafePointId;
 use serde::Serialize;
 
-use crate::ipc::control::{DeviceStats, SafePointRecord};
+use crate::ipc::control::{DeviceStats, MirrorRecord, SafePointRecord};
 use crate::ipc::device::DataPath;
 use crate::runtime::listing::ListedDevice;
 use crate::size::human;
@@ -248,6 +248,7 @@ pub fn stats_text(s: &DeviceStats, tz: &TimeZone) -> String {
     lines.extend(window_lines(s, tz));
     lines.extend(pacing_lines(s));
     lines.extend(kept_lines(s));
+    lines.extend(s.mirror.as_ref().map(|m| ("mirror", mirror_line(m, tz))));
     lines.push(("daemon", format!("pid {}", s.pid)));
     if let Some(log) = &s.log {
         lines.push(("log", log.clone()));
@@ -256,6 +257,23 @@ pub fn stats_text(s: &DeviceStats, tz: &TimeZone) -> String {
         .iter()
         .map(|(name, value)| format!("{name:<12} {value}\n"))
         .collect()
+}
+
+/// `rewind stats`: where the device's mirror stands.
+fn mirror_line(m: &MirrorRecord, tz: &TimeZone) -> String {
+    let at = match (m.applying, m.at) {
+        (Some(to), _) => format!("being brought to safe point {to} (a mix until that ends)"),
+        (None, Some(at)) => format!("at safe point {at}"),
+        (None, None) => "no safe point yet".into(),
+    };
+    format!(
+        "{}: {at}, {} safe points and {:.1} s behind (mirror pid {}, as of {})",
+        m.target,
+        m.lag_safe_points,
+        m.lag_ms as f64 / 1000.0,
+        m.pid,
+        local_time(m.updated_ns, tz)
+    )
 }
 
 /// `rewind stats`: how request data moves between the kernel and the image.

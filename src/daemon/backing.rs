@@ -162,6 +162,39 @@ pub struct FileStore {
 compile_error!("BLKGETSIZE64 uses the asm-generic ioctl encoding; add this architecture's");
 const BLKGETSIZE64: libc::c_ulong = (2 << 30) | (8 << 16) | (0x12 << 8) | 114;
 
+/// Makes `len` bytes at `offset` of `file` read as zeros: BLKZEROOUT on a block device, a
+/// punched hole in a regular file, or writes of zeros where those are not offered.
+pub fn zero_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    // _IO(0x12, 127): zero a byte range given as [start, length].
+    const BLKZEROOUT: libc::c_ulong = 0x127f;
+    let range = [offset, len];
+    let rc = if file.metadata()?.file_type().is_block_device() {
+        // SAFETY: the ioctl reads two u64s from `range`, which lives across the call.
+        unsafe { libc::ioctl(file.as_raw_fd(), BLKZEROOUT as _, range.as_ptr()) }
+    } else {
+        // SAFETY: fallocate on an open descriptor; the flags keep the file's size.
+        unsafe {
+            libc::fallocate(
+                file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset as libc::off_t,
+                len as libc::off_t,
+            )
+        }
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = offset;
+    while at < offset + len {
+        let n = (offset + len - at).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
 /// The size of the block device open as `file`, in bytes.
 pub fn block_device_len(file: &File) -> io::Result<u64> {
     let mut bytes: u64 = 0;

@@ -451,6 +451,7 @@ impl Device {
             image_data_bytes_written: None,
             image_metadata_bytes_written: None,
             data_path: Some(self.data_path),
+            mirror: None,
         }
     }
 

@@ -221,6 +221,31 @@ pub struct DeviceStats {
     /// which only had the copy path).
     #[serde(default)]
     pub data_path: Option<DataPath>,
+    /// The `rewind mirror` of the device running now, if one is (filled in by the client
+    /// from the mirror's status file; the daemon knows nothing of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorRecord>,
+}
+
+/// A running `rewind mirror`, as its status file says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorRecord {
+    /// The mirror's process.
+    pub pid: u32,
+    /// The replica.
+    pub target: String,
+    /// The safe point the replica holds (`None`: none yet).
+    pub at: Option<SafePointId>,
+    /// An apply under way: the replica holds a mix of two safe points until it ends.
+    pub applying: Option<SafePointId>,
+    /// The newest safe point of the device when the mirror last looked.
+    pub newest: Option<SafePointId>,
+    /// Safe points the replica is behind the newest.
+    pub lag_safe_points: u64,
+    /// Milliseconds between the replica's safe point and when this was written.
+    pub lag_ms: u64,
+    /// When this was written, ns since the Unix epoch.
+    pub updated_ns: u64,
 }
 
 impl DeviceStats {
@@ -437,6 +462,7 @@ pub fn sample_stats() -> DeviceStats {
         image_data_bytes_written: None,
         image_metadata_bytes_written: None,
         data_path: Some(DataPath::ZeroCopy),
+        mirror: None,
     }
 }
 

@@ -26,6 +26,11 @@ pub fn supervisor_pid_path(id: u32) -> PathBuf {
     Path::new(RUN_DIR).join(format!("ublkb{id}.supervisor.pid"))
 }
 
+/// The status file of the mirror of device `id` (`rewind mirror`), while it runs.
+pub fn mirror_status_path(id: u32) -> PathBuf {
+    Path::new(RUN_DIR).join(format!("ublkb{id}.mirror.json"))
+}
+
 /// The block device node of ublk device `id`.
 pub fn device_path(id: u32) -> PathBuf {
     PathBuf::from(format!("/dev/ublkb{id}"))

@@ -137,7 +137,10 @@ fn daemon_stats(id: u32, state: &mut String) -> Option<DeviceStats> {
         &ControlRequest::Stats,
         STATS_TIMEOUT,
     ) {
-        Ok(r) if r.ok => r.stats,
+        Ok(r) if r.ok => r.stats.map(|mut s| {
+            s.mirror = super::mirror::running_status(id);
+            s
+        }),
         Ok(r) => {
             *state = format!("{state}, daemon says: {}", r.error.unwrap_or_default());
             None

@@ -1,0 +1,85 @@
+//! Fetching an archive from the daemon of a device (`rewind export -n`, `rewind mirror`):
+//! the daemon answers an `export` request with a line and then the archive's bytes, which
+//! are copied to a writer with their directory checked on the way.
+
+use std::io::{self, Read, Write};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use rewind_archive::{Directory, ExportOptions};
+
+use crate::ipc::control::ControlRequest;
+use crate::ipc::paths;
+use crate::runtime::client::ask_for_stream;
+
+/// How long each read from the daemon may wait: its first answer comes after it planned the
+/// archive (a walk of the history), then the archive streams.
+const READ_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Bytes copied at a time.
+const CHUNK: usize = 1 << 20;
+
+/// Asks the daemon of device `id` (for `command`) for the archive `options` names and
+/// copies it to `w`, whole or not at all (an error says the stream was cut short).
+/// `progress` is called with the bytes copied so far and the archive's size.
+pub fn fetch(
+    command: &str,
+    id: u32,
+    options: ExportOptions,
+    w: &mut dyn Write,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Directory> {
+    let device = paths::device_path(id).display().to_string();
+    let request = ControlRequest::Export {
+        from: options.from,
+        to: options.to,
+        incremental: options.incremental,
+    };
+    let (_, mut conn) = match ask_for_stream(command, id, &request, READ_TIMEOUT)? {
+        Ok(reply) => reply,
+        Err(why) => bail!("no export of {device}: {why}"),
+    };
+    let cut = |e: &dyn std::fmt::Display| {
+        anyhow!(
+            "the archive from the daemon of {device} is incomplete ({e}); its log says why: `rewind logs -n {id}`"
+        )
+    };
+    let d = Directory::read(&mut Tee { r: &mut conn, w }).map_err(|e| cut(&e))?;
+    let total = d.total_bytes();
+    let mut done = total - d.data_bytes();
+    progress(done, total);
+    let mut buf = vec![0u8; CHUNK];
+    while done < total {
+        let want = (total - done).min(CHUNK as u64) as usize;
+        let got = match conn.read(&mut buf[..want]) {
+            Ok(0) => {
+                return Err(cut(&format_args!(
+                    "it stopped {} bytes short",
+                    total - done
+                )))
+            }
+            Ok(got) => got,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(cut(&e)),
+        };
+        w.write_all(&buf[..got]).context("writing the archive")?;
+        done += got as u64;
+        progress(done, total);
+    }
+    Ok(d)
+}
+
+/// A reader that writes what it reads to `w`: the directory passes through to the output
+/// as it is checked.
+struct Tee<'a, R: Read> {
+    r: &'a mut R,
+    w: &'a mut dyn Write,
+}
+
+impl<R: Read> Read for Tee<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.r.read(buf)?;
+        self.w.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
