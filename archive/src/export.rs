@@ -95,6 +95,11 @@ impl<'v, S: Store> Export<'v, S> {
                 source_uuid: vol.uuid(),
                 logical_pages: vol.layout().logical_pages,
                 base: opts.incremental.then_some(from),
+                base_time_ns: if opts.incremental {
+                    chosen[0].time_ns
+                } else {
+                    0
+                },
                 safe_points: Vec::new(),
                 extents: Vec::new(),
             },

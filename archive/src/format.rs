@@ -19,6 +19,12 @@ pub const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"RWAR");
 pub const RECORD_PAGES: u64 = 256;
 /// Longest label a safe point carries (as in the image).
 pub const MAX_LABEL: usize = 64;
+/// The largest device an archive describes, in pages (4 PiB): every size computed from a
+/// directory then fits in 64 bits.
+pub const MAX_LOGICAL_PAGES: u64 = 1 << 40;
+/// The largest directory a reader takes (about 44 million extents), so that a damaged or
+/// hostile header cannot make it read without end.
+pub const MAX_DIRECTORY_BYTES: u64 = 1 << 30;
 /// Header flag: the archive holds no state of its own first safe point's predecessor
 /// (`base`): it continues an archive that ends there.
 pub const FLAG_INCREMENTAL: u32 = 1;
@@ -36,6 +42,9 @@ pub struct Header {
     pub logical_pages: U64,
     /// Incremental: the safe point the first segment's changes start from.
     pub base: U64,
+    /// Incremental: that safe point's time, ns since the Unix epoch (ids alone do not tell
+    /// two copies of one image apart once both made safe points of their own).
+    pub base_time_ns: U64,
     pub flags: U32,
     /// Safe points in the directory.
     pub safe_points: U32,

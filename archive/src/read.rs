@@ -173,8 +173,8 @@ fn locate(chain: &[&Directory], at: SafePointId, base: Base) -> Result<(usize, u
                 "the first archive is incremental (it holds the changes after safe point {b}): give the archive that ends at {b} before it"
             )))
         }
-        (Base::Holding(h), Some(b)) if h == b => {}
-        (Base::Holding(h), b) => {
+        (Base::Holding { id, time_ns }, Some(b)) if id == b && time_ns == first.base_time_ns => {}
+        (Base::Holding { id: h, .. }, b) => {
             return Err(Error::Refused(format!(
                 "the first archive does not continue safe point {h}: it {}",
                 match b {
@@ -193,7 +193,8 @@ fn locate(chain: &[&Directory], at: SafePointId, base: Base) -> Result<(usize, u
                 k + 1
             )));
         }
-        if b.base != Some(a.last()) {
+        let a_last_time = a.safe_points.last().map_or(0, |s| s.time_ns);
+        if b.base != Some(a.last()) || b.base_time_ns != a_last_time {
             return Err(Error::Refused(format!(
                 "archive {} does not continue archive {}: it {}, and archive {} ends at safe point {}",
                 k + 2,
@@ -232,10 +233,15 @@ pub enum Base {
         /// Zero the pages no archive has.
         zero_rest: bool,
     },
-    /// Safe point `s` of the image: the chain starts with an incremental archive of the
-    /// changes after `s`, and the pages it lacks keep what the sink holds (a mirror's
-    /// replica).
-    Holding(SafePointId),
+    /// A safe point of the image, named by its id and time: the chain starts with an
+    /// incremental archive of the changes after it, and the pages it lacks keep what the
+    /// sink holds (a mirror's replica).
+    Holding {
+        /// The safe point's id.
+        id: SafePointId,
+        /// Its time, ns since the Unix epoch.
+        time_ns: u64,
+    },
 }
 
 /// Restores safe point `at` from `chain` (a full archive, or an incremental one after what

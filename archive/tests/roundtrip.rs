@@ -102,6 +102,15 @@ fn import(bytes: &[&[u8]], at: SafePointId) -> Result<Vec<u8>, rewind_archive::E
     Ok(sink.0)
 }
 
+/// What a sink holding safe point `id` of `vol` holds.
+fn holding(vol: &Volume<Arc<MemStore>>, id: SafePointId) -> Base {
+    let sp = vol.safe_points().into_iter().find(|s| s.id == id).unwrap();
+    Base::Holding {
+        id,
+        time_ns: sp.time_ns,
+    }
+}
+
 fn ids(vol: &Volume<Arc<MemStore>>) -> Vec<SafePointId> {
     vol.safe_points().iter().map(|s| s.id).collect()
 }
@@ -166,7 +175,7 @@ fn a_window_and_an_incremental_chain_restore_each_of_their_safe_points() {
         let mut r = Cursor::new(&second[..]);
         let d = Directory::read(&mut r).unwrap();
         let mut sink = Mem(import(&[&first], b).unwrap());
-        restore(&mut [(d, r)], at, Base::Holding(b), &mut sink, &mut |_| {}).unwrap();
+        restore(&mut [(d, r)], at, holding(&vol, b), &mut sink, &mut |_| {}).unwrap();
         assert!(
             sink.0 == image_at(&vol, at),
             "safe point {at} applied onto {b}"
@@ -175,7 +184,19 @@ fn a_window_and_an_incremental_chain_restore_each_of_their_safe_points() {
     let mut r = Cursor::new(&second[..]);
     let d = Directory::read(&mut r).unwrap();
     let mut sink = Mem(import(&[&first], a).unwrap());
-    assert!(restore(&mut [(d, r)], c, Base::Holding(a), &mut sink, &mut |_| {}).is_err());
+    assert!(restore(&mut [(d, r)], c, holding(&vol, a), &mut sink, &mut |_| {}).is_err());
+    // The right id with another time (a copy of the image that went on its own) is refused.
+    let mut r = Cursor::new(&second[..]);
+    let d = Directory::read(&mut r).unwrap();
+    let mut sink = Mem(import(&[&first], b).unwrap());
+    let Base::Holding { id, time_ns } = holding(&vol, b) else {
+        unreachable!()
+    };
+    let other = Base::Holding {
+        id,
+        time_ns: time_ns + 1,
+    };
+    assert!(restore(&mut [(d, r)], c, other, &mut sink, &mut |_| {}).is_err());
     // The incremental archive alone, or the chain in the wrong order, is refused.
     assert!(import(&[&second], c).is_err());
     assert!(import(&[&second, &first], a).is_err());
@@ -257,4 +278,46 @@ fn damaged_archives_are_refused() {
     swapped.extend_from_slice(&good[a..a + len1]);
     swapped.extend_from_slice(&good[a + len1 + len2..]);
     check(&swapped, "two records swapped");
+}
+
+/// A rollback inside the window (the live device goes back to an earlier safe point, and
+/// the state left becomes a safe point): every safe point still restores as it reads.
+#[test]
+fn a_window_with_a_rollback_in_it_restores_every_safe_point() {
+    let vol = volume_with_history(5, 23);
+    let before = ids(&vol);
+    vol.rollback(before[2]).unwrap();
+    let mut stream = vol.stream(0, 1);
+    for l in [0u64, 7, 100, 250] {
+        vol.write_page(&mut stream, LogicalPage(l), &vec![0xA5; PS])
+            .unwrap();
+    }
+    vol.safe_point(Trigger::User, None).unwrap();
+    vol.discard(LogicalPage(1), 20).unwrap();
+    vol.safe_point(Trigger::User, None).unwrap();
+    let bytes = export(&vol, ExportOptions::default());
+    for at in ids(&vol) {
+        assert!(
+            import(&[&bytes], at).unwrap() == image_at(&vol, at),
+            "safe point {at}"
+        );
+    }
+    let mid = ids(&vol)[3];
+    let first = export(
+        &vol,
+        ExportOptions {
+            to: Some(mid),
+            ..Default::default()
+        },
+    );
+    let rest = export(
+        &vol,
+        ExportOptions {
+            from: Some(mid),
+            incremental: true,
+            ..Default::default()
+        },
+    );
+    let newest = *ids(&vol).last().unwrap();
+    assert!(import(&[&first, &rest], newest).unwrap() == image_at(&vol, newest));
 }

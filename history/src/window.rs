@@ -179,12 +179,22 @@ impl Window {
             .map(|(_, p)| *p)
     }
 
-    /// Every logical page that changed after safe point `at`, with what it held then.
-    pub fn changed_since(&self, at: SafePointId) -> Vec<(LogicalPage, Option<PhysPage>)> {
+    /// Every logical page that changed after safe point `at`, with what it held then: up to
+    /// safe point `until` (`None`: up to now).
+    pub fn changed_since(
+        &self,
+        at: SafePointId,
+        until: Option<SafePointId>,
+    ) -> Vec<(LogicalPage, Option<PhysPage>)> {
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
-        // Ascending epochs: the first entry of a page after `at` is its state at `at`.
-        for (_, g) in self.groups.range(at.next()..) {
+        let end = until.unwrap_or(SafePointId(u64::MAX));
+        if end <= at {
+            return out;
+        }
+        // Ascending epochs: the first entry of a page after `at` is its state at `at`. A page
+        // whose first entry is in an epoch after `until` did not change up to `until`.
+        for (_, g) in self.groups.range(at.next()..=end) {
             for &(l, p) in g {
                 if seen.insert(l) {
                     out.push((l, p));

@@ -66,12 +66,7 @@ impl Output {
             }
             return Ok(Output::Stdout);
         }
-        if path.exists() && !force {
-            bail!(
-                "{} exists: give another path, or --force to replace it",
-                path.display()
-            );
-        }
+        check_new_file(path, force)?;
         Ok(Output::File {
             path: path.to_path_buf(),
             temp: temp_beside(path),
@@ -103,6 +98,27 @@ impl Output {
     }
 }
 
+/// Refuses to write to `path` if it exists, unless `force` and it is a regular file (a
+/// symbolic link, a device or a directory is never replaced by a file).
+fn check_new_file(path: &Path, force: bool) -> Result<()> {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !meta.file_type().is_file() {
+        bail!(
+            "{} exists and is not a regular file: give the path of a new file",
+            path.display()
+        );
+    }
+    if !force {
+        bail!(
+            "{} exists: give another path, or --force to replace it",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// A temporary name in `path`'s directory, for a file renamed to `path` when complete.
 fn temp_beside(path: &Path) -> PathBuf {
     let name = path
@@ -122,14 +138,14 @@ fn create_new(path: &Path) -> Result<File> {
 
 /// Renames `temp` to `path` if `done` is ok, else removes it.
 fn finish_temp(done: Result<()>, temp: &Path, path: &Path) -> Result<()> {
-    match done {
-        Ok(()) => std::fs::rename(temp, path)
-            .with_context(|| format!("renaming {} to {}", temp.display(), path.display())),
-        Err(e) => {
-            let _ = std::fs::remove_file(temp);
-            Err(e)
-        }
+    let done = done.and_then(|()| {
+        std::fs::rename(temp, path)
+            .with_context(|| format!("renaming {} to {}", temp.display(), path.display()))
+    });
+    if done.is_err() {
+        let _ = std::fs::remove_file(temp);
     }
+    done
 }
 
 /// A progress bar of `total` bytes on stderr when it is a terminal (hidden otherwise).
@@ -390,7 +406,14 @@ pub fn import_command(
     let size = opened[0].dir.logical_pages * PAGE_SIZE;
     let is_device = std::fs::metadata(output).is_ok_and(|m| m.file_type().is_block_device());
     let names: Vec<String> = opened.iter().map(|o| o.name.clone()).collect();
-    let total: u64 = opened.iter().map(|o| o.dir.total_bytes()).sum();
+    // The archives after the one that holds the safe point are not read.
+    let needed = opened
+        .iter()
+        .position(|o| o.dir.safe_points.iter().any(|s| s.id == chosen.id))
+        .map_or(opened.len(), |i| i + 1);
+    let total = opened[..needed]
+        .iter()
+        .fold(0u64, |t, o| t.saturating_add(o.dir.total_bytes()));
     let mut chain: Vec<(Directory, Box<dyn Read>)> =
         opened.drain(..).map(|o| (o.dir, o.reader)).collect();
     let bar = progress_bar(total, "import");
@@ -438,12 +461,7 @@ pub fn import_command(
         target.file.sync_all().context("syncing the device")?;
         restored
     } else {
-        if output.exists() && !force {
-            bail!(
-                "{} exists: give another path, or --force to replace it",
-                output.display()
-            );
-        }
+        check_new_file(output, force)?;
         let temp = temp_beside(output);
         let file = create_new(&temp)?;
         let mut target = Target {

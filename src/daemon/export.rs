@@ -13,8 +13,9 @@ use crate::daemon::control::write_line;
 use crate::ipc::control::Response;
 
 /// How long one write to the client may block: it may pipe the archive through a slow
-/// link (ssh), but one that stops reading must not hold the export's views for ever.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(300);
+/// link (ssh), but one that stops reading must not hold the export's views, or the volume
+/// a stopping device wants to close, for long.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Plans the export `options` asks for and answers on `conn`: an error line, or an ok line
 /// followed by the archive. Stops (the client sees the archive cut short) when `serving`
@@ -25,6 +26,10 @@ pub fn stream(
     conn: &mut UnixStream,
     serving: &dyn Fn() -> bool,
 ) {
+    if !serving() {
+        let _ = write_line(conn, &Response::error("the device is not being served now"));
+        return;
+    }
     let export = match Export::plan(volume, options) {
         Ok(e) => e,
         Err(e) => {
@@ -49,6 +54,11 @@ pub fn stream(
             ))
         }
     });
+    // `write` flushed on success.
+    if written.is_err() {
+        // Drop what is buffered rather than flush it to a client that may not read.
+        let _ = out.into_parts();
+    }
     match written {
         Ok(()) => log::info!(
             "exported safe points {first} to {last}: {} bytes in {:.1?}",

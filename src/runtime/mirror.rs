@@ -248,9 +248,13 @@ impl Mirror {
         })?;
         let mut r = BufReader::with_capacity(1 << 20, file);
         let d = Directory::read(&mut r).with_context(|| format!("reading {}", log.display()))?;
-        let base = match d.base {
-            Some(b) => Base::Holding(b),
-            None => Base::Empty { zero_rest: true },
+        // An incremental log must continue exactly what the replica holds.
+        let base = match (d.base, self.state.at, self.state.at_time_ns) {
+            (None, ..) => Base::Empty { zero_rest: true },
+            (Some(_), Some(id), Some(time_ns)) => Base::Holding { id, time_ns },
+            (Some(b), ..) => {
+                bail!("the log continues safe point {b}, but the state says the replica holds none")
+            }
         };
         let mut replica = self.open_target(d.logical_pages * PAGE_SIZE)?;
         restore(&mut [(d, r)], applying.to, base, &mut replica, &mut |_| {}).with_context(

@@ -86,7 +86,7 @@ impl<F: FnMut(PhysPage)> Apply<'_, F> {
                 self.window.pins.remove(id);
             }
             Record::Rollback { to } => {
-                for (l, then) in self.window.changed_since(*to) {
+                for (l, then) in self.window.changed_since(*to, None) {
                     if self.map.get(l).phys != then {
                         self.set_page(l, then);
                     }

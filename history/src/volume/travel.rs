@@ -93,7 +93,7 @@ impl<S: Store> Volume<S> {
             _ => (a, b),
         };
         let mut changed: Vec<LogicalPage> = w
-            .changed_since(older)
+            .changed_since(older, newer)
             .into_iter()
             .filter(|&(l, then)| {
                 let now = match newer {
