@@ -8,6 +8,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, IsTerminal, Read, Write};
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -87,7 +88,7 @@ impl Output {
                 out.flush().context("writing to standard output")
             }
             Output::File { path, temp } => {
-                let file = create_new(temp)?;
+                let (file, _removed_on_signal) = create_new(temp)?;
                 let mut out = BufWriter::with_capacity(BUF_BYTES, &file);
                 let done = write(&mut out)
                     .and_then(|()| out.flush().context("writing the archive"))
@@ -127,13 +128,75 @@ fn temp_beside(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.partial-{}", std::process::id()))
 }
 
-fn create_new(path: &Path) -> Result<File> {
-    OpenOptions::new()
+/// Creates the temporary file `path`, to be removed if a signal (Ctrl-C) ends the process
+/// before the returned guard is dropped.
+fn create_new(path: &Path) -> Result<(File, TempGuard)> {
+    let file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .with_context(|| format!("creating {}", path.display()))
+        .with_context(|| format!("creating {}", path.display()))?;
+    Ok((file, TempGuard::new(path)))
+}
+
+/// The temporary file a signal handler removes: a path leaked as a C string while a guard
+/// holds it (null otherwise).
+static TEMP_PATH: AtomicPtr<libc::c_char> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Removes the temporary file, then ends the process as the signal would have.
+extern "C" fn remove_temp_and_exit(signal: libc::c_int) {
+    let path = TEMP_PATH.load(Ordering::SeqCst);
+    // SAFETY: unlink and _exit are async-signal-safe; `path` is null or a C string that
+    // stays allocated while the handler is installed.
+    unsafe {
+        if !path.is_null() {
+            libc::unlink(path);
+        }
+        libc::_exit(128 + signal);
+    }
+}
+
+/// While it lives, SIGINT, SIGTERM and SIGHUP remove the temporary file before the process
+/// ends: a Ctrl-C leaves no `.NAME.partial-PID` behind (a kill -9 still may).
+struct TempGuard;
+
+const TEMP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+impl TempGuard {
+    fn new(path: &Path) -> TempGuard {
+        use std::os::unix::ffi::OsStrExt;
+        if let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) {
+            TEMP_PATH.store(c.into_raw(), Ordering::SeqCst);
+            for signal in TEMP_SIGNALS {
+                // SAFETY: installs a handler that only calls async-signal-safe functions.
+                unsafe {
+                    libc::signal(
+                        signal,
+                        remove_temp_and_exit as extern "C" fn(libc::c_int) as libc::sighandler_t,
+                    );
+                }
+            }
+        }
+        TempGuard
+    }
+}
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        for signal in TEMP_SIGNALS {
+            // SAFETY: restores the default action.
+            unsafe {
+                libc::signal(signal, libc::SIG_DFL);
+            }
+        }
+        let path = TEMP_PATH.swap(std::ptr::null_mut(), Ordering::SeqCst);
+        if !path.is_null() {
+            // SAFETY: `path` came from `CString::into_raw` in `new`, and no handler can see
+            // it any more.
+            drop(unsafe { std::ffi::CString::from_raw(path) });
+        }
+    }
 }
 
 /// Renames `temp` to `path` if `done` is ok, else removes it.
@@ -463,7 +526,7 @@ pub fn import_command(
     } else {
         check_new_file(output, force)?;
         let temp = temp_beside(output);
-        let file = create_new(&temp)?;
+        let (file, _removed_on_signal) = create_new(&temp)?;
         let mut target = Target {
             file,
             device: false,
