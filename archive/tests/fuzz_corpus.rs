@@ -1,5 +1,5 @@
 //! The archive fuzz corpus on stable: every file of `fuzz/corpus/archive/` goes through the
-//! entry point the `cargo fuzz` target calls (`rewind_archive::fuzzing::archive`), so
+//! entry point the `cargo fuzz` target calls (`rewind_archive::fuzzing::archive_and_fixed`), so
 //! `cargo test` guards the seeds and every finding that was fixed (kept as
 //! `regress-<what>`). Seeds (`seed-*`) must also still verify: one that fails no longer
 //! takes the fuzzer past the first check, and should be regenerated with
@@ -27,7 +27,7 @@ fn every_corpus_file_is_read_without_a_panic_and_seeds_verify() {
     assert!(!files.is_empty(), "the archive corpus is empty");
     for f in files {
         let data = std::fs::read(&f).expect("a corpus file");
-        let result = fuzzing::archive(&data);
+        let result = fuzzing::archive_and_fixed(&data);
         let name = f.file_name().unwrap().to_string_lossy().into_owned();
         if name.starts_with("seed-") {
             assert!(result.is_ok(), "{name}: {:?}", result.err());
