@@ -36,6 +36,9 @@ pub struct ExportOptions {
     /// Leave out the state at `from`: the archive holds the changes after it, and continues
     /// an archive that ends at `from`.
     pub incremental: bool,
+    /// With `incremental`: only `to`, with the net change from `from` (a mirror's step),
+    /// not every safe point between, so a page rewritten many times is read once.
+    pub net: bool,
 }
 
 /// An export planned: its directory is known and its safe points are held until it is
@@ -78,9 +81,11 @@ impl<'v, S: Store> Export<'v, S> {
                 }
             )));
         }
+        let net = opts.incremental && opts.net;
         let chosen: Vec<&SafePoint> = window
             .iter()
             .filter(|s| s.id >= from && s.id <= to)
+            .filter(|s| !net || s.id == from || s.id == to)
             .collect();
         if chosen.first().map(|s| s.id) != Some(from) || chosen.last().map(|s| s.id) != Some(to) {
             return Err(Error::Refused(format!(

@@ -80,6 +80,7 @@ fn write_seeds() {
             from: None,
             to: sp(3),
             incremental: false,
+            net: false,
         },
     );
     write(
@@ -88,6 +89,7 @@ fn write_seeds() {
             from: sp(3),
             to: sp(4),
             incremental: true,
+            net: false,
         },
     );
 }

@@ -145,6 +145,7 @@ fn a_window_and_an_incremental_chain_restore_each_of_their_safe_points() {
             from: Some(a),
             to: Some(b),
             incremental: false,
+            net: false,
         },
     );
     let second = export(
@@ -153,6 +154,7 @@ fn a_window_and_an_incremental_chain_restore_each_of_their_safe_points() {
             from: Some(b),
             to: Some(c),
             incremental: true,
+            net: false,
         },
     );
     let d2 = Directory::read(&mut Cursor::new(&second[..])).unwrap();
@@ -209,6 +211,7 @@ fn a_window_and_an_incremental_chain_restore_each_of_their_safe_points() {
             from: Some(all[6]),
             to: Some(c),
             incremental: true,
+            net: false,
         },
     );
     let err = import(&[&first, &gap], c).unwrap_err().to_string();
@@ -315,9 +318,43 @@ fn a_window_with_a_rollback_in_it_restores_every_safe_point() {
         ExportOptions {
             from: Some(mid),
             incremental: true,
+            net: false,
             ..Default::default()
         },
     );
     let newest = *ids(&vol).last().unwrap();
     assert!(import(&[&first, &rest], newest).unwrap() == image_at(&vol, newest));
+}
+
+/// A net incremental archive (a mirror's step) holds only its last safe point, with what
+/// changed since `from`: applied onto an image of `from`, it gives the last safe point, and
+/// it is no larger than the incremental archive of every safe point between.
+#[test]
+fn a_net_incremental_archive_brings_its_base_to_its_last_safe_point() {
+    let vol = volume_with_history(8, 31);
+    let all = ids(&vol);
+    let (from, to) = (all[2], all[8]);
+    let opts = |net| ExportOptions {
+        from: Some(from),
+        to: Some(to),
+        incremental: true,
+        net,
+    };
+    let net = export(&vol, opts(true));
+    let every = export(&vol, opts(false));
+    let mut r = Cursor::new(&net[..]);
+    let d = Directory::read(&mut r).unwrap();
+    assert_eq!(d.safe_points.len(), 1);
+    assert_eq!(d.safe_points[0].id, to);
+    assert!(net.len() <= every.len(), "{} > {}", net.len(), every.len());
+    let mut sink = Mem(image_at(&vol, from));
+    restore(
+        &mut [(d, r)],
+        to,
+        holding(&vol, from),
+        &mut sink,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert!(sink.0 == image_at(&vol, to));
 }

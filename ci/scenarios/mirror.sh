@@ -6,7 +6,9 @@
 # with SIGKILL at random moments, five times; after each kill its state file says which safe
 # point the replica holds, or that a step was under way, in which case `rewind mirror --once`
 # finishes it; then the replica must equal the view of that safe point byte for byte. While
-# it runs, `rewind stats` shows its lag (printed: the median over the run). At the end the
+# it runs, `rewind stats` shows its lag (printed: the median over the run). Then a large step
+# is written and the mirror killed while its state says the step is being applied, which
+# --once must finish; some steps must have been incremental. At the end the
 # writer stops, the filesystem is frozen and a labelled safe point made; the mirror catches
 # up to it, equals its view, and e2fsck finds the replica clean. A second replica on a block
 # device (another rewind device, full of 0xff first) made with --once equals the view too.
@@ -36,6 +38,8 @@ mount -t ext4 "$dev" "$mnt" || die "mount failed"
             dd if=/dev/urandom of="$mnt/w$n/f$i" bs=4k count=$((n % 7 * 16 + 16)) 2>/dev/null
         done
         rm -rf "$mnt/w$((n - 1))"
+        # Trimmed blocks read as zeros: incremental steps carry zero extents too.
+        [[ $((n % 5)) -eq 0 ]] && { fstrim "$mnt" 2>/dev/null || true; }
         sync
         sleep 0.5
     done
@@ -44,8 +48,19 @@ writer=$!
 
 # The binary itself (`command`), not the rewind() wrapper: $! must be the mirror, for kill -9.
 start_mirror() {
-    command "$REWIND" mirror -n "$id" --to "$replica" --interval 1 >>"$WORKDIR/mirror.out" 2>&1 &
+    command "$REWIND" mirror -n "$id" --to "$replica" --interval 1 --json >>"$WORKDIR/mirror.out" 2>&1 &
     mirror=$!
+}
+
+# finish_if_applying WHAT: after a kill, a step under way is finished by --once.
+finish_if_applying() {
+    if grep -q '"to"' "$state"; then
+        say "$1: a step was under way ($(state_field applying)); --once finishes it"
+        rewind mirror -n "$id" --to "$replica" --once | sed 's/^/    /' || die "mirror --once after $1"
+        ! grep -q '"to"' "$state" || die "the step is still under way: $(cat "$state")"
+        return 0
+    fi
+    say "$1: between steps, at safe point $(state_field at)"
 }
 
 # state_field NAME: a field of the mirror's state file (null when absent).
@@ -87,17 +102,40 @@ for k in 1 2 3 4 5; do
     sleep "$((RANDOM % 2))"
     kill -9 "$mirror"
     wait "$mirror" 2>/dev/null || true
-    applying=$(state_field applying)
-    if [[ $applying != null && -n $applying ]]; then
-        say "kill $k: a step was under way ($applying); --once finishes it"
-        rewind mirror -n "$id" --to "$replica" --once | sed 's/^/    /' || die "mirror --once after kill $k"
-        [[ $(state_field applying) == null ]] || die "the step is still under way: $(cat "$state")"
-    else
-        say "kill $k: between steps, at safe point $(state_field at)"
-    fi
+    finish_if_applying "kill $k"
     expect_replica_is_view
     start_mirror
 done
+
+# A kill in the middle of applying a step, for certain: a large step (48 MiB written at
+# once), and the mirror killed as soon as its state says the step is being applied.
+caught=0
+for try in 1 2 3; do
+    dd if=/dev/urandom of="$mnt/big$try" bs=1M count=48 2>/dev/null
+    sync
+    start=$SECONDS
+    until grep -q '"to"' "$state" 2>/dev/null; do
+        [[ $((SECONDS - start)) -lt 60 ]] || break
+        sleep 0.05
+    done
+    if grep -q '"to"' "$state" 2>/dev/null; then
+        kill -9 "$mirror"
+        wait "$mirror" 2>/dev/null || true
+        if grep -q '"to"' "$state"; then
+            caught=$((caught + 1))
+            finish_if_applying "kill during an apply (try $try)"
+            expect_replica_is_view
+            start_mirror
+            break
+        fi
+        start_mirror
+    fi
+    rm -f "$mnt/big$try"
+done
+[[ $caught -eq 1 ]] || die "no kill landed while a step was being applied, in 3 tries"
+grep -q '"full":false' "$WORKDIR/mirror.out" || die "no incremental step: $(tail -n 5 "$WORKDIR/mirror.out")"
+say "steps: $(grep -c '"full":false' "$WORKDIR/mirror.out") incremental, $(grep -c '"full":true' "$WORKDIR/mirror.out") full"
+
 [[ ${#lags[@]} -gt 0 ]] || die "rewind stats never showed the mirror's lag"
 say "mirror lag under the writer: median $(median "${lags[@]}") safe points and $(median "${lag_mss[@]}") ms (${#lags[@]} samples: ${lags[*]} safe points; ${lag_mss[*]} ms)"
 
@@ -111,19 +149,21 @@ final=$(rewind log -n "$id" --json | tr -d ' \n' | grep -o '"id":[0-9]*,[^}]*"la
 [[ $final =~ ^[0-9]+$ ]] || die "no safe point labelled final in the log"
 start=$SECONDS
 # (Safe points may follow it: the thaw, an idle one. The mirror goes to the newest.)
-until [[ $(state_field at) -ge $final && $(state_field applying) == null ]]; do
+until at=$(state_field at) && [[ $at =~ ^[0-9]+$ && $at -ge $final ]] && ! grep -q '"to"' "$state"; do
     [[ $((SECONDS - start)) -lt 60 ]] || die "the mirror did not reach safe point $final in 60 s: $(cat "$state")"
     sleep 0.5
 done
 kill "$mirror"
 wait "$mirror" 2>/dev/null || true
+# It may have begun a step for a later safe point (an idle one) meanwhile.
+finish_if_applying "the last stop"
 expect_replica_is_view
 e2fsck -fn "$replica" >"$STATE/fsck" 2>&1 || {
     cat "$STATE/fsck"
     die "e2fsck of the replica is not clean"
 }
 say "e2fsck of the replica at safe point $(state_field at) (the frozen one: $final): clean"
-sed 's/^/    mirror: /' "$WORKDIR/mirror.out" | tail -n 8
+sed 's/^/    mirror: /' "$WORKDIR/mirror.out" | tail -n 4
 
 # A block device replica, made in one step.
 target=$(add_dev "$WORKDIR/target.img" --size 256M --sparse)

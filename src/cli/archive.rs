@@ -325,14 +325,22 @@ fn export_device(
         from,
         to,
         incremental,
+        net: false,
     };
     let mut dir = None;
     out.write_with(|w| {
         let mut bar = None;
-        let d = export::fetch("rewind export", id, options, w, &mut |done, total| {
-            bar.get_or_insert_with(|| progress_bar(total, "export"))
-                .set_position(done)
-        })?;
+        let d = export::fetch(
+            "rewind export",
+            id,
+            options,
+            w,
+            &|_| Ok(()),
+            &mut |done, total| {
+                bar.get_or_insert_with(|| progress_bar(total, "export"))
+                    .set_position(done)
+            },
+        )?;
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }
@@ -369,6 +377,7 @@ fn export_image(
             from,
             to,
             incremental,
+            net: false,
         },
     )
     .with_context(|| format!("exporting {}", image.display()))?;

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::cli::args::MirrorArgs;
-use crate::runtime::mirror::{Mirror, MirrorOptions, Step};
+use crate::runtime::mirror::{Mirror, MirrorOptions, NotThisImage, Step, MIN_RATE};
 use crate::size::human;
 
 /// Where the state of a mirror into `target` lives by default: beside a file, under
@@ -38,6 +38,12 @@ struct StepJson {
 
 /// `rewind mirror -n ID --to TARGET`.
 pub fn mirror_command(a: MirrorArgs) -> Result<()> {
+    if let Some(rate) = a.rate.filter(|r| *r < MIN_RATE) {
+        anyhow::bail!(
+            "--rate {rate} is below {}: a mirror that slow would stall the daemon's export",
+            human(MIN_RATE)
+        );
+    }
     let state = match a.state {
         Some(s) => s,
         None => default_state(&a.to)?,
@@ -58,6 +64,7 @@ pub fn mirror_command(a: MirrorArgs) -> Result<()> {
         );
     }
     let mut failures = 0u32;
+    let _ = m.publish();
     loop {
         let started = Instant::now();
         let step = m.step();
@@ -98,7 +105,7 @@ pub fn mirror_command(a: MirrorArgs) -> Result<()> {
                     break;
                 }
             }
-            Err(e) if a.once => {
+            Err(e) if a.once || e.downcast_ref::<NotThisImage>().is_some() => {
                 m.unpublish();
                 return Err(e);
             }

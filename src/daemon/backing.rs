@@ -185,6 +185,14 @@ pub fn zero_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
     if rc == 0 {
         return Ok(());
     }
+    // Only where the call is not offered: any other error (EIO) is the answer.
+    let e = io::Error::last_os_error();
+    if !matches!(
+        e.raw_os_error(),
+        Some(libc::EOPNOTSUPP | libc::ENOTTY | libc::EINVAL | libc::ENOSYS)
+    ) {
+        return Err(e);
+    }
     let zeros = vec![0u8; 1 << 20];
     let mut at = offset;
     while at < offset + len {

@@ -241,12 +241,14 @@ impl Answers {
             from,
             to,
             incremental,
+            net,
         } = request
         {
             return self.export(ExportOptions {
                 from: *from,
                 to: *to,
                 incremental: *incremental,
+                net: *net,
             });
         }
         let response = self.answer(request);

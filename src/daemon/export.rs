@@ -1,7 +1,7 @@
 //! `rewind export -n ID`: the daemon writes the archive (`rewind_archive`) of its volume's
 //! history on the control connection that asked for it, after an answer line.
 
-use std::io::BufWriter;
+use std::io::{self, BufWriter, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -12,10 +12,13 @@ use crate::daemon::backing::FileStore;
 use crate::daemon::control::write_line;
 use crate::ipc::control::Response;
 
-/// How long one write to the client may block: it may pipe the archive through a slow
-/// link (ssh), but one that stops reading must not hold the export's views, or the volume
-/// a stopping device wants to close, for long.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one write to the client may wait: it may pipe the archive through a slow link
+/// (ssh) or pace itself (`rewind mirror --rate`), but one that stops reading must not hold
+/// the export's views for ever.
+const WRITE_PATIENCE: Duration = Duration::from_secs(300);
+/// How often a waiting write looks whether the device is stopping: then the export ends
+/// at once, so that the volume can close.
+const WRITE_LOOK: Duration = Duration::from_secs(1);
 
 /// Plans the export `options` asks for and answers on `conn`: an error line, or an ok line
 /// followed by the archive. Stops (the client sees the archive cut short) when `serving`
@@ -40,11 +43,11 @@ pub fn stream(
     if write_line(conn, &Response::done()).is_err() {
         return;
     }
-    let _ = conn.set_write_timeout(Some(WRITE_TIMEOUT));
+    let _ = conn.set_write_timeout(Some(WRITE_LOOK));
     let d = export.directory();
     let (first, last) = (d.safe_points[0].id, d.last());
     let started = Instant::now();
-    let mut out = BufWriter::with_capacity(1 << 20, conn);
+    let mut out = BufWriter::with_capacity(1 << 20, Patient { conn, serving });
     let written = export.write(&mut out, &mut |_| {
         if serving() {
             Ok(())
@@ -66,5 +69,33 @@ pub fn stream(
             started.elapsed()
         ),
         Err(e) => log::warn!("export of safe points {first} to {last} ended: {e}"),
+    }
+}
+
+/// The client's connection, written with patience: a write that times out (`WRITE_LOOK`) is
+/// tried again while the device is served, for `WRITE_PATIENCE` in all.
+struct Patient<'a> {
+    conn: &'a mut UnixStream,
+    serving: &'a dyn Fn() -> bool,
+}
+
+impl Write for Patient<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let started = Instant::now();
+        loop {
+            match self.conn.write(buf) {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) && (self.serving)()
+                        && started.elapsed() < WRITE_PATIENCE => {}
+                other => return other,
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.conn.flush()
     }
 }

@@ -89,6 +89,9 @@ pub enum ControlRequest {
         /// Only the changes after `from` (an archive that continues one ending at `from`).
         #[serde(default)]
         incremental: bool,
+        /// With `incremental`: only `to`, with the net change from `from`.
+        #[serde(default)]
+        net: bool,
     },
     /// Hand the device to the rewind binary `exe` (`rewind upgrade`): make everything
     /// written durable, answer, then replace this process with `exe`, which takes the device

@@ -21,12 +21,14 @@ const CHUNK: usize = 1 << 20;
 
 /// Asks the daemon of device `id` (for `command`) for the archive `options` names and
 /// copies it to `w`, whole or not at all (an error says the stream was cut short).
-/// `progress` is called with the bytes copied so far and the archive's size.
+/// `check` sees the directory before any page is copied, and may refuse it; `progress`
+/// is called with the bytes copied so far and the archive's size, before each read.
 pub fn fetch(
     command: &str,
     id: u32,
     options: ExportOptions,
     w: &mut dyn Write,
+    check: &dyn Fn(&Directory) -> Result<()>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Directory> {
     let device = paths::device_path(id).display().to_string();
@@ -34,6 +36,7 @@ pub fn fetch(
         from: options.from,
         to: options.to,
         incremental: options.incremental,
+        net: options.net,
     };
     let (_, mut conn) = match ask_for_stream(command, id, &request, READ_TIMEOUT)? {
         Ok(reply) => reply,
@@ -44,12 +47,22 @@ pub fn fetch(
             "the archive from the daemon of {device} is incomplete ({e}); its log says why: `rewind logs -n {id}`"
         )
     };
-    let d = Directory::read(&mut Tee { r: &mut conn, w }).map_err(|e| cut(&e))?;
+    let mut tee = Tee {
+        r: &mut conn,
+        w,
+        write_error: None,
+    };
+    let read = Directory::read(&mut tee);
+    if let Some(e) = tee.write_error.take() {
+        return Err(e).context("writing the archive");
+    }
+    let d = read.map_err(|e| cut(&e))?;
+    check(&d)?;
     let total = d.total_bytes();
     let mut done = total - d.data_bytes();
-    progress(done, total);
     let mut buf = vec![0u8; CHUNK];
     while done < total {
+        progress(done, total);
         let want = (total - done).min(CHUNK as u64) as usize;
         let got = match conn.read(&mut buf[..want]) {
             Ok(0) => {
@@ -64,22 +77,28 @@ pub fn fetch(
         };
         w.write_all(&buf[..got]).context("writing the archive")?;
         done += got as u64;
-        progress(done, total);
     }
+    progress(done, total);
     Ok(d)
 }
 
 /// A reader that writes what it reads to `w`: the directory passes through to the output
-/// as it is checked.
+/// as it is checked. A failed write is kept apart, so that it is not taken for a stream
+/// cut short.
 struct Tee<'a, R: Read> {
     r: &'a mut R,
     w: &'a mut dyn Write,
+    write_error: Option<io::Error>,
 }
 
 impl<R: Read> Read for Tee<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.r.read(buf)?;
-        self.w.write_all(&buf[..n])?;
+        if let Err(e) = self.w.write_all(&buf[..n]) {
+            let kind = e.kind();
+            self.write_error = Some(e);
+            return Err(io::Error::new(kind, "the output refused a write"));
+        }
         Ok(n)
     }
 }

@@ -20,8 +20,9 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, Write};
-use std::os::unix::fs::{FileExt, FileTypeExt};
-use std::path::PathBuf;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -45,6 +46,10 @@ pub struct MirrorState {
     pub source_uuid: Option<String>,
     /// The device's size in bytes.
     pub device_bytes: u64,
+    /// The replica this state describes; a different file or device at the target path is
+    /// not trusted to hold anything (the next step rewrites it whole).
+    #[serde(default)]
+    pub target: Option<TargetId>,
     /// The safe point the replica holds.
     pub at: Option<SafePointId>,
     /// Its time, ns since the Unix epoch.
@@ -60,6 +65,35 @@ pub struct Applying {
     pub to: SafePointId,
     /// Its time, ns since the Unix epoch.
     pub to_time_ns: u64,
+}
+
+/// Which file or block device a replica is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetId {
+    /// Its path, canonical.
+    pub path: String,
+    /// `st_dev` and `st_ino` of a file; `st_rdev` and 0 of a block device.
+    pub dev: u64,
+    /// See `dev`.
+    pub ino: u64,
+}
+
+impl TargetId {
+    /// The identity of the file or device at `path`, if it exists.
+    fn of(path: &Path) -> Option<TargetId> {
+        let meta = std::fs::metadata(path).ok()?;
+        let canonical = std::fs::canonicalize(path).ok()?;
+        let (dev, ino) = if meta.file_type().is_block_device() {
+            (meta.rdev(), 0)
+        } else {
+            (meta.dev(), meta.ino())
+        };
+        Some(TargetId {
+            path: canonical.display().to_string(),
+            dev,
+            ino,
+        })
+    }
 }
 
 /// How a mirror runs.
@@ -95,12 +129,15 @@ pub struct Mirror {
     opts: MirrorOptions,
     state: MirrorState,
     newest: Option<SafePointRecord>,
+    /// Held while the mirror lives: two mirrors never share a state file and its log.
+    _lock: File,
 }
 
 impl Mirror {
     /// The mirror of device `id` into `opts.target`, resuming from its state file if it has
     /// one.
     pub fn open(id: u32, opts: MirrorOptions) -> Result<Mirror> {
+        let lock = lock_beside(&opts.state)?;
         let state = match std::fs::read(&opts.state) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .with_context(|| format!("reading the mirror state {}", opts.state.display()))?,
@@ -112,6 +149,7 @@ impl Mirror {
             opts,
             state,
             newest: None,
+            _lock: lock,
         })
     }
 
@@ -141,29 +179,63 @@ impl Mirror {
             );
         };
         self.newest = Some(newest.clone());
-        if self.state.at == Some(newest.id) {
+        self.forget_a_replaced_target()?;
+        // Safe points are named by id and time: a copy of the image that went on its own
+        // reuses ids.
+        let held = |s: &SafePointRecord| {
+            Some(s.id) == self.state.at && Some(s.time_ns) == self.state.at_time_ns
+        };
+        if held(&newest) {
             return Ok(Step::UpToDate(newest.id));
         }
-        let from = self
-            .state
-            .at
-            .filter(|at| window.iter().any(|s| s.id == *at));
+        let from = window.iter().find(|s| held(s)).map(|s| s.id);
         let options = ExportOptions {
             from: from.or(Some(newest.id)),
             to: Some(newest.id),
             incremental: from.is_some(),
+            net: true,
         };
-        let bytes = self.fetch(options)?;
-        self.state.applying = Some(Applying {
-            to: newest.id,
-            to_time_ns: newest.time_ns,
+        let (bytes, d) = self.fetch(options)?;
+        let to = d.safe_points.last().expect("an archive holds a safe point");
+        let mut next = self.state.clone();
+        next.applying = Some(Applying {
+            to: to.id,
+            to_time_ns: to.time_ns,
         });
+        next.source_uuid = Some(format!("{:016x}", d.source_uuid));
+        next.device_bytes = d.logical_pages * PAGE_SIZE;
         if from.is_none() {
-            self.state.at = None;
-            self.state.at_time_ns = None;
+            next.at = None;
+            next.at_time_ns = None;
         }
-        self.save()?;
+        self.commit_state(next)?;
         self.finish_apply(bytes, from.is_none())
+    }
+
+    /// If the replica the state describes is no longer at the target path (deleted,
+    /// replaced, another device), the state no longer says what the target holds: the
+    /// next step rewrites it whole.
+    fn forget_a_replaced_target(&mut self) -> Result<()> {
+        if self.state.at.is_none() || TargetId::of(&self.opts.target) == self.state.target {
+            return Ok(());
+        }
+        log::warn!(
+            "{} is not the replica the mirror state {} describes: rewriting it whole",
+            self.opts.target.display(),
+            self.opts.state.display()
+        );
+        let mut next = self.state.clone();
+        next.at = None;
+        next.at_time_ns = None;
+        self.commit_state(next)
+    }
+
+    /// Saves `next` and only then makes it the state: a failed save leaves the state in
+    /// memory as it is on disk.
+    fn commit_state(&mut self, next: MirrorState) -> Result<()> {
+        self.save(&next)?;
+        self.state = next;
+        Ok(())
     }
 
     /// The device's history window, oldest first, from its daemon.
@@ -199,40 +271,60 @@ impl Mirror {
             )
         }) || !self.log_path().exists();
         if log_unusable {
-            self.state.applying = None;
-            self.state.at = None;
-            self.state.at_time_ns = None;
-            self.save()?;
-            return Err(e.context("the log of the step under way is unusable: the next step rewrites the replica whole"));
+            let mut next = self.state.clone();
+            next.applying = None;
+            next.at = None;
+            next.at_time_ns = None;
+            self.commit_state(next)?;
+            let _ = std::fs::remove_file(self.log_path());
+            return Err(e.context(
+                "the log of the step under way is unusable: the next step rewrites the replica whole",
+            ));
         }
         Err(e)
     }
 
-    /// Fetches the archive `options` names into the log, synced; returns its size.
-    fn fetch(&mut self, options: ExportOptions) -> Result<u64> {
+    /// Fetches the archive `options` names into the log, synced; returns its size and
+    /// directory. A partial log is removed.
+    fn fetch(&mut self, options: ExportOptions) -> Result<(u64, Directory)> {
         let log = self.log_path();
-        let file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let fetched = self.fetch_into(&log, options);
+        if fetched.is_err() {
+            let _ = std::fs::remove_file(&log);
+        }
+        fetched
+    }
+
+    fn fetch_into(&self, log: &Path, options: ExportOptions) -> Result<(u64, Directory)> {
+        let file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let mut w = BufWriter::with_capacity(1 << 20, &file);
-        let started = Instant::now();
-        let rate = self.opts.rate;
-        let d = export::fetch("rewind mirror", self.id, options, &mut w, &mut |done, _| {
-            pace(rate, started, done)
-        })?;
+        let expect = self.state.source_uuid.clone();
+        let (target, device) = (self.opts.target.clone(), paths::device_path(self.id));
+        // Before any page is fetched: the same image as before.
+        let check = move |d: &Directory| -> Result<()> {
+            let uuid = format!("{:016x}", d.source_uuid);
+            match &expect {
+                Some(u) if *u != uuid => Err(anyhow::Error::new(NotThisImage(format!(
+                    "{} mirrors image {u}, but {} now serves image {uuid}: give another --state",
+                    target.display(),
+                    device.display()
+                )))),
+                _ => Ok(()),
+            }
+        };
+        let mut limit = RateLimit::new(self.opts.rate);
+        let d = export::fetch(
+            "rewind mirror",
+            self.id,
+            options,
+            &mut w,
+            &check,
+            &mut |done, _| limit.pace(done),
+        )?;
         w.flush().context("writing the mirror's log")?;
         drop(w);
         file.sync_all().context("syncing the mirror's log")?;
-        let uuid = format!("{:016x}", d.source_uuid);
-        match &self.state.source_uuid {
-            Some(u) if *u != uuid => bail!(
-                "{} mirrors image {u}, but {} now serves image {uuid}: give another --state",
-                self.opts.target.display(),
-                paths::device_path(self.id).display()
-            ),
-            _ => {}
-        }
-        self.state.source_uuid = Some(uuid);
-        self.state.device_bytes = d.logical_pages * PAGE_SIZE;
-        Ok(d.total_bytes())
+        Ok((d.total_bytes(), d))
     }
 
     /// Applies the log the state records to the replica, syncs it and moves the state on.
@@ -253,10 +345,13 @@ impl Mirror {
             (None, ..) => Base::Empty { zero_rest: true },
             (Some(_), Some(id), Some(time_ns)) => Base::Holding { id, time_ns },
             (Some(b), ..) => {
-                bail!("the log continues safe point {b}, but the state says the replica holds none")
+                return Err(rewind_archive::Error::Refused(format!(
+                    "the log continues safe point {b}, but the state says the replica holds none"
+                ))
+                .into())
             }
         };
-        let mut replica = self.open_target(d.logical_pages * PAGE_SIZE)?;
+        let mut replica = self.open_target(d.logical_pages * PAGE_SIZE, base)?;
         restore(&mut [(d, r)], applying.to, base, &mut replica, &mut |_| {}).with_context(
             || {
                 format!(
@@ -267,10 +362,12 @@ impl Mirror {
             },
         )?;
         replica.0.sync_all().context("syncing the replica")?;
-        self.state.at = Some(applying.to);
-        self.state.at_time_ns = Some(applying.to_time_ns);
-        self.state.applying = None;
-        self.save()?;
+        let mut next = self.state.clone();
+        next.at = Some(applying.to);
+        next.at_time_ns = Some(applying.to_time_ns);
+        next.applying = None;
+        next.target = TargetId::of(&self.opts.target);
+        self.commit_state(next)?;
         let _ = std::fs::remove_file(&log);
         Ok(Step::Advanced {
             to: applying.to,
@@ -279,46 +376,56 @@ impl Mirror {
         })
     }
 
-    /// The replica, checked to hold a device of `bytes`: a missing file is made that size.
-    fn open_target(&self, bytes: u64) -> Result<Replica> {
+    /// The replica, checked to hold a device of `bytes`: a file is made (for a full
+    /// apply, `Base::Empty`) or sized to it; a block device must be at least as large.
+    fn open_target(&self, bytes: u64, base: Base) -> Result<Replica> {
         let t = &self.opts.target;
+        let exists = t.exists();
+        if !exists && base != (Base::Empty { zero_rest: true }) {
+            return Err(rewind_archive::Error::Refused(format!(
+                "{} is gone: the replica is rewritten whole",
+                t.display()
+            ))
+            .into());
+        }
         let file = OpenOptions::new()
             .write(true)
-            .create(!t.exists())
+            .create(!exists)
             .truncate(false)
             .open(t)
             .with_context(|| format!("opening {}", t.display()))?;
         let meta = file.metadata()?;
-        let have = if meta.file_type().is_block_device() {
-            block_device_len(&file)?
-        } else {
-            if meta.len() < bytes {
-                file.set_len(bytes)
-                    .with_context(|| format!("sizing {}", t.display()))?;
+        if meta.file_type().is_block_device() {
+            let have = block_device_len(&file)?;
+            if have < bytes {
+                bail!("{} holds {have} bytes, the device {bytes}", t.display());
             }
-            bytes
-        };
-        if have < bytes {
-            bail!("{} holds {} bytes, the device {bytes}", t.display(), have);
+        } else if meta.len() != bytes {
+            // A byte-for-byte image of the device: no more, no less.
+            file.set_len(bytes)
+                .with_context(|| format!("sizing {}", t.display()))?;
+        }
+        if !exists {
+            // The new file's name must be durable before the state says it holds anything.
+            sync_dir_of(t)?;
         }
         Ok(Replica(file))
     }
 
-    /// Writes the state file: a new file renamed over the old one, synced.
-    fn save(&self) -> Result<()> {
+    /// Writes `state` to the state file: a new file, synced, renamed over the old one, and
+    /// the rename synced.
+    fn save(&self, state: &MirrorState) -> Result<()> {
         let path = &self.opts.state;
         let mut tmp = path.clone().into_os_string();
         tmp.push(".new");
         let tmp = PathBuf::from(tmp);
-        let text = serde_json::to_vec_pretty(&self.state)?;
+        let text = serde_json::to_vec_pretty(state)?;
         let f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        (&f).write_all(&text)?;
-        f.sync_all()?;
+        (&f).write_all(&text)
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        sync_dir_of(path)
     }
 
     /// The status `rewind stats` shows, as of now.
@@ -336,10 +443,12 @@ impl Mirror {
                 (Some(n), None) => n.id.0 + 1,
                 _ => 0,
             },
-            lag_ms: self
-                .state
-                .at_time_ns
-                .map_or(0, |t| now.saturating_sub(t) / 1_000_000),
+            // How much older the replica's state is than the device's newest.
+            lag_ms: match (newest, self.state.at_time_ns) {
+                (Some(n), Some(t)) => n.time_ns.saturating_sub(t) / 1_000_000,
+                (Some(n), None) => now.saturating_sub(n.time_ns) / 1_000_000,
+                _ => 0,
+            },
             updated_ns: now,
         }
     }
@@ -361,14 +470,79 @@ impl Mirror {
     }
 }
 
-/// Sleeps as long as reading `done` bytes since `started` at `rate` bytes per second needs.
-fn pace(rate: Option<u64>, started: Instant, done: u64) {
-    if let Some(rate) = rate.filter(|r| *r > 0) {
-        let due = Duration::from_secs_f64(done as f64 / rate as f64);
-        if let Some(wait) = due.checked_sub(started.elapsed()) {
+/// Keeps the bytes read from the device to a rate: before each read, sleeps as long as
+/// the bytes read so far need. The clock starts at the first call (after the directory:
+/// the rate is for pages), and each read is at most `CHUNK` bytes, so no sleep is long
+/// enough for the daemon to give up on a stalled client.
+struct RateLimit {
+    rate: Option<u64>,
+    start: Option<(Instant, u64)>,
+}
+
+impl RateLimit {
+    fn new(rate: Option<u64>) -> RateLimit {
+        RateLimit { rate, start: None }
+    }
+
+    fn pace(&mut self, done: u64) {
+        let Some(rate) = self.rate else { return };
+        let (t0, d0) = *self.start.get_or_insert((Instant::now(), done));
+        let due = Duration::from_secs_f64(done.saturating_sub(d0) as f64 / rate as f64);
+        if let Some(wait) = due.checked_sub(t0.elapsed()) {
             std::thread::sleep(wait);
         }
     }
+}
+
+/// The smallest `--rate`: at 1 MiB a read (`runtime::export`), a sleep between two reads
+/// stays under 16 s, well within what the daemon waits for a client.
+pub const MIN_RATE: u64 = 64 << 10;
+
+/// Why a mirror must not go on: the device now serves another image.
+#[derive(Debug)]
+pub struct NotThisImage(String);
+
+impl std::fmt::Display for NotThisImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotThisImage {}
+
+/// Takes the lock beside the state file `state` (`STATE.lock`), held while the returned
+/// file is open; refuses if another mirror holds it.
+fn lock_beside(state: &Path) -> Result<File> {
+    let mut p = state.to_path_buf().into_os_string();
+    p.push(".lock");
+    let path = PathBuf::from(p);
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    // SAFETY: flock on an open descriptor.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!(
+            "another rewind mirror uses the state {} (its lock {} is held)",
+            state.display(),
+            path.display()
+        );
+    }
+    Ok(file)
+}
+
+/// Syncs the directory `path` is in (`.` for a bare name), so that a rename or a new file
+/// there is durable.
+fn sync_dir_of(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing the directory {}", dir.display()))
 }
 
 /// The status of device `id`'s mirror, if one runs.
