@@ -694,8 +694,10 @@ until the mirror has run again. `rewind stats -n ID` (and `list --json`) show a 
 mirror: the safe point the replica holds and how far it lags, in safe points and seconds.
 
 The state file: --state, default TARGET.mirror.json beside a file, or
-/var/lib/rewind/mirror-NAME.json for a block device /dev/NAME. It remembers the image it
-mirrors: a mirror of another image into the same replica is refused.";
+/var/lib/rewind/mirror-NAME.json for a block device /dev/NAME; two mirrors never share one
+(a lock beside it). It remembers the image it mirrors (a mirror of another image into the
+same replica is refused and ends) and the replica itself (a replica deleted or replaced by
+another file or device is rewritten whole). --rate is at least 64K.";
 
 /// `rewind mirror`.
 #[derive(Debug, Args)]
