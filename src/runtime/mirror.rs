@@ -210,6 +210,7 @@ impl Mirror {
         }
         self.commit_state(next)?;
         self.finish_apply(bytes, from.is_none())
+            .or_else(|e| self.give_up_log(e))
     }
 
     /// If the replica the state describes is no longer at the target path (deleted,
