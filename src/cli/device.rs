@@ -319,7 +319,7 @@ pub fn stats_command(id: u32, json: bool) -> Result<()> {
     let Some(mut s) = reply.stats else {
         bail!("the daemon of ublk device {id} sent no figures");
     };
-    s.mirror = crate::runtime::mirror::running_status(id);
+    s.set_mirror(crate::runtime::mirror::running_status(id));
     if json {
         print_json(&s)?;
         return Ok(());

@@ -230,6 +230,26 @@ pub struct DeviceStats {
     pub mirror: Option<MirrorRecord>,
 }
 
+impl DeviceStats {
+    /// Sets `mirror`, its lag measured against this device's newest safe point: the mirror
+    /// writes its status after each step, and newer safe points may have come since.
+    pub fn set_mirror(&mut self, mirror: Option<MirrorRecord>) {
+        self.mirror = mirror.map(|mut m| {
+            if let Some(newest) = self.engine.newest_safe_point {
+                m.newest = Some(newest);
+                m.lag_safe_points = match m.at {
+                    Some(at) => newest.0.saturating_sub(at.0),
+                    None => newest.0 + 1,
+                };
+            }
+            if let (Some(n), Some(a)) = (self.newest_safe_point_time_ns, m.at_time_ns) {
+                m.lag_ms = n.saturating_sub(a) / 1_000_000;
+            }
+            m
+        });
+    }
+}
+
 /// A running `rewind mirror`, as its status file says.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MirrorRecord {
@@ -239,6 +259,9 @@ pub struct MirrorRecord {
     pub target: String,
     /// The safe point the replica holds (`None`: none yet).
     pub at: Option<SafePointId>,
+    /// Its time, ns since the Unix epoch.
+    #[serde(default)]
+    pub at_time_ns: Option<u64>,
     /// An apply under way: the replica holds a mix of two safe points until it ends.
     pub applying: Option<SafePointId>,
     /// The newest safe point of the device when the mirror last looked.
@@ -472,6 +495,36 @@ pub fn sample_stats() -> DeviceStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A mirror's lag is measured against the device's newest safe point as the daemon
+    /// reports it, not against what the mirror saw at its last step.
+    #[test]
+    fn mirror_lag_is_measured_against_the_newest_safe_point() {
+        let mut s = sample_stats();
+        let record = |at: Option<u64>, at_time_ns| MirrorRecord {
+            pid: 1,
+            target: "/r.img".into(),
+            at: at.map(SafePointId),
+            at_time_ns,
+            applying: None,
+            newest: at.map(SafePointId),
+            lag_safe_points: 0,
+            lag_ms: 0,
+            updated_ns: 0,
+        };
+        s.set_mirror(Some(record(Some(0), Some(1_700_000_000_000_000_000))));
+        let m = s.mirror.clone().unwrap();
+        assert_eq!(
+            (m.newest, m.lag_safe_points, m.lag_ms),
+            (Some(SafePointId(1)), 1, 1000)
+        );
+        s.set_mirror(Some(record(None, None)));
+        assert_eq!(
+            s.mirror.unwrap().lag_safe_points,
+            2,
+            "safe points 0 and 1 to go"
+        );
+    }
 
     #[test]
     fn wire_format() {

@@ -138,7 +138,7 @@ fn daemon_stats(id: u32, state: &mut String) -> Option<DeviceStats> {
         STATS_TIMEOUT,
     ) {
         Ok(r) if r.ok => r.stats.map(|mut s| {
-            s.mirror = super::mirror::running_status(id);
+            s.set_mirror(super::mirror::running_status(id));
             s
         }),
         Ok(r) => {

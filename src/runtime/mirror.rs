@@ -437,6 +437,7 @@ impl Mirror {
             pid: std::process::id(),
             target: self.opts.target.display().to_string(),
             at: self.state.at,
+            at_time_ns: self.state.at_time_ns,
             applying: self.state.applying.as_ref().map(|a| a.to),
             newest: newest.map(|n| n.id),
             lag_safe_points: match (newest, self.state.at) {
