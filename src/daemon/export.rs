@@ -62,8 +62,15 @@ pub fn stream(
         // Drop what is buffered rather than flush it to a client that may not read.
         let _ = out.into_parts();
     }
+    // A mirror's steps (net exports) come every few seconds: only their failures are news.
+    let level = if options.net {
+        log::Level::Debug
+    } else {
+        log::Level::Info
+    };
     match written {
-        Ok(()) => log::info!(
+        Ok(()) => log::log!(
+            level,
             "exported safe points {first} to {last}: {} bytes in {:.1?}",
             d.total_bytes(),
             started.elapsed()
