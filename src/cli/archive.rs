@@ -6,7 +6,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, IsTerminal, Read, Write};
-use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::time::Instant;
@@ -14,15 +14,15 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use jiff::tz::TimeZone;
-use rewind_archive::{ArchivedSafePoint, Base, Directory, Export, ExportOptions, PageSink};
+use rewind_archive::{ArchivedSafePoint, Base, Directory, Export, ExportOptions};
 use rewind_history::{SafePointId, Volume, PAGE_SIZE};
 use serde::Serialize;
 
 use crate::cli::history::device_window;
 use crate::cli::render::{label_suffix, print_json, table};
-use crate::daemon::backing::{zero_range, BackingError, FileStore};
+use crate::daemon::backing::{BackingError, FileStore};
 use crate::ipc::control::SafePointRecord;
-use crate::runtime::export;
+use crate::runtime::export::{self, ImageSink};
 use crate::runtime::registry;
 use crate::selector::{find_safe_point, Candidate};
 use crate::size::human;
@@ -415,26 +415,6 @@ fn open_archive(path: &Path) -> Result<Opened> {
     Ok(Opened { name, dir, reader })
 }
 
-/// Where a restore writes: a block device (written in place) or a new raw image file.
-struct Target {
-    file: File,
-    device: bool,
-}
-
-impl PageSink for Target {
-    fn write_pages(&mut self, first: u64, data: &[u8]) -> io::Result<()> {
-        self.file.write_all_at(data, first * PAGE_SIZE)
-    }
-
-    fn zero_pages(&mut self, first: u64, count: u64) -> io::Result<()> {
-        if !self.device {
-            // A new file reads as zeros, and a restore writes each page once.
-            return Ok(());
-        }
-        zero_range(&self.file, first * PAGE_SIZE, count * PAGE_SIZE)
-    }
-}
-
 #[derive(Serialize)]
 struct ImportJson {
     output: String,
@@ -489,12 +469,12 @@ pub fn import_command(
     let mut chain: Vec<(Directory, Box<dyn Read>)> =
         opened.drain(..).map(|o| (o.dir, o.reader)).collect();
     let bar = progress_bar(total, "import");
-    let mut run = |target: &mut Target| -> Result<rewind_archive::Restored> {
+    let mut run = |target: &mut ImageSink| -> Result<rewind_archive::Restored> {
         rewind_archive::restore(
             &mut chain,
             chosen.id,
             Base::Empty {
-                zero_rest: target.device,
+                zero_rest: target.zero,
             },
             target,
             &mut |done| bar.set_position(done),
@@ -523,7 +503,7 @@ pub fn import_command(
                 human(size)
             );
         }
-        let mut target = Target { file, device: true };
+        let mut target = ImageSink { file, zero: true };
         let restored = run(&mut target).with_context(|| {
             format!(
                 "{} now holds a partial restore: do not use it",
@@ -536,10 +516,7 @@ pub fn import_command(
         check_new_file(output, force)?;
         let temp = temp_beside(output);
         let (file, _removed_on_signal) = create_new(&temp)?;
-        let mut target = Target {
-            file,
-            device: false,
-        };
+        let mut target = ImageSink { file, zero: false };
         let mut restored = None;
         let done = target
             .file

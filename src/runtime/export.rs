@@ -6,7 +6,13 @@ use std::io::{self, Read, Write};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use rewind_archive::{Directory, ExportOptions};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use rewind_archive::{Directory, ExportOptions, PageSink};
+use rewind_history::PAGE_SIZE;
+
+use crate::daemon::backing::zero_range;
 
 use crate::ipc::control::ControlRequest;
 use crate::ipc::paths;
@@ -100,5 +106,28 @@ impl<R: Read> Read for Tee<'_, R> {
             return Err(io::Error::new(kind, "the output refused a write"));
         }
         Ok(n)
+    }
+}
+
+/// An image file or block device a restore writes: `rewind import`'s output, a mirror's
+/// replica.
+pub struct ImageSink {
+    /// The file or device.
+    pub file: File,
+    /// Zero the pages that read as zeros. Not needed for a new file, which reads as zeros
+    /// already and to which a restore writes each page once.
+    pub zero: bool,
+}
+
+impl PageSink for ImageSink {
+    fn write_pages(&mut self, first: u64, data: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(data, first * PAGE_SIZE)
+    }
+
+    fn zero_pages(&mut self, first: u64, count: u64) -> io::Result<()> {
+        if !self.zero {
+            return Ok(());
+        }
+        zero_range(&self.file, first * PAGE_SIZE, count * PAGE_SIZE)
     }
 }

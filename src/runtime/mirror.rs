@@ -21,20 +21,20 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use rewind_archive::{restore, Base, Directory, ExportOptions, PageSink};
+use rewind_archive::{restore, Base, Directory, ExportOptions};
 use rewind_history::{Clock, SafePointId, SystemClock, PAGE_SIZE};
 use serde::{Deserialize, Serialize};
 
-use crate::daemon::backing::{block_device_len, zero_range};
+use crate::daemon::backing::block_device_len;
 use crate::ipc::control::{ControlRequest, MirrorRecord, SafePointRecord};
 use crate::ipc::paths;
 use crate::runtime::client::ask;
-use crate::runtime::export;
+use crate::runtime::export::{self, ImageSink};
 
 /// How long asking the daemon for its window may take.
 const WINDOW_TIMEOUT: Duration = Duration::from_secs(30);
@@ -362,7 +362,7 @@ impl Mirror {
                 )
             },
         )?;
-        replica.0.sync_all().context("syncing the replica")?;
+        replica.file.sync_all().context("syncing the replica")?;
         let mut next = self.state.clone();
         next.at = Some(applying.to);
         next.at_time_ns = Some(applying.to_time_ns);
@@ -379,7 +379,7 @@ impl Mirror {
 
     /// The replica, checked to hold a device of `bytes`: a file is made (for a full
     /// apply, `Base::Empty`) or sized to it; a block device must be at least as large.
-    fn open_target(&self, bytes: u64, base: Base) -> Result<Replica> {
+    fn open_target(&self, bytes: u64, base: Base) -> Result<ImageSink> {
         let t = &self.opts.target;
         let exists = t.exists();
         if !exists && base != (Base::Empty { zero_rest: true }) {
@@ -410,7 +410,7 @@ impl Mirror {
             // The new file's name must be durable before the state says it holds anything.
             sync_dir_of(t)?;
         }
-        Ok(Replica(file))
+        Ok(ImageSink { file, zero: true })
     }
 
     /// Writes `state` to the state file: a new file, synced, renamed over the old one, and
@@ -554,17 +554,4 @@ pub fn running_status(id: u32) -> Option<MirrorRecord> {
     // SAFETY: kill with signal 0 only checks that the process exists.
     let alive = unsafe { libc::kill(s.pid as libc::pid_t, 0) } == 0;
     alive.then_some(s)
-}
-
-/// The replica as an apply writes it.
-struct Replica(File);
-
-impl PageSink for Replica {
-    fn write_pages(&mut self, first: u64, data: &[u8]) -> std::io::Result<()> {
-        self.0.write_all_at(data, first * PAGE_SIZE)
-    }
-
-    fn zero_pages(&mut self, first: u64, count: u64) -> std::io::Result<()> {
-        zero_range(&self.0, first * PAGE_SIZE, count * PAGE_SIZE)
-    }
 }
