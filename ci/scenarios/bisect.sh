@@ -36,10 +36,12 @@ done
 rewind log -n "$id"
 
 # id_of LABEL: the id of the safe point with that label (log --json: a field per line).
+# awk reads to the end: leaving early would close the pipe under rewind, which pipefail
+# then reports.
 id_of() {
     rewind log -n "$id" --json | awk -v l="\"label\": \"$1\"" '
         /"id":/ { cur = $2; gsub(/[^0-9]/, "", cur) }
-        index($0, l) { print cur; exit }'
+        index($0, l) && !found { print cur; found = 1 }'
 }
 r1=$(id_of round-1)
 r7=$(id_of round-7)
