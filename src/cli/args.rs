@@ -47,6 +47,7 @@ Examples:
   rewind create /dev/sdb --size 900G --history 100G
   rewind create vm.img --size 20G --force          # reformat: its data and history are lost
   rewind create vm.img --size 20G --sparse         # take host space only as it is written
+  rewind create pool.img --size 2T --backing a.img --backing /dev/sdc   # a pool (below)
 
 The image holds the device, the history area and some metadata, so it is a little larger
 than --size plus --history. A regular file is created or grown as needed, and its whole
@@ -56,7 +57,16 @@ price: a write may then fail (the device returns an I/O error) when the host fil
 is full, and each first write into a hole makes the host file system allocate on the
 write path, which is slower (io_uring often hands such writes to kernel worker threads). On a
 file system that cannot preallocate (some FUSE ones) the image is sparse, with a warning.
-A block device must be large enough; --sparse does not apply to it.";
+A block device must be large enough; --sparse does not apply to it.
+
+A pool joins several files or block devices into one device (as dm-linear does): IMAGE
+keeps the metadata (superblock, journal, checkpoints: a few percent of --size), and the
+device's pages and its history area continue on each --backing in order (at most 7). Each
+block device holds as much as it can; the files share the rest evenly, and are created or
+resized as needed. Every file of the pool gets a label that names the pool, so `rewind add
+IMAGE` finds the backings (where they were, or beside IMAGE if they moved with it) and
+refuses a wrong one. Serve and inspect a pool through IMAGE only: name a backing, and rewind
+says whose it is. A pool reads as a newer format to a rewind older than this one.";
 
 const ADD_EXAMPLES: &str = "\
 Examples:
@@ -322,6 +332,10 @@ pub struct CreateArgs {
     /// write fails if the host file system is full (see below)
     #[arg(long)]
     pub sparse: bool,
+    /// Make IMAGE a pool whose data lives on this file or block device; repeat for more,
+    /// in order (see below)
+    #[arg(long, value_name = "FILE|DEVICE")]
+    pub backing: Vec<PathBuf>,
 }
 
 /// `rewind add`.

@@ -11,14 +11,15 @@
 //! file `create` made for a format that then failed is removed again.
 
 use std::fs::OpenOptions;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use rewind_history::format::Superblock;
 use rewind_history::{CreateOptions, Error as EngineError, Layout};
 
 use crate::cli::render::print_json;
-use crate::daemon::backing::{Allocation, BackingKind, FileStore};
+use crate::daemon::backing::{Allocation, BackingKind, FileStore, StoreFile};
+use crate::daemon::pool;
 use crate::size::{describe_layout, history_bytes, human, human_exact};
 
 /// What a backing store holds.
@@ -77,7 +78,7 @@ fn format_existing(
     force: bool,
     allocation: Allocation,
 ) -> Result<(Layout, Allocation)> {
-    let mut store = FileStore::open(path)?;
+    let mut store = FileStore::open_unformatted(path)?;
     if !force {
         refuse_rewind_contents(&store)?;
     }
@@ -113,6 +114,18 @@ fn format_existing(
 /// it needs `--force`.
 fn refuse_rewind_contents(store: &FileStore) -> Result<()> {
     let path = store.path();
+    if let Some(label) = store.pool_label()? {
+        bail!(
+            "{} is {} of a rewind pool (its image: {}); formatting it would destroy that \
+             pool's data and history: give --force to format it anyway",
+            path.display(),
+            match label.index {
+                0 => "the image".to_string(),
+                n => format!("backing {n}"),
+            },
+            label.files[0].path.display()
+        );
+    }
     match identify(store) {
         Ok(Contents::Foreign) => Ok(()),
         Ok(Contents::Rewind(sb)) => bail!(
@@ -136,9 +149,10 @@ pub fn sparse_suffix(allocation: Allocation) -> &'static str {
     }
 }
 
-/// `rewind create`.
+/// `rewind create`: an image, or with `backings` a pool.
 pub fn create_command(
     image: &Path,
+    backings: &[PathBuf],
     size: u64,
     history: Option<u64>,
     force: bool,
@@ -149,14 +163,152 @@ pub fn create_command(
         history,
         journal: None,
     };
-    let (layout, got) = format(image, &opts, force, allocation)?;
+    if backings.is_empty() {
+        let (layout, got) = format(image, &opts, force, allocation)?;
+        println!(
+            "formatted {}: {}{}",
+            image.display(),
+            describe_layout(&layout),
+            sparse_suffix(got)
+        );
+        return Ok(());
+    }
+    let (layout, got, files) = format_pool(image, backings, &opts, force, allocation)?;
     println!(
-        "formatted {}: {}{}",
+        "formatted the pool {}: {}{}",
         image.display(),
         describe_layout(&layout),
         sparse_suffix(got)
     );
+    for (i, f) in files.iter().enumerate() {
+        let what = if i == 0 { "metadata" } else { "data" };
+        println!("  {}: {} of {what}", f.path.display(), human(f.bytes));
+    }
     Ok(())
+}
+
+/// Formats a new pool: `image` keeps the metadata and `backings`, in order, the data area
+/// (`daemon::pool`). Files are created if missing and sized as the pool shares the data
+/// area out; block devices hold what they have. Refuses a file that already holds rewind
+/// data unless `force`, and removes the files it created when it fails. Returns the layout,
+/// the allocation the files got (`Sparse` if any came out sparse) and the pool's files.
+pub fn format_pool(
+    image: &Path,
+    backings: &[PathBuf],
+    opts: &CreateOptions,
+    force: bool,
+    allocation: Allocation,
+) -> Result<(Layout, Allocation, Vec<StoreFile>)> {
+    let layout = Layout::for_create(opts).context("checking the sizes")?;
+    if backings.len() >= pool::MAX_FILES {
+        bail!(
+            "{} backings: a pool has at most {}",
+            backings.len(),
+            pool::MAX_FILES - 1
+        );
+    }
+    let mut paths: Vec<(PathBuf, PathBuf)> = Vec::with_capacity(backings.len() + 1);
+    for p in std::iter::once(image).chain(backings.iter().map(PathBuf::as_path)) {
+        let abs = std::path::absolute(p)
+            .with_context(|| format!("making {} an absolute path", p.display()))?;
+        pool::check_path(&abs).map_err(anyhow::Error::msg)?;
+        // The same file twice (also through a link) would hold two parts of the store.
+        let same = std::fs::canonicalize(&abs).unwrap_or_else(|_| abs.clone());
+        if let Some((earlier, _)) = paths.iter().find(|(_, s)| *s == same) {
+            bail!(
+                "{} is named twice (as {}): each file of a pool holds its own part",
+                same.display(),
+                earlier.display()
+            );
+        }
+        paths.push((abs, same));
+    }
+    let mut created = Vec::new();
+    let result = format_pool_files(&paths, &layout, opts, force, allocation, &mut created);
+    if result.is_err() {
+        // Leave nothing behind for a create that failed.
+        for path in created {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    result.map(|(got, files)| (layout, got, files))
+}
+
+fn format_pool_files(
+    paths: &[(PathBuf, PathBuf)],
+    layout: &Layout,
+    opts: &CreateOptions,
+    force: bool,
+    allocation: Allocation,
+    created: &mut Vec<PathBuf>,
+) -> Result<(Allocation, Vec<StoreFile>)> {
+    let mut stores = Vec::with_capacity(paths.len());
+    for (path, _) in paths {
+        match OpenOptions::new().write(true).create_new(true).open(path) {
+            Ok(_) => created.push(path.clone()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+        }
+        let store = FileStore::open_unformatted(path)?;
+        if !force {
+            refuse_rewind_contents(&store)?;
+        }
+        stores.push((path.clone(), store));
+    }
+    if stores[0].1.kind() == BackingKind::BlockDevice {
+        bail!(
+            "{} is a block device: a pool's image holds only its metadata, so make it a file \
+             and give the block device as a --backing",
+            paths[0].0.display()
+        );
+    }
+    let data_bytes = layout.required_bytes() - layout.data_offset;
+    let capacities: Vec<(PathBuf, pool::Capacity)> = stores[1..]
+        .iter()
+        .map(|(path, store)| {
+            let c = match store.kind() {
+                BackingKind::BlockDevice => {
+                    pool::Capacity::Device(rewind_history::Store::len(store))
+                }
+                BackingKind::File => pool::Capacity::File,
+            };
+            (path.clone(), c)
+        })
+        .collect();
+    let mut shares = vec![layout.data_offset];
+    shares.extend(pool::share(data_bytes, &capacities).map_err(anyhow::Error::msg)?);
+    let mut got = Allocation::Preallocated;
+    for ((path, store), share) in stores.iter_mut().zip(&shares) {
+        if store.ensure_len(pool::POOL_DATA_OFFSET + share, allocation)? == Allocation::Sparse
+            && store.kind() == BackingKind::File
+        {
+            got = Allocation::Sparse;
+            if allocation == Allocation::Preallocated {
+                log::warn!(
+                    "{}: its file system cannot preallocate (fallocate: EOPNOTSUPP), so it is \
+                     sparse: a write to the device may fail with ENOSPC if that file system \
+                     fills up",
+                    path.display()
+                );
+            }
+        }
+    }
+    let host = crate::host::this_host();
+    let created_ns = host.clock.now_ns();
+    let store = FileStore::create_pool(stores, &shares, pool_uuid()?, created_ns)?;
+    let made = rewind_history::create(&store, opts, &host)
+        .with_context(|| format!("formatting the pool {}", paths[0].0.display()))?;
+    debug_assert_eq!(&made, layout);
+    Ok((got, store.files()))
+}
+
+/// A pool's identity: random, so that no two pools (nor two creates of one) share it.
+fn pool_uuid() -> Result<u64> {
+    let mut bytes = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .context("reading /dev/urandom for the pool's identity")?;
+    Ok(u64::from_le_bytes(bytes))
 }
 
 /// What `rewind add` does with its image before starting a daemon: formats a missing image
@@ -378,5 +530,192 @@ mod tests {
             format!("{e:#}").contains("in use by another rewind daemon"),
             "{e:#}"
         );
+    }
+
+    /// A pool of an image and two files, with 16 MiB of device and 8 MiB of history: the
+    /// data area (24 MiB) is shared 12 + 12 MiB.
+    fn pool(dir: &Path) -> (PathBuf, Vec<PathBuf>) {
+        let image = dir.join("pool.img");
+        let backings = vec![dir.join("one.img"), dir.join("two.img")];
+        let o = CreateOptions {
+            size: 16 * MIB,
+            history: Some(8 * MIB),
+            journal: Some(64 << 10),
+        };
+        let (_, _, files) =
+            format_pool(&image, &backings, &o, false, Allocation::Sparse).expect("pool");
+        assert_eq!(files.len(), 3);
+        assert_eq!(files[1].bytes, 12 * MIB);
+        assert_eq!(files[2].bytes, 12 * MIB);
+        (image, backings)
+    }
+
+    /// What the engine writes through a pool lands in the backings, each at its share's
+    /// place, and reads back across the boundaries between them.
+    #[test]
+    fn a_pool_spreads_the_store_over_its_files_in_order() {
+        use rewind_history::Store;
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (image, backings) = pool(dir.path());
+        let store = FileStore::open(&image).expect("open the pool");
+        let files = store.files();
+        let meta = files[0].bytes;
+        assert_eq!(store.len(), meta + 24 * MIB);
+        // 3 pages across the boundary between the image and backing one, and between the
+        // backings.
+        for (at, file, offset) in [
+            (meta - 4096, 0, pool::POOL_DATA_OFFSET + meta - 4096),
+            (
+                meta + 12 * MIB - 4096,
+                1,
+                pool::POOL_DATA_OFFSET + 12 * MIB - 4096,
+            ),
+        ] {
+            let data: Vec<u8> = (0..3 * 4096u32).map(|i| (i % 253) as u8 + 1).collect();
+            store.write_at(at, &data).expect("write");
+            let mut back = vec![0; data.len()];
+            store.read_at(at, &mut back).expect("read");
+            assert_eq!(back, data);
+            let pieces: Vec<_> = store.pieces(at, data.len() as u64).collect();
+            assert_eq!(pieces.len(), 2, "{pieces:?}");
+            assert_eq!(
+                (pieces[0].file, pieces[0].offset, pieces[0].len),
+                (file, offset, 4096)
+            );
+            assert_eq!(
+                (
+                    pieces[1].file,
+                    pieces[1].offset,
+                    pieces[1].len,
+                    pieces[1].at
+                ),
+                (file + 1, pool::POOL_DATA_OFFSET, 8192, 4096)
+            );
+            let path = if file == 0 { &image } else { &backings[0] };
+            let mut first = vec![0; 4096];
+            std::fs::File::open(path)
+                .unwrap()
+                .read_exact_at(&mut first, offset)
+                .unwrap();
+            assert_eq!(first, data[..4096]);
+        }
+        let mut end = [0u8; 4096];
+        assert!(
+            store.read_at(store.len() - 2048, &mut end).is_err(),
+            "past the end"
+        );
+        drop(store);
+
+        // The engine serves it and it opens again with its data.
+        let host = crate::host::this_host();
+        let vol = rewind_history::Volume::open(FileStore::open(&image).unwrap(), &host).unwrap();
+        let mut stream = vol.stream(0, 1);
+        let pages = vol.layout().logical_pages;
+        for l in 0..pages {
+            let page = vec![(l % 251) as u8 + 1; 4096];
+            vol.write_page(&mut stream, rewind_history::LogicalPage(l), &page)
+                .unwrap();
+        }
+        vol.flush().unwrap();
+        vol.close().unwrap();
+        let vol = rewind_history::Volume::open(FileStore::open(&image).unwrap(), &host).unwrap();
+        let mut buf = vec![0u8; 4096];
+        for l in 0..pages {
+            vol.read_page(rewind_history::LogicalPage(l), &mut buf)
+                .unwrap();
+            assert!(buf.iter().all(|b| *b == (l % 251) as u8 + 1), "page {l}");
+        }
+        vol.close().unwrap();
+        rewind_history::check(&FileStore::open_read_only(&image).unwrap(), &host).unwrap();
+    }
+
+    #[test]
+    fn a_pool_refuses_wrong_or_missing_backings() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (image, backings) = pool(dir.path());
+        // A backing named as the image says whose it is.
+        let e = FileStore::open(&backings[1]).unwrap_err().to_string();
+        assert!(
+            e.contains("is backing 2 of the rewind pool whose image is"),
+            "{e}"
+        );
+        // The backings swapped.
+        let swap = dir.path().join("swap");
+        std::fs::rename(&backings[0], &swap).unwrap();
+        std::fs::rename(&backings[1], &backings[0]).unwrap();
+        std::fs::rename(&swap, &backings[1]).unwrap();
+        let e = FileStore::open(&image).unwrap_err().to_string();
+        assert!(
+            e.contains("is not its backing 1: its label says it is file 2"),
+            "{e}"
+        );
+        // Swapped back, it opens; without its second backing, it does not.
+        std::fs::rename(&backings[0], &swap).unwrap();
+        std::fs::rename(&backings[1], &backings[0]).unwrap();
+        std::fs::rename(&swap, &backings[1]).unwrap();
+        drop(FileStore::open(&image).expect("in order again"));
+        std::fs::remove_file(&backings[1]).unwrap();
+        let e = FileStore::open(&image).unwrap_err().to_string();
+        assert!(e.contains("its backing 2") && e.contains("is missing"), "{e}");
+        // Another pool's backing in its place.
+        let other = tempfile::tempdir().expect("temp dir");
+        let (_, theirs) = pool(other.path());
+        std::fs::copy(&theirs[1], &backings[1]).unwrap();
+        let e = FileStore::open(&image).unwrap_err().to_string();
+        assert!(e.contains("is not its backing"), "{e}");
+        // Formatting a pool's file needs --force.
+        let e = format(&backings[0], &opts(4 * MIB), false, Allocation::Sparse).unwrap_err();
+        assert!(format!("{e:#}").contains("of a rewind pool"), "{e:#}");
+    }
+
+    /// A copy of a pool's directory serves its own backings, not the original's, whose
+    /// labels are the same.
+    #[test]
+    fn a_copied_pool_uses_the_backings_beside_it() {
+        use rewind_history::Store;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (image, _) = pool(dir.path());
+        let copy = dir.path().join("copy");
+        std::fs::create_dir(&copy).unwrap();
+        for name in ["pool.img", "one.img", "two.img"] {
+            std::fs::copy(dir.path().join(name), copy.join(name)).unwrap();
+        }
+        let original = FileStore::open(&image).unwrap();
+        let copied = FileStore::open(&copy.join("pool.img")).expect("the copy opens beside");
+        assert!(copied.files().iter().all(|f| f.path.starts_with(&copy)));
+        let at = copied.len() - 4096;
+        copied.write_at(at, &[9u8; 4096]).unwrap();
+        let mut back = [0u8; 4096];
+        original.read_at(at, &mut back).unwrap();
+        assert_eq!(back, [0u8; 4096], "the copy wrote into the original");
+    }
+
+    #[test]
+    fn a_pool_that_cannot_be_made_leaves_no_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let image = dir.path().join("p.img");
+        let one = dir.path().join("one.img");
+        let inside = dir.path().join("no-such-dir").join("two.img");
+        let e = format_pool(
+            &image,
+            &[one.clone(), inside],
+            &opts(4 * MIB),
+            false,
+            Allocation::Sparse,
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("creating"), "{e:#}");
+        assert!(!image.exists() && !one.exists());
+        let e = format_pool(
+            &image,
+            &[one.clone(), one.clone()],
+            &opts(4 * MIB),
+            false,
+            Allocation::Sparse,
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("named twice"), "{e:#}");
+        assert!(!image.exists() && !one.exists());
     }
 }

@@ -94,6 +94,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Create(a) => image::create_command(
             &a.image,
+            &a.backing,
             a.size,
             a.history,
             a.force,

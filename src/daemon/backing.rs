@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rewind_history::{Store, PAGE_SIZE};
 
+use crate::daemon::pool::{self, Label, PoolFile, Role};
 use crate::size::human;
 
 /// Times `fallocate` is called again after a signal interrupted it (it keeps what it had
@@ -77,6 +78,24 @@ pub enum BackingError {
         need: u64,
         /// Bytes free for this user on its file system when the reservation failed.
         free: u64,
+    },
+    /// A pool's backing, named where its image should be.
+    #[error("{} is backing {index} of the rewind pool whose image is {}: name the image instead", .path.display(), .image.display())]
+    PoolMember {
+        /// The backing.
+        path: PathBuf,
+        /// Its place in the pool.
+        index: usize,
+        /// The pool's image, as its label records it.
+        image: PathBuf,
+    },
+    /// A pool whose labels or backings are not what they must be.
+    #[error("the rewind pool {}: {why}", .path.display())]
+    Pool {
+        /// The pool's image (or the file whose label is damaged).
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
     },
     /// A system call failed.
     #[error("{what} {}", .path.display())]
@@ -132,16 +151,16 @@ pub enum BackingKind {
     BlockDevice,
 }
 
-/// An image file or block device opened for serving or formatting; see the module docs.
+/// An image opened for serving or formatting: one file or block device, or a pool of them
+/// (`daemon::pool`); see the module docs.
 #[derive(Debug)]
 pub struct FileStore {
-    path: PathBuf,
-    kind: BackingKind,
-    /// Buffered, locked: the `Store` methods use it.
-    file: File,
-    /// The `O_DIRECT` descriptor for the data path, or `None` when the data path uses `file`.
-    direct: Option<File>,
-    /// Size in bytes, read once at open: nothing else resizes a locked image.
+    /// The image the user names first; in a pool, its backings after it, in store order.
+    files: Vec<Backing>,
+    /// Where the store's bytes live, ascending and contiguous from 0: one extent per file.
+    extents: Vec<Extent>,
+    /// Size in bytes of the store the engine sees, fixed at open: nothing else resizes a
+    /// locked image.
     len: u64,
     /// Writes and syncs of this image the host file system refused with ENOSPC.
     host_full_errors: AtomicU64,
@@ -149,6 +168,62 @@ pub struct FileStore {
     /// (`note_data_written`), and the metadata written through `Store::write_at`.
     data_bytes_written: AtomicU64,
     metadata_bytes_written: AtomicU64,
+}
+
+/// A file of a store, as [`FileStore::files`] describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreFile {
+    /// Where it was opened.
+    pub path: PathBuf,
+    /// A file or a block device.
+    pub kind: BackingKind,
+    /// The bytes of the store it holds.
+    pub bytes: u64,
+}
+
+/// One file or block device of a store, open and locked.
+#[derive(Debug)]
+struct Backing {
+    path: PathBuf,
+    kind: BackingKind,
+    /// Buffered, locked: the `Store` methods use it.
+    file: File,
+    /// The `O_DIRECT` descriptor for the data path, or `None` when the data path uses `file`.
+    direct: Option<File>,
+    /// The file's own length in bytes.
+    len: u64,
+}
+
+/// `len` bytes of the store from `start` on, held by file `file` from byte `offset` on.
+#[derive(Clone, Copy, Debug)]
+struct Extent {
+    start: u64,
+    len: u64,
+    file: usize,
+    offset: u64,
+}
+
+/// A part of an access to the store that one file holds: `len` bytes, `at` bytes into the
+/// access, at byte `offset` of file `file` (an index into the store's files).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Piece {
+    /// The file's index: 0 the image, then a pool's backings.
+    pub file: usize,
+    /// Where in that file.
+    pub offset: u64,
+    /// How many bytes.
+    pub len: u64,
+    /// Bytes from the start of the access.
+    pub at: u64,
+}
+
+/// How a store's files are opened: to serve or format it, or only to read it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    /// Read-write, under an exclusive lock, with an `O_DIRECT` descriptor for the data path.
+    Serve,
+    /// Read-only, under a shared lock.
+    Look,
 }
 
 // BLKGETSIZE64 = _IOR(0x12, 114, size_t): the size of a block device in bytes. The `libc`
@@ -310,34 +385,13 @@ fn len_of(file: &File, kind: BackingKind, path: &Path) -> Result<u64, BackingErr
     }
 }
 
-impl FileStore {
-    /// Opens an image read-only to look at it (`rewind log IMAGE`, `rewind check`), under a
-    /// shared lock: a daemon serving it (which holds the exclusive lock) makes this fail
-    /// with `InUse`, and no daemon can start on it while the store lives. Its writes and
-    /// syncs fail.
-    pub fn open_read_only(path: &Path) -> Result<FileStore, BackingError> {
-        let kind = kind_of(path)?;
-        let file = File::open(path).map_err(BackingError::io("opening", path))?;
-        lock_or_in_use(&file, libc::LOCK_SH, kind, path)?;
-        let len = len_of(&file, kind, path)?;
-        Ok(FileStore {
-            path: path.to_path_buf(),
-            kind,
-            file,
-            direct: None,
-            len,
-            host_full_errors: AtomicU64::new(0),
-            data_bytes_written: AtomicU64::new(0),
-            metadata_bytes_written: AtomicU64::new(0),
-        })
-    }
-
-    /// Opens an existing image file or block device read-write and locks it.
-    pub fn open(path: &Path) -> Result<FileStore, BackingError> {
+impl Backing {
+    /// Opens and locks `path` (exclusively to serve, shared to look).
+    fn open(path: &Path, access: Access) -> Result<Backing, BackingError> {
         let kind = kind_of(path)?;
         let mut options = OpenOptions::new();
-        options.read(true).write(true);
-        if kind == BackingKind::BlockDevice {
+        options.read(true).write(access == Access::Serve);
+        if kind == BackingKind::BlockDevice && access == Access::Serve {
             options.custom_flags(libc::O_EXCL);
         }
         let file = options.open(path).map_err(|e| {
@@ -347,91 +401,67 @@ impl FileStore {
                 BackingError::io("opening", path)(e)
             }
         })?;
-        lock_or_in_use(&file, libc::LOCK_EX, kind, path)?;
+        let how = match access {
+            Access::Serve => libc::LOCK_EX,
+            Access::Look => libc::LOCK_SH,
+        };
+        lock_or_in_use(&file, how, kind, path)?;
         let len = len_of(&file, kind, path)?;
-        let direct = Self::open_direct(path);
-        Ok(FileStore {
+        let direct = match access {
+            Access::Serve => open_direct(path),
+            Access::Look => None,
+        };
+        Ok(Backing {
             path: path.to_path_buf(),
             kind,
             file,
             direct,
             len,
-            host_full_errors: AtomicU64::new(0),
-            data_bytes_written: AtomicU64::new(0),
-            metadata_bytes_written: AtomicU64::new(0),
         })
     }
 
-    /// The `O_DIRECT` descriptor, if the file system takes it and aligned I/O through it
-    /// works (a probe read of the first page). Not `O_EXCL`: the kernel ties a block
-    /// device's exclusive claim to the buffered descriptor, which keeps it.
-    fn open_direct(path: &Path) -> Option<File> {
-        let file = match OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)
-        {
-            Ok(f) => f,
-            Err(e) => {
-                log::info!(
-                    "{}: O_DIRECT refused ({e}); the data path uses buffered I/O",
-                    path.display()
+    /// The pool label at the start of the file, if it is a pool's.
+    fn label(&self) -> Result<Option<Label>, BackingError> {
+        let mut page = vec![0u8; pool::LABEL_BYTES];
+        let n = read_up_to(&self.file, &mut page, 0)
+            .map_err(BackingError::io("reading the start of", &self.path))?;
+        Label::decode(&page[..n]).map_err(|why| BackingError::Pool {
+            path: self.path.clone(),
+            why,
+        })
+    }
+
+    /// Gives the file its length of before a failed `fallocate`, which may have grown it.
+    fn restore_len(&self) {
+        let grown = self.file.metadata().is_ok_and(|m| m.len() > self.len);
+        if grown {
+            if let Err(e) = self.file.set_len(self.len) {
+                log::warn!(
+                    "{}: giving it back its length of {} bytes: {e}",
+                    self.path.display(),
+                    self.len
                 );
-                return None;
-            }
-        };
-        // Some file systems accept the flag at open and refuse the I/O: probe one aligned
-        // page. A short read (an empty new file) is fine; EINVAL means unusable.
-        let mut probe = libublk::helpers::IoBuf::<u8>::new(PAGE_SIZE as usize);
-        match file.read_at(probe.as_mut_slice(), 0) {
-            Ok(_) => Some(file),
-            Err(e) => {
-                log::info!(
-                    "{}: O_DIRECT read failed ({e}); the data path uses buffered I/O",
-                    path.display()
-                );
-                None
             }
         }
     }
 
-    /// The path the store was opened from.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// A file or a block device.
-    pub fn kind(&self) -> BackingKind {
-        self.kind
-    }
-
-    /// True when the data path bypasses the page cache (`O_DIRECT`).
-    pub fn direct_io(&self) -> bool {
-        self.direct.is_some()
-    }
-
-    /// The descriptor for the device's data pages, to register with a queue's io_uring.
-    /// It stays open as long as the store.
-    pub fn data_fd(&self) -> RawFd {
-        match &self.direct {
-            Some(f) => f.as_raw_fd(),
-            None => self.file.as_raw_fd(),
+    /// The error for a reservation of `need` more bytes that failed with `e`.
+    fn reserve_error(&self, e: io::Error, need: u64) -> BackingError {
+        if e.raw_os_error() != Some(libc::ENOSPC) {
+            return BackingError::io("reserving space for", &self.path)(e);
+        }
+        match free_bytes(&self.file) {
+            Ok(free) => BackingError::HostFull {
+                path: self.path.clone(),
+                need,
+                free,
+            },
+            Err(_) => BackingError::io("reserving space for", &self.path)(e),
         }
     }
 
-    /// The descriptor the `Store` methods write metadata (the journal) through, for a
-    /// queue's io_uring to do the same (`ring_commit`). It stays open as long as the store.
-    pub fn metadata_fd(&self) -> RawFd {
-        self.file.as_raw_fd()
-    }
-
-    /// Makes the store at least `bytes` long: checks a block device; grows a regular file
-    /// and, when `want` is `Preallocated`, reserves its first `bytes` (`fallocate`: holes get
-    /// blocks, data stays). Never shrinks. Returns what the file got: `Sparse` when the file
-    /// system cannot preallocate (EOPNOTSUPP), which the caller should say. On failure a
-    /// file it grew gets its old length back.
-    pub fn ensure_len(&mut self, bytes: u64, want: Allocation) -> Result<Allocation, BackingError> {
+    /// Makes the file at least `bytes` long, as `FileStore::ensure_len` says.
+    fn ensure_len(&mut self, bytes: u64, want: Allocation) -> Result<Allocation, BackingError> {
         if self.kind == BackingKind::BlockDevice {
             if self.len < bytes {
                 return Err(BackingError::DeviceTooSmall {
@@ -465,43 +495,294 @@ impl FileStore {
         Ok(Allocation::Sparse)
     }
 
-    /// Gives the file its length of before a failed `fallocate`, which may have grown it.
-    fn restore_len(&self) {
-        let grown = self.file.metadata().is_ok_and(|m| m.len() > self.len);
-        if grown {
-            if let Err(e) = self.file.set_len(self.len) {
-                log::warn!(
-                    "{}: giving it back its length of {} bytes: {e}",
-                    self.path.display(),
-                    self.len
-                );
-            }
-        }
-    }
-
-    /// The error for a reservation of `need` more bytes that failed with `e`.
-    fn reserve_error(&self, e: io::Error, need: u64) -> BackingError {
-        if e.raw_os_error() != Some(libc::ENOSPC) {
-            return BackingError::io("reserving space for", &self.path)(e);
-        }
-        match free_bytes(&self.file) {
-            Ok(free) => BackingError::HostFull {
-                path: self.path.clone(),
-                need,
-                free,
-            },
-            Err(_) => BackingError::io("reserving space for", &self.path)(e),
-        }
-    }
-
-    /// Bytes the host file system has allocated to a regular image file (`st_blocks`
-    /// × 512): less than its length when it is sparse. `None` for a block device, or when
-    /// the file cannot be looked at.
-    pub fn allocated_bytes(&self) -> Option<u64> {
+    /// Bytes the host file system has allocated to a regular file (`st_blocks` × 512).
+    fn allocated_bytes(&self) -> Option<u64> {
         if self.kind != BackingKind::File {
             return None;
         }
         self.file.metadata().ok().map(|m| m.blocks() * 512)
+    }
+
+    fn data_fd(&self) -> RawFd {
+        match &self.direct {
+            Some(f) => f.as_raw_fd(),
+            None => self.file.as_raw_fd(),
+        }
+    }
+}
+
+/// Reads what there is of `buf.len()` bytes at `offset`: fewer at the end of the file.
+fn read_up_to(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// The `O_DIRECT` descriptor of `path`, if the file system takes it and aligned I/O through
+/// it works (a probe read of the first page). Not `O_EXCL`: the kernel ties a block device's
+/// exclusive claim to the buffered descriptor, which keeps it.
+fn open_direct(path: &Path) -> Option<File> {
+    let file = match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) => {
+            log::info!(
+                "{}: O_DIRECT refused ({e}); the data path uses buffered I/O",
+                path.display()
+            );
+            return None;
+        }
+    };
+    // Some file systems accept the flag at open and refuse the I/O: probe one aligned
+    // page. A short read (an empty new file) is fine; EINVAL means unusable.
+    let mut probe = libublk::helpers::IoBuf::<u8>::new(PAGE_SIZE as usize);
+    match file.read_at(probe.as_mut_slice(), 0) {
+        Ok(_) => Some(file),
+        Err(e) => {
+            log::info!(
+                "{}: O_DIRECT read failed ({e}); the data path uses buffered I/O",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
+impl FileStore {
+    /// Opens an image read-only to look at it (`rewind log IMAGE`, `rewind check`), under a
+    /// shared lock: a daemon serving it (which holds the exclusive lock) makes this fail
+    /// with `InUse`, and no daemon can start on it while the store lives. Its writes and
+    /// syncs fail. A pool's backings are opened the same way.
+    pub fn open_read_only(path: &Path) -> Result<FileStore, BackingError> {
+        Self::open_as(path, Access::Look)
+    }
+
+    /// Opens an existing image file or block device read-write and locks it; for a pool,
+    /// its backings too.
+    pub fn open(path: &Path) -> Result<FileStore, BackingError> {
+        Self::open_as(path, Access::Serve)
+    }
+
+    /// Opens one file or block device read-write to format it, whatever it holds: a pool's
+    /// label is not followed.
+    pub fn open_unformatted(path: &Path) -> Result<FileStore, BackingError> {
+        let image = Backing::open(path, Access::Serve)?;
+        let len = image.len;
+        Ok(Self::assemble(vec![image], &[len], 0))
+    }
+
+    /// The pool label at the start of the image file, if it has one.
+    pub fn pool_label(&self) -> Result<Option<Label>, BackingError> {
+        self.files[0].label()
+    }
+
+    fn open_as(path: &Path, access: Access) -> Result<FileStore, BackingError> {
+        let image = Backing::open(path, access)?;
+        let Some(label) = image.label()? else {
+            let len = image.len;
+            return Ok(Self::assemble(vec![image], &[len], 0));
+        };
+        if label.role == Role::Member {
+            return Err(BackingError::PoolMember {
+                path: path.to_path_buf(),
+                index: label.index,
+                image: label.files[0].path.clone(),
+            });
+        }
+        let mut files = vec![image];
+        for index in 1..label.files.len() {
+            files.push(open_member(path, &label, index, access)?);
+        }
+        let shares: Vec<u64> = label.files.iter().map(|f| f.bytes).collect();
+        Ok(Self::assemble(files, &shares, pool::POOL_DATA_OFFSET))
+    }
+
+    /// The store over `files`, file `i` holding `shares[i]` bytes of it from byte `offset`
+    /// of the file on.
+    fn assemble(files: Vec<Backing>, shares: &[u64], offset: u64) -> FileStore {
+        let mut start = 0;
+        let extents = shares
+            .iter()
+            .enumerate()
+            .map(|(file, &len)| {
+                let e = Extent {
+                    start,
+                    len,
+                    file,
+                    offset,
+                };
+                start += len;
+                e
+            })
+            .collect();
+        FileStore {
+            files,
+            extents,
+            len: start,
+            host_full_errors: AtomicU64::new(0),
+            data_bytes_written: AtomicU64::new(0),
+            metadata_bytes_written: AtomicU64::new(0),
+        }
+    }
+
+    /// Formats a new pool (`rewind create IMAGE --backing ...`): writes each file's label
+    /// and returns the store over them, for the engine to format. `paths[0]` is the image,
+    /// which holds `shares[0]` bytes (the metadata); each backing after it holds its share
+    /// of the data area. Every file must be big enough already (`ensure_len`); each label is
+    /// synced, the image's last, so a pool whose image has a label has all of them.
+    pub fn create_pool(
+        files: Vec<(PathBuf, FileStore)>,
+        shares: &[u64],
+        uuid: u64,
+        created_ns: u64,
+    ) -> Result<FileStore, BackingError> {
+        let label = Label {
+            role: Role::Image,
+            index: 0,
+            uuid,
+            created_ns,
+            files: files
+                .iter()
+                .zip(shares)
+                .map(|((path, _), &bytes)| PoolFile {
+                    path: path.clone(),
+                    bytes,
+                })
+                .collect(),
+        };
+        let mut backings = Vec::with_capacity(files.len());
+        for (_, store) in files {
+            let mut one = store.files;
+            backings.push(one.remove(0));
+        }
+        for (index, b) in backings.iter().enumerate().rev() {
+            b.file
+                .write_all_at(&label.for_file(index).encode(), 0)
+                .and_then(|()| b.file.sync_data())
+                .map_err(BackingError::io("writing the pool label of", &b.path))?;
+        }
+        Ok(Self::assemble(backings, shares, pool::POOL_DATA_OFFSET))
+    }
+
+    /// The path the store was opened from: the image.
+    pub fn path(&self) -> &Path {
+        &self.files[0].path
+    }
+
+    /// The image's kind: a file or a block device.
+    pub fn kind(&self) -> BackingKind {
+        self.files[0].kind
+    }
+
+    /// The files of a pool, the image first, with the bytes of the store each holds; one
+    /// entry for an image that is no pool.
+    pub fn files(&self) -> Vec<StoreFile> {
+        self.extents
+            .iter()
+            .map(|e| {
+                let b = &self.files[e.file];
+                StoreFile {
+                    path: b.path.clone(),
+                    kind: b.kind,
+                    bytes: e.len,
+                }
+            })
+            .collect()
+    }
+
+    /// True when the data path bypasses the page cache (`O_DIRECT`) on every file.
+    pub fn direct_io(&self) -> bool {
+        self.files.iter().all(|b| b.direct.is_some())
+    }
+
+    /// How many files the store is over: 1, or a pool's image and backings.
+    pub fn file_count(&self) -> usize {
+        self.files.len()
+    }
+
+    /// The descriptors for the device's data pages, one per file (index as in [`Piece`]),
+    /// to register with a queue's io_uring. They stay open as long as the store.
+    pub fn data_fds(&self) -> Vec<RawFd> {
+        self.files.iter().map(Backing::data_fd).collect()
+    }
+
+    /// The descriptor the `Store` methods write metadata (the journal) through, for a
+    /// queue's io_uring to do the same (`ring_commit`), with [`FileStore::metadata_offset`].
+    /// It stays open as long as the store.
+    pub fn metadata_fd(&self) -> RawFd {
+        self.files[0].file.as_raw_fd()
+    }
+
+    /// Where byte `offset` of the store's metadata (before the data area) is in the file of
+    /// `metadata_fd`.
+    pub fn metadata_offset(&self, offset: u64) -> u64 {
+        let e = &self.extents[0];
+        debug_assert!(offset < e.len, "metadata lives in the image file");
+        e.offset + offset
+    }
+
+    /// The buffered descriptors of every file: what a sync of the whole store syncs.
+    pub fn sync_fds(&self) -> Vec<RawFd> {
+        self.files.iter().map(|b| b.file.as_raw_fd()).collect()
+    }
+
+    /// The parts of the `len` bytes at `offset` of the store, file by file, in order.
+    pub fn pieces(&self, offset: u64, len: u64) -> impl Iterator<Item = Piece> + '_ {
+        // The extent holding `offset`: the last one starting at or before it.
+        let first = self.extents.partition_point(|e| e.start <= offset).max(1) - 1;
+        let end = offset + len;
+        self.extents[first..]
+            .iter()
+            .take_while(move |e| e.start < end)
+            .map(move |e| {
+                let from = offset.max(e.start);
+                let to = end.min(e.start + e.len);
+                Piece {
+                    file: e.file,
+                    offset: e.offset + (from - e.start),
+                    len: to.saturating_sub(from),
+                    at: from - offset,
+                }
+            })
+    }
+
+    /// Makes a single-file store at least `bytes` long: checks a block device; grows a
+    /// regular file and, when `want` is `Preallocated`, reserves its first `bytes`
+    /// (`fallocate`: holes get blocks, data stays). Never shrinks. Returns what the file got:
+    /// `Sparse` when the file system cannot preallocate (EOPNOTSUPP), which the caller should
+    /// say. On failure a file it grew gets its old length back.
+    pub fn ensure_len(&mut self, bytes: u64, want: Allocation) -> Result<Allocation, BackingError> {
+        assert_eq!(self.files.len(), 1, "a pool's files are sized at create");
+        let got = self.files[0].ensure_len(bytes, want)?;
+        self.len = self.files[0].len;
+        self.extents[0].len = self.len;
+        Ok(got)
+    }
+
+    /// Bytes the host file system has allocated to the store's regular files (`st_blocks`
+    /// × 512): less than their length when they are sparse. `None` when no file is a
+    /// regular file, or when one cannot be looked at.
+    pub fn allocated_bytes(&self) -> Option<u64> {
+        let files: Vec<&Backing> = self
+            .files
+            .iter()
+            .filter(|b| b.kind == BackingKind::File)
+            .collect();
+        if files.is_empty() {
+            return None;
+        }
+        files.iter().map(|b| b.allocated_bytes()).sum()
     }
 
     /// Counts a write to the image that the host file system refused with ENOSPC (the queues
@@ -513,7 +794,7 @@ impl FileStore {
                 "{}: host filesystem full (ENOSPC): writes failing; free space on the file \
                  system that holds the image (`rewind list` and `rewind stats` say so until \
                  the daemon restarts)",
-                self.path.display()
+                self.path().display()
             );
         }
     }
@@ -593,6 +874,36 @@ fn free_bytes(file: &File) -> io::Result<u64> {
     Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
+impl FileStore {
+    /// Runs `op` on each part of an access of `len` bytes at `offset`, with the part's
+    /// buffered file, its offset there and its place in the access; an access past the end
+    /// of the store fails as a read past the end of a file does.
+    fn each_piece(
+        &self,
+        offset: u64,
+        len: usize,
+        mut op: impl FnMut(&File, u64, std::ops::Range<usize>) -> io::Result<()>,
+    ) -> io::Result<()> {
+        if offset
+            .checked_add(len as u64)
+            .is_none_or(|end| end > self.len)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "access of {len} bytes at {offset} past the end ({})",
+                    self.len
+                ),
+            ));
+        }
+        for p in self.pieces(offset, len as u64) {
+            let at = p.at as usize;
+            op(&self.files[p.file].file, p.offset, at..at + p.len as usize)?;
+        }
+        Ok(())
+    }
+}
+
 impl Store for FileStore {
     fn len(&self) -> u64 {
         self.len
@@ -600,18 +911,93 @@ impl Store for FileStore {
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         // read_exact_at loops over short reads and EINTR.
-        self.file.read_exact_at(buf, offset)
+        self.each_piece(offset, buf.len(), |file, at, part| {
+            file.read_exact_at(&mut buf[part], at)
+        })
     }
 
     fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
-        self.count_host_full(self.file.write_all_at(buf, offset))?;
+        let result = self.each_piece(offset, buf.len(), |file, at, part| {
+            file.write_all_at(&buf[part], at)
+        });
+        self.count_host_full(result)?;
         self.metadata_bytes_written
             .fetch_add(buf.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
     fn sync(&self) -> io::Result<()> {
-        self.count_host_full(self.file.sync_data())
+        for b in &self.files {
+            self.count_host_full(b.file.sync_data())?;
+        }
+        Ok(())
+    }
+}
+
+/// Opens backing `index` of the pool whose image is `image` and whose label is `label`,
+/// checking that its own label says it is that member of that pool. It is looked for first
+/// beside the image under the file name the label records (a pool copied or moved as one
+/// directory must not pick up the backings of the pool it was copied from, whose labels are
+/// the same), then where the label says.
+fn open_member(
+    image: &Path,
+    label: &Label,
+    index: usize,
+    access: Access,
+) -> Result<Backing, BackingError> {
+    let recorded = &label.files[index].path;
+    let beside = match (image.parent(), recorded.file_name()) {
+        (Some(dir), Some(name)) => Some(dir.join(name)),
+        _ => None,
+    };
+    if let Some(path) = beside.filter(|b| b != recorded && b.exists()) {
+        if let Ok(member) = Backing::open(&path, access) {
+            if check_member(&member, label, index).is_ok() {
+                return Ok(member);
+            }
+        }
+    }
+    let member = Backing::open(recorded, access).map_err(|e| match e {
+        BackingError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
+            BackingError::Pool {
+                path: image.to_path_buf(),
+                why: format!(
+                    "its backing {index}, {}, is missing (nor is there a file of that name \
+                     beside the image)",
+                    recorded.display()
+                ),
+            }
+        }
+        other => other,
+    })?;
+    check_member(&member, label, index).map_err(|what| BackingError::Pool {
+        path: image.to_path_buf(),
+        why: format!("{} is not its backing {index}: {what}", recorded.display()),
+    })?;
+    Ok(member)
+}
+
+/// Checks that `member`'s label makes it backing `index` of the pool labelled `label`, and
+/// that it is long enough for its share; says why not.
+fn check_member(member: &Backing, label: &Label, index: usize) -> Result<(), String> {
+    match member.label() {
+        Ok(Some(l)) if l.uuid == label.uuid && l.index == index && l.role == Role::Member => {
+            let need = pool::POOL_DATA_OFFSET + label.files[index].bytes;
+            if member.len < need {
+                return Err(format!(
+                    "it is {} bytes long and must be at least {need}",
+                    member.len
+                ));
+            }
+            Ok(())
+        }
+        Ok(Some(l)) => Err(format!(
+            "its label says it is file {} of the pool whose image is {}",
+            l.index,
+            l.files[0].path.display()
+        )),
+        Ok(None) => Err("it has no pool label".into()),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -660,7 +1046,8 @@ mod tests {
         store.read_at(4096 * 3, &mut back).expect("read");
         assert_eq!(back, data);
         // The data descriptor sees the same bytes whichever way it was opened.
-        let data_file = store.direct.as_ref().unwrap_or(&store.file);
+        let b = &store.files[0];
+        let data_file = b.direct.as_ref().unwrap_or(&b.file);
         let mut page = libublk::helpers::IoBuf::<u8>::new(4096);
         data_file
             .read_exact_at(page.as_mut_slice(), 4096 * 3)

@@ -15,6 +15,7 @@ pub mod group_commit;
 pub mod handover;
 pub mod notify;
 pub mod pacing;
+pub mod pool;
 pub mod report;
 pub mod ring_commit;
 pub mod serve;

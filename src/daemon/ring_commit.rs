@@ -37,22 +37,25 @@ pub async fn commit(q: &UblkQueue<'_>, volume: &Volume<FileStore>) -> Result<boo
     let steps = if writes.is_empty() {
         Steps::Done
     } else {
-        let fd = types::Fd(volume.store().metadata_fd());
-        let sync = || {
+        let store = volume.store();
+        let fd = types::Fd(store.metadata_fd());
+        let sync = |fd| {
             let sqe = opcode::Fsync::new(fd)
                 .flags(types::FsyncFlags::DATASYNC)
                 .build();
             (sqe, Op::Sync)
         };
-        let mut ops = Vec::with_capacity(writes.len() + 2);
-        ops.push(sync());
+        let sync_fds = store.sync_fds();
+        let mut ops = Vec::with_capacity(writes.len() + sync_fds.len() + 1);
+        // The data sync: every file of the store (one, or a pool's image and backings).
+        ops.extend(sync_fds.into_iter().map(|f| sync(types::Fd(f))));
         for &(offset, bytes) in &writes {
             let sqe = opcode::Write::new(fd, bytes.as_ptr(), bytes.len() as u32)
-                .offset(offset)
+                .offset(store.metadata_offset(offset))
                 .build();
             ops.push((sqe, Op::Write(bytes.len())));
         }
-        ops.push(sync());
+        ops.push(sync(fd));
         let steps = run_steps(q, ops).await;
         if matches!(steps, Steps::Done) {
             let bytes = writes.iter().map(|(_, b)| b.len() as u64).sum();

@@ -91,14 +91,11 @@ use crate::ipc::device::DataPath;
 
 /// Largest DISCARD or WRITE_ZEROES request the kernel sends.
 const MAX_DISCARD_BYTES: u64 = 1 << 30;
-/// The index of the image's data descriptor among a queue ring's fixed files; index 0 is
-/// `/dev/ublkcN`, which libublk registers first.
-const DATA_FILE_INDEX: u32 = 1;
-const DATA_FILE: types::Fixed = types::Fixed(DATA_FILE_INDEX);
-/// The index of `/dev/zero` among a queue ring's fixed files, registered on the zero copy
-/// path only: holes of a read are filled from it.
-const ZERO_FILE_INDEX: u32 = 2;
-const ZERO_FILE: types::Fixed = types::Fixed(ZERO_FILE_INDEX);
+/// The index of the image's first data descriptor among a queue ring's fixed files; index 0
+/// is `/dev/ublkcN`, which libublk registers first. A pool's backings follow it, one index
+/// each (file `i` of the store at `FIRST_DATA_FILE + i`), and on the zero copy path
+/// `/dev/zero` comes after them: holes of a read are filled from it.
+const FIRST_DATA_FILE: u32 = 1;
 /// Waits of `ALLOCATE_RETRY_DELAY` (1 ms) a write makes for a free page before it fails
 /// with no space: 60 s, far longer than the engine's own (1 s, for tools that reclaim
 /// inline), since here the pages come from the flusher's reclaim, which may first wait for
@@ -324,21 +321,24 @@ impl Target {
     pub fn init(&self, dev: &mut UblkDev, target_json: serde_json::Value) -> Result<(), UblkError> {
         let zero_copy = DataPath::of_device_flags(dev.dev_info.flags) == DataPath::ZeroCopy;
         let tgt = &mut dev.tgt;
-        if tgt.nr_fds != DATA_FILE_INDEX as i32 {
+        if tgt.nr_fds != FIRST_DATA_FILE as i32 {
             log::error!(
-                "libublk registered {} fixed files before the target's; expected {DATA_FILE_INDEX}",
+                "libublk registered {} fixed files before the target's; expected {FIRST_DATA_FILE}",
                 tgt.nr_fds
             );
             return Err(UblkError::InvalidVal);
         }
-        tgt.fds[DATA_FILE_INDEX as usize] = self.volume.store().data_fd();
-        tgt.nr_fds += 1;
+        for fd in self.volume.store().data_fds() {
+            tgt.fds[tgt.nr_fds as usize] = fd;
+            tgt.nr_fds += 1;
+        }
         if zero_copy {
             let zeros = File::open("/dev/zero").map_err(|e| {
                 log::error!("opening /dev/zero, which zero copy reads holes from: {e}");
                 UblkError::IOError(e)
             })?;
-            tgt.fds[ZERO_FILE_INDEX as usize] = zeros.as_raw_fd();
+            debug_assert_eq!(tgt.nr_fds as u32, zero_file(self.volume.store()));
+            tgt.fds[tgt.nr_fds as usize] = zeros.as_raw_fd();
             tgt.nr_fds += 1;
             *self.zeros.lock() = Some(zeros);
         }
@@ -622,6 +622,9 @@ enum Failure {
     Shared(String),
     Data {
         write: bool,
+        /// The file of the store (0: the image; then a pool's backings).
+        file: u32,
+        /// Where in that file.
         offset: u64,
         errno: i32,
     },
@@ -655,12 +658,17 @@ impl fmt::Display for Failure {
             Failure::Shared(why) => f.write_str(why),
             Failure::Data {
                 write,
+                file,
                 offset,
                 errno,
             } => write!(
                 f,
-                "{} the image at byte {offset}: {}",
+                "{} {} at byte {offset}: {}",
                 if *write { "writing" } else { "reading" },
+                match file {
+                    0 => "the image".to_string(),
+                    n => format!("the pool's backing {n}"),
+                },
                 describe_errno(*errno)
             ),
             Failure::Zeros { errno } => write!(
@@ -681,13 +689,18 @@ enum BufAddr {
     Registered(u16),
 }
 
+/// The index among a queue ring's fixed files of `/dev/zero`, after the store's files.
+fn zero_file(store: &FileStore) -> u32 {
+    FIRST_DATA_FILE + store.file_count() as u32
+}
+
 /// The other end of a data op.
 #[derive(Clone, Copy)]
 enum Peer {
-    /// The image, at this byte offset.
-    Image(u64),
-    /// `/dev/zero`, for the holes of a zero copy read.
-    Zeros,
+    /// A file of the image (the fixed file at this index), at this byte offset.
+    Image { file: u32, offset: u64 },
+    /// `/dev/zero` (the fixed file at this index), for the holes of a zero copy read.
+    Zeros(u32),
 }
 
 /// One data op: `len` bytes between the request's data, `at` bytes into it, and `peer`.
@@ -707,9 +720,9 @@ impl Transfer {
         // At most one request (512 KiB), so it fits.
         let len = (self.len - done) as u32;
         let (file, offset) = match self.peer {
-            Peer::Image(offset) => (DATA_FILE, offset + done as u64),
+            Peer::Image { file, offset } => (types::Fixed(file), offset + done as u64),
             // /dev/zero has no position to read from.
-            Peer::Zeros => (ZERO_FILE, 0),
+            Peer::Zeros(file) => (types::Fixed(file), 0),
         };
         match (self.buf, self.write) {
             (BufAddr::Mapped(base), false) => opcode::Read::new(file, base.wrapping_add(at), len)
@@ -735,12 +748,13 @@ impl Transfer {
     /// The failure of the transfer after `done` bytes, the op having returned `-errno`.
     fn failure(&self, done: usize, errno: i32) -> Failure {
         match self.peer {
-            Peer::Image(offset) => Failure::Data {
+            Peer::Image { file, offset } => Failure::Data {
                 write: self.write,
+                file: file - FIRST_DATA_FILE,
                 offset: offset + done as u64,
                 errno,
             },
-            Peer::Zeros => Failure::Zeros { errno },
+            Peer::Zeros(_) => Failure::Zeros { errno },
         }
     }
 }
@@ -814,7 +828,7 @@ async fn read(
                 b.as_mut_slice()[run.index * PAGE..(run.index + run.count) * PAGE].fill(0);
             }
         }
-        submit_runs(q, ctx.volume.layout(), buf.addr(), scratch, false);
+        submit_runs(q, ctx.volume, buf.addr(), scratch, false);
         run_transfers(q, scratch).await?;
         Ok((pages * PAGE) as i32)
     }
@@ -829,25 +843,43 @@ async fn read(
 /// zeroed before (`read`); a write has none.
 fn submit_runs(
     q: &UblkQueue<'_>,
-    layout: &rewind_history::Layout,
+    volume: &Volume<FileStore>,
     buf: BufAddr,
     scratch: &mut Scratch,
     write: bool,
 ) {
+    let store = volume.store();
     for run in scratch.runs.iter() {
-        let peer = match run.phys {
-            Some(p) => Peer::Image(layout.page_offset(p)),
-            None if !write && matches!(buf, BufAddr::Registered(_)) => Peer::Zeros,
-            None => continue,
+        let at = run.index * PAGE;
+        let len = run.count * PAGE;
+        let Some(p) = run.phys else {
+            if !write && matches!(buf, BufAddr::Registered(_)) {
+                let t = Transfer {
+                    write,
+                    buf,
+                    at,
+                    len,
+                    peer: Peer::Zeros(zero_file(store)),
+                };
+                scratch.inflight.push((t, q.ublk_submit_sqe(t.sqe(0))));
+            }
+            continue;
         };
-        let t = Transfer {
-            write,
-            buf,
-            at: run.index * PAGE,
-            len: run.count * PAGE,
-            peer,
-        };
-        scratch.inflight.push((t, q.ublk_submit_sqe(t.sqe(0))));
+        // One op per file the run's pages are on: in a pool, a run may cross from one
+        // backing to the next.
+        for piece in store.pieces(volume.layout().page_offset(p), len as u64) {
+            let t = Transfer {
+                write,
+                buf,
+                at: at + piece.at as usize,
+                len: piece.len as usize,
+                peer: Peer::Image {
+                    file: FIRST_DATA_FILE + piece.file as u32,
+                    offset: piece.offset,
+                },
+            };
+            scratch.inflight.push((t, q.ublk_submit_sqe(t.sqe(0))));
+        }
     }
 }
 
@@ -878,7 +910,7 @@ async fn write(
     );
     scratch.runs.clear();
     group_runs(&scratch.phys, &mut scratch.runs);
-    submit_runs(q, volume.layout(), buf.addr(), scratch, true);
+    submit_runs(q, volume, buf.addr(), scratch, true);
     if let Err(f) = run_transfers(q, scratch).await {
         abandon_all(volume, scratch.claimed.iter().map(|&(_, p)| p));
         return Err(f);
