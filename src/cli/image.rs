@@ -657,7 +657,10 @@ mod tests {
         drop(FileStore::open(&image).expect("in order again"));
         std::fs::remove_file(&backings[1]).unwrap();
         let e = FileStore::open(&image).unwrap_err().to_string();
-        assert!(e.contains("its backing 2") && e.contains("is missing"), "{e}");
+        assert!(
+            e.contains("its backing 2") && e.contains("is missing"),
+            "{e}"
+        );
         // Another pool's backing in its place.
         let other = tempfile::tempdir().expect("temp dir");
         let (_, theirs) = pool(other.path());

@@ -241,6 +241,18 @@ pub fn stats_text(s: &DeviceStats, tz: &TimeZone) -> String {
         lines.push(("warning", warning));
     }
     lines.extend(space_lines(s));
+    lines.extend(s.pool.iter().enumerate().map(|(i, f)| {
+        let what = if i == 0 { "metadata" } else { "data" };
+        let kind = if f.block_device {
+            "block device"
+        } else {
+            "file"
+        };
+        (
+            "pool",
+            format!("{} ({kind}): {} of {what}", f.path, human(f.bytes)),
+        )
+    }));
     if let Some(path) = s.data_path {
         lines.push(("data path", describe_data_path(path).into()));
     }

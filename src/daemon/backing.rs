@@ -770,19 +770,30 @@ impl FileStore {
         Ok(got)
     }
 
-    /// Bytes the host file system has allocated to the store's regular files (`st_blocks`
-    /// × 512): less than their length when they are sparse. `None` when no file is a
-    /// regular file, or when one cannot be looked at.
+    /// The length of the store's files together, labels included: what
+    /// [`FileStore::allocated_bytes`] compares with.
+    pub fn files_bytes(&self) -> u64 {
+        self.files.iter().map(|b| b.len).sum()
+    }
+
+    /// Bytes the host has allocated to the store's files: a regular file's `st_blocks` ×
+    /// 512 (less than its length when it is sparse), a block device's whole length. `None`
+    /// when no file is a regular file, or when one cannot be looked at.
     pub fn allocated_bytes(&self) -> Option<u64> {
-        let files: Vec<&Backing> = self
+        if self
             .files
             .iter()
-            .filter(|b| b.kind == BackingKind::File)
-            .collect();
-        if files.is_empty() {
+            .all(|b| b.kind == BackingKind::BlockDevice)
+        {
             return None;
         }
-        files.iter().map(|b| b.allocated_bytes()).sum()
+        self.files
+            .iter()
+            .map(|b| match b.kind {
+                BackingKind::File => b.allocated_bytes(),
+                BackingKind::BlockDevice => Some(b.len),
+            })
+            .sum()
     }
 
     /// Counts a write to the image that the host file system refused with ENOSPC (the queues

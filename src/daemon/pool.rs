@@ -348,6 +348,26 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever a file starts with, reading its label never panics, and what it accepts
+        /// encodes back to the same header and table.
+        #[test]
+        fn any_bytes_decode_without_panic(
+            mut page in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..LABEL_BYTES + 1),
+            count in 0u32..12,
+        ) {
+            // A pool's magic and version, so the checks past them run too.
+            if page.len() >= 48 {
+                page[..8].copy_from_slice(&SUPER_MAGIC);
+                page[8..12].copy_from_slice(&POOL_VERSION.to_le_bytes());
+                page[40..44].copy_from_slice(&count.to_le_bytes());
+            }
+            if let Ok(Some(l)) = Label::decode(&page) {
+                proptest::prop_assert_eq!(Label::decode(&l.encode()), Ok(Some(l)));
+            }
+        }
+    }
+
     #[test]
     fn a_version_1_superblock_is_no_label() {
         let mut page = vec![0u8; LABEL_BYTES];

@@ -25,7 +25,7 @@ use libublk::ctrl::UblkCtrl;
 use libublk::io::UblkDev;
 use rewind_history::{Volume, PAGE_SIZE};
 
-use crate::daemon::backing::{describe_owner, BackingError, FileStore};
+use crate::daemon::backing::{describe_owner, BackingError, BackingKind, FileStore};
 use crate::daemon::control::{self, Answers};
 use crate::daemon::flusher::Flusher;
 use crate::daemon::handover::Handover;
@@ -36,7 +36,7 @@ use crate::daemon::signals::{block_stop_signals, spawn_signal_thread};
 use crate::daemon::target::Target;
 use crate::daemon::ublk::{self, describe_ublk_error};
 use crate::daemon::views::{self, Views};
-use crate::ipc::control::DeviceStats;
+use crate::ipc::control::{DeviceStats, PoolFileRecord};
 use crate::ipc::device::{DataPath, OnCrash, PidFile, TargetData, TARGET_DATA_KEY};
 use crate::ipc::paths;
 use crate::size::describe_layout;
@@ -177,6 +177,22 @@ fn open_image(opts: &ServeOptions) -> Result<FileStore> {
             other => return Ok(other?),
         }
     }
+}
+
+/// The files of a pool, for `rewind stats`; none for an image of one file.
+fn pool_files(store: &FileStore) -> Vec<PoolFileRecord> {
+    let files = store.files();
+    if files.len() < 2 {
+        return Vec::new();
+    }
+    files
+        .into_iter()
+        .map(|f| PoolFileRecord {
+            path: f.path.display().to_string(),
+            block_device: f.kind == BackingKind::BlockDevice,
+            bytes: f.bytes,
+        })
+        .collect()
 }
 
 /// Says so when the image was left open by a daemon that is gone: this one holds the lock
@@ -445,13 +461,14 @@ impl Device {
             coalesce_ms: opts.coalesce_ms,
             pinned: Vec::new(),
             views: Vec::new(),
-            image_bytes: Some(rewind_history::Store::len(volume.store())),
+            image_bytes: Some(volume.store().files_bytes()),
             image_allocated_bytes: None,
             host_full_errors: 0,
             image_data_bytes_written: None,
             image_metadata_bytes_written: None,
             data_path: Some(self.data_path),
             mirror: None,
+            pool: pool_files(volume.store()),
         }
     }
 

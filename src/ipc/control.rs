@@ -228,6 +228,21 @@ pub struct DeviceStats {
     /// from the mirror's status file; the daemon knows nothing of it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<MirrorRecord>,
+    /// For a pool (`rewind create --backing`): its files, the image first, and the bytes of
+    /// the image each holds; empty (and absent from the JSON) for an image of one file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pool: Vec<PoolFileRecord>,
+}
+
+/// One file of a pool, as `rewind stats` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolFileRecord {
+    /// Where the daemon opened it.
+    pub path: String,
+    /// A block device (else a regular file).
+    pub block_device: bool,
+    /// The bytes of the image it holds: the metadata for the first, data for the others.
+    pub bytes: u64,
 }
 
 impl DeviceStats {
@@ -489,6 +504,7 @@ pub fn sample_stats() -> DeviceStats {
         image_metadata_bytes_written: None,
         data_path: Some(DataPath::ZeroCopy),
         mirror: None,
+        pool: Vec::new(),
     }
 }
 
