@@ -47,8 +47,10 @@ KERNEL_DIR="$CI_DIR/work/kernel"
 
 # qemu-system-x86: the guest; busybox-static + cpio: its initramfs; fio, e2fsprogs: the
 # tests; libclang-dev: bindgen in libublk's build; zstd, xz-utils, kmod: unpacking modules
-# and resolving their dependencies; g++: libFuzzer, which cargo fuzz builds from C++.
-PACKAGES=(qemu-system-x86 busybox-static cpio fio e2fsprogs libclang-dev zstd xz-utils kmod g++)
+# and resolving their dependencies; g++: libFuzzer, which cargo fuzz builds from C++;
+# qemu-utils: qemu-nbd, which serves an NBD device in the guest (the mirror scenario).
+PACKAGES=(qemu-system-x86 busybox-static cpio fio e2fsprogs libclang-dev zstd xz-utils kmod g++
+    qemu-utils)
 # With --bench: dmsetup goes into the guest (dm-thin, dm-snapshot); gnuplot-nox draws the
 # plot and python3 writes the report on the host.
 BENCH_PACKAGES=(dmsetup gnuplot-nox python3)
@@ -61,8 +63,8 @@ RUBLK_ROOT="$CI_DIR/work/rublk"
 # cloud kernel has it built in, so a kernel where it is a module still works.
 GUEST_MODULES=(ublk_drv loop ext4)
 # Modules extracted too, but loaded only by the scenarios that want them (load_module in
-# ci/scenarios/lib.sh): baselines for benchmarks.
-EXTRA_MODULES=(null_blk dm-thin-pool dm-snapshot dm-log-writes)
+# ci/scenarios/lib.sh): baselines for benchmarks, and nbd for a mirror to an NBD device.
+EXTRA_MODULES=(null_blk dm-thin-pool dm-snapshot dm-log-writes nbd)
 
 say() { printf 'setup: %s\n' "$*"; }
 die() { printf 'setup: ERROR: %s\n' "$*" >&2; exit 1; }

@@ -23,7 +23,7 @@ cd "$REPO"
 
 SCENARIOS=(fio-verify ext4-files mixed-bs discard bad-input safepoints rollback-offline rollback-live
     recover-fio recover-ext4 recover-del recover-rollback recover-supervise upgrade
-    view-fio view-ext4 diff bisect archive mirror pool systemd-notify history-full host-full on-crash-stop zero-copy demo)
+    view-fio view-ext4 diff bisect archive mirror pool pool-foundation systemd-notify history-full host-full on-crash-stop zero-copy demo)
 # The guest kernels (ci/setup.sh fetches both): all the scenarios run on each, one boot
 # each, a step each.
 KERNELS=(6.12 6.18)
@@ -84,7 +84,9 @@ step fuzz "$CI_DIR/fuzz.sh" || true
 if step build-release "${CARGO[@]}" build --release --bins --example notify_listen; then
     for k in "${KERNELS[@]}"; do
         step "guest-$k" "$CI_DIR/guest.sh" --kernel "$k" --bin "$RELEASE_BIN" \
-            --with notify-listen="${RELEASE_BIN%/*}/examples/notify_listen" "${SCENARIOS[@]}" || true
+            --with notify-listen="${RELEASE_BIN%/*}/examples/notify_listen" \
+            --with qemu-nbd="$(command -v qemu-nbd || echo /usr/bin/qemu-nbd)" \
+            "${SCENARIOS[@]}" || true
     done
 else
     for k in "${KERNELS[@]}"; do

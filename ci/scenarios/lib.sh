@@ -119,10 +119,32 @@ rewind() {
 
 # add_dev IMAGE ARGS... -> echoes the device path (/dev/ublkbN) once it is usable.
 # Call as dev=$(add_dev ...): everything else it prints goes to stderr.
+# With REWIND_POOL=N (the pool-foundation scenario), a missing IMAGE is made a pool of
+# IMAGE and N backing files IMAGE.b1 .. IMAGE.bN first (`rewind create --backing`), with the
+# --size, --history and --sparse of ARGS; the device is then added without them.
 add_dev() {
     local img=$1 out err rc=0 dev
     shift
     need_rewind
+    if [[ -n ${REWIND_POOL:-} && ! -e $img ]]; then
+        local create=() rest=() backing i
+        while [[ $# -gt 0 ]]; do
+            case $1 in
+            --size | --history) create+=("$1" "$2"); shift 2 ;;
+            --sparse) create+=("$1"); shift ;;
+            *) rest+=("$1"); shift ;;
+            esac
+        done
+        for ((i = 1; i <= REWIND_POOL; i++)); do
+            backing=$img.b$i
+            rm -f "$backing" # a backing of an earlier pool of this name, whose image is gone
+            create+=(--backing "$backing")
+        done
+        say "pool: rewind create $img ${create[*]}" >&2
+        timeout "$REWIND_CMD_TIMEOUT" "$REWIND" create "$img" "${create[@]}" >&2 ||
+            die "rewind create of the pool $img failed"
+        set -- "${rest[@]}"
+    fi
     out=$(mktemp "$STATE/add.out.XXXXXX")
     err=$(mktemp "$STATE/add.err.XXXXXX")
     say "rewind add $img $*" >&2

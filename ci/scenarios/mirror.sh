@@ -1,9 +1,12 @@
 #!/bin/bash
 # mirror: a replica kept safe point by safe point survives kills at any moment.
 #
-# ext4 on the device, a writer making and deleting files with a sync (so a flush safe point)
-# twice a second. `rewind mirror` into a raw image file runs in the background and is killed
-# with SIGKILL at random moments, five times; after each kill its state file says which safe
+# ext4 on the device, and two writers on it: fio, a steady load of 4 KiB random writes with
+# an fsync every 16 (at most 400 writes a second), and a shell loop making and deleting files
+# with a sync twice a second (and an fstrim now and then, so steps carry zeros too). Each
+# fsync and sync is a flush, so a safe point. `rewind mirror` into a raw image file runs in
+# the background and is killed with SIGKILL at random moments, five times; after each kill
+# its state file says which safe
 # point the replica holds, or that a step was under way, in which case `rewind mirror --once`
 # finishes it; then the replica must equal the view of that safe point byte for byte. While
 # it runs, `rewind stats` shows its lag (printed: the median over the run). Then a large step
@@ -12,8 +15,9 @@
 # writer stops, the filesystem is frozen and a labelled safe point made; the mirror catches
 # up to it, equals its view, and e2fsck finds the replica clean. A second replica on a block
 # device (another rewind device, full of 0xff first) made with --once equals the view too.
-#
-# Not run here: a mirror to an NBD device (no nbd module or qemu-nbd in the test guest).
+# Last, a replica on an NBD device that qemu-nbd serves from a file over the loopback: the
+# mirror is killed during its first (full) step, `--once` finishes it, and the replica equals
+# the view of its safe point and is a clean ext4.
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
@@ -45,6 +49,10 @@ mount -t ext4 "$dev" "$mnt" || die "mount failed"
     done
 ) &
 writer=$!
+fio --name=load --directory="$mnt" --ioengine="$FIO_ENGINE" --direct=1 --rw=randwrite --bs=4k \
+    --size=32M --nrfiles=2 --fsync=16 --rate_iops=400 --time_based --runtime=3600 \
+    --output="$STATE/fio-load.out" >/dev/null 2>&1 &
+fio_load=$!
 
 # The binary itself (`command`), not the rewind() wrapper: $! must be the mirror, for kill -9.
 start_mirror() {
@@ -137,11 +145,17 @@ grep -q '"full":false' "$WORKDIR/mirror.out" || die "no incremental step: $(tail
 say "steps: $(grep -c '"full":false' "$WORKDIR/mirror.out") incremental, $(grep -c '"full":true' "$WORKDIR/mirror.out") full"
 
 [[ ${#lags[@]} -gt 0 ]] || die "rewind stats never showed the mirror's lag"
-say "mirror lag under the writer: median $(median "${lags[@]}") safe points and $(median "${lag_mss[@]}") ms (${#lags[@]} samples: ${lags[*]} safe points; ${lag_mss[*]} ms)"
+say "mirror lag under fio (up to 400 writes/s, an fsync every 16) and the file writer: median $(median "${lags[@]}") safe points and $(median "${lag_mss[@]}") ms (${#lags[@]} samples: ${lags[*]} safe points; ${lag_mss[*]} ms)"
 
 # Quiet, frozen, labelled: the mirror reaches it and the replica is a clean filesystem.
 touch "$WORKDIR/stop"
 wait "$writer"
+kill "$fio_load"
+wait "$fio_load" || true
+if grep -Eq "$FIO_ERRORS" "$STATE/fio-load.out"; then
+    die "the fio load saw errors: $(grep -Em 5 "$FIO_ERRORS" "$STATE/fio-load.out")"
+fi
+say "fio load: $(grep -m 1 -o 'IOPS=[^,]*' "$STATE/fio-load.out" || echo '?') over the run, no error"
 fsfreeze --freeze "$mnt" || die "fsfreeze --freeze"
 rewind safepoint -n "$id" --label final >/dev/null || die "safepoint final"
 fsfreeze --unfreeze "$mnt" || die "fsfreeze --unfreeze"
@@ -175,6 +189,33 @@ rewind mirror -n "$id" --to "$target" --state "$state" --once | sed 's/^/    /' 
     die "mirror --once onto $target"
 expect_replica_is_view
 del_dev "$target"
+
+say "a replica on an NBD device: qemu-nbd serving a file over the loopback"
+command -v qemu-nbd >/dev/null || die "no qemu-nbd in the guest (ci/setup.sh installs qemu-utils)"
+load_module nbd
+nbd=/dev/nbd0
+truncate -s 256M "$WORKDIR/nbd.img"
+qemu-nbd --connect="$nbd" --format=raw "$WORKDIR/nbd.img" || die "qemu-nbd --connect $nbd failed"
+wait_for_dev "$nbd"
+replica=$nbd
+state=$WORKDIR/nbd.mirror.json
+command "$REWIND" mirror -n "$id" --to "$nbd" --state "$state" --interval 1 >"$WORKDIR/nbd.out" 2>&1 &
+mirror=$!
+# A random moment within the first step, which copies the whole device.
+sleep "0.$((RANDOM % 10))"
+sleep "$((RANDOM % 2))"
+kill -9 "$mirror"
+wait "$mirror" 2>/dev/null || true
+say "killed the NBD mirror; its state: $(cat "$state" 2>/dev/null || echo none yet)"
+rewind mirror -n "$id" --to "$nbd" --state "$state" --once | sed 's/^/    /' ||
+    die "mirror --once onto $nbd"
+expect_replica_is_view
+e2fsck -fn "$nbd" >"$STATE/fsck" 2>&1 || {
+    cat "$STATE/fsck"
+    die "e2fsck of the NBD replica is not clean"
+}
+say "e2fsck of the NBD replica at safe point $(state_field at): clean"
+qemu-nbd --disconnect "$nbd" >/dev/null || die "qemu-nbd --disconnect $nbd failed"
 
 umount "$mnt"
 del_dev "$dev"

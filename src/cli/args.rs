@@ -63,9 +63,9 @@ A pool joins several files or block devices into one device (as dm-linear does):
 keeps the metadata (superblock, journal, checkpoints: a few percent of --size), and the
 device's pages and its history area continue on each --backing in order (at most 7). Each
 block device holds as much as it can; the files share the rest evenly, and are created or
-resized as needed. Every file of the pool gets a label that names the pool, so `rewind add
-IMAGE` finds the backings (where they were, or beside IMAGE if they moved with it) and
-refuses a wrong one. Serve and inspect a pool through IMAGE only: name a backing, and rewind
+grown as needed. Every file of the pool gets a label that names the pool, so `rewind add
+IMAGE` finds the backings (where they were, or beside IMAGE if IMAGE was moved or copied)
+and refuses a wrong one. Serve and inspect a pool through IMAGE only: name a backing, and rewind
 says whose it is. A pool reads as a newer format to a rewind older than this one.";
 
 const ADD_EXAMPLES: &str = "\

@@ -207,21 +207,22 @@ pub fn format_pool(
             pool::MAX_FILES - 1
         );
     }
-    let mut paths: Vec<(PathBuf, PathBuf)> = Vec::with_capacity(backings.len() + 1);
+    let mut paths: Vec<(PathBuf, FileId)> = Vec::with_capacity(backings.len() + 1);
     for p in std::iter::once(image).chain(backings.iter().map(PathBuf::as_path)) {
         let abs = std::path::absolute(p)
             .with_context(|| format!("making {} an absolute path", p.display()))?;
         pool::check_path(&abs).map_err(anyhow::Error::msg)?;
-        // The same file twice (also through a link) would hold two parts of the store.
-        let same = std::fs::canonicalize(&abs).unwrap_or_else(|_| abs.clone());
-        if let Some((earlier, _)) = paths.iter().find(|(_, s)| *s == same) {
+        // The same file twice (also through a link or another name) would hold two parts of
+        // the store.
+        let id = FileId::of(&abs);
+        if let Some((earlier, _)) = paths.iter().find(|(_, i)| *i == id) {
             bail!(
-                "{} is named twice (as {}): each file of a pool holds its own part",
-                same.display(),
-                earlier.display()
+                "{} and {} are the same file: each file of a pool holds its own part",
+                earlier.display(),
+                abs.display()
             );
         }
-        paths.push((abs, same));
+        paths.push((abs, id));
     }
     let mut created = Vec::new();
     let result = format_pool_files(&paths, &layout, opts, force, allocation, &mut created);
@@ -234,8 +235,28 @@ pub fn format_pool(
     result.map(|(got, files)| (layout, got, files))
 }
 
+/// What tells two names of one file apart from two files: the device and inode of an
+/// existing file, the device number of a block device, the path of one not made yet.
+#[derive(PartialEq, Eq)]
+enum FileId {
+    Inode(u64, u64),
+    Device(u64),
+    Missing(PathBuf),
+}
+
+impl FileId {
+    fn of(path: &Path) -> FileId {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        match std::fs::metadata(path) {
+            Ok(m) if m.file_type().is_block_device() => FileId::Device(m.rdev()),
+            Ok(m) => FileId::Inode(m.dev(), m.ino()),
+            Err(_) => FileId::Missing(path.to_path_buf()),
+        }
+    }
+}
+
 fn format_pool_files(
-    paths: &[(PathBuf, PathBuf)],
+    paths: &[(PathBuf, FileId)],
     layout: &Layout,
     opts: &CreateOptions,
     force: bool,
@@ -296,8 +317,16 @@ fn format_pool_files(
     let host = crate::host::this_host();
     let created_ns = host.clock.now_ns();
     let store = FileStore::create_pool(stores, &shares, pool_uuid()?, created_ns)?;
-    let made = rewind_history::create(&store, opts, &host)
-        .with_context(|| format!("formatting the pool {}", paths[0].0.display()))?;
+    let made = match rewind_history::create(&store, opts, &host) {
+        Ok(made) => made,
+        Err(e) => {
+            // The files this create made are removed; the others must not keep a label.
+            if let Err(erase) = store.erase_pool_labels() {
+                log::warn!("erasing the labels of the pool that failed: {erase}");
+            }
+            return Err(e).with_context(|| format!("formatting the pool {}", paths[0].0.display()));
+        }
+    };
     debug_assert_eq!(&made, layout);
     Ok((got, store.files()))
 }
@@ -630,6 +659,31 @@ mod tests {
         rewind_history::check(&FileStore::open_read_only(&image).unwrap(), &host).unwrap();
     }
 
+    /// A pool in use names its daemon, as an image of one file does: the superblock is
+    /// read past the label.
+    #[test]
+    fn a_pool_in_use_names_its_owner() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (image, backings) = pool(dir.path());
+        let host = crate::host::this_host();
+        let served = rewind_history::Volume::open(FileStore::open(&image).unwrap(), &host)
+            .expect("serve the pool");
+        let pid = std::process::id();
+        let e = FileStore::open(&image).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("in use by another rewind daemon (pid {pid}")),
+            "{e}"
+        );
+        let e = FileStore::open_read_only(&image).unwrap_err().to_string();
+        assert!(e.contains(&format!("(pid {pid}")), "{e}");
+        // A backing is locked with the image.
+        let e = FileStore::open_unformatted(&backings[0])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("in use"), "{e}");
+        drop(served);
+    }
+
     #[test]
     fn a_pool_refuses_wrong_or_missing_backings() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -692,6 +746,60 @@ mod tests {
         let mut back = [0u8; 4096];
         original.read_at(at, &mut back).unwrap();
         assert_eq!(back, [0u8; 4096], "the copy wrote into the original");
+        drop((original, copied));
+
+        // A copy of the image and one backing only: the other is not taken from the
+        // original pool.
+        let partial = dir.path().join("partial");
+        std::fs::create_dir(&partial).unwrap();
+        for name in ["pool.img", "one.img"] {
+            std::fs::copy(dir.path().join(name), partial.join(name)).unwrap();
+        }
+        let e = FileStore::open(&partial.join("pool.img"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("its backing 2 is missing") && e.contains("beside it"),
+            "{e}"
+        );
+    }
+
+    /// A file made a pool's backing keeps nothing of what it held below its part: a version
+    /// 1 image's second superblock copy would otherwise make an older rewind serve it.
+    #[test]
+    fn a_reformatted_file_keeps_no_old_superblock() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let old = dir.path().join("one.img");
+        format(&old, &opts(4 * MIB), false, Allocation::Sparse).expect("a version 1 image");
+        let image = dir.path().join("pool.img");
+        let e = format_pool(
+            &image,
+            std::slice::from_ref(&old),
+            &opts(4 * MIB),
+            false,
+            Allocation::Sparse,
+        )
+        .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("already holds a rewind image"),
+            "{e:#}"
+        );
+        format_pool(
+            &image,
+            std::slice::from_ref(&old),
+            &opts(4 * MIB),
+            true,
+            Allocation::Sparse,
+        )
+        .expect("with --force");
+        let mut head = vec![0xffu8; pool::POOL_DATA_OFFSET as usize];
+        std::fs::File::open(&old)
+            .unwrap()
+            .read_exact_at(&mut head, 0)
+            .unwrap();
+        assert!(head[pool::LABEL_BYTES..].iter().all(|b| *b == 0));
+        assert!(rewind_history::format::Superblock::validate(&head[4096..]).is_err());
     }
 
     #[test]
@@ -718,7 +826,20 @@ mod tests {
             Allocation::Sparse,
         )
         .unwrap_err();
-        assert!(format!("{e:#}").contains("named twice"), "{e:#}");
+        assert!(format!("{e:#}").contains("are the same file"), "{e:#}");
         assert!(!image.exists() && !one.exists());
+        // Another name of one file.
+        std::fs::write(&one, b"").unwrap();
+        let link = dir.path().join("link.img");
+        std::fs::hard_link(&one, &link).unwrap();
+        let e = format_pool(
+            &image,
+            &[one.clone(), link],
+            &opts(4 * MIB),
+            false,
+            Allocation::Sparse,
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("are the same file"), "{e:#}");
     }
 }

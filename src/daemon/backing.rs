@@ -291,7 +291,8 @@ pub fn block_device_len(file: &File) -> io::Result<u64> {
 }
 
 /// A file read without any lock, only to name the owner of a locked image.
-struct Unlocked<'a>(&'a File, u64);
+/// The store of a pool's image starts at `POOL_DATA_OFFSET` (the last field).
+struct Unlocked<'a>(&'a File, u64, u64);
 
 impl Store for Unlocked<'_> {
     fn len(&self) -> u64 {
@@ -299,7 +300,7 @@ impl Store for Unlocked<'_> {
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.0.read_exact_at(buf, offset)
+        self.0.read_exact_at(buf, self.2 + offset)
     }
 
     fn write_at(&self, _offset: u64, _buf: &[u8]) -> io::Result<()> {
@@ -340,9 +341,15 @@ fn lock_or_in_use(
 /// The error for an image whose lock another process holds, naming the owner the
 /// superblock records (best effort: the owner may be writing it right now).
 fn in_use(file: &File, kind: BackingKind, path: &Path) -> BackingError {
-    let sb = len_of(file, kind, path)
-        .ok()
-        .and_then(|len| rewind_history::read_superblock(&Unlocked(file, len)).ok());
+    let mut head = vec![0u8; pool::LABEL_BYTES];
+    let start = match read_up_to(file, &mut head, 0).map(|n| Label::decode(&head[..n])) {
+        Ok(Ok(Some(_))) => pool::POOL_DATA_OFFSET,
+        _ => 0,
+    };
+    let sb = len_of(file, kind, path).ok().and_then(|len| {
+        let store = Unlocked(file, len.saturating_sub(start), start);
+        rewind_history::read_superblock(&store).ok()
+    });
     let owner = match sb.and_then(|sb| sb.owner()) {
         Some((pid, host)) => format!(" ({})", describe_owner(pid, &host)),
         None => String::new(),
@@ -600,9 +607,20 @@ impl FileStore {
                 image: label.files[0].path.clone(),
             });
         }
+        let need = pool::POOL_DATA_OFFSET + label.files[0].bytes;
+        if image.len < need {
+            return Err(BackingError::Pool {
+                path: path.to_path_buf(),
+                why: format!(
+                    "the image is {} bytes long and must be at least {need}",
+                    image.len
+                ),
+            });
+        }
+        let paths = member_paths(path, &label);
         let mut files = vec![image];
-        for index in 1..label.files.len() {
-            files.push(open_member(path, &label, index, access)?);
+        for (index, member) in paths.iter().enumerate().skip(1) {
+            files.push(open_member(path, &label, index, member, access)?);
         }
         let shares: Vec<u64> = label.files.iter().map(|f| f.bytes).collect();
         Ok(Self::assemble(files, &shares, pool::POOL_DATA_OFFSET))
@@ -666,13 +684,28 @@ impl FileStore {
             let mut one = store.files;
             backings.push(one.remove(0));
         }
+        // The label, then zeros up to the file's part: whatever was there before (a version
+        // 1 image's second superblock copy, at 4 KiB) must not be read as what it was.
+        let mut head = vec![0u8; pool::POOL_DATA_OFFSET as usize];
         for (index, b) in backings.iter().enumerate().rev() {
+            head[..pool::LABEL_BYTES].copy_from_slice(&label.for_file(index).encode());
             b.file
-                .write_all_at(&label.for_file(index).encode(), 0)
+                .write_all_at(&head, 0)
                 .and_then(|()| b.file.sync_data())
                 .map_err(BackingError::io("writing the pool label of", &b.path))?;
         }
         Ok(Self::assemble(backings, shares, pool::POOL_DATA_OFFSET))
+    }
+
+    /// Zeroes the pool labels of every file (the image's first), so that a pool whose
+    /// format failed after `create_pool` leaves no file that claims to be one's.
+    pub fn erase_pool_labels(&self) -> io::Result<()> {
+        let zeros = vec![0u8; pool::LABEL_BYTES];
+        for b in &self.files {
+            b.file.write_all_at(&zeros, 0)?;
+            b.file.sync_data()?;
+        }
+        Ok(())
     }
 
     /// The path the store was opened from: the image.
@@ -945,45 +978,58 @@ impl Store for FileStore {
     }
 }
 
-/// Opens backing `index` of the pool whose image is `image` and whose label is `label`,
-/// checking that its own label says it is that member of that pool. It is looked for first
-/// beside the image under the file name the label records (a pool copied or moved as one
-/// directory must not pick up the backings of the pool it was copied from, whose labels are
-/// the same), then where the label says.
+/// Where a pool's backings are looked for: where the label records them while the image
+/// is where the label records it too; beside the image, under their recorded file names,
+/// when the image was moved or copied (as one directory). Never some from each: a partial
+/// copy must not write into the pool it was copied from, whose labels are the same.
+fn member_paths(image: &Path, label: &Label) -> Vec<PathBuf> {
+    let same_file = |a: &Path, b: &Path| match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    };
+    let moved = !same_file(image, &label.files[0].path);
+    label
+        .files
+        .iter()
+        .map(|f| match (moved, image.parent(), f.path.file_name()) {
+            (true, Some(dir), Some(name)) => dir.join(name),
+            _ => f.path.clone(),
+        })
+        .collect()
+}
+
+/// Opens backing `index` of the pool whose image is `image` and whose label is `label`, at
+/// `path` (from `member_paths`), checking that its own label says it is that member of that
+/// pool.
 fn open_member(
     image: &Path,
     label: &Label,
     index: usize,
+    path: &Path,
     access: Access,
 ) -> Result<Backing, BackingError> {
-    let recorded = &label.files[index].path;
-    let beside = match (image.parent(), recorded.file_name()) {
-        (Some(dir), Some(name)) => Some(dir.join(name)),
-        _ => None,
-    };
-    if let Some(path) = beside.filter(|b| b != recorded && b.exists()) {
-        if let Ok(member) = Backing::open(&path, access) {
-            if check_member(&member, label, index).is_ok() {
-                return Ok(member);
-            }
-        }
-    }
-    let member = Backing::open(recorded, access).map_err(|e| match e {
+    let member = Backing::open(path, access).map_err(|e| match e {
         BackingError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
             BackingError::Pool {
                 path: image.to_path_buf(),
-                why: format!(
-                    "its backing {index}, {}, is missing (nor is there a file of that name \
-                     beside the image)",
-                    recorded.display()
-                ),
+                why: if path == label.files[index].path {
+                    format!("its backing {index}, {}, is missing", path.display())
+                } else {
+                    format!(
+                        "its backing {index} is missing: the image is not where the pool was \
+                         made ({}), so its backings are looked for beside it, and there is no \
+                         {}",
+                        label.files[0].path.display(),
+                        path.display()
+                    )
+                },
             }
         }
         other => other,
     })?;
     check_member(&member, label, index).map_err(|what| BackingError::Pool {
         path: image.to_path_buf(),
-        why: format!("{} is not its backing {index}: {what}", recorded.display()),
+        why: format!("{} is not its backing {index}: {what}", path.display()),
     })?;
     Ok(member)
 }

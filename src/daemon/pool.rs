@@ -251,9 +251,17 @@ pub enum Capacity {
 pub fn share(data_bytes: u64, backings: &[(PathBuf, Capacity)]) -> Result<Vec<u64>, String> {
     let mut left = data_bytes;
     let mut shares = vec![0u64; backings.len()];
-    for (i, (_, c)) in backings.iter().enumerate() {
+    for (i, (path, c)) in backings.iter().enumerate() {
         if let Capacity::Device(len) = c {
             let usable = len.saturating_sub(POOL_DATA_OFFSET) / PAGE_SIZE * PAGE_SIZE;
+            if usable == 0 {
+                return Err(format!(
+                    "{} is a block device of {}: a backing needs more than its 1 MiB label \
+                     area",
+                    path.display(),
+                    human(*len)
+                ));
+            }
             shares[i] = usable.min(left);
             left -= shares[i];
         }
