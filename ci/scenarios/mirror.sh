@@ -14,10 +14,15 @@
 # --once must finish; some steps must have been incremental. At the end the
 # writer stops, the filesystem is frozen and a labelled safe point made; the mirror catches
 # up to it, equals its view, and e2fsck finds the replica clean. A second replica on a block
-# device (another rewind device, full of 0xff first) made with --once equals the view too.
+# device (another rewind device, full of 0xff first) made with --once equals the view too,
+# and since that device is a rewind device the step is a safe point on it labelled
+# mirror-<id>; killed while a large step is applied to it, the device's newest mirror- safe
+# point still equals the source's safe point of that id, byte for byte. Then the replica's
+# own daemon is killed, and `rewind add --read-only --at mirror-<id>` of its image serves
+# that safe point, read only, equal to the source's.
 # Last, a replica on an NBD device that qemu-nbd serves from a file over the loopback: the
-# mirror is killed during its first (full) step, `--once` finishes it, and the replica equals
-# the view of its safe point and is a clean ext4.
+# mirror is killed while it applies its first (full) step, `--once` finishes it, and the
+# replica equals the view of its safe point and is a clean ext4.
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
@@ -64,7 +69,8 @@ start_mirror() {
 finish_if_applying() {
     if grep -q '"to"' "$state"; then
         say "$1: a step was under way ($(state_field applying)); --once finishes it"
-        rewind mirror -n "$id" --to "$replica" --once | sed 's/^/    /' || die "mirror --once after $1"
+        rewind mirror -n "$id" --to "$replica" --state "$state" --once | sed 's/^/    /' ||
+            die "mirror --once after $1"
         ! grep -q '"to"' "$state" || die "the step is still under way: $(cat "$state")"
         return 0
     fi
@@ -94,16 +100,36 @@ expect_replica_is_view() {
     say "replica equals the view of safe point $at"
 }
 
+# sample_lag: one sample of the running mirror's lag, as `rewind stats` shows it, into
+# lags and lag_mss.
+lags=()
+lag_mss=()
+sample_lag() {
+    local stats lag lag_ms
+    stats=$(rewind stats -n "$id" --json | tr -d ' \n')
+    lag=$(grep -o '"lag_safe_points":[0-9]*' <<<"$stats" | cut -d: -f2 || true)
+    lag_ms=$(grep -o '"lag_ms":[0-9]*' <<<"$stats" | cut -d: -f2 || true)
+    if [[ -n $lag ]]; then
+        lags+=("$lag")
+        lag_mss+=("$lag_ms")
+    fi
+}
+
+# The steady lag: 20 samples a second apart, the mirror left alone under the load.
 start_mirror
+sleep 3
+for _ in $(seq 20); do
+    sleep 1
+    sample_lag
+done
+[[ ${#lags[@]} -gt 0 ]] || die "rewind stats never showed the mirror's lag"
+say "STEADY mirror lag under fio (up to 400 writes/s, an fsync every 16) and the file writer: median $(median "${lags[@]}") safe points and $(median "${lag_mss[@]}") ms, max $(printf '%s\n' "${lag_mss[@]}" | sort -n | tail -n 1) ms (${#lags[@]} samples: ${lags[*]} safe points; ${lag_mss[*]} ms)"
 lags=()
 lag_mss=()
 for k in 1 2 3 4 5; do
     for _ in 1 2 3; do
         sleep 1
-        stats=$(rewind stats -n "$id" --json | tr -d ' \n')
-        lag=$(grep -o '"lag_safe_points":[0-9]*' <<<"$stats" | cut -d: -f2 || true)
-        lag_ms=$(grep -o '"lag_ms":[0-9]*' <<<"$stats" | cut -d: -f2 || true)
-        [[ -n $lag ]] && lags+=("$lag") && lag_mss+=("$lag_ms")
+        sample_lag
     done
     # A random moment within the next two seconds.
     sleep "0.$((RANDOM % 10))"
@@ -145,7 +171,7 @@ grep -q '"full":false' "$WORKDIR/mirror.out" || die "no incremental step: $(tail
 say "steps: $(grep -c '"full":false' "$WORKDIR/mirror.out") incremental, $(grep -c '"full":true' "$WORKDIR/mirror.out") full"
 
 [[ ${#lags[@]} -gt 0 ]] || die "rewind stats never showed the mirror's lag"
-say "mirror lag under fio (up to 400 writes/s, an fsync every 16) and the file writer: median $(median "${lags[@]}") safe points and $(median "${lag_mss[@]}") ms (${#lags[@]} samples: ${lags[*]} safe points; ${lag_mss[*]} ms)"
+say "mirror lag during the kill rounds (each restart catches up what passed while the replica was compared): median $(median "${lags[@]}") safe points and $(median "${lag_mss[@]}") ms (${#lags[@]} samples: ${lags[*]} safe points; ${lag_mss[*]} ms)"
 
 # Quiet, frozen, labelled: the mirror reaches it and the replica is a clean filesystem.
 touch "$WORKDIR/stop"
@@ -180,7 +206,8 @@ say "e2fsck of the replica at safe point $(state_field at) (the frozen one: $fin
 sed 's/^/    mirror: /' "$WORKDIR/mirror.out" | tail -n 4
 
 # A block device replica, made in one step.
-target=$(add_dev "$WORKDIR/target.img" --size 256M --sparse)
+# --on-crash stop: its own daemon is killed below, and the device goes with it.
+target=$(add_dev "$WORKDIR/target.img" --size 256M --sparse --on-crash stop)
 run_fio --name=fill --filename="$target" --ioengine="$FIO_ENGINE" --direct=1 --rw=write --bs=1M \
     --size=256M --buffer_pattern=0xff
 replica=$target
@@ -188,22 +215,89 @@ state=$WORKDIR/device.mirror.json
 rewind mirror -n "$id" --to "$target" --state "$state" --once | sed 's/^/    /' ||
     die "mirror --once onto $target"
 expect_replica_is_view
+tid=${target#/dev/ublkb}
+# mirror_marks: the source safe points the replica device has labelled safe points for.
+mirror_marks() {
+    rewind log -n "$tid" --json | tr -d ' \n' | grep -o '"label":"mirror-[0-9]*"' | grep -o '[0-9]*' || true
+}
+[[ $(mirror_marks | tail -n 1) == "$(state_field at)" ]] ||
+    die "the replica device has no safe point labelled mirror-$(state_field at): $(mirror_marks)"
+say "the replica device (itself a rewind device) marked the step: safe point mirror-$(state_field at)"
+
+# Killed while it applies a large step to the replica device: the device holds a mix, but
+# its newest mirror- safe point is still the previous step, whole.
+dd if=/dev/urandom of="$mnt/late" bs=1M count=48 2>/dev/null
+sync
+command "$REWIND" mirror -n "$id" --to "$target" --state "$state" --interval 1 >"$WORKDIR/dev.out" 2>&1 &
+mirror=$!
+start=$SECONDS
+until grep -q '"to"' "$state" 2>/dev/null; do
+    [[ $((SECONDS - start)) -lt 60 ]] || die "the mirror onto $target began no step in 60 s"
+    sleep 0.05
+done
+kill -9 "$mirror"
+wait "$mirror" 2>/dev/null || true
+mark=$(mirror_marks | tail -n 1)
+say "killed during a step to the replica device ($(state_field applying)); its newest mark: mirror-$mark"
+tview=$(rewind view -n "$tid" --at "mirror-$mark" | tail -n 1)
+echo "${tview#/dev/ublkb}" >>"$STATE/ublk"
+sview=$(rewind view -n "$id" --at "$mark" | tail -n 1)
+echo "${sview#/dev/ublkb}" >>"$STATE/ublk"
+wait_for_dev "$tview"
+wait_for_dev "$sview"
+cmp "$tview" "$sview" || die "the replica's safe point mirror-$mark differs from the source's $mark"
+rewind del -n "${tview#/dev/ublkb}" >/dev/null && rewind del -n "${sview#/dev/ublkb}" >/dev/null ||
+    die "closing the views"
+say "the replica device's safe point mirror-$mark equals the source's safe point $mark"
+finish_if_applying "the kill onto the replica device"
+expect_replica_is_view
+[[ $(mirror_marks | tail -n 1) == "$(state_field at)" ]] || die "the finished step is not marked"
+
+# The replica's own daemon killed: its image, opened read-only (the journal replayed in
+# memory only), serves the last mark, which equals the source's safe point.
+mark=$(state_field at)
+tpid=$(daemon_pid "$tid")
+[[ -n $tpid ]] || die "no daemon pid for $target"
+kill -9 "$tpid"
+wait_exited "$tpid"
 del_dev "$target"
+ro=$(add_dev "$WORKDIR/target.img" --read-only --at "mirror-$mark")
+roid=${ro#/dev/ublkb}
+[[ $(blockdev --getro "$ro") == 1 ]] || die "$ro (rewind add --read-only) is writable"
+rewind list | grep -q "read only at safe point" || die "rewind list does not say $ro is read-only"
+if out=$(rewind safepoint -n "$roid" 2>&1); then die "a safe point was made on $ro: $out"; fi
+grep -q "read-only" <<<"$out" || die "rewind safepoint on $ro: $out"
+sview=$(rewind view -n "$id" --at "$mark" | tail -n 1)
+echo "${sview#/dev/ublkb}" >>"$STATE/ublk"
+wait_for_dev "$sview"
+cmp "$ro" "$sview" || die "the killed replica's mirror-$mark, served read-only, differs from $mark"
+rewind del -n "${sview#/dev/ublkb}" >/dev/null || die "closing the view of $mark"
+del_dev "$ro"
+say "the replica's daemon killed: rewind add --read-only --at mirror-$mark serves it, equal to the source's $mark"
+# The file system clean again for the last replica, as at "final".
+rm -f "$mnt/late"
+fsfreeze --freeze "$mnt" || die "fsfreeze --freeze"
+rewind safepoint -n "$id" --label final2 >/dev/null || die "safepoint final2"
+fsfreeze --unfreeze "$mnt" || die "fsfreeze --unfreeze"
 
 say "a replica on an NBD device: qemu-nbd serving a file over the loopback"
 command -v qemu-nbd >/dev/null || die "no qemu-nbd in the guest (ci/setup.sh installs qemu-utils)"
 load_module nbd
 nbd=/dev/nbd0
 truncate -s 256M "$WORKDIR/nbd.img"
+mkdir -p /var/lock # where qemu-nbd keeps its socket
 qemu-nbd --connect="$nbd" --format=raw "$WORKDIR/nbd.img" || die "qemu-nbd --connect $nbd failed"
 wait_for_dev "$nbd"
 replica=$nbd
 state=$WORKDIR/nbd.mirror.json
 command "$REWIND" mirror -n "$id" --to "$nbd" --state "$state" --interval 1 >"$WORKDIR/nbd.out" 2>&1 &
 mirror=$!
-# A random moment within the first step, which copies the whole device.
-sleep "0.$((RANDOM % 10))"
-sleep "$((RANDOM % 2))"
+# Killed as soon as its first step (the whole device) is being applied to the NBD device.
+start=$SECONDS
+until grep -q '"to"' "$state" 2>/dev/null; do
+    [[ $((SECONDS - start)) -lt 60 ]] || die "the mirror onto $nbd began no apply in 60 s"
+    sleep 0.05
+done
 kill -9 "$mirror"
 wait "$mirror" 2>/dev/null || true
 say "killed the NBD mirror; its state: $(cat "$state" 2>/dev/null || echo none yet)"

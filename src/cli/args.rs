@@ -77,6 +77,7 @@ Examples:
   rewind add vm.img --idle 10 --coalesce 1000   # fewer, coarser safe points
   rewind add vm.img --size 20G --sparse # a new image that takes host space as written
   rewind add vm.img --data-path copy    # no zero copy, even where the kernel has it
+  rewind add replica.img --read-only --at mirror-1180   # a past safe point, read only
 
 `add` needs root and the ublk driver (modprobe ublk_drv; Linux 6.0+). It starts a daemon
 in the background, waits until the device is live and prints its path as the last line.
@@ -104,7 +105,16 @@ image straight into the pages of a read request and writes a write request's pag
 straight to the image: no copy through the daemon, and no buffer per request. Older
 kernels copy each request's data to or from a buffer of the daemon. --data-path auto (the
 default) takes zero copy where the kernel offers it; `rewind list` and `rewind stats`
-show which path a device uses.";
+show which path a device uses.
+
+--read-only serves one safe point of an existing image (--at: an id, a label, a time or
+an age; default the newest) as a read-only device, as a view is served, but with no live
+device: the image is opened read-only (under a shared lock, so no daemon serves it live
+meanwhile) and nothing is written to it, not even after a crash it had: its journal is
+replayed in memory. For a replica (`rewind mirror` onto a rewind device, whose steps are
+labelled mirror-<id>), an image copied from another machine, or a look at an image whose
+daemon was killed. The device cannot make safe points, roll back or pin; `rewind view`
+and `rewind export -n ID` work. If its daemon dies, the device goes (--on-crash stop).";
 
 const RECOVER_EXAMPLES: &str = "\
 Examples:
@@ -390,6 +400,13 @@ pub struct AddArgs {
     /// stats` show which one a device uses, `rewind recover` keeps it
     #[arg(long, value_name = "PATH", value_enum, default_value_t = DataPathArg::Auto)]
     pub data_path: DataPathArg,
+    /// Serve a safe point of IMAGE read-only (--at; default the newest) instead of the live
+    /// device: nothing is written to the image (see below)
+    #[arg(long, conflicts_with_all = ["size", "history", "sparse", "supervise", "on_crash"])]
+    pub read_only: bool,
+    /// With --read-only: the safe point to serve: an id, a label, a time or an age
+    #[arg(long, value_name = SELECTOR_VALUE_NAME, requires = "read_only")]
+    pub at: Option<String>,
 }
 
 /// `rewind recover`.
@@ -691,6 +708,7 @@ Examples:
   rewind mirror -n 0 --to /backup/vm-replica.img         # runs until stopped (Ctrl-C, kill)
   rewind mirror -n 0 --to /dev/nbd0 --rate 20M           # read at most 20 MiB/s from the device
   rewind mirror -n 0 --to /backup/vm-replica.img --once  # one step, then exit (cron)
+  rewind mirror -n 0 --to /dev/ublkb3                    # onto a rewind device: each step a safe point
 
 The replica is a raw image of the device as it read at one safe point: a file (made at the
 device's size if missing) or a block device at least as large, which can be mounted
@@ -706,6 +724,13 @@ replica as it was, or a replica being brought forward: the state file says so
 anything else. While that is so, the replica holds a mix of two safe points: do not use it
 until the mirror has run again. `rewind stats -n ID` (and `list --json`) show a running
 mirror: the safe point the replica holds and how far it lags, in safe points and seconds.
+
+A replica that must be whole at every instant, whatever crashes: make it a rewind device
+(`rewind add replica.img --size SIZE`, here or over NBD or iSCSI on another machine) and
+mirror onto its /dev/ublkbN. After each step is synced, the mirror makes a safe point on it
+labelled mirror-<id> (the source's safe point). Each such safe point is a complete step:
+`rewind view -n N --at mirror-<id>` serves it read-only while the mirror goes on, after a
+crash of either side too, and the replica keeps a history of its own.
 
 The state file: --state, default TARGET.mirror.json beside a file, or
 /var/lib/rewind/mirror-NAME.json for a block device /dev/NAME; two mirrors never share one
@@ -1002,6 +1027,9 @@ pub struct ServeArgs {
     /// its own)
     #[arg(long, value_enum, default_value_t = DataPathArg::Auto)]
     pub data_path: DataPathArg,
+    /// Serve this safe point of the image read-only instead of the live device
+    #[arg(long, value_name = "ID")]
+    pub read_only_at: Option<u64>,
 }
 
 #[cfg(test)]

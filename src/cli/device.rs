@@ -13,11 +13,11 @@ use anyhow::{bail, Context, Result};
 use crate::cli::args::AddArgs;
 use crate::cli::image;
 use crate::cli::render::{device_table, print_json, stats_text};
-use crate::daemon::backing::Allocation;
+use crate::daemon::backing::{Allocation, BackingError, FileStore};
 use crate::daemon::report::Reporter;
 use crate::daemon::serve::{self as daemon, ServeOptions};
 use crate::daemon::ublk::choose_data_path;
-use crate::ipc::control::ControlRequest;
+use crate::ipc::control::{ControlRequest, SafePointRecord};
 use crate::ipc::device::OnCrash;
 use crate::ipc::paths;
 use crate::runtime::client::{ask, STATS_TIMEOUT};
@@ -26,11 +26,12 @@ use crate::runtime::launch::{
 };
 use crate::runtime::listing::rewind_devices;
 use crate::runtime::registry::{
-    check_daemon_access, check_ublk_access, device_exists, rewind_ids_views_first, supervisor_pid,
-    target_data, waiting_device, UBLK_CONTROL,
+    check_daemon_access, check_ublk_access, device_exists, device_serving, rewind_ids_views_first,
+    supervisor_pid, target_data, waiting_device, UBLK_CONTROL,
 };
 use crate::runtime::removal::delete;
 use crate::runtime::upgrade;
+use crate::selector::find_safe_point;
 use crate::size::describe_layout;
 
 /// `rewind add`.
@@ -53,7 +54,40 @@ pub fn add_command(args: &AddArgs) -> Result<()> {
     // again recovers it, as a service manager that restarts `rewind add --foreground`
     // expects.
     if let Some(id) = waiting_device(&image) {
+        if args.read_only {
+            bail!(
+                "{} is the image of /dev/ublkb{id}, whose daemon died and which waits for \
+                 `rewind recover -n {id}`: recover it (and `rewind view` it), or `rewind del \
+                 -n {id}` it first",
+                image.display()
+            );
+        }
         return recover_waiting(args, &image, id);
+    }
+    if args.read_only {
+        let at = read_only_safe_point(&image, args.at.as_deref())?;
+        eprintln!(
+            "rewind: serving {} read-only at safe point {}{}",
+            image.display(),
+            at.id,
+            at.label
+                .as_ref()
+                .map_or(String::new(), |l| format!(" ({l:?})"))
+        );
+        let serve = ServeOptions {
+            image,
+            id: args.id,
+            queues: args.queues.unwrap_or_else(default_queues),
+            depth: args.depth,
+            log: None,
+            idle_secs: 0,
+            coalesce_ms: 0,
+            on_crash: OnCrash::Stop,
+            recover: false,
+            data_path: args.data_path.wanted(),
+            read_only_at: Some(at.id),
+        };
+        return start(args, serve);
     }
     let allocation = Allocation::chosen(args.sparse);
     let (layout, created) = image::prepare_for_add(&image, args.size, args.history, allocation)?;
@@ -81,8 +115,46 @@ pub fn add_command(args: &AddArgs) -> Result<()> {
         on_crash,
         recover: false,
         data_path: args.data_path.wanted(),
+        read_only_at: None,
     };
     start(args, serve)
+}
+
+/// The safe point `at` (default: the newest) of `image`, which no daemon serves, read
+/// without writing to it.
+fn read_only_safe_point(image: &Path, at: Option<&str>) -> Result<SafePointRecord> {
+    // The lock of a daemon just killed goes when the kernel has torn down its rings, a
+    // moment after the process: wait for that, not for a daemon that serves the image.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let opened = loop {
+        match FileStore::open_read_only(image) {
+            Err(BackingError::InUse { .. })
+                if device_serving(image).is_none() && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => break other,
+        }
+    };
+    let store = match opened {
+        Ok(s) => s,
+        Err(BackingError::InUse { owner, .. }) => bail!(
+            "{} is served live by a rewind daemon{owner}: `rewind view -n ID --at ...` shows \
+             its past safe points read-only",
+            image.display()
+        ),
+        Err(e) => return Err(e.into()),
+    };
+    let found = rewind_history::inspect(&store, &crate::host::this_host())
+        .with_context(|| format!("reading the history of {}", image.display()))?;
+    let window: Vec<SafePointRecord> = found.safe_points.iter().map(Into::into).collect();
+    match at {
+        Some(at) => Ok(find_safe_point(&window, at)?.clone()),
+        None => window
+            .last()
+            .cloned()
+            .with_context(|| format!("{} has no safe point", image.display())),
+    }
 }
 
 /// `rewind add` of `image`, whose device `id` waits for a new daemon: recovers it, with
@@ -91,25 +163,29 @@ fn recover_waiting(args: &AddArgs, image: &Path, id: u32) -> Result<()> {
     let device = format!("/dev/ublkb{id}");
     if let Some(pid) = supervisor_pid(id) {
         bail!(
-            "{} is the image of {device}, whose daemon died; its supervisor (pid {pid}) is              recovering it",
+            "{} is the image of {device}, whose daemon died; its supervisor (pid {pid}) is \
+             recovering it",
             image.display()
         );
     }
     if args.id.is_some_and(|n| n != id) {
         bail!(
-            "{} is the image of {device}, whose daemon died: -n {} cannot serve it;              `rewind add` without -n (or `rewind recover -n {id}`) recovers it",
+            "{} is the image of {device}, whose daemon died: -n {} cannot serve it; \
+             `rewind add` without -n (or `rewind recover -n {id}`) recovers it",
             image.display(),
             args.id.unwrap_or_default()
         );
     }
     if !OnCrash::from(args.on_crash).survives_daemon() {
         bail!(
-            "{} is the image of {device}, whose daemon died: recovering it keeps              --on-crash queue; `rewind del -n {id}` first to add it with --on-crash stop",
+            "{} is the image of {device}, whose daemon died: recovering it keeps \
+             --on-crash queue; `rewind del -n {id}` first to add it with --on-crash stop",
             image.display()
         );
     }
     eprintln!(
-        "rewind: {} is the image of {device}, whose daemon died: recovering it, with the          options it was added with",
+        "rewind: {} is the image of {device}, whose daemon died: recovering it, with the \
+         options it was added with",
         image.display()
     );
     let mut serve = prepare_recovery(id)?;

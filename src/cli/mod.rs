@@ -186,6 +186,7 @@ fn serve_options(a: ServeArgs) -> ServeOptions {
         on_crash: a.on_crash.into(),
         recover: a.recover,
         data_path: a.data_path.wanted(),
+        read_only_at: a.read_only_at.map(rewind_history::SafePointId),
     }
 }
 
@@ -226,6 +227,7 @@ mod tests {
             on_crash: OnCrash::Stop,
             recover: false,
             data_path: None,
+            read_only_at: None,
         };
         let recover = ServeOptions {
             id: Some(7),
@@ -241,6 +243,10 @@ mod tests {
             data_path: Some(DataPath::ZeroCopy),
             ..add.clone()
         };
+        let read_only = ServeOptions {
+            read_only_at: Some(rewind_history::SafePointId(1180)),
+            ..add.clone()
+        };
         // A handover's: no status pipe, and no log for a daemon that logs to stderr.
         let handover = ServeOptions {
             log: None,
@@ -250,7 +256,7 @@ mod tests {
             data_path: Some(DataPath::ZeroCopy),
             ..add.clone()
         };
-        for opts in [add, recover, copy, zero_copy] {
+        for opts in [add, recover, copy, zero_copy, read_only] {
             let log = opts.log.clone().unwrap();
             let args = opts.args(Some(5), Some(&log));
             let cli = Cli::try_parse_from(std::iter::once("rewind".into()).chain(args))

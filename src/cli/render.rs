@@ -237,6 +237,12 @@ pub fn safe_point_line(sp: &SafePointRecord, tz: &TimeZone) -> String {
 /// value.
 pub fn stats_text(s: &DeviceStats, tz: &TimeZone) -> String {
     let mut lines = vec![("device", s.device.clone())];
+    if let Some(at) = s.read_only_at {
+        lines.push((
+            "read only",
+            format!("safe point {at} of the image, served read-only (`rewind add --read-only`)"),
+        ));
+    }
     if let Some(warning) = s.host_full_warning() {
         lines.push(("warning", warning));
     }

@@ -289,6 +289,22 @@ impl Answers {
         }
         // Views dropped since the last look show as such in the answer.
         self.views.absorb_notices(&volume);
+        if let Some(at) = self.about.read_only_at {
+            if matches!(
+                request,
+                ControlRequest::SafePoint { .. }
+                    | ControlRequest::Rollback { .. }
+                    | ControlRequest::Pin { .. }
+                    | ControlRequest::Handover { .. }
+            ) {
+                return Response::error(format!(
+                    "{} serves safe point {at} of its image read-only (`rewind add \
+                     --read-only`): it makes no safe point, rollback, pin or handover; \
+                     `rewind del` it and `rewind add` the image to serve it live",
+                    self.about.device
+                ));
+            }
+        }
         match request {
             ControlRequest::Stats => Response::stats(self.stats(&volume)),
             ControlRequest::SafePoint { label } => self.safe_point(&volume, label.clone()),
@@ -508,6 +524,30 @@ mod tests {
     use crate::ipc::device::TargetData;
 
     /// A served volume on a temporary image, and what answers for it.
+    /// A daemon serving a safe point read-only (`rewind add --read-only`) refuses what would
+    /// write to the image, before the engine sees it, and answers the rest.
+    #[test]
+    fn a_read_only_daemon_refuses_what_writes() {
+        let (_dir, volume, mut answers) = answers();
+        answers.about.read_only_at = Some(SafePointId(0));
+        let refused = [
+            ControlRequest::SafePoint { label: None },
+            ControlRequest::Rollback { to: SafePointId(0) },
+            ControlRequest::Pin {
+                id: SafePointId(0),
+                pinned: true,
+            },
+        ];
+        for request in refused {
+            let r = answers.answer(&request);
+            assert!(!r.ok, "{request:?} was not refused");
+            assert!(r.error.unwrap_or_default().contains("read-only"), "{request:?}");
+        }
+        assert_eq!(volume.safe_points().len(), 1, "nothing was made");
+        assert!(answers.answer(&ControlRequest::Log).ok);
+        assert!(answers.answer(&ControlRequest::Stats).ok);
+    }
+
     fn answers() -> (tempfile::TempDir, Arc<Volume<FileStore>>, Answers) {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("a.img");

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use libublk::ctrl::UblkCtrl;
 use libublk::io::UblkDev;
-use rewind_history::{Volume, PAGE_SIZE};
+use rewind_history::{SafePointId, Volume, PAGE_SIZE};
 
 use crate::daemon::backing::{describe_owner, BackingError, BackingKind, FileStore};
 use crate::daemon::control::{self, Answers};
@@ -69,6 +69,9 @@ pub struct ServeOptions {
     /// The data path asked for (`None`: zero copy where the kernel has it); a device taken
     /// over keeps the one it was added with.
     pub data_path: Option<DataPath>,
+    /// Serve this safe point of the image read-only (`rewind add --read-only`), opening the
+    /// image read-only, instead of the live device.
+    pub read_only_at: Option<SafePointId>,
 }
 
 impl ServeOptions {
@@ -97,6 +100,9 @@ impl ServeOptions {
         }
         if let Some(id) = self.id {
             option("--number", id.to_string().into());
+        }
+        if let Some(at) = self.read_only_at {
+            option("--read-only-at", at.to_string().into());
         }
         if self.recover {
             args.push("--recover".into());
@@ -129,9 +135,13 @@ fn serve_until_stopped(opts: &ServeOptions, reporter: &Arc<Reporter>) -> Result<
     let (volume, direct_io) = open_volume(opts)?;
     let volume = Arc::new(volume);
     // Whatever happened while serving, the volume is closed cleanly if it can be: the
-    // device is gone by the time serve_volume returns.
+    // device is gone by the time serve_volume returns. A volume opened read-only has
+    // nothing to close.
     let served = serve_volume(opts, reporter, signals, &volume, direct_io);
-    let closed = close_volume(volume, &image_text);
+    let closed = match opts.read_only_at {
+        Some(_) => Ok(()),
+        None => close_volume(volume, &image_text),
+    };
     match (served, closed) {
         (Err(e), Err(c)) => {
             // Only the first error reaches `main`; the log keeps the second.
@@ -146,11 +156,17 @@ fn serve_until_stopped(opts: &ServeOptions, reporter: &Arc<Reporter>) -> Result<
 fn open_volume(opts: &ServeOptions) -> Result<(Volume<FileStore>, bool)> {
     let image_text = opts.image.display().to_string();
     let store = open_image(opts)?;
-    log_stale_owner(&store, &image_text);
     let direct_io = store.direct_io();
     let started = Instant::now();
-    let volume = Volume::open(store, &crate::host::this_host())
-        .with_context(|| format!("opening the rewind image {image_text}"))?;
+    let host = crate::host::this_host();
+    let volume = if opts.read_only_at.is_some() {
+        // The journal a crash left is replayed in memory only: the image is not written.
+        Volume::open_read_only(store, &host)
+    } else {
+        log_stale_owner(&store, &image_text);
+        Volume::open(store, &host)
+    }
+    .with_context(|| format!("opening the rewind image {image_text}"))?;
     log::info!(
         "opened {image_text} in {:.1?}: {}; data path {}",
         started.elapsed(),
@@ -163,14 +179,19 @@ fn open_volume(opts: &ServeOptions) -> Result<(Volume<FileStore>, bool)> {
 /// Opens and locks the image. A killed daemon's lock goes only when the kernel has torn
 /// down its io_uring rings, which can outlive the process by a moment: recovery waits for it.
 fn open_image(opts: &ServeOptions) -> Result<FileStore> {
-    let wait = if opts.recover {
+    // A read-only daemon may follow a `kill -9` of the image's daemon as closely.
+    let wait = if opts.recover || opts.read_only_at.is_some() {
         Duration::from_secs(10)
     } else {
         Duration::ZERO
     };
     let deadline = Instant::now() + wait;
     loop {
-        match FileStore::open(&opts.image) {
+        let opened = match opts.read_only_at {
+            Some(_) => FileStore::open_read_only(&opts.image),
+            None => FileStore::open(&opts.image),
+        };
+        match opened {
             Err(BackingError::InUse { .. }) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -251,17 +272,31 @@ fn serve_volume(
     control::start_server(listener, move |request| answers.reply(request))
         .context("starting the control socket thread")?;
     let pid_guard = write_pid_file(device.id, opts)?;
-    let flusher = Flusher::start(Arc::downgrade(volume)).context("starting the flusher thread")?;
-    let target = Arc::new(Target::new(
-        volume.clone(),
-        pacer.clone(),
-        Some(flusher),
-        device.nr_queues,
-    ));
-    // Stopped (and joined) when dropped, on every way out below.
-    let ticker = pacer
-        .start_ticker(Arc::downgrade(volume))
-        .context("starting the safe point ticker")?;
+    let (target, ticker) = match opts.read_only_at {
+        // A past safe point, read only: no flusher, no safe points of the pacer's.
+        Some(at) => {
+            let view = volume
+                .open_view(at)
+                .with_context(|| format!("serving safe point {at} read-only"))?;
+            let target = Target::new(volume.clone(), pacer.clone(), None, device.nr_queues);
+            (Arc::new(target.with_view(view)), None)
+        }
+        None => {
+            let flusher =
+                Flusher::start(Arc::downgrade(volume)).context("starting the flusher thread")?;
+            let target = Target::new(
+                volume.clone(),
+                pacer.clone(),
+                Some(flusher),
+                device.nr_queues,
+            );
+            // Stopped (and joined) when dropped, on every way out below.
+            let ticker = pacer
+                .start_ticker(Arc::downgrade(volume))
+                .context("starting the safe point ticker")?;
+            (Arc::new(target), Some(ticker))
+        }
+    };
     let watchdog = notify::Watchdog::start(Arc::downgrade(volume));
     let run = device.run(
         &target,
@@ -469,6 +504,7 @@ impl Device {
             data_path: Some(self.data_path),
             mirror: None,
             pool: pool_files(volume.store()),
+            read_only_at: opts.read_only_at,
         }
     }
 

@@ -232,6 +232,10 @@ pub struct DeviceStats {
     /// the image each holds; empty (and absent from the JSON) for an image of one file.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pool: Vec<PoolFileRecord>,
+    /// Set when the daemon serves this safe point of the image read-only (`rewind add
+    /// --read-only`) instead of a live device: nothing is written, no safe point is made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only_at: Option<SafePointId>,
 }
 
 /// One file of a pool, as `rewind stats` shows it.
@@ -505,6 +509,7 @@ pub fn sample_stats() -> DeviceStats {
         data_path: Some(DataPath::ZeroCopy),
         mirror: None,
         pool: Vec::new(),
+        read_only_at: None,
     }
 }
 

@@ -82,6 +82,8 @@ pub fn prepare_recovery(id: u32) -> Result<ServeOptions> {
         recover: true,
         // The kernel kept the device's flags, and with them its data path.
         data_path: None,
+        // A device served read-only is added with --on-crash stop: it is never recovered.
+        read_only_at: None,
     };
     Ok(serve)
 }

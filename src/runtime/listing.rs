@@ -123,6 +123,9 @@ fn live_row(mut row: ListedDevice, kernel: Option<(u16, i32)>) -> ListedDevice {
             if s.image_sparse() == Some(true) {
                 row.state = format!("{}, sparse image", row.state);
             }
+            if let Some(at) = s.read_only_at {
+                row.state = format!("{}, read only at safe point {at}", row.state);
+            }
         }
     } else if row.pid.is_some() {
         row.state = format!("{}, no daemon", row.state);

@@ -15,6 +15,12 @@
 //! an apply runs or was cut short by a crash, until the next `rewind mirror` of it finishes
 //! that apply (the state says `applying`, and `rewind stats` shows it).
 //!
+//! A replica that is itself a rewind device (`/dev/ublkbN` of another rewind image, here or
+//! on a machine that exports it) gets more: after each apply is synced, a safe point on it
+//! labelled `mirror-<id>` (the source's safe point). Its labelled safe points are then each a
+//! complete step, at every instant and whatever crashed: `rewind view -n N --at mirror-<id>`
+//! serves one read-only, and the replica keeps a history of its own.
+//!
 //! While it runs, the mirror writes its status (the safe point, the lag) to a file in the
 //! runtime directory, which `rewind stats` and `rewind list --json` show.
 
@@ -35,8 +41,10 @@ use crate::ipc::control::{ControlRequest, MirrorRecord, SafePointRecord};
 use crate::ipc::paths;
 use crate::runtime::client::ask;
 use crate::runtime::export::{self, ImageSink};
+use crate::runtime::registry;
 
-/// How long asking the daemon for its window may take.
+/// How long asking the daemon for its window (or a replica's daemon for a safe point) may
+/// take.
 const WINDOW_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the mirror's state file holds.
@@ -94,6 +102,30 @@ impl TargetId {
             ino,
         })
     }
+}
+
+/// The history window of rewind device `id`, oldest first, from its daemon.
+fn window_of(id: u32) -> Result<Vec<SafePointRecord>> {
+    match ask("rewind mirror", id, &ControlRequest::Log, WINDOW_TIMEOUT)? {
+        Ok(reply) => Ok(reply.safe_points.unwrap_or_default()),
+        Err(why) => bail!(
+            "reading the history of {}: {why}",
+            paths::device_path(id).display()
+        ),
+    }
+}
+
+/// The id of the rewind device (not a view) that `path` names, if it names one.
+fn rewind_device_of(path: &Path) -> Option<u32> {
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.file_type().is_block_device() {
+        return None;
+    }
+    let id = registry::ublk_ids().into_iter().find(|id| {
+        std::fs::metadata(paths::device_path(*id)).is_ok_and(|m| m.rdev() == meta.rdev())
+    })?;
+    let data = registry::target_data(id)?;
+    data.view.is_none().then_some(id)
 }
 
 /// How a mirror runs.
@@ -241,16 +273,31 @@ impl Mirror {
 
     /// The device's history window, oldest first, from its daemon.
     fn window(&self) -> Result<Vec<SafePointRecord>> {
-        match ask(
-            "rewind mirror",
-            self.id,
-            &ControlRequest::Log,
-            WINDOW_TIMEOUT,
-        )? {
-            Ok(reply) => Ok(reply.safe_points.unwrap_or_default()),
+        window_of(self.id)
+    }
+
+    /// In a replica that is a rewind device, marks the apply to `to` that was just synced:
+    /// a safe point labelled `mirror-<to>`, unless one is (an apply finished again after a
+    /// crash between the mark and the state's move).
+    fn mark_replica(&self, to: SafePointId) -> Result<()> {
+        let Some(replica) = rewind_device_of(&self.opts.target) else {
+            return Ok(());
+        };
+        let label = format!("mirror-{to}");
+        if window_of(replica)?
+            .iter()
+            .any(|s| s.label.as_deref() == Some(label.as_str()))
+        {
+            return Ok(());
+        }
+        let request = ControlRequest::SafePoint {
+            label: Some(label.clone()),
+        };
+        match ask("rewind mirror", replica, &request, WINDOW_TIMEOUT)? {
+            Ok(_) => Ok(()),
             Err(why) => bail!(
-                "reading the history of {}: {why}",
-                paths::device_path(self.id).display()
+                "marking safe point {label} on the replica {}: {why}",
+                paths::device_path(replica).display()
             ),
         }
     }
@@ -363,6 +410,7 @@ impl Mirror {
             },
         )?;
         replica.file.sync_all().context("syncing the replica")?;
+        self.mark_replica(applying.to)?;
         let mut next = self.state.clone();
         next.at = Some(applying.to);
         next.at_time_ns = Some(applying.to_time_ns);
