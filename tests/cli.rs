@@ -580,3 +580,30 @@ fn export_of_an_unserved_image_imports_and_damaged_archives_leave_nothing() {
         stderr(&o)
     );
 }
+
+/// `--read-only` serves an existing image as it is: the options that shape a new image or a
+/// live device are refused with it, and `--at` means nothing without it.
+#[test]
+fn add_read_only_refuses_what_only_a_live_device_takes() {
+    for extra in [
+        &["--size", "1G"][..],
+        &["--history", "1G"],
+        &["--sparse"],
+        &["--supervise"],
+        &["--on-crash", "stop"],
+        &["--idle", "5"],
+    ] {
+        let mut args = vec!["add", "/nonexistent.img", "--read-only"];
+        args.extend_from_slice(extra);
+        let o = rewind(&args);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("cannot be used with"),
+            "{extra:?}: {}",
+            stderr(&o)
+        );
+    }
+    let o = rewind(&["add", "/nonexistent.img", "--at", "5"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--read-only"), "{}", stderr(&o));
+}

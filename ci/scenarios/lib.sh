@@ -40,6 +40,8 @@ rm -rf "$WORKDIR"
 mkdir -p "$WORKDIR" "$STATE"
 : >"$STATE/ublk"
 : >"$STATE/loop"
+: >"$STATE/nbd"
+: >"$STATE/pids"
 
 say() { printf '[%s %4ss] %s\n' "$SCENARIO" "$SECONDS" "$*"; }
 die() {
@@ -359,6 +361,11 @@ on_exit() {
             if (t + 0 >= s + 0) print}' | tail -n 60
         say "---------- end of diagnostics ----------"
     fi
+    # Background processes the scenario started (`echo $! >>"$STATE/pids"`), first: they
+    # may use what follows.
+    while read -r pid; do
+        [[ -n $pid ]] && kill -9 "$pid" 2>/dev/null
+    done <"$STATE/pids"
     # Innermost mounts first.
     while read -r mnt; do
         umount "$mnt" || umount -l "$mnt"
@@ -373,6 +380,11 @@ on_exit() {
         say "cleanup: losetup -d $dev"
         losetup -d "$dev"
     done <"$STATE/loop"
+    while read -r dev; do
+        [[ -n $dev ]] || continue
+        say "cleanup: qemu-nbd --disconnect $dev"
+        qemu-nbd --disconnect "$dev" >/dev/null
+    done <"$STATE/nbd"
     rm -rf "$WORKDIR"
     exit "$rc"
 }

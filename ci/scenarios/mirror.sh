@@ -54,15 +54,18 @@ mount -t ext4 "$dev" "$mnt" || die "mount failed"
     done
 ) &
 writer=$!
+echo "$writer" >>"$STATE/pids"
 fio --name=load --directory="$mnt" --ioengine="$FIO_ENGINE" --direct=1 --rw=randwrite --bs=4k \
     --size=32M --nrfiles=2 --fsync=16 --rate_iops=400 --time_based --runtime=3600 \
     --output="$STATE/fio-load.out" >/dev/null 2>&1 &
 fio_load=$!
+echo "$fio_load" >>"$STATE/pids"
 
 # The binary itself (`command`), not the rewind() wrapper: $! must be the mirror, for kill -9.
 start_mirror() {
     command "$REWIND" mirror -n "$id" --to "$replica" --interval 1 --json >>"$WORKDIR/mirror.out" 2>&1 &
     mirror=$!
+    echo "$mirror" >>"$STATE/pids"
 }
 
 # finish_if_applying WHAT: after a kill, a step under way is finished by --once.
@@ -75,6 +78,18 @@ finish_if_applying() {
         return 0
     fi
     say "$1: between steps, at safe point $(state_field at)"
+}
+
+# kill_when_applying WHAT: kills the mirror ($mirror) as soon as its state ($state) says a
+# step is being applied (within 60 s, else the scenario fails, naming WHAT).
+kill_when_applying() {
+    local start=$SECONDS
+    until grep -q '"to"' "$state" 2>/dev/null; do
+        [[ $((SECONDS - start)) -lt 60 ]] || die "the mirror onto $1 began no apply in 60 s"
+        sleep 0.05
+    done
+    kill -9 "$mirror"
+    wait "$mirror" 2>/dev/null || true
 }
 
 # state_field NAME: a field of the mirror's state file (null when absent).
@@ -207,7 +222,7 @@ sed 's/^/    mirror: /' "$WORKDIR/mirror.out" | tail -n 4
 
 # A block device replica, made in one step.
 # --on-crash stop: its own daemon is killed below, and the device goes with it.
-target=$(add_dev "$WORKDIR/target.img" --size 256M --sparse --on-crash stop)
+target=$(add_dev "$WORKDIR/target.img" --size 256M --history 256M --sparse --on-crash stop)
 run_fio --name=fill --filename="$target" --ioengine="$FIO_ENGINE" --direct=1 --rw=write --bs=1M \
     --size=256M --buffer_pattern=0xff
 replica=$target
@@ -225,18 +240,19 @@ mirror_marks() {
 say "the replica device (itself a rewind device) marked the step: safe point mirror-$(state_field at)"
 
 # Killed while it applies a large step to the replica device: the device holds a mix, but
-# its newest mirror- safe point is still the previous step, whole.
-dd if=/dev/urandom of="$mnt/late" bs=1M count=48 2>/dev/null
-sync
-command "$REWIND" mirror -n "$id" --to "$target" --state "$state" --interval 1 >"$WORKDIR/dev.out" 2>&1 &
-mirror=$!
-start=$SECONDS
-until grep -q '"to"' "$state" 2>/dev/null; do
-    [[ $((SECONDS - start)) -lt 60 ]] || die "the mirror onto $target began no step in 60 s"
-    sleep 0.05
+# its newest mirror- safe point is a whole step (the previous one, or this one if the kill
+# came after its mark and before the state moved on). Up to three tries at a kill that lands
+# while the state says a step is being applied.
+for try in 1 2 3; do
+    dd if=/dev/urandom of="$mnt/late$try" bs=1M count=48 2>/dev/null
+    sync
+    command "$REWIND" mirror -n "$id" --to "$target" --state "$state" --interval 1 >"$WORKDIR/dev.out" 2>&1 &
+    mirror=$!
+    echo "$mirror" >>"$STATE/pids"
+    kill_when_applying "$target"
+    grep -q '"to"' "$state" && break
+    [[ $try -lt 3 ]] || die "no kill landed while a step was applied to $target, in 3 tries"
 done
-kill -9 "$mirror"
-wait "$mirror" 2>/dev/null || true
 mark=$(mirror_marks | tail -n 1)
 say "killed during a step to the replica device ($(state_field applying)); its newest mark: mirror-$mark"
 tview=$(rewind view -n "$tid" --at "mirror-$mark" | tail -n 1)
@@ -275,7 +291,7 @@ rewind del -n "${sview#/dev/ublkb}" >/dev/null || die "closing the view of $mark
 del_dev "$ro"
 say "the replica's daemon killed: rewind add --read-only --at mirror-$mark serves it, equal to the source's $mark"
 # The file system clean again for the last replica, as at "final".
-rm -f "$mnt/late"
+rm -f "$mnt"/late*
 fsfreeze --freeze "$mnt" || die "fsfreeze --freeze"
 rewind safepoint -n "$id" --label final2 >/dev/null || die "safepoint final2"
 fsfreeze --unfreeze "$mnt" || die "fsfreeze --unfreeze"
@@ -287,19 +303,15 @@ nbd=/dev/nbd0
 truncate -s 256M "$WORKDIR/nbd.img"
 mkdir -p /var/lock # where qemu-nbd keeps its socket
 qemu-nbd --connect="$nbd" --format=raw "$WORKDIR/nbd.img" || die "qemu-nbd --connect $nbd failed"
+echo "$nbd" >>"$STATE/nbd"
 wait_for_dev "$nbd"
 replica=$nbd
 state=$WORKDIR/nbd.mirror.json
 command "$REWIND" mirror -n "$id" --to "$nbd" --state "$state" --interval 1 >"$WORKDIR/nbd.out" 2>&1 &
 mirror=$!
+echo "$mirror" >>"$STATE/pids"
 # Killed as soon as its first step (the whole device) is being applied to the NBD device.
-start=$SECONDS
-until grep -q '"to"' "$state" 2>/dev/null; do
-    [[ $((SECONDS - start)) -lt 60 ]] || die "the mirror onto $nbd began no apply in 60 s"
-    sleep 0.05
-done
-kill -9 "$mirror"
-wait "$mirror" 2>/dev/null || true
+kill_when_applying "$nbd"
 say "killed the NBD mirror; its state: $(cat "$state" 2>/dev/null || echo none yet)"
 rewind mirror -n "$id" --to "$nbd" --state "$state" --once | sed 's/^/    /' ||
     die "mirror --once onto $nbd"
@@ -310,6 +322,7 @@ e2fsck -fn "$nbd" >"$STATE/fsck" 2>&1 || {
 }
 say "e2fsck of the NBD replica at safe point $(state_field at): clean"
 qemu-nbd --disconnect "$nbd" >/dev/null || die "qemu-nbd --disconnect $nbd failed"
+: >"$STATE/nbd"
 
 umount "$mnt"
 del_dev "$dev"

@@ -10,6 +10,8 @@
 //! Beside each, `.expect`: what every safe point and the live device read, one line each:
 //! `<id> <label or -> <one character per page: '.' zeros, else the version written>`.
 
+mod common;
+use common::{decode, page_data};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,27 +28,6 @@ fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name)
-}
-
-fn page_data(l: u64, v: u8) -> Vec<u8> {
-    let mut d = vec![v; PAGE_SIZE as usize];
-    d[..8].copy_from_slice(&(l + 1).to_le_bytes());
-    d
-}
-
-/// The version a page holds, checking it is whole and its own; `None` for zeros.
-fn decode(l: u64, buf: &[u8]) -> Option<u8> {
-    if buf.iter().all(|b| *b == 0) {
-        return None;
-    }
-    assert_eq!(
-        buf[..8],
-        (l + 1).to_le_bytes(),
-        "page {l} holds another page's data"
-    );
-    let v = buf[8];
-    assert!(buf[8..].iter().all(|b| *b == v), "page {l} is torn");
-    Some(v)
 }
 
 fn render(device: &[Option<u8>]) -> String {

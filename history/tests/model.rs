@@ -10,6 +10,8 @@
 //! `FlushedWrites` it is the last flushed state plus a prefix of the later writes, in
 //! order, as after a power cut.
 
+mod common;
+use common::{decode, page_data};
 use std::sync::Arc;
 
 use proptest::prelude::*;
@@ -64,30 +66,7 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// What one page write puts in the page: its page number plus one (so no written page is
-/// all zeros), then a version byte repeated.
-fn page_data(l: u64, v: u8) -> Vec<u8> {
-    let mut d = vec![v; PAGE_SIZE as usize];
-    d[..8].copy_from_slice(&(l + 1).to_le_bytes());
-    d
-}
-
 type Device = Vec<Option<u8>>; // None: zeros
-
-/// What a page read back holds, checking it is whole and belongs to `l`.
-fn decode(l: u64, buf: &[u8]) -> Option<u8> {
-    if buf.iter().all(|b| *b == 0) {
-        return None;
-    }
-    assert_eq!(
-        buf[..8],
-        (l + 1).to_le_bytes(),
-        "page {l} holds another page's data"
-    );
-    let v = buf[8];
-    assert!(buf[8..].iter().all(|b| *b == v), "page {l} is torn");
-    Some(v)
-}
 
 struct Harness {
     store: Arc<MemStore>,

@@ -112,9 +112,11 @@ an age; default the newest) as a read-only device, as a view is served, but with
 device: the image is opened read-only (under a shared lock, so no daemon serves it live
 meanwhile) and nothing is written to it, not even after a crash it had: its journal is
 replayed in memory. For a replica (`rewind mirror` onto a rewind device, whose steps are
-labelled mirror-<id>), an image copied from another machine, or a look at an image whose
-daemon was killed. The device cannot make safe points, roll back or pin; `rewind view`
-and `rewind export -n ID` work. If its daemon dies, the device goes (--on-crash stop).";
+labelled mirror-<id>), an image copied from another machine, or an image whose daemon was
+killed, once its device is deleted. The device cannot make safe points, roll back or pin;
+`rewind view`, `rewind diff` and `rewind export -n ID` work (of its safe point, unless
+told another). If its daemon dies, the device fails its I/O (--on-crash stop) until
+`rewind del` removes it.";
 
 const RECOVER_EXAMPLES: &str = "\
 Examples:
@@ -402,7 +404,9 @@ pub struct AddArgs {
     pub data_path: DataPathArg,
     /// Serve a safe point of IMAGE read-only (--at; default the newest) instead of the live
     /// device: nothing is written to the image (see below)
-    #[arg(long, conflicts_with_all = ["size", "history", "sparse", "supervise", "on_crash"])]
+    #[arg(long, conflicts_with_all = [
+        "size", "history", "sparse", "supervise", "on_crash", "idle", "coalesce",
+    ])]
     pub read_only: bool,
     /// With --read-only: the safe point to serve: an id, a label, a time or an age
     #[arg(long, value_name = SELECTOR_VALUE_NAME, requires = "read_only")]
@@ -725,12 +729,16 @@ anything else. While that is so, the replica holds a mix of two safe points: do 
 until the mirror has run again. `rewind stats -n ID` (and `list --json`) show a running
 mirror: the safe point the replica holds and how far it lags, in safe points and seconds.
 
-A replica that must be whole at every instant, whatever crashes: make it a rewind device
-(`rewind add replica.img --size SIZE`, here or over NBD or iSCSI on another machine) and
-mirror onto its /dev/ublkbN. After each step is synced, the mirror makes a safe point on it
-labelled mirror-<id> (the source's safe point). Each such safe point is a complete step:
-`rewind view -n N --at mirror-<id>` serves it read-only while the mirror goes on, after a
-crash of either side too, and the replica keeps a history of its own.
+A replica that must be whole at every instant, whatever crashes: make it a rewind device on
+this machine (`rewind add replica.img --size SIZE`; its image may live on NBD, iSCSI or
+any other block device) and mirror onto its /dev/ublkbN. After each step is synced, the
+mirror makes a safe point on it labelled mirror-<id> (the source's safe point). Each such
+safe point is a complete step: `rewind view -n N --at mirror-<id>` serves it read-only
+while the mirror goes on, and `rewind add replica.img --read-only --at mirror-<id>` after a
+crash of either side; the replica keeps a history of its own. While a step is applied, the
+replica's history area holds what the step overwrites: a step larger than that area (a full
+rewrite, the first step) retires the earlier marks, and the mirror warns. Give the replica
+a history area as large as its size where every instant matters.
 
 The state file: --state, default TARGET.mirror.json beside a file, or
 /var/lib/rewind/mirror-NAME.json for a block device /dev/NAME; two mirrors never share one

@@ -6,7 +6,7 @@
 //! device path as the last line of its stdout, or the daemon's error.
 
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
@@ -26,8 +26,9 @@ use crate::runtime::launch::{
 };
 use crate::runtime::listing::rewind_devices;
 use crate::runtime::registry::{
-    check_daemon_access, check_ublk_access, device_exists, device_serving, rewind_ids_views_first,
-    supervisor_pid, target_data, waiting_device, UBLK_CONTROL,
+    check_daemon_access, check_ublk_access, device_exists, device_serving, process_alive,
+    read_pid_file, rewind_ids_views_first, supervisor_pid, target_data, waiting_device,
+    UBLK_CONTROL,
 };
 use crate::runtime::removal::delete;
 use crate::runtime::upgrade;
@@ -56,9 +57,9 @@ pub fn add_command(args: &AddArgs) -> Result<()> {
     if let Some(id) = waiting_device(&image) {
         if args.read_only {
             bail!(
-                "{} is the image of /dev/ublkb{id}, whose daemon died and which waits for \
-                 `rewind recover -n {id}`: recover it (and `rewind view` it), or `rewind del \
-                 -n {id}` it first",
+                "{} is the image of /dev/ublkb{id}, whose daemon died: `rewind del -n {id}` \
+                 it first (or, if it waits for a new daemon, `rewind recover -n {id}` it and \
+                 `rewind view` the safe point)",
                 image.display()
             );
         }
@@ -74,18 +75,13 @@ pub fn add_command(args: &AddArgs) -> Result<()> {
                 .as_ref()
                 .map_or(String::new(), |l| format!(" ({l:?})"))
         );
+        // No safe points of its own, and nothing to recover if its daemon dies.
         let serve = ServeOptions {
-            image,
-            id: args.id,
-            queues: args.queues.unwrap_or_else(default_queues),
-            depth: args.depth,
-            log: None,
             idle_secs: 0,
             coalesce_ms: 0,
             on_crash: OnCrash::Stop,
-            recover: false,
-            data_path: args.data_path.wanted(),
             read_only_at: Some(at.id),
+            ..serve_options(args, image)
         };
         return start(args, serve);
     }
@@ -104,7 +100,12 @@ pub fn add_command(args: &AddArgs) -> Result<()> {
         ),
         None => {}
     }
-    let serve = ServeOptions {
+    start(args, serve_options(args, image))
+}
+
+/// The options of the daemon `rewind add` starts for `image`, as `args` asks.
+fn serve_options(args: &AddArgs, image: PathBuf) -> ServeOptions {
+    ServeOptions {
         image,
         id: args.id,
         queues: args.queues.unwrap_or_else(default_queues),
@@ -112,12 +113,16 @@ pub fn add_command(args: &AddArgs) -> Result<()> {
         log: None,
         idle_secs: args.idle,
         coalesce_ms: args.coalesce,
-        on_crash,
+        on_crash: args.on_crash.into(),
         recover: false,
         data_path: args.data_path.wanted(),
         read_only_at: None,
-    };
-    start(args, serve)
+    }
+}
+
+/// True while a running daemon serves `image` (not one just killed, whose device remains).
+fn served_live(image: &Path) -> bool {
+    device_serving(image).is_some_and(|id| read_pid_file(id).is_some_and(process_alive))
 }
 
 /// The safe point `at` (default: the newest) of `image`, which no daemon serves, read
@@ -129,7 +134,7 @@ fn read_only_safe_point(image: &Path, at: Option<&str>) -> Result<SafePointRecor
     let opened = loop {
         match FileStore::open_read_only(image) {
             Err(BackingError::InUse { .. })
-                if device_serving(image).is_none() && std::time::Instant::now() < deadline =>
+                if !served_live(image) && std::time::Instant::now() < deadline =>
             {
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }

@@ -246,7 +246,7 @@ impl Answers {
         {
             return self.export(ExportOptions {
                 from: *from,
-                to: *to,
+                to: to.or(self.about.read_only_at),
                 incremental: *incremental,
                 net: *net,
             });
@@ -328,7 +328,10 @@ impl Answers {
                 Err(why) => Response::error(why),
             },
             ControlRequest::Pin { id, pinned } => pin(&volume, *id, *pinned),
-            ControlRequest::Diff { from, to } => diff(&volume, *from, *to),
+            // A device served read-only shows its safe point, not the image's live state.
+            ControlRequest::Diff { from, to } => {
+                diff(&volume, *from, to.or(self.about.read_only_at))
+            }
             ControlRequest::Handover { exe } => self.handover(&volume, Path::new(exe)),
             ControlRequest::Export { .. } => {
                 Response::error("an export is answered on a stream of its own (`reply`)")
@@ -523,7 +526,6 @@ mod tests {
     use crate::ipc::control::sample_stats;
     use crate::ipc::device::TargetData;
 
-    /// A served volume on a temporary image, and what answers for it.
     /// A daemon serving a safe point read-only (`rewind add --read-only`) refuses what would
     /// write to the image, before the engine sees it, and answers the rest.
     #[test]
@@ -537,17 +539,24 @@ mod tests {
                 id: SafePointId(0),
                 pinned: true,
             },
+            ControlRequest::Handover {
+                exe: "/bin/true".into(),
+            },
         ];
         for request in refused {
             let r = answers.answer(&request);
             assert!(!r.ok, "{request:?} was not refused");
-            assert!(r.error.unwrap_or_default().contains("read-only"), "{request:?}");
+            assert!(
+                r.error.unwrap_or_default().contains("read-only"),
+                "{request:?}"
+            );
         }
         assert_eq!(volume.safe_points().len(), 1, "nothing was made");
         assert!(answers.answer(&ControlRequest::Log).ok);
         assert!(answers.answer(&ControlRequest::Stats).ok);
     }
 
+    /// A served volume on a temporary image, and what answers for it.
     fn answers() -> (tempfile::TempDir, Arc<Volume<FileStore>>, Answers) {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("a.img");
@@ -564,6 +573,7 @@ mod tests {
             coalesce_ms: None,
             view: None,
             data_path: None,
+            read_only_at: None,
         };
         let answers = Answers::new(
             &volume,

@@ -445,6 +445,7 @@ impl Device {
             coalesce_ms: Some(opts.coalesce_ms),
             view: None,
             data_path: Some(self.data_path),
+            read_only_at: opts.read_only_at,
         }
     }
 

@@ -127,6 +127,7 @@ impl Views {
                 at,
             }),
             on_crash: Some(OnCrash::Stop),
+            read_only_at: None,
             ..self.data.clone()
         };
         let target =

@@ -36,6 +36,10 @@ pub struct TargetData {
     /// point. Such a device lives only as long as that device's daemon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub view: Option<ViewOf>,
+    /// Set on a device that serves this safe point of its image read-only (`rewind add
+    /// --read-only`), with no live device: tools that would write to it, or mirror it, know.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only_at: Option<SafePointId>,
     /// How request data moves between the kernel and the image (absent from older daemons'
     /// json, which only had the copy path).
     #[serde(default)]

@@ -15,11 +15,13 @@
 //! an apply runs or was cut short by a crash, until the next `rewind mirror` of it finishes
 //! that apply (the state says `applying`, and `rewind stats` shows it).
 //!
-//! A replica that is itself a rewind device (`/dev/ublkbN` of another rewind image, here or
-//! on a machine that exports it) gets more: after each apply is synced, a safe point on it
-//! labelled `mirror-<id>` (the source's safe point). Its labelled safe points are then each a
-//! complete step, at every instant and whatever crashed: `rewind view -n N --at mirror-<id>`
-//! serves one read-only, and the replica keeps a history of its own.
+//! A replica that is itself a rewind device on this machine (`/dev/ublkbN` of another rewind
+//! image) gets more: after each apply is synced, a safe point on it labelled `mirror-<id>`
+//! (the source's safe point). Each such safe point is a complete step, whatever crashed:
+//! `rewind view -n N --at mirror-<id>` serves one read-only. While a step is applied, the
+//! replica's history area holds what it overwrites: a step larger than that area retires
+//! the earlier marks (the mirror warns), so give the replica a history area as large as the
+//! largest step (its size, for full rewrites) where that matters.
 //!
 //! While it runs, the mirror writes its status (the safe point, the lag) to a file in the
 //! runtime directory, which `rewind stats` and `rewind list --json` show.
@@ -37,7 +39,7 @@ use rewind_history::{Clock, SafePointId, SystemClock, PAGE_SIZE};
 use serde::{Deserialize, Serialize};
 
 use crate::daemon::backing::block_device_len;
-use crate::ipc::control::{ControlRequest, MirrorRecord, SafePointRecord};
+use crate::ipc::control::{ControlRequest, MirrorRecord, Response, SafePointRecord};
 use crate::ipc::paths;
 use crate::runtime::client::ask;
 use crate::runtime::export::{self, ImageSink};
@@ -115,7 +117,46 @@ fn window_of(id: u32) -> Result<Vec<SafePointRecord>> {
     }
 }
 
-/// The id of the rewind device (not a view) that `path` names, if it names one.
+/// Refuses a replica that would destroy what it is: the mirrored device itself, or a
+/// rewind image (served or not), which raw writes would ruin: its device is the target.
+fn check_target(id: u32, target: &Path) -> Result<()> {
+    if let Some(at) = registry::target_data(id).and_then(|d| d.read_only_at) {
+        bail!(
+            "{} serves safe point {at} of its image read-only: there is nothing newer to \
+             mirror; `rewind import` or `rewind export` it instead",
+            paths::device_path(id).display()
+        );
+    }
+    if rewind_device_of(target) == Some(id) {
+        bail!(
+            "{} is the device mirrored: a replica must be another file or device",
+            target.display()
+        );
+    }
+    if let Some(served) = registry::device_serving(target) {
+        bail!(
+            "{} is the image of {}: a raw replica would overwrite it; mirror onto that device \
+             to keep it a rewind image (each step then a safe point on it)",
+            target.display(),
+            paths::device_path(served).display()
+        );
+    }
+    let mut head = [0u8; 8];
+    let holds_rewind = File::open(target)
+        .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut head, 0))
+        .is_ok_and(|()| head == rewind_history::format::SUPER_MAGIC);
+    if holds_rewind && rewind_device_of(target).is_none() {
+        bail!(
+            "{} holds a rewind image: a raw replica would overwrite it; serve it (`rewind add`) \
+             and mirror onto its device, or give another target",
+            target.display()
+        );
+    }
+    Ok(())
+}
+
+/// The id of the rewind device on this machine (not a view, not one served read-only)
+/// that `path` names, if it names one.
 fn rewind_device_of(path: &Path) -> Option<u32> {
     let meta = std::fs::metadata(path).ok()?;
     if !meta.file_type().is_block_device() {
@@ -125,7 +166,7 @@ fn rewind_device_of(path: &Path) -> Option<u32> {
         std::fs::metadata(paths::device_path(*id)).is_ok_and(|m| m.rdev() == meta.rdev())
     })?;
     let data = registry::target_data(id)?;
-    data.view.is_none().then_some(id)
+    (data.view.is_none() && data.read_only_at.is_none()).then_some(id)
 }
 
 /// How a mirror runs.
@@ -169,6 +210,7 @@ impl Mirror {
     /// The mirror of device `id` into `opts.target`, resuming from its state file if it has
     /// one.
     pub fn open(id: u32, opts: MirrorOptions) -> Result<Mirror> {
+        check_target(id, &opts.target)?;
         let lock = lock_beside(&opts.state)?;
         let state = match std::fs::read(&opts.state) {
             Ok(bytes) => serde_json::from_slice(&bytes)
@@ -276,19 +318,57 @@ impl Mirror {
         window_of(self.id)
     }
 
+    /// Warns when the step in `log` may overwrite more of a rewind device replica than its
+    /// history area holds: its earlier `mirror-` safe points would then be retired while
+    /// the step is applied, leaving none whole until it ends.
+    fn warn_if_step_outgrows_replica(&self, log: &Path) {
+        let Some(replica) = rewind_device_of(&self.opts.target) else {
+            return;
+        };
+        let step = std::fs::metadata(log).map_or(0, |m| m.len());
+        let request = ControlRequest::Stats;
+        let history = match ask("rewind mirror", replica, &request, WINDOW_TIMEOUT) {
+            Ok(Ok(Response { stats: Some(s), .. })) => {
+                s.engine.history_capacity_pages * s.page_size
+            }
+            _ => return,
+        };
+        if step > history {
+            log::warn!(
+                "this step ({}) may overwrite more of the replica {} than its history area \
+                 holds ({}): until it is applied, the replica may keep no whole mirror- safe \
+                 point",
+                crate::size::human(step),
+                paths::device_path(replica).display(),
+                crate::size::human(history)
+            );
+        }
+    }
+
     /// In a replica that is a rewind device, marks the apply to `to` that was just synced:
-    /// a safe point labelled `mirror-<to>`, unless one is (an apply finished again after a
-    /// crash between the mark and the state's move).
+    /// a safe point labelled `mirror-<to>`, unless the replica's newest safe point is that
+    /// one already (an apply finished again after a crash between the mark and the state's
+    /// move). A label `mirror-<to>` on an older safe point names another step (of another
+    /// source, or of a copy whose ids went on their own): refused.
     fn mark_replica(&self, to: SafePointId) -> Result<()> {
         let Some(replica) = rewind_device_of(&self.opts.target) else {
             return Ok(());
         };
         let label = format!("mirror-{to}");
-        if window_of(replica)?
+        let window = window_of(replica)?;
+        if let Some(i) = window
             .iter()
-            .any(|s| s.label.as_deref() == Some(label.as_str()))
+            .position(|s| s.label.as_deref() == Some(label.as_str()))
         {
-            return Ok(());
+            if i + 1 == window.len() {
+                return Ok(());
+            }
+            bail!(
+                "the replica {} has a safe point labelled {label} that is not its newest: it \
+                 marks another step than this one (another source's?); mirror onto another \
+                 replica",
+                paths::device_path(replica).display()
+            );
         }
         let request = ControlRequest::SafePoint {
             label: Some(label.clone()),
@@ -399,6 +479,7 @@ impl Mirror {
                 .into())
             }
         };
+        self.warn_if_step_outgrows_replica(&log);
         let mut replica = self.open_target(d.logical_pages * PAGE_SIZE, base)?;
         restore(&mut [(d, r)], applying.to, base, &mut replica, &mut |_| {}).with_context(
             || {
@@ -602,4 +683,24 @@ pub fn running_status(id: u32) -> Option<MirrorRecord> {
     // SAFETY: kill with signal 0 only checks that the process exists.
     let alive = unsafe { libc::kill(s.pid as libc::pid_t, 0) } == 0;
     alive.then_some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A raw replica written over a rewind image would ruin it: refused, naming what to do.
+    /// Any other file (a raw replica, a new one) is taken.
+    #[test]
+    fn a_rewind_image_is_no_raw_replica() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let image = dir.path().join("a.img");
+        drop(crate::daemon::backing::formatted_image(&image, 4 << 20));
+        let e = check_target(u32::MAX, &image).unwrap_err().to_string();
+        assert!(e.contains("holds a rewind image"), "{e}");
+        let raw = dir.path().join("replica.img");
+        std::fs::write(&raw, vec![0x5a; 8192]).unwrap();
+        check_target(u32::MAX, &raw).expect("a raw replica");
+        check_target(u32::MAX, &dir.path().join("new.img")).expect("a new replica");
+    }
 }
