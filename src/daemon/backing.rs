@@ -1,6 +1,9 @@
-//! The backing store of a device: an image file or a block device, as a [`Store`].
+//! The backing store of a device: an image file or a block device, or a pool of them
+//! (`daemon::pool`), as one [`Store`].
 //!
-//! A `FileStore` owns two descriptors of the same file:
+//! A pool's store is its files' parts end to end ([`FileStore::pieces`] says which file holds
+//! which bytes); what follows holds for each file of it. A `FileStore` owns two descriptors
+//! of each file:
 //! - a buffered one, used by the [`Store`] methods (superblock, journal, checkpoints) with
 //!   `pread`/`pwrite` loops and `fdatasync`;
 //! - a data one, opened with `O_DIRECT` when the file system allows it, which the queue

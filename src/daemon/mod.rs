@@ -1,6 +1,6 @@
 //! Serving one image as one ublk device until the device is deleted: [`serve`] runs it, the
 //! ublk target and its queues ([`target`], [`ublk`]) move the data, the backing store
-//! ([`backing`]) holds it, [`pacing`] decides when the daemon makes safe points of its own,
+//! ([`backing`], over one file or a [`pool`] of them) holds it, [`pacing`] decides when the daemon makes safe points of its own,
 //! [`views`] serves read-only devices of past safe points, [`control`] answers the
 //! control socket, [`export`] writes archives of its history for `rewind export`, and
 //! [`handover`] hands the device to another binary (`rewind upgrade`).
