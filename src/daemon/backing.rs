@@ -769,8 +769,8 @@ impl FileStore {
     }
 
     /// The buffered descriptors of every file: what a sync of the whole store syncs.
-    pub fn sync_fds(&self) -> Vec<RawFd> {
-        self.files.iter().map(|b| b.file.as_raw_fd()).collect()
+    pub fn sync_fds(&self) -> impl ExactSizeIterator<Item = RawFd> + '_ {
+        self.files.iter().map(|b| b.file.as_raw_fd())
     }
 
     /// The parts of the `len` bytes at `offset` of the store, file by file, in order.

@@ -48,7 +48,7 @@ pub async fn commit(q: &UblkQueue<'_>, volume: &Volume<FileStore>) -> Result<boo
         let sync_fds = store.sync_fds();
         let mut ops = Vec::with_capacity(writes.len() + sync_fds.len() + 1);
         // The data sync: every file of the store (one, or a pool's image and backings).
-        ops.extend(sync_fds.into_iter().map(|f| sync(types::Fd(f))));
+        ops.extend(sync_fds.map(|f| sync(types::Fd(f))));
         for &(offset, bytes) in &writes {
             let sqe = opcode::Write::new(fd, bytes.as_ptr(), bytes.len() as u32)
                 .offset(store.metadata_offset(offset))

@@ -680,9 +680,7 @@ fn sync_dir_of(path: &Path) -> Result<()> {
 pub fn running_status(id: u32) -> Option<MirrorRecord> {
     let bytes = std::fs::read(paths::mirror_status_path(id)).ok()?;
     let s: MirrorRecord = serde_json::from_slice(&bytes).ok()?;
-    // SAFETY: kill with signal 0 only checks that the process exists.
-    let alive = unsafe { libc::kill(s.pid as libc::pid_t, 0) } == 0;
-    alive.then_some(s)
+    registry::process_alive(i32::try_from(s.pid).ok()?).then_some(s)
 }
 
 #[cfg(test)]
