@@ -17,6 +17,25 @@ pub fn this_host() -> Host {
     }
 }
 
+/// The memory this machine can give a process, RAM and swap, in bytes (`None` if unknown).
+pub fn memory_bytes() -> Option<u64> {
+    memory_of(&std::fs::read_to_string("/proc/meminfo").ok()?)
+}
+
+/// `MemTotal` plus `SwapTotal` of a `/proc/meminfo` text, in bytes.
+fn memory_of(meminfo: &str) -> Option<u64> {
+    let kib = |key: &str| -> Option<u64> {
+        let line = meminfo.lines().find(|l| l.starts_with(key))?;
+        line[key.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some((kib("MemTotal:")? + kib("SwapTotal:").unwrap_or(0)) * 1024)
+}
+
 /// This host's name (empty if unknown).
 fn host_name() -> String {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
@@ -50,5 +69,13 @@ mod tests {
         );
         assert_eq!(boot_id_of("00000000-0000-0000-0000-000000000000"), 1);
         assert_eq!(boot_id_of(""), 0, "unknown");
+    }
+
+    #[test]
+    fn memory_is_ram_and_swap() {
+        let text = "MemTotal:       24578908 kB\nMemFree:  100 kB\nSwapTotal:     1048572 kB\n";
+        assert_eq!(memory_of(text), Some((24_578_908 + 1_048_572) * 1024));
+        assert_eq!(memory_of("MemTotal: 8 kB\n"), Some(8192), "no swap line");
+        assert_eq!(memory_of("SwapTotal: 8 kB\n"), None, "no RAM line");
     }
 }

@@ -4,7 +4,12 @@
 //! page), the reachable safe points, then the history groups. The header carries the
 //! body's CRC32C and the superblock carries the whole checkpoint's, so a torn checkpoint is
 //! never trusted; it is only ever written into the slot the superblock does not point at.
+//!
+//! The map is as large as the device (8 bytes a page: 2 GiB at 1 TiB), so it is written and
+//! read in pieces of `PIECE` bytes, straight from the words given and into the remap table:
+//! no copy of the whole checkpoint is ever in memory.
 
+use rewind_remap::{Mapping, RemapTable};
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -14,9 +19,13 @@ use crate::format::{
     SAFE_POINT_BYTES, SAFE_POINT_PINNED,
 };
 use crate::window::{SafePoint, SafePointId, Trigger, Window};
-use crate::{Error, LogicalPage, PhysPage};
+use crate::{Error, LogicalPage, PhysPage, Store};
 
-/// The state a checkpoint holds.
+/// The unit checkpoints are written and read in: 1 MiB, a multiple of the page and word.
+const PIECE: usize = 1 << 20;
+
+/// What a commit hands to `write`: a copy of the map taken with the window, so that both
+/// are of the same journal position while writes go on.
 pub struct Snapshot {
     /// The packed remap table (`rewind_remap::Mapping::pack`).
     pub map: Vec<u64>,
@@ -26,19 +35,91 @@ pub struct Snapshot {
     pub journal_seq: JournalSeq,
 }
 
-/// Serializes a snapshot: header page, then body.
-pub fn encode(s: &Snapshot, uuid: u64) -> Vec<u8> {
-    let w = &s.window;
-    let mut out = vec![0u8; PAGE_SIZE as usize];
-    out.reserve(
-        s.map.len() * 8
-            + w.safe_points.len() * SAFE_POINT_BYTES
+/// Where a written checkpoint ended up, for the superblock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Written {
+    /// Bytes from the header page's start to the end of the body.
+    pub len: u64,
+    /// CRC32C of all of them.
+    pub crc: u32,
+}
+
+/// Writes a checkpoint at `offset` of `store`, in pieces: the body first, then the header
+/// page that vouches for it. `map` yields every packed word of the map in order;
+/// `slot_bytes` is the room there is (a checkpoint that would not fit is refused before
+/// anything is written). The store is not synced.
+pub fn write<S: Store>(
+    store: &S,
+    offset: u64,
+    slot_bytes: u64,
+    map: impl ExactSizeIterator<Item = u64>,
+    window: &Window,
+    journal_seq: JournalSeq,
+    uuid: u64,
+) -> Result<Written, Error> {
+    let logical_pages = map.len() as u64;
+    let tail = encode_window(window);
+    let body_len = logical_pages * 8 + tail.len() as u64;
+    if PAGE_SIZE + body_len > slot_bytes {
+        return Err(Error::Corrupt(format!(
+            "checkpoint of {} bytes does not fit its slot of {slot_bytes}",
+            PAGE_SIZE + body_len
+        )));
+    }
+    let mut at = offset + PAGE_SIZE;
+    let mut body_crc = 0;
+    let mut put = |bytes: &[u8]| -> Result<(), Error> {
+        body_crc = crc32c::crc32c_append(body_crc, bytes);
+        store
+            .write_at(at, bytes)
+            .map_err(Error::io("writing a checkpoint"))?;
+        at += bytes.len() as u64;
+        Ok(())
+    };
+    let mut piece = Vec::with_capacity(PIECE);
+    for word in map {
+        piece.extend_from_slice(&word.to_le_bytes());
+        if piece.len() == PIECE {
+            put(&piece)?;
+            piece.clear();
+        }
+    }
+    piece.extend_from_slice(&tail);
+    put(&piece)?;
+    let mut h = CheckpointHeader {
+        magic: U32::new(CKPT_MAGIC),
+        version: U32::new(FORMAT_VERSION),
+        uuid: U64::new(uuid),
+        journal_seq: U64::new(journal_seq.0),
+        next_safe_point: U64::new(window.next_id.0),
+        logical_pages: U64::new(logical_pages),
+        safe_points: U64::new(window.safe_points.len() as u64),
+        groups: U64::new(window.groups.len() as u64),
+        entries: U64::new(window.history_entries),
+        body_len: U64::new(body_len),
+        body_crc: U32::new(body_crc),
+        crc: U32::new(0),
+    };
+    h.crc = U32::new(h.compute_crc());
+    let mut page = vec![0u8; PAGE_SIZE as usize];
+    page[..std::mem::size_of::<CheckpointHeader>()].copy_from_slice(h.as_bytes());
+    store
+        .write_at(offset, &page)
+        .map_err(Error::io("writing a checkpoint"))?;
+    let crc = crc32c::crc32c_combine(crc32c::crc32c(&page), body_crc, body_len as usize);
+    Ok(Written {
+        len: PAGE_SIZE + body_len,
+        crc,
+    })
+}
+
+/// The part of the body after the map: the safe points, then the history groups.
+fn encode_window(w: &Window) -> Vec<u8> {
+    let mut out = Vec::with_capacity(
+        w.safe_points.len() * SAFE_POINT_BYTES
             + w.groups.len() * GROUP_BYTES
             + w.history_entries as usize * HISTORY_ENTRY_BYTES,
     );
-    for word in &s.map {
-        out.extend_from_slice(&word.to_le_bytes());
-    }
     for sp in &w.safe_points {
         let mut label = [0u8; MAX_LABEL];
         let text = sp.label.as_deref().unwrap_or("").as_bytes();
@@ -73,23 +154,6 @@ pub fn encode(s: &Snapshot, uuid: u64) -> Vec<u8> {
             out.extend_from_slice(e.as_bytes());
         }
     }
-    let body = &out[PAGE_SIZE as usize..];
-    let mut h = CheckpointHeader {
-        magic: U32::new(CKPT_MAGIC),
-        version: U32::new(FORMAT_VERSION),
-        uuid: U64::new(uuid),
-        journal_seq: U64::new(s.journal_seq.0),
-        next_safe_point: U64::new(w.next_id.0),
-        logical_pages: U64::new(s.map.len() as u64),
-        safe_points: U64::new(w.safe_points.len() as u64),
-        groups: U64::new(w.groups.len() as u64),
-        entries: U64::new(w.history_entries),
-        body_len: U64::new(body.len() as u64),
-        body_crc: U32::new(crc32c::crc32c(body)),
-        crc: U32::new(0),
-    };
-    h.crc = U32::new(h.compute_crc());
-    out[..std::mem::size_of::<CheckpointHeader>()].copy_from_slice(h.as_bytes());
     out
 }
 
@@ -97,23 +161,86 @@ fn corrupt(what: impl Into<String>) -> Error {
     Error::Corrupt(format!("checkpoint: {}", what.into()))
 }
 
-/// Parses and checks a checkpoint read from disk: the header, then the body's map, safe
-/// points and history groups in turn.
-pub fn decode(bytes: &[u8], layout: &Layout, uuid: u64) -> Result<Snapshot, Error> {
-    let h = decode_header(bytes, layout, uuid)?;
+/// What `read` found besides the map.
+pub struct Read {
+    /// The history window.
+    pub window: Window,
+    /// The first journal block to replay on top.
+    pub journal_seq: JournalSeq,
+}
+
+/// Reads and checks the checkpoint of `len` bytes at `offset` of `store`: the header, then
+/// the body's map (set into `map`, a table of the layout's size), safe points and history
+/// groups in turn. With `crc`, the whole checkpoint must have that CRC32C (the superblock's
+/// word for it). On an error `map` holds part of the checkpoint and is of no use.
+pub fn read<S: Store>(
+    store: &S,
+    offset: u64,
+    len: u64,
+    crc: Option<u32>,
+    layout: &Layout,
+    uuid: u64,
+    map: &RemapTable,
+) -> Result<Read, Error> {
+    if len < PAGE_SIZE {
+        return Err(corrupt("too short"));
+    }
+    let mut page = vec![0u8; PAGE_SIZE as usize];
+    store
+        .read_at(offset, &mut page)
+        .map_err(Error::io("reading the checkpoint"))?;
+    let h = decode_header(&page, layout, uuid)?;
+    let body_len = h.body_len.get();
+    if body_len > len - PAGE_SIZE {
+        return Err(corrupt("body longer than the slot"));
+    }
+    let map_len = layout.logical_pages * 8;
+    if map_len > body_len {
+        return Err(corrupt("body shorter than its counts"));
+    }
+    let mut body_crc = 0;
+    let mut at = offset + PAGE_SIZE;
+    let mut get = |buf: &mut Vec<u8>, n: u64| -> Result<(), Error> {
+        buf.resize(n as usize, 0);
+        store
+            .read_at(at, buf)
+            .map_err(Error::io("reading the checkpoint"))?;
+        body_crc = crc32c::crc32c_append(body_crc, buf);
+        at += n;
+        Ok(())
+    };
+    let mut piece = Vec::with_capacity(PIECE);
+    let mut l = 0u64;
+    while l < layout.logical_pages {
+        let words = (layout.logical_pages - l).min((PIECE / 8) as u64);
+        get(&mut piece, words * 8)?;
+        for word in piece.chunks_exact(8) {
+            let word = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+            check_word(l, word, layout)?;
+            map.set(LogicalPage(l), Mapping::unpack(word));
+            l += 1;
+        }
+    }
+    let mut tail = Vec::new();
+    get(&mut tail, body_len - map_len)?;
+    if body_crc != h.body_crc.get() {
+        return Err(corrupt("body checksum mismatch"));
+    }
+    let whole = crc32c::crc32c_combine(crc32c::crc32c(&page), body_crc, body_len as usize);
+    if crc.is_some_and(|c| c != whole) {
+        return Err(corrupt("does not match the superblock's checksum"));
+    }
     let mut body = Body {
-        bytes: checked_body(bytes, &h)?,
+        bytes: &tail,
         at: 0,
     };
-    let map = decode_map(&mut body, layout)?;
     let mut window = Window::new(SafePointId(h.next_safe_point.get()));
     decode_safe_points(&mut body, h.safe_points.get(), &mut window)?;
     decode_groups(&mut body, h.groups.get(), layout, &mut window)?;
     if window.history_entries != h.entries.get() {
         return Err(corrupt("entry count does not match the header"));
     }
-    Ok(Snapshot {
-        map,
+    Ok(Read {
         window,
         journal_seq: JournalSeq(h.journal_seq.get()),
     })
@@ -148,19 +275,6 @@ fn decode_header(bytes: &[u8], layout: &Layout, uuid: u64) -> Result<CheckpointH
     Ok(h)
 }
 
-/// The body the header describes, checked against its checksum.
-fn checked_body<'a>(bytes: &'a [u8], h: &CheckpointHeader) -> Result<&'a [u8], Error> {
-    let body_len = usize::try_from(h.body_len.get()).map_err(|_| corrupt("body too long"))?;
-    let body = (PAGE_SIZE as usize)
-        .checked_add(body_len)
-        .and_then(|end| bytes.get(PAGE_SIZE as usize..end))
-        .ok_or_else(|| corrupt("body longer than the slot"))?;
-    if crc32c::crc32c(body) != h.body_crc.get() {
-        return Err(corrupt("body checksum mismatch"));
-    }
-    Ok(body)
-}
-
 /// The body, read front to back.
 struct Body<'a> {
     bytes: &'a [u8],
@@ -183,25 +297,15 @@ impl<'a> Body<'a> {
     }
 }
 
-/// The packed map, one word per logical page, each pointing inside the data area.
-fn decode_map(body: &mut Body<'_>, layout: &Layout) -> Result<Vec<u64>, Error> {
-    let map: Vec<u64> = body
-        .take(layout.logical_pages as usize * 8)?
-        .chunks_exact(8)
-        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
-        .collect();
-    for (l, word) in map.iter().enumerate() {
-        let m = rewind_remap::Mapping::unpack(*word);
-        if let Some(p) = m.phys {
-            if u64::from(p.0) >= layout.physical_pages {
-                return Err(corrupt(format!(
-                    "logical page {l} maps to physical page {} of {}",
-                    p.0, layout.physical_pages
-                )));
-            }
-        }
+/// Refuses a map word of logical page `l` that points outside the data area.
+fn check_word(l: u64, word: u64, layout: &Layout) -> Result<(), Error> {
+    match Mapping::unpack(word).phys {
+        Some(p) if u64::from(p.0) >= layout.physical_pages => Err(corrupt(format!(
+            "logical page {l} maps to physical page {} of {}",
+            p.0, layout.physical_pages
+        ))),
+        _ => Ok(()),
     }
-    Ok(map)
 }
 
 /// `count` safe points into `window`, whose ids must ascend below its open epoch.
@@ -264,6 +368,7 @@ fn decode_groups(
                 .checked_mul(HISTORY_ENTRY_BYTES)
                 .ok_or_else(|| corrupt("group too large"))?,
         )?;
+        let mut entries = Vec::with_capacity(count);
         for chunk in raw.chunks_exact(HISTORY_ENTRY_BYTES) {
             let (e, _) = HistoryEntry::read_from_prefix(chunk).map_err(|_| corrupt("entry"))?;
             let l = e.logical.get();
@@ -274,13 +379,14 @@ fn decode_groups(
                     "history entry ({l}, {p}) out of range in group {epoch}"
                 )));
             }
-            let p = (p != u32::MAX).then_some(PhysPage(p));
-            if !window.load_entry(epoch, LogicalPage(l), p) {
-                return Err(corrupt(format!(
-                    "logical page {l} has two entries in history group {epoch}"
-                )));
-            }
+            entries.push((LogicalPage(l), (p != u32::MAX).then_some(PhysPage(p))));
         }
+        window.load_group(epoch, entries).map_err(|l| {
+            corrupt(format!(
+                "logical page {} has two entries in history group {epoch}",
+                l.0
+            ))
+        })?;
     }
     Ok(())
 }

@@ -55,6 +55,18 @@ pub enum Error {
         /// Why (for the daemon's log and the reader).
         why: String,
     },
+    /// The machine could not give the memory a structure of the image needs.
+    #[error(
+        "not enough memory for {what}: it needs {bytes} bytes, which this machine could not \
+         give (this version of rewind keeps about 12 bytes per page of the device and its \
+         history in memory); give a smaller --size or --history"
+    )]
+    NoMemory {
+        /// The structure.
+        what: &'static str,
+        /// Its size.
+        bytes: u64,
+    },
     /// No physical page is free and nothing can be retired (all in flight).
     #[error("no free page: every physical page is live or in flight")]
     NoSpace,

@@ -137,8 +137,11 @@ impl Layout {
         let physical_pages = logical_pages + history / PAGE_SIZE;
         if physical_pages > u64::from(rewind_remap::PhysPage::MAX) {
             return Err(Error::BadOption(format!(
-                "size plus history is {} pages, more than the {} a rewind image can hold",
+                "size plus history is {} pages ({} GiB), more than the {} pages (just under \
+                 16 TiB) this format of rewind image can hold: give a smaller --size or \
+                 --history",
                 physical_pages,
+                (physical_pages * PAGE_SIZE) >> 30,
                 rewind_remap::PhysPage::MAX
             )));
         }
@@ -178,6 +181,14 @@ impl Layout {
             ckpt_bytes,
             data_offset: round_up(ckpt1 + ckpt_bytes, DATA_ALIGN),
         }
+    }
+
+    /// About the memory this version of rewind needs to serve an image of this layout, in
+    /// bytes: 16 a logical page (the remap table, and the copy a checkpoint takes of it) and
+    /// 4 1/8 a physical page (reference counts and the page allocator); the history window
+    /// comes on top, as it fills.
+    pub fn memory_to_serve(&self) -> u64 {
+        self.logical_pages * 16 + self.physical_pages * 4 + self.physical_pages / 8
     }
 
     /// The bytes a backing store needs for this layout.

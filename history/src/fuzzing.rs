@@ -23,6 +23,7 @@
 
 use std::sync::{Arc, OnceLock};
 
+use rewind_remap::RemapTable;
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -146,12 +147,40 @@ pub fn checkpoint(data: &[u8]) -> Result<(), Error> {
     let b = base();
     let mut ckpt = rest[..rest.len().min(b.layout.ckpt_bytes as usize)].to_vec();
     fix_checkpoint(&mut ckpt, b.uuid, flags);
-    if let Ok(snap) = checkpoint::decode(&ckpt, &b.layout, b.uuid) {
-        let again = checkpoint::decode(&checkpoint::encode(&snap, b.uuid), &b.layout, b.uuid)
-            .expect("a checkpoint rewind decoded encodes into one it decodes");
-        assert!(snap.map == again.map, "the map survives a round trip");
-        assert_eq!(snap.journal_seq, again.journal_seq);
-        let (w, v) = (&snap.window, &again.window);
+    let alone = MemStore::from_bytes(ckpt.clone());
+    let map = RemapTable::new(b.layout.logical_pages);
+    let len = ckpt.len() as u64;
+    if let Ok(read) = checkpoint::read(&alone, 0, len, None, &b.layout, b.uuid, &map) {
+        let words = map.snapshot().expect("memory for the map");
+        let out = MemStore::new(b.layout.ckpt_bytes);
+        let (w, seq) = (&read.window, read.journal_seq);
+        let written = checkpoint::write(
+            &out,
+            0,
+            b.layout.ckpt_bytes,
+            words.iter().copied(),
+            w,
+            seq,
+            b.uuid,
+        )
+        .expect("a checkpoint rewind read fits its slot again");
+        let again_map = RemapTable::new(b.layout.logical_pages);
+        let again = checkpoint::read(
+            &out,
+            0,
+            written.len,
+            Some(written.crc),
+            &b.layout,
+            b.uuid,
+            &again_map,
+        )
+        .expect("a checkpoint rewind read writes into one it reads");
+        assert!(
+            again_map.snapshot() == Some(words),
+            "the map survives a round trip"
+        );
+        assert_eq!(read.journal_seq, again.journal_seq);
+        let v = &again.window;
         assert_eq!(w.next_id, v.next_id);
         assert_eq!(w.safe_points, v.safe_points);
         assert_eq!(w.groups, v.groups);

@@ -7,16 +7,28 @@
 //! becomes a history entry of group `c`: "what this logical page held when `c` began". A
 //! page rewritten within its own epoch makes no history; its old page is simply freed.
 //!
+//! The history is kept as groups, one per epoch, of 16 bytes an entry and no index beside
+//! them: a closed epoch's group is sorted by logical page, so a page is found in it by
+//! binary search; only the open epoch's group, still growing, gets a hash index of where
+//! each page is in it, made when a page is first looked up there (a write needs none: the
+//! map's epoch tag tells whether a page is in the open group already).
+//!
 //! Invariants:
 //! - safe point ids in the window ascend and are all below `next_id`;
+//! - every group but the open one (`next_id`'s) is sorted by logical page; no group holds a
+//!   logical page twice;
 //! - the entry of page `l` in group `c` is what `l` read at safe points `c'..c` (`c'` the
 //!   group of `l`'s previous entry, or the start of time): it is kept while a reachable
 //!   safe point lies in that range, and dropped (its page freed) once none does;
 //! - the newest safe point is never retired, so every new entry is needed when it is made.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 use rewind_remap::{LogicalPage, PhysPage};
+use rustc_hash::FxHashMap;
+
+/// A group's entries: (logical page, the page it had when the group's epoch began).
+pub type Group = Vec<(LogicalPage, Option<PhysPage>)>;
 
 /// The id of a safe point. Ids count up by one from 0 (the safe point `create` makes) and
 /// stay at or below `format::COUNTER_MAX`, so they never wrap. An epoch is named by the id
@@ -122,16 +134,17 @@ pub struct Window {
     /// Reachable safe points, oldest first.
     pub safe_points: VecDeque<SafePoint>,
     /// Superseding epoch (named by the safe point that closes it) -> (logical page, the
-    /// page it had when that epoch began).
-    pub groups: BTreeMap<SafePointId, Vec<(LogicalPage, Option<PhysPage>)>>,
+    /// page it had when that epoch began); sorted by logical page once the epoch closed.
+    pub groups: BTreeMap<SafePointId, Group>,
     /// Entries over all groups that hold a physical page.
     pub history_pages: u64,
     /// Entries over all groups.
     pub history_entries: u64,
     /// Safe points kept from retirement by `rewind pin`.
     pub pins: BTreeSet<SafePointId>,
-    /// The same entries by (logical page, superseding epoch), to read a page at a safe point.
-    index: BTreeMap<(LogicalPage, SafePointId), Option<PhysPage>>,
+    /// Where each page of the open epoch's group is in it: made by the first lookup there
+    /// (`page_at`), kept up to date from then on, dropped when the epoch closes.
+    open_index: Option<FxHashMap<LogicalPage, usize>>,
 }
 
 impl Window {
@@ -144,39 +157,112 @@ impl Window {
             history_pages: 0,
             history_entries: 0,
             pins: BTreeSet::new(),
-            index: BTreeMap::new(),
+            open_index: None,
         }
     }
 
-    /// Records that `l`, which held `old` when the open epoch began, was overwritten.
+    /// Records that `l`, which held `old` when the open epoch began, was overwritten. The
+    /// caller supersedes a page at most once an epoch: the map's epoch tag says whether it
+    /// did (and `open_pages` lets a loaded checkpoint be checked for that).
     pub fn supersede(&mut self, l: LogicalPage, old: Option<PhysPage>) {
-        self.load_entry(self.next_id, l, old);
+        let g = self.groups.entry(self.next_id).or_default();
+        if let Some(index) = &mut self.open_index {
+            index.insert(l, g.len());
+        }
+        g.push((l, old));
+        self.count(old, true);
     }
 
-    /// Adds an entry of group `epoch` (a checkpoint being read, or `supersede`). A logical
-    /// page has at most one entry per epoch.
-    pub fn load_entry(
-        &mut self,
-        epoch: SafePointId,
-        l: LogicalPage,
-        old: Option<PhysPage>,
-    ) -> bool {
-        if self.index.insert((l, epoch), old).is_some() {
-            return false;
+    /// The pages of the open epoch's group.
+    pub fn open_pages(&self) -> impl Iterator<Item = LogicalPage> + '_ {
+        self.groups
+            .get(&self.next_id)
+            .into_iter()
+            .flatten()
+            .map(|e| e.0)
+    }
+
+    /// Adds the group of `epoch` read from a checkpoint: `Err(l)` if it holds logical page
+    /// `l` twice. Groups come in ascending epochs, up to the open one.
+    pub fn load_group(&mut self, epoch: SafePointId, mut g: Group) -> Result<(), LogicalPage> {
+        if epoch == self.next_id {
+            let mut index = FxHashMap::default();
+            for (i, &(l, _)) in g.iter().enumerate() {
+                if index.insert(l, i).is_some() {
+                    return Err(l);
+                }
+            }
+            self.open_index = Some(index);
+        } else {
+            g.sort_unstable_by_key(|e| e.0);
+            if let Some(w) = g.windows(2).find(|w| w[0].0 == w[1].0) {
+                return Err(w[0].0);
+            }
         }
-        self.groups.entry(epoch).or_default().push((l, old));
-        self.history_entries += 1;
-        self.history_pages += u64::from(old.is_some());
-        true
+        for &(_, old) in &g {
+            self.count(old, true);
+        }
+        self.groups.insert(epoch, g);
+        Ok(())
+    }
+
+    /// The bytes the history's entries and index take in memory: the groups' vectors as
+    /// allocated, and the open group's index if it was made (its buckets and their control
+    /// bytes). The map of groups itself, a node per group, is left out.
+    pub fn index_bytes(&self) -> u64 {
+        let entry = std::mem::size_of::<(LogicalPage, Option<PhysPage>)>();
+        let groups: usize = self.groups.values().map(|g| g.capacity() * entry).sum();
+        let slot = std::mem::size_of::<(LogicalPage, usize)>() + 1;
+        let index = self.open_index.as_ref().map_or(0, |i| i.capacity() * slot);
+        (groups + index) as u64
+    }
+
+    /// Counts an entry holding `old` in (or out of) the totals.
+    fn count(&mut self, old: Option<PhysPage>, add: bool) {
+        let pages = u64::from(old.is_some());
+        if add {
+            self.history_entries += 1;
+            self.history_pages += pages;
+        } else {
+            self.history_entries -= 1;
+            self.history_pages -= pages;
+        }
+    }
+
+    /// The entry of `l` in the closed group `g`, if it has one.
+    fn closed_entry(g: &Group, l: LogicalPage) -> Option<Option<PhysPage>> {
+        let i = g.binary_search_by_key(&l, |e| e.0).ok()?;
+        Some(g[i].1)
     }
 
     /// What `l` held at safe point `at`: `Some(page)` from its history, or `None` when it
     /// has not changed since and reads as it does live.
-    pub fn page_at(&self, l: LogicalPage, at: SafePointId) -> Option<Option<PhysPage>> {
-        self.index
-            .range((l, at.next())..=(l, SafePointId(u64::MAX)))
-            .next()
-            .map(|(_, p)| *p)
+    pub fn page_at(&mut self, l: LogicalPage, at: SafePointId) -> Option<Option<PhysPage>> {
+        self.first_entry_from(l, at.next())
+    }
+
+    /// The first entry of `l` in the groups of epochs `from` on: a binary search in each
+    /// closed group, then a look in the open one.
+    pub fn first_entry_from(
+        &mut self,
+        l: LogicalPage,
+        from: SafePointId,
+    ) -> Option<Option<PhysPage>> {
+        if from > self.next_id {
+            return None;
+        }
+        let closed = self.groups.range(from..self.next_id);
+        if let Some(then) = closed
+            .map(|(_, g)| g)
+            .find_map(|g| Self::closed_entry(g, l))
+        {
+            return Some(then);
+        }
+        let g = self.groups.get(&self.next_id)?;
+        let index = self
+            .open_index
+            .get_or_insert_with(|| g.iter().enumerate().map(|(i, e)| (e.0, i)).collect());
+        Some(g[*index.get(&l)?].1)
     }
 
     /// Every logical page that changed after safe point `at`, with what it held then: up to
@@ -186,15 +272,20 @@ impl Window {
         at: SafePointId,
         until: Option<SafePointId>,
     ) -> Vec<(LogicalPage, Option<PhysPage>)> {
-        let mut seen = std::collections::HashSet::new();
-        let mut out = Vec::new();
         let end = until.unwrap_or(SafePointId(u64::MAX));
         if end <= at {
-            return out;
+            return Vec::new();
+        }
+        let mut groups = self.groups.range(at.next()..=end).map(|(_, g)| g);
+        if groups.clone().count() == 1 {
+            // One group holds each page once: nothing to weed out.
+            return groups.next().cloned().unwrap_or_default();
         }
         // Ascending epochs: the first entry of a page after `at` is its state at `at`. A page
         // whose first entry is in an epoch after `until` did not change up to `until`.
-        for (_, g) in self.groups.range(at.next()..=end) {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for g in groups {
             for &(l, p) in g {
                 if seen.insert(l) {
                     out.push((l, p));
@@ -204,14 +295,29 @@ impl Window {
         out
     }
 
+    /// How many closed groups there are of epochs `from` on: the binary searches a lookup
+    /// from there makes at most.
+    pub fn closed_groups_from(&self, from: SafePointId) -> usize {
+        if from >= self.next_id {
+            return 0;
+        }
+        self.groups.range(from..self.next_id).count()
+    }
+
     /// Is safe point `id` in the window?
     pub fn contains(&self, id: SafePointId) -> bool {
         self.safe_points.binary_search_by_key(&id, |s| s.id).is_ok()
     }
 
-    /// Closes the open epoch with `sp`, whose id must be `next_id`.
+    /// Closes the open epoch with `sp`, whose id must be `next_id`: its group is sorted by
+    /// logical page, its index dropped.
     pub fn push_safe_point(&mut self, sp: SafePoint) {
         assert_eq!(sp.id, self.next_id, "safe point ids must follow the epoch");
+        if let Some(g) = self.groups.get_mut(&sp.id) {
+            g.sort_unstable_by_key(|e| e.0);
+            g.shrink_to_fit();
+        }
+        self.open_index = None;
         self.next_id = sp.id.next();
         self.safe_points.push_back(sp);
     }
@@ -239,7 +345,7 @@ impl Window {
         );
         let mut going = self.only_needed_by(i).into_iter().peekable();
         while let Some(&(epoch, _)) = going.peek() {
-            let mut pages = std::collections::HashSet::new();
+            let mut pages = HashSet::new();
             while let Some((_, l)) = going.next_if(|(e, _)| *e == epoch) {
                 pages.insert(l);
             }
@@ -258,11 +364,9 @@ impl Window {
             if g.is_empty() {
                 self.groups.remove(&epoch);
             }
-            for (l, old) in dropped {
-                self.index.remove(&(l, epoch));
-                self.history_entries -= 1;
+            for (_, old) in dropped {
+                self.count(old, false);
                 if let Some(p) = old {
-                    self.history_pages -= 1;
                     free(p);
                 }
             }
@@ -285,7 +389,10 @@ impl Window {
                 let alone = match prev {
                     None => true,
                     // The previous entry of `l` is after `prev`: `prev` reads a later one.
-                    Some(p) => self.index.range((l, p.next())..(l, epoch)).next().is_some(),
+                    Some(p) => self
+                        .groups
+                        .range(p.next()..epoch)
+                        .any(|(_, g)| Self::closed_entry(g, l).is_some()),
                 };
                 if alone {
                     out.push((epoch, l));

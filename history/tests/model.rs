@@ -529,6 +529,38 @@ fn overwriting_the_device_many_times_never_runs_out_of_space() {
     }
 }
 
+/// Views read their safe point while many epochs close after it: their reads then go
+/// through an index of their own, folded as more epochs close, while reclaim retires safe
+/// points between them and rollbacks rewrite the live device; with so many views that the
+/// indexes' budget takes away those of the views read least recently, to be made again.
+#[test]
+fn views_behind_many_safe_points_read_their_safe_point() {
+    let mut h = Harness::in_mode(640, 64, Durability::CompletedWrites);
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for round in 0..160u64 {
+        for _ in 0..6 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            h.run(&Op::Write(x % PAGES, (round % 250) as u8 + 1));
+        }
+        h.run(&Op::Flush);
+        if round % 4 == 0 {
+            h.run(&Op::OpenView(x as usize));
+        }
+        if round % 37 == 36 {
+            h.run(&Op::Rollback(x as usize));
+        }
+        if round % 10 == 9 {
+            h.check_holds();
+        }
+    }
+    h.check_holds();
+    let kept = h.vol().stats().safe_points;
+    assert!(h.views.len() > 16, "views stayed open: {}", h.views.len());
+    assert!(kept < 160, "reclaim retired safe points: {kept} kept");
+}
+
 /// Writes since the last flush, then the daemon killed: what comes back in the same boot (a
 /// new daemon) and after a power cut (another boot), for `durability`. Returns the harness
 /// with the volume reopened in the same boot, the flushed state and the completed one.

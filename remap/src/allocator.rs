@@ -34,17 +34,25 @@ pub struct Stream {
 impl PageAllocator {
     /// An allocator of `pages` physical pages, all free.
     pub fn new(pages: u32) -> PageAllocator {
+        Self::try_new(pages).expect("memory for the page allocator")
+    }
+
+    /// `new`, or an error when the memory (a bit a page) cannot be had.
+    pub fn try_new(pages: u32) -> Result<PageAllocator, std::collections::TryReserveError> {
         let nwords = (pages as usize).div_ceil(64);
-        let words: Box<[AtomicU64]> = (0..nwords).map(|_| AtomicU64::new(0)).collect();
+        let mut words = Vec::new();
+        words.try_reserve_exact(nwords)?;
+        words.extend((0..nwords).map(|_| AtomicU64::new(0)));
+        let words = words.into_boxed_slice();
         // Bits past the last page are marked used so a scan never hands them out.
         if !pages.is_multiple_of(64) {
             words[nwords - 1].store(!0u64 << (pages % 64), Ordering::Relaxed);
         }
-        PageAllocator {
+        Ok(PageAllocator {
             words,
             pages,
             free: AtomicU64::new(u64::from(pages)),
-        }
+        })
     }
 
     /// The number of physical pages.

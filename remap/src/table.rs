@@ -51,10 +51,19 @@ pub struct RemapTable {
 impl RemapTable {
     /// A table of `pages` logical pages, all unwritten.
     pub fn new(pages: u64) -> RemapTable {
+        Self::try_new(pages).expect("memory for the remap table")
+    }
+
+    /// `new`, or an error when the memory cannot be had (8 bytes a page): a device too
+    /// large for the machine is refused, not aborted.
+    pub fn try_new(pages: u64) -> Result<RemapTable, std::collections::TryReserveError> {
         let word = Mapping::UNWRITTEN.pack();
-        RemapTable {
-            entries: (0..pages).map(|_| AtomicU64::new(word)).collect(),
-        }
+        let mut entries = Vec::new();
+        entries.try_reserve_exact(usize::try_from(pages).unwrap_or(usize::MAX))?;
+        entries.extend((0..pages).map(|_| AtomicU64::new(word)));
+        Ok(RemapTable {
+            entries: entries.into_boxed_slice(),
+        })
     }
 
     /// The number of logical pages.
@@ -77,12 +86,12 @@ impl RemapTable {
         self.entries[l.0 as usize].store(m.pack(), Ordering::Release);
     }
 
-    /// A copy of every entry, packed, for a checkpoint.
-    pub fn snapshot(&self) -> Vec<u64> {
-        self.entries
-            .iter()
-            .map(|e| e.load(Ordering::Acquire))
-            .collect()
+    /// A copy of every entry, packed, for a checkpoint; `None` when the memory cannot be had.
+    pub fn snapshot(&self) -> Option<Vec<u64>> {
+        let mut out = Vec::new();
+        out.try_reserve_exact(self.entries.len()).ok()?;
+        out.extend(self.entries.iter().map(|e| e.load(Ordering::Acquire)));
+        Some(out)
     }
 }
 
@@ -117,6 +126,6 @@ mod tests {
         };
         t.set(LogicalPage(3), m);
         assert_eq!(t.get(LogicalPage(3)), m);
-        assert_eq!(t.snapshot()[3], m.pack());
+        assert_eq!(t.snapshot().expect("memory")[3], m.pack());
     }
 }

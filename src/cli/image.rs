@@ -56,6 +56,7 @@ pub fn format(
     allocation: Allocation,
 ) -> Result<(Layout, Allocation)> {
     let layout = Layout::for_create(opts).context("checking the sizes")?;
+    refuse_beyond_memory(&layout, crate::host::memory_bytes())?;
     let created = match OpenOptions::new().write(true).create_new(true).open(path) {
         Ok(_) => true,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
@@ -108,6 +109,24 @@ fn format_existing(
         .with_context(|| format!("formatting {}", path.display()))?;
     debug_assert_eq!(&made, layout);
     Ok((made, got))
+}
+
+/// Refuses a layout this machine could not serve (`memory`: its RAM and swap), before
+/// anything is made: an image that cannot be opened helps nobody.
+fn refuse_beyond_memory(layout: &Layout, memory: Option<u64>) -> Result<()> {
+    let need = layout.memory_to_serve();
+    match memory {
+        Some(have) if need > have => bail!(
+            "a {} device with {} of history needs about {} of memory to be served by this \
+             version of rewind (16 bytes per page of the device and 4 per page of history), \
+             and this machine has {} of memory and swap: give a smaller --size or --history",
+            human(layout.device_bytes()),
+            human(history_bytes(layout)),
+            human(need),
+            human(have)
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// Refuses a store that holds a rewind image, or a damaged rewind superblock: formatting
@@ -200,6 +219,7 @@ pub fn format_pool(
     allocation: Allocation,
 ) -> Result<(Layout, Allocation, Vec<StoreFile>)> {
     let layout = Layout::for_create(opts).context("checking the sizes")?;
+    refuse_beyond_memory(&layout, crate::host::memory_bytes())?;
     if backings.len() >= pool::MAX_FILES {
         bail!(
             "{} backings: a pool has at most {}",
@@ -479,6 +499,27 @@ mod tests {
             history: Some(MIB),
             journal: Some(64 << 10),
         }
+    }
+
+    #[test]
+    fn create_refuses_a_device_the_machine_could_not_serve_and_makes_nothing() {
+        let layout = Layout::for_create(&CreateOptions {
+            size: 14 << 40,
+            history: Some(1 << 40),
+            journal: None,
+        })
+        .expect("a layout the format holds");
+        let msg = format!(
+            "{:#}",
+            refuse_beyond_memory(&layout, Some(24 << 30)).unwrap_err()
+        );
+        assert!(msg.contains("14 TiB device"), "{msg}");
+        assert!(msg.contains("smaller --size"), "{msg}");
+        assert!(refuse_beyond_memory(&layout, Some(1 << 50)).is_ok());
+        assert!(
+            refuse_beyond_memory(&layout, None).is_ok(),
+            "unknown: no refusal"
+        );
     }
 
     #[test]

@@ -207,6 +207,15 @@ impl<S: Store> Volume<S> {
                 Checkpoint::Never if used > self.layout.journal_blocks / 2 => return Ok(None),
                 Checkpoint::Never => false,
             };
+            // The copy of the map a checkpoint needs, taken first: failing to get its
+            // memory must leave the records pending.
+            let map = match checkpoint {
+                true => Some(self.map.snapshot().ok_or(Error::NoMemory {
+                    what: "a checkpoint's copy of the remap table",
+                    bytes: self.layout.logical_pages * 8,
+                })?),
+                false => None,
+            };
             // Records staged and not yet recorded: a `record_staged` after this finds them
             // taken and lets their requests complete, maybe long before this commit's
             // journal write (the data sync comes first). So with `CompletedWrites` they are
@@ -221,8 +230,8 @@ impl<S: Store> Volume<S> {
             let taken = Taken {
                 blocks,
                 frees: std::mem::take(&mut st.pending_free),
-                snapshot: checkpoint.then(|| Snapshot {
-                    map: self.map.snapshot(),
+                snapshot: map.map(|map| Snapshot {
+                    map,
                     window: st.window.clone(),
                     journal_seq: after,
                 }),
@@ -300,24 +309,22 @@ impl<S: Store> Volume<S> {
     /// Writes a checkpoint into the slot the superblock does not point at, syncs it, then
     /// points the superblock at it.
     fn write_checkpoint(&self, c: &mut CommitState, s: &Snapshot) -> Result<(), Error> {
-        let bytes = checkpoint::encode(s, self.uuid);
-        if bytes.len() as u64 > self.layout.ckpt_bytes {
-            return Err(Error::Corrupt(format!(
-                "checkpoint of {} bytes does not fit its slot of {}",
-                bytes.len(),
-                self.layout.ckpt_bytes
-            )));
-        }
         let slot = 1 - c.sb.ckpt_slot.get() as usize;
-        self.store
-            .write_at(self.layout.ckpt_offsets[slot], &bytes)
-            .map_err(Error::io("writing a checkpoint"))?;
+        let written = checkpoint::write(
+            &self.store,
+            self.layout.ckpt_offsets[slot],
+            self.layout.ckpt_bytes,
+            s.map.iter().copied(),
+            &s.window,
+            s.journal_seq,
+            self.uuid,
+        )?;
         self.store
             .sync()
             .map_err(Error::io("syncing a checkpoint"))?;
         c.sb.ckpt_slot = U32::new(slot as u32);
-        c.sb.ckpt_len = U64::new(bytes.len() as u64);
-        c.sb.ckpt_crc = U32::new(crc32c::crc32c(&bytes));
+        c.sb.ckpt_len = U64::new(written.len);
+        c.sb.ckpt_crc = U32::new(written.crc);
         c.sb.ckpt_journal_seq = U64::new(s.journal_seq.0);
         c.sb.ckpt_session = U32::new(self.session);
         write_superblock(&self.store, &mut c.sb)

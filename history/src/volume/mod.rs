@@ -101,6 +101,8 @@ struct State {
     /// Open views by number: each holds its safe point until closed or dropped.
     views: BTreeMap<u64, View>,
     next_view: u64,
+    /// Reads of views so far: the clock of `View::read_at`.
+    view_reads: u64,
     /// What reclaim had to give up, for the daemon's log.
     notices: Vec<Notice>,
 }

@@ -212,6 +212,7 @@ fn drop_oldest_view(st: &mut State) -> bool {
         return false;
     };
     v.dropped = Some(HISTORY_FULL.to_string());
+    v.index = None;
     let notice = Notice::ViewDropped {
         view: ViewId(*n),
         at: v.at,

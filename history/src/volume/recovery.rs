@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use rewind_remap::{Mapping, PageAllocator, RemapTable};
+use rewind_remap::{EpochTag, Mapping, PageAllocator, RemapTable};
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::IntoBytes;
 
-use crate::checkpoint::{self, Snapshot};
+use crate::checkpoint;
 use crate::format::{
     CreateOptions, JournalSeq, Layout, Superblock, FORMAT_VERSION, PAGE_SIZE, RECORDS_PER_BLOCK,
     SUPER_MAGIC, SUPER_OFFSETS,
@@ -39,38 +39,52 @@ struct Loaded {
 
 /// Counts the references to each physical page and checks that every page belongs to one
 /// logical page only: the live map and history entries of one page may share a physical
-/// page (after a rollback), two logical pages never.
+/// page (after a rollback), two logical pages never. Four bytes a physical page: the owners
+/// are only looked up for the few pages with more than one reference.
 fn count_refs(layout: &Layout, map: &RemapTable, window: &Window) -> Result<Vec<u32>, Error> {
-    let mut refs = vec![0u32; layout.physical_pages as usize];
-    let mut owner = vec![u64::MAX; layout.physical_pages as usize];
-    let mut take = |p: PhysPage, l: LogicalPage, what: &dyn Fn() -> String| {
-        let i = p.0 as usize;
-        if owner[i] != u64::MAX && owner[i] != l.0 {
-            return Err(Error::Corrupt(format!(
-                "physical page {} belongs to logical pages {} and {} ({})",
-                p.0,
-                owner[i],
-                l.0,
-                what()
-            )));
-        }
-        owner[i] = l.0;
-        refs[i] += 1;
-        Ok(())
-    };
-    for l in 0..layout.logical_pages {
-        if let Some(p) = map.get(LogicalPage(l)).phys {
-            take(p, LogicalPage(l), &|| "live".into())?;
-        }
+    let mut refs = try_vec(0u32, layout.physical_pages, "the page reference counts")?;
+    let live = (0..layout.logical_pages)
+        .filter_map(|l| Some((LogicalPage(l), map.get(LogicalPage(l)).phys?)));
+    for (_, p) in live.clone().chain(history_pages(window)) {
+        refs[p.0 as usize] += 1;
     }
-    for (epoch, entries) in &window.groups {
-        for (l, p) in entries {
-            if let Some(p) = p {
-                take(*p, *l, &|| format!("history group {epoch}"))?;
+    let mut owner: std::collections::HashMap<PhysPage, LogicalPage> = Default::default();
+    for (l, p) in live.chain(history_pages(window)) {
+        if refs[p.0 as usize] < 2 {
+            continue;
+        }
+        match owner.insert(p, l) {
+            Some(other) if other != l => {
+                return Err(Error::Corrupt(format!(
+                    "physical page {} belongs to logical pages {} and {}",
+                    p.0, other.0, l.0
+                )))
             }
+            _ => {}
         }
     }
     Ok(refs)
+}
+
+/// Every (logical page, physical page) a history entry holds.
+fn history_pages(window: &Window) -> impl Iterator<Item = (LogicalPage, PhysPage)> + '_ {
+    window
+        .groups
+        .values()
+        .flatten()
+        .filter_map(|&(l, p)| Some((l, p?)))
+}
+
+/// `n` copies of `value`, or `Error::NoMemory` for `what` when the machine cannot give them.
+pub(super) fn try_vec<T: Clone>(value: T, n: u64, what: &'static str) -> Result<Vec<T>, Error> {
+    let bytes = n.saturating_mul(std::mem::size_of::<T>() as u64);
+    let mut v = Vec::new();
+    usize::try_from(n)
+        .ok()
+        .and_then(|n| v.try_reserve_exact(n).ok())
+        .ok_or(Error::NoMemory { what, bytes })?;
+    v.resize(n as usize, value);
+    Ok(v)
 }
 
 /// Checks every piece of metadata of an image without writing: both superblock copies,
@@ -150,19 +164,20 @@ pub fn create<S: Store>(store: &S, opts: &CreateOptions, host: &Host) -> Result<
         trigger: Trigger::Format,
         label: None,
     });
-    let snapshot = Snapshot {
-        map: vec![Mapping::UNWRITTEN.pack(); layout.logical_pages as usize],
-        window,
-        journal_seq: JournalSeq(0),
-    };
-    let bytes = checkpoint::encode(&snapshot, uuid);
-    store
-        .write_at(layout.ckpt_offsets[0], &bytes)
-        .map_err(Error::io("writing the first checkpoint"))?;
+    let unwritten = std::iter::repeat_n(Mapping::UNWRITTEN.pack(), layout.logical_pages as usize);
+    let written = checkpoint::write(
+        store,
+        layout.ckpt_offsets[0],
+        layout.ckpt_bytes,
+        unwritten,
+        &window,
+        JournalSeq(0),
+        uuid,
+    )?;
     store
         .sync()
         .map_err(Error::io("syncing the first checkpoint"))?;
-    let mut sb = first_superblock(&layout, uuid, created_ns, &bytes);
+    let mut sb = first_superblock(&layout, uuid, created_ns, written);
     write_superblock(store, &mut sb)?;
     Ok(layout)
 }
@@ -181,7 +196,12 @@ fn new_uuid(host: &Host, created_ns: u64) -> u64 {
 
 /// The superblock of a new image whose first checkpoint, in slot 0, is `ckpt`: clean,
 /// owned by nobody, session 0, replaying the journal from sequence 0.
-fn first_superblock(layout: &Layout, uuid: u64, created_ns: u64, ckpt: &[u8]) -> Superblock {
+fn first_superblock(
+    layout: &Layout,
+    uuid: u64,
+    created_ns: u64,
+    ckpt: checkpoint::Written,
+) -> Superblock {
     Superblock {
         magic: SUPER_MAGIC,
         version: U32::new(FORMAT_VERSION),
@@ -194,8 +214,8 @@ fn first_superblock(layout: &Layout, uuid: u64, created_ns: u64, ckpt: &[u8]) ->
         generation: U64::new(0),
         session: U32::new(0),
         ckpt_slot: U32::new(0),
-        ckpt_len: U64::new(ckpt.len() as u64),
-        ckpt_crc: U32::new(crc32c::crc32c(ckpt)),
+        ckpt_len: U64::new(ckpt.len),
+        ckpt_crc: U32::new(ckpt.crc),
         clean: U32::new(1),
         ckpt_journal_seq: U64::new(0),
         owner_pid: U32::new(0),
@@ -251,32 +271,36 @@ pub fn read_superblock<S: Store>(store: &S) -> Result<Superblock, Error> {
     best.ok_or_else(|| first_err.unwrap_or(Error::NotRewind))
 }
 
-/// Reads the checkpoint the superblock points at, checked against the superblock's
-/// checksum of it and the journal sequence it starts replay at.
+/// Reads the checkpoint the superblock points at into `map`, checked against the
+/// superblock's checksum of it and the journal sequence it starts replay at.
 fn read_checkpoint<S: Store>(
     store: &S,
     sb: &Superblock,
     layout: &Layout,
-) -> Result<Snapshot, Error> {
+    map: &RemapTable,
+) -> Result<checkpoint::Read, Error> {
     let slot = sb.ckpt_slot.get() as usize;
-    let mut bytes = vec![0u8; sb.ckpt_len.get() as usize];
-    store
-        .read_at(layout.ckpt_offsets[slot], &mut bytes)
-        .map_err(Error::io("reading the checkpoint"))?;
-    if crc32c::crc32c(&bytes) != sb.ckpt_crc.get() {
-        return Err(Error::Corrupt(format!(
-            "checkpoint in slot {slot} does not match the superblock's checksum"
-        )));
-    }
-    let snap = checkpoint::decode(&bytes, layout, sb.uuid.get())?;
-    if snap.journal_seq != sb.replay_from() {
+    let read = checkpoint::read(
+        store,
+        layout.ckpt_offsets[slot],
+        sb.ckpt_len.get(),
+        Some(sb.ckpt_crc.get()),
+        layout,
+        sb.uuid.get(),
+        map,
+    )
+    .map_err(|e| match e {
+        Error::Corrupt(why) => Error::Corrupt(format!("{why} (slot {slot})")),
+        e => e,
+    })?;
+    if read.journal_seq != sb.replay_from() {
         return Err(Error::Corrupt(format!(
             "checkpoint starts the journal at {}, the superblock at {}",
-            snap.journal_seq,
+            read.journal_seq,
             sb.replay_from()
         )));
     }
-    Ok(snap)
+    Ok(read)
 }
 
 /// Replays the journal's valid prefix from sequence `from` through `apply`. Unsynced blocks
@@ -313,14 +337,18 @@ fn replay_journal<S: Store, F: FnMut(PhysPage)>(
 }
 
 /// An allocator of the layout's physical pages with every referenced one claimed.
-fn claim_referenced(layout: &Layout, refs: &[u32]) -> PageAllocator {
-    let alloc = PageAllocator::new(layout.physical_pages as u32);
+fn claim_referenced(layout: &Layout, refs: &[u32]) -> Result<PageAllocator, Error> {
+    let alloc =
+        PageAllocator::try_new(layout.physical_pages as u32).map_err(|_| Error::NoMemory {
+            what: "the page allocator",
+            bytes: layout.physical_pages / 8,
+        })?;
     for (p, r) in refs.iter().enumerate() {
         if *r > 0 {
             alloc.claim(PhysPage(p as u32));
         }
     }
-    alloc
+    Ok(alloc)
 }
 
 /// Starts a new session on the image: not clean, owned by `host`. Written to both
@@ -358,12 +386,22 @@ impl<S: Store> Volume<S> {
         let sb = read_superblock(store)?;
         let layout = sb.layout();
         ensure_room(store, layout.required_bytes())?;
-        let snap = read_checkpoint(store, &sb, &layout)?;
-        let map = RemapTable::new(layout.logical_pages);
-        for (l, word) in snap.map.iter().enumerate() {
-            map.set(LogicalPage(l as u64), Mapping::unpack(*word));
-        }
+        let map = RemapTable::try_new(layout.logical_pages).map_err(|_| Error::NoMemory {
+            what: "the remap table",
+            bytes: layout.logical_pages * 8,
+        })?;
+        let snap = read_checkpoint(store, &sb, &layout, &map)?;
         let mut window = snap.window;
+        // A write supersedes a page once an epoch, as the map's epoch tag says: a page of
+        // the open group must carry the open epoch's tag, or a write would add it twice.
+        let open = EpochTag::of(window.next_id.0);
+        if let Some(l) = window.open_pages().find(|&l| map.get(l).epoch != open) {
+            return Err(Error::Corrupt(format!(
+                "checkpoint: logical page {} is in the open epoch's history group, but its \
+                 mapping is of another epoch",
+                l.0
+            )));
+        }
         let mut refs = count_refs(&layout, &map, &window)?;
         let apply = Apply {
             map: &map,
@@ -380,9 +418,10 @@ impl<S: Store> Volume<S> {
             ));
         }
         // Recount from scratch: this also checks what replay built.
+        drop(refs);
         let refs = count_refs(&layout, &map, &window)?;
         Ok(Loaded {
-            alloc: claim_referenced(&layout, &refs),
+            alloc: claim_referenced(&layout, &refs)?,
             sb,
             layout,
             map,
@@ -450,6 +489,7 @@ impl<S: Store> Volume<S> {
                 pending_free: Vec::new(),
                 views: BTreeMap::new(),
                 next_view: 0,
+                view_reads: 0,
                 notices: Vec::new(),
             }),
             commit: Mutex::new(CommitState { sb, next_seq }),

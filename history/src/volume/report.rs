@@ -157,6 +157,12 @@ pub(super) fn safe_point_infos(w: &Window) -> Vec<SafePointInfo> {
 }
 
 impl<S: Store> Volume<S> {
+    /// The bytes of memory the history's entries and index take (`Window::index_bytes`):
+    /// 16 per history entry once its epoch closed.
+    pub fn history_index_bytes(&self) -> u64 {
+        self.state.lock().window.index_bytes()
+    }
+
     /// Figures for `list` and `stats`.
     pub fn stats(&self) -> Stats {
         let st = self.state.lock();

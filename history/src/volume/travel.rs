@@ -6,12 +6,84 @@ use crate::{Error, LogicalPage, PhysPage, Store};
 
 use super::{State, Volume};
 
+/// Closed groups a view's read may search one by one before the view gets an index.
+const INDEX_AFTER_GROUPS: usize = 16;
+/// History entries all views' indexes may hold beyond the history's own count: a little
+/// room, so that views of a short history need not take turns.
+const INDEX_BUDGET_FLOOR: u64 = 1024;
+
 /// A view's state: the safe point it shows, and why it was dropped, if it was.
 pub(super) struct View {
     /// The safe point it shows, held in the window while the view is open.
     pub(super) at: SafePointId,
     /// Why reclaim dropped it (its reads fail from then on), or `None`.
     pub(super) dropped: Option<String>,
+    /// What its reads look up instead of searching many groups, once they would.
+    pub(super) index: Option<ViewIndex>,
+    /// When its reads last came (`State::view_reads`), to take the index of the view
+    /// least recently read first when the indexes' budget runs out.
+    pub(super) read_at: u64,
+}
+
+impl View {
+    pub(super) fn new(at: SafePointId) -> View {
+        View {
+            at,
+            dropped: None,
+            index: None,
+            read_at: 0,
+        }
+    }
+}
+
+/// A view's index: what each page that changed after the view's safe point read there,
+/// for the groups of the epochs before `through`, sorted by page. An entry never changes
+/// and stays while the view holds its safe point, so the index stays true; groups closed
+/// after it was made are searched one by one until there are enough to fold in.
+pub(super) struct ViewIndex {
+    through: SafePointId,
+    pages: Vec<(LogicalPage, Option<PhysPage>)>,
+}
+
+impl ViewIndex {
+    /// `Some(entry)` for a page the index holds.
+    fn get(&self, l: LogicalPage) -> Option<Option<PhysPage>> {
+        let i = self.pages.binary_search_by_key(&l, |e| e.0).ok()?;
+        Some(self.pages[i].1)
+    }
+
+    /// Folds in the closed groups from `through` up to the window's newest safe point: the
+    /// pages they changed first, as they read at the view's safe point.
+    fn fold(&mut self, w: &Window) {
+        let Some(newest) = w.newest().map(|s| s.id) else {
+            return;
+        };
+        if newest < self.through {
+            return;
+        }
+        let since = SafePointId(self.through.0 - 1);
+        let mut new = w.changed_since(since, Some(newest));
+        new.sort_unstable_by_key(|e| e.0);
+        let old = std::mem::take(&mut self.pages);
+        let mut merged = Vec::with_capacity(old.len() + new.len());
+        let (mut a, mut b) = (old.into_iter().peekable(), new.into_iter().peekable());
+        // Both sorted by page; a page in both keeps the older entry, the one `at` reads.
+        loop {
+            let take_old = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) if x.0 == y.0 => {
+                    b.next();
+                    true
+                }
+                (Some(x), Some(y)) => x.0 < y.0,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            merged.extend(if take_old { a.next() } else { b.next() });
+        }
+        self.pages = merged;
+        self.through = newest.next();
+    }
 }
 
 /// An open view of a past safe point (see `Volume::open_view`).
@@ -36,6 +108,47 @@ fn describe_window(w: &Window) -> String {
         (Some(o), Some(n)) if o.id == n.id => format!("safe point {}", o.id),
         (Some(o), Some(n)) => format!("safe points {} to {}", o.id, n.id),
         _ => "no safe point".into(),
+    }
+}
+
+/// Before a read of view `v`: makes or extends its index when the read would otherwise
+/// search more than `INDEX_AFTER_GROUPS` closed groups one by one. All views' indexes
+/// together hold at most as many entries as the history has (plus `INDEX_BUDGET_FLOOR`):
+/// the indexes of the views read least recently give way first.
+fn index_view(st: &mut State, v: ViewId) {
+    st.view_reads += 1;
+    let State {
+        window,
+        views,
+        view_reads,
+        ..
+    } = st;
+    let view = views.get_mut(&v.0).expect("a live view");
+    view.read_at = *view_reads;
+    let from = view.index.as_ref().map_or(view.at.next(), |i| i.through);
+    if window.closed_groups_from(from) <= INDEX_AFTER_GROUPS {
+        return;
+    }
+    let index = view.index.get_or_insert(ViewIndex {
+        through: view.at.next(),
+        pages: Vec::new(),
+    });
+    index.fold(window);
+    let budget = window.history_entries + INDEX_BUDGET_FLOOR;
+    loop {
+        let held: u64 = views
+            .values()
+            .filter_map(|w| w.index.as_ref())
+            .map(|i| i.pages.len() as u64)
+            .sum();
+        let lru = views
+            .iter_mut()
+            .filter(|(n, w)| **n != v.0 && w.index.is_some())
+            .min_by_key(|(_, w)| w.read_at);
+        match lru {
+            Some((_, w)) if held > budget => w.index = None,
+            _ => break,
+        }
     }
 }
 
@@ -92,14 +205,19 @@ impl<S: Store> Volume<S> {
             Some(b) if b < a => (b, Some(a)),
             _ => (a, b),
         };
+        // What the pages that changed after `newer` held at `newer`; the others read live.
+        let at_newer: std::collections::HashMap<LogicalPage, Option<PhysPage>> = match newer {
+            Some(n) => w.changed_since(n, None).into_iter().collect(),
+            None => Default::default(),
+        };
         let mut changed: Vec<LogicalPage> = w
             .changed_since(older, newer)
             .into_iter()
             .filter(|&(l, then)| {
-                let now = match newer {
-                    Some(n) => self.page_at(w, l, n),
-                    None => self.map.get(l).phys,
-                };
+                let now = at_newer
+                    .get(&l)
+                    .copied()
+                    .unwrap_or_else(|| self.map.get(l).phys);
                 then != now
             })
             .map(|(l, _)| l)
@@ -119,9 +237,9 @@ impl<S: Store> Volume<S> {
     /// The physical page `l` read from at safe point `at` (`None`: zeros), for views.
     pub fn resolve_at(&self, l: LogicalPage, at: SafePointId) -> Result<Option<PhysPage>, Error> {
         self.check_in_range(l)?;
-        let st = self.state.lock();
+        let mut st = self.state.lock();
         require_in_window(&st.window, at)?;
-        Ok(self.page_at(&st.window, l, at))
+        Ok(self.page_at(&mut st.window, l, at))
     }
 
     /// Reads page `l` as it was at safe point `at`, through the store (tests and tools).
@@ -156,7 +274,7 @@ impl<S: Store> Volume<S> {
         require_in_window(&st.window, at)?;
         let n = st.next_view;
         st.next_view += 1;
-        st.views.insert(n, View { at, dropped: None });
+        st.views.insert(n, View::new(at));
         Ok(ViewId(n))
     }
 
@@ -186,11 +304,21 @@ impl<S: Store> Volume<S> {
             return Ok(());
         }
         self.check_run_in_range(first, count as u64)?;
-        let st = self.state.lock();
+        let mut st = self.state.lock();
         let at = live_view(&st, v)?;
-        out.extend(
-            (0..count as u64).map(|i| self.page_at(&st.window, LogicalPage(first.0 + i), at)),
-        );
+        index_view(&mut st, v);
+        let State { window, views, .. } = &mut *st;
+        let view = views.get(&v.0).expect("a live view");
+        out.extend((0..count as u64).map(|i| {
+            let l = LogicalPage(first.0 + i);
+            let then = match &view.index {
+                Some(index) => index
+                    .get(l)
+                    .or_else(|| window.first_entry_from(l, index.through)),
+                None => window.page_at(l, at),
+            };
+            then.unwrap_or_else(|| self.map.get(l).phys)
+        }));
         Ok(())
     }
 
@@ -203,7 +331,7 @@ impl<S: Store> Volume<S> {
 
     /// The physical page `l` read from at safe point `at` of window `w`: its history entry
     /// after `at`, or, when it has not changed since, its live page.
-    fn page_at(&self, w: &Window, l: LogicalPage, at: SafePointId) -> Option<PhysPage> {
+    fn page_at(&self, w: &mut Window, l: LogicalPage, at: SafePointId) -> Option<PhysPage> {
         match w.page_at(l, at) {
             Some(then) => then,
             None => self.map.get(l).phys,
