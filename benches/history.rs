@@ -119,7 +119,7 @@ fn setup() -> (Volume<MetaStore>, SafePointId, SafePointId) {
     write_all(&vol);
     let b = vol.safe_point(Trigger::User, Some("b".into())).expect("b");
     let grew = rss().saturating_sub(rss_before);
-    let index = vol.history_index_bytes() - index_before;
+    let index = vol.history_index_bytes().saturating_sub(index_before);
     // The engine's own count is exact; the process's growth is only meaningful the first
     // time in a process (later runs reuse freed heap), and also holds the journal's buffers.
     println!(

@@ -7,7 +7,8 @@
 //!
 //! The map is as large as the device (8 bytes a page: 2 GiB at 1 TiB), so it is written and
 //! read in pieces of `PIECE` bytes, straight from the words given and into the remap table:
-//! no copy of the whole checkpoint is ever in memory.
+//! the encoded checkpoint is never whole in memory (what a commit hands over, a copy of
+//! the leaves of the map that exist and of the window, is).
 
 use rewind_remap::{Mapping, RemapTable};
 use zerocopy::little_endian::{U32, U64};
@@ -27,8 +28,8 @@ const PIECE: usize = 1 << 20;
 /// What a commit hands to `write`: a copy of the map taken with the window, so that both
 /// are of the same journal position while writes go on.
 pub struct Snapshot {
-    /// The packed remap table (`rewind_remap::Mapping::pack`).
-    pub map: Vec<u64>,
+    /// The remap table.
+    pub map: rewind_remap::MapSnapshot,
     /// The history window.
     pub window: Window,
     /// The first journal block to replay on top.
@@ -191,8 +192,11 @@ pub fn read<S: Store>(
         .map_err(Error::io("reading the checkpoint"))?;
     let h = decode_header(&page, layout, uuid)?;
     let body_len = h.body_len.get();
-    if body_len > len - PAGE_SIZE {
-        return Err(corrupt("body longer than the slot"));
+    if body_len != len - PAGE_SIZE {
+        return Err(corrupt(format!(
+            "its header gives it {body_len} bytes of body, its length {}",
+            len - PAGE_SIZE
+        )));
     }
     let map_len = layout.logical_pages * 8;
     if map_len > body_len {

@@ -58,8 +58,8 @@ pub enum Error {
     /// The machine could not give the memory a structure of the image needs.
     #[error(
         "not enough memory for {what}: it needs {bytes} bytes, which this machine could not \
-         give (this version of rewind keeps about 12 bytes per page of the device and its \
-         history in memory); give a smaller --size or --history"
+         give; give a smaller --size or --history, or serve the image on a machine with more \
+         memory"
     )]
     NoMemory {
         /// The structure.

@@ -141,7 +141,7 @@ impl Layout {
                  16 TiB) this format of rewind image can hold: give a smaller --size or \
                  --history",
                 physical_pages,
-                (physical_pages * PAGE_SIZE) >> 30,
+                physical_pages >> 18,
                 rewind_remap::PhysPage::MAX
             )));
         }
@@ -183,10 +183,12 @@ impl Layout {
         }
     }
 
-    /// About the memory this version of rewind needs to serve an image of this layout, in
-    /// bytes: 16 a logical page (the remap table, and the copy a checkpoint takes of it) and
-    /// 4 1/8 a physical page (reference counts and the page allocator); the history window
-    /// comes on top, as it fills.
+    /// About the memory this version of rewind needs to serve an image of this layout once
+    /// every page of it was written, in bytes: 16 a logical page (the remap table, and the
+    /// copy a checkpoint takes of it) and 4 1/8 a physical page (reference counts and the
+    /// page allocator), so about 20 a page of the device and 4 a page of history; the
+    /// history window comes on top. A part of the device never
+    /// written costs next to nothing.
     pub fn memory_to_serve(&self) -> u64 {
         self.logical_pages * 16 + self.physical_pages * 4 + self.physical_pages / 8
     }

@@ -10,8 +10,9 @@
 //! The history is kept as groups, one per epoch, of 16 bytes an entry and no index beside
 //! them: a closed epoch's group is sorted by logical page, so a page is found in it by
 //! binary search; only the open epoch's group, still growing, gets a hash index of where
-//! each page is in it, made when a page is first looked up there (a write needs none: the
-//! map's epoch tag tells whether a page is in the open group already).
+//! each page is in it, made when a page is first looked up there or the group is read from
+//! a checkpoint (a write needs none: the map's epoch tag tells whether a page is in the
+//! open group already).
 //!
 //! Invariants:
 //! - safe point ids in the window ascend and are all below `next_id`;
@@ -143,7 +144,8 @@ pub struct Window {
     /// Safe points kept from retirement by `rewind pin`.
     pub pins: BTreeSet<SafePointId>,
     /// Where each page of the open epoch's group is in it: made by the first lookup there
-    /// (`page_at`), kept up to date from then on, dropped when the epoch closes.
+    /// (`page_at`), or when a checkpoint's open group is read (which checks it for a page
+    /// twice), kept up to date from then on, dropped when the epoch closes.
     open_index: Option<FxHashMap<LogicalPage, usize>>,
 }
 
@@ -266,7 +268,8 @@ impl Window {
     }
 
     /// Every logical page that changed after safe point `at`, with what it held then: up to
-    /// safe point `until` (`None`: up to now).
+    /// safe point `until` (`None`: up to now); sorted by page, so that whoever applies them
+    /// walks the map and the counts in order.
     pub fn changed_since(
         &self,
         at: SafePointId,
@@ -276,22 +279,17 @@ impl Window {
         if end <= at {
             return Vec::new();
         }
-        let mut groups = self.groups.range(at.next()..=end).map(|(_, g)| g);
-        if groups.clone().count() == 1 {
-            // One group holds each page once: nothing to weed out.
-            return groups.next().cloned().unwrap_or_default();
-        }
         // Ascending epochs: the first entry of a page after `at` is its state at `at`. A page
-        // whose first entry is in an epoch after `until` did not change up to `until`.
-        let mut seen = HashSet::new();
-        let mut out = Vec::new();
-        for g in groups {
-            for &(l, p) in g {
-                if seen.insert(l) {
-                    out.push((l, p));
-                }
-            }
-        }
+        // whose first entry is in an epoch after `until` did not change up to `until`. A
+        // stable sort by page keeps each page's entries in epoch order (and finds the closed
+        // groups already sorted, as runs to merge); the first of each then stays.
+        let mut out: Vec<(LogicalPage, Option<PhysPage>)> = self
+            .groups
+            .range(at.next()..=end)
+            .flat_map(|(_, g)| g.iter().copied())
+            .collect();
+        out.sort_by_key(|e| e.0);
+        out.dedup_by_key(|e| e.0);
         out
     }
 
@@ -384,19 +382,26 @@ impl Window {
         let prev = i.checked_sub(1).map(|j| self.safe_points[j].id);
         let next = self.safe_points.get(i + 1).map_or(self.next_id, |s| s.id);
         let mut out = Vec::new();
+        // The pages with an entry after `prev` and before the group at hand: an entry whose
+        // page has one there is needed by no safe point before `id` (`prev` reads that
+        // later one), so `id` alone needs it. Grown group by group, so each entry is
+        // looked at once.
+        let mut after_prev: HashSet<LogicalPage> = match prev {
+            Some(p) => self
+                .groups
+                .range(p.next()..=id)
+                .flat_map(|(_, g)| g.iter().map(|e| e.0))
+                .collect(),
+            None => HashSet::new(),
+        };
         for (&epoch, g) in self.groups.range(id.next()..=next) {
             for &(l, _) in g {
-                let alone = match prev {
-                    None => true,
-                    // The previous entry of `l` is after `prev`: `prev` reads a later one.
-                    Some(p) => self
-                        .groups
-                        .range(p.next()..epoch)
-                        .any(|(_, g)| Self::closed_entry(g, l).is_some()),
-                };
-                if alone {
+                if prev.is_none() || after_prev.contains(&l) {
                     out.push((epoch, l));
                 }
+            }
+            if prev.is_some() {
+                after_prev.extend(g.iter().map(|e| e.0));
             }
         }
         out

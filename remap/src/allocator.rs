@@ -5,10 +5,17 @@
 //! pages and two queues rarely touch the same word. A write first tries its logical page's
 //! home (the physical page with the same index), which keeps an unfragmented device laid out
 //! as identity.
+//!
+//! The bitmap's words live in leaves of `LEAF_WORDS`, each made by the first claim in it: a
+//! leaf not made is all free, so a store never written costs no memory but the leaf table.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use crate::PhysPage;
+
+/// Words per leaf: 32 KiB of bitmap for 262,144 pages (1 GiB of 4 KiB pages).
+const LEAF_WORDS: usize = 4096;
 
 /// Words of the bitmap `allocate_run` looks through for a free run (64 pages each): 256 MiB
 /// of 4 KiB pages, a bounded cost per request however large the device.
@@ -20,7 +27,10 @@ const SCAN_RUNS: u32 = 32;
 /// The free/used state of every physical page.
 pub struct PageAllocator {
     /// Bit set: the page is used (live data, history, or claimed by an in-flight write).
-    words: Box<[AtomicU64]>,
+    /// Leaves of `LEAF_WORDS` words; one not made yet is all free.
+    leaves: Box<[OnceLock<Box<[AtomicU64]>>]>,
+    /// Words of the whole bitmap.
+    nwords: usize,
     pages: u32,
     free: AtomicU64,
 }
@@ -37,22 +47,53 @@ impl PageAllocator {
         Self::try_new(pages).expect("memory for the page allocator")
     }
 
-    /// `new`, or an error when the memory (a bit a page) cannot be had.
+    /// `new`, or an error when the memory for the leaf table cannot be had.
     pub fn try_new(pages: u32) -> Result<PageAllocator, std::collections::TryReserveError> {
         let nwords = (pages as usize).div_ceil(64);
-        let mut words = Vec::new();
-        words.try_reserve_exact(nwords)?;
-        words.extend((0..nwords).map(|_| AtomicU64::new(0)));
-        let words = words.into_boxed_slice();
-        // Bits past the last page are marked used so a scan never hands them out.
-        if !pages.is_multiple_of(64) {
-            words[nwords - 1].store(!0u64 << (pages % 64), Ordering::Relaxed);
-        }
+        let mut leaves = Vec::new();
+        leaves.try_reserve_exact(nwords.div_ceil(LEAF_WORDS))?;
+        leaves.resize_with(nwords.div_ceil(LEAF_WORDS), OnceLock::new);
         Ok(PageAllocator {
-            words,
+            leaves: leaves.into_boxed_slice(),
+            nwords,
             pages,
             free: AtomicU64::new(u64::from(pages)),
         })
+    }
+
+    /// Bits past the last page in word `w`: always used, so a scan never hands them out.
+    fn past_end(&self, w: usize) -> u64 {
+        if w + 1 == self.nwords && !self.pages.is_multiple_of(64) {
+            !0u64 << (self.pages % 64)
+        } else {
+            0
+        }
+    }
+
+    /// Word `w` of the bitmap as it is now.
+    fn load(&self, w: usize) -> u64 {
+        match self.leaves[w / LEAF_WORDS].get() {
+            Some(leaf) => leaf[w % LEAF_WORDS].load(Ordering::Acquire),
+            None => self.past_end(w),
+        }
+    }
+
+    /// Word `w` of the bitmap, its leaf made if it was not.
+    fn word(&self, w: usize) -> &AtomicU64 {
+        let leaf = self.leaves[w / LEAF_WORDS].get_or_init(|| {
+            let first = w / LEAF_WORDS * LEAF_WORDS;
+            (first..(first + LEAF_WORDS).min(self.nwords))
+                .map(|v| AtomicU64::new(self.past_end(v)))
+                .collect()
+        });
+        &leaf[w % LEAF_WORDS]
+    }
+
+    /// Bytes of memory the bitmap takes: the leaf table and the leaves made.
+    pub fn memory_bytes(&self) -> u64 {
+        let slots = self.leaves.len() * std::mem::size_of::<OnceLock<Box<[AtomicU64]>>>();
+        let made = self.leaves.iter().filter(|l| l.get().is_some()).count();
+        (slots + made * LEAF_WORDS * 8) as u64
     }
 
     /// The number of physical pages.
@@ -79,14 +120,14 @@ impl PageAllocator {
     /// Is `p` used?
     pub fn is_used(&self, p: PhysPage) -> bool {
         let (w, b) = Self::locate(p);
-        self.words[w].load(Ordering::Acquire) & b != 0
+        self.load(w) & b != 0
     }
 
     /// Claims `p` if it is free. Returns whether this call claimed it.
     pub fn claim(&self, p: PhysPage) -> bool {
         assert!(p.0 < self.pages, "claim of page {} of {}", p.0, self.pages);
         let (w, b) = Self::locate(p);
-        let old = self.words[w].fetch_or(b, Ordering::AcqRel);
+        let old = self.word(w).fetch_or(b, Ordering::AcqRel);
         if old & b == 0 {
             self.free.fetch_sub(1, Ordering::Relaxed);
             true
@@ -104,7 +145,7 @@ impl PageAllocator {
             self.pages
         );
         let (w, b) = Self::locate(p);
-        let old = self.words[w].fetch_and(!b, Ordering::AcqRel);
+        let old = self.word(w).fetch_and(!b, Ordering::AcqRel);
         assert!(old & b != 0, "double free of physical page {}", p.0);
         self.free.fetch_add(1, Ordering::Relaxed);
     }
@@ -120,14 +161,14 @@ impl PageAllocator {
         if self.pages == 0 {
             return None;
         }
-        let nwords = self.words.len();
+        let nwords = self.nwords;
         let mut w = (stream.next / 64) as usize;
         // Skip the bits below the cursor in its first word, so consecutive allocations ascend.
         let mut mask = !0u64 << (stream.next % 64);
         // One more word than the bitmap has, so the first word is seen again whole.
         for _ in 0..=nwords {
             loop {
-                let word = self.words[w].load(Ordering::Acquire);
+                let word = self.load(w);
                 let candidates = !word & mask;
                 if candidates == 0 {
                     break;
@@ -167,7 +208,7 @@ impl PageAllocator {
         while p < end && short_runs < SCAN_RUNS {
             let pos = (p % pages) as u32;
             let (w, _) = Self::locate(PhysPage(pos));
-            let candidates = !self.words[w].load(Ordering::Acquire) & (!0u64 << (pos % 64));
+            let candidates = !self.load(w) & (!0u64 << (pos % 64));
             if candidates == 0 {
                 // Nothing free in the rest of this word. (Bits past the last page are used,
                 // so the last word ends here too and the next position wraps to 0.)
@@ -201,7 +242,7 @@ impl PageAllocator {
         while n < limit {
             let (w, _) = Self::locate(PhysPage(at + n));
             let bit = (at + n) % 64;
-            let used = self.words[w].load(Ordering::Acquire) >> bit;
+            let used = self.load(w) >> bit;
             // Free bits from `bit` up: trailing zeros of the used bits (64 - bit if none).
             let free_here = if used == 0 {
                 64 - bit
@@ -319,6 +360,26 @@ mod tests {
             }
         }
         assert_eq!(seen.len() as u64 + a.free_pages(), 130);
+    }
+
+    #[test]
+    fn only_leaves_claimed_in_take_memory_and_the_end_stays_used() {
+        let pages = (3 * LEAF_WORDS * 64 + 70) as u32;
+        let a = PageAllocator::new(pages);
+        let empty = a.memory_bytes();
+        assert!(empty < 1024, "{empty} bytes for an untouched bitmap");
+        assert!(!a.is_used(PhysPage(pages - 1)));
+        // The last page: its leaf is made with the bits past the end used.
+        let mut s = a.stream(pages - 1);
+        assert_eq!(a.allocate(&mut s, None), Some(PhysPage(pages - 1)));
+        assert_eq!(a.memory_bytes(), empty + LEAF_WORDS as u64 * 8);
+        // Wrapping, the next page comes from the start: nothing past the end is handed out.
+        assert_eq!(a.allocate(&mut s, None), Some(PhysPage(0)));
+        assert_eq!(
+            a.allocate_run(&mut a.stream(pages - 3), 5),
+            Some((PhysPage(1), 5))
+        );
+        assert_eq!(a.free_pages(), u64::from(pages) - 7);
     }
 
     #[test]

@@ -8,10 +8,12 @@
 //! - readers of the remap table take no lock.
 
 mod allocator;
+mod refs;
 mod table;
 
 pub use allocator::{PageAllocator, Stream};
-pub use table::{Mapping, RemapTable};
+pub use refs::PageRefs;
+pub use table::{MapSnapshot, Mapping, RemapTable};
 
 /// A page of the device as the kernel addresses it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

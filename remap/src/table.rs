@@ -4,12 +4,20 @@
 //! lock. Writers are serialized by the volume (they also append to the journal), so stores
 //! need no compare-and-swap; `Release`/`Acquire` make the data written to the new physical
 //! page visible before the mapping that points at it.
+//!
+//! The words live in leaves of `LEAF` pages, each made by the first mapping set in it that
+//! is not `Mapping::UNWRITTEN`: a part of the device never written costs no memory but its
+//! slot in the leaf table (16 bytes per 16 MiB of device), and a leaf, once made, lives as
+//! long as the table, so a reader never sees one go.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use crate::{EpochTag, LogicalPage, PhysPage};
 
 const UNMAPPED: u32 = u32::MAX;
+/// Pages per leaf: 32 KiB of words for 16 MiB of device.
+const LEAF: u64 = 4096;
 
 /// Where a logical page lives and when it was last written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,9 +51,37 @@ impl Mapping {
     }
 }
 
+/// The packed word of `Mapping::UNWRITTEN`.
+const UNWRITTEN_WORD: u64 = UNMAPPED as u64;
+
 /// The lock-free remap table.
 pub struct RemapTable {
-    entries: Box<[AtomicU64]>,
+    leaves: Box<[OnceLock<Box<[AtomicU64]>>]>,
+    pages: u64,
+}
+
+/// A copy of the table taken at one instant, for a checkpoint: the leaves that exist.
+#[derive(PartialEq, Eq, Debug)]
+pub struct MapSnapshot {
+    leaves: Vec<Option<Box<[u64]>>>,
+    pages: u64,
+}
+
+impl MapSnapshot {
+    /// Every packed word, in page order.
+    pub fn words(&self) -> impl ExactSizeIterator<Item = u64> + '_ {
+        (0..self.pages as usize).map(|l| {
+            let (leaf, i) = split(l as u64);
+            self.leaves[leaf]
+                .as_ref()
+                .map_or(UNWRITTEN_WORD, |words| words[i])
+        })
+    }
+}
+
+/// The leaf of page `l` and its place there.
+fn split(l: u64) -> (usize, usize) {
+    ((l / LEAF) as usize, (l % LEAF) as usize)
 }
 
 impl RemapTable {
@@ -54,44 +90,94 @@ impl RemapTable {
         Self::try_new(pages).expect("memory for the remap table")
     }
 
-    /// `new`, or an error when the memory cannot be had (8 bytes a page): a device too
+    /// `new`, or an error when the memory for the leaf table cannot be had: a device too
     /// large for the machine is refused, not aborted.
     pub fn try_new(pages: u64) -> Result<RemapTable, std::collections::TryReserveError> {
-        let word = Mapping::UNWRITTEN.pack();
-        let mut entries = Vec::new();
-        entries.try_reserve_exact(usize::try_from(pages).unwrap_or(usize::MAX))?;
-        entries.extend((0..pages).map(|_| AtomicU64::new(word)));
+        let n = usize::try_from(pages.div_ceil(LEAF)).unwrap_or(usize::MAX);
+        let mut leaves = Vec::new();
+        leaves.try_reserve_exact(n)?;
+        leaves.resize_with(n, OnceLock::new);
         Ok(RemapTable {
-            entries: entries.into_boxed_slice(),
+            leaves: leaves.into_boxed_slice(),
+            pages,
         })
     }
 
     /// The number of logical pages.
     pub fn len(&self) -> u64 {
-        self.entries.len() as u64
+        self.pages
     }
 
     /// True for a device of no pages (never made by `rewind create`).
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.pages == 0
     }
 
     /// The current mapping of `l`. Panics if `l` is out of range: callers check bounds first.
     pub fn get(&self, l: LogicalPage) -> Mapping {
-        Mapping::unpack(self.entries[l.0 as usize].load(Ordering::Acquire))
+        assert!(l.0 < self.pages, "page {} of {}", l.0, self.pages);
+        let (leaf, i) = split(l.0);
+        match self.leaves[leaf].get() {
+            Some(words) => Mapping::unpack(words[i].load(Ordering::Acquire)),
+            None => Mapping::UNWRITTEN,
+        }
     }
 
     /// Sets the mapping of `l`. Only the volume's writer (under its lock) calls this.
     pub fn set(&self, l: LogicalPage, m: Mapping) {
-        self.entries[l.0 as usize].store(m.pack(), Ordering::Release);
+        assert!(l.0 < self.pages, "page {} of {}", l.0, self.pages);
+        let (leaf, i) = split(l.0);
+        let word = m.pack();
+        let slot = &self.leaves[leaf];
+        if slot.get().is_none() && word == UNWRITTEN_WORD {
+            return;
+        }
+        let words =
+            slot.get_or_init(|| (0..LEAF).map(|_| AtomicU64::new(UNWRITTEN_WORD)).collect());
+        words[i].store(word, Ordering::Release);
     }
 
-    /// A copy of every entry, packed, for a checkpoint; `None` when the memory cannot be had.
-    pub fn snapshot(&self) -> Option<Vec<u64>> {
-        let mut out = Vec::new();
-        out.try_reserve_exact(self.entries.len()).ok()?;
-        out.extend(self.entries.iter().map(|e| e.load(Ordering::Acquire)));
-        Some(out)
+    /// The pages that may map somewhere, in order: those of the leaves that exist (a page
+    /// of a leaf never made is unwritten).
+    pub fn written_range(&self) -> impl Iterator<Item = LogicalPage> + '_ {
+        let pages = self.pages;
+        self.leaves
+            .iter()
+            .enumerate()
+            .filter(|(_, leaf)| leaf.get().is_some())
+            .flat_map(move |(n, _)| {
+                let first = n as u64 * LEAF;
+                (first..(first + LEAF).min(pages)).map(LogicalPage)
+            })
+    }
+
+    /// A copy of the leaves that exist, for a checkpoint; `None` when the memory cannot be
+    /// had.
+    pub fn snapshot(&self) -> Option<MapSnapshot> {
+        let mut leaves = Vec::new();
+        leaves.try_reserve_exact(self.leaves.len()).ok()?;
+        for slot in self.leaves.iter() {
+            leaves.push(match slot.get() {
+                None => None,
+                Some(words) => {
+                    let mut copy = Vec::new();
+                    copy.try_reserve_exact(words.len()).ok()?;
+                    copy.extend(words.iter().map(|w| w.load(Ordering::Acquire)));
+                    Some(copy.into_boxed_slice())
+                }
+            });
+        }
+        Some(MapSnapshot {
+            leaves,
+            pages: self.pages,
+        })
+    }
+
+    /// Bytes of memory the table takes: the leaf table and the leaves made.
+    pub fn memory_bytes(&self) -> u64 {
+        let slots = self.leaves.len() * std::mem::size_of::<OnceLock<Box<[AtomicU64]>>>();
+        let made = self.leaves.iter().filter(|l| l.get().is_some()).count();
+        (slots + made * LEAF as usize * 8) as u64
     }
 }
 
@@ -114,6 +200,7 @@ mod tests {
         ] {
             assert_eq!(Mapping::unpack(m.pack()), m);
         }
+        assert_eq!(Mapping::UNWRITTEN.pack(), UNWRITTEN_WORD);
     }
 
     #[test]
@@ -126,6 +213,35 @@ mod tests {
         };
         t.set(LogicalPage(3), m);
         assert_eq!(t.get(LogicalPage(3)), m);
-        assert_eq!(t.snapshot().expect("memory")[3], m.pack());
+        let words: Vec<u64> = t.snapshot().expect("memory").words().collect();
+        assert_eq!(
+            words,
+            [UNWRITTEN_WORD, UNWRITTEN_WORD, UNWRITTEN_WORD, m.pack()]
+        );
+    }
+
+    #[test]
+    fn only_leaves_with_a_mapping_take_memory() {
+        let pages = 10 * LEAF + 5;
+        let t = RemapTable::new(pages);
+        let empty = t.memory_bytes();
+        assert!(empty < 1024, "{empty} bytes for an unwritten table");
+        t.set(LogicalPage(LEAF + 1), Mapping::UNWRITTEN);
+        assert_eq!(t.memory_bytes(), empty, "unwritten stays free");
+        let m = Mapping {
+            phys: Some(PhysPage(9)),
+            epoch: EpochTag(2),
+        };
+        t.set(LogicalPage(pages - 1), m);
+        assert_eq!(t.memory_bytes(), empty + LEAF * 8);
+        let written: Vec<u64> = t.written_range().map(|l| l.0).collect();
+        assert_eq!(written, (10 * LEAF..pages).collect::<Vec<_>>());
+        let snap = t.snapshot().expect("memory");
+        assert_eq!(snap.words().len() as u64, pages);
+        assert_eq!(snap.words().last(), Some(m.pack()));
+        assert_eq!(snap.words().filter(|&w| w != UNWRITTEN_WORD).count(), 1);
+        // Setting it back to unwritten keeps the leaf (it may still be read) and reads so.
+        t.set(LogicalPage(pages - 1), Mapping::UNWRITTEN);
+        assert_eq!(t.get(LogicalPage(pages - 1)), Mapping::UNWRITTEN);
     }
 }

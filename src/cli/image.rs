@@ -56,7 +56,9 @@ pub fn format(
     allocation: Allocation,
 ) -> Result<(Layout, Allocation)> {
     let layout = Layout::for_create(opts).context("checking the sizes")?;
-    refuse_beyond_memory(&layout, crate::host::memory_bytes())?;
+    if let Some(warning) = memory_warning(&layout, crate::host::memory_bytes()) {
+        log::warn!("{warning}");
+    }
     let created = match OpenOptions::new().write(true).create_new(true).open(path) {
         Ok(_) => true,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
@@ -111,22 +113,24 @@ fn format_existing(
     Ok((made, got))
 }
 
-/// Refuses a layout this machine could not serve (`memory`: its RAM and swap), before
-/// anything is made: an image that cannot be opened helps nobody.
-fn refuse_beyond_memory(layout: &Layout, memory: Option<u64>) -> Result<()> {
+/// A warning for a layout this machine (`memory`: its RAM and swap) could not serve once
+/// all of it is written: memory follows what was written, so the image is made, but the
+/// user should know where it ends.
+fn memory_warning(layout: &Layout, memory: Option<u64>) -> Option<String> {
     let need = layout.memory_to_serve();
-    match memory {
-        Some(have) if need > have => bail!(
-            "a {} device with {} of history needs about {} of memory to be served by this \
-             version of rewind (16 bytes per page of the device and 4 per page of history), \
-             and this machine has {} of memory and swap: give a smaller --size or --history",
+    let have = memory?;
+    (need > have).then(|| {
+        format!(
+            "a {} device with {} of history needs up to {} of memory to be served by this \
+             version of rewind once all of it is written (about 20 bytes per page of the \
+             device and 4 per page of history), and this machine has {} of memory and swap: it \
+             serves the device while less of it is written",
             human(layout.device_bytes()),
             human(history_bytes(layout)),
             human(need),
             human(have)
-        ),
-        _ => Ok(()),
-    }
+        )
+    })
 }
 
 /// Refuses a store that holds a rewind image, or a damaged rewind superblock: formatting
@@ -219,7 +223,9 @@ pub fn format_pool(
     allocation: Allocation,
 ) -> Result<(Layout, Allocation, Vec<StoreFile>)> {
     let layout = Layout::for_create(opts).context("checking the sizes")?;
-    refuse_beyond_memory(&layout, crate::host::memory_bytes())?;
+    if let Some(warning) = memory_warning(&layout, crate::host::memory_bytes()) {
+        log::warn!("{warning}");
+    }
     if backings.len() >= pool::MAX_FILES {
         bail!(
             "{} backings: a pool has at most {}",
@@ -502,23 +508,20 @@ mod tests {
     }
 
     #[test]
-    fn create_refuses_a_device_the_machine_could_not_serve_and_makes_nothing() {
+    fn create_warns_of_a_device_the_machine_could_not_serve_whole() {
         let layout = Layout::for_create(&CreateOptions {
             size: 14 << 40,
             history: Some(1 << 40),
             journal: None,
         })
         .expect("a layout the format holds");
-        let msg = format!(
-            "{:#}",
-            refuse_beyond_memory(&layout, Some(24 << 30)).unwrap_err()
-        );
+        let msg = memory_warning(&layout, Some(24 << 30)).expect("a warning");
         assert!(msg.contains("14 TiB device"), "{msg}");
-        assert!(msg.contains("smaller --size"), "{msg}");
-        assert!(refuse_beyond_memory(&layout, Some(1 << 50)).is_ok());
+        assert!(msg.contains("71.5 GiB"), "{msg}");
+        assert!(memory_warning(&layout, Some(1 << 50)).is_none());
         assert!(
-            refuse_beyond_memory(&layout, None).is_ok(),
-            "unknown: no refusal"
+            memory_warning(&layout, None).is_none(),
+            "unknown: no warning"
         );
     }
 

@@ -1,7 +1,7 @@
 //! Applying journal records: the one function that changes the map and the window, shared by
 //! live requests and journal replay.
 
-use rewind_remap::{EpochTag, Mapping, RemapTable};
+use rewind_remap::{EpochTag, Mapping, PageRefs, RemapTable};
 
 use crate::format::Layout;
 use crate::journal::Record;
@@ -18,7 +18,7 @@ pub(super) struct Apply<'a, F: FnMut(PhysPage)> {
     pub(super) window: &'a mut Window,
     /// References to each physical page: the live map and history entries. A rollback
     /// makes a history page live again, so a page can have several.
-    pub(super) refs: &'a mut [u32],
+    pub(super) refs: &'a mut PageRefs,
     /// Receives each page left with no reference. It is not free yet: live, it waits in
     /// `State::pending_free` for the commit that makes its record durable; in replay the
     /// allocator is rebuilt from the references afterwards.
@@ -26,11 +26,8 @@ pub(super) struct Apply<'a, F: FnMut(PhysPage)> {
 }
 
 /// Drops one reference to `p`, handing it to `unreferenced` when none is left.
-fn unref(refs: &mut [u32], unreferenced: &mut impl FnMut(PhysPage), p: PhysPage) {
-    let r = &mut refs[p.0 as usize];
-    assert!(*r > 0, "physical page {} dereferenced below zero", p.0);
-    *r -= 1;
-    if *r == 0 {
+fn unref(refs: &mut PageRefs, unreferenced: &mut impl FnMut(PhysPage), p: PhysPage) {
+    if refs.remove(p) == 0 {
         unreferenced(p);
     }
 }
@@ -46,7 +43,7 @@ impl<F: FnMut(PhysPage)> Apply<'_, F> {
             return;
         }
         if let Some(n) = new {
-            self.refs[n.0 as usize] += 1;
+            self.refs.add(n);
         }
         if prev.epoch != open {
             // The old page's reference moves from the map to the history entry.

@@ -314,7 +314,7 @@ impl<S: Store> Volume<S> {
             &self.store,
             self.layout.ckpt_offsets[slot],
             self.layout.ckpt_bytes,
-            s.map.iter().copied(),
+            s.map.words(),
             &s.window,
             s.journal_seq,
             self.uuid,

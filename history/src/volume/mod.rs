@@ -53,7 +53,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use rewind_remap::{PageAllocator, RemapTable};
+use rewind_remap::{PageAllocator, PageRefs, RemapTable};
 
 use crate::format::{JournalSeq, Layout, Superblock};
 use crate::journal;
@@ -90,7 +90,7 @@ pub enum Durability {
 struct State {
     window: crate::window::Window,
     /// References to each physical page (see `Apply::refs`).
-    refs: Vec<u32>,
+    refs: PageRefs,
     /// Records applied in memory and not yet handed to a commit.
     pending: journal::Pending,
     /// The journal sequence of the first pending block.

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use rewind_remap::{EpochTag, Mapping, PageAllocator, RemapTable};
+use rewind_remap::{EpochTag, Mapping, PageAllocator, PageRefs, RemapTable};
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::IntoBytes;
 
@@ -31,7 +31,7 @@ struct Loaded {
     map: RemapTable,
     window: Window,
     alloc: PageAllocator,
-    refs: Vec<u32>,
+    refs: PageRefs,
     next_seq: JournalSeq,
     /// Whether unsynced journal blocks were replayed.
     unsynced: bool,
@@ -39,29 +39,44 @@ struct Loaded {
 
 /// Counts the references to each physical page and checks that every page belongs to one
 /// logical page only: the live map and history entries of one page may share a physical
-/// page (after a rollback), two logical pages never. Four bytes a physical page: the owners
-/// are only looked up for the few pages with more than one reference.
-fn count_refs(layout: &Layout, map: &RemapTable, window: &Window) -> Result<Vec<u32>, Error> {
-    let mut refs = try_vec(0u32, layout.physical_pages, "the page reference counts")?;
-    let live = (0..layout.logical_pages)
-        .filter_map(|l| Some((LogicalPage(l), map.get(LogicalPage(l)).phys?)));
-    for (_, p) in live.clone().chain(history_pages(window)) {
-        refs[p.0 as usize] += 1;
+/// page (after a rollback), two logical pages never. The counts take 4 bytes a physical page
+/// (in the leaves of the pages referenced); owners are only compared for pages with more
+/// than one reference.
+fn count_refs(layout: &Layout, map: &RemapTable, window: &Window) -> Result<PageRefs, Error> {
+    let mut refs = PageRefs::try_new(layout.physical_pages).map_err(|_| Error::NoMemory {
+        what: "the page reference counts",
+        bytes: layout.physical_pages / 4,
+    })?;
+    let live = || {
+        map.written_range()
+            .filter_map(|l| Some((l, map.get(l).phys?)))
+    };
+    for (_, p) in live().chain(history_pages(window)) {
+        refs.add(p);
     }
-    let mut owner: std::collections::HashMap<PhysPage, LogicalPage> = Default::default();
-    for (l, p) in live.chain(history_pages(window)) {
-        if refs[p.0 as usize] < 2 {
-            continue;
-        }
-        match owner.insert(p, l) {
-            Some(other) if other != l => {
-                return Err(Error::Corrupt(format!(
-                    "physical page {} belongs to logical pages {} and {}",
-                    p.0, other.0, l.0
-                )))
-            }
-            _ => {}
-        }
+    // Pages with several references (after a rollback, a page live and in history), by
+    // page, to find two logical pages on one: 16 bytes each, for these pages only.
+    let shared = || {
+        live()
+            .chain(history_pages(window))
+            .filter(|&(_, p)| refs.get(p) > 1)
+    };
+    let n = shared().count();
+    let mut owners: Vec<(u32, u64)> = Vec::new();
+    owners.try_reserve_exact(n).map_err(|_| Error::NoMemory {
+        what: "the owners of shared pages",
+        bytes: 16 * n as u64,
+    })?;
+    owners.extend(shared().map(|(l, p)| (p.0, l.0)));
+    owners.sort_unstable();
+    if let Some(w) = owners
+        .windows(2)
+        .find(|w| w[0].0 == w[1].0 && w[0].1 != w[1].1)
+    {
+        return Err(Error::Corrupt(format!(
+            "physical page {} belongs to logical pages {} and {}",
+            w[0].0, w[0].1, w[1].1
+        )));
     }
     Ok(refs)
 }
@@ -73,18 +88,6 @@ fn history_pages(window: &Window) -> impl Iterator<Item = (LogicalPage, PhysPage
         .values()
         .flatten()
         .filter_map(|&(l, p)| Some((l, p?)))
-}
-
-/// `n` copies of `value`, or `Error::NoMemory` for `what` when the machine cannot give them.
-pub(super) fn try_vec<T: Clone>(value: T, n: u64, what: &'static str) -> Result<Vec<T>, Error> {
-    let bytes = n.saturating_mul(std::mem::size_of::<T>() as u64);
-    let mut v = Vec::new();
-    usize::try_from(n)
-        .ok()
-        .and_then(|n| v.try_reserve_exact(n).ok())
-        .ok_or(Error::NoMemory { what, bytes })?;
-    v.resize(n as usize, value);
-    Ok(v)
 }
 
 /// Checks every piece of metadata of an image without writing: both superblock copies,
@@ -107,7 +110,7 @@ pub fn check<S: Store>(store: &S, host: &Host) -> Result<CheckReport, Error> {
     for p in 0..l.layout.logical_pages {
         live += u64::from(l.map.get(LogicalPage(p)).phys.is_some());
     }
-    let used = l.refs.iter().filter(|r| **r > 0).count() as u64;
+    let used = l.refs.referenced().count() as u64;
     if used != l.layout.physical_pages - l.alloc.free_pages() {
         return Err(Error::Corrupt(format!(
             "{used} pages referenced but {} claimed",
@@ -337,16 +340,14 @@ fn replay_journal<S: Store, F: FnMut(PhysPage)>(
 }
 
 /// An allocator of the layout's physical pages with every referenced one claimed.
-fn claim_referenced(layout: &Layout, refs: &[u32]) -> Result<PageAllocator, Error> {
+fn claim_referenced(layout: &Layout, refs: &PageRefs) -> Result<PageAllocator, Error> {
     let alloc =
         PageAllocator::try_new(layout.physical_pages as u32).map_err(|_| Error::NoMemory {
             what: "the page allocator",
             bytes: layout.physical_pages / 8,
         })?;
-    for (p, r) in refs.iter().enumerate() {
-        if *r > 0 {
-            alloc.claim(PhysPage(p as u32));
-        }
+    for p in refs.referenced() {
+        alloc.claim(p);
     }
     Ok(alloc)
 }

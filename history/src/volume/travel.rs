@@ -8,8 +8,8 @@ use super::{State, Volume};
 
 /// Closed groups a view's read may search one by one before the view gets an index.
 const INDEX_AFTER_GROUPS: usize = 16;
-/// History entries all views' indexes may hold beyond the history's own count: a little
-/// room, so that views of a short history need not take turns.
+/// History entries all views' indexes may hold beyond twice the history's own count: a
+/// little room, so that views of a short history need not take turns.
 const INDEX_BUDGET_FLOOR: u64 = 1024;
 
 /// A view's state: the safe point it shows, and why it was dropped, if it was.
@@ -62,8 +62,7 @@ impl ViewIndex {
             return;
         }
         let since = SafePointId(self.through.0 - 1);
-        let mut new = w.changed_since(since, Some(newest));
-        new.sort_unstable_by_key(|e| e.0);
+        let new = w.changed_since(since, Some(newest));
         let old = std::mem::take(&mut self.pages);
         let mut merged = Vec::with_capacity(old.len() + new.len());
         let (mut a, mut b) = (old.into_iter().peekable(), new.into_iter().peekable());
@@ -113,7 +112,9 @@ fn describe_window(w: &Window) -> String {
 
 /// Before a read of view `v`: makes or extends its index when the read would otherwise
 /// search more than `INDEX_AFTER_GROUPS` closed groups one by one. All views' indexes
-/// together hold at most as many entries as the history has (plus `INDEX_BUDGET_FLOOR`):
+/// together hold at most twice as many entries as the history has (plus
+/// `INDEX_BUDGET_FLOOR`), so that any two views keep theirs (one holds at most an entry a
+/// history entry) and two devices read in turn never rebuild each other's; beyond that,
 /// the indexes of the views read least recently give way first.
 fn index_view(st: &mut State, v: ViewId) {
     st.view_reads += 1;
@@ -134,7 +135,7 @@ fn index_view(st: &mut State, v: ViewId) {
         pages: Vec::new(),
     });
     index.fold(window);
-    let budget = window.history_entries + INDEX_BUDGET_FLOOR;
+    let budget = 2 * window.history_entries + INDEX_BUDGET_FLOOR;
     loop {
         let held: u64 = views
             .values()
