@@ -23,10 +23,11 @@
 //!   safe point lies in that range, and dropped (its page freed) once none does;
 //! - the newest safe point is never retired, so every new entry is needed when it is made.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashSet, VecDeque};
 
 use rewind_remap::{LogicalPage, PhysPage};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 /// A group's entries: (logical page, the page it had when the group's epoch began).
 pub type Group = Vec<(LogicalPage, Option<PhysPage>)>;
@@ -280,17 +281,24 @@ impl Window {
             return Vec::new();
         }
         // Ascending epochs: the first entry of a page after `at` is its state at `at`. A page
-        // whose first entry is in an epoch after `until` did not change up to `until`. A
-        // stable sort by page keeps each page's entries in epoch order (and finds the closed
-        // groups already sorted, as runs to merge); the first of each then stays.
-        let mut out: Vec<(LogicalPage, Option<PhysPage>)> = self
-            .groups
-            .range(at.next()..=end)
-            .flat_map(|(_, g)| g.iter().copied())
+        // whose first entry is in an epoch after `until` did not change up to `until`. The
+        // groups are merged (each sorted by page; the open one is sorted first), the lowest
+        // epoch first for a page, so the result holds each page once and never more.
+        let mut open = match self.groups.get(&self.next_id) {
+            Some(g) if self.next_id <= end => g.clone(),
+            _ => Vec::new(),
+        };
+        open.sort_unstable_by_key(|x| x.0);
+        let last = end.min(self.next_id);
+        let closed = (at < last).then(|| self.groups.range(at.next()..=last));
+        let groups: Vec<&Group> = closed
+            .into_iter()
+            .flatten()
+            .filter(|(&e, _)| e != self.next_id)
+            .map(|(_, g)| g)
+            .chain(std::iter::once(&open))
             .collect();
-        out.sort_by_key(|e| e.0);
-        out.dedup_by_key(|e| e.0);
-        out
+        merge_first(&groups)
     }
 
     /// How many closed groups there are of epochs `from` on: the binary searches a lookup
@@ -386,13 +394,13 @@ impl Window {
         // page has one there is needed by no safe point before `id` (`prev` reads that
         // later one), so `id` alone needs it. Grown group by group, so each entry is
         // looked at once.
-        let mut after_prev: HashSet<LogicalPage> = match prev {
+        let mut after_prev: FxHashSet<LogicalPage> = match prev {
             Some(p) => self
                 .groups
                 .range(p.next()..=id)
                 .flat_map(|(_, g)| g.iter().map(|e| e.0))
                 .collect(),
-            None => HashSet::new(),
+            None => FxHashSet::default(),
         };
         for (&epoch, g) in self.groups.range(id.next()..=next) {
             for &(l, _) in g {
@@ -406,6 +414,33 @@ impl Window {
         }
         out
     }
+}
+
+/// The entries of `groups` (each sorted by page, in ascending epochs) by page, the first
+/// group's entry for a page that several hold: a merge whose memory is its output.
+fn merge_first(groups: &[&Group]) -> Group {
+    let groups: Vec<&Group> = groups.iter().copied().filter(|g| !g.is_empty()).collect();
+    match groups.as_slice() {
+        [] => return Vec::new(),
+        [g] => return g.to_vec(),
+        _ => {}
+    }
+    let mut heap: BinaryHeap<Reverse<(LogicalPage, usize, usize)>> = groups
+        .iter()
+        .enumerate()
+        .map(|(n, g)| Reverse((g[0].0, n, 0)))
+        .collect();
+    let mut out: Group = Vec::new();
+    // Equal pages pop in group order: the lowest epoch's first.
+    while let Some(Reverse((l, n, i))) = heap.pop() {
+        if out.last().is_none_or(|e| e.0 != l) {
+            out.push(groups[n][i]);
+        }
+        if let Some(next) = groups[n].get(i + 1) {
+            heap.push(Reverse((next.0, n, i + 1)));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -483,6 +518,41 @@ mod tests {
             vec![PhysPage(10), PhysPage(11), PhysPage(20), PhysPage(30)]
         );
         assert_eq!((w.history_pages, w.history_entries), (0, 0));
+    }
+
+    #[test]
+    fn changed_since_gives_each_page_once_as_it_was_then_sorted_by_page() {
+        let p = |n| Some(PhysPage(n));
+        let mut w = Window::new(SafePointId(1));
+        w.push_safe_point(sp(1));
+        w.supersede(LogicalPage(5), p(10)); // group 2
+        w.supersede(LogicalPage(1), p(11));
+        w.push_safe_point(sp(2));
+        w.supersede(LogicalPage(1), p(21)); // group 3
+        w.supersede(LogicalPage(2), p(22));
+        w.push_safe_point(sp(3));
+        w.supersede(LogicalPage(5), p(30)); // open group 4, unsorted
+        w.supersede(LogicalPage(3), None);
+        let l = LogicalPage;
+        assert_eq!(
+            w.changed_since(SafePointId(1), None),
+            [(l(1), p(11)), (l(2), p(22)), (l(3), None), (l(5), p(10))]
+        );
+        assert_eq!(
+            w.changed_since(SafePointId(2), Some(SafePointId(3))),
+            [(l(1), p(21)), (l(2), p(22))]
+        );
+        assert_eq!(
+            w.changed_since(SafePointId(1), Some(SafePointId(2))),
+            [(l(1), p(11)), (l(5), p(10))]
+        );
+        assert_eq!(
+            w.changed_since(SafePointId(3), None),
+            [(l(3), None), (l(5), p(30))]
+        );
+        assert!(w
+            .changed_since(SafePointId(3), Some(SafePointId(3)))
+            .is_empty());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The remap table: logical page -> (physical page, epoch it was written in).
 //!
-//! One `AtomicU64` per logical page, so the read path resolves a page with one load and no
-//! lock. Writers are serialized by the volume (they also append to the journal), so stores
+//! One `AtomicU64` per logical page, so the read path resolves a page with two loads (its
+//! leaf, then its word) and no lock. Writers are serialized by the volume (they also append to the journal), so stores
 //! need no compare-and-swap; `Release`/`Acquire` make the data written to the new physical
 //! page visible before the mapping that points at it.
 //!

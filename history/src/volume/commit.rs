@@ -212,7 +212,7 @@ impl<S: Store> Volume<S> {
             let map = match checkpoint {
                 true => Some(self.map.snapshot().ok_or(Error::NoMemory {
                     what: "a checkpoint's copy of the remap table",
-                    bytes: self.layout.logical_pages * 8,
+                    bytes: self.map.memory_bytes(),
                 })?),
                 false => None,
             };

@@ -45,7 +45,7 @@ struct Loaded {
 fn count_refs(layout: &Layout, map: &RemapTable, window: &Window) -> Result<PageRefs, Error> {
     let mut refs = PageRefs::try_new(layout.physical_pages).map_err(|_| Error::NoMemory {
         what: "the page reference counts",
-        bytes: layout.physical_pages / 4,
+        bytes: layout.physical_pages.div_ceil(16_384) * 8,
     })?;
     let live = || {
         map.written_range()
@@ -106,10 +106,11 @@ pub fn check<S: Store>(store: &S, host: &Host) -> Result<CheckReport, Error> {
         };
     }
     let l = Volume::load(store, host.boot_id)?;
-    let mut live = 0u64;
-    for p in 0..l.layout.logical_pages {
-        live += u64::from(l.map.get(LogicalPage(p)).phys.is_some());
-    }
+    let live = l
+        .map
+        .written_range()
+        .filter(|&p| l.map.get(p).phys.is_some())
+        .count() as u64;
     let used = l.refs.referenced().count() as u64;
     if used != l.layout.physical_pages - l.alloc.free_pages() {
         return Err(Error::Corrupt(format!(
@@ -344,7 +345,7 @@ fn claim_referenced(layout: &Layout, refs: &PageRefs) -> Result<PageAllocator, E
     let alloc =
         PageAllocator::try_new(layout.physical_pages as u32).map_err(|_| Error::NoMemory {
             what: "the page allocator",
-            bytes: layout.physical_pages / 8,
+            bytes: layout.physical_pages.div_ceil(262_144) * 16,
         })?;
     for p in refs.referenced() {
         alloc.claim(p);
@@ -389,7 +390,7 @@ impl<S: Store> Volume<S> {
         ensure_room(store, layout.required_bytes())?;
         let map = RemapTable::try_new(layout.logical_pages).map_err(|_| Error::NoMemory {
             what: "the remap table",
-            bytes: layout.logical_pages * 8,
+            bytes: layout.logical_pages.div_ceil(4096) * 16,
         })?;
         let snap = read_checkpoint(store, &sb, &layout, &map)?;
         let mut window = snap.window;
