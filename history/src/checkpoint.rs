@@ -10,14 +10,14 @@
 //! the encoded checkpoint is never whole in memory (what a commit hands over, a copy of
 //! the leaves of the map that exist and of the window, is).
 
-use rewind_remap::{Mapping, RemapTable};
+use rewind_remap::{MapSnapshot, Mapping, RemapTable, MAP_LEAF_PAGES};
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::format::{
     CheckpointHeader, GroupHeader, HistoryEntry, JournalSeq, Layout, SafePointEntry, CKPT_MAGIC,
-    COUNTER_MAX, FORMAT_VERSION, GROUP_BYTES, HISTORY_ENTRY_BYTES, MAX_LABEL, PAGE_SIZE,
-    SAFE_POINT_BYTES, SAFE_POINT_PINNED,
+    COUNTER_MAX, GROUP_BYTES, HISTORY_ENTRY_BYTES, MAX_LABEL, PAGE_SIZE, SAFE_POINT_BYTES,
+    SAFE_POINT_PINNED,
 };
 use crate::window::{SafePoint, SafePointId, Trigger, Window};
 use crate::{Error, LogicalPage, PhysPage, Store};
@@ -29,7 +29,7 @@ const PIECE: usize = 1 << 20;
 /// are of the same journal position while writes go on.
 pub struct Snapshot {
     /// The remap table.
-    pub map: rewind_remap::MapSnapshot,
+    pub map: MapSnapshot,
     /// The history window.
     pub window: Window,
     /// The first journal block to replay on top.
@@ -45,22 +45,58 @@ pub struct Written {
     pub crc: u32,
 }
 
-/// Writes a checkpoint at `offset` of `store`, in pieces: the body first, then the header
-/// page that vouches for it. `map` yields every packed word of the map in order;
-/// `slot_bytes` is the room there is (a checkpoint that would not fit is refused before
-/// anything is written). The store is not synced.
+/// The two ways a checkpoint's body holds the map, named by the version in its header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapForm {
+    /// Version 1: a word for every logical page.
+    Dense,
+    /// Version 3: the map's leaves that hold a mapping, each as its number and its words;
+    /// every page of another leaf is unwritten.
+    Leaves,
+}
+
+impl MapForm {
+    /// The checkpoint header's version for this form.
+    fn version(self) -> u32 {
+        match self {
+            MapForm::Dense => 1,
+            MapForm::Leaves => 3,
+        }
+    }
+
+    /// The bytes `map` takes in this form.
+    fn bytes(self, map: &MapSnapshot) -> u64 {
+        match self {
+            MapForm::Dense => map.pages() * 8,
+            MapForm::Leaves => {
+                8 + map
+                    .leaves()
+                    .map(|(_, w)| 8 + 8 * w.len() as u64)
+                    .sum::<u64>()
+            }
+        }
+    }
+}
+
+/// Writes checkpoint `s` at `offset` of `store`, in pieces: the body first, then the header
+/// page that vouches for it. With `leaves`, the map goes in the form of version 3 when that
+/// is smaller (an image of version 3; never in an older one, whose readers know only the
+/// dense form). `slot_bytes` is the room there is: a checkpoint that would not fit is
+/// refused before anything is written. The store is not synced.
 pub fn write<S: Store>(
     store: &S,
     offset: u64,
     slot_bytes: u64,
-    map: impl ExactSizeIterator<Item = u64>,
-    window: &Window,
-    journal_seq: JournalSeq,
+    s: &Snapshot,
+    leaves: bool,
     uuid: u64,
 ) -> Result<Written, Error> {
-    let logical_pages = map.len() as u64;
-    let tail = encode_window(window);
-    let body_len = logical_pages * 8 + tail.len() as u64;
+    let form = match leaves {
+        true if MapForm::Leaves.bytes(&s.map) < MapForm::Dense.bytes(&s.map) => MapForm::Leaves,
+        _ => MapForm::Dense,
+    };
+    let tail = encode_window(&s.window);
+    let body_len = form.bytes(&s.map) + tail.len() as u64;
     if PAGE_SIZE + body_len > slot_bytes {
         return Err(Error::Corrupt(format!(
             "checkpoint of {} bytes does not fit its slot of {slot_bytes}",
@@ -69,34 +105,48 @@ pub fn write<S: Store>(
     }
     let mut at = offset + PAGE_SIZE;
     let mut body_crc = 0;
-    let mut put = |bytes: &[u8]| -> Result<(), Error> {
-        body_crc = crc32c::crc32c_append(body_crc, bytes);
-        store
-            .write_at(at, bytes)
-            .map_err(Error::io("writing a checkpoint"))?;
-        at += bytes.len() as u64;
-        Ok(())
-    };
     let mut piece = Vec::with_capacity(PIECE);
-    for word in map {
-        piece.extend_from_slice(&word.to_le_bytes());
-        if piece.len() == PIECE {
-            put(&piece)?;
+    // Appends to the piece, writing it out whenever it is full (and at the end, `flush`).
+    let mut put = |bytes: &[u8], flush: bool| -> Result<(), Error> {
+        piece.extend_from_slice(bytes);
+        if piece.len() >= PIECE || flush {
+            body_crc = crc32c::crc32c_append(body_crc, &piece);
+            store
+                .write_at(at, &piece)
+                .map_err(Error::io("writing a checkpoint"))?;
+            at += piece.len() as u64;
             piece.clear();
         }
+        Ok(())
+    };
+    match form {
+        MapForm::Dense => {
+            for word in s.map.words() {
+                put(&word.to_le_bytes(), false)?;
+            }
+        }
+        MapForm::Leaves => {
+            put(&(s.map.leaves().count() as u64).to_le_bytes(), false)?;
+            for (n, words) in s.map.leaves() {
+                put(&n.to_le_bytes(), false)?;
+                for word in words {
+                    put(&word.to_le_bytes(), false)?;
+                }
+            }
+        }
     }
-    piece.extend_from_slice(&tail);
-    put(&piece)?;
+    put(&tail, true)?;
+    let w = &s.window;
     let mut h = CheckpointHeader {
         magic: U32::new(CKPT_MAGIC),
-        version: U32::new(FORMAT_VERSION),
+        version: U32::new(form.version()),
         uuid: U64::new(uuid),
-        journal_seq: U64::new(journal_seq.0),
-        next_safe_point: U64::new(window.next_id.0),
-        logical_pages: U64::new(logical_pages),
-        safe_points: U64::new(window.safe_points.len() as u64),
-        groups: U64::new(window.groups.len() as u64),
-        entries: U64::new(window.history_entries),
+        journal_seq: U64::new(s.journal_seq.0),
+        next_safe_point: U64::new(w.next_id.0),
+        logical_pages: U64::new(s.map.pages()),
+        safe_points: U64::new(w.safe_points.len() as u64),
+        groups: U64::new(w.groups.len() as u64),
+        entries: U64::new(w.history_entries),
         body_len: U64::new(body_len),
         body_crc: U32::new(body_crc),
         crc: U32::new(0),
@@ -198,13 +248,13 @@ pub fn read<S: Store>(
             len - PAGE_SIZE
         )));
     }
-    let map_len = layout.logical_pages * 8;
-    if map_len > body_len {
-        return Err(corrupt("body shorter than its counts"));
-    }
     let mut body_crc = 0;
     let mut at = offset + PAGE_SIZE;
+    // Reads the next `n` bytes of the body (no further than its end) into `buf`.
     let mut get = |buf: &mut Vec<u8>, n: u64| -> Result<(), Error> {
+        if n > offset + len - at {
+            return Err(corrupt("body shorter than its counts"));
+        }
         buf.resize(n as usize, 0);
         store
             .read_at(at, buf)
@@ -213,18 +263,52 @@ pub fn read<S: Store>(
         at += n;
         Ok(())
     };
-    let mut piece = Vec::with_capacity(PIECE);
-    let mut l = 0u64;
-    while l < layout.logical_pages {
-        let words = (layout.logical_pages - l).min((PIECE / 8) as u64);
-        get(&mut piece, words * 8)?;
-        for word in piece.chunks_exact(8) {
+    // Sets the words in `piece` into the map from page `first` on.
+    let set = |piece: &[u8], first: u64| -> Result<(), Error> {
+        for (i, word) in piece.chunks_exact(8).enumerate() {
             let word = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+            let l = first + i as u64;
             check_word(l, word, layout)?;
             map.set(LogicalPage(l), Mapping::unpack(word));
-            l += 1;
         }
-    }
+        Ok(())
+    };
+    let word = |piece: &[u8]| u64::from_le_bytes(piece[..8].try_into().expect("8 bytes"));
+    let mut piece = Vec::with_capacity(PIECE);
+    let pages = layout.logical_pages;
+    let map_len = match h.version.get() {
+        1 => {
+            let mut l = 0u64;
+            while l < pages {
+                let words = (pages - l).min((PIECE / 8) as u64);
+                get(&mut piece, words * 8)?;
+                set(&piece, l)?;
+                l += words;
+            }
+            pages * 8
+        }
+        3 => {
+            get(&mut piece, 8)?;
+            let count = word(&piece);
+            let mut bytes = 8;
+            let mut next = 0;
+            for _ in 0..count {
+                get(&mut piece, 8)?;
+                let n = word(&piece);
+                let first = n.saturating_mul(MAP_LEAF_PAGES);
+                if n < next || first >= pages {
+                    return Err(corrupt(format!("map leaf {n} out of place")));
+                }
+                next = n + 1;
+                let words = (pages - first).min(MAP_LEAF_PAGES);
+                get(&mut piece, words * 8)?;
+                set(&piece, first)?;
+                bytes += 8 + words * 8;
+            }
+            bytes
+        }
+        v => return Err(corrupt(format!("unknown version {v}"))),
+    };
     let mut tail = Vec::new();
     get(&mut tail, body_len - map_len)?;
     if body_crc != h.body_crc.get() {

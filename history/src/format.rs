@@ -20,8 +20,10 @@ use crate::Error;
 
 /// The size of a logical and a physical page.
 pub const PAGE_SIZE: u64 = 4096;
-/// The format version this build writes and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this build writes and the newest it reads. It reads version 1 too,
+/// and writes an image of version 1 as version 1; version 2 is the pool label's
+/// (`FORMAT.md`), never a superblock's.
+pub const FORMAT_VERSION: u32 = 3;
 /// The superblock magic.
 pub const SUPER_MAGIC: [u8; 8] = *b"REWIND\0\x01";
 /// Offsets of the two superblock copies.
@@ -322,11 +324,21 @@ impl Superblock {
                 sb.compute_crc()
             )));
         }
-        if sb.version.get() > FORMAT_VERSION {
-            return Err(Error::UnsupportedVersion {
-                found: sb.version.get(),
-                supported: FORMAT_VERSION,
-            });
+        match sb.version.get() {
+            1 | 3 => {}
+            2 => {
+                return Err(Error::Corrupt(
+                    "version 2 at the superblock's place: this is the label of a file of a \
+                     rewind pool, not an image's superblock"
+                        .into(),
+                ))
+            }
+            found => {
+                return Err(Error::UnsupportedVersion {
+                    found,
+                    supported: FORMAT_VERSION,
+                })
+            }
         }
         if u64::from(sb.page_size.get()) != PAGE_SIZE {
             return Err(Error::Corrupt(format!(

@@ -27,7 +27,7 @@ use rewind_remap::RemapTable;
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::checkpoint;
+use crate::checkpoint::{self, Snapshot};
 use crate::format::{
     CheckpointHeader, JournalHeader, Superblock, JOURNAL_BLOCK, JOURNAL_MAGIC, JOURNAL_OFFSET,
     SUPER_OFFSETS,
@@ -159,35 +159,40 @@ pub fn checkpoint(data: &[u8]) -> Result<(), Error> {
     let map = RemapTable::new(b.layout.logical_pages);
     let len = ckpt.len() as u64;
     if let Ok(read) = checkpoint::read(&alone, 0, len, None, &b.layout, b.uuid, &map) {
-        let words = map.snapshot().expect("memory for the map");
-        let out = MemStore::new(b.layout.ckpt_bytes);
-        let (w, seq) = (&read.window, read.journal_seq);
-        let written =
-            checkpoint::write(&out, 0, b.layout.ckpt_bytes, words.words(), w, seq, b.uuid)
+        let snap = Snapshot {
+            map: map.snapshot().expect("memory for the map"),
+            window: read.window,
+            journal_seq: read.journal_seq,
+        };
+        // In both forms of the map, as the checkpoint came and in the other.
+        for leaves in [false, true] {
+            let out = MemStore::new(b.layout.ckpt_bytes);
+            let written = checkpoint::write(&out, 0, b.layout.ckpt_bytes, &snap, leaves, b.uuid)
                 .expect("a checkpoint rewind read fits its slot again");
-        let again_map = RemapTable::new(b.layout.logical_pages);
-        let again = checkpoint::read(
-            &out,
-            0,
-            written.len,
-            Some(written.crc),
-            &b.layout,
-            b.uuid,
-            &again_map,
-        )
-        .expect("a checkpoint rewind read writes into one it reads");
-        let again_words = again_map.snapshot().expect("memory for the map");
-        assert!(
-            again_words.words().eq(words.words()),
-            "the map survives a round trip"
-        );
-        assert_eq!(read.journal_seq, again.journal_seq);
-        let v = &again.window;
-        assert_eq!(w.next_id, v.next_id);
-        assert_eq!(w.safe_points, v.safe_points);
-        assert_eq!(w.groups, v.groups);
-        assert_eq!(w.history_pages, v.history_pages);
-        assert_eq!(w.history_entries, v.history_entries);
+            let again_map = RemapTable::new(b.layout.logical_pages);
+            let again = checkpoint::read(
+                &out,
+                0,
+                written.len,
+                Some(written.crc),
+                &b.layout,
+                b.uuid,
+                &again_map,
+            )
+            .expect("a checkpoint rewind read writes into one it reads");
+            let again_words = again_map.snapshot().expect("memory for the map");
+            assert!(
+                again_words.words().eq(snap.map.words()),
+                "the map survives a round trip"
+            );
+            let (w, v) = (&snap.window, &again.window);
+            assert_eq!(snap.journal_seq, again.journal_seq);
+            assert_eq!(w.next_id, v.next_id);
+            assert_eq!(w.safe_points, v.safe_points);
+            assert_eq!(w.groups, v.groups);
+            assert_eq!(w.history_pages, v.history_pages);
+            assert_eq!(w.history_entries, v.history_entries);
+        }
     }
     let start = b.layout.ckpt_offsets[0] as usize;
     let mut img = b.prefix[..start].to_vec();

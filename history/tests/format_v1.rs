@@ -1,5 +1,6 @@
-//! Version 1 images stay readable: fixtures made by the release that introduced version 2
-//! (pools), before any version 2 code existed, opened by this build.
+//! Version 1 images stay readable, and stay version 1 when served: fixtures made by the
+//! release that introduced version 2 (pools), before any later code existed, opened by
+//! this build.
 //!
 //! Two fixtures, made by `history/examples/v1_fixtures.rs` (it only ever needs to run again
 //! if a fixture is lost, and then from a version 1 build):
@@ -18,7 +19,10 @@ use std::io::Read;
 use std::sync::Arc;
 use v1_fixture::{fixture, render, BOOT, PAGES};
 
-use rewind_history::{check, sim, LogicalPage, MemStore, SafePointId, Trigger, Volume, PAGE_SIZE};
+use rewind_history::{
+    check, read_superblock, sim, LogicalPage, MemStore, SafePointId, Store, Trigger, Volume,
+    PAGE_SIZE,
+};
 
 /// One safe point (or the live device, id `None`) and what it reads.
 struct Expected {
@@ -102,7 +106,20 @@ fn open_and_verify(name: &str, boot: u64, live_at_last_safe_point: bool) {
     let vol = Volume::open(store.clone(), &host).unwrap();
     vol.read_page_at(LogicalPage(63), id, &mut buf).unwrap();
     assert_eq!(decode(63, &buf), Some(9));
+    drop(vol);
     check(&store, &host).unwrap();
+    // It stays version 1, which a version 1 build still opens: its superblock says so and
+    // its checkpoints keep the dense map (the close wrote one).
+    let sb = read_superblock(&store).unwrap();
+    assert_eq!(sb.version.get(), 1, "{name} stays a version 1 image");
+    let slot = sb.layout().ckpt_offsets[sb.ckpt_slot.get() as usize];
+    let mut header = vec![0u8; 8];
+    store.read_at(slot, &mut header).unwrap();
+    assert_eq!(
+        u32::from_le_bytes(header[4..8].try_into().unwrap()),
+        1,
+        "{name}: a version 1 checkpoint"
+    );
 }
 
 #[test]

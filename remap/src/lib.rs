@@ -13,7 +13,7 @@ mod table;
 
 pub use allocator::{PageAllocator, Stream};
 pub use refs::PageRefs;
-pub use table::{MapSnapshot, Mapping, RemapTable};
+pub use table::{MapSnapshot, Mapping, RemapTable, LEAF as MAP_LEAF_PAGES};
 
 /// A page of the device as the kernel addresses it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

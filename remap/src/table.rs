@@ -17,7 +17,7 @@ use crate::{EpochTag, LogicalPage, PhysPage};
 
 const UNMAPPED: u32 = u32::MAX;
 /// Pages per leaf: 32 KiB of words for 16 MiB of device.
-const LEAF: u64 = 4096;
+pub const LEAF: u64 = 4096;
 
 /// Where a logical page lives and when it was last written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +68,29 @@ pub struct MapSnapshot {
 }
 
 impl MapSnapshot {
+    /// A table of `pages` pages all unwritten, as a fresh device's.
+    pub fn unwritten(pages: u64) -> MapSnapshot {
+        MapSnapshot {
+            leaves: (0..pages.div_ceil(LEAF)).map(|_| None).collect(),
+            pages,
+        }
+    }
+
+    /// The number of logical pages.
+    pub fn pages(&self) -> u64 {
+        self.pages
+    }
+
+    /// The leaves that exist, by leaf number (leaf `n` holds pages `n * LEAF` on); the
+    /// last one's words past the last page are not part of the table.
+    pub fn leaves(&self) -> impl Iterator<Item = (u64, &[u64])> + '_ {
+        self.leaves.iter().enumerate().filter_map(|(n, leaf)| {
+            let words = leaf.as_deref()?;
+            let len = (self.pages - n as u64 * LEAF).min(LEAF) as usize;
+            Some((n as u64, &words[..len]))
+        })
+    }
+
     /// Every packed word, in page order.
     pub fn words(&self) -> impl ExactSizeIterator<Item = u64> + '_ {
         (0..self.pages as usize).map(|l| {

@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use rewind_remap::{EpochTag, Mapping, PageAllocator, PageRefs, RemapTable};
+use rewind_remap::{EpochTag, MapSnapshot, PageAllocator, PageRefs, RemapTable};
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::IntoBytes;
 
-use crate::checkpoint;
+use crate::checkpoint::{self, Snapshot};
 use crate::format::{
     CreateOptions, JournalSeq, Layout, Superblock, FORMAT_VERSION, PAGE_SIZE, RECORDS_PER_BLOCK,
     SUPER_MAGIC, SUPER_OFFSETS,
@@ -168,16 +168,13 @@ pub fn create<S: Store>(store: &S, opts: &CreateOptions, host: &Host) -> Result<
         trigger: Trigger::Format,
         label: None,
     });
-    let unwritten = std::iter::repeat_n(Mapping::UNWRITTEN.pack(), layout.logical_pages as usize);
-    let written = checkpoint::write(
-        store,
-        layout.ckpt_offsets[0],
-        layout.ckpt_bytes,
-        unwritten,
-        &window,
-        JournalSeq(0),
-        uuid,
-    )?;
+    let first = Snapshot {
+        map: MapSnapshot::unwritten(layout.logical_pages),
+        window,
+        journal_seq: JournalSeq(0),
+    };
+    let ckpt = layout.ckpt_offsets[0];
+    let written = checkpoint::write(store, ckpt, layout.ckpt_bytes, &first, true, uuid)?;
     store
         .sync()
         .map_err(Error::io("syncing the first checkpoint"))?;
