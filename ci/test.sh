@@ -23,7 +23,7 @@ cd "$REPO"
 
 SCENARIOS=(fio-verify ext4-files mixed-bs discard bad-input safepoints rollback-offline rollback-live
     recover-fio recover-ext4 recover-del recover-rollback recover-supervise upgrade
-    view-fio view-ext4 diff bisect archive mirror pool pool-foundation systemd-notify history-full host-full on-crash-stop zero-copy demo)
+    view-fio view-ext4 diff bisect archive mirror pool pool-foundation systemd-notify history-full host-full on-crash-stop zero-copy scale demo)
 # The guest kernels (ci/setup.sh fetches both): all the scenarios run on each, one boot
 # each, a step each.
 KERNELS=(6.12 6.18)

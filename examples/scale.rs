@@ -5,7 +5,7 @@
 //! ```sh
 //! cargo build --release && cargo build --release --example scale
 //! cargo run --release --example scale -- [--sizes 64G,1T,4T,16T] [--dir DIR] \
-//!     [--percents 0,1,10] [--history SIZE] [--json]
+//!     [--percents 0,1,10] [--history SIZE] [--rollback-span SIZE] [--json]
 //! ```
 //!
 //! Per device size, each step runs in a child process of its own, so that its wall time
@@ -42,12 +42,16 @@ use rewind::size::{human_exact, parse_page_multiple, parse_size};
 use rewind_history::{LogicalPage, SafePointId, Store, Stream, Trigger, Volume, PAGE_SIZE};
 
 const USAGE: &str = "\
-usage: scale [--sizes 64G,1T,4T,16T] [--dir DIR] [--percents 0,1,10] [--history SIZE] [--json]
+usage: scale [--sizes 64G,1T,4T,16T] [--dir DIR] [--percents 0,1,10] [--history SIZE]
+             [--rollback-span SIZE] [--json]
 
   --sizes     device sizes, comma-separated (K/M/G/T, powers of 1024) [default: 64G,1T]
   --dir       where the images go [default: a new directory under /var/tmp, removed at the end]
   --percents  shares of the device rewritten for the memory figures [default: 0,1,10]
   --history   --history of `rewind create` [default: as `rewind create` chooses]
+  --rollback-span
+              the part of the device, from its start, the rollback's 1 Mi pages are spread
+              over [default: all of it; each 16 MiB with a page written takes 32 KiB of map]
   --json      print every row as one JSON array on stdout (the tables go to stderr)
 
 Needs the release binary: cargo build --release";
@@ -89,6 +93,8 @@ struct Opts {
     dir: Option<PathBuf>,
     percents: Vec<u64>,
     history: Option<String>,
+    /// Bytes from the device's start the rollback step writes in (`None`: all of it).
+    rollback_span: Option<u64>,
     json: bool,
 }
 
@@ -98,6 +104,7 @@ fn parse_args(args: &[String]) -> anyhow::Result<Opts> {
         dir: None,
         percents: vec![0, 1, 10],
         history: None,
+        rollback_span: None,
         json: false,
     };
     let mut sizes = "64G,1T".to_string();
@@ -124,6 +131,11 @@ fn parse_args(args: &[String]) -> anyhow::Result<Opts> {
                         _ => Err(anyhow!("--percents: '{p}' is not a whole number 0..=100")),
                     })
                     .collect::<anyhow::Result<_>>()?
+            }
+            "--rollback-span" => {
+                let v = value()?;
+                let bytes = parse_size(&v).map_err(|e| anyhow!("--rollback-span: {e}"))?;
+                opts.rollback_span = Some(bytes);
             }
             "--history" => {
                 let h = value()?;
@@ -706,7 +718,13 @@ fn run_size(
             size,
             "rollback",
             "rollback 1Mi pages",
-            runner.child(&["rollback"], &image),
+            runner.child(
+                &[
+                    "rollback",
+                    &opts.rollback_span.map_or(0, |b| b / PAGE_SIZE).to_string(),
+                ],
+                &image,
+            ),
             rollback_note,
         ));
     }
@@ -868,7 +886,10 @@ fn child(args: &[String]) -> anyhow::Result<()> {
             let pattern = Pattern::parse(args.get(3).map_or("", String::as_str))?;
             child_write(image, p, pattern)
         }
-        "rollback" => child_rollback(image),
+        "rollback" => {
+            let span: u64 = args.get(2).map_or(Ok(0), |s| s.parse())?;
+            child_rollback(image, span)
+        }
         _ => bail!("unknown child step '{step}'"),
     }
 }
@@ -1014,10 +1035,14 @@ fn gcd(a: u64, b: u64) -> u64 {
     }
 }
 
-fn child_rollback(image: &Path) -> anyhow::Result<()> {
+/// Rollback over 1 Mi pages spread over the first `span` pages of the device (0: all).
+fn child_rollback(image: &Path, span: u64) -> anyhow::Result<()> {
     let vol = open_volume(image)?;
     let layout = *vol.layout();
-    let logical = layout.logical_pages;
+    let logical = match span {
+        0 => layout.logical_pages,
+        n => n.min(layout.logical_pages),
+    };
     let area = layout.physical_pages - layout.logical_pages;
     // Reclaim starts below `(area / 8).clamp(64, 65536)` free pages (Volume::serve): the
     // rewrite must not retire the safe point rolled back to.

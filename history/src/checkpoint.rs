@@ -1,12 +1,13 @@
 //! Checkpoints: the whole remap table and history window at one journal position.
 //!
-//! A checkpoint is a header page followed by a body: the map (one packed `u64` per logical
-//! page), the reachable safe points, then the history groups. The header carries the
+//! A checkpoint is a header page followed by a body: the map (packed `u64` words: one per
+//! logical page, or, in a version 3 image, only those of the leaves written; `MapForm`), the
+//! reachable safe points, then the history groups. The header carries the
 //! body's CRC32C and the superblock carries the whole checkpoint's, so a torn checkpoint is
 //! never trusted; it is only ever written into the slot the superblock does not point at.
 //!
-//! The map is as large as the device (8 bytes a page: 2 GiB at 1 TiB), so it is written and
-//! read in pieces of `PIECE` bytes, straight from the words given and into the remap table:
+//! The map can be as large as the device (8 bytes a page: 2 GiB at 1 TiB), so it is written
+//! and read in pieces of `PIECE` bytes, straight from the words given and into the remap table:
 //! the encoded checkpoint is never whole in memory (what a commit hands over, a copy of
 //! the leaves of the map that exist and of the window, is).
 
@@ -214,6 +215,8 @@ fn corrupt(what: impl Into<String>) -> Error {
 
 /// What `read` found besides the map.
 pub struct Read {
+    /// The form the map came in.
+    pub form: MapForm,
     /// The history window.
     pub window: Window,
     /// The first journal block to replay on top.
@@ -328,7 +331,12 @@ pub fn read<S: Store>(
     if window.history_entries != h.entries.get() {
         return Err(corrupt("entry count does not match the header"));
     }
+    let form = match h.version.get() {
+        1 => MapForm::Dense,
+        _ => MapForm::Leaves,
+    };
     Ok(Read {
+        form,
         window,
         journal_seq: JournalSeq(h.journal_seq.get()),
     })

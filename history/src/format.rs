@@ -326,6 +326,7 @@ impl Superblock {
         }
         match sb.version.get() {
             1 | 3 => {}
+            0 => return Err(Error::Corrupt("superblock of format version 0".into())),
             2 => {
                 return Err(Error::Corrupt(
                     "version 2 at the superblock's place: this is the label of a file of a \
@@ -430,7 +431,7 @@ pub mod tag {
 pub struct CheckpointHeader {
     /// Tells a checkpoint from stale data.
     pub magic: U32,
-    /// The format version that wrote it.
+    /// The form of its map: 1 dense, 3 leaves (`checkpoint::MapForm`).
     pub version: U32,
     /// The image's uuid.
     pub uuid: U64,

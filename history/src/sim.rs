@@ -74,6 +74,16 @@ impl Clock for SimClock {
     }
 }
 
+/// Formats `store` as a version 1 image, as a build of version 1 did (its superblock says
+/// version 1 and its checkpoints hold the dense map), to test how this build serves one.
+pub fn create_version_1<S: Store>(
+    store: &S,
+    opts: &crate::CreateOptions,
+    host: &Host,
+) -> Result<crate::Layout, crate::Error> {
+    crate::volume::create_as(store, opts, host, 1)
+}
+
 /// A fixed host ("sim", pid 1) of boot `boot_id` with a fresh `SimClock`. A daemon killed
 /// and replaced within one boot reopens with the same `boot_id`; a power cut reopens with
 /// another.

@@ -140,3 +140,43 @@ fn a_killed_version_1_image_replays_its_journal() {
 fn a_version_1_image_after_a_power_cut_opens_at_its_last_safe_point() {
     open_and_verify("v1-crashed.img.gz", BOOT + 1, true);
 }
+
+/// A version 1 image large enough that the leaves form of its map would be smaller (two of
+/// its four leaves written) still gets the dense form, the only one a version 1 reader
+/// knows, and stays version 1.
+#[test]
+fn a_version_1_image_keeps_dense_checkpoints() {
+    const LEAF: u64 = 4096;
+    let opts = rewind_history::CreateOptions {
+        size: 4 * LEAF * PAGE_SIZE,
+        history: Some(LEAF * PAGE_SIZE),
+        journal: Some(64 * 512),
+    };
+    let layout = rewind_history::Layout::for_create(&opts).unwrap();
+    let store = Arc::new(MemStore::new(layout.required_bytes()));
+    let host = sim::host(BOOT);
+    sim::create_version_1(&store, &opts, &host).unwrap();
+    let vol = Volume::open(store.clone(), &host).unwrap();
+    let mut stream = vol.stream(0, 1);
+    for l in [3, 2 * LEAF + 1] {
+        vol.write_page(&mut stream, LogicalPage(l), &page_data(l, 4))
+            .unwrap();
+    }
+    vol.safe_point(Trigger::User, None).unwrap();
+    vol.close().unwrap();
+    let sb = read_superblock(&store).unwrap();
+    assert_eq!(sb.version.get(), 1);
+    let mut header = vec![0u8; 8];
+    let slot = layout.ckpt_offsets[sb.ckpt_slot.get() as usize];
+    store.read_at(slot, &mut header).unwrap();
+    assert_eq!(u32::from_le_bytes(header[4..8].try_into().unwrap()), 1);
+    assert!(
+        sb.ckpt_len.get() > PAGE_SIZE + 4 * LEAF * 8,
+        "the whole map"
+    );
+    check(&store, &host).unwrap();
+    let vol = Volume::open(store.clone(), &host).unwrap();
+    let mut buf = vec![0u8; PAGE_SIZE as usize];
+    vol.read_page(LogicalPage(2 * LEAF + 1), &mut buf).unwrap();
+    assert_eq!(decode(2 * LEAF + 1, &buf), Some(4));
+}

@@ -928,14 +928,15 @@ fn past_twice_a_commits_records_the_thread_of_a_staged_commit_is_told_to_wait() 
 }
 
 /// A version 3 image's checkpoint holds only the leaves of the map that were written (4096
-/// pages each): nothing for a fresh device, two leaves after writes in two of them; it
-/// reads back whole, and `check` finds it sound.
+/// pages each, fewer for the device's last): nothing for a fresh device, three leaves after
+/// writes in three of them, the last one short; it reads back whole, and `check` finds it
+/// sound.
 #[test]
 fn a_checkpoint_holds_only_the_map_leaves_written() {
     use rewind_history::{check, read_superblock};
     const LEAF: u64 = 4096;
     let opts = CreateOptions {
-        size: 4 * LEAF * PAGE_SIZE,
+        size: (4 * LEAF + 100) * PAGE_SIZE,
         history: Some(LEAF * PAGE_SIZE),
         journal: Some(64 * 512),
     };
@@ -943,6 +944,12 @@ fn a_checkpoint_holds_only_the_map_leaves_written() {
     let store = Arc::new(MemStore::new(layout.required_bytes()));
     let host = sim::host(BOOT);
     create(&store, &opts, &host).unwrap();
+    let written = [
+        (5, 1),
+        (2 * LEAF + 9, 2),
+        (2 * LEAF + 10, 3),
+        (4 * LEAF + 99, 4),
+    ];
     let ckpt = |store: &MemStore| {
         let sb = read_superblock(store).unwrap();
         let mut header = vec![0u8; 8];
@@ -961,7 +968,7 @@ fn a_checkpoint_holds_only_the_map_leaves_written() {
 
     let vol = Volume::open(store.clone(), &host).unwrap();
     let mut s = vol.stream(0, 1);
-    for (l, v) in [(5, 1), (2 * LEAF + 9, 2), (2 * LEAF + 10, 3)] {
+    for (l, v) in written {
         vol.write_page(&mut s, LogicalPage(l), &page_data(l, v))
             .unwrap();
     }
@@ -969,20 +976,19 @@ fn a_checkpoint_holds_only_the_map_leaves_written() {
     vol.close().unwrap();
     let (_, form, len) = ckpt(&store);
     assert_eq!(form, 3, "leaves are smaller than the dense map here");
-    let leaves = 8 + 2 * (8 + LEAF * 8);
+    let leaves = 8 + 2 * (8 + LEAF * 8) + (8 + 100 * 8);
     assert!(
         len >= PAGE_SIZE + leaves && len < PAGE_SIZE + leaves + 4096,
-        "two leaves: {len} bytes"
+        "three leaves: {len} bytes"
     );
     check(&store, &host).unwrap();
     let vol = Volume::open(store.clone(), &host).unwrap();
     let mut buf = vec![0u8; PAGE_SIZE as usize];
-    for (l, v) in [
-        (5, Some(1)),
-        (6, None),
-        (2 * LEAF + 9, Some(2)),
-        (2 * LEAF + 10, Some(3)),
-    ] {
+    let expect = written
+        .iter()
+        .map(|&(l, v)| (l, Some(v)))
+        .chain([(6, None), (4 * LEAF + 98, None)]);
+    for (l, v) in expect {
         vol.read_page(LogicalPage(l), &mut buf).unwrap();
         assert_eq!(decode(l, &buf), v, "page {l}");
         vol.read_page_at(LogicalPage(l), at, &mut buf).unwrap();

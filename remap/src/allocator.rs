@@ -14,8 +14,8 @@ use std::sync::OnceLock;
 
 use crate::PhysPage;
 
-/// Words per leaf: 32 KiB of bitmap for 262,144 pages (1 GiB of 4 KiB pages).
-const LEAF_WORDS: usize = 4096;
+/// Words per leaf: 4 KiB of bitmap for 32,768 pages (128 MiB of 4 KiB pages).
+const LEAF_WORDS: usize = 512;
 
 /// Words of the bitmap `allocate_run` looks through for a free run (64 pages each): 256 MiB
 /// of 4 KiB pages, a bounded cost per request however large the device.

@@ -6,8 +6,10 @@
 
 use crate::PhysPage;
 
-/// Pages per leaf: 64 KiB of counts for 64 MiB of 4 KiB pages.
-const LEAF: u64 = 16_384;
+/// Pages per leaf: 16 KiB of counts for 16 MiB of 4 KiB pages, as the remap table's leaves
+/// (a file system that writes a little every 2 GiB, as ext4's block groups, makes one leaf
+/// of each there).
+const LEAF: u64 = 4096;
 
 /// The reference count of every physical page of a store.
 pub struct PageRefs {

@@ -808,14 +808,14 @@ mod tests {
         );
     }
 
-    /// A file made a pool's backing keeps nothing of what it held below its part: a version
-    /// 1 image's second superblock copy would otherwise make an older rewind serve it.
+    /// A file made a pool's backing keeps nothing of what it held below its part: an
+    /// image's second superblock copy would otherwise make an older rewind serve it.
     #[test]
     fn a_reformatted_file_keeps_no_old_superblock() {
         use std::os::unix::fs::FileExt;
         let dir = tempfile::tempdir().expect("temp dir");
         let old = dir.path().join("one.img");
-        format(&old, &opts(4 * MIB), false, Allocation::Sparse).expect("a version 1 image");
+        format(&old, &opts(4 * MIB), false, Allocation::Sparse).expect("an image");
         let image = dir.path().join("pool.img");
         let e = format_pool(
             &image,

@@ -25,7 +25,8 @@ use rewind_history::PAGE_SIZE;
 
 use crate::size::human;
 
-/// The format version of a pool's labels: the version 1 image format, spread over files.
+/// The format version of a pool's labels (an image's format, spread over files; the image
+/// file's own superblock, past the label, has the image's version).
 pub const POOL_VERSION: u32 = 2;
 /// The most files a pool has: its image and up to seven backings.
 pub const MAX_FILES: usize = 8;
@@ -142,7 +143,7 @@ impl Label {
     }
 
     /// The label at the start of a file, given its first `LABEL_BYTES`: `Ok(None)` when the
-    /// file is no pool's (a version 1 image, or not rewind's at all), an error saying what is
+    /// file is no pool's (an image of one file, or not rewind's at all), an error saying what is
     /// wrong when it is a pool's label that fails its checks.
     pub fn decode(page: &[u8]) -> Result<Option<Label>, String> {
         let Ok((h, _)) = RawHeader::read_from_prefix(page) else {

@@ -62,6 +62,8 @@ use crate::{Clock, Error, LogicalPage, PhysPage, Store};
 pub use commit::{CommitDue, StagedCommit, Steps};
 pub use io::{ALLOCATE_ATTEMPTS, ALLOCATE_RETRY_DELAY};
 pub use reclaim::ReadTracker;
+#[cfg(any(test, feature = "testing"))]
+pub(crate) use recovery::create_as;
 pub use recovery::{check, create, inspect, read_superblock};
 pub use report::{CheckReport, Inspection, Notice, SafePointInfo, Stats};
 pub use travel::ViewId;

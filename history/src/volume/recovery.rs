@@ -45,7 +45,7 @@ struct Loaded {
 fn count_refs(layout: &Layout, map: &RemapTable, window: &Window) -> Result<PageRefs, Error> {
     let mut refs = PageRefs::try_new(layout.physical_pages).map_err(|_| Error::NoMemory {
         what: "the page reference counts",
-        bytes: layout.physical_pages.div_ceil(16_384) * 8,
+        bytes: layout.physical_pages.div_ceil(4096) * 8,
     })?;
     let live = || {
         map.written_range()
@@ -157,6 +157,17 @@ fn ensure_room<S: Store>(store: &S, need: u64) -> Result<(), Error> {
 /// Formats `store` as an empty device of `opts.size` bytes whose history holds one safe
 /// point, the empty device itself, made now by `host`'s clock.
 pub fn create<S: Store>(store: &S, opts: &CreateOptions, host: &Host) -> Result<Layout, Error> {
+    create_as(store, opts, host, FORMAT_VERSION)
+}
+
+/// `create` of an image of format `version`: `FORMAT_VERSION`, or 1 for the tests that
+/// serve a version 1 image as this build does (`sim::create_version_1`).
+pub(crate) fn create_as<S: Store>(
+    store: &S,
+    opts: &CreateOptions,
+    host: &Host,
+    version: u32,
+) -> Result<Layout, Error> {
     let layout = Layout::for_create(opts)?;
     ensure_room(store, layout.required_bytes())?;
     let created_ns = host.clock.now_ns();
@@ -174,11 +185,13 @@ pub fn create<S: Store>(store: &S, opts: &CreateOptions, host: &Host) -> Result<
         journal_seq: JournalSeq(0),
     };
     let ckpt = layout.ckpt_offsets[0];
-    let written = checkpoint::write(store, ckpt, layout.ckpt_bytes, &first, true, uuid)?;
+    let leaves = version >= 3;
+    let written = checkpoint::write(store, ckpt, layout.ckpt_bytes, &first, leaves, uuid)?;
     store
         .sync()
         .map_err(Error::io("syncing the first checkpoint"))?;
     let mut sb = first_superblock(&layout, uuid, created_ns, written);
+    sb.version = U32::new(version);
     write_superblock(store, &mut sb)?;
     Ok(layout)
 }
@@ -294,6 +307,15 @@ fn read_checkpoint<S: Store>(
         Error::Corrupt(why) => Error::Corrupt(format!("{why} (slot {slot})")),
         e => e,
     })?;
+    // Only a version 3 image's checkpoints may take the leaves form: a version 1 reader
+    // would misread one.
+    if sb.version.get() < 3 && read.form == checkpoint::MapForm::Leaves {
+        return Err(Error::Corrupt(format!(
+            "checkpoint in slot {slot} holds the map in leaves, which a version {} image \
+             never does",
+            sb.version.get()
+        )));
+    }
     if read.journal_seq != sb.replay_from() {
         return Err(Error::Corrupt(format!(
             "checkpoint starts the journal at {}, the superblock at {}",
@@ -342,7 +364,7 @@ fn claim_referenced(layout: &Layout, refs: &PageRefs) -> Result<PageAllocator, E
     let alloc =
         PageAllocator::try_new(layout.physical_pages as u32).map_err(|_| Error::NoMemory {
             what: "the page allocator",
-            bytes: layout.physical_pages.div_ceil(262_144) * 16,
+            bytes: layout.physical_pages.div_ceil(32_768) * 16,
         })?;
     for p in refs.referenced() {
         alloc.claim(p);
