@@ -160,17 +160,18 @@ impl RemapTable {
         words[i].store(word, Ordering::Release);
     }
 
-    /// The pages that may map somewhere, in order: those of the leaves that exist (a page
-    /// of a leaf never made is unwritten).
-    pub fn written_range(&self) -> impl Iterator<Item = LogicalPage> + '_ {
-        let pages = self.pages;
+    /// Every page that maps to a physical page, with it, in order: a walk of the leaves
+    /// that exist (a page of a leaf never made is unwritten).
+    pub fn mapped(&self) -> impl Iterator<Item = (LogicalPage, PhysPage)> + '_ {
         self.leaves
             .iter()
             .enumerate()
-            .filter(|(_, leaf)| leaf.get().is_some())
-            .flat_map(move |(n, _)| {
-                let first = n as u64 * LEAF;
-                (first..(first + LEAF).min(pages)).map(LogicalPage)
+            .filter_map(|(n, leaf)| Some((n as u64 * LEAF, leaf.get()?)))
+            .flat_map(|(first, words)| {
+                words.iter().enumerate().filter_map(move |(i, w)| {
+                    let p = Mapping::unpack(w.load(Ordering::Acquire)).phys?;
+                    Some((LogicalPage(first + i as u64), p))
+                })
             })
     }
 
@@ -257,8 +258,8 @@ mod tests {
         };
         t.set(LogicalPage(pages - 1), m);
         assert_eq!(t.memory_bytes(), empty + LEAF * 8);
-        let written: Vec<u64> = t.written_range().map(|l| l.0).collect();
-        assert_eq!(written, (10 * LEAF..pages).collect::<Vec<_>>());
+        let mapped: Vec<(LogicalPage, PhysPage)> = t.mapped().collect();
+        assert_eq!(mapped, [(LogicalPage(pages - 1), PhysPage(9))]);
         let snap = t.snapshot().expect("memory");
         assert_eq!(snap.words().len() as u64, pages);
         assert_eq!(snap.words().last(), Some(m.pack()));

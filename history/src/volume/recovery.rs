@@ -47,10 +47,7 @@ fn count_refs(layout: &Layout, map: &RemapTable, window: &Window) -> Result<Page
         what: "the page reference counts",
         bytes: layout.physical_pages.div_ceil(4096) * 8,
     })?;
-    let live = || {
-        map.written_range()
-            .filter_map(|l| Some((l, map.get(l).phys?)))
-    };
+    let live = || map.mapped();
     for (_, p) in live().chain(history_pages(window)) {
         refs.add(p);
     }
@@ -106,11 +103,7 @@ pub fn check<S: Store>(store: &S, host: &Host) -> Result<CheckReport, Error> {
         };
     }
     let l = Volume::load(store, host.boot_id)?;
-    let live = l
-        .map
-        .written_range()
-        .filter(|&p| l.map.get(p).phys.is_some())
-        .count() as u64;
+    let live = l.map.mapped().count() as u64;
     let used = l.refs.referenced().count() as u64;
     if used != l.layout.physical_pages - l.alloc.free_pages() {
         return Err(Error::Corrupt(format!(
