@@ -1,10 +1,11 @@
 //! The scale benchmark (issue 10): how `rewind` behaves as the device grows, on sparse
-//! images of 64 GiB to 16 TiB. It prints figures beside the device size and asserts
+//! images of 64 GiB to 15 TiB (device and history together must stay under 2^32 - 2 pages:
+//! give 15T a `--history` of 512G). It prints figures beside the device size and asserts
 //! nothing.
 //!
 //! ```sh
 //! cargo build --release && cargo build --release --example scale
-//! cargo run --release --example scale -- [--sizes 64G,1T,4T,16T] [--dir DIR] \
+//! cargo run --release --example scale -- [--sizes 64G,1T,4T,15T] [--dir DIR] \
 //!     [--percents 0,1,10] [--history SIZE] [--rollback-span SIZE] [--json]
 //! ```
 //!
@@ -42,7 +43,7 @@ use rewind::size::{human_exact, parse_page_multiple, parse_size};
 use rewind_history::{LogicalPage, SafePointId, Store, Stream, Trigger, Volume, PAGE_SIZE};
 
 const USAGE: &str = "\
-usage: scale [--sizes 64G,1T,4T,16T] [--dir DIR] [--percents 0,1,10] [--history SIZE]
+usage: scale [--sizes 64G,1T,4T,15T] [--dir DIR] [--percents 0,1,10] [--history SIZE]
              [--rollback-span SIZE] [--json]
 
   --sizes     device sizes, comma-separated (K/M/G/T, powers of 1024) [default: 64G,1T]
@@ -135,6 +136,9 @@ fn parse_args(args: &[String]) -> anyhow::Result<Opts> {
             "--rollback-span" => {
                 let v = value()?;
                 let bytes = parse_size(&v).map_err(|e| anyhow!("--rollback-span: {e}"))?;
+                if bytes < PAGE_SIZE {
+                    bail!("--rollback-span: {v} is less than a page");
+                }
                 opts.rollback_span = Some(bytes);
             }
             "--history" => {

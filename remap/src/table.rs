@@ -7,7 +7,7 @@
 //!
 //! The words live in leaves of `LEAF` pages, each made by the first mapping set in it that
 //! is not `Mapping::UNWRITTEN`: a part of the device never written costs no memory but its
-//! slot in the leaf table (16 bytes per 16 MiB of device), and a leaf, once made, lives as
+//! slot in the leaf table (24 bytes per 16 MiB of device), and a leaf, once made, lives as
 //! long as the table, so a reader never sees one go.
 
 use std::sync::atomic::{AtomicU64, Ordering};

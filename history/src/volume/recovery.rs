@@ -45,7 +45,7 @@ struct Loaded {
 fn count_refs(layout: &Layout, map: &RemapTable, window: &Window) -> Result<PageRefs, Error> {
     let mut refs = PageRefs::try_new(layout.physical_pages).map_err(|_| Error::NoMemory {
         what: "the page reference counts",
-        bytes: layout.physical_pages.div_ceil(4096) * 8,
+        bytes: layout.physical_pages.div_ceil(4096) * 16,
     })?;
     let live = || map.mapped();
     for (_, p) in live().chain(history_pages(window)) {
@@ -357,7 +357,7 @@ fn claim_referenced(layout: &Layout, refs: &PageRefs) -> Result<PageAllocator, E
     let alloc =
         PageAllocator::try_new(layout.physical_pages as u32).map_err(|_| Error::NoMemory {
             what: "the page allocator",
-            bytes: layout.physical_pages.div_ceil(32_768) * 16,
+            bytes: layout.physical_pages.div_ceil(32_768) * 24,
         })?;
     for p in refs.referenced() {
         alloc.claim(p);
@@ -402,7 +402,7 @@ impl<S: Store> Volume<S> {
         ensure_room(store, layout.required_bytes())?;
         let map = RemapTable::try_new(layout.logical_pages).map_err(|_| Error::NoMemory {
             what: "the remap table",
-            bytes: layout.logical_pages.div_ceil(4096) * 16,
+            bytes: layout.logical_pages.div_ceil(4096) * 24,
         })?;
         let snap = read_checkpoint(store, &sb, &layout, &map)?;
         let mut window = snap.window;
