@@ -65,6 +65,15 @@ impl MapForm {
         }
     }
 
+    /// The form a checkpoint header's version names, if any.
+    fn of_version(version: u32) -> Option<MapForm> {
+        match version {
+            1 => Some(MapForm::Dense),
+            3 => Some(MapForm::Leaves),
+            _ => None,
+        }
+    }
+
     /// The bytes `map` takes in this form.
     fn bytes(self, map: &MapSnapshot) -> u64 {
         match self {
@@ -92,12 +101,13 @@ pub fn write<S: Store>(
     leaves: bool,
     uuid: u64,
 ) -> Result<Written, Error> {
-    let form = match leaves {
-        true if MapForm::Leaves.bytes(&s.map) < MapForm::Dense.bytes(&s.map) => MapForm::Leaves,
-        _ => MapForm::Dense,
+    let (dense, sparse) = (MapForm::Dense.bytes(&s.map), MapForm::Leaves.bytes(&s.map));
+    let (form, map_len) = match leaves {
+        true if sparse < dense => (MapForm::Leaves, sparse),
+        _ => (MapForm::Dense, dense),
     };
     let tail = encode_window(&s.window);
-    let body_len = form.bytes(&s.map) + tail.len() as u64;
+    let body_len = map_len + tail.len() as u64;
     if PAGE_SIZE + body_len > slot_bytes {
         return Err(Error::Corrupt(format!(
             "checkpoint of {} bytes does not fit its slot of {slot_bytes}",
@@ -244,6 +254,8 @@ pub fn read<S: Store>(
         .read_at(offset, &mut page)
         .map_err(Error::io("reading the checkpoint"))?;
     let h = decode_header(&page, layout, uuid)?;
+    let form = MapForm::of_version(h.version.get())
+        .ok_or_else(|| corrupt(format!("unknown version {}", h.version.get())))?;
     let body_len = h.body_len.get();
     if body_len != len - PAGE_SIZE {
         return Err(corrupt(format!(
@@ -279,8 +291,8 @@ pub fn read<S: Store>(
     let word = |piece: &[u8]| u64::from_le_bytes(piece[..8].try_into().expect("8 bytes"));
     let mut piece = Vec::with_capacity(PIECE);
     let pages = layout.logical_pages;
-    let map_len = match h.version.get() {
-        1 => {
+    let map_len = match form {
+        MapForm::Dense => {
             let mut l = 0u64;
             while l < pages {
                 let words = (pages - l).min((PIECE / 8) as u64);
@@ -290,7 +302,7 @@ pub fn read<S: Store>(
             }
             pages * 8
         }
-        3 => {
+        MapForm::Leaves => {
             get(&mut piece, 8)?;
             let count = word(&piece);
             let mut bytes = 8;
@@ -310,7 +322,6 @@ pub fn read<S: Store>(
             }
             bytes
         }
-        v => return Err(corrupt(format!("unknown version {v}"))),
     };
     let mut tail = Vec::new();
     get(&mut tail, body_len - map_len)?;
@@ -331,10 +342,6 @@ pub fn read<S: Store>(
     if window.history_entries != h.entries.get() {
         return Err(corrupt("entry count does not match the header"));
     }
-    let form = match h.version.get() {
-        1 => MapForm::Dense,
-        _ => MapForm::Leaves,
-    };
     Ok(Read {
         form,
         window,

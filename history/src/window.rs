@@ -24,7 +24,7 @@
 //! - the newest safe point is never retired, so every new entry is needed when it is made.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 
 use rewind_remap::{LogicalPage, PhysPage};
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -351,7 +351,7 @@ impl Window {
         );
         let mut going = self.only_needed_by(i).into_iter().peekable();
         while let Some(&(epoch, _)) = going.peek() {
-            let mut pages = HashSet::new();
+            let mut pages = FxHashSet::default();
             while let Some((_, l)) = going.next_if(|(e, _)| *e == epoch) {
                 pages.insert(l);
             }

@@ -12,7 +12,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-use crate::PhysPage;
+use crate::{OutOfMemory, PhysPage};
 
 /// Words per leaf: 4 KiB of bitmap for 32,768 pages (128 MiB of 4 KiB pages).
 const LEAF_WORDS: usize = 512;
@@ -48,10 +48,13 @@ impl PageAllocator {
     }
 
     /// `new`, or an error when the memory for the leaf table cannot be had.
-    pub fn try_new(pages: u32) -> Result<PageAllocator, std::collections::TryReserveError> {
+    pub fn try_new(pages: u32) -> Result<PageAllocator, OutOfMemory> {
         let nwords = (pages as usize).div_ceil(64);
         let mut leaves = Vec::new();
-        leaves.try_reserve_exact(nwords.div_ceil(LEAF_WORDS))?;
+        let n = nwords.div_ceil(LEAF_WORDS);
+        leaves
+            .try_reserve_exact(n)
+            .map_err(|_| OutOfMemory::of::<OnceLock<Box<[AtomicU64]>>>(n))?;
         leaves.resize_with(nwords.div_ceil(LEAF_WORDS), OnceLock::new);
         Ok(PageAllocator {
             leaves: leaves.into_boxed_slice(),

@@ -15,6 +15,22 @@ pub use allocator::{PageAllocator, Stream};
 pub use refs::PageRefs;
 pub use table::{MapSnapshot, Mapping, RemapTable, LEAF as MAP_LEAF_PAGES};
 
+/// Memory a structure asked for and the machine could not give: `bytes` of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutOfMemory {
+    /// The size of the allocation that failed.
+    pub bytes: u64,
+}
+
+impl OutOfMemory {
+    /// The error of a failed reservation of `n` values of `T`.
+    pub(crate) fn of<T>(n: usize) -> OutOfMemory {
+        OutOfMemory {
+            bytes: (n as u64).saturating_mul(std::mem::size_of::<T>() as u64),
+        }
+    }
+}
+
 /// A page of the device as the kernel addresses it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LogicalPage(pub u64);

@@ -4,7 +4,7 @@
 //! pages: a store never written costs no memory but the leaf table. The volume changes them
 //! under its lock, so they are plain numbers.
 
-use crate::PhysPage;
+use crate::{OutOfMemory, PhysPage};
 
 /// Pages per leaf: 16 KiB of counts for 16 MiB of 4 KiB pages, as the remap table's leaves
 /// (a file system that writes a little every 2 GiB, as ext4's block groups, makes one leaf
@@ -20,10 +20,12 @@ pub struct PageRefs {
 impl PageRefs {
     /// Counts for `pages` physical pages, all 0; an error when the memory for the leaf table
     /// cannot be had.
-    pub fn try_new(pages: u64) -> Result<PageRefs, std::collections::TryReserveError> {
+    pub fn try_new(pages: u64) -> Result<PageRefs, OutOfMemory> {
         let n = usize::try_from(pages.div_ceil(LEAF)).unwrap_or(usize::MAX);
         let mut leaves = Vec::new();
-        leaves.try_reserve_exact(n)?;
+        leaves
+            .try_reserve_exact(n)
+            .map_err(|_| OutOfMemory::of::<Option<Box<[u32]>>>(n))?;
         leaves.resize_with(n, || None);
         Ok(PageRefs { leaves, pages })
     }

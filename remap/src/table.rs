@@ -13,7 +13,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-use crate::{EpochTag, LogicalPage, PhysPage};
+use crate::{EpochTag, LogicalPage, OutOfMemory, PhysPage};
 
 const UNMAPPED: u32 = u32::MAX;
 /// Pages per leaf: 32 KiB of words for 16 MiB of device.
@@ -115,10 +115,12 @@ impl RemapTable {
 
     /// `new`, or an error when the memory for the leaf table cannot be had: a device too
     /// large for the machine is refused, not aborted.
-    pub fn try_new(pages: u64) -> Result<RemapTable, std::collections::TryReserveError> {
+    pub fn try_new(pages: u64) -> Result<RemapTable, OutOfMemory> {
         let n = usize::try_from(pages.div_ceil(LEAF)).unwrap_or(usize::MAX);
         let mut leaves = Vec::new();
-        leaves.try_reserve_exact(n)?;
+        leaves
+            .try_reserve_exact(n)
+            .map_err(|_| OutOfMemory::of::<OnceLock<Box<[AtomicU64]>>>(n))?;
         leaves.resize_with(n, OnceLock::new);
         Ok(RemapTable {
             leaves: leaves.into_boxed_slice(),
@@ -175,23 +177,25 @@ impl RemapTable {
             })
     }
 
-    /// A copy of the leaves that exist, for a checkpoint; `None` when the memory cannot be
-    /// had.
-    pub fn snapshot(&self) -> Option<MapSnapshot> {
+    /// A copy of the leaves that exist, for a checkpoint, or the allocation that failed.
+    pub fn snapshot(&self) -> Result<MapSnapshot, OutOfMemory> {
         let mut leaves = Vec::new();
-        leaves.try_reserve_exact(self.leaves.len()).ok()?;
+        leaves
+            .try_reserve_exact(self.leaves.len())
+            .map_err(|_| OutOfMemory::of::<Option<Box<[u64]>>>(self.leaves.len()))?;
         for slot in self.leaves.iter() {
             leaves.push(match slot.get() {
                 None => None,
                 Some(words) => {
                     let mut copy = Vec::new();
-                    copy.try_reserve_exact(words.len()).ok()?;
+                    copy.try_reserve_exact(words.len())
+                        .map_err(|_| OutOfMemory::of::<u64>(words.len()))?;
                     copy.extend(words.iter().map(|w| w.load(Ordering::Acquire)));
                     Some(copy.into_boxed_slice())
                 }
             });
         }
-        Some(MapSnapshot {
+        Ok(MapSnapshot {
             leaves,
             pages: self.pages,
         })

@@ -210,9 +210,9 @@ impl<S: Store> Volume<S> {
             // The copy of the map a checkpoint needs, taken first: failing to get its
             // memory must leave the records pending.
             let map = match checkpoint {
-                true => Some(self.map.snapshot().ok_or(Error::NoMemory {
+                true => Some(self.map.snapshot().map_err(|e| Error::NoMemory {
                     what: "a checkpoint's copy of the remap table",
-                    bytes: self.map.memory_bytes(),
+                    bytes: e.bytes,
                 })?),
                 false => None,
             };

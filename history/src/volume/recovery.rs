@@ -43,9 +43,9 @@ struct Loaded {
 /// (in the leaves of the pages referenced); owners are only compared for pages with more
 /// than one reference.
 fn count_refs(layout: &Layout, map: &RemapTable, window: &Window) -> Result<PageRefs, Error> {
-    let mut refs = PageRefs::try_new(layout.physical_pages).map_err(|_| Error::NoMemory {
+    let mut refs = PageRefs::try_new(layout.physical_pages).map_err(|e| Error::NoMemory {
         what: "the page reference counts",
-        bytes: layout.physical_pages.div_ceil(4096) * 16,
+        bytes: e.bytes,
     })?;
     let live = || map.mapped();
     for (_, p) in live().chain(history_pages(window)) {
@@ -53,18 +53,17 @@ fn count_refs(layout: &Layout, map: &RemapTable, window: &Window) -> Result<Page
     }
     // Pages with several references (after a rollback, a page live and in history), by
     // page, to find two logical pages on one: 16 bytes each, for these pages only.
-    let shared = || {
-        live()
-            .chain(history_pages(window))
-            .filter(|&(_, p)| refs.get(p) > 1)
-    };
-    let n = shared().count();
+    let shared = live()
+        .chain(history_pages(window))
+        .filter(|&(_, p)| refs.get(p) > 1);
     let mut owners: Vec<(u32, u64)> = Vec::new();
-    owners.try_reserve_exact(n).map_err(|_| Error::NoMemory {
-        what: "the owners of shared pages",
-        bytes: 16 * n as u64,
-    })?;
-    owners.extend(shared().map(|(l, p)| (p.0, l.0)));
+    for (l, p) in shared {
+        owners.try_reserve(1).map_err(|_| Error::NoMemory {
+            what: "the owners of shared pages",
+            bytes: 16 * (owners.len() as u64 + 1),
+        })?;
+        owners.push((p.0, l.0));
+    }
     owners.sort_unstable();
     if let Some(w) = owners
         .windows(2)
@@ -183,8 +182,7 @@ pub(crate) fn create_as<S: Store>(
     store
         .sync()
         .map_err(Error::io("syncing the first checkpoint"))?;
-    let mut sb = first_superblock(&layout, uuid, created_ns, written);
-    sb.version = U32::new(version);
+    let mut sb = first_superblock(&layout, version, uuid, created_ns, written);
     write_superblock(store, &mut sb)?;
     Ok(layout)
 }
@@ -201,17 +199,18 @@ fn new_uuid(host: &Host, created_ns: u64) -> u64 {
     h.finish()
 }
 
-/// The superblock of a new image whose first checkpoint, in slot 0, is `ckpt`: clean,
-/// owned by nobody, session 0, replaying the journal from sequence 0.
+/// The superblock of a new image of format `version` whose first checkpoint, in slot 0, is
+/// `ckpt`: clean, owned by nobody, session 0, replaying the journal from sequence 0.
 fn first_superblock(
     layout: &Layout,
+    version: u32,
     uuid: u64,
     created_ns: u64,
     ckpt: checkpoint::Written,
 ) -> Superblock {
     Superblock {
         magic: SUPER_MAGIC,
-        version: U32::new(FORMAT_VERSION),
+        version: U32::new(version),
         page_size: U32::new(PAGE_SIZE as u32),
         logical_pages: U64::new(layout.logical_pages),
         physical_pages: U64::new(layout.physical_pages),
@@ -355,9 +354,9 @@ fn replay_journal<S: Store, F: FnMut(PhysPage)>(
 /// An allocator of the layout's physical pages with every referenced one claimed.
 fn claim_referenced(layout: &Layout, refs: &PageRefs) -> Result<PageAllocator, Error> {
     let alloc =
-        PageAllocator::try_new(layout.physical_pages as u32).map_err(|_| Error::NoMemory {
+        PageAllocator::try_new(layout.physical_pages as u32).map_err(|e| Error::NoMemory {
             what: "the page allocator",
-            bytes: layout.physical_pages.div_ceil(32_768) * 24,
+            bytes: e.bytes,
         })?;
     for p in refs.referenced() {
         alloc.claim(p);
@@ -400,9 +399,9 @@ impl<S: Store> Volume<S> {
         let sb = read_superblock(store)?;
         let layout = sb.layout();
         ensure_room(store, layout.required_bytes())?;
-        let map = RemapTable::try_new(layout.logical_pages).map_err(|_| Error::NoMemory {
+        let map = RemapTable::try_new(layout.logical_pages).map_err(|e| Error::NoMemory {
             what: "the remap table",
-            bytes: layout.logical_pages.div_ceil(4096) * 24,
+            bytes: e.bytes,
         })?;
         let snap = read_checkpoint(store, &sb, &layout, &map)?;
         let mut window = snap.window;

@@ -206,25 +206,26 @@ impl<S: Store> Volume<S> {
             Some(b) if b < a => (b, Some(a)),
             _ => (a, b),
         };
-        // What the pages that changed after `newer` held at `newer`; the others read live.
-        let at_newer: std::collections::HashMap<LogicalPage, Option<PhysPage>> = match newer {
-            Some(n) => w.changed_since(n, None).into_iter().collect(),
-            None => Default::default(),
+        // What the pages that changed after `newer` held at `newer`, sorted by page; the
+        // others read live.
+        let at_newer = match newer {
+            Some(n) => w.changed_since(n, None),
+            None => Vec::new(),
         };
-        let mut changed: Vec<LogicalPage> = w
+        // Sorted by page, as `changed_since` gives them.
+        let changed: Vec<LogicalPage> = w
             .changed_since(older, newer)
             .into_iter()
             .filter(|&(l, then)| {
-                let now = at_newer
-                    .get(&l)
-                    .copied()
-                    .unwrap_or_else(|| self.map.get(l).phys);
+                let now = match at_newer.binary_search_by_key(&l, |e| e.0) {
+                    Ok(i) => at_newer[i].1,
+                    Err(_) => self.map.get(l).phys,
+                };
                 then != now
             })
             .map(|(l, _)| l)
             .collect();
         drop(st);
-        changed.sort_unstable();
         let mut extents: Vec<(LogicalPage, u64)> = Vec::new();
         for l in changed {
             match extents.last_mut() {
@@ -309,16 +310,16 @@ impl<S: Store> Volume<S> {
         let at = live_view(&st, v)?;
         index_view(&mut st, v);
         let State { window, views, .. } = &mut *st;
-        let view = views.get(&v.0).expect("a live view");
+        let index = views.get(&v.0).expect("a live view").index.as_ref();
+        // The groups the view's index does not cover: those after its safe point, or those
+        // closed since the index was last folded.
+        let from = index.map_or(at.next(), |i| i.through);
         out.extend((0..count as u64).map(|i| {
             let l = LogicalPage(first.0 + i);
-            let then = match &view.index {
-                Some(index) => index
-                    .get(l)
-                    .or_else(|| window.first_entry_from(l, index.through)),
-                None => window.page_at(l, at),
-            };
-            then.unwrap_or_else(|| self.map.get(l).phys)
+            index
+                .and_then(|i| i.get(l))
+                .or_else(|| window.first_entry_from(l, from))
+                .unwrap_or_else(|| self.map.get(l).phys)
         }));
         Ok(())
     }
