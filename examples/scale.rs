@@ -39,6 +39,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context};
 use rewind::daemon::backing::FileStore;
+use rewind::host::kib_field;
 use rewind::size::{human_exact, parse_page_multiple, parse_size};
 use rewind_history::{LogicalPage, SafePointId, Store, Stream, Trigger, Volume, PAGE_SIZE};
 
@@ -512,14 +513,7 @@ fn header_line(dir: &Path, rewind: &Path) -> String {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let kib = |key: &str| {
-        meminfo
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let kib = |key: &str| kib_field(&meminfo, key).unwrap_or(0);
     let free = free_bytes(dir).map_or("?".into(), |b| {
         format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
     });
@@ -905,14 +899,7 @@ fn figure(name: &str, value: f64) {
 /// VmRSS and VmHWM of this process, MiB.
 fn rss_mib() -> (f64, f64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(f64::NAN)
-    };
+    let kib = |key: &str| kib_field(&status, key).map_or(f64::NAN, |k| k as f64);
     (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
 }
 

@@ -22,17 +22,21 @@ pub fn memory_bytes() -> Option<u64> {
     memory_of(&std::fs::read_to_string("/proc/meminfo").ok()?)
 }
 
+/// The value of field `key` (with its colon, as `"MemTotal:"`) of a `/proc` text in the
+/// form of `/proc/meminfo` or `/proc/PID/status`: `MemTotal:  24578908 kB` gives 24578908.
+pub fn kib_field(text: &str, key: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    line[key.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// `MemTotal` plus `SwapTotal` of a `/proc/meminfo` text, in bytes.
 fn memory_of(meminfo: &str) -> Option<u64> {
-    let kib = |key: &str| -> Option<u64> {
-        let line = meminfo.lines().find(|l| l.starts_with(key))?;
-        line[key.len()..]
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()
-    };
+    let kib = |key: &str| kib_field(meminfo, key);
     Some((kib("MemTotal:")? + kib("SwapTotal:").unwrap_or(0)) * 1024)
 }
 

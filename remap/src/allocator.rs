@@ -50,14 +50,8 @@ impl PageAllocator {
     /// `new`, or an error when the memory for the leaf table cannot be had.
     pub fn try_new(pages: u32) -> Result<PageAllocator, OutOfMemory> {
         let nwords = (pages as usize).div_ceil(64);
-        let mut leaves = Vec::new();
-        let n = nwords.div_ceil(LEAF_WORDS);
-        leaves
-            .try_reserve_exact(n)
-            .map_err(|_| OutOfMemory::of::<OnceLock<Box<[AtomicU64]>>>(n))?;
-        leaves.resize_with(nwords.div_ceil(LEAF_WORDS), OnceLock::new);
         Ok(PageAllocator {
-            leaves: leaves.into_boxed_slice(),
+            leaves: crate::leaf_table(nwords.div_ceil(LEAF_WORDS))?.into_boxed_slice(),
             nwords,
             pages,
             free: AtomicU64::new(u64::from(pages)),

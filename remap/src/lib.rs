@@ -31,6 +31,16 @@ impl OutOfMemory {
     }
 }
 
+/// A leaf table: `n` empty slots (`T::default()`: no leaf yet), or the memory it would take.
+pub(crate) fn leaf_table<T: Default>(n: usize) -> Result<Vec<T>, OutOfMemory> {
+    let mut slots = Vec::new();
+    slots
+        .try_reserve_exact(n)
+        .map_err(|_| OutOfMemory::of::<T>(n))?;
+    slots.resize_with(n, T::default);
+    Ok(slots)
+}
+
 /// A page of the device as the kernel addresses it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LogicalPage(pub u64);

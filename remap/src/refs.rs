@@ -22,12 +22,10 @@ impl PageRefs {
     /// cannot be had.
     pub fn try_new(pages: u64) -> Result<PageRefs, OutOfMemory> {
         let n = usize::try_from(pages.div_ceil(LEAF)).unwrap_or(usize::MAX);
-        let mut leaves = Vec::new();
-        leaves
-            .try_reserve_exact(n)
-            .map_err(|_| OutOfMemory::of::<Option<Box<[u32]>>>(n))?;
-        leaves.resize_with(n, || None);
-        Ok(PageRefs { leaves, pages })
+        Ok(PageRefs {
+            leaves: crate::leaf_table(n)?,
+            pages,
+        })
     }
 
     /// The references to `p`.

@@ -117,13 +117,8 @@ impl RemapTable {
     /// large for the machine is refused, not aborted.
     pub fn try_new(pages: u64) -> Result<RemapTable, OutOfMemory> {
         let n = usize::try_from(pages.div_ceil(LEAF)).unwrap_or(usize::MAX);
-        let mut leaves = Vec::new();
-        leaves
-            .try_reserve_exact(n)
-            .map_err(|_| OutOfMemory::of::<OnceLock<Box<[AtomicU64]>>>(n))?;
-        leaves.resize_with(n, OnceLock::new);
         Ok(RemapTable {
-            leaves: leaves.into_boxed_slice(),
+            leaves: crate::leaf_table(n)?.into_boxed_slice(),
             pages,
         })
     }
