@@ -31,7 +31,7 @@ mod volume;
 mod window;
 
 pub use error::Error;
-pub use format::{CreateOptions, Layout, PAGE_SIZE};
+pub use format::{CreateOptions, Layout, FORMAT_VERSION, PAGE_SIZE};
 pub use host::{Clock, Host, SystemClock};
 pub use rewind_remap::{LogicalPage, PhysPage, Stream};
 pub use store::{MemStore, Store};

@@ -1,23 +1,23 @@
-//! Version 1 images stay readable, and stay version 1 when served: fixtures made by the
-//! release that introduced version 2 (pools), before any later code existed, opened by
-//! this build.
+//! Images of older formats stay readable, and keep their format when served: fixtures made
+//! by the last build of each format, opened by this build.
 //!
-//! Two fixtures, made by `history/examples/v1_fixtures.rs` (it only ever needs to run again
-//! if a fixture is lost, and then from a version 1 build):
-//! - `v1-clean.img.gz`: closed cleanly: opens from its checkpoint;
-//! - `v1-crashed.img.gz`: the store as a `kill -9` left it, with completed writes in the
+//! Per format `N` (1, made by commit 3ea4da4; 3, made by 03c3cfe), two fixtures, made by
+//! `history/examples/fixtures.rs` (run from the last build of a format):
+//! - `vN-clean.img.gz`: closed cleanly: opens from its checkpoint;
+//! - `vN-crashed.img.gz`: the store as a `kill -9` left it, with completed writes in the
 //!   journal after the last flush: opens by replaying the journal.
 //!
 //! Beside each, `.expect`: what every safe point and the live device read, one line each:
-//! `<id> <label or -> <one character per page: '.' zeros, else the version written>`.
+//! `<id> <label or -> <one character per page: '.' zeros, else the version written>`, for
+//! the `PAGES` pages the fixture writes (`fixture::logical` says where they are).
 
 mod common;
-#[path = "common/v1_fixture.rs"]
-mod v1_fixture;
+#[path = "common/fixture.rs"]
+mod fixture;
 use common::{decode, page_data};
+use fixture::{fixture, logical, render, BOOT, PAGES};
 use std::io::Read;
 use std::sync::Arc;
-use v1_fixture::{fixture, render, BOOT, PAGES};
 
 use rewind_history::{
     check, read_superblock, sim, LogicalPage, MemStore, SafePointId, Store, Trigger, Volume,
@@ -58,10 +58,11 @@ fn read_fixture(name: &str) -> (Vec<u8>, Vec<Expected>) {
     (gz, parse_expect(&expect))
 }
 
-/// Opens a fixture with this build, on a host of boot `boot`, and checks every safe point
-/// and the live device against its `.expect` (with `live_at_last_safe_point`, the live
-/// device must read as the newest safe point); then writes, flushes and opens it again.
-fn open_and_verify(name: &str, boot: u64, live_at_last_safe_point: bool) {
+/// Opens fixture `name`, of format `version`, with this build, on a host of boot `boot`,
+/// and checks every safe point and the live device against its `.expect` (with
+/// `live_at_last_safe_point`, the live device must read as the newest safe point); then
+/// writes, flushes and opens it again, and checks it kept its format.
+fn open_and_verify(name: &str, version: u32, boot: u64, live_at_last_safe_point: bool) {
     let (image, mut expected) = read_fixture(name);
     if live_at_last_safe_point {
         let newest = expected[expected.len() - 2].device.clone();
@@ -69,8 +70,8 @@ fn open_and_verify(name: &str, boot: u64, live_at_last_safe_point: bool) {
     }
     assert_eq!(
         u32::from_le_bytes(image[8..12].try_into().unwrap()),
-        1,
-        "{name} is a version 1 image"
+        version,
+        "{name} is a version {version} image"
     );
     let host = sim::host(boot);
     let store = Arc::new(MemStore::from_bytes(image));
@@ -80,13 +81,14 @@ fn open_and_verify(name: &str, boot: u64, live_at_last_safe_point: bool) {
     let mut buf = vec![0u8; PAGE_SIZE as usize];
     for e in &expected {
         let mut device = Vec::new();
-        for l in 0..PAGES {
+        for i in 0..PAGES {
+            let l = LogicalPage(logical(version, i));
             match e.id {
-                Some(id) => vol.read_page_at(LogicalPage(l), SafePointId(id), &mut buf),
-                None => vol.read_page(LogicalPage(l), &mut buf),
+                Some(id) => vol.read_page_at(l, SafePointId(id), &mut buf),
+                None => vol.read_page(l, &mut buf),
             }
-            .unwrap_or_else(|err| panic!("{name}: reading page {l} at {:?}: {err}", e.id));
-            device.push(decode(l, &buf));
+            .unwrap_or_else(|err| panic!("{name}: reading page {} at {:?}: {err}", l.0, e.id));
+            device.push(decode(l.0, &buf));
         }
         assert_eq!(render(&device), e.device, "{name}: safe point {:?}", e.id);
         if let Some(id) = e.id {
@@ -99,46 +101,67 @@ fn open_and_verify(name: &str, boot: u64, live_at_last_safe_point: bool) {
     }
     // Served on by this build: a write and a flush, then a clean close and an open.
     let mut stream = vol.stream(0, 1);
-    vol.write_page(&mut stream, LogicalPage(63), &page_data(63, 9))
+    let last = logical(version, PAGES - 1);
+    vol.write_page(&mut stream, LogicalPage(last), &page_data(last, 9))
         .unwrap();
     let id = vol.safe_point(Trigger::User, Some("after".into())).unwrap();
     vol.close().unwrap();
     let vol = Volume::open(store.clone(), &host).unwrap();
-    vol.read_page_at(LogicalPage(63), id, &mut buf).unwrap();
-    assert_eq!(decode(63, &buf), Some(9));
+    vol.read_page_at(LogicalPage(last), id, &mut buf).unwrap();
+    assert_eq!(decode(last, &buf), Some(9));
     drop(vol);
     check(&store, &host).unwrap();
-    // It stays version 1, which a version 1 build still opens: its superblock says so and
-    // its checkpoints keep the dense map (the close wrote one).
+    // It keeps its format, which a build of that format still opens: its superblock says so
+    // and its checkpoints keep the map's form of that format (the close wrote one): dense in
+    // version 1, leaves in version 3.
     let sb = read_superblock(&store).unwrap();
-    assert_eq!(sb.version.get(), 1, "{name} stays a version 1 image");
+    assert_eq!(
+        sb.version.get(),
+        version,
+        "{name} stays a version {version} image"
+    );
     let slot = sb.layout().ckpt_offsets[sb.ckpt_slot.get() as usize];
     let mut header = vec![0u8; 8];
     store.read_at(slot, &mut header).unwrap();
     assert_eq!(
         u32::from_le_bytes(header[4..8].try_into().unwrap()),
-        1,
-        "{name}: a version 1 checkpoint"
+        version,
+        "{name}: a version {version} checkpoint"
     );
 }
 
 #[test]
 fn a_cleanly_closed_version_1_image_opens() {
-    open_and_verify("v1-clean.img.gz", BOOT + 1, false);
+    open_and_verify("v1-clean.img.gz", 1, BOOT + 1, false);
 }
 
 /// As after a `kill -9` of its daemon: the same boot, so the completed writes the journal
 /// holds unsynced are replayed.
 #[test]
 fn a_killed_version_1_image_replays_its_journal() {
-    open_and_verify("v1-crashed.img.gz", BOOT, false);
+    open_and_verify("v1-crashed.img.gz", 1, BOOT, false);
 }
 
 /// As after a power cut: another boot, so the unsynced journal blocks are not trusted and
 /// the device is its newest safe point.
 #[test]
 fn a_version_1_image_after_a_power_cut_opens_at_its_last_safe_point() {
-    open_and_verify("v1-crashed.img.gz", BOOT + 1, true);
+    open_and_verify("v1-crashed.img.gz", 1, BOOT + 1, true);
+}
+
+#[test]
+fn a_cleanly_closed_version_3_image_opens() {
+    open_and_verify("v3-clean.img.gz", 3, BOOT + 1, false);
+}
+
+#[test]
+fn a_killed_version_3_image_replays_its_journal() {
+    open_and_verify("v3-crashed.img.gz", 3, BOOT, false);
+}
+
+#[test]
+fn a_version_3_image_after_a_power_cut_opens_at_its_last_safe_point() {
+    open_and_verify("v3-crashed.img.gz", 3, BOOT + 1, true);
 }
 
 /// A version 1 image large enough that the leaves form of its map would be smaller (two of

@@ -1,28 +1,31 @@
-//! Writes the version 1 image fixtures that `history/tests/format_v1.rs` opens, and their
-//! `.expect` files. Run only from a version 1 build (commit 3ea4da4 or earlier), and only to
-//! remake a lost fixture: a newer build would not make version 1 images of the same making.
+//! Writes the image fixtures of this build's format that `history/tests/old_formats.rs`
+//! opens once the format has moved on, and their `.expect` files: `v<version>-clean.img.gz`
+//! and `v<version>-crashed.img.gz`. Version 1's were made by commit 3ea4da4, version 3's by
+//! 03c3cfe. Run it only from the last build of a format, when the next changes it, or to
+//! remake a lost fixture from that build: a newer build makes images of another format.
 //!
-//! `cargo run -p rewind-history --example v1_fixtures`
+//! `cargo run -p rewind-history --example fixtures`
 
 // The tests' half of it (reading pages back) goes unused here.
 #[allow(dead_code)]
 #[path = "../tests/common/mod.rs"]
 mod common;
-#[path = "../tests/common/v1_fixture.rs"]
-mod v1_fixture;
+#[path = "../tests/common/fixture.rs"]
+mod fixture;
 
 use std::io::Write;
 use std::sync::Arc;
 
 use common::page_data;
+use fixture::{device_pages, fixture, logical, render, BOOT, PAGES};
 use rewind_history::{
     create, sim, CreateOptions, Durability, LogicalPage, MemStore, SafePointId, Trigger, Volume,
-    PAGE_SIZE,
+    FORMAT_VERSION, PAGE_SIZE,
 };
-use v1_fixture::{fixture, render, BOOT, PAGES};
 
 /// The fixture generator's device: the volume and what the test knows it holds.
 struct Gen {
+    version: u32,
     vol: Volume<Arc<MemStore>>,
     stream: rewind_history::Stream,
     live: Vec<Option<u8>>,
@@ -31,11 +34,12 @@ struct Gen {
 
 impl Gen {
     fn write(&mut self, pages: std::ops::Range<u64>, v: u8) {
-        for l in pages {
+        for i in pages {
+            let l = logical(self.version, i);
             self.vol
                 .write_page(&mut self.stream, LogicalPage(l), &page_data(l, v))
                 .unwrap();
-            self.live[l as usize] = Some(v);
+            self.live[i as usize] = Some(v);
         }
     }
 
@@ -74,8 +78,9 @@ fn save(name: &str, image: &[u8], lines: &[String], live: &[Option<u8>]) {
 }
 
 fn main() {
+    let version = FORMAT_VERSION;
     let opts = CreateOptions {
-        size: PAGES * PAGE_SIZE,
+        size: device_pages(version) * PAGE_SIZE,
         history: Some(1 << 20),
         journal: Some(64 << 10),
     };
@@ -87,6 +92,7 @@ fn main() {
     vol.set_durability(Durability::CompletedWrites);
     let stream = vol.stream(0, 1);
     let mut g = Gen {
+        version,
         vol,
         stream,
         live: vec![None; PAGES as usize],
@@ -98,7 +104,7 @@ fn main() {
     g.mark(None);
     g.write(8..24, 3);
     let (third, third_device) = g.mark(Some("third"));
-    g.vol.discard(LogicalPage(40), 8).unwrap();
+    g.vol.discard(LogicalPage(logical(version, 40)), 8).unwrap();
     g.live[40..48].fill(None);
     g.mark(None);
     // A rollback to "third", then more history on top of it.
@@ -111,7 +117,8 @@ fn main() {
     g.mark(Some("after-rollback"));
     // Completed writes after the last safe point: in the journal only.
     g.write(30..34, 5);
-    save("v1-crashed.img.gz", &store.contents(), &g.lines, &g.live);
+    let name = |state: &str| format!("v{version}-{state}.img.gz");
+    save(&name("crashed"), &store.contents(), &g.lines, &g.live);
     g.vol.close().unwrap();
-    save("v1-clean.img.gz", &store.contents(), &g.lines, &g.live);
+    save(&name("clean"), &store.contents(), &g.lines, &g.live);
 }
