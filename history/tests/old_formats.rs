@@ -15,7 +15,7 @@ mod common;
 #[path = "common/fixture.rs"]
 mod fixture;
 use common::{decode, page_data};
-use fixture::{fixture, logical, render, BOOT, PAGES};
+use fixture::{device_pages, fixture, logical, render, BOOT, PAGES};
 use std::io::Read;
 use std::sync::Arc;
 
@@ -75,6 +75,11 @@ fn open_and_verify(name: &str, version: u32, boot: u64, live_at_last_safe_point:
     );
     let host = sim::host(boot);
     let store = Arc::new(MemStore::from_bytes(image));
+    assert_eq!(
+        read_superblock(&store).unwrap().logical_pages.get(),
+        device_pages(version),
+        "{name}: the fixtures' device"
+    );
     check(&store, &host).unwrap_or_else(|e| panic!("{name}: check: {e}"));
     let vol = Volume::open(store.clone(), &host).unwrap_or_else(|e| panic!("{name}: open: {e}"));
     let infos = vol.safe_points();
