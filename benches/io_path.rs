@@ -106,7 +106,7 @@ impl Fixture {
         let table: Vec<u64> = (0..PAGES)
             .map(|l| {
                 let p = mixed.resolve(LogicalPage(l)).expect("resolve");
-                p.map_or(u64::MAX, |p| u64::from(p.0))
+                p.map_or(u64::MAX, |p| p.0)
             })
             .collect();
         let plain = prefaulted_store(mixed.layout().required_bytes());

@@ -262,7 +262,7 @@ impl<'v, S: Store> Export<'v, S> {
             // Pages consecutive on the store are read with one call.
             let run = 1 + phys[i + 1..]
                 .iter()
-                .zip(1u32..)
+                .zip(1u64..)
                 .take_while(|(q, k)| **q == Some(PhysPage(p.0 + k)))
                 .count();
             self.vol

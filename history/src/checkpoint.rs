@@ -1,7 +1,7 @@
 //! Checkpoints: the whole remap table and history window at one journal position.
 //!
-//! A checkpoint is a header page followed by a body: the map (packed `u64` words: one per
-//! logical page, or, in a version 3 image, only those of the leaves written; `MapForm`), the
+//! A checkpoint is a header page followed by a body: the map (`u64` words: one per logical
+//! page, or, from version 3 on, only those of the leaves written; `MapForm`), the
 //! reachable safe points, then the history groups. The header carries the
 //! body's CRC32C and the superblock carries the whole checkpoint's, so a torn checkpoint is
 //! never trusted; it is only ever written into the slot the superblock does not point at.
@@ -20,7 +20,7 @@ use crate::format::{
     COUNTER_MAX, GROUP_BYTES, HISTORY_ENTRY_BYTES, MAX_LABEL, PAGE_SIZE, SAFE_POINT_BYTES,
     SAFE_POINT_PINNED,
 };
-use crate::window::{SafePoint, SafePointId, Trigger, Window};
+use crate::window::{Entry, SafePoint, SafePointId, Trigger, Window};
 use crate::{Error, LogicalPage, PhysPage, Store};
 
 /// The unit checkpoints are written and read in: 1 MiB, a multiple of the page and word.
@@ -46,15 +46,23 @@ pub struct Written {
     pub crc: u32,
 }
 
-/// The two ways a checkpoint's body holds the map, named by the version in its header.
+/// The ways a checkpoint's body holds the map and the history, named by the version in its
+/// header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MapForm {
-    /// Version 1: a word for every logical page.
+    /// Version 1: a narrow word for every logical page.
     Dense,
-    /// Version 3: the map's leaves that hold a mapping, each as its number and its words;
-    /// every page of another leaf is unwritten.
+    /// Version 3: the map's leaves that hold a mapping, each as its number and its narrow
+    /// words; every page of another leaf is unwritten.
     Leaves,
+    /// Version 4: the leaves form, its words and history entries wide.
+    Wide,
 }
+
+/// A narrow word's physical page bits (all ones: unmapped); the epoch tag is above them.
+const NARROW_PHYS: u64 = u32::MAX as u64;
+/// A wide word or entry that reads as zeros.
+const WIDE_ZEROS: u64 = u64::MAX;
 
 impl MapForm {
     /// The checkpoint header's version for this form.
@@ -62,6 +70,16 @@ impl MapForm {
         match self {
             MapForm::Dense => 1,
             MapForm::Leaves => 3,
+            MapForm::Wide => 4,
+        }
+    }
+
+    /// The form's name, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            MapForm::Dense => "dense form of version 1",
+            MapForm::Leaves => "leaves form of version 3",
+            MapForm::Wide => "wide form of version 4",
         }
     }
 
@@ -70,7 +88,20 @@ impl MapForm {
         match version {
             1 => Some(MapForm::Dense),
             3 => Some(MapForm::Leaves),
+            4 => Some(MapForm::Wide),
             _ => None,
+        }
+    }
+
+    /// The form an image of format `version` takes for `map`: its own (version 1 readers
+    /// know only the dense form), but in version 3 the dense one when it is smaller, the
+    /// only one its slot's size was worked out for.
+    fn for_image(version: u32, map: &MapSnapshot) -> MapForm {
+        match version {
+            1 => MapForm::Dense,
+            3 if MapForm::Leaves.bytes(map) < MapForm::Dense.bytes(map) => MapForm::Leaves,
+            3 => MapForm::Dense,
+            _ => MapForm::Wide,
         }
     }
 
@@ -78,7 +109,7 @@ impl MapForm {
     fn bytes(self, map: &MapSnapshot) -> u64 {
         match self {
             MapForm::Dense => map.pages() * 8,
-            MapForm::Leaves => {
+            MapForm::Leaves | MapForm::Wide => {
                 8 + map
                     .leaves()
                     .map(|(_, w)| 8 + 8 * w.len() as u64)
@@ -86,27 +117,65 @@ impl MapForm {
             }
         }
     }
+
+    /// A map word as this form stores it. A narrow word (versions 1 and 3) carries the
+    /// epoch it was set in mod 2^32, which their readers compare with the open epoch's: a
+    /// word set in the open epoch gets the open epoch's (`open`), any other the one before.
+    fn store_word(self, word: u64, open: u32) -> u64 {
+        let m = Mapping::unpack(word);
+        match self {
+            MapForm::Wide => m.phys.map_or(WIDE_ZEROS, |p| p.0),
+            MapForm::Dense | MapForm::Leaves => {
+                let tag = if m.open { open } else { open.wrapping_sub(1) };
+                (u64::from(tag) << 32) | m.phys.map_or(NARROW_PHYS, |p| p.0)
+            }
+        }
+    }
+
+    /// The mapping of a stored word, not yet known to be of the open epoch (the open
+    /// group says which are: `Volume::load`).
+    fn load_word(self, word: u64) -> Option<PhysPage> {
+        let (p, none) = match self {
+            MapForm::Wide => (word, WIDE_ZEROS),
+            MapForm::Dense | MapForm::Leaves => (word & NARROW_PHYS, NARROW_PHYS),
+        };
+        (p != none).then_some(PhysPage(p))
+    }
+
+    /// A history entry's page as this form stores it.
+    fn store_held(self, old: Option<PhysPage>) -> u64 {
+        match self {
+            MapForm::Wide => old.map_or(WIDE_ZEROS, |p| p.0),
+            MapForm::Dense | MapForm::Leaves => old.map_or(NARROW_PHYS, |p| p.0),
+        }
+    }
+
+    /// The inverse of `store_held`.
+    fn load_held(self, held: u64) -> Option<PhysPage> {
+        let none = match self {
+            MapForm::Wide => WIDE_ZEROS,
+            MapForm::Dense | MapForm::Leaves => NARROW_PHYS,
+        };
+        (held != none).then_some(PhysPage(held))
+    }
 }
 
-/// Writes checkpoint `s` at `offset` of `store`, in pieces: the body first, then the header
-/// page that vouches for it. With `leaves`, the map goes in the form of version 3 when that
-/// is smaller (an image of version 3; never in an older one, whose readers know only the
-/// dense form). `slot_bytes` is the room there is: a checkpoint that would not fit is
-/// refused before anything is written. The store is not synced.
+/// Writes checkpoint `s` of an image of format `version` at `offset` of `store`, in
+/// pieces: the body first, then the header page that vouches for it. The map goes in the
+/// form `MapForm::for_image` picks. `slot_bytes` is the room there is: a checkpoint that
+/// would not fit is refused before anything is written. The store is not synced.
 pub fn write<S: Store>(
     store: &S,
     offset: u64,
     slot_bytes: u64,
     s: &Snapshot,
-    leaves: bool,
+    version: u32,
     uuid: u64,
 ) -> Result<Written, Error> {
-    let (dense, sparse) = (MapForm::Dense.bytes(&s.map), MapForm::Leaves.bytes(&s.map));
-    let (form, map_len) = match leaves {
-        true if sparse < dense => (MapForm::Leaves, sparse),
-        _ => (MapForm::Dense, dense),
-    };
-    let tail = encode_window(&s.window);
+    let form = MapForm::for_image(version, &s.map);
+    let map_len = form.bytes(&s.map);
+    let open = s.window.next_id.0 as u32;
+    let tail = encode_window(&s.window, form);
     let body_len = map_len + tail.len() as u64;
     if PAGE_SIZE + body_len > slot_bytes {
         return Err(Error::Corrupt(format!(
@@ -133,15 +202,15 @@ pub fn write<S: Store>(
     match form {
         MapForm::Dense => {
             for word in s.map.words() {
-                put(&word.to_le_bytes(), false)?;
+                put(&form.store_word(word, open).to_le_bytes(), false)?;
             }
         }
-        MapForm::Leaves => {
+        MapForm::Leaves | MapForm::Wide => {
             put(&(s.map.leaves().count() as u64).to_le_bytes(), false)?;
             for (n, words) in s.map.leaves() {
                 put(&n.to_le_bytes(), false)?;
-                for word in words {
-                    put(&word.to_le_bytes(), false)?;
+                for &word in words {
+                    put(&form.store_word(word, open).to_le_bytes(), false)?;
                 }
             }
         }
@@ -176,7 +245,7 @@ pub fn write<S: Store>(
 }
 
 /// The part of the body after the map: the safe points, then the history groups.
-fn encode_window(w: &Window) -> Vec<u8> {
+fn encode_window(w: &Window, form: MapForm) -> Vec<u8> {
     let mut out = Vec::with_capacity(
         w.safe_points.len() * SAFE_POINT_BYTES
             + w.groups.len() * GROUP_BYTES
@@ -207,11 +276,10 @@ fn encode_window(w: &Window) -> Vec<u8> {
             count: U64::new(entries.len() as u64),
         };
         out.extend_from_slice(g.as_bytes());
-        for (l, p) in entries {
+        for e in entries {
             let e = HistoryEntry {
-                logical: U64::new(l.0),
-                phys: U32::new(p.map_or(u32::MAX, |p| p.0)),
-                pad: U32::new(0),
+                logical: U64::new(e.l.0),
+                phys: U64::new(form.store_held(e.old())),
             };
             out.extend_from_slice(e.as_bytes());
         }
@@ -283,8 +351,14 @@ pub fn read<S: Store>(
         for (i, word) in piece.chunks_exact(8).enumerate() {
             let word = u64::from_le_bytes(word.try_into().expect("8 bytes"));
             let l = first + i as u64;
-            check_word(l, word, layout)?;
-            map.set(LogicalPage(l), Mapping::unpack(word));
+            let phys = form.load_word(word);
+            if let Some(p) = phys.filter(|p| p.0 >= layout.physical_pages) {
+                return Err(corrupt(format!(
+                    "logical page {l} maps to physical page {} of {}",
+                    p.0, layout.physical_pages
+                )));
+            }
+            map.set(LogicalPage(l), Mapping { phys, open: false });
         }
         Ok(())
     };
@@ -302,7 +376,7 @@ pub fn read<S: Store>(
             }
             pages * 8
         }
-        MapForm::Leaves => {
+        MapForm::Leaves | MapForm::Wide => {
             get(&mut piece, 8)?;
             let count = word(&piece);
             let mut bytes = 8;
@@ -338,7 +412,7 @@ pub fn read<S: Store>(
     };
     let mut window = Window::new(SafePointId(h.next_safe_point.get()));
     decode_safe_points(&mut body, h.safe_points.get(), &mut window)?;
-    decode_groups(&mut body, h.groups.get(), layout, &mut window)?;
+    decode_groups(&mut body, h.groups.get(), layout, form, &mut window)?;
     if window.history_entries != h.entries.get() {
         return Err(corrupt("entry count does not match the header"));
     }
@@ -400,17 +474,6 @@ impl<'a> Body<'a> {
     }
 }
 
-/// Refuses a map word of logical page `l` that points outside the data area.
-fn check_word(l: u64, word: u64, layout: &Layout) -> Result<(), Error> {
-    match Mapping::unpack(word).phys {
-        Some(p) if u64::from(p.0) >= layout.physical_pages => Err(corrupt(format!(
-            "logical page {l} maps to physical page {} of {}",
-            p.0, layout.physical_pages
-        ))),
-        _ => Ok(()),
-    }
-}
-
 /// `count` safe points into `window`, whose ids must ascend below its open epoch.
 fn decode_safe_points(body: &mut Body<'_>, count: u64, window: &mut Window) -> Result<(), Error> {
     for _ in 0..count {
@@ -456,6 +519,7 @@ fn decode_groups(
     body: &mut Body<'_>,
     count: u64,
     layout: &Layout,
+    form: MapForm,
     window: &mut Window,
 ) -> Result<(), Error> {
     for _ in 0..count {
@@ -475,14 +539,14 @@ fn decode_groups(
         for chunk in raw.chunks_exact(HISTORY_ENTRY_BYTES) {
             let (e, _) = HistoryEntry::read_from_prefix(chunk).map_err(|_| corrupt("entry"))?;
             let l = e.logical.get();
-            let p = e.phys.get();
-            if l >= layout.logical_pages || (p != u32::MAX && u64::from(p) >= layout.physical_pages)
-            {
+            let old = form.load_held(e.phys.get());
+            if l >= layout.logical_pages || old.is_some_and(|p| p.0 >= layout.physical_pages) {
                 return Err(corrupt(format!(
-                    "history entry ({l}, {p}) out of range in group {epoch}"
+                    "history entry ({l}, {}) out of range in group {epoch}",
+                    e.phys.get()
                 )));
             }
-            entries.push((LogicalPage(l), (p != u32::MAX).then_some(PhysPage(p))));
+            entries.push(Entry::new(LogicalPage(l), old));
         }
         window.load_group(epoch, entries).map_err(|l| {
             corrupt(format!(

@@ -20,10 +20,10 @@ use crate::Error;
 
 /// The size of a logical and a physical page.
 pub const PAGE_SIZE: u64 = 4096;
-/// The format version this build writes and the newest it reads. It reads version 1 too,
-/// and writes an image of version 1 as version 1; version 2 is the pool label's
+/// The format version this build writes and the newest it reads. It reads versions 1 and 3
+/// too, and serves such an image in its own version; version 2 is the pool label's
 /// (`FORMAT.md`), never a superblock's.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// The superblock magic.
 pub const SUPER_MAGIC: [u8; 8] = *b"REWIND\0\x01";
 /// Offsets of the two superblock copies.
@@ -104,6 +104,8 @@ pub struct CreateOptions {
 /// Where everything is in the backing store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Layout {
+    /// The image's format version: what its records, checkpoints and limits are.
+    pub version: u32,
     /// Pages the device shows.
     pub logical_pages: u64,
     /// Pages of the data area: logical pages plus the history area.
@@ -119,8 +121,14 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// Works out the layout for `opts`, checking the sizes.
+    /// Works out the layout of a new image (of `FORMAT_VERSION`) for `opts`, checking the
+    /// sizes.
     pub fn for_create(opts: &CreateOptions) -> Result<Layout, Error> {
+        Self::for_create_as(opts, FORMAT_VERSION)
+    }
+
+    /// `for_create` of an image of format `version`: tests make older ones.
+    pub fn for_create_as(opts: &CreateOptions, version: u32) -> Result<Layout, Error> {
         if opts.size == 0 || !opts.size.is_multiple_of(PAGE_SIZE) {
             return Err(Error::BadOption(format!(
                 "size {} is not a positive multiple of the page size ({PAGE_SIZE})",
@@ -137,14 +145,15 @@ impl Layout {
         }
         let logical_pages = opts.size / PAGE_SIZE;
         let physical_pages = logical_pages + history / PAGE_SIZE;
-        if physical_pages > u64::from(rewind_remap::PhysPage::MAX) {
+        let max = max_physical_pages(version);
+        if physical_pages > max {
             return Err(Error::BadOption(format!(
-                "size plus history is {} pages ({} GiB), more than the {} pages (just under \
-                 16 TiB) this format of rewind image can hold: give a smaller --size or \
+                "size plus history is {} pages ({} GiB), more than the {max} pages ({} GiB) \
+                 an image of format version {version} can hold: give a smaller --size or \
                  --history",
                 physical_pages,
                 physical_pages >> 18,
-                rewind_remap::PhysPage::MAX
+                max >> 18,
             )));
         }
         // The journal holds the records between two checkpoints: 16 bytes per page written.
@@ -157,17 +166,30 @@ impl Layout {
             )));
         }
         Ok(Layout::compute(
+            version,
             logical_pages,
             physical_pages,
             journal_bytes / JOURNAL_BLOCK,
         ))
     }
 
-    /// The layout implied by the sizes a superblock records.
-    pub fn compute(logical_pages: u64, physical_pages: u64, journal_blocks: u64) -> Layout {
+    /// The layout implied by the version and sizes a superblock records.
+    pub fn compute(
+        version: u32,
+        logical_pages: u64,
+        physical_pages: u64,
+        journal_blocks: u64,
+    ) -> Layout {
+        // From version 4 on, the map is always in the leaves form: room for every leaf's
+        // number and their count besides the words.
+        let leaf_numbers = match version {
+            1..=3 => 0,
+            _ => 8 + 8 * logical_pages.div_ceil(rewind_remap::MAP_LEAF_PAGES),
+        };
         let ckpt_bytes = round_up(
             PAGE_SIZE
                 + logical_pages * 8
+                + leaf_numbers
                 + MAX_SAFE_POINTS * SAFE_POINT_BYTES as u64
                 + (MAX_SAFE_POINTS + 1) * GROUP_BYTES as u64
                 + physical_pages * HISTORY_ENTRY_BYTES as u64,
@@ -176,6 +198,7 @@ impl Layout {
         let ckpt0 = round_up(JOURNAL_OFFSET + journal_blocks * JOURNAL_BLOCK, PAGE_SIZE);
         let ckpt1 = ckpt0 + ckpt_bytes;
         Layout {
+            version,
             logical_pages,
             physical_pages,
             journal_blocks,
@@ -207,7 +230,7 @@ impl Layout {
 
     /// Byte offset of a physical page.
     pub fn page_offset(&self, p: rewind_remap::PhysPage) -> u64 {
-        self.data_offset + u64::from(p.0) * PAGE_SIZE
+        self.data_offset + p.0 * PAGE_SIZE
     }
 
     /// Byte offset of journal block `seq`.
@@ -218,6 +241,15 @@ impl Layout {
     /// Blocks from `seq` to the end of the ring: one contiguous access covers no more.
     pub fn journal_blocks_to_ring_end(&self, seq: JournalSeq) -> u64 {
         self.journal_blocks - seq.0 % self.journal_blocks
+    }
+}
+
+/// The most physical pages an image of format `version` may have: 32 bits of page number
+/// up to version 3, 56 from version 4 on (`PhysPage::MAX`).
+pub fn max_physical_pages(version: u32) -> u64 {
+    match version {
+        1..=3 => rewind_remap::PhysPage::MAX_NARROW,
+        _ => rewind_remap::PhysPage::MAX,
     }
 }
 
@@ -304,6 +336,7 @@ impl Superblock {
     /// The layout this superblock describes.
     pub fn layout(&self) -> Layout {
         Layout::compute(
+            self.version.get(),
             self.logical_pages.get(),
             self.physical_pages.get(),
             self.journal_blocks.get(),
@@ -325,7 +358,7 @@ impl Superblock {
             )));
         }
         match sb.version.get() {
-            1 | 3 => {}
+            1 | 3 | 4 => {}
             0 => return Err(Error::Corrupt("superblock of format version 0".into())),
             2 => {
                 return Err(Error::Corrupt(
@@ -354,7 +387,7 @@ impl Superblock {
         );
         if l == 0
             || p < l
-            || p > u64::from(rewind_remap::PhysPage::MAX)
+            || p > max_physical_pages(sb.version.get())
             || !(16..=1 << 32).contains(&j)
         {
             return Err(Error::Corrupt(format!(
@@ -431,7 +464,8 @@ pub mod tag {
 pub struct CheckpointHeader {
     /// Tells a checkpoint from stale data.
     pub magic: U32,
-    /// The form of its map: 1 dense, 3 leaves (`checkpoint::MapForm`).
+    /// The form of its map and history: 1 dense, 3 leaves, 4 wide leaves
+    /// (`checkpoint::MapForm`).
     pub version: U32,
     /// The image's uuid.
     pub uuid: U64,
@@ -509,10 +543,9 @@ pub const GROUP_BYTES: usize = std::mem::size_of::<GroupHeader>();
 pub struct HistoryEntry {
     /// The logical page.
     pub logical: U64,
-    /// Its physical page then, or `u32::MAX` when it read as zeros.
-    pub phys: U32,
-    /// Reserved; zero.
-    pub pad: U32,
+    /// Its physical page then; when it read as zeros, `u64::MAX` in a wide checkpoint
+    /// (version 4), `u32::MAX` in an older one (whose high 32 bits are zero).
+    pub phys: U64,
 }
 
 /// The bytes of a history entry.

@@ -29,8 +29,8 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use crate::checkpoint::{self, Snapshot};
 use crate::format::{
-    CheckpointHeader, JournalHeader, Superblock, JOURNAL_BLOCK, JOURNAL_MAGIC, JOURNAL_OFFSET,
-    SUPER_OFFSETS,
+    CheckpointHeader, JournalHeader, Superblock, FORMAT_VERSION, JOURNAL_BLOCK, JOURNAL_MAGIC,
+    JOURNAL_OFFSET, SUPER_OFFSETS,
 };
 use crate::sim;
 use crate::{
@@ -164,10 +164,11 @@ pub fn checkpoint(data: &[u8]) -> Result<(), Error> {
             window: read.window,
             journal_seq: read.journal_seq,
         };
-        // In both forms of the map, as the checkpoint came and in the other.
-        for leaves in [false, true] {
+        // In the forms of every version of the format, whichever the checkpoint came in (the
+        // base image's pages fit the narrow ones).
+        for version in [1, 3, FORMAT_VERSION] {
             let out = MemStore::new(b.layout.ckpt_bytes);
-            let written = checkpoint::write(&out, 0, b.layout.ckpt_bytes, &snap, leaves, b.uuid)
+            let written = checkpoint::write(&out, 0, b.layout.ckpt_bytes, &snap, version, b.uuid)
                 .expect("a checkpoint rewind read fits its slot again");
             let again_map = RemapTable::new(b.layout.logical_pages);
             let again = checkpoint::read(

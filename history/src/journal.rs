@@ -61,7 +61,13 @@ impl Record {
     /// The slots this record takes; they must stay in one block.
     fn encode(&self, out: &mut Vec<Slot>) {
         match self {
-            Record::Write { l, p } => out.push(slot(tag::WRITE, 0, 0, p.0, l.0)),
+            Record::Write { l, p } => {
+                // The physical page's low 32 bits in bytes 4..8, its high 24 in 1..4 (zero
+                // in an image of version 1 or 3, where it is at most 32 bits).
+                let mut s = slot(tag::WRITE, 0, 0, p.0 as u32, l.0);
+                s[1..4].copy_from_slice(&(p.0 >> 32).to_le_bytes()[..3]);
+                out.push(s);
+            }
             Record::Discard { l, count } => out.push(slot(tag::DISCARD, 0, 0, *count, l.0)),
             Record::Retire { id } => out.push(slot(tag::RETIRE, 0, 0, 0, id.0)),
             Record::Rollback { to } => out.push(slot(tag::ROLLBACK, 0, 0, 0, to.0)),
@@ -98,7 +104,10 @@ impl Record {
             tag::WRITE => Ok((
                 Record::Write {
                     l: LogicalPage(long),
-                    p: PhysPage(word),
+                    p: PhysPage(
+                        u64::from(word)
+                            | u64::from_le_bytes([s[1], s[2], s[3], 0, 0, 0, 0, 0]) << 32,
+                    ),
                 },
                 1,
             )),
@@ -443,11 +452,11 @@ fn replay_block(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::CreateOptions;
+    use crate::format::{CreateOptions, FORMAT_VERSION};
     use crate::MemStore;
 
     fn layout() -> Layout {
-        Layout::compute(1024, 2048, 16)
+        Layout::compute(FORMAT_VERSION, 1024, 2048, 16)
     }
 
     fn sample() -> Vec<Record> {
@@ -455,7 +464,8 @@ mod tests {
         for i in 0..70 {
             v.push(Record::Write {
                 l: LogicalPage(i),
-                p: PhysPage(i as u32 + 5),
+                // Past 32 bits for some, as in a version 4 image.
+                p: PhysPage(i + 5 + ((i % 3) << 50)),
             });
         }
         v.push(Record::Discard {

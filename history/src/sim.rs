@@ -74,14 +74,16 @@ impl Clock for SimClock {
     }
 }
 
-/// Formats `store` as a version 1 image, as a build of version 1 did (its superblock says
-/// version 1 and its checkpoints hold the dense map), to test how this build serves one.
-pub fn create_version_1<S: Store>(
+/// Formats `store` as an image of an older format `version` (1 or 3), as a build of that
+/// version did (its superblock says so and its checkpoints take that version's forms), to
+/// test how this build serves one.
+pub fn create_version<S: Store>(
     store: &S,
     opts: &crate::CreateOptions,
     host: &Host,
+    version: u32,
 ) -> Result<crate::Layout, crate::Error> {
-    crate::volume::create_as(store, opts, host, 1)
+    crate::volume::create_as(store, opts, host, version)
 }
 
 /// A fixed host ("sim", pid 1) of boot `boot_id` with a fresh `SimClock`. A daemon killed

@@ -11,7 +11,7 @@
 //! them: a closed epoch's group is sorted by logical page, so a page is found in it by
 //! binary search; only the open epoch's group, still growing, gets a hash index of where
 //! each page is in it, made when a page is first looked up there or the group is read from
-//! a checkpoint (a write needs none: the map's epoch tag tells whether a page is in the
+//! a checkpoint (a write needs none: the map's open bit tells whether a page is in the
 //! open group already).
 //!
 //! Invariants:
@@ -29,8 +29,36 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use rewind_remap::{LogicalPage, PhysPage};
 use rustc_hash::{FxHashMap, FxHashSet};
 
-/// A group's entries: (logical page, the page it had when the group's epoch began).
-pub type Group = Vec<(LogicalPage, Option<PhysPage>)>;
+/// A group's entries: each a logical page and the page it had when the group's epoch began.
+pub type Group = Vec<Entry>;
+
+/// A history entry: logical page `l` and the physical page it held when its group's epoch
+/// began, or zeros, in 16 bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The logical page.
+    pub l: LogicalPage,
+    /// The physical page it held, or `ZEROS`.
+    held: u64,
+}
+
+/// `Entry::held` of a page that read as zeros: past `PhysPage::MAX`.
+const ZEROS: u64 = u64::MAX;
+
+impl Entry {
+    /// The entry of `l`, which held `old` (`None`: zeros).
+    pub fn new(l: LogicalPage, old: Option<PhysPage>) -> Entry {
+        Entry {
+            l,
+            held: old.map_or(ZEROS, |p| p.0),
+        }
+    }
+
+    /// The page `l` held (`None`: zeros).
+    pub fn old(self) -> Option<PhysPage> {
+        (self.held != ZEROS).then_some(PhysPage(self.held))
+    }
+}
 
 /// The id of a safe point. Ids count up by one from 0 (the safe point `create` makes) and
 /// stay at or below `format::COUNTER_MAX`, so they never wrap. An epoch is named by the id
@@ -165,14 +193,14 @@ impl Window {
     }
 
     /// Records that `l`, which held `old` when the open epoch began, was overwritten. The
-    /// caller supersedes a page at most once an epoch: the map's epoch tag says whether it
-    /// did (and `open_pages` lets a loaded checkpoint be checked for that).
+    /// caller supersedes a page at most once an epoch: the map's open bit says whether it
+    /// did (set on `open_pages` when a checkpoint is loaded).
     pub fn supersede(&mut self, l: LogicalPage, old: Option<PhysPage>) {
         let g = self.groups.entry(self.next_id).or_default();
         if let Some(index) = &mut self.open_index {
             index.insert(l, g.len());
         }
-        g.push((l, old));
+        g.push(Entry::new(l, old));
         self.count(old, true);
     }
 
@@ -182,7 +210,7 @@ impl Window {
             .get(&self.next_id)
             .into_iter()
             .flatten()
-            .map(|e| e.0)
+            .map(|e| e.l)
     }
 
     /// Adds the group of `epoch` read from a checkpoint: `Err(l)` if it holds logical page
@@ -190,20 +218,20 @@ impl Window {
     pub fn load_group(&mut self, epoch: SafePointId, mut g: Group) -> Result<(), LogicalPage> {
         if epoch == self.next_id {
             let mut index = FxHashMap::default();
-            for (i, &(l, _)) in g.iter().enumerate() {
-                if index.insert(l, i).is_some() {
-                    return Err(l);
+            for (i, e) in g.iter().enumerate() {
+                if index.insert(e.l, i).is_some() {
+                    return Err(e.l);
                 }
             }
             self.open_index = Some(index);
         } else {
-            g.sort_unstable_by_key(|e| e.0);
-            if let Some(w) = g.windows(2).find(|w| w[0].0 == w[1].0) {
-                return Err(w[0].0);
+            g.sort_unstable_by_key(|e| e.l);
+            if let Some(w) = g.windows(2).find(|w| w[0].l == w[1].l) {
+                return Err(w[0].l);
             }
         }
-        for &(_, old) in &g {
-            self.count(old, true);
+        for e in &g {
+            self.count(e.old(), true);
         }
         self.groups.insert(epoch, g);
         Ok(())
@@ -213,7 +241,7 @@ impl Window {
     /// allocated, and the open group's index if it was made (its buckets and their control
     /// bytes). The map of groups itself, a node per group, is left out.
     pub fn index_bytes(&self) -> u64 {
-        let entry = std::mem::size_of::<(LogicalPage, Option<PhysPage>)>();
+        let entry = std::mem::size_of::<Entry>();
         let groups: usize = self.groups.values().map(|g| g.capacity() * entry).sum();
         let slot = std::mem::size_of::<(LogicalPage, usize)>() + 1;
         let index = self.open_index.as_ref().map_or(0, |i| i.capacity() * slot);
@@ -234,8 +262,8 @@ impl Window {
 
     /// The entry of `l` in the closed group `g`, if it has one.
     fn closed_entry(g: &Group, l: LogicalPage) -> Option<Option<PhysPage>> {
-        let i = g.binary_search_by_key(&l, |e| e.0).ok()?;
-        Some(g[i].1)
+        let i = g.binary_search_by_key(&l, |e| e.l).ok()?;
+        Some(g[i].old())
     }
 
     /// What `l` held at safe point `at`: `Some(page)` from its history, or `None` when it
@@ -264,18 +292,14 @@ impl Window {
         let g = self.groups.get(&self.next_id)?;
         let index = self
             .open_index
-            .get_or_insert_with(|| g.iter().enumerate().map(|(i, e)| (e.0, i)).collect());
-        Some(g[*index.get(&l)?].1)
+            .get_or_insert_with(|| g.iter().enumerate().map(|(i, e)| (e.l, i)).collect());
+        Some(g[*index.get(&l)?].old())
     }
 
     /// Every logical page that changed after safe point `at`, with what it held then: up to
     /// safe point `until` (`None`: up to now); sorted by page, so that whoever applies them
     /// walks the map and the counts in order.
-    pub fn changed_since(
-        &self,
-        at: SafePointId,
-        until: Option<SafePointId>,
-    ) -> Vec<(LogicalPage, Option<PhysPage>)> {
+    pub fn changed_since(&self, at: SafePointId, until: Option<SafePointId>) -> Vec<Entry> {
         let end = until.unwrap_or(SafePointId(u64::MAX));
         if end <= at {
             return Vec::new();
@@ -288,7 +312,7 @@ impl Window {
             Some(g) if self.next_id <= end => g.clone(),
             _ => Vec::new(),
         };
-        open.sort_unstable_by_key(|x| x.0);
+        open.sort_unstable_by_key(|x| x.l);
         let last = end.min(self.next_id);
         let closed = (at < last).then(|| self.groups.range(at.next()..=last));
         let groups: Vec<&Group> = closed
@@ -320,7 +344,7 @@ impl Window {
     pub fn push_safe_point(&mut self, sp: SafePoint) {
         assert_eq!(sp.id, self.next_id, "safe point ids must follow the epoch");
         if let Some(g) = self.groups.get_mut(&sp.id) {
-            g.sort_unstable_by_key(|e| e.0);
+            g.sort_unstable_by_key(|e| e.l);
             g.shrink_to_fit();
         }
         self.open_index = None;
@@ -361,7 +385,7 @@ impl Window {
                 dropped = std::mem::take(g);
             } else {
                 g.retain(|e| {
-                    !pages.contains(&e.0) || {
+                    !pages.contains(&e.l) || {
                         dropped.push(*e);
                         false
                     }
@@ -370,9 +394,9 @@ impl Window {
             if g.is_empty() {
                 self.groups.remove(&epoch);
             }
-            for (_, old) in dropped {
-                self.count(old, false);
-                if let Some(p) = old {
+            for e in dropped {
+                self.count(e.old(), false);
+                if let Some(p) = e.old() {
                     free(p);
                 }
             }
@@ -398,18 +422,18 @@ impl Window {
             Some(p) => self
                 .groups
                 .range(p.next()..=id)
-                .flat_map(|(_, g)| g.iter().map(|e| e.0))
+                .flat_map(|(_, g)| g.iter().map(|e| e.l))
                 .collect(),
             None => FxHashSet::default(),
         };
         for (&epoch, g) in self.groups.range(id.next()..=next) {
-            for &(l, _) in g {
-                if prev.is_none() || after_prev.contains(&l) {
-                    out.push((epoch, l));
+            for e in g {
+                if prev.is_none() || after_prev.contains(&e.l) {
+                    out.push((epoch, e.l));
                 }
             }
             if prev.is_some() {
-                after_prev.extend(g.iter().map(|e| e.0));
+                after_prev.extend(g.iter().map(|e| e.l));
             }
         }
         out
@@ -428,16 +452,16 @@ fn merge_first(groups: &[&Group]) -> Group {
     let mut heap: BinaryHeap<Reverse<(LogicalPage, usize, usize)>> = groups
         .iter()
         .enumerate()
-        .map(|(n, g)| Reverse((g[0].0, n, 0)))
+        .map(|(n, g)| Reverse((g[0].l, n, 0)))
         .collect();
     let mut out: Group = Vec::new();
     // Equal pages pop in group order: the lowest epoch's first.
     while let Some(Reverse((l, n, i))) = heap.pop() {
-        if out.last().is_none_or(|e| e.0 != l) {
+        if out.last().is_none_or(|e| e.l != l) {
             out.push(groups[n][i]);
         }
         if let Some(next) = groups[n].get(i + 1) {
-            heap.push(Reverse((next.0, n, i + 1)));
+            heap.push(Reverse((next.l, n, i + 1)));
         }
     }
     out
@@ -534,25 +558,20 @@ mod tests {
         w.supersede(LogicalPage(5), p(30)); // open group 4, unsorted
         w.supersede(LogicalPage(3), None);
         let l = LogicalPage;
+        let changed = |at, until: Option<u64>| -> Vec<(LogicalPage, Option<PhysPage>)> {
+            w.changed_since(SafePointId(at), until.map(SafePointId))
+                .iter()
+                .map(|e| (e.l, e.old()))
+                .collect()
+        };
         assert_eq!(
-            w.changed_since(SafePointId(1), None),
+            changed(1, None),
             [(l(1), p(11)), (l(2), p(22)), (l(3), None), (l(5), p(10))]
         );
-        assert_eq!(
-            w.changed_since(SafePointId(2), Some(SafePointId(3))),
-            [(l(1), p(21)), (l(2), p(22))]
-        );
-        assert_eq!(
-            w.changed_since(SafePointId(1), Some(SafePointId(2))),
-            [(l(1), p(11)), (l(5), p(10))]
-        );
-        assert_eq!(
-            w.changed_since(SafePointId(3), None),
-            [(l(3), None), (l(5), p(30))]
-        );
-        assert!(w
-            .changed_since(SafePointId(3), Some(SafePointId(3)))
-            .is_empty());
+        assert_eq!(changed(2, Some(3)), [(l(1), p(21)), (l(2), p(22))]);
+        assert_eq!(changed(1, Some(2)), [(l(1), p(11)), (l(5), p(10))]);
+        assert_eq!(changed(3, None), [(l(3), None), (l(5), p(30))]);
+        assert!(changed(3, Some(3)).is_empty());
     }
 
     #[test]

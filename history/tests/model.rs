@@ -723,19 +723,11 @@ fn a_page_being_read_is_not_reused_until_the_read_ends() {
 
 #[test]
 fn an_image_of_a_newer_version_is_refused_and_left_alone() {
-    use rewind_history::Store;
     let mut h = Harness::new(256, 64);
     h.run(&Op::Write(5, 3));
     h.vol.take().unwrap().close().unwrap();
-    // Both copies claim version 4, with valid checksums.
-    for base in [0u64, 4096] {
-        let mut sb = vec![0u8; 208];
-        h.store.read_at(base, &mut sb).unwrap();
-        sb[8..12].copy_from_slice(&4u32.to_le_bytes());
-        let crc = crc32c::crc32c(&sb[..200]);
-        sb[200..204].copy_from_slice(&crc.to_le_bytes());
-        h.store.write_at(base, &sb).unwrap();
-    }
+    // Both copies claim version 5, with valid checksums.
+    claim_version(&h.store, 5);
     let before = h.store.contents();
     let err = Volume::open(h.store.clone(), &h.host)
         .err()
@@ -744,8 +736,8 @@ fn an_image_of_a_newer_version_is_refused_and_left_alone() {
         matches!(
             err,
             rewind_history::Error::UnsupportedVersion {
-                found: 4,
-                supported: 3
+                found: 5,
+                supported: 4
             }
         ),
         "{err}"
@@ -769,10 +761,12 @@ fn claim_version(store: &MemStore, version: u32) {
     }
 }
 
-/// A superblock of version 0 is corrupt; a version 1 superblock over a checkpoint whose map
-/// is in leaves (which only version 3 writes, and a version 1 reader would misread) too.
+/// A superblock of version 0 is corrupt; so is a superblock over a checkpoint in a form its
+/// version never writes: a reader of that version would misread it (a version 1 or 3
+/// superblock over version 4's wide form, a version 4 superblock over version 3's narrow
+/// one).
 #[test]
-fn a_version_0_image_or_a_version_1_image_with_leaves_is_refused() {
+fn a_version_0_image_or_a_checkpoint_of_another_version_is_refused() {
     let h = Harness::new(256, 64);
     drop(h.vol);
     claim_version(&h.store, 0);
@@ -780,11 +774,31 @@ fn a_version_0_image_or_a_version_1_image_with_leaves_is_refused() {
         .err()
         .expect("version 0");
     assert!(err.to_string().contains("version 0"), "{err}");
-    claim_version(&h.store, 1);
-    let err = Volume::open(h.store.clone(), &h.host)
+    for older in [1, 3] {
+        claim_version(&h.store, older);
+        let err = Volume::open(h.store.clone(), &h.host)
+            .err()
+            .expect("a wide checkpoint under an older version");
+        assert!(err.to_string().contains("wide form"), "{err}");
+    }
+    let opts = CreateOptions {
+        size: 256 * PAGE_SIZE,
+        history: Some(1 << 20),
+        journal: Some(64 * 512),
+    };
+    let layout = rewind_history::Layout::for_create_as(&opts, 3).unwrap();
+    // Room for the larger layout version 4 would give it, so the checkpoint is reached.
+    let store = Arc::new(MemStore::new(layout.required_bytes() + (1 << 20)));
+    sim::create_version(&store, &opts, &h.host, 3).unwrap();
+    Volume::open(store.clone(), &h.host)
+        .unwrap()
+        .close()
+        .unwrap();
+    claim_version(&store, 4);
+    let err = Volume::open(store.clone(), &h.host)
         .err()
-        .expect("leaves under version 1");
-    assert!(err.to_string().contains("leaves"), "{err}");
+        .expect("a narrow checkpoint under version 4");
+    assert!(err.to_string().contains("form of version 3"), "{err}");
 }
 
 #[test]
@@ -835,7 +849,7 @@ fn a_multi_page_write_lands_in_one_extent_at_home_then_in_the_history_area() {
     let mut s = vol.stream(0, 1);
     let extent = |first: u64, n: u64| -> Vec<u64> {
         (first..first + n)
-            .map(|l| u64::from(vol.resolve(LogicalPage(l)).unwrap().unwrap().0))
+            .map(|l| vol.resolve(LogicalPage(l)).unwrap().unwrap().0)
             .collect()
     };
     let data: Vec<u8> = (10..26).flat_map(|l| page_data(l, 1)).collect();
@@ -957,7 +971,7 @@ fn past_twice_a_commits_records_the_thread_of_a_staged_commit_is_told_to_wait() 
     assert_eq!(decode(129 % PAGES, &page), Some(3));
 }
 
-/// A version 3 image's checkpoint holds only the leaves of the map that were written (4096
+/// A version 4 image's checkpoint holds only the leaves of the map that were written (4096
 /// pages each, fewer for the device's last): nothing for a fresh device, three leaves after
 /// writes in three of them, the last one short; it reads back whole, and `check` finds it
 /// sound.
@@ -991,7 +1005,7 @@ fn a_checkpoint_holds_only_the_map_leaves_written() {
     let (image, form, fresh_len) = ckpt(&store);
     assert_eq!(
         (image, form),
-        (3, 3),
+        (4, 4),
         "a new image and its first checkpoint"
     );
     assert!(fresh_len < 2 * PAGE_SIZE, "no leaf: {fresh_len} bytes");
@@ -1005,7 +1019,7 @@ fn a_checkpoint_holds_only_the_map_leaves_written() {
     let at = vol.safe_point(rewind_history::Trigger::User, None).unwrap();
     vol.close().unwrap();
     let (_, form, len) = ckpt(&store);
-    assert_eq!(form, 3, "leaves are smaller than the dense map here");
+    assert_eq!(form, 4, "always the wide leaves");
     let leaves = 8 + 2 * (8 + LEAF * 8) + (8 + 100 * 8);
     assert!(
         len >= PAGE_SIZE + leaves && len < PAGE_SIZE + leaves + 4096,

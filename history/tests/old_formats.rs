@@ -180,10 +180,10 @@ fn a_version_1_image_keeps_dense_checkpoints() {
         history: Some(LEAF * PAGE_SIZE),
         journal: Some(64 * 512),
     };
-    let layout = rewind_history::Layout::for_create(&opts).unwrap();
+    let layout = rewind_history::Layout::for_create_as(&opts, 1).unwrap();
     let store = Arc::new(MemStore::new(layout.required_bytes()));
     let host = sim::host(BOOT);
-    sim::create_version_1(&store, &opts, &host).unwrap();
+    sim::create_version(&store, &opts, &host, 1).unwrap();
     let vol = Volume::open(store.clone(), &host).unwrap();
     let mut stream = vol.stream(0, 1);
     for l in [3, 2 * LEAF + 1] {

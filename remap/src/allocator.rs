@@ -31,30 +31,30 @@ pub struct PageAllocator {
     leaves: Box<[OnceLock<Box<[AtomicU64]>>]>,
     /// Words of the whole bitmap.
     nwords: usize,
-    pages: u32,
+    pages: u64,
     free: AtomicU64,
 }
 
 /// A cursor one I/O queue allocates from.
 #[derive(Clone, Debug)]
 pub struct Stream {
-    next: u32,
+    next: u64,
 }
 
 impl PageAllocator {
     /// An allocator of `pages` physical pages, all free.
-    pub fn new(pages: u32) -> PageAllocator {
+    pub fn new(pages: u64) -> PageAllocator {
         Self::try_new(pages).expect("memory for the page allocator")
     }
 
     /// `new`, or an error when the memory for the leaf table cannot be had.
-    pub fn try_new(pages: u32) -> Result<PageAllocator, OutOfMemory> {
-        let nwords = (pages as usize).div_ceil(64);
+    pub fn try_new(pages: u64) -> Result<PageAllocator, OutOfMemory> {
+        let nwords = usize::try_from(pages.div_ceil(64)).unwrap_or(usize::MAX);
         Ok(PageAllocator {
             leaves: crate::leaf_table(nwords.div_ceil(LEAF_WORDS))?.into_boxed_slice(),
             nwords,
             pages,
-            free: AtomicU64::new(u64::from(pages)),
+            free: AtomicU64::new(pages),
         })
     }
 
@@ -94,7 +94,7 @@ impl PageAllocator {
     }
 
     /// The number of physical pages.
-    pub fn pages(&self) -> u32 {
+    pub fn pages(&self) -> u64 {
         self.pages
     }
 
@@ -104,7 +104,7 @@ impl PageAllocator {
     }
 
     /// A stream that starts its scan at `start`.
-    pub fn stream(&self, start: u32) -> Stream {
+    pub fn stream(&self, start: u64) -> Stream {
         Stream {
             next: if self.pages == 0 {
                 0
@@ -171,7 +171,7 @@ impl PageAllocator {
                     break;
                 }
                 let bit = candidates.trailing_zeros();
-                let p = PhysPage(w as u32 * 64 + bit);
+                let p = PhysPage(w as u64 * 64 + u64::from(bit));
                 if self.claim(p) {
                     stream.next = (p.0 + 1) % self.pages;
                     return Some(p);
@@ -194,31 +194,31 @@ impl PageAllocator {
     /// `SCAN_WORDS` words ahead and measures at most `SCAN_RUNS` free runs that turn out too
     /// short.
     pub fn allocate_run(&self, stream: &mut Stream, want: u32) -> Option<(PhysPage, u32)> {
-        if want == 0 || want > self.pages {
+        if want == 0 || u64::from(want) > self.pages {
             return None;
         }
-        let pages = u64::from(self.pages);
+        let pages = self.pages;
         // `p` counts pages looked at from the cursor; `pos` is where that is in the bitmap.
-        let mut p = u64::from(stream.next);
+        let mut p = stream.next;
         let end = p + (SCAN_WORDS * 64).min(pages);
         let mut short_runs = 0;
         while p < end && short_runs < SCAN_RUNS {
-            let pos = (p % pages) as u32;
+            let pos = p % pages;
             let (w, _) = Self::locate(PhysPage(pos));
             let candidates = !self.load(w) & (!0u64 << (pos % 64));
             if candidates == 0 {
                 // Nothing free in the rest of this word. (Bits past the last page are used,
                 // so the last word ends here too and the next position wraps to 0.)
-                p += u64::from((64 - pos % 64).min(self.pages - pos));
+                p += (64 - pos % 64).min(self.pages - pos);
                 continue;
             }
-            let at = w as u32 * 64 + candidates.trailing_zeros();
-            p += u64::from(at - pos);
+            let at = w as u64 * 64 + u64::from(candidates.trailing_zeros());
+            p += at - pos;
             let free = self.free_run(at, want);
             if free >= want {
                 let got = self.claim_run(PhysPage(at), want);
                 if got > 0 {
-                    stream.next = (at + got) % self.pages;
+                    stream.next = (at + u64::from(got)) % self.pages;
                     return Some((PhysPage(at), got));
                 }
                 p += 1;
@@ -226,19 +226,19 @@ impl PageAllocator {
                 // Too short: skip it and the used page that ends it (or wrap, if the bitmap
                 // ends it).
                 short_runs += 1;
-                p += u64::from((free + 1).min(self.pages - at));
+                p += (u64::from(free) + 1).min(self.pages - at);
             }
         }
         None
     }
 
     /// How many pages from `at` are free, counting up to `max` and not past the last page.
-    fn free_run(&self, at: u32, max: u32) -> u32 {
-        let limit = max.min(self.pages - at);
+    fn free_run(&self, at: u64, max: u32) -> u32 {
+        let limit = u64::from(max).min(self.pages - at) as u32;
         let mut n = 0;
         while n < limit {
-            let (w, _) = Self::locate(PhysPage(at + n));
-            let bit = (at + n) % 64;
+            let (w, _) = Self::locate(PhysPage(at + u64::from(n)));
+            let bit = ((at + u64::from(n)) % 64) as u32;
             let used = self.load(w) >> bit;
             // Free bits from `bit` up: trailing zeros of the used bits (64 - bit if none).
             let free_here = if used == 0 {
@@ -258,7 +258,7 @@ impl PageAllocator {
     /// took; returns how many it claimed.
     fn claim_run(&self, first: PhysPage, count: u32) -> u32 {
         (0..count)
-            .take_while(|&i| self.claim(PhysPage(first.0 + i)))
+            .take_while(|&i| self.claim(PhysPage(first.0 + u64::from(i))))
             .count() as u32
     }
 
@@ -350,8 +350,8 @@ mod tests {
         for want in [7u32, 13, 1, 64, 3, 29, 2, 5, 1, 1, 1, 1, 1, 1, 1, 1, 1] {
             if let Some((p, n)) = a.allocate_run(&mut s, want) {
                 assert_eq!(n, want);
-                assert!(p.0 + n <= 130, "run {p:?}+{n} crosses the end");
-                for i in 0..n {
+                assert!(p.0 + u64::from(n) <= 130, "run {p:?}+{n} crosses the end");
+                for i in 0..u64::from(n) {
                     assert!(seen.insert(p.0 + i), "page {} handed out twice", p.0 + i);
                 }
             }
@@ -361,7 +361,7 @@ mod tests {
 
     #[test]
     fn only_leaves_claimed_in_take_memory_and_the_end_stays_used() {
-        let pages = (3 * LEAF_WORDS * 64 + 70) as u32;
+        let pages = (3 * LEAF_WORDS * 64 + 70) as u64;
         let a = PageAllocator::new(pages);
         let empty = a.memory_bytes();
         assert!(empty < 1024, "{empty} bytes for an untouched bitmap");
@@ -376,7 +376,7 @@ mod tests {
             a.allocate_run(&mut a.stream(pages - 3), 5),
             Some((PhysPage(1), 5))
         );
-        assert_eq!(a.free_pages(), u64::from(pages) - 7);
+        assert_eq!(a.free_pages(), pages - 7);
     }
 
     #[test]

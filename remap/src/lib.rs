@@ -47,24 +47,13 @@ pub struct LogicalPage(pub u64);
 
 /// A page of the data area of the backing store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PhysPage(pub u32);
+pub struct PhysPage(pub u64);
 
 impl PhysPage {
-    /// The largest page index a backing store may have: `u32::MAX` is kept as "unmapped".
-    pub const MAX: u32 = u32::MAX - 1;
-}
-
-/// The epoch a mapping was written in, truncated to 32 bits.
-///
-/// Only equality with the current epoch matters (was this page written since the last safe
-/// point?), so wrapping is harmless unless one mapping survives exactly 2^32 epochs untouched
-/// while the window still reaches back that far.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct EpochTag(pub u32);
-
-impl EpochTag {
-    /// The tag of safe point or epoch id `id`.
-    pub fn of(id: u64) -> EpochTag {
-        EpochTag(id as u32)
-    }
+    /// The largest page index a backing store may have: a journal record holds 56 bits of
+    /// it (FORMAT.md), and all ones there is kept.
+    pub const MAX: u64 = (1 << 56) - 2;
+    /// The largest page index of an image of format version 1 or 3, whose records and
+    /// checkpoints hold 32 bits of it, `u32::MAX` meaning "unmapped".
+    pub const MAX_NARROW: u64 = u32::MAX as u64 - 1;
 }

@@ -66,7 +66,7 @@ impl PageRefs {
                     .iter()
                     .enumerate()
                     .filter(|(_, c)| **c > 0)
-                    .map(move |(i, _)| PhysPage((first + i as u64) as u32))
+                    .map(move |(i, _)| PhysPage(first + i as u64))
             })
     }
 
@@ -78,7 +78,7 @@ impl PageRefs {
     }
 
     fn split(&self, p: PhysPage) -> (usize, usize) {
-        let p = u64::from(p.0);
+        let p = p.0;
         assert!(p < self.pages, "physical page {p} of {}", self.pages);
         ((p / LEAF) as usize, (p % LEAF) as usize)
     }
@@ -95,11 +95,11 @@ mod tests {
         assert_eq!(r.get(PhysPage(5)), 0);
         r.add(PhysPage(5));
         r.add(PhysPage(5));
-        r.add(PhysPage(3 * LEAF as u32 + 6));
+        r.add(PhysPage(3 * LEAF + 6));
         assert_eq!(r.memory_bytes(), empty + 2 * LEAF * 4, "two leaves made");
         assert_eq!(r.get(PhysPage(5)), 2);
-        let listed: Vec<u32> = r.referenced().map(|p| p.0).collect();
-        assert_eq!(listed, [5, 3 * LEAF as u32 + 6]);
+        let listed: Vec<u64> = r.referenced().map(|p| p.0).collect();
+        assert_eq!(listed, [5, 3 * LEAF + 6]);
         assert_eq!(r.remove(PhysPage(5)), 1);
         assert_eq!(r.remove(PhysPage(5)), 0);
         assert_eq!(r.referenced().count(), 1);

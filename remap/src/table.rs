@@ -1,4 +1,4 @@
-//! The remap table: logical page -> (physical page, epoch it was written in).
+//! The remap table: logical page -> (physical page, was it set in the open epoch).
 //!
 //! One `AtomicU64` per logical page, so the read path resolves a page with two loads (its
 //! leaf, then its word) and no lock. Writers are serialized by the volume (they also append to the journal), so stores
@@ -13,46 +13,55 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-use crate::{EpochTag, LogicalPage, OutOfMemory, PhysPage};
+use crate::{LogicalPage, OutOfMemory, PhysPage};
 
-const UNMAPPED: u32 = u32::MAX;
+/// The bit of a word that says its mapping was set in the open epoch.
+const OPEN: u64 = 1 << 63;
+/// The physical page bits of a word; all ones: unmapped.
+const PHYS: u64 = OPEN - 1;
 /// Pages per leaf: 32 KiB of words for 16 MiB of device.
 pub const LEAF: u64 = 4096;
 
-/// Where a logical page lives and when it was last written.
+/// Where a logical page lives, and whether that was set in the open epoch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Mapping {
     /// `None`: the page was never written or was discarded, and reads as zeros.
     pub phys: Option<PhysPage>,
-    /// The epoch of the write (or discard) that set this mapping.
-    pub epoch: EpochTag,
+    /// Set by a write (or discard) of the open epoch, so the page is in the open epoch's
+    /// history group already: a second write in the epoch makes no history. Cleared when
+    /// the epoch closes (the volume clears it on the pages of the group it closes).
+    pub open: bool,
 }
 
 impl Mapping {
     /// The state of every page of a freshly formatted device.
     pub const UNWRITTEN: Mapping = Mapping {
         phys: None,
-        epoch: EpochTag(0),
+        open: false,
     };
 
-    /// Packs into one word: physical page in the low half, epoch tag in the high half.
+    /// Packs into one word: the open bit on top, the physical page below (all ones: none).
     pub fn pack(self) -> u64 {
-        let p = self.phys.map_or(UNMAPPED, |p| p.0);
-        (u64::from(self.epoch.0) << 32) | u64::from(p)
+        let p = self.phys.map_or(PHYS, |p| p.0 & PHYS);
+        if self.open {
+            OPEN | p
+        } else {
+            p
+        }
     }
 
     /// The inverse of `pack`.
     pub fn unpack(word: u64) -> Mapping {
-        let p = word as u32;
+        let p = word & PHYS;
         Mapping {
-            phys: (p != UNMAPPED).then_some(PhysPage(p)),
-            epoch: EpochTag((word >> 32) as u32),
+            phys: (p != PHYS).then_some(PhysPage(p)),
+            open: word & OPEN != 0,
         }
     }
 }
 
 /// The packed word of `Mapping::UNWRITTEN`.
-const UNWRITTEN_WORD: u64 = UNMAPPED as u64;
+const UNWRITTEN_WORD: u64 = PHYS;
 
 /// The lock-free remap table.
 pub struct RemapTable {
@@ -214,11 +223,15 @@ mod tests {
             Mapping::UNWRITTEN,
             Mapping {
                 phys: Some(PhysPage(7)),
-                epoch: EpochTag(9),
+                open: true,
             },
             Mapping {
                 phys: Some(PhysPage(PhysPage::MAX)),
-                epoch: EpochTag(u32::MAX),
+                open: false,
+            },
+            Mapping {
+                phys: None,
+                open: true,
             },
         ] {
             assert_eq!(Mapping::unpack(m.pack()), m);
@@ -232,7 +245,7 @@ mod tests {
         assert_eq!(t.get(LogicalPage(3)), Mapping::UNWRITTEN);
         let m = Mapping {
             phys: Some(PhysPage(2)),
-            epoch: EpochTag(1),
+            open: true,
         };
         t.set(LogicalPage(3), m);
         assert_eq!(t.get(LogicalPage(3)), m);
@@ -253,7 +266,7 @@ mod tests {
         assert_eq!(t.memory_bytes(), empty, "unwritten stays free");
         let m = Mapping {
             phys: Some(PhysPage(9)),
-            epoch: EpochTag(2),
+            open: false,
         };
         t.set(LogicalPage(pages - 1), m);
         assert_eq!(t.memory_bytes(), empty + LEAF * 8);

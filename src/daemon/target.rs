@@ -251,7 +251,7 @@ pub fn group_runs(pages: &[Option<PhysPage>], out: &mut Vec<Run>) {
         if let Some(last) = out.last_mut() {
             let extends = match (last.phys, p) {
                 (None, None) => true,
-                (Some(a), Some(b)) => u64::from(b.0) == u64::from(a.0) + last.count as u64,
+                (Some(a), Some(b)) => b.0 == a.0 + last.count as u64,
                 _ => false,
             };
             if extends {
@@ -1193,7 +1193,7 @@ mod tests {
         out.clear();
         group_runs(&[], &mut out);
         assert!(out.is_empty());
-        group_runs(&[p(u32::MAX - 1), p(0)], &mut out);
+        group_runs(&[p(PhysPage::MAX), p(0)], &mut out);
         assert_eq!(out.len(), 2, "no wrap-around merge");
     }
 

@@ -1,7 +1,7 @@
 //! Applying journal records: the one function that changes the map and the window, shared by
 //! live requests and journal replay.
 
-use rewind_remap::{EpochTag, Mapping, PageRefs, RemapTable};
+use rewind_remap::{Mapping, PageRefs, RemapTable};
 
 use crate::format::Layout;
 use crate::journal::Record;
@@ -36,7 +36,6 @@ impl<F: FnMut(PhysPage)> Apply<'_, F> {
     /// Points `l` at `new` (`None`: zeros) in the open epoch. The old page becomes a history
     /// entry if it was set in an earlier epoch, else it loses the map's reference.
     fn set_page(&mut self, l: LogicalPage, new: Option<PhysPage>) {
-        let open = EpochTag::of(self.window.next_id.0);
         let prev = self.map.get(l);
         if prev.phys.is_none() && new.is_none() {
             // Zeros stay zeros: no change to record.
@@ -45,7 +44,7 @@ impl<F: FnMut(PhysPage)> Apply<'_, F> {
         if let Some(n) = new {
             self.refs.add(n);
         }
-        if prev.epoch != open {
+        if !prev.open {
             // The old page's reference moves from the map to the history entry.
             self.window.supersede(l, prev.phys);
         } else if let Some(q) = prev.phys {
@@ -55,7 +54,7 @@ impl<F: FnMut(PhysPage)> Apply<'_, F> {
             l,
             Mapping {
                 phys: new,
-                epoch: open,
+                open: true,
             },
         );
     }
@@ -71,7 +70,14 @@ impl<F: FnMut(PhysPage)> Apply<'_, F> {
                     self.set_page(LogicalPage(l.0 + i), None);
                 }
             }
-            Record::SafePoint(sp) => self.window.push_safe_point(sp.clone()),
+            Record::SafePoint(sp) => {
+                // The open epoch closes: its pages are no longer set in the open one.
+                for l in self.window.open_pages() {
+                    let m = self.map.get(l);
+                    self.map.set(l, Mapping { open: false, ..m });
+                }
+                self.window.push_safe_point(sp.clone());
+            }
             Record::Retire { id } => {
                 let (refs, unreferenced) = (&mut *self.refs, &mut self.unreferenced);
                 self.window.retire(*id, |p| unref(refs, unreferenced, p));
@@ -83,9 +89,9 @@ impl<F: FnMut(PhysPage)> Apply<'_, F> {
                 self.window.pins.remove(id);
             }
             Record::Rollback { to } => {
-                for (l, then) in self.window.changed_since(*to, None) {
-                    if self.map.get(l).phys != then {
-                        self.set_page(l, then);
+                for e in self.window.changed_since(*to, None) {
+                    if self.map.get(e.l).phys != e.old() {
+                        self.set_page(e.l, e.old());
                     }
                 }
             }
@@ -99,7 +105,7 @@ impl<F: FnMut(PhysPage)> Apply<'_, F> {
         let (layout, w) = (self.layout, &*self.window);
         let why = match r {
             Record::Write { l, p }
-                if l.0 >= layout.logical_pages || u64::from(p.0) >= layout.physical_pages =>
+                if l.0 >= layout.logical_pages || p.0 >= layout.physical_pages =>
             {
                 format!(
                     "journal writes logical page {} to physical page {}: out of range",

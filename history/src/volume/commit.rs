@@ -310,13 +310,12 @@ impl<S: Store> Volume<S> {
     /// points the superblock at it.
     fn write_checkpoint(&self, c: &mut CommitState, s: &Snapshot) -> Result<(), Error> {
         let slot = 1 - c.sb.ckpt_slot.get() as usize;
-        let leaves = c.sb.version.get() >= 3;
         let written = checkpoint::write(
             &self.store,
             self.layout.ckpt_offsets[slot],
             self.layout.ckpt_bytes,
             s,
-            leaves,
+            self.layout.version,
             self.uuid,
         )?;
         self.store

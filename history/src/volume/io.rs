@@ -18,7 +18,7 @@ impl<S: Store> Volume<S> {
     pub fn stream(&self, index: u32, count: u32) -> Stream {
         let area = self.layout.physical_pages - self.layout.logical_pages;
         let start = self.layout.logical_pages + area * u64::from(index) / u64::from(count.max(1));
-        self.alloc.stream(start as u32)
+        self.alloc.stream(start)
     }
 
     /// The physical page `l` reads from now; `None` reads as zeros.
@@ -109,11 +109,11 @@ impl<S: Store> Volume<S> {
             // Cheap, and it may be enough: the pages a commit freed, once no read needs them.
             self.release_quarantine();
         }
-        let home = PhysPage(first.0 as u32);
+        let home = PhysPage(first.0);
         if self.alloc.claim(home) {
             // At home: go on at home while the home pages are free.
             out.push(home);
-            let more = (1..want)
+            let more = (1..u64::from(want))
                 .take_while(|&i| self.alloc.claim(PhysPage(home.0 + i)))
                 .inspect(|&i| out.push(PhysPage(home.0 + i)))
                 .count();
@@ -121,7 +121,7 @@ impl<S: Store> Volume<S> {
         }
         if want > 1 {
             if let Some((p, n)) = self.alloc.allocate_run(stream, want) {
-                out.extend((0..n).map(|i| PhysPage(p.0 + i)));
+                out.extend((0..u64::from(n)).map(|i| PhysPage(p.0 + i)));
                 return Ok(n as usize);
             }
         }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use rewind_remap::{EpochTag, MapSnapshot, PageAllocator, PageRefs, RemapTable};
+use rewind_remap::{MapSnapshot, Mapping, PageAllocator, PageRefs, RemapTable};
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::IntoBytes;
 
@@ -56,7 +56,7 @@ fn count_refs(layout: &Layout, map: &RemapTable, window: &Window) -> Result<Page
     let shared = live()
         .chain(history_pages(window))
         .filter(|&(_, p)| refs.get(p) > 1);
-    let mut owners: Vec<(u32, u64)> = Vec::new();
+    let mut owners: Vec<(u64, u64)> = Vec::new();
     for (l, p) in shared {
         owners.try_reserve(1).map_err(|_| Error::NoMemory {
             what: "the owners of shared pages",
@@ -83,7 +83,7 @@ fn history_pages(window: &Window) -> impl Iterator<Item = (LogicalPage, PhysPage
         .groups
         .values()
         .flatten()
-        .filter_map(|&(l, p)| Some((l, p?)))
+        .filter_map(|e| Some((e.l, e.old()?)))
 }
 
 /// Checks every piece of metadata of an image without writing: both superblock copies,
@@ -152,15 +152,15 @@ pub fn create<S: Store>(store: &S, opts: &CreateOptions, host: &Host) -> Result<
     create_as(store, opts, host, FORMAT_VERSION)
 }
 
-/// `create` of an image of format `version`: `FORMAT_VERSION`, or 1 for the tests that
-/// serve a version 1 image as this build does (`sim::create_version_1`).
+/// `create` of an image of format `version`: `FORMAT_VERSION`, or an older one for the
+/// tests that serve such an image as this build does (`sim::create_version`).
 pub(crate) fn create_as<S: Store>(
     store: &S,
     opts: &CreateOptions,
     host: &Host,
     version: u32,
 ) -> Result<Layout, Error> {
-    let layout = Layout::for_create(opts)?;
+    let layout = Layout::for_create_as(opts, version)?;
     ensure_room(store, layout.required_bytes())?;
     let created_ns = host.clock.now_ns();
     let uuid = new_uuid(host, created_ns);
@@ -177,8 +177,7 @@ pub(crate) fn create_as<S: Store>(
         journal_seq: JournalSeq(0),
     };
     let ckpt = layout.ckpt_offsets[0];
-    let leaves = version >= 3;
-    let written = checkpoint::write(store, ckpt, layout.ckpt_bytes, &first, leaves, uuid)?;
+    let written = checkpoint::write(store, ckpt, layout.ckpt_bytes, &first, version, uuid)?;
     store
         .sync()
         .map_err(Error::io("syncing the first checkpoint"))?;
@@ -299,12 +298,20 @@ fn read_checkpoint<S: Store>(
         Error::Corrupt(why) => Error::Corrupt(format!("{why} (slot {slot})")),
         e => e,
     })?;
-    // Only a version 3 image's checkpoints may take the leaves form: a version 1 reader
-    // would misread one.
-    if sb.version.get() < 3 && read.form == checkpoint::MapForm::Leaves {
+    // A checkpoint takes only the forms its image's version writes: the reader of an
+    // older version would misread a newer form, and a version 4 image's pages may not fit
+    // the narrow forms.
+    use checkpoint::MapForm;
+    let fits = match sb.version.get() {
+        1 => read.form == MapForm::Dense,
+        3 => matches!(read.form, MapForm::Dense | MapForm::Leaves),
+        _ => read.form == MapForm::Wide,
+    };
+    if !fits {
         return Err(Error::Corrupt(format!(
-            "checkpoint in slot {slot} holds the map in leaves, which a version {} image \
-             never does",
+            "checkpoint in slot {slot} holds the map in the {}, which a version {} image \
+             never writes",
+            read.form.name(),
             sb.version.get()
         )));
     }
@@ -353,11 +360,10 @@ fn replay_journal<S: Store, F: FnMut(PhysPage)>(
 
 /// An allocator of the layout's physical pages with every referenced one claimed.
 fn claim_referenced(layout: &Layout, refs: &PageRefs) -> Result<PageAllocator, Error> {
-    let alloc =
-        PageAllocator::try_new(layout.physical_pages as u32).map_err(|e| Error::NoMemory {
-            what: "the page allocator",
-            bytes: e.bytes,
-        })?;
+    let alloc = PageAllocator::try_new(layout.physical_pages).map_err(|e| Error::NoMemory {
+        what: "the page allocator",
+        bytes: e.bytes,
+    })?;
     for p in refs.referenced() {
         alloc.claim(p);
     }
@@ -405,15 +411,12 @@ impl<S: Store> Volume<S> {
         })?;
         let snap = read_checkpoint(store, &sb, &layout, &map)?;
         let mut window = snap.window;
-        // A write supersedes a page once an epoch, as the map's epoch tag says: a page of
-        // the open group must carry the open epoch's tag, or a write would add it twice.
-        let open = EpochTag::of(window.next_id.0);
-        if let Some(l) = window.open_pages().find(|&l| map.get(l).epoch != open) {
-            return Err(Error::Corrupt(format!(
-                "checkpoint: logical page {} is in the open epoch's history group, but its \
-                 mapping is of another epoch",
-                l.0
-            )));
+        // A write supersedes a page once an epoch, as the map's open bit says: the pages
+        // of the open group (which the checkpoint holds once each) are the ones set in the
+        // open epoch.
+        for l in window.open_pages() {
+            let m = map.get(l);
+            map.set(l, Mapping { open: true, ..m });
         }
         let mut refs = count_refs(&layout, &map, &window)?;
         let apply = Apply {

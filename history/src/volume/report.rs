@@ -2,8 +2,8 @@
 //! what `inspect` and `check` found.
 
 use crate::format::Layout;
-use crate::window::{SafePoint, SafePointId, Window};
-use crate::{LogicalPage, PhysPage, Store};
+use crate::window::{Group, SafePoint, SafePointId, Window};
+use crate::Store;
 
 use super::{ViewId, Volume};
 
@@ -134,9 +134,7 @@ pub struct CheckReport {
 
 /// The safe points of `w` with their space figures, oldest first.
 pub(super) fn safe_point_infos(w: &Window) -> Vec<SafePointInfo> {
-    let pages = |g: &Vec<(LogicalPage, Option<PhysPage>)>| -> u64 {
-        g.iter().filter(|(_, p)| p.is_some()).count() as u64
-    };
+    let pages = |g: &Group| -> u64 { g.iter().filter(|e| e.old().is_some()).count() as u64 };
     w.safe_points
         .iter()
         .enumerate()

@@ -1,7 +1,7 @@
 //! Time travel: rollback, pins, views, and reading the device as it stood at a safe point.
 
 use crate::journal::Record;
-use crate::window::{SafePointId, Trigger, Window};
+use crate::window::{Entry, SafePointId, Trigger, Window};
 use crate::{Error, LogicalPage, PhysPage, Store};
 
 use super::{State, Volume};
@@ -42,14 +42,14 @@ impl View {
 /// after it was made are searched one by one until there are enough to fold in.
 pub(super) struct ViewIndex {
     through: SafePointId,
-    pages: Vec<(LogicalPage, Option<PhysPage>)>,
+    pages: Vec<Entry>,
 }
 
 impl ViewIndex {
     /// `Some(entry)` for a page the index holds.
     fn get(&self, l: LogicalPage) -> Option<Option<PhysPage>> {
-        let i = self.pages.binary_search_by_key(&l, |e| e.0).ok()?;
-        Some(self.pages[i].1)
+        let i = self.pages.binary_search_by_key(&l, |e| e.l).ok()?;
+        Some(self.pages[i].old())
     }
 
     /// Folds in the closed groups from `through` up to the window's newest safe point: the
@@ -69,11 +69,11 @@ impl ViewIndex {
         // Both sorted by page; a page in both keeps the older entry, the one `at` reads.
         loop {
             let take_old = match (a.peek(), b.peek()) {
-                (Some(x), Some(y)) if x.0 == y.0 => {
+                (Some(x), Some(y)) if x.l == y.l => {
                     b.next();
                     true
                 }
-                (Some(x), Some(y)) => x.0 < y.0,
+                (Some(x), Some(y)) => x.l < y.l,
                 (Some(_), None) => true,
                 (None, Some(_)) => false,
                 (None, None) => break,
@@ -216,14 +216,14 @@ impl<S: Store> Volume<S> {
         let changed: Vec<LogicalPage> = w
             .changed_since(older, newer)
             .into_iter()
-            .filter(|&(l, then)| {
-                let now = match at_newer.binary_search_by_key(&l, |e| e.0) {
-                    Ok(i) => at_newer[i].1,
-                    Err(_) => self.map.get(l).phys,
+            .filter(|e| {
+                let now = match at_newer.binary_search_by_key(&e.l, |n| n.l) {
+                    Ok(i) => at_newer[i].old(),
+                    Err(_) => self.map.get(e.l).phys,
                 };
-                then != now
+                e.old() != now
             })
-            .map(|(l, _)| l)
+            .map(|e| e.l)
             .collect();
         drop(st);
         let mut extents: Vec<(LogicalPage, u64)> = Vec::new();
