@@ -1,17 +1,17 @@
 #!/bin/bash
-# scale: a device near the largest the format addresses (2^32 - 2 pages, device and history
-# together: just under 16 TiB), served from a sparse image on the guest's tmpfs: 15 TiB with
-# 512 GiB of history. ext4 made on it and mounted, files written in several of its block
+# scale: a 16 TiB device with 1 TiB of history (more pages than 32 bits number: format
+# version 4), served from a sparse image on the guest's tmpfs. ext4 made on it and
+# mounted, files written in several of its block
 # groups, then the device deleted and added again (an open after a clean stop), and after a
 # `kill -9` recovered (journal replay); the files read back by checksum each time, e2fsck
 # is clean and the kernel logged no I/O error. Prints the time of each open and the
 # daemon's peak memory (VmHWM) after each phase: they follow the parts of the device
-# written (each 16 MiB with a page written costs a leaf of the map), not its 15 TiB.
+# written (each 16 MiB with a page written costs a leaf of the map), not its 16 TiB.
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
-SIZE=${SCALE_SIZE:-15T}
-HISTORY=${SCALE_HISTORY:-512G}
+SIZE=${SCALE_SIZE:-16T}
+HISTORY=${SCALE_HISTORY:-1T}
 img=$WORKDIR/big.img
 mnt=$WORKDIR/mnt
 mkdir -p "$mnt"
@@ -29,19 +29,18 @@ t0=$(now_s)
 dev=$(add_dev "$img")
 id=${dev#/dev/ublkb}
 say "SCALE add (fresh): $(ms_between "$t0" "$(now_s)") ms, daemon peak $(hwm "$id") MiB"
-if [[ $SIZE == 15T ]]; then
-    [[ $(blockdev --getsize64 "$dev") -eq $((15 << 40)) ]] || die "$dev is not 15 TiB"
-fi
+[[ $(blockdev --getsize64 "$dev") -eq $(numfmt --from=iec "$SIZE") ]] ||
+    die "$dev is $(blockdev --getsize64 "$dev") bytes, not $SIZE"
 
 # Lazy init: mke2fs writes the group descriptors and a little more, not every bitmap and
-# inode table of 122,880 block groups (the kernel fills those in as it goes).
+# inode table of 131,072 block groups (the kernel fills those in as it goes).
 t0=$(now_s)
 mkfs.ext4 -q -F -E lazy_itable_init=1,lazy_journal_init=1,nodiscard "$dev" ||
     die "mkfs.ext4 of $SIZE failed"
 say "mkfs.ext4: $(ms_between "$t0" "$(now_s)") ms, daemon peak $(hwm "$id") MiB"
 mount -t ext4 -o noinit_itable "$dev" "$mnt" || die "mount failed"
 # Files in directories of their own: ext4 spreads top-level directories over the block
-# groups (Orlov), so the writes land far apart on the 15 TiB.
+# groups (Orlov), so the writes land far apart on the 16 TiB.
 for d in 1 2 3 4 5 6 7 8; do
     mkdir "$mnt/d$d"
     head -c $((4 << 20)) /dev/urandom >"$mnt/d$d/f"

@@ -120,13 +120,20 @@ impl MapForm {
 
     /// A map word as this form stores it. A narrow word (versions 1 and 3) carries the
     /// epoch it was set in mod 2^32, which their readers compare with the open epoch's: a
-    /// word set in the open epoch gets the open epoch's (`open`), any other the one before.
+    /// word set in the open epoch gets the open epoch's (`open`), any other one that is
+    /// not. A page that reads as zeros and was not set in the open epoch is stored as
+    /// those readers store an unwritten page, `NARROW_PHYS` (tag 0, unless 0 is the open
+    /// epoch's), which they keep no memory for.
     fn store_word(self, word: u64, open: u32) -> u64 {
         let m = Mapping::unpack(word);
         match self {
             MapForm::Wide => m.phys.map_or(WIDE_ZEROS, |p| p.0),
             MapForm::Dense | MapForm::Leaves => {
-                let tag = if m.open { open } else { open.wrapping_sub(1) };
+                let tag = match (m.open, m.phys) {
+                    (true, _) => open,
+                    (false, None) if open != 0 => 0,
+                    (false, _) => open.wrapping_sub(1),
+                };
                 (u64::from(tag) << 32) | m.phys.map_or(NARROW_PHYS, |p| p.0)
             }
         }

@@ -244,12 +244,14 @@ impl Layout {
     }
 }
 
-/// The most physical pages an image of format `version` may have: 32 bits of page number
-/// up to version 3, 56 from version 4 on (`PhysPage::MAX`).
+/// The most physical pages an image of format `version` may have: what 32 bits of page
+/// number hold up to version 3 (just under 16 TiB); from version 4 on 2^48 (1 EiB of pages),
+/// below what its records hold (`PhysPage::MAX`) so that every byte offset and size of the
+/// layout fits 64 bits with room to spare.
 pub fn max_physical_pages(version: u32) -> u64 {
     match version {
         1..=3 => rewind_remap::PhysPage::MAX_NARROW,
-        _ => rewind_remap::PhysPage::MAX,
+        _ => 1 << 48,
     }
 }
 
