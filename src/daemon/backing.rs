@@ -69,6 +69,16 @@ pub enum BackingError {
         /// Bytes needed.
         need: u64,
     },
+    /// The host file system cannot hold a file that large (EFBIG).
+    #[error("{} cannot be {}: its file system holds no file that large (EFBIG; ext4 stops at \
+             16 TiB); put the image on XFS, btrfs or tmpfs, or give a smaller --size or \
+             --history", .path.display(), human(*.need))]
+    FileTooLarge {
+        /// The image.
+        path: PathBuf,
+        /// Bytes it would take.
+        need: u64,
+    },
     /// The host file system has too little space free to reserve the image (ENOSPC).
     #[error("{} cannot be reserved: its file system has {} free and the image needs {} more \
              (ENOSPC); free some space, give a smaller --size or --history, or give --sparse \
@@ -490,6 +500,13 @@ impl Backing {
                     return Ok(Allocation::Preallocated);
                 }
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOSYS)) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EFBIG) => {
+                    self.restore_len();
+                    return Err(BackingError::FileTooLarge {
+                        path: self.path.clone(),
+                        need: bytes,
+                    });
+                }
                 Err(e) => {
                     self.restore_len();
                     return Err(self.reserve_error(e, bytes.saturating_sub(allocated)));
@@ -497,9 +514,13 @@ impl Backing {
             }
         }
         if self.len < bytes {
-            self.file
-                .set_len(bytes)
-                .map_err(BackingError::io("resizing", &self.path))?;
+            self.file.set_len(bytes).map_err(|e| match e.raw_os_error() {
+                Some(libc::EFBIG) => BackingError::FileTooLarge {
+                    path: self.path.clone(),
+                    need: bytes,
+                },
+                _ => BackingError::io("resizing", &self.path)(e),
+            })?;
             self.len = bytes;
         }
         Ok(Allocation::Sparse)
