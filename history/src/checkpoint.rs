@@ -280,10 +280,10 @@ fn encode_window(w: &Window, form: MapForm) -> Vec<u8> {
     for (epoch, entries) in &w.groups {
         let g = GroupHeader {
             epoch: U64::new(epoch.0),
-            count: U64::new(entries.len() as u64),
+            count: U64::new(entries.len()),
         };
         out.extend_from_slice(g.as_bytes());
-        for e in entries {
+        for e in entries.entries() {
             let e = HistoryEntry {
                 logical: U64::new(e.l.0),
                 phys: U64::new(form.store_held(e.old())),

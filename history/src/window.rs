@@ -7,12 +7,14 @@
 //! becomes a history entry of group `c`: "what this logical page held when `c` began". A
 //! page rewritten within its own epoch makes no history; its old page is simply freed.
 //!
-//! The history is kept as groups, one per epoch, of 16 bytes an entry and no index beside
-//! them: a closed epoch's group is sorted by logical page, so a page is found in it by
-//! binary search; only the open epoch's group, still growing, gets a hash index of where
-//! each page is in it, made when a page is first looked up there or the group is read from
-//! a checkpoint (a write needs none: the map's open bit tells whether a page is in the
-//! open group already).
+//! The history is kept as groups, one per epoch, of runs and no index beside them: a run
+//! is 16 bytes for up to 65,536 consecutive logical pages that held consecutive physical
+//! pages (or zeros), so a page written alone costs 16 bytes and a sequential rewrite of a
+//! device laid out at home next to nothing. A closed epoch's group is sorted by logical
+//! page, so a page is found in it by binary search; only the open epoch's group, still
+//! growing, gets a hash index of which run each page is in, made when a page is first
+//! looked up there or the group is read from a checkpoint (a write needs none: the map's
+//! open bit tells whether a page is in the open group already).
 //!
 //! Invariants:
 //! - safe point ids in the window ascend and are all below `next_id`;
@@ -29,8 +31,158 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use rewind_remap::{LogicalPage, PhysPage};
 use rustc_hash::{FxHashMap, FxHashSet};
 
-/// A group's entries: each a logical page and the page it had when the group's epoch began.
-pub type Group = Vec<Entry>;
+/// A group's entries, each a logical page and the page it had when the group's epoch
+/// began, kept as runs: in the order written while the epoch is open, sorted by logical
+/// page (and adjacent runs joined) once it closed. Two groups are equal when they hold the
+/// same entries in the same order, however these are cut into runs.
+#[derive(Clone, Debug, Default)]
+pub struct Group {
+    runs: Vec<Run>,
+    /// Entries (pages) over all runs.
+    pages: u64,
+}
+
+/// Consecutive logical pages from `first` that held consecutive physical pages from
+/// `held` (or all zeros): the first page's number in the low 48 bits of `first_len`
+/// (`max_physical_pages` keeps every page number below 2^48), the run's length - 1 above.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Run {
+    first_len: u64,
+    held: u64,
+}
+
+const RUN_FIRST_BITS: u32 = 48;
+const RUN_FIRST_MASK: u64 = (1 << RUN_FIRST_BITS) - 1;
+/// The most pages a run holds.
+const RUN_MAX: u64 = 1 << (64 - RUN_FIRST_BITS);
+
+impl Run {
+    fn of(e: Entry) -> Run {
+        assert!(e.l.0 <= RUN_FIRST_MASK, "logical page {} past 2^48", e.l.0);
+        Run {
+            first_len: e.l.0,
+            held: e.held,
+        }
+    }
+
+    fn first(self) -> u64 {
+        self.first_len & RUN_FIRST_MASK
+    }
+
+    fn len(self) -> u64 {
+        (self.first_len >> RUN_FIRST_BITS) + 1
+    }
+
+    /// The entry of the run's `i`th page.
+    fn entry(self, i: u64) -> Entry {
+        Entry {
+            l: LogicalPage(self.first() + i),
+            held: if self.held == ZEROS {
+                ZEROS
+            } else {
+                self.held + i
+            },
+        }
+    }
+
+    /// The entry of page `l`, if the run holds it.
+    fn find(self, l: LogicalPage) -> Option<Entry> {
+        let i = l.0.checked_sub(self.first())?;
+        (i < self.len()).then(|| self.entry(i))
+    }
+
+    /// Grows the run by `n` pages that continue it (`next` is the first of them), if they
+    /// do and the run has room.
+    fn extend(&mut self, next: Entry, n: u64) -> bool {
+        let len = self.len();
+        let continues = next.l.0 == self.first() + len
+            && match (self.held, next.held) {
+                (ZEROS, ZEROS) => true,
+                (ZEROS, _) | (_, ZEROS) => false,
+                (h, p) => p == h + len,
+            };
+        if !continues || len + n > RUN_MAX {
+            return false;
+        }
+        self.first_len += n << RUN_FIRST_BITS;
+        true
+    }
+}
+
+impl PartialEq for Group {
+    fn eq(&self, other: &Group) -> bool {
+        self.pages == other.pages && self.entries().eq(other.entries())
+    }
+}
+
+impl Eq for Group {}
+
+impl Group {
+    /// Entries (pages) in the group.
+    pub fn len(&self) -> u64 {
+        self.pages
+    }
+
+    /// True for a group of no entry.
+    pub fn is_empty(&self) -> bool {
+        self.pages == 0
+    }
+
+    /// Every entry, run by run.
+    pub fn entries(&self) -> impl Iterator<Item = Entry> + '_ {
+        self.runs
+            .iter()
+            .flat_map(|r| (0..r.len()).map(move |i| r.entry(i)))
+    }
+
+    /// Appends `e`, to the last run when it continues it.
+    fn push(&mut self, e: Entry) {
+        self.pages += 1;
+        if let Some(last) = self.runs.last_mut() {
+            if last.extend(e, 1) {
+                return;
+            }
+        }
+        self.runs.push(Run::of(e));
+    }
+
+    /// A group of `entries`, in their order.
+    fn of(entries: impl IntoIterator<Item = Entry>) -> Group {
+        let mut g = Group::default();
+        for e in entries {
+            g.push(e);
+        }
+        g
+    }
+
+    /// Sorts the runs by logical page and joins the adjacent ones, as a closed group keeps
+    /// them (a group holds a page at most once, so runs never overlap).
+    fn seal(&mut self) {
+        self.runs.sort_unstable_by_key(|r| r.first());
+        let mut joined: Vec<Run> = Vec::with_capacity(self.runs.len());
+        for r in self.runs.drain(..) {
+            let joins = joined
+                .last_mut()
+                .is_some_and(|last| last.extend(r.entry(0), r.len()));
+            if !joins {
+                joined.push(r);
+            }
+        }
+        joined.shrink_to_fit();
+        self.runs = joined;
+    }
+
+    /// The entry of `l` in this closed (sorted) group, if it holds one.
+    fn find_sorted(&self, l: LogicalPage) -> Option<Entry> {
+        let i = self.runs.partition_point(|r| r.first() <= l.0);
+        self.runs.get(i.checked_sub(1)?)?.find(l)
+    }
+
+    /// Bytes of memory the runs take, as allocated.
+    fn bytes(&self) -> usize {
+        self.runs.capacity() * std::mem::size_of::<Run>()
+    }
+}
 
 /// A history entry: logical page `l` and the physical page it held when its group's epoch
 /// began, or zeros, in 16 bytes.
@@ -172,7 +324,7 @@ pub struct Window {
     pub history_entries: u64,
     /// Safe points kept from retirement by `rewind pin`.
     pub pins: BTreeSet<SafePointId>,
-    /// Where each page of the open epoch's group is in it: made by the first lookup there
+    /// Which run of the open epoch's group each of its pages is in: made by the first lookup there
     /// (`page_at`), or when a checkpoint's open group is read (which checks it for a page
     /// twice), kept up to date from then on, dropped when the epoch closes.
     open_index: Option<FxHashMap<LogicalPage, usize>>,
@@ -197,10 +349,10 @@ impl Window {
     /// did (set on `open_pages` when a checkpoint is loaded).
     pub fn supersede(&mut self, l: LogicalPage, old: Option<PhysPage>) {
         let g = self.groups.entry(self.next_id).or_default();
-        if let Some(index) = &mut self.open_index {
-            index.insert(l, g.len());
-        }
         g.push(Entry::new(l, old));
+        if let Some(index) = &mut self.open_index {
+            index.insert(l, g.runs.len() - 1);
+        }
         self.count(old, true);
     }
 
@@ -209,40 +361,50 @@ impl Window {
         self.groups
             .get(&self.next_id)
             .into_iter()
-            .flatten()
+            .flat_map(|g| g.entries())
             .map(|e| e.l)
     }
 
-    /// Adds the group of `epoch` read from a checkpoint: `Err(l)` if it holds logical page
-    /// `l` twice. Groups come in ascending epochs, up to the open one.
-    pub fn load_group(&mut self, epoch: SafePointId, mut g: Group) -> Result<(), LogicalPage> {
-        if epoch == self.next_id {
-            let mut index = FxHashMap::default();
-            for (i, e) in g.iter().enumerate() {
-                if index.insert(e.l, i).is_some() {
-                    return Err(e.l);
-                }
+    /// Adds the group of `epoch` read from a checkpoint, its `entries` in any order:
+    /// `Err(l)` if it holds logical page `l` twice. Groups come in ascending epochs, up to
+    /// the open one.
+    pub fn load_group(
+        &mut self,
+        epoch: SafePointId,
+        mut entries: Vec<Entry>,
+    ) -> Result<(), LogicalPage> {
+        let g = if epoch == self.next_id {
+            // In the order written, as the open group grows.
+            let g = Group::of(entries.iter().copied());
+            let index = open_index(&g);
+            if index.len() as u64 != g.len() {
+                let mut seen = FxHashSet::default();
+                let twice = entries.iter().find(|e| !seen.insert(e.l));
+                return Err(twice.expect("a page held twice").l);
             }
             self.open_index = Some(index);
+            g
         } else {
-            g.sort_unstable_by_key(|e| e.l);
-            if let Some(w) = g.windows(2).find(|w| w[0].l == w[1].l) {
+            entries.sort_unstable_by_key(|e| e.l);
+            if let Some(w) = entries.windows(2).find(|w| w[0].l == w[1].l) {
                 return Err(w[0].l);
             }
-        }
-        for e in &g {
+            let mut g = Group::of(entries.iter().copied());
+            g.seal();
+            g
+        };
+        for e in &entries {
             self.count(e.old(), true);
         }
         self.groups.insert(epoch, g);
         Ok(())
     }
 
-    /// The bytes the history's entries and index take in memory: the groups' vectors as
+    /// The bytes the history's entries and index take in memory: the groups' runs as
     /// allocated, and the open group's index if it was made (its buckets and their control
     /// bytes). The map of groups itself, a node per group, is left out.
     pub fn index_bytes(&self) -> u64 {
-        let entry = std::mem::size_of::<Entry>();
-        let groups: usize = self.groups.values().map(|g| g.capacity() * entry).sum();
+        let groups: usize = self.groups.values().map(Group::bytes).sum();
         let slot = std::mem::size_of::<(LogicalPage, usize)>() + 1;
         let index = self.open_index.as_ref().map_or(0, |i| i.capacity() * slot);
         (groups + index) as u64
@@ -258,12 +420,6 @@ impl Window {
             self.history_entries -= 1;
             self.history_pages -= pages;
         }
-    }
-
-    /// The entry of `l` in the closed group `g`, if it has one.
-    fn closed_entry(g: &Group, l: LogicalPage) -> Option<Option<PhysPage>> {
-        let i = g.binary_search_by_key(&l, |e| e.l).ok()?;
-        Some(g[i].old())
     }
 
     /// What `l` held at safe point `at`: `Some(page)` from its history, or `None` when it
@@ -283,17 +439,12 @@ impl Window {
             return None;
         }
         let closed = self.groups.range(from..self.next_id);
-        if let Some(then) = closed
-            .map(|(_, g)| g)
-            .find_map(|g| Self::closed_entry(g, l))
-        {
-            return Some(then);
+        if let Some(then) = closed.into_iter().find_map(|(_, g)| g.find_sorted(l)) {
+            return Some(then.old());
         }
         let g = self.groups.get(&self.next_id)?;
-        let index = self
-            .open_index
-            .get_or_insert_with(|| g.iter().enumerate().map(|(i, e)| (e.l, i)).collect());
-        Some(g[*index.get(&l)?].old())
+        let index = self.open_index.get_or_insert_with(|| open_index(g));
+        g.runs[*index.get(&l)?].find(l).map(Entry::old)
     }
 
     /// Every logical page that changed after safe point `at`, with what it held then: up to
@@ -308,21 +459,21 @@ impl Window {
         // whose first entry is in an epoch after `until` did not change up to `until`. The
         // groups are merged (each sorted by page; the open one is sorted first), the lowest
         // epoch first for a page, so the result holds each page once and never more.
-        let mut open = match self.groups.get(&self.next_id) {
-            Some(g) if self.next_id <= end => g.clone(),
+        let mut open: Vec<Entry> = match self.groups.get(&self.next_id) {
+            Some(g) if self.next_id <= end => g.entries().collect(),
             _ => Vec::new(),
         };
         open.sort_unstable_by_key(|x| x.l);
         let last = end.min(self.next_id);
         let closed = (at < last).then(|| self.groups.range(at.next()..=last));
-        let groups: Vec<&Group> = closed
+        let groups: Vec<Box<dyn Iterator<Item = Entry> + '_>> = closed
             .into_iter()
             .flatten()
             .filter(|(&e, _)| e != self.next_id)
-            .map(|(_, g)| g)
-            .chain(std::iter::once(&open))
+            .map(|(_, g)| Box::new(g.entries()) as Box<dyn Iterator<Item = Entry>>)
+            .chain(std::iter::once(Box::new(open.into_iter()) as Box<_>))
             .collect();
-        merge_first(&groups)
+        merge_first(groups)
     }
 
     /// How many closed groups there are of epochs `from` on: the binary searches a lookup
@@ -344,8 +495,7 @@ impl Window {
     pub fn push_safe_point(&mut self, sp: SafePoint) {
         assert_eq!(sp.id, self.next_id, "safe point ids must follow the epoch");
         if let Some(g) = self.groups.get_mut(&sp.id) {
-            g.sort_unstable_by_key(|e| e.l);
-            g.shrink_to_fit();
+            g.seal();
         }
         self.open_index = None;
         self.next_id = sp.id.next();
@@ -380,21 +530,20 @@ impl Window {
                 pages.insert(l);
             }
             let g = self.groups.get_mut(&epoch).expect("group of an entry");
-            let mut dropped = Vec::new();
-            if pages.len() == g.len() {
-                dropped = std::mem::take(g);
+            let dropped = if pages.len() as u64 == g.len() {
+                std::mem::take(g)
             } else {
-                g.retain(|e| {
-                    !pages.contains(&e.l) || {
-                        dropped.push(*e);
-                        false
-                    }
-                });
-            }
+                // A closed group: its entries stay sorted, so the kept ones are runs as
+                // joined as a sealed group's.
+                let (gone, kept): (Vec<Entry>, Vec<Entry>) =
+                    g.entries().partition(|e| pages.contains(&e.l));
+                *g = Group::of(kept);
+                Group::of(gone)
+            };
             if g.is_empty() {
                 self.groups.remove(&epoch);
             }
-            for e in dropped {
+            for e in dropped.entries() {
                 self.count(e.old(), false);
                 if let Some(p) = e.old() {
                     free(p);
@@ -422,46 +571,51 @@ impl Window {
             Some(p) => self
                 .groups
                 .range(p.next()..=id)
-                .flat_map(|(_, g)| g.iter().map(|e| e.l))
+                .flat_map(|(_, g)| g.entries().map(|e| e.l))
                 .collect(),
             None => FxHashSet::default(),
         };
         for (&epoch, g) in self.groups.range(id.next()..=next) {
-            for e in g {
+            for e in g.entries() {
                 if prev.is_none() || after_prev.contains(&e.l) {
                     out.push((epoch, e.l));
                 }
             }
             if prev.is_some() {
-                after_prev.extend(g.iter().map(|e| e.l));
+                after_prev.extend(g.entries().map(|e| e.l));
             }
         }
         out
     }
 }
 
-/// The entries of `groups` (each sorted by page, in ascending epochs) by page, the first
-/// group's entry for a page that several hold: a merge whose memory is its output.
-fn merge_first(groups: &[&Group]) -> Group {
-    let groups: Vec<&Group> = groups.iter().copied().filter(|g| !g.is_empty()).collect();
-    match groups.as_slice() {
-        [] => return Vec::new(),
-        [g] => return g.to_vec(),
-        _ => {}
-    }
-    let mut heap: BinaryHeap<Reverse<(LogicalPage, usize, usize)>> = groups
+/// Which run of the open group `g` each of its pages is in.
+fn open_index(g: &Group) -> FxHashMap<LogicalPage, usize> {
+    g.runs
         .iter()
         .enumerate()
-        .map(|(n, g)| Reverse((g[0].l, n, 0)))
+        .flat_map(|(i, r)| (0..r.len()).map(move |k| (r.entry(k).l, i)))
+        .collect()
+}
+
+/// The entries of `groups` (each sorted by page, in ascending epochs) by page, the first
+/// group's entry for a page that several hold: a merge whose memory is its output.
+fn merge_first<'a>(groups: Vec<Box<dyn Iterator<Item = Entry> + 'a>>) -> Vec<Entry> {
+    let mut groups: Vec<_> = groups.into_iter().map(Iterator::peekable).collect();
+    let mut heap: BinaryHeap<Reverse<(LogicalPage, usize)>> = groups
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(n, g)| Some(Reverse((g.peek()?.l, n))))
         .collect();
-    let mut out: Group = Vec::new();
+    let mut out: Vec<Entry> = Vec::new();
     // Equal pages pop in group order: the lowest epoch's first.
-    while let Some(Reverse((l, n, i))) = heap.pop() {
-        if out.last().is_none_or(|e| e.l != l) {
-            out.push(groups[n][i]);
+    while let Some(Reverse((l, n))) = heap.pop() {
+        let e = groups[n].next().expect("a peeked entry");
+        if out.last().is_none_or(|o| o.l != l) {
+            out.push(e);
         }
-        if let Some(next) = groups[n].get(i + 1) {
-            heap.push(Reverse((next.l, n, i + 1)));
+        if let Some(next) = groups[n].peek() {
+            heap.push(Reverse((next.l, n)));
         }
     }
     out
@@ -572,6 +726,77 @@ mod tests {
         assert_eq!(changed(1, Some(2)), [(l(1), p(11)), (l(5), p(10))]);
         assert_eq!(changed(3, None), [(l(3), None), (l(5), p(30))]);
         assert!(changed(3, Some(3)).is_empty());
+    }
+
+    /// Pages superseded together, with the pages they held consecutive (or all zeros), take
+    /// one run however they were written; each is still found with its own page.
+    #[test]
+    fn consecutive_pages_share_a_run_and_are_found_one_by_one() {
+        let mut w = Window::new(SafePointId(1));
+        w.push_safe_point(sp(1));
+        // Written backwards in two halves: 100..200 at home, then 0..100 at home.
+        for l in (100..200).chain(0..100) {
+            w.supersede(LogicalPage(l), Some(PhysPage(1000 + l)));
+        }
+        // Zeros after them, and a page alone.
+        for l in 200..300 {
+            w.supersede(LogicalPage(l), None);
+        }
+        w.supersede(LogicalPage(400), Some(PhysPage(7)));
+        let open = &w.groups[&SafePointId(2)];
+        assert_eq!(
+            (open.len(), open.runs.len()),
+            (301, 4),
+            "in the order written"
+        );
+        for l in [0, 99, 100, 199] {
+            let got = w.page_at(LogicalPage(l), SafePointId(1));
+            assert_eq!(got, Some(Some(PhysPage(1000 + l))), "open page {l}");
+        }
+        w.push_safe_point(sp(2));
+        let closed = &w.groups[&SafePointId(2)];
+        assert_eq!(closed.runs.len(), 3, "the two halves joined");
+        assert_eq!(w.index_bytes(), 3 * 16);
+        for l in [0, 150, 199] {
+            let got = w.page_at(LogicalPage(l), SafePointId(1));
+            assert_eq!(got, Some(Some(PhysPage(1000 + l))), "closed page {l}");
+        }
+        assert_eq!(w.page_at(LogicalPage(250), SafePointId(1)), Some(None));
+        assert_eq!(
+            w.page_at(LogicalPage(400), SafePointId(1)),
+            Some(Some(PhysPage(7)))
+        );
+        assert_eq!(w.page_at(LogicalPage(300), SafePointId(1)), None);
+        assert_eq!(w.page_at(LogicalPage(399), SafePointId(1)), None);
+        let changed = w.changed_since(SafePointId(1), None);
+        assert_eq!(changed.len(), 301);
+        assert!(changed.windows(2).all(|p| p[0].l < p[1].l));
+        assert_eq!((w.history_entries, w.history_pages), (301, 201));
+    }
+
+    /// A run holds at most `RUN_MAX` pages: longer stretches are cut, and every page on
+    /// either side of a cut is found.
+    #[test]
+    fn long_stretches_are_cut_into_runs_of_at_most_run_max() {
+        let mut w = Window::new(SafePointId(1));
+        w.push_safe_point(sp(1));
+        let n = RUN_MAX + 10;
+        for l in 0..n {
+            w.supersede(LogicalPage(l), Some(PhysPage(l)));
+        }
+        w.push_safe_point(sp(2));
+        let g = &w.groups[&SafePointId(2)];
+        assert_eq!((g.len(), g.runs.len()), (n, 2));
+        for l in [0, RUN_MAX - 1, RUN_MAX, n - 1] {
+            let got = w.page_at(LogicalPage(l), SafePointId(1));
+            assert_eq!(got, Some(Some(PhysPage(l))), "page {l}");
+        }
+        // Retiring drops them all.
+        w.push_safe_point(sp(3));
+        let mut freed = 0;
+        w.retire(SafePointId(1), |_| freed += 1);
+        assert_eq!(freed, n);
+        assert_eq!(w.history_entries, 0);
     }
 
     #[test]

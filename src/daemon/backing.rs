@@ -514,13 +514,15 @@ impl Backing {
             }
         }
         if self.len < bytes {
-            self.file.set_len(bytes).map_err(|e| match e.raw_os_error() {
-                Some(libc::EFBIG) => BackingError::FileTooLarge {
-                    path: self.path.clone(),
-                    need: bytes,
-                },
-                _ => BackingError::io("resizing", &self.path)(e),
-            })?;
+            self.file
+                .set_len(bytes)
+                .map_err(|e| match e.raw_os_error() {
+                    Some(libc::EFBIG) => BackingError::FileTooLarge {
+                        path: self.path.clone(),
+                        need: bytes,
+                    },
+                    _ => BackingError::io("resizing", &self.path)(e),
+                })?;
             self.len = bytes;
         }
         Ok(Allocation::Sparse)

@@ -82,7 +82,7 @@ fn history_pages(window: &Window) -> impl Iterator<Item = (LogicalPage, PhysPage
     window
         .groups
         .values()
-        .flatten()
+        .flat_map(|g| g.entries())
         .filter_map(|e| Some((e.l, e.old()?)))
 }
 

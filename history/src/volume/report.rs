@@ -134,13 +134,13 @@ pub struct CheckReport {
 
 /// The safe points of `w` with their space figures, oldest first.
 pub(super) fn safe_point_infos(w: &Window) -> Vec<SafePointInfo> {
-    let pages = |g: &Group| -> u64 { g.iter().filter(|e| e.old().is_some()).count() as u64 };
+    let pages = |g: &Group| -> u64 { g.entries().filter(|e| e.old().is_some()).count() as u64 };
     w.safe_points
         .iter()
         .enumerate()
         .map(|(i, sp)| SafePointInfo {
             safe_point: sp.clone(),
-            changed_pages: w.groups.get(&sp.id).map(|g| g.len() as u64).or(
+            changed_pages: w.groups.get(&sp.id).map(Group::len).or(
                 // Group `id` is dropped once `id` is the oldest; an empty epoch has none.
                 (i > 0).then_some(0),
             ),
