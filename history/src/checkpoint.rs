@@ -20,7 +20,7 @@ use crate::format::{
     COUNTER_MAX, GROUP_BYTES, HISTORY_ENTRY_BYTES, MAX_LABEL, PAGE_SIZE, SAFE_POINT_BYTES,
     SAFE_POINT_PINNED,
 };
-use crate::window::{Entry, SafePoint, SafePointId, Trigger, Window};
+use crate::window::{Entry, Group, SafePoint, SafePointId, Trigger, Window};
 use crate::{Error, LogicalPage, PhysPage, Store};
 
 /// The unit checkpoints are written and read in: 1 MiB, a multiple of the page and word.
@@ -63,6 +63,10 @@ pub enum MapForm {
 const NARROW_PHYS: u64 = u32::MAX as u64;
 /// A wide word or entry that reads as zeros.
 const WIDE_ZEROS: u64 = u64::MAX;
+/// A wide history record's logical page field: the run's first page in the low 48 bits,
+/// its length - 1 above.
+const RUN_LEN_SHIFT: u32 = 48;
+const RUN_FIRST_MASK: u64 = (1 << RUN_LEN_SHIFT) - 1;
 
 impl MapForm {
     /// The checkpoint header's version for this form.
@@ -147,6 +151,23 @@ impl MapForm {
             MapForm::Dense | MapForm::Leaves => (word & NARROW_PHYS, NARROW_PHYS),
         };
         (p != none).then_some(PhysPage(p))
+    }
+
+    /// The records group `g` takes: in the wide form a run each, in a narrow one an entry.
+    fn records(self, g: &Group) -> u64 {
+        match self {
+            MapForm::Wide => g.runs().len() as u64,
+            MapForm::Dense | MapForm::Leaves => g.len(),
+        }
+    }
+
+    /// The records of group `g`, each its first entry and its length: its runs in the
+    /// wide form, its entries in a narrow one.
+    fn group_records(self, g: &Group) -> Box<dyn Iterator<Item = (Entry, u64)> + '_> {
+        match self {
+            MapForm::Wide => Box::new(g.runs()),
+            MapForm::Dense | MapForm::Leaves => Box::new(g.entries().map(|e| (e, 1))),
+        }
     }
 
     /// A history entry's page as this form stores it.
@@ -256,7 +277,8 @@ fn encode_window(w: &Window, form: MapForm) -> Vec<u8> {
     let mut out = Vec::with_capacity(
         w.safe_points.len() * SAFE_POINT_BYTES
             + w.groups.len() * GROUP_BYTES
-            + w.history_entries as usize * HISTORY_ENTRY_BYTES,
+            + w.groups.values().map(|g| form.records(g)).sum::<u64>() as usize
+                * HISTORY_ENTRY_BYTES,
     );
     for sp in &w.safe_points {
         let mut label = [0u8; MAX_LABEL];
@@ -280,13 +302,13 @@ fn encode_window(w: &Window, form: MapForm) -> Vec<u8> {
     for (epoch, entries) in &w.groups {
         let g = GroupHeader {
             epoch: U64::new(epoch.0),
-            count: U64::new(entries.len()),
+            count: U64::new(form.records(entries)),
         };
         out.extend_from_slice(g.as_bytes());
-        for e in entries.entries() {
+        for (first, len) in form.group_records(entries) {
             let e = HistoryEntry {
-                logical: U64::new(e.l.0),
-                phys: U64::new(form.store_held(e.old())),
+                logical: U64::new(first.l.0 | (len - 1) << RUN_LEN_SHIFT),
+                phys: U64::new(form.store_held(first.old())),
             };
             out.extend_from_slice(e.as_bytes());
         }
@@ -521,7 +543,8 @@ fn decode_safe_points(body: &mut Body<'_>, count: u64, window: &mut Window) -> R
 }
 
 /// `count` history groups into `window`: ascending epochs up to its open one, none empty,
-/// each entry inside the layout and at most one per logical page.
+/// each entry inside the layout and at most one per logical page. A record of the wide
+/// form is a run of entries, of a narrow one an entry.
 fn decode_groups(
     body: &mut Body<'_>,
     count: u64,
@@ -542,20 +565,29 @@ fn decode_groups(
                 .checked_mul(HISTORY_ENTRY_BYTES)
                 .ok_or_else(|| corrupt("group too large"))?,
         )?;
-        let mut entries = Vec::with_capacity(count);
+        let mut group = Group::default();
         for chunk in raw.chunks_exact(HISTORY_ENTRY_BYTES) {
             let (e, _) = HistoryEntry::read_from_prefix(chunk).map_err(|_| corrupt("entry"))?;
-            let l = e.logical.get();
+            let (l, len) = match form {
+                MapForm::Wide => {
+                    let x = e.logical.get();
+                    (x & RUN_FIRST_MASK, (x >> RUN_LEN_SHIFT) + 1)
+                }
+                MapForm::Dense | MapForm::Leaves => (e.logical.get(), 1),
+            };
             let old = form.load_held(e.phys.get());
-            if l >= layout.logical_pages || old.is_some_and(|p| p.0 >= layout.physical_pages) {
+            let past = |first: u64, end: u64| first.checked_add(len).is_none_or(|e| e > end);
+            if past(l, layout.logical_pages)
+                || old.is_some_and(|p| past(p.0, layout.physical_pages))
+            {
                 return Err(corrupt(format!(
-                    "history entry ({l}, {}) out of range in group {epoch}",
+                    "history entry ({l}, {}) of {len} pages out of range in group {epoch}",
                     e.phys.get()
                 )));
             }
-            entries.push(Entry::new(LogicalPage(l), old));
+            group.push_run(Entry::new(LogicalPage(l), old), len);
         }
-        window.load_group(epoch, entries).map_err(|l| {
+        window.load_group(epoch, group).map_err(|l| {
             corrupt(format!(
                 "logical page {} has two entries in history group {epoch}",
                 l.0

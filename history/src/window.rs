@@ -135,19 +135,33 @@ impl Group {
             .flat_map(|r| (0..r.len()).map(move |i| r.entry(i)))
     }
 
+    /// Its runs in their order: each its first entry and its length.
+    pub fn runs(&self) -> impl ExactSizeIterator<Item = (Entry, u64)> + '_ {
+        self.runs.iter().map(|r| (r.entry(0), r.len()))
+    }
+
     /// Appends `e`, to the last run when it continues it.
     fn push(&mut self, e: Entry) {
-        self.pages += 1;
+        self.push_run(e, 1);
+    }
+
+    /// Appends the run of `len` pages (1 ..= `RUN_MAX`) from `first`, to the last run
+    /// when it continues it and both fit one.
+    pub fn push_run(&mut self, first: Entry, len: u64) {
+        assert!((1..=RUN_MAX).contains(&len), "a run of {len} pages");
+        self.pages += len;
         if let Some(last) = self.runs.last_mut() {
-            if last.extend(e, 1) {
+            if last.extend(first, len) {
                 return;
             }
         }
-        self.runs.push(Run::of(e));
+        let mut run = Run::of(first);
+        run.first_len += (len - 1) << RUN_FIRST_BITS;
+        self.runs.push(run);
     }
 
     /// A group of `entries`, in their order.
-    fn of(entries: impl IntoIterator<Item = Entry>) -> Group {
+    pub fn of(entries: impl IntoIterator<Item = Entry>) -> Group {
         let mut g = Group::default();
         for e in entries {
             g.push(e);
@@ -353,7 +367,7 @@ impl Window {
         if let Some(index) = &mut self.open_index {
             index.insert(l, g.runs.len() - 1);
         }
-        self.count(old, true);
+        self.count(old, 1, true);
     }
 
     /// The pages of the open epoch's group.
@@ -365,36 +379,21 @@ impl Window {
             .map(|e| e.l)
     }
 
-    /// Adds the group of `epoch` read from a checkpoint, its `entries` in any order:
-    /// `Err(l)` if it holds logical page `l` twice. Groups come in ascending epochs, up to
-    /// the open one.
-    pub fn load_group(
-        &mut self,
-        epoch: SafePointId,
-        mut entries: Vec<Entry>,
-    ) -> Result<(), LogicalPage> {
-        let g = if epoch == self.next_id {
-            // In the order written, as the open group grows.
-            let g = Group::of(entries.iter().copied());
-            let index = open_index(&g);
-            if index.len() as u64 != g.len() {
-                let mut seen = FxHashSet::default();
-                let twice = entries.iter().find(|e| !seen.insert(e.l));
-                return Err(twice.expect("a page held twice").l);
-            }
-            self.open_index = Some(index);
-            g
-        } else {
-            entries.sort_unstable_by_key(|e| e.l);
-            if let Some(w) = entries.windows(2).find(|w| w[0].l == w[1].l) {
-                return Err(w[0].l);
-            }
-            let mut g = Group::of(entries.iter().copied());
+    /// Adds the group of `epoch` read from a checkpoint, its runs in any order (the open
+    /// group's in the order written): `Err(l)` if it holds logical page `l` twice. Groups
+    /// come in ascending epochs, up to the open one.
+    pub fn load_group(&mut self, epoch: SafePointId, mut g: Group) -> Result<(), LogicalPage> {
+        // A page held twice is where two runs overlap, once sorted.
+        let mut spans: Vec<(u64, u64)> = g.runs.iter().map(|r| (r.first(), r.len())).collect();
+        spans.sort_unstable();
+        if let Some(w) = spans.windows(2).find(|w| w[0].0 + w[0].1 > w[1].0) {
+            return Err(LogicalPage(w[1].0));
+        }
+        if epoch != self.next_id {
             g.seal();
-            g
-        };
-        for e in &entries {
-            self.count(e.old(), true);
+        }
+        for r in &g.runs {
+            self.count(r.entry(0).old(), r.len(), true);
         }
         self.groups.insert(epoch, g);
         Ok(())
@@ -410,14 +409,14 @@ impl Window {
         (groups + index) as u64
     }
 
-    /// Counts an entry holding `old` in (or out of) the totals.
-    fn count(&mut self, old: Option<PhysPage>, add: bool) {
-        let pages = u64::from(old.is_some());
+    /// Counts `n` entries holding pages (`old` is some) or zeros in (or out of) the totals.
+    fn count(&mut self, old: Option<PhysPage>, n: u64, add: bool) {
+        let pages = if old.is_some() { n } else { 0 };
         if add {
-            self.history_entries += 1;
+            self.history_entries += n;
             self.history_pages += pages;
         } else {
-            self.history_entries -= 1;
+            self.history_entries -= n;
             self.history_pages -= pages;
         }
     }
@@ -544,7 +543,7 @@ impl Window {
                 self.groups.remove(&epoch);
             }
             for e in dropped.entries() {
-                self.count(e.old(), false);
+                self.count(e.old(), 1, false);
                 if let Some(p) = e.old() {
                     free(p);
                 }
@@ -772,6 +771,114 @@ mod tests {
         assert_eq!(changed.len(), 301);
         assert!(changed.windows(2).all(|p| p[0].l < p[1].l));
         assert_eq!((w.history_entries, w.history_pages), (301, 201));
+    }
+
+    /// The open group's index follows the writes made after it was built: a page that
+    /// extends a run and one that starts a new run are both found.
+    #[test]
+    fn the_open_index_follows_later_writes() {
+        let mut w = Window::new(SafePointId(1));
+        w.push_safe_point(sp(1));
+        for l in 10..20 {
+            w.supersede(LogicalPage(l), Some(PhysPage(l)));
+        }
+        assert_eq!(
+            w.page_at(LogicalPage(15), SafePointId(1)),
+            Some(Some(PhysPage(15)))
+        );
+        w.supersede(LogicalPage(20), Some(PhysPage(20))); // extends the run
+        w.supersede(LogicalPage(5), None); // a run of its own
+        assert_eq!(w.groups[&SafePointId(2)].runs.len(), 2);
+        assert_eq!(
+            w.page_at(LogicalPage(20), SafePointId(1)),
+            Some(Some(PhysPage(20)))
+        );
+        assert_eq!(w.page_at(LogicalPage(5), SafePointId(1)), Some(None));
+        assert_eq!(w.page_at(LogicalPage(21), SafePointId(1)), None);
+        assert_eq!(w.page_at(LogicalPage(9), SafePointId(1)), None);
+    }
+
+    /// Retiring part of a closed group cuts its runs: the pages on either side of a
+    /// dropped one are still found, the dropped one no longer.
+    #[test]
+    fn retiring_part_of_a_run_keeps_the_rest_found() {
+        let mut w = Window::new(SafePointId(1));
+        w.push_safe_point(sp(1));
+        w.supersede(LogicalPage(50), Some(PhysPage(500))); // group 2: 50 as at sp 1
+        w.push_safe_point(sp(2));
+        for l in 0..100 {
+            w.supersede(LogicalPage(l), Some(PhysPage(1000 + l))); // group 3
+        }
+        w.push_safe_point(sp(3));
+        w.supersede(LogicalPage(200), None);
+        w.push_safe_point(sp(4));
+        // Safe point 2 alone needs page 50's entry of group 3 (sp 1 reads group 2's).
+        let mut freed = Vec::new();
+        w.retire(SafePointId(2), |p| freed.push(p));
+        assert_eq!(freed, [PhysPage(1050)]);
+        assert_eq!(w.groups[&SafePointId(3)].runs.len(), 2, "cut at 50");
+        for l in [0, 49, 51, 99] {
+            assert_eq!(
+                w.page_at(LogicalPage(l), SafePointId(1)),
+                Some(Some(PhysPage(1000 + l))),
+                "page {l}"
+            );
+        }
+        assert_eq!(
+            w.page_at(LogicalPage(50), SafePointId(1)),
+            Some(Some(PhysPage(500)))
+        );
+        assert_eq!(w.page_at(LogicalPage(50), SafePointId(3)), None);
+        assert_eq!((w.history_entries, w.history_pages), (101, 100));
+    }
+
+    /// Groups read from a checkpoint: a page held twice is refused, in the open group and
+    /// in a closed one; runs given out of order are sorted and joined in a closed group.
+    #[test]
+    fn loading_a_group_refuses_a_page_held_twice() {
+        let run = |l: u64, p: u64, len: u64| {
+            let mut g = Group::default();
+            g.push_run(Entry::new(LogicalPage(l), Some(PhysPage(p))), len);
+            g
+        };
+        let two = |a: Group, b: Group| Group::of(a.entries().chain(b.entries()));
+        let mut w = Window::new(SafePointId(3));
+        assert_eq!(
+            w.load_group(SafePointId(1), two(run(10, 0, 10), run(19, 50, 1))),
+            Err(LogicalPage(19))
+        );
+        assert_eq!(
+            w.load_group(SafePointId(3), two(run(30, 0, 1), run(25, 50, 10))),
+            Err(LogicalPage(30))
+        );
+        // Out of order, and continuing each other: one run once sealed.
+        w.load_group(SafePointId(2), two(run(20, 120, 10), run(10, 110, 10)))
+            .unwrap();
+        assert_eq!(w.groups[&SafePointId(2)].runs.len(), 1);
+        assert_eq!(
+            w.page_at(LogicalPage(25), SafePointId(1)),
+            Some(Some(PhysPage(125)))
+        );
+        assert_eq!((w.history_entries, w.history_pages), (20, 20));
+    }
+
+    /// Sealing joins runs up to `RUN_MAX` pages together and no further.
+    #[test]
+    fn sealing_joins_runs_up_to_run_max() {
+        for (a, b, runs) in [(RUN_MAX - 10, 10, 1), (RUN_MAX - 10, 11, 2)] {
+            let mut w = Window::new(SafePointId(1));
+            w.push_safe_point(sp(1));
+            // The second stretch first, so the open group holds two runs.
+            for l in (a..a + b).chain(0..a) {
+                w.supersede(LogicalPage(l), Some(PhysPage(l)));
+            }
+            w.push_safe_point(sp(2));
+            assert_eq!(w.groups[&SafePointId(2)].runs.len(), runs, "{a} + {b}");
+            for l in [0, a - 1, a, a + b - 1] {
+                let got = w.page_at(LogicalPage(l), SafePointId(1));
+                assert_eq!(got, Some(Some(PhysPage(l))), "page {l}");
+            }
+        }
     }
 
     /// A run holds at most `RUN_MAX` pages: longer stretches are cut, and every page on

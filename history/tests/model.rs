@@ -971,6 +971,54 @@ fn past_twice_a_commits_records_the_thread_of_a_staged_commit_is_told_to_wait() 
     assert_eq!(decode(129 % PAGES, &page), Some(3));
 }
 
+/// A version 4 checkpoint holds the history in runs: a whole leaf written, flushed,
+/// rewritten and flushed (two history groups of 4096 entries each) takes a record per
+/// group, and reads back whole.
+#[test]
+fn a_checkpoint_holds_a_sequential_rewrite_in_runs() {
+    use rewind_history::{check, read_superblock};
+    const LEAF: u64 = 4096;
+    let opts = CreateOptions {
+        size: 2 * LEAF * PAGE_SIZE,
+        history: Some(2 * LEAF * PAGE_SIZE),
+        journal: Some(64 * 512),
+    };
+    let layout = rewind_history::Layout::for_create(&opts).unwrap();
+    let store = Arc::new(MemStore::new(layout.required_bytes()));
+    let host = sim::host(BOOT);
+    create(&store, &opts, &host).unwrap();
+    let vol = Volume::open(store.clone(), &host).unwrap();
+    let mut s = vol.stream(0, 1);
+    let mut ids = Vec::new();
+    for v in [1, 2] {
+        for l in 0..LEAF {
+            vol.write_page(&mut s, LogicalPage(l), &page_data(l, v))
+                .unwrap();
+        }
+        ids.push(vol.safe_point(rewind_history::Trigger::User, None).unwrap());
+    }
+    vol.close().unwrap();
+    let len = read_superblock(&store).unwrap().ckpt_len.get();
+    // The header page, one leaf of the map, and little more: 8192 entries would take 128 KiB.
+    let leaf = 8 + 8 + LEAF * 8;
+    assert!(
+        len < PAGE_SIZE + leaf + 4096,
+        "{len} bytes, a leaf of map is {leaf}"
+    );
+    check(&store, &host).unwrap();
+    let vol = Volume::open(store.clone(), &host).unwrap();
+    let mut buf = vec![0u8; PAGE_SIZE as usize];
+    for l in [0, 1, LEAF / 2, LEAF - 1] {
+        vol.read_page_at(LogicalPage(l), ids[0], &mut buf).unwrap();
+        assert_eq!(decode(l, &buf), Some(1), "page {l} at the first");
+        vol.read_page(LogicalPage(l), &mut buf).unwrap();
+        assert_eq!(decode(l, &buf), Some(2), "page {l} live");
+    }
+    vol.read_page_at(LogicalPage(LEAF), ids[0], &mut buf)
+        .unwrap();
+    assert_eq!(decode(LEAF, &buf), None);
+}
+
 /// A version 4 image's checkpoint holds only the leaves of the map that were written (4096
 /// pages each, fewer for the device's last): nothing for a fresh device, three leaves after
 /// writes in three of them, the last one short; it reads back whole, and `check` finds it

@@ -156,7 +156,7 @@ pub(super) fn safe_point_infos(w: &Window) -> Vec<SafePointInfo> {
 
 impl<S: Store> Volume<S> {
     /// The bytes of memory the history's entries and index take (`Window::index_bytes`):
-    /// 16 per history entry once its epoch closed.
+    /// 16 per run of history entries (at most 16 per entry).
     pub fn history_index_bytes(&self) -> u64 {
         self.state.lock().window.index_bytes()
     }
