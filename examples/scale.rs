@@ -21,7 +21,9 @@
 //!   (they land at home, as on a device full of data), makes a safe point, then rewrites the
 //!   same pages with a flush every 4096 pages, reports its resident memory, and exits
 //!   without closing the volume (like a `kill -9` of the daemon);
-//! - open after that kill: the same open child, which replays the journal;
+//! - open after that kill: the same open child, which replays the journal (and closes the
+//!   image); then, on that image with P% changed, `rewind check` and an open after a clean
+//!   stop;
 //! - rollback over 1 Mi changed pages, and its undo, on a fresh image.
 //!
 //! The in-process steps drop every write to the data area and read it as zeros: only the
@@ -707,11 +709,28 @@ fn run_size(
                 runner.child(&["write", &p.to_string(), pattern.arg()], &image),
                 write_note,
             ));
-            if written {
-                report.push(row_of(
+            let reopened = written
+                && report.push(row_of(
                     size,
                     &format!("kill/{p}/{}", pattern.arg()),
                     &format!("open after kill ({what})"),
+                    runner.child(&["open"], &image),
+                    open_note,
+                ));
+            // That open closed the image: now it is as a device with P% changed stopped
+            // cleanly leaves it.
+            if reopened && p > 0 {
+                report.push(row_of(
+                    size,
+                    &format!("check/{p}/{}", pattern.arg()),
+                    &format!("check ({what})"),
+                    runner.cli([OsString::from("check"), image.clone().into()]),
+                    no_note,
+                ));
+                report.push(row_of(
+                    size,
+                    &format!("open/{p}/{}", pattern.arg()),
+                    &format!("open (clean stop, {what})"),
                     runner.child(&["open"], &image),
                     open_note,
                 ));
@@ -790,6 +809,18 @@ fn summary(opts: &Opts, report: &mut Report) {
                 format!("kill/{p}/{}", pattern.arg()),
                 fig("open_s", 3),
             ));
+            if p > 0 {
+                columns.push((
+                    format!("open {p}%{tag} s"),
+                    format!("open/{p}/{}", pattern.arg()),
+                    fig("open_s", 3),
+                ));
+                columns.push((
+                    format!("check {p}%{tag} s"),
+                    format!("check/{p}/{}", pattern.arg()),
+                    Box::new(secs),
+                ));
+            }
         }
     }
     for &p in &opts.percents {

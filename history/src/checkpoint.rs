@@ -376,19 +376,23 @@ pub fn read<S: Store>(
         Ok(())
     };
     // Sets the words in `piece` into the map from page `first` on.
-    let set = |piece: &[u8], first: u64| -> Result<(), Error> {
+    let mut maps = Vec::with_capacity(PIECE / 8);
+    let mut set = |piece: &[u8], first: u64| -> Result<(), Error> {
+        maps.clear();
         for (i, word) in piece.chunks_exact(8).enumerate() {
             let word = u64::from_le_bytes(word.try_into().expect("8 bytes"));
-            let l = first + i as u64;
             let phys = form.load_word(word);
             if let Some(p) = phys.filter(|p| p.0 >= layout.physical_pages) {
                 return Err(corrupt(format!(
-                    "logical page {l} maps to physical page {} of {}",
-                    p.0, layout.physical_pages
+                    "logical page {} maps to physical page {} of {}",
+                    first + i as u64,
+                    p.0,
+                    layout.physical_pages
                 )));
             }
-            map.set(LogicalPage(l), Mapping { phys, open: false });
+            maps.push(Mapping { phys, open: false });
         }
+        map.set_run(LogicalPage(first), &maps);
         Ok(())
     };
     let word = |piece: &[u8]| u64::from_le_bytes(piece[..8].try_into().expect("8 bytes"));

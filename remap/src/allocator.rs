@@ -133,6 +133,19 @@ impl PageAllocator {
         }
     }
 
+    /// Claims the pages of `bits` in word `w` of the bitmap (bit `b`: page `64 w + b`),
+    /// those not claimed yet: how an open claims every page referenced, 64 at a time.
+    pub fn claim_word(&self, w: usize, bits: u64) {
+        assert!(
+            w < self.nwords && bits & self.past_end(w) == 0,
+            "claim of word {w} ({bits:#x}) of {} pages",
+            self.pages
+        );
+        let old = self.word(w).fetch_or(bits, Ordering::AcqRel);
+        self.free
+            .fetch_sub(u64::from((bits & !old).count_ones()), Ordering::Relaxed);
+    }
+
     /// Returns `p` to the free pool. Releasing a free page is a bug of the caller's accounting.
     pub fn release(&self, p: PhysPage) {
         assert!(

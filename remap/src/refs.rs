@@ -34,11 +34,30 @@ impl PageRefs {
         self.leaves[leaf].as_ref().map_or(0, |counts| counts[i])
     }
 
-    /// Adds a reference to `p`.
-    pub fn add(&mut self, p: PhysPage) {
+    /// Adds a reference to `p`; returns how many it has now.
+    pub fn add(&mut self, p: PhysPage) -> u32 {
         let (leaf, i) = self.split(p);
         let counts = self.leaves[leaf].get_or_insert_with(|| vec![0; LEAF as usize].into());
         counts[i] += 1;
+        counts[i]
+    }
+
+    /// Adds a reference to each of the `n` pages from `first`, a leaf at a time; returns
+    /// the most references one of them has now.
+    pub fn add_run(&mut self, first: PhysPage, n: u64) -> u32 {
+        let mut most = 0;
+        let (mut p, end) = (first.0, first.0 + n);
+        while p < end {
+            let (leaf, i) = self.split(PhysPage(p));
+            let k = (end - p).min(LEAF - i as u64) as usize;
+            let counts = self.leaves[leaf].get_or_insert_with(|| vec![0; LEAF as usize].into());
+            for c in &mut counts[i..i + k] {
+                *c += 1;
+                most = most.max(*c);
+            }
+            p += k as u64;
+        }
+        most
     }
 
     /// Drops a reference to `p`; returns how many are left. Dropping one from a page with
@@ -70,6 +89,28 @@ impl PageRefs {
             })
     }
 
+    /// The pages with a reference as words of a bitmap, 64 pages each (bit `b` of word
+    /// `w`: page `64 w + b`): the words with a bit set, in order.
+    pub fn used_words(&self) -> impl Iterator<Item = (usize, u64)> + '_ {
+        const WORDS: usize = LEAF as usize / 64;
+        self.leaves
+            .iter()
+            .enumerate()
+            .filter_map(|(n, leaf)| Some((n * WORDS, leaf.as_ref()?)))
+            .flat_map(|(first, counts)| {
+                counts
+                    .chunks_exact(64)
+                    .enumerate()
+                    .filter_map(move |(j, c)| {
+                        let bits = c
+                            .iter()
+                            .enumerate()
+                            .fold(0u64, |w, (b, &n)| w | (u64::from(n > 0) << b));
+                        (bits != 0).then_some((first + j, bits))
+                    })
+            })
+    }
+
     /// Bytes of memory the counts take: the leaf table and the leaves made.
     pub fn memory_bytes(&self) -> u64 {
         let slots = self.leaves.len() * std::mem::size_of::<Option<Box<[u32]>>>();
@@ -98,6 +139,16 @@ mod tests {
         r.add(PhysPage(3 * LEAF + 6));
         assert_eq!(r.memory_bytes(), empty + 2 * LEAF * 4, "two leaves made");
         assert_eq!(r.get(PhysPage(5)), 2);
+        let words: Vec<(usize, u64)> = r.used_words().collect();
+        assert_eq!(words, [(0, 1 << 5), (3 * LEAF as usize / 64, 1 << 6)]);
+        assert_eq!(r.add_run(PhysPage(LEAF - 2), 4), 1, "across two leaves");
+        assert_eq!(r.get(PhysPage(LEAF)), 1);
+        assert_eq!(r.add_run(PhysPage(4), 2), 3, "page 5 had two");
+        r.remove(PhysPage(4));
+        r.remove(PhysPage(5));
+        for p in [LEAF - 2, LEAF - 1, LEAF, LEAF + 1] {
+            r.remove(PhysPage(p));
+        }
         let listed: Vec<u64> = r.referenced().map(|p| p.0).collect();
         assert_eq!(listed, [5, 3 * LEAF + 6]);
         assert_eq!(r.remove(PhysPage(5)), 1);

@@ -166,6 +166,29 @@ impl RemapTable {
         words[i].store(word, Ordering::Release);
     }
 
+    /// Sets the mappings of the pages from `first` on to `maps`, a leaf at a time: how an
+    /// open loads the map. A leaf is made only for a part that holds a mapping that is not
+    /// `Mapping::UNWRITTEN`.
+    pub fn set_run(&self, first: LogicalPage, maps: &[Mapping]) {
+        let end = first.0 + maps.len() as u64;
+        assert!(end <= self.pages, "pages up to {end} of {}", self.pages);
+        let (mut l, mut rest) = (first.0, maps);
+        while !rest.is_empty() {
+            let (leaf, i) = split(l);
+            let (part, tail) = rest.split_at((LEAF as usize - i).min(rest.len()));
+            let slot = &self.leaves[leaf];
+            if slot.get().is_some() || part.iter().any(|m| *m != Mapping::UNWRITTEN) {
+                let words = slot
+                    .get_or_init(|| (0..LEAF).map(|_| AtomicU64::new(UNWRITTEN_WORD)).collect());
+                for (w, m) in words[i..i + part.len()].iter().zip(part) {
+                    w.store(m.pack(), Ordering::Release);
+                }
+            }
+            l += part.len() as u64;
+            rest = tail;
+        }
+    }
+
     /// Every page that maps to a physical page, with it, in order: a walk of the leaves
     /// that exist (a page of a leaf never made is unwritten).
     pub fn mapped(&self) -> impl Iterator<Item = (LogicalPage, PhysPage)> + '_ {
@@ -254,6 +277,29 @@ mod tests {
             words,
             [UNWRITTEN_WORD, UNWRITTEN_WORD, UNWRITTEN_WORD, m.pack()]
         );
+    }
+
+    /// `set_run` sets what `set` would, page by page, across leaves, and makes no leaf for
+    /// a part all unwritten.
+    #[test]
+    fn set_run_is_set_page_by_page() {
+        let pages = 3 * LEAF;
+        let (a, b) = (RemapTable::new(pages), RemapTable::new(pages));
+        let maps: Vec<Mapping> = (0..LEAF + 20)
+            .map(|i| Mapping {
+                phys: (i % 3 != 0).then_some(PhysPage(i * 7)),
+                open: i % 5 == 0,
+            })
+            .collect();
+        let first = LEAF - 10;
+        a.set_run(LogicalPage(first), &maps);
+        for (i, m) in maps.iter().enumerate() {
+            b.set(LogicalPage(first + i as u64), *m);
+        }
+        assert!(a.snapshot().unwrap() == b.snapshot().unwrap());
+        let c = RemapTable::new(pages);
+        c.set_run(LogicalPage(5), &[Mapping::UNWRITTEN; 100]);
+        assert_eq!(c.memory_bytes(), RemapTable::new(pages).memory_bytes());
     }
 
     #[test]

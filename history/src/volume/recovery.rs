@@ -48,8 +48,30 @@ fn count_refs(layout: &Layout, map: &RemapTable, window: &Window) -> Result<Page
         bytes: e.bytes,
     })?;
     let live = || map.mapped();
-    for (_, p) in live().chain(history_pages(window)) {
-        refs.add(p);
+    let mut most = 0;
+    // Live pages by runs of consecutive physical pages, as a sequential writer leaves them.
+    let mut run: Option<(PhysPage, u64)> = None;
+    for (_, p) in live() {
+        match &mut run {
+            Some((first, n)) if first.0 + *n == p.0 => *n += 1,
+            _ => {
+                if let Some((first, n)) = run.replace((p, 1)) {
+                    most = most.max(refs.add_run(first, n));
+                }
+            }
+        }
+    }
+    if let Some((first, n)) = run {
+        most = most.max(refs.add_run(first, n));
+    }
+    for (first, len) in window.groups.values().flat_map(|g| g.runs()) {
+        if let Some(p) = first.old() {
+            most = most.max(refs.add_run(p, len));
+        }
+    }
+    if most <= 1 {
+        // No page is referenced twice: no two logical pages share one.
+        return Ok(refs);
     }
     // Pages with several references (after a rollback, a page live and in history), by
     // page, to find two logical pages on one: 16 bytes each, for these pages only.
@@ -364,8 +386,8 @@ fn claim_referenced(layout: &Layout, refs: &PageRefs) -> Result<PageAllocator, E
         what: "the page allocator",
         bytes: e.bytes,
     })?;
-    for p in refs.referenced() {
-        alloc.claim(p);
+    for (w, bits) in refs.used_words() {
+        alloc.claim_word(w, bits);
     }
     Ok(alloc)
 }
