@@ -254,3 +254,31 @@ fn save_reclaimed_seeds() {
     save("image", "reclaimed", &fuzzing::image_input(&reclaimed));
     assert!(store.len() > 0);
 }
+
+/// A checkpoint whose map puts two logical pages on one physical page is refused on open:
+/// the reference count sees the page twice and the owners differ. (The map of the base
+/// image is one leaf, in version 4's wide form: after the header page, the leaf count, the
+/// leaf's number, then a word per page.)
+#[test]
+fn a_physical_page_of_two_logical_pages_is_refused() {
+    let store = fresh();
+    for _ in 0..2 {
+        // Two closes, so the checkpoint is in slot 0, where the input is taken from.
+        let vol = Volume::open(store.clone(), &fuzzing::host()).unwrap();
+        write(&vol, 0..2, 1);
+        vol.close().unwrap();
+    }
+    let mut input = fuzzing::checkpoint_input(&store.contents());
+    assert_eq!(
+        fuzzing::checkpoint(&input).map_err(|e| e.to_string()),
+        Ok(())
+    );
+    let word = |l: usize| 1 + PAGE + 16 + 8 * l;
+    let page_0: [u8; 8] = input[word(0)..word(0) + 8].try_into().unwrap();
+    input[word(1)..word(1) + 8].copy_from_slice(&page_0);
+    let err = fuzzing::checkpoint(&input).expect_err("two logical pages on one");
+    assert!(
+        err.to_string().contains("belongs to logical pages 0 and 1"),
+        "{err}"
+    );
+}
