@@ -402,6 +402,57 @@ pub fn replay<S: Store>(
     Ok(end)
 }
 
+/// Rewrites the unsynced blocks from `from` up to `to` (a prefix replay took) as synced:
+/// each the same block, its flag cleared and its checksum made again, written in place;
+/// a synced block is never written. Returns how many it rewrote. The caller syncs the
+/// store before (so the data the records point at is durable: step 1 of a commit) and
+/// after. A crash in between leaves some blocks synced and some not, a journal replay
+/// still takes as a prefix.
+pub fn mark_synced<S: Store>(
+    store: &S,
+    layout: &Layout,
+    from: JournalSeq,
+    to: JournalSeq,
+) -> Result<u64, Error> {
+    const BATCH: u64 = 256;
+    let block = JOURNAL_BLOCK as usize;
+    let mut buf = vec![0u8; BATCH as usize * block];
+    let (mut seq, mut rewritten) = (from, 0);
+    while seq < to {
+        let n = BATCH
+            .min(layout.journal_blocks_to_ring_end(seq))
+            .min(to - seq);
+        let bytes = &mut buf[..n as usize * block];
+        let at = layout.journal_block_offset(seq);
+        store
+            .read_at(at, bytes)
+            .map_err(Error::io("reading the journal"))?;
+        let mut unsynced = Vec::new();
+        for (i, b) in bytes.chunks_exact_mut(block).enumerate() {
+            let flags = u16::from_le_bytes([b[30], b[31]]);
+            if flags & UNSYNCED != 0 {
+                b[30..32].copy_from_slice(&(flags & !UNSYNCED).to_le_bytes());
+                let crc = crc32c::crc32c(&b[8..]);
+                b[4..8].copy_from_slice(&crc.to_le_bytes());
+                unsynced.push(i);
+            }
+        }
+        // Runs of consecutive unsynced blocks, a write each.
+        for run in unsynced.chunk_by(|a, b| a + 1 == *b) {
+            let (first, len) = (run[0], run.len());
+            store
+                .write_at(
+                    at + (first * block) as u64,
+                    &bytes[first * block..(first + len) * block],
+                )
+                .map_err(Error::io("writing the journal"))?;
+            rewritten += len as u64;
+        }
+        seq += n;
+    }
+    Ok(rewritten)
+}
+
 /// The header of `block` if the block continues the journal where `end` stands: magic,
 /// checksum, the expected sequence, the image's uuid, a session that does not go down, a
 /// sane record count, and not unsynced unless trusted. `None` ends the journal.

@@ -570,3 +570,75 @@ fn a_write_recorded_while_a_commit_syncs_the_data_survives_a_kill() {
         "the completed write was lost"
     );
 }
+
+/// The open after a killed daemon makes the journal blocks that daemon left unsynced
+/// durable: the store synced (the data their records point at), then the blocks rewritten
+/// as synced, in place. A power cut at every write and sync of that open leaves the last
+/// durable safe point plus a prefix of the writes that completed; one after the open
+/// returned leaves all of them, though the new daemon wrote no checkpoint.
+#[test]
+fn a_power_cut_while_an_open_makes_a_killed_daemons_writes_durable_keeps_a_prefix() {
+    let (store, host) = formatted_store();
+    let mut m = Model {
+        live: vec![None; PAGES as usize],
+        durable: vec![None; PAGES as usize],
+        ..Model::default()
+    };
+    let vol = Volume::open(store.clone(), &host).unwrap();
+    vol.set_durability(Durability::CompletedWrites);
+    let mut stream = vol.stream(0, 1);
+    let mut serial = 0;
+    let mut write = |vol: &Volume<Arc<SimStore>>, m: &mut Model, l: u64| {
+        serial += 1;
+        let val = (l as u8 + 1, serial);
+        m.since.push((l, Some(val)));
+        vol.write_page(&mut stream, LogicalPage(l), &page_data(l, val))
+            .unwrap();
+        m.live[l as usize] = Some(val);
+        m.completed = m.since.len();
+    };
+    for l in 0..8 {
+        write(&vol, &mut m, l);
+    }
+    vol.flush().unwrap();
+    m.all_durable();
+    // Completed writes after the flush: their records are in unsynced blocks only.
+    for l in (4..40).step_by(3) {
+        write(&vol, &mut m, l);
+    }
+    // Killed: what it wrote stays in the host's page cache, pending on the store.
+    drop(vol);
+    let model = Arc::new(Mutex::new(m));
+    let failure: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+    let points = Arc::new(Mutex::new(0u64));
+    {
+        let (model, failure, points) = (model.clone(), failure.clone(), points.clone());
+        let mut rng = Rng(7);
+        store.set_hook(move |s, _| {
+            for _ in 0..2 {
+                let image = s.crash_image(&mut rng);
+                if let Err(e) = check_image(image, &model.lock(), Crash::PowerCut) {
+                    failure.lock().get_or_insert(e);
+                }
+            }
+            *points.lock() += 1;
+        });
+    }
+    let vol = Volume::open(store.clone(), &host).unwrap();
+    if let Some(f) = failure.lock().clone() {
+        panic!("a power cut during the open: {f}");
+    }
+    let points = *points.lock();
+    assert!(
+        points >= 4,
+        "{points} crash points: the superblocks, a sync, the blocks, a sync"
+    );
+    // After the open: another boot finds every completed write.
+    store.set_hook(|_, _| {});
+    drop(vol);
+    let image = store.crash_image(&mut Rng(9));
+    let m = model.lock();
+    let store = Arc::new(MemStore::from_bytes(image));
+    let vol = Volume::open(store, &sim::host(NEXT_BOOT)).unwrap();
+    assert_eq!(read_device(&vol).unwrap(), m.live, "every completed write");
+}

@@ -477,14 +477,20 @@ impl<S: Store> Volume<S> {
     pub fn open(store: S, host: &Host) -> Result<Volume<S>, Error> {
         let mut loaded = Self::load(&store, host.boot_id)?;
         let session = start_session(&store, &mut loaded.sb, host)?;
-        let unsynced = loaded.unsynced;
-        let vol = Self::serve(store, loaded, session, host.clock.clone());
-        if unsynced {
-            // Make what the dead daemon left unsynced durable now, in a checkpoint: a later
-            // boot would not trust those blocks.
-            vol.commit(true)?;
+        if loaded.unsynced {
+            // Make what the dead daemon left unsynced durable now, as a commit would have:
+            // the data its records point at, then the blocks, rewritten as synced (a later
+            // boot would not trust them as they are).
+            store.sync().map_err(Error::io("syncing the store"))?;
+            journal::mark_synced(
+                &store,
+                &loaded.layout,
+                loaded.sb.replay_from(),
+                loaded.next_seq,
+            )?;
+            store.sync().map_err(Error::io("syncing the journal"))?;
         }
-        Ok(vol)
+        Ok(Self::serve(store, loaded, session, host.clock.clone()))
     }
 
     /// Opens a formatted store to read its history without serving it or writing a byte
