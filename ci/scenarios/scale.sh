@@ -29,7 +29,13 @@ t0=$(now_s)
 dev=$(add_dev "$img")
 id=${dev#/dev/ublkb}
 say "SCALE add (fresh): $(ms_between "$t0" "$(now_s)") ms, daemon peak $(hwm "$id") MiB"
-[[ $(blockdev --getsize64 "$dev") -eq $(numfmt --from=iec "$SIZE") ]] ||
+# SIZE in bytes: a number with a G or T suffix (powers of 1024).
+case $SIZE in
+    *T) want=$((${SIZE%T} << 40)) ;;
+    *G) want=$((${SIZE%G} << 30)) ;;
+    *) die "SCALE_SIZE=$SIZE: give it in G or T" ;;
+esac
+[[ $(blockdev --getsize64 "$dev") -eq $want ]] ||
     die "$dev is $(blockdev --getsize64 "$dev") bytes, not $SIZE"
 
 # Lazy init: mke2fs writes the group descriptors and a little more, not every bitmap and

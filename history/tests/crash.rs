@@ -16,8 +16,8 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use rewind_history::sim::{self, Event, Rng, SimStore};
 use rewind_history::{
-    create, CommitDue, CreateOptions, Durability, Host, Layout, LogicalPage, MemStore, SafePointId,
-    Store, Stream, Trigger, Volume,
+    create, read_superblock, CommitDue, CreateOptions, Durability, Host, Layout, LogicalPage,
+    MemStore, SafePointId, Store, Stream, Trigger, Volume,
 };
 
 const PAGES: u64 = 96;
@@ -624,10 +624,16 @@ fn a_power_cut_while_an_open_makes_a_killed_daemons_writes_durable_keeps_a_prefi
             *points.lock() += 1;
         });
     }
+    let checkpoint_before = read_superblock(&store).unwrap().ckpt_journal_seq.get();
     let vol = Volume::open(store.clone(), &host).unwrap();
     if let Some(f) = failure.lock().clone() {
         panic!("a power cut during the open: {f}");
     }
+    assert_eq!(
+        read_superblock(&store).unwrap().ckpt_journal_seq.get(),
+        checkpoint_before,
+        "a short journal: the blocks rewritten, no checkpoint"
+    );
     let points = *points.lock();
     assert!(
         points >= 4,
@@ -641,4 +647,40 @@ fn a_power_cut_while_an_open_makes_a_killed_daemons_writes_durable_keeps_a_prefi
     let store = Arc::new(MemStore::from_bytes(image));
     let vol = Volume::open(store, &sim::host(NEXT_BOOT)).unwrap();
     assert_eq!(read_device(&vol).unwrap(), m.live, "every completed write");
+}
+
+/// A killed daemon that left more than a quarter of the journal ring since the checkpoint
+/// (its last commits and its unsynced blocks) gets a checkpoint at the next open, which
+/// empties the ring: kill after kill cannot fill it. Every completed write is kept.
+#[test]
+fn an_open_after_a_kill_with_a_long_journal_writes_a_checkpoint() {
+    let (store, host) = formatted_store();
+    let vol = Volume::open(store.clone(), &host).unwrap();
+    vol.set_durability(Durability::CompletedWrites);
+    let journal_blocks = vol.layout().journal_blocks;
+    let before = read_superblock(&store).unwrap().ckpt_journal_seq.get();
+    let mut stream = vol.stream(0, 1);
+    let mut live = vec![None; PAGES as usize];
+    // Records for over a quarter of the ring and under half, where commits would checkpoint.
+    let records = journal_blocks * 30 * 3 / 8;
+    for i in 0..records {
+        let l = i % PAGES;
+        let val = ((i % 250) as u8 + 1, i as u32);
+        vol.write_page(&mut stream, LogicalPage(l), &page_data(l, val))
+            .unwrap();
+        live[l as usize] = Some(val);
+    }
+    assert_eq!(
+        read_superblock(&store).unwrap().ckpt_journal_seq.get(),
+        before,
+        "no checkpoint yet"
+    );
+    drop(vol);
+    let vol = Volume::open(store.clone(), &host).unwrap();
+    let after = read_superblock(&store).unwrap().ckpt_journal_seq.get();
+    assert!(after > before, "a checkpoint at open: {before} -> {after}");
+    drop(vol);
+    let image = store.crash_image(&mut Rng(11));
+    let vol = Volume::open(Arc::new(MemStore::from_bytes(image)), &sim::host(NEXT_BOOT)).unwrap();
+    assert_eq!(read_device(&vol).unwrap(), live, "every completed write");
 }

@@ -477,10 +477,15 @@ impl<S: Store> Volume<S> {
     pub fn open(store: S, host: &Host) -> Result<Volume<S>, Error> {
         let mut loaded = Self::load(&store, host.boot_id)?;
         let session = start_session(&store, &mut loaded.sb, host)?;
-        if loaded.unsynced {
-            // Make what the dead daemon left unsynced durable now, as a commit would have:
-            // the data its records point at, then the blocks, rewritten as synced (a later
-            // boot would not trust them as they are).
+        // What the dead daemon left unsynced is made durable now (a later boot would not
+        // trust it as it is). A session may write a quarter of the ring unsynced before a
+        // commit must come, and commits checkpoint only past half of it: past a quarter
+        // already, a checkpoint empties the ring, so that kill after kill cannot fill it.
+        let used = loaded.next_seq - loaded.sb.replay_from();
+        let checkpoint = loaded.unsynced && used > loaded.layout.journal_blocks / 4;
+        if loaded.unsynced && !checkpoint {
+            // As a commit would: the data the records point at, then the blocks, rewritten
+            // as synced.
             store.sync().map_err(Error::io("syncing the store"))?;
             journal::mark_synced(
                 &store,
@@ -490,7 +495,11 @@ impl<S: Store> Volume<S> {
             )?;
             store.sync().map_err(Error::io("syncing the journal"))?;
         }
-        Ok(Self::serve(store, loaded, session, host.clock.clone()))
+        let vol = Self::serve(store, loaded, session, host.clock.clone());
+        if checkpoint {
+            vol.commit(true)?;
+        }
+        Ok(vol)
     }
 
     /// Opens a formatted store to read its history without serving it or writing a byte
