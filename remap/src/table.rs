@@ -69,10 +69,16 @@ pub struct RemapTable {
     pages: u64,
 }
 
-/// A copy of the table taken at one instant, for a checkpoint: the leaves that exist.
+/// A copy of the table taken at one instant, for a checkpoint: the leaves that exist, their
+/// words in one allocation (so that, once the checkpoint is written, its memory goes back to
+/// the system whole rather than as thousands of small blocks the heap keeps).
 #[derive(PartialEq, Eq, Debug)]
 pub struct MapSnapshot {
-    leaves: Vec<Option<Box<[u64]>>>,
+    /// The words of the leaves copied, `LEAF` each, in leaf order.
+    words: Vec<u64>,
+    /// For each leaf of the table, where its words start in `words` (`LEAF` times its
+    /// rank), or `None` for a leaf not made.
+    leaves: Vec<Option<usize>>,
     pages: u64,
 }
 
@@ -80,7 +86,8 @@ impl MapSnapshot {
     /// A table of `pages` pages all unwritten, as a fresh device's.
     pub fn unwritten(pages: u64) -> MapSnapshot {
         MapSnapshot {
-            leaves: (0..pages.div_ceil(LEAF)).map(|_| None).collect(),
+            words: Vec::new(),
+            leaves: vec![None; pages.div_ceil(LEAF) as usize],
             pages,
         }
     }
@@ -93,10 +100,10 @@ impl MapSnapshot {
     /// The leaves that exist, by leaf number (leaf `n` holds pages `n * LEAF` on); the
     /// last one's words past the last page are not part of the table.
     pub fn leaves(&self) -> impl Iterator<Item = (u64, &[u64])> + '_ {
-        self.leaves.iter().enumerate().filter_map(|(n, leaf)| {
-            let words = leaf.as_deref()?;
+        self.leaves.iter().enumerate().filter_map(|(n, at)| {
+            let at = (*at)?;
             let len = (self.pages - n as u64 * LEAF).min(LEAF) as usize;
-            Some((n as u64, &words[..len]))
+            Some((n as u64, &self.words[at..at + len]))
         })
     }
 
@@ -104,9 +111,7 @@ impl MapSnapshot {
     pub fn words(&self) -> impl ExactSizeIterator<Item = u64> + '_ {
         (0..self.pages as usize).map(|l| {
             let (leaf, i) = split(l as u64);
-            self.leaves[leaf]
-                .as_ref()
-                .map_or(UNWRITTEN_WORD, |words| words[i])
+            self.leaves[leaf].map_or(UNWRITTEN_WORD, |at| self.words[at + i])
         })
     }
 }
@@ -205,24 +210,27 @@ impl RemapTable {
     }
 
     /// A copy of the leaves that exist, for a checkpoint, or the allocation that failed.
+    /// The caller keeps leaves from being made meanwhile (the volume's lock).
     pub fn snapshot(&self) -> Result<MapSnapshot, OutOfMemory> {
+        let made = self.leaves.iter().filter(|l| l.get().is_some()).count();
         let mut leaves = Vec::new();
         leaves
             .try_reserve_exact(self.leaves.len())
-            .map_err(|_| OutOfMemory::of::<Option<Box<[u64]>>>(self.leaves.len()))?;
+            .map_err(|_| OutOfMemory::of::<Option<usize>>(self.leaves.len()))?;
+        let mut words = Vec::new();
+        let n = made * LEAF as usize;
+        words
+            .try_reserve_exact(n)
+            .map_err(|_| OutOfMemory::of::<u64>(n))?;
         for slot in self.leaves.iter() {
-            leaves.push(match slot.get() {
-                None => None,
-                Some(words) => {
-                    let mut copy = Vec::new();
-                    copy.try_reserve_exact(words.len())
-                        .map_err(|_| OutOfMemory::of::<u64>(words.len()))?;
-                    copy.extend(words.iter().map(|w| w.load(Ordering::Acquire)));
-                    Some(copy.into_boxed_slice())
-                }
-            });
+            leaves.push(slot.get().map(|leaf| {
+                let at = words.len();
+                words.extend(leaf.iter().map(|w| w.load(Ordering::Acquire)));
+                at
+            }));
         }
         Ok(MapSnapshot {
+            words,
             leaves,
             pages: self.pages,
         })
