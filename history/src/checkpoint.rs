@@ -55,7 +55,7 @@ pub enum MapForm {
     /// Version 3: the map's leaves that hold a mapping, each as its number and its narrow
     /// words; every page of another leaf is unwritten.
     Leaves,
-    /// Version 4: the leaves form, its words and history entries wide.
+    /// Version 4: the leaves form with wide words, and the history in runs, a record each.
     Wide,
 }
 
@@ -122,10 +122,10 @@ impl MapForm {
         }
     }
 
-    /// A map word as this form stores it. A narrow word (versions 1 and 3) carries the
-    /// epoch it was set in mod 2^32, which their readers compare with the open epoch's: a
-    /// word set in the open epoch gets the open epoch's (`open`), any other one that is
-    /// not. A page that reads as zeros and was not set in the open epoch is stored as
+    /// A map word as this form stores it. A narrow word (versions 1 and 3) carries an
+    /// epoch tag, which their readers compare with the open epoch's id mod 2^32 (this
+    /// build reads the open group instead): a word set in the open epoch gets the open
+    /// epoch's (`open`), any other one that is not. A page that reads as zeros and was not set in the open epoch is stored as
     /// those readers store an unwritten page, `NARROW_PHYS` (tag 0, unless 0 is the open
     /// epoch's), which they keep no memory for.
     fn store_word(self, word: u64, open: u32) -> u64 {

@@ -532,18 +532,21 @@ pub struct GroupHeader {
     /// The epoch whose writes superseded these pages, named by the id of the safe point
     /// that closes it (`SafePointId`).
     pub epoch: U64,
-    /// Entries that follow.
+    /// Records that follow: entries in a narrow checkpoint (versions 1 and 3), runs in a
+    /// wide one (version 4).
     pub count: U64,
 }
 
 /// The bytes of a group header.
 pub const GROUP_BYTES: usize = std::mem::size_of::<GroupHeader>();
 
-/// A history entry: the page `logical` had when `epoch` began.
+/// A history record: an entry (the page `logical` had when `epoch` began) in a narrow
+/// checkpoint, a run of entries in a wide one (FORMAT.md).
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 #[repr(C)]
 pub struct HistoryEntry {
-    /// The logical page.
+    /// The logical page; in a wide checkpoint, the run's first in bits 0..48 and its
+    /// length - 1 in bits 48..64.
     pub logical: U64,
     /// Its physical page then; when it read as zeros, `u64::MAX` in a wide checkpoint
     /// (version 4), `u32::MAX` in an older one (whose high 32 bits are zero).

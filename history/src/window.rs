@@ -13,8 +13,8 @@
 //! device laid out at home next to nothing. A closed epoch's group is sorted by logical
 //! page, so a page is found in it by binary search; only the open epoch's group, still
 //! growing, gets a hash index of which run each page is in, made when a page is first
-//! looked up there or the group is read from a checkpoint (a write needs none: the map's
-//! open bit tells whether a page is in the open group already).
+//! looked up there (a write needs none: the map's open bit tells whether a page is in the
+//! open group already).
 //!
 //! Invariants:
 //! - safe point ids in the window ascend and are all below `next_id`;
@@ -338,9 +338,9 @@ pub struct Window {
     pub history_entries: u64,
     /// Safe points kept from retirement by `rewind pin`.
     pub pins: BTreeSet<SafePointId>,
-    /// Which run of the open epoch's group each of its pages is in: made by the first lookup there
-    /// (`page_at`), or when a checkpoint's open group is read (which checks it for a page
-    /// twice), kept up to date from then on, dropped when the epoch closes.
+    /// Which run of the open epoch's group each of its pages is in: made by the first
+    /// lookup there (`page_at`), kept up to date from then on, dropped when the epoch
+    /// closes.
     open_index: Option<FxHashMap<LogicalPage, usize>>,
 }
 
