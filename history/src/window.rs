@@ -383,14 +383,25 @@ impl Window {
     /// group's in the order written): `Err(l)` if it holds logical page `l` twice. Groups
     /// come in ascending epochs, up to the open one.
     pub fn load_group(&mut self, epoch: SafePointId, mut g: Group) -> Result<(), LogicalPage> {
-        // A page held twice is where two runs overlap, once sorted.
-        let mut spans: Vec<(u64, u64)> = g.runs.iter().map(|r| (r.first(), r.len())).collect();
-        spans.sort_unstable();
-        if let Some(w) = spans.windows(2).find(|w| w[0].0 + w[0].1 > w[1].0) {
-            return Err(LogicalPage(w[1].0));
-        }
-        if epoch != self.next_id {
+        // A page held twice is where two runs overlap, once sorted (sealing joins only runs
+        // that continue each other, never two that overlap). The open group keeps the
+        // order written, so it is checked on a sorted copy.
+        let overlap = |sorted: &[Run]| {
+            let w = sorted
+                .windows(2)
+                .find(|w| w[0].first() + w[0].len() > w[1].first())?;
+            Some(LogicalPage(w[1].first()))
+        };
+        let twice = if epoch == self.next_id {
+            let mut copy = g.clone();
+            copy.seal();
+            overlap(&copy.runs)
+        } else {
             g.seal();
+            overlap(&g.runs)
+        };
+        if let Some(l) = twice {
+            return Err(l);
         }
         for r in &g.runs {
             self.count(r.entry(0).old(), r.len(), true);
@@ -458,21 +469,21 @@ impl Window {
         // whose first entry is in an epoch after `until` did not change up to `until`. The
         // groups are merged (each sorted by page; the open one is sorted first), the lowest
         // epoch first for a page, so the result holds each page once and never more.
-        let mut open: Vec<Entry> = match self.groups.get(&self.next_id) {
-            Some(g) if self.next_id <= end => g.entries().collect(),
-            _ => Vec::new(),
+        let mut open = match self.groups.get(&self.next_id) {
+            Some(g) if self.next_id <= end => g.clone(),
+            _ => Group::default(),
         };
-        open.sort_unstable_by_key(|x| x.l);
+        open.seal();
         let last = end.min(self.next_id);
         let closed = (at < last).then(|| self.groups.range(at.next()..=last));
-        let groups: Vec<Box<dyn Iterator<Item = Entry> + '_>> = closed
+        let groups: Vec<&Group> = closed
             .into_iter()
             .flatten()
             .filter(|(&e, _)| e != self.next_id)
-            .map(|(_, g)| Box::new(g.entries()) as Box<dyn Iterator<Item = Entry>>)
-            .chain(std::iter::once(Box::new(open.into_iter()) as Box<_>))
+            .map(|(_, g)| g)
+            .chain(std::iter::once(&open))
             .collect();
-        merge_first(groups)
+        merge_first(&groups)
     }
 
     /// How many closed groups there are of epochs `from` on: the binary searches a lookup
@@ -599,8 +610,8 @@ fn open_index(g: &Group) -> FxHashMap<LogicalPage, usize> {
 
 /// The entries of `groups` (each sorted by page, in ascending epochs) by page, the first
 /// group's entry for a page that several hold: a merge whose memory is its output.
-fn merge_first<'a>(groups: Vec<Box<dyn Iterator<Item = Entry> + 'a>>) -> Vec<Entry> {
-    let mut groups: Vec<_> = groups.into_iter().map(Iterator::peekable).collect();
+fn merge_first(groups: &[&Group]) -> Vec<Entry> {
+    let mut groups: Vec<_> = groups.iter().map(|g| g.entries().peekable()).collect();
     let mut heap: BinaryHeap<Reverse<(LogicalPage, usize)>> = groups
         .iter_mut()
         .enumerate()

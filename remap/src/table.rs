@@ -116,6 +116,11 @@ impl MapSnapshot {
     }
 }
 
+/// A leaf of `LEAF` unwritten pages.
+fn new_leaf() -> Box<[AtomicU64]> {
+    (0..LEAF).map(|_| AtomicU64::new(UNWRITTEN_WORD)).collect()
+}
+
 /// The leaf of page `l` and its place there.
 fn split(l: u64) -> (usize, usize) {
     ((l / LEAF) as usize, (l % LEAF) as usize)
@@ -166,8 +171,7 @@ impl RemapTable {
         if slot.get().is_none() && word == UNWRITTEN_WORD {
             return;
         }
-        let words =
-            slot.get_or_init(|| (0..LEAF).map(|_| AtomicU64::new(UNWRITTEN_WORD)).collect());
+        let words = slot.get_or_init(new_leaf);
         words[i].store(word, Ordering::Release);
     }
 
@@ -183,8 +187,7 @@ impl RemapTable {
             let (part, tail) = rest.split_at((LEAF as usize - i).min(rest.len()));
             let slot = &self.leaves[leaf];
             if slot.get().is_some() || part.iter().any(|m| *m != Mapping::UNWRITTEN) {
-                let words = slot
-                    .get_or_init(|| (0..LEAF).map(|_| AtomicU64::new(UNWRITTEN_WORD)).collect());
+                let words = slot.get_or_init(new_leaf);
                 for (w, m) in words[i..i + part.len()].iter().zip(part) {
                     w.store(m.pack(), Ordering::Release);
                 }
