@@ -25,8 +25,7 @@
 //!   safe point lies in that range, and dropped (its page freed) once none does;
 //! - the newest safe point is never retired, so every new entry is needed when it is made.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use rewind_remap::{LogicalPage, PhysPage};
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -362,7 +361,12 @@ impl Window {
     /// caller supersedes a page at most once an epoch: the map's open bit says whether it
     /// did (set on `open_pages` when a checkpoint is loaded).
     pub fn supersede(&mut self, l: LogicalPage, old: Option<PhysPage>) {
-        let g = self.groups.entry(self.next_id).or_default();
+        // The open group is the last: found down the right edge of the tree, with no
+        // comparison on the way (a rollback supersedes a million pages at once).
+        if self.groups.last_key_value().map(|(&e, _)| e) != Some(self.next_id) {
+            self.groups.insert(self.next_id, Group::default());
+        }
+        let g = self.groups.last_entry().expect("the open group").into_mut();
         g.push(Entry::new(l, old));
         if let Some(index) = &mut self.open_index {
             index.insert(l, g.runs.len() - 1);
@@ -608,25 +612,74 @@ fn open_index(g: &Group) -> FxHashMap<LogicalPage, usize> {
         .collect()
 }
 
+/// How far `merge_first` has taken a group's entries: its runs not all taken yet, and how
+/// many pages of the first one were.
+struct Cursor<'a> {
+    runs: &'a [Run],
+    taken: u64,
+}
+
+impl Cursor<'_> {
+    fn of(g: &Group) -> Cursor<'_> {
+        Cursor {
+            runs: &g.runs,
+            taken: 0,
+        }
+    }
+
+    /// Appends to `out` the group's entries not taken yet whose page is below `end`.
+    fn take_below(&mut self, end: u64, out: &mut Vec<Entry>) {
+        while let Some((&r, rest)) = self.runs.split_first() {
+            let below = end.saturating_sub(r.first()).min(r.len());
+            out.extend((self.taken..below).map(|i| r.entry(i)));
+            if below < r.len() {
+                self.taken = self.taken.max(below);
+                return;
+            }
+            (self.runs, self.taken) = (rest, 0);
+        }
+    }
+}
+
+/// Entries `merge_first` sorts at a time, about: 1 MiB of them.
+const MERGE_SLICE: u64 = 1 << 16;
+
 /// The entries of `groups` (each sorted by page, in ascending epochs) by page, the first
-/// group's entry for a page that several hold: a merge whose memory is its output.
+/// group's entry for a page that several hold. The pages are taken a slice of the page
+/// range at a time, each slice about `MERGE_SLICE` entries if they are spread evenly: a
+/// slice is gathered from every group and sorted, so the memory beyond the output is a
+/// slice's (a heap of one entry per group, merging, took twice as long).
 fn merge_first(groups: &[&Group]) -> Vec<Entry> {
-    let mut groups: Vec<_> = groups.iter().map(|g| g.entries().peekable()).collect();
-    let mut heap: BinaryHeap<Reverse<(LogicalPage, usize)>> = groups
-        .iter_mut()
-        .enumerate()
-        .filter_map(|(n, g)| Some(Reverse((g.peek()?.l, n))))
-        .collect();
-    let mut out: Vec<Entry> = Vec::new();
-    // Equal pages pop in group order: the lowest epoch's first.
-    while let Some(Reverse((l, n))) = heap.pop() {
-        let e = groups[n].next().expect("a peeked entry");
-        if out.last().is_none_or(|o| o.l != l) {
-            out.push(e);
+    let mut held = groups.iter().filter(|g| !g.is_empty());
+    if let (Some(only), None) = (held.next(), held.next()) {
+        return only.entries().collect();
+    }
+    let bounds = groups.iter().filter_map(|g| {
+        let first = g.runs.first()?.first();
+        let last = g.runs.last()?;
+        Some((first, last.first() + last.len() - 1))
+    });
+    let Some((lo, hi)) = bounds.reduce(|(a, b), (c, d)| (a.min(c), b.max(d))) else {
+        return Vec::new();
+    };
+    let total: u64 = groups.iter().map(|g| g.len()).sum();
+    let step = ((hi - lo + 1) / total.div_ceil(MERGE_SLICE)).max(1);
+    let mut groups: Vec<Cursor> = groups.iter().map(|g| Cursor::of(g)).collect();
+    let (mut out, mut slice) = (Vec::new(), Vec::new());
+    let mut end = lo;
+    while end <= hi {
+        let start = end;
+        end = end.saturating_add(step);
+        for g in &mut groups {
+            g.take_below(end, &mut slice);
         }
-        if let Some(next) = groups[n].peek() {
-            heap.push(Reverse((next.l, n)));
-        }
+        // Stable: a page's entries stay in the order of the groups, the lowest epoch's
+        // (the page as it read at the safe point) first, and that one is kept. A radix sort
+        // of the page's place in the slice: a comparison sort of runs that short took as
+        // long as the heap.
+        radsort::sort_by_key(&mut slice, |e: &Entry| e.l.0 - start);
+        slice.dedup_by_key(|e| e.l);
+        out.append(&mut slice);
     }
     out
 }
@@ -736,6 +789,71 @@ mod tests {
         assert_eq!(changed(1, Some(2)), [(l(1), p(11)), (l(5), p(10))]);
         assert_eq!(changed(3, None), [(l(3), None), (l(5), p(30))]);
         assert!(changed(3, Some(3)).is_empty());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 24, ..Default::default() })]
+        /// `changed_since` over groups large enough to be merged a slice at a time (some
+        /// pages in several groups, some in runs) is each page's first entry after the safe
+        /// point, by page: what a walk of the epochs one by one gives.
+        #[test]
+        fn changed_since_is_each_pages_first_entry_after_the_safe_point(
+            seed in 1u64..u64::MAX,
+            epochs in 2u64..6,
+            per_epoch in 20_000u64..60_000,
+            sparse in 1u64..8,
+        ) {
+            // Pages spread over `sparse` times as many as an epoch writes.
+            let spread = per_epoch * sparse + 8;
+            let mut x = seed;
+            let mut w = Window::new(SafePointId(1));
+            w.push_safe_point(sp(1));
+            // Each epoch's writes, as (page, what it held), for the model.
+            let mut written: Vec<Vec<(LogicalPage, Option<PhysPage>)>> = Vec::new();
+            let mut live: std::collections::HashMap<LogicalPage, Option<PhysPage>> =
+                std::collections::HashMap::new();
+            for e in 0..epochs {
+                let mut pages = Vec::new();
+                // Each page once an epoch, as the map's open bit makes it.
+                let mut seen = std::collections::HashSet::new();
+                while (pages.len() as u64) < per_epoch {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    // A run of up to 8 pages from a page in 0..spread, at home or not.
+                    let (first, len) = (x % spread, 1 + (x >> 40) % 8);
+                    for l in (first..first + len).map(LogicalPage) {
+                        if seen.insert(l) {
+                            let old = live.get(&l).copied().flatten();
+                            live.insert(l, Some(PhysPage(spread * e + l.0)));
+                            pages.push((l, old));
+                        }
+                    }
+                }
+                for &(l, old) in &pages {
+                    w.supersede(l, old);
+                }
+                written.push(pages);
+                if e + 1 < epochs {
+                    w.push_safe_point(sp(2 + e));
+                }
+            }
+            for at in 1..epochs + 1 {
+                let mut first: BTreeMap<LogicalPage, Option<PhysPage>> = BTreeMap::new();
+                for pages in &written[(at - 1) as usize..] {
+                    for &(l, old) in pages {
+                        first.entry(l).or_insert(old);
+                    }
+                }
+                let want: Vec<_> = first.into_iter().collect();
+                let got: Vec<_> = w
+                    .changed_since(SafePointId(at), None)
+                    .iter()
+                    .map(|e| (e.l, e.old()))
+                    .collect();
+                proptest::prop_assert_eq!(got, want);
+            }
+        }
     }
 
     /// Pages superseded together, with the pages they held consecutive (or all zeros), take

@@ -25,6 +25,15 @@ pub(super) struct Apply<'a, F: FnMut(PhysPage)> {
     pub(super) unreferenced: F,
 }
 
+/// `pages` in ascending order: often they are already (a rollback to where pages were
+/// written at home).
+fn sorted(mut pages: Vec<PhysPage>) -> Vec<PhysPage> {
+    if !pages.is_sorted() {
+        radsort::sort_by_key(&mut pages, |p| p.0);
+    }
+    pages
+}
+
 /// Drops one reference to `p`, handing it to `unreferenced` when none is left.
 fn unref(refs: &mut PageRefs, unreferenced: &mut impl FnMut(PhysPage), p: PhysPage) {
     if refs.remove(p) == 0 {
@@ -59,6 +68,39 @@ impl<F: FnMut(PhysPage)> Apply<'_, F> {
         );
     }
 
+    /// `set_page` of each page to its page, for many pages at once (a rollback's): the
+    /// references are counted afterwards in physical order, the pages gaining one first, so
+    /// that a page keeps a reference throughout if it ends with one, and the counts of pages
+    /// spread over the store are not each a cache miss.
+    fn set_pages(&mut self, pages: impl ExactSizeIterator<Item = (LogicalPage, Option<PhysPage>)>) {
+        let (mut gained, mut lost) = (Vec::with_capacity(pages.len()), Vec::new());
+        for (l, new) in pages {
+            let prev = self.map.get(l);
+            if prev.phys == new {
+                continue;
+            }
+            gained.extend(new);
+            if !prev.open {
+                self.window.supersede(l, prev.phys);
+            } else {
+                lost.extend(prev.phys);
+            }
+            self.map.set(
+                l,
+                Mapping {
+                    phys: new,
+                    open: true,
+                },
+            );
+        }
+        for p in sorted(gained) {
+            self.refs.add(p);
+        }
+        for p in sorted(lost) {
+            unref(self.refs, &mut self.unreferenced, p);
+        }
+    }
+
     /// Applies `r`: the map, the window and the page references change as FORMAT.md
     /// ("Effects") says. A record this state cannot take changes nothing and is an error.
     pub(super) fn apply(&mut self, r: &Record) -> Result<(), Error> {
@@ -89,11 +131,8 @@ impl<F: FnMut(PhysPage)> Apply<'_, F> {
                 self.window.pins.remove(id);
             }
             Record::Rollback { to } => {
-                for e in self.window.changed_since(*to, None) {
-                    if self.map.get(e.l).phys != e.old() {
-                        self.set_page(e.l, e.old());
-                    }
-                }
+                let back = self.window.changed_since(*to, None);
+                self.set_pages(back.into_iter().map(|e| (e.l, e.old())));
             }
         }
         Ok(())
