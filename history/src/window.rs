@@ -359,7 +359,7 @@ impl Window {
 
     /// Records that `l`, which held `old` when the open epoch began, was overwritten. The
     /// caller supersedes a page at most once an epoch: the map's open bit says whether it
-    /// did (set on `open_pages` when a checkpoint is loaded).
+    /// did (set on `open_runs` when a checkpoint is loaded).
     pub fn supersede(&mut self, l: LogicalPage, old: Option<PhysPage>) {
         // The open group is the last: found down the right edge of the tree, with no
         // comparison on the way (a rollback supersedes a million pages at once).
@@ -374,13 +374,13 @@ impl Window {
         self.count(old, 1, true);
     }
 
-    /// The pages of the open epoch's group.
-    pub fn open_pages(&self) -> impl Iterator<Item = LogicalPage> + '_ {
+    /// The pages of the open epoch's group, as runs: first page and length.
+    pub fn open_runs(&self) -> impl Iterator<Item = (LogicalPage, u64)> + '_ {
         self.groups
             .get(&self.next_id)
             .into_iter()
-            .flat_map(|g| g.entries())
-            .map(|e| e.l)
+            .flat_map(|g| g.runs())
+            .map(|(e, n)| (e.l, n))
     }
 
     /// Adds the group of `epoch` read from a checkpoint, its runs in any order (the open

@@ -5,7 +5,7 @@ use rewind_remap::{Mapping, PageRefs, RemapTable};
 
 use crate::format::Layout;
 use crate::journal::Record;
-use crate::window::Window;
+use crate::window::{Entry, Window};
 use crate::{Error, LogicalPage, PhysPage, Store};
 
 use super::{State, Volume};
@@ -68,31 +68,33 @@ impl<F: FnMut(PhysPage)> Apply<'_, F> {
         );
     }
 
-    /// `set_page` of each page to its page, for many pages at once (a rollback's): the
-    /// references are counted afterwards in physical order, the pages gaining one first, so
-    /// that a page keeps a reference throughout if it ends with one, and the counts of pages
-    /// spread over the store are not each a cache miss.
-    fn set_pages(&mut self, pages: impl ExactSizeIterator<Item = (LogicalPage, Option<PhysPage>)>) {
+    /// `set_page` of each page to the page of its entry, for many pages at once (a
+    /// rollback's, in ascending order): the map is visited once a page, a leaf at a time,
+    /// and the references are counted afterwards in physical order, the pages gaining one
+    /// first, so that a page keeps a reference throughout if it ends with one, and the
+    /// counts of pages spread over the store are not each a cache miss.
+    fn set_pages(&mut self, pages: &[Entry]) {
         let (mut gained, mut lost) = (Vec::with_capacity(pages.len()), Vec::new());
-        for (l, new) in pages {
-            let prev = self.map.get(l);
-            if prev.phys == new {
-                continue;
-            }
-            gained.extend(new);
-            if !prev.open {
-                self.window.supersede(l, prev.phys);
-            } else {
-                lost.extend(prev.phys);
-            }
-            self.map.set(
-                l,
+        let window = &mut *self.window;
+        self.map.update_many(
+            pages,
+            |e| e.l,
+            |e, prev| {
+                if prev.phys == e.old() {
+                    return prev;
+                }
+                gained.extend(e.old());
+                if !prev.open {
+                    window.supersede(e.l, prev.phys);
+                } else {
+                    lost.extend(prev.phys);
+                }
                 Mapping {
-                    phys: new,
+                    phys: e.old(),
                     open: true,
-                },
-            );
-        }
+                }
+            },
+        );
         for p in sorted(gained) {
             self.refs.add(p);
         }
@@ -114,9 +116,9 @@ impl<F: FnMut(PhysPage)> Apply<'_, F> {
             }
             Record::SafePoint(sp) => {
                 // The open epoch closes: its pages are no longer set in the open one.
-                for l in self.window.open_pages() {
-                    let m = self.map.get(l);
-                    self.map.set(l, Mapping { open: false, ..m });
+                for (first, n) in self.window.open_runs() {
+                    self.map
+                        .update_run(first, n, |_, m| Mapping { open: false, ..m });
                 }
                 self.window.push_safe_point(sp.clone());
             }
@@ -132,7 +134,7 @@ impl<F: FnMut(PhysPage)> Apply<'_, F> {
             }
             Record::Rollback { to } => {
                 let back = self.window.changed_since(*to, None);
-                self.set_pages(back.into_iter().map(|e| (e.l, e.old())));
+                self.set_pages(&back);
             }
         }
         Ok(())

@@ -49,13 +49,14 @@ fn count_refs(layout: &Layout, map: &RemapTable, window: &Window) -> Result<Page
     })?;
     let live = || map.mapped();
     let mut most = 0;
-    // Live pages by runs of consecutive physical pages, as a sequential writer leaves them.
+    // Live pages by runs of consecutive physical pages, as a sequential writer leaves them
+    // (joined across leaves).
     let mut run: Option<(PhysPage, u64)> = None;
-    for (_, p) in live() {
+    for (_, p, len) in map.mapped_runs() {
         match &mut run {
-            Some((first, n)) if first.0 + *n == p.0 => *n += 1,
+            Some((first, n)) if first.0 + *n == p.0 => *n += len,
             _ => {
-                if let Some((first, n)) = run.replace((p, 1)) {
+                if let Some((first, n)) = run.replace((p, len)) {
                     most = most.max(refs.add_run(first, n));
                 }
             }
@@ -436,9 +437,8 @@ impl<S: Store> Volume<S> {
         // A write supersedes a page once an epoch, as the map's open bit says: the pages
         // of the open group (which the checkpoint holds once each) are the ones set in the
         // open epoch.
-        for l in window.open_pages() {
-            let m = map.get(l);
-            map.set(l, Mapping { open: true, ..m });
+        for (first, n) in window.open_runs() {
+            map.update_run(first, n, |_, m| Mapping { open: true, ..m });
         }
         let mut refs = count_refs(&layout, &map, &window)?;
         let apply = Apply {
