@@ -35,9 +35,10 @@ const PHYS: u64 = OPEN - 1;
 pub const LEAF: u64 = 4096;
 /// The most stretches a sparse leaf holds, 512 bytes of them: the most a write to it copies.
 const SPARSE_MAX: usize = 32;
-/// Pages of one leaf an update changes one at a time (spliced into a sparse leaf, in place
-/// in a dense one); one of more pages builds the leaf again from its words.
-const UPDATE_BY_PAGE: usize = 16;
+/// Pages of one sparse leaf an update changes one at a time, each a splice of at most
+/// `SPARSE_MAX` stretches; more build the leaf again from its words, in about the time of
+/// this many splices. So an update costs a bounded time a page however its runs fall.
+const UPDATE_BY_PAGE: usize = 64;
 
 /// Where a logical page lives, and whether that was set in the open epoch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,14 +164,21 @@ fn push_joined(out: &mut Vec<Stretch>, s: Stretch) {
 
 /// The words of a leaf of `stretches`, a page each.
 fn expand(stretches: &[Stretch]) -> Vec<u64> {
-    let mut words = vec![UNWRITTEN_WORD; LEAF as usize];
+    let mut words = Vec::with_capacity(LEAF as usize);
+    expand_onto(stretches, &mut words);
+    words
+}
+
+/// Appends the words of a leaf of `stretches` to `out`.
+fn expand_onto(stretches: &[Stretch], out: &mut Vec<u64>) {
+    let at = out.len();
+    out.resize(at + LEAF as usize, UNWRITTEN_WORD);
     for s in stretches {
-        let first = s.first as usize;
-        for (k, w) in words[first..s.end()].iter_mut().enumerate() {
-            *w = s.mapping(first + k).pack();
+        let first = at + s.first as usize;
+        for (k, w) in out[first..at + s.end()].iter_mut().enumerate() {
+            *w = s.mapping(s.first as usize + k).pack();
         }
     }
-    words
 }
 
 /// The words of a dense leaf.
@@ -270,7 +278,7 @@ impl Leaf {
         }
         match &*self.sparse.load() {
             Some(stretches) => {
-                out.extend(expand(stretches));
+                expand_onto(stretches, out);
                 true
             }
             None => false,
@@ -484,7 +492,10 @@ impl RemapTable {
     ) {
         for chunk in items.chunk_by(|a, b| page(a).0 / LEAF == page(b).0 / LEAF) {
             let leaf = split(page(&chunk[0]).0).0;
-            assert!(chunk.is_sorted_by_key(|t| page(t).0), "pages in order");
+            assert!(
+                chunk.windows(2).all(|w| page(&w[0]) < page(&w[1])),
+                "pages in order, each once"
+            );
             assert!(chunk.last().is_some_and(|t| page(t).0 < self.pages));
             let mut items = chunk.iter();
             let places = chunk.iter().map(|t| split(page(t).0).1);
@@ -496,8 +507,8 @@ impl RemapTable {
 
     /// Sets each page `i` of `places` (ascending) in leaf `leaf` to `f(i, its mapping now)`,
     /// calling `f` once a page, in order: in place in a dense leaf, page by page in a sparse
-    /// one for a few pages, else by building the leaf again from its words (as a change of
-    /// every page of a dense leaf does, which may turn it sparse again).
+    /// one for a few pages, else by building the leaf again (from the mappings alone if it
+    /// was unwritten, as an open's leaves are).
     fn update_leaf(
         &self,
         leaf: usize,
@@ -748,7 +759,7 @@ mod tests {
     fn op(pages: u64) -> impl Strategy<Value = Op> {
         prop_oneof![
             4 => (0..pages, mapping()).prop_map(|(l, m)| Op::Set(l, m)),
-            1 => (0..pages, proptest::collection::vec(mapping(), 1..40)).prop_map(move |(l, v)| {
+            1 => (0..pages, proptest::collection::vec(mapping(), 1..200)).prop_map(move |(l, v)| {
                 let n = v.len().min((pages - l) as usize);
                 Op::Run(l, v[..n].to_vec())
             }),
