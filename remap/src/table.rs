@@ -454,7 +454,7 @@ impl RemapTable {
             words[i].store(m.pack(), Ordering::Release);
             return;
         }
-        let now = leaf.sparse.load_full();
+        let now = leaf.sparse.load();
         if now.is_none() && m == Mapping::UNWRITTEN {
             return;
         }
@@ -538,9 +538,7 @@ impl RemapTable {
             }
             leaf.store(stretches);
         } else {
-            let mut words = leaf
-                .words()
-                .unwrap_or_else(|| vec![UNWRITTEN_WORD; LEAF as usize]);
+            let mut words = leaf.words().expect("a written leaf");
             for i in places {
                 words[i] = f(i, Mapping::unpack(words[i])).pack();
             }
